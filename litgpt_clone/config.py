@@ -1,0 +1,234 @@
+"""The model ``Config``: one dataclass that says everything ``model.py`` needs to build a network.
+
+Named configs live in ``litgpt_clone/configs/<family>.py`` as short ``dict`` entries; ``Config.from_name`` looks
+them up by our name or by the Hugging Face repo id, ``Config.from_file`` reads a ``model_config.yaml`` and
+``Config.from_hf_config`` maps a ``config.json`` of any architecture we implement.
+
+Every behaviour of the model comes from an explicit field here, never from the model's name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that cannot be built; the message names the problem and the fix."""
+
+
+@dataclass
+class Config:
+    name: str = ""
+    """Our name for the model (``Llama-3.2-1B``)."""
+    hf_config: dict = field(default_factory=dict)
+    """Where the weights live on the Hugging Face hub: ``dict(org=..., name=...)``."""
+    architecture: str = "LlamaForCausalLM"
+    """The ``transformers`` class whose checkpoints these weights convert from and to (``convert``)."""
+
+    # --- sizes
+    block_size: int = 4096
+    """Longest sequence the model is built for (the KV cache and RoPE tables are this long)."""
+    vocab_size: int = 50304
+    """Rows of the embedding and columns of the output head (the checkpoint's ``vocab_size``)."""
+    n_layer: int = 16
+    n_embd: int = 4096
+    n_head: int = 32
+    """Query heads."""
+    n_query_groups: Optional[int] = None
+    """Key/value heads (GQA); ``None`` means one per query head, 1 means multi-query attention."""
+    head_size: Optional[int] = None
+    """Width of one head; ``None`` means ``n_embd // n_head``."""
+    intermediate_size: Optional[int] = None
+    """Hidden width of the MLP; ``None`` means ``4 * n_embd``."""
+
+    # --- normalization
+    norm_class_name: Literal["LayerNorm", "RMSNorm"] = "LayerNorm"
+    norm_eps: float = 1e-5
+    norm_affine: bool = True
+    """Whether the norms carry a learned scale (and, for LayerNorm, a bias). OLMo-1 has none."""
+    norm_unit_offset: bool = False
+    """RMSNorm multiplies by ``1 + weight`` (Gemma) instead of ``weight``."""
+    pre_norm: bool = True
+    """Normalize the input of attention and MLP. OLMo-2 normalizes only their outputs (``post_*_norm``)."""
+    post_attention_norm: bool = False
+    """Normalize the attention output before the residual add (Gemma 2/3, OLMo-2)."""
+    post_mlp_norm: bool = False
+    """Normalize the MLP output before the residual add (Gemma 2/3, OLMo-2)."""
+    norm_qk: bool = False
+    """Normalize queries and keys before RoPE (Qwen3, Gemma 3, OLMo-2)."""
+    norm_qk_per_head: bool = True
+    """``True``: one norm of width ``head_size`` shared by all heads; ``False``: one norm over all heads (OLMo-2)."""
+
+    # --- residual layout
+    parallel_residual: bool = False
+    """``x + attn(norm_1(x)) + mlp(norm_2(x))`` instead of the sequential block (GPT-NeoX, Phi-2, Falcon)."""
+    shared_attention_norm: bool = False
+    """With ``parallel_residual``: attention and MLP read the same ``norm_1(x)`` (Phi-2, Falcon-7B)."""
+
+    # --- linear layers
+    bias: bool = False
+    """Bias on every linear layer of the blocks."""
+    attn_bias: bool = False
+    """Bias on the query/key/value projection only (Qwen2, StableLM-2)."""
+    lm_head_bias: bool = False
+    tie_embeddings: bool = False
+    """The output head shares the embedding matrix."""
+    scale_embeddings: bool = False
+    """Multiply embeddings by ``sqrt(n_embd)`` (Gemma)."""
+
+    # --- attention
+    attention_scores_scalar: Optional[int] = None
+    """Scores are scaled by ``attention_scores_scalar ** -0.5`` instead of ``head_size ** -0.5`` (Gemma 2/3)."""
+    attention_logit_softcapping: Optional[float] = None
+    """``cap * tanh(scores / cap)`` on attention scores (Gemma 2)."""
+    final_logit_softcapping: Optional[float] = None
+    """``cap * tanh(logits / cap)`` on the output logits (Gemma 2)."""
+    sliding_window: Optional[int] = None
+    """Each query sees at most this many most recent positions (itself included) on sliding layers."""
+    sliding_window_pattern: int = 1
+    """With ``sliding_window``: 1 means every layer slides; k means every k-th layer (k-1, 2k-1, ...) is global."""
+    clip_qkv: Optional[float] = None
+    """Clamp the query/key/value projections to ``[-clip_qkv, clip_qkv]`` (OLMo)."""
+
+    # --- rotary position embedding
+    rotary_percentage: float = 1.0
+    """Fraction of each head that is rotated (0.25 for GPT-NeoX, 0.4 for Phi-2)."""
+    rope_base: float = 10000.0
+    rope_scaling: Optional[dict] = None
+    """Hugging Face style: ``{"rope_type": "linear"|"llama3"|"yarn"|"longrope", ...}``; on global layers only."""
+    rope_local_base: Optional[float] = None
+    """RoPE base of the sliding-window layers when it differs from ``rope_base`` (Gemma 3)."""
+
+    # --- MLP
+    mlp_class_name: Literal["GeluMLP", "GatedMLP", "MoE"] = "GeluMLP"
+    """``GeluMLP``: proj(act(fc(x))); ``GatedMLP``: proj(act(fc_1(x)) * fc_2(x)); ``MoE``: routed GatedMLP experts."""
+    mlp_activation: Literal["gelu", "gelu_tanh", "silu"] = "gelu"
+    n_expert: int = 0
+    n_expert_per_token: int = 0
+    moe_intermediate_size: Optional[int] = None
+    """Hidden width of one expert; ``None`` means ``intermediate_size``."""
+    moe_norm_topk_prob: bool = True
+    """Renormalize the selected experts' routing weights to sum to 1 (Mixtral; Qwen3-MoE's ``norm_topk_prob``)."""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = self.hf_config.get("name", "")
+        if self.n_query_groups is None:
+            self.n_query_groups = self.n_head
+        if self.head_size is None:
+            if self.n_embd % self.n_head:
+                raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}: set head_size")
+            self.head_size = self.n_embd // self.n_head
+        if self.n_head % self.n_query_groups:
+            raise ConfigError(f"n_head={self.n_head} is not a multiple of n_query_groups={self.n_query_groups}")
+        if self.intermediate_size is None:
+            if self.mlp_class_name != "GeluMLP":
+                raise ConfigError(f"{self.mlp_class_name} needs intermediate_size")
+            self.intermediate_size = 4 * self.n_embd
+        if self.mlp_class_name == "MoE":
+            if not 0 < self.n_expert_per_token <= self.n_expert:
+                raise ConfigError(f"MoE needs 0 < n_expert_per_token <= n_expert, got {self.n_expert_per_token}, {self.n_expert}")
+            if self.moe_intermediate_size is None:
+                self.moe_intermediate_size = self.intermediate_size
+        if self.parallel_residual and not self.pre_norm:
+            raise ConfigError("parallel_residual needs pre_norm")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def rope_n_elem(self) -> int:
+        """How many channels of each head RoPE rotates."""
+        return int(self.rotary_percentage * self.head_size)
+
+    @property
+    def qkv_size(self) -> int:
+        return (self.n_head + 2 * self.n_query_groups) * self.head_size
+
+    def is_sliding(self, layer: int) -> bool:
+        """Whether ``layer`` (0-based) uses the sliding window."""
+        if self.sliding_window is None:
+            return False
+        return self.sliding_window_pattern == 1 or (layer + 1) % self.sliding_window_pattern != 0
+
+    # ------------------------------------------------------------------ lookup
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> "Config":
+        """Our registry name or a Hugging Face repo id (``meta-llama/Llama-3.2-1B``)."""
+        entry = find_config(name)
+        return cls(**{**entry, **overrides})
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> "Config":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"no model config at {path}: expected a model_config.yaml written by convert or pretrain")
+        data = yaml.safe_load(path.read_text()) or {}
+        return cls.from_dict({**data, **overrides})
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Config":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config keys {unknown}; valid keys are the fields of litgpt_clone.Config")
+        return cls(**data)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_dir: str | Path, **overrides: Any) -> "Config":
+        return cls.from_file(Path(checkpoint_dir) / "model_config.yaml", **overrides)
+
+    @classmethod
+    def from_hf_config(cls, path_or_dict: str | Path | dict, **overrides: Any) -> "Config":
+        """Map a Hugging Face ``config.json`` (path, folder or dict) of an architecture we implement."""
+        from litgpt_clone.checkpoints.convert import config_from_hf
+
+        if isinstance(path_or_dict, dict):
+            hf = path_or_dict
+        else:
+            path = Path(path_or_dict)
+            if path.is_dir():
+                path = path / "config.json"
+            if not path.is_file():
+                raise ConfigError(f"no config.json at {path}: point at a Hugging Face checkpoint folder")
+            hf = json.loads(path.read_text())
+        return cls(**{**config_from_hf(hf), **overrides})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------------- registry
+def all_configs() -> list[dict]:
+    """Every named config, in family order."""
+    from litgpt_clone.configs import FAMILIES
+
+    return [entry for family in FAMILIES for entry in family.configs]
+
+
+def name_to_config() -> dict[str, dict]:
+    return {c["name"]: c for c in all_configs()}
+
+
+def find_config(name: str) -> dict:
+    """The registry entry for our name or an HF repo id; unknown names list the closest matches."""
+    by_name = name_to_config()
+    if name in by_name:
+        return dict(by_name[name])
+    by_repo = {f"{c['hf_config']['org']}/{c['hf_config']['name']}": c for c in by_name.values() if c.get("hf_config")}
+    lowered = {k.lower(): v for k, v in {**by_name, **by_repo}.items()}
+    if name.lower() in lowered:
+        return dict(lowered[name.lower()])
+    tail = name.split("/")[-1]
+    if tail in by_name:
+        return dict(by_name[tail])
+    close = difflib.get_close_matches(tail, list(by_name), n=5, cutoff=0.5)
+    hint = f" Closest: {', '.join(close)}." if close else ""
+    raise ConfigError(f"unknown model {name!r}.{hint} Run `litgpt-clone models` to list all names.")

@@ -1,0 +1,3 @@
+"""Meta's Llama family."""
+
+configs: list[dict] = []
