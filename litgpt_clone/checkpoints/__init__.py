@@ -1,0 +1,1 @@
+"""Checkpoint formats: the native folder, Hugging Face conversion both ways, and hub downloads."""

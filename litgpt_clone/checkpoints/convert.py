@@ -1,0 +1,196 @@
+"""Hugging Face checkpoints <-> native checkpoints, driven by the ``Arch`` tables of each family."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+from litgpt_clone.checkpoints.arch import Arch, get_arch
+from litgpt_clone.checkpoints.io import (
+    AUX_FILES,
+    CheckpointError,
+    read_hf_weights,
+    save_hf_weights,
+    save_weights,
+    write_atomic_text,
+)
+from litgpt_clone.config import Config, ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def config_from_hf(hf: dict) -> dict:
+    """``Config`` keyword arguments for a config.json dict of an architecture we implement."""
+    names = hf.get("architectures") or []
+    if not names:
+        raise ConfigError("config.json has no 'architectures' entry: it is not a transformers causal-LM checkpoint")
+    arch = get_arch(names[0])
+    if arch.check:
+        arch.check(hf)
+    name = (hf.get("_name_or_path") or "").rstrip("/").split("/")[-1] or hf.get("model_type", "")
+    return {**arch.config_from_hf(hf), "architecture": arch.name, "name": name}
+
+
+def config_to_hf(config: Config) -> dict:
+    arch = get_arch(config.architecture)
+    return {"architectures": [arch.name], "model_type": arch.model_type, **arch.extra_hf, **arch.config_to_hf(config)}
+
+
+# --------------------------------------------------------------------------- weight maps
+def weight_pairs(arch: Arch, config: Config) -> Iterator[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Concrete (native modules, HF modules) pairs for every layer and expert."""
+    for native, hf in arch.top.items():
+        if native == "lm_head" and config.tie_embeddings:
+            continue
+        yield (native,), (hf,)
+    for l in range(config.n_layer):
+        for natives, hfs in arch.layer:
+            for e in range(config.n_expert) if "{e}" in natives[0] else [0]:
+                yield (
+                    tuple(f"transformer.h.{l}." + n.format(e=e) for n in natives),
+                    tuple(arch.layer_prefix.format(l=l) + h.format(e=e) for h in hfs),
+                )
+
+
+def split_parts(t: torch.Tensor, n: int, config: Config) -> tuple[torch.Tensor, ...]:
+    """Undo a dim-0 concatenation of n parts: q/k/v sizes for three, halves for two."""
+    if n == 1:
+        return (t,)
+    if n == 2:
+        return t.chunk(2)
+    hs, G = config.head_size, config.n_query_groups
+    return t.split((config.n_head * hs, G * hs, G * hs))
+
+
+def grouped_to_qkv(t: torch.Tensor, config: Config) -> torch.Tensor:
+    """(G * (q_per_kv + 2) * hs, ...) interleaved per key/value group -> [q; k; v]."""
+    G, hs = config.n_query_groups, config.head_size
+    q_per_kv = config.n_head // G
+    t = t.reshape(G, q_per_kv + 2, hs, *t.shape[1:])
+    q, k, v = t[:, :q_per_kv], t[:, q_per_kv], t[:, q_per_kv + 1]
+    return torch.cat([q.reshape(-1, *t.shape[3:]), k.reshape(-1, *t.shape[3:]), v.reshape(-1, *t.shape[3:])])
+
+
+def qkv_to_grouped(t: torch.Tensor, config: Config) -> torch.Tensor:
+    G, hs = config.n_query_groups, config.head_size
+    q, k, v = split_parts(t, 3, config)
+    rest = t.shape[1:]
+    groups = torch.cat([q.reshape(G, -1, hs, *rest), k.reshape(G, 1, hs, *rest), v.reshape(G, 1, hs, *rest)], dim=1)
+    return groups.reshape(-1, *rest)
+
+
+def hf_to_native_weights(hf: dict[str, torch.Tensor], config: Config, dtype: Optional[torch.dtype] = None) -> dict:
+    arch = get_arch(config.architecture)
+    out, used = {}, set()
+    for natives, hfs in weight_pairs(arch, config):
+        for suffix in ("weight", "bias"):
+            keys = [f"{h}.{suffix}" for h in hfs]
+            present = [k in hf for k in keys]
+            if not any(present):
+                continue
+            if not all(present):
+                raise CheckpointError(f"checkpoint has {keys[present.index(True)]} but not {keys[present.index(False)]}")
+            t = torch.cat([hf[k] for k in keys]) if len(keys) > 1 else hf[keys[0]]
+            if arch.grouped_qkv and natives[0].endswith("attn.qkv"):
+                t = grouped_to_qkv(t, config)
+            for name, part in zip(natives, split_parts(t, len(natives), config)):
+                out[f"{name}.{suffix}"] = part.to(dtype) if dtype else part
+            used.update(keys)
+    ignore = [re.compile(p) for p in arch.ignore] + ([re.compile(r"^lm_head\.weight$")] if config.tie_embeddings else [])
+    unused = sorted(k for k in hf if k not in used and not any(p.match(k) for p in ignore))
+    if unused:
+        raise CheckpointError(f"tensors {unused[:4]}{' ...' if len(unused) > 4 else ''} do not map to {arch.name}: is config.json the one that came with these weights?")
+    return out
+
+
+def native_to_hf_weights(state: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
+    arch = get_arch(config.architecture)
+    out = {}
+    for natives, hfs in weight_pairs(arch, config):
+        for suffix in ("weight", "bias"):
+            keys = [f"{n}.{suffix}" for n in natives]
+            if keys[0] not in state:
+                continue
+            t = torch.cat([state[k] for k in keys]) if len(keys) > 1 else state[keys[0]]
+            if arch.grouped_qkv and natives[0].endswith("attn.qkv"):
+                t = qkv_to_grouped(t, config)
+            for name, part in zip(hfs, split_parts(t, len(hfs), config)):
+                out[f"{name}.{suffix}"] = part.contiguous()
+    return out
+
+
+# --------------------------------------------------------------------------- folders
+def copy_aux_files(src: Path, dst: Path) -> None:
+    for name in AUX_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+
+
+def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = None) -> Path:
+    """Convert a Hugging Face checkpoint folder into a native one.
+
+    Args:
+        hf_dir: Folder with ``config.json`` and ``*.safetensors`` (or ``*.bin``) weights, single or sharded.
+        out_dir: Where the native checkpoint is written (``model.safetensors``, ``model_config.yaml``, tokenizer files).
+        dtype: Cast the weights to ``float32``, ``bfloat16`` or ``float16``; default keeps the stored dtype.
+    """
+    hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    config = Config.from_hf_config(hf_dir)
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    state = hf_to_native_weights(read_hf_weights(hf_dir), config, DTYPES.get(dtype))
+    check_against_model(state, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    copy_aux_files(hf_dir, out_dir)
+    if (hf_dir / "config.json").is_file():
+        shutil.copyfile(hf_dir / "config.json", out_dir / "config.json")
+    save_weights(state, out_dir / "model.safetensors")
+    write_atomic_text(out_dir / "model_config.yaml", config.to_yaml())
+    return out_dir
+
+
+def convert_to_hf_checkpoint(checkpoint_dir: Path, out_dir: Path, max_shard_size: str = "5GB") -> Path:
+    """Export a native checkpoint as a Hugging Face folder that ``AutoModelForCausalLM.from_pretrained`` loads.
+
+    Args:
+        checkpoint_dir: A native checkpoint folder (``model_config.yaml`` + ``model.safetensors``).
+        out_dir: Where ``model.safetensors`` (sharded with an index above ``max_shard_size``), ``config.json``,
+            the tokenizer files and ``generation_config.json`` are written.
+        max_shard_size: Largest safetensors shard, e.g. ``"5GB"`` or ``"500MB"``.
+    """
+    from litgpt_clone.checkpoints.io import load_state
+
+    checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
+    config = Config.from_checkpoint(checkpoint_dir)
+    state = load_state(checkpoint_dir / "model.safetensors")
+    hf_config = config_to_hf(config)
+    dtype = next(iter(state.values())).dtype
+    hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    copy_aux_files(checkpoint_dir, out_dir)
+    save_hf_weights(native_to_hf_weights(state, config), out_dir, max_shard_size)
+    write_atomic_text(out_dir / "config.json", json.dumps(hf_config, indent=2) + "\n")
+    return out_dir
+
+
+def check_against_model(state: dict[str, torch.Tensor], config: Config) -> None:
+    """Every parameter of a model built from ``config`` is present with the right shape, and nothing else."""
+    from litgpt_clone.model import GPT
+
+    with torch.device("meta"):
+        expected = {k: v.shape for k, v in GPT(config).state_dict().items()}
+    if config.tie_embeddings:
+        expected.pop("lm_head.weight")
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k]))
+    if missing or extra or wrong:
+        detail = "; ".join(
+            f"{label} {names[:3]}" for label, names in (("missing", missing), ("unexpected", extra), ("wrong shape", wrong)) if names
+        )
+        raise CheckpointError(f"weights do not fit the {config.architecture} config: {detail}")

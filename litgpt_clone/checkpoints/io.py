@@ -1,0 +1,153 @@
+"""Reading and writing checkpoint files: atomic writes, safetensors first, ``torch.load`` only with ``weights_only``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+AUX_FILES = (
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+)
+"""Files a checkpoint folder carries besides its weights and configs."""
+
+REPO_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read; the message names the file and the fix."""
+
+
+# --------------------------------------------------------------------------- atomic writes
+def _atomic(path: Path, write) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomic_text(path: Path, text: str) -> None:
+    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """One safetensors file; tensors that share memory (tied embeddings) are stored once by the caller."""
+    state = {k: v.contiguous() for k, v in state.items()}
+    _atomic(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` without the tied output head (it is the embedding)."""
+    state = model.state_dict()
+    if getattr(getattr(model, "config", None), "tie_embeddings", False):
+        state.pop("lm_head.weight", None)
+    return state
+
+
+def save_hf_weights(state: dict[str, torch.Tensor], out_dir: Path, max_shard_size: str = "5GB") -> None:
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size)
+    for filename, names in split.filename_to_tensors.items():
+        save_weights({n: state[n] for n in names}, out_dir / filename)
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        write_atomic_text(out_dir / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- reading
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no weights at {path}: convert the checkpoint first (litgpt-clone convert from_hf)")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is corrupt or truncated ({err}): convert or download it again") from err
+
+
+def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a Hugging Face folder: ``*.safetensors`` (single or sharded), else ``*.bin``."""
+    hf_dir = Path(hf_dir)
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if files:
+        state = {}
+        for f in files:
+            state.update(load_state(f))
+        return state
+    files = sorted(hf_dir.glob("*.bin"))
+    if not files:
+        raise CheckpointError(f"no weights in {hf_dir}: expected model.safetensors, model-*.safetensors or pytorch_model*.bin")
+    state = {}
+    for f in files:
+        try:
+            state.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+        except Exception as err:  # torch raises many kinds for a bad pickle or zip
+            raise CheckpointError(f"{f} cannot be read safely ({type(err).__name__}: {err}): use a safetensors checkpoint") from err
+    return state
+
+
+def load_weights(model: torch.nn.Module, checkpoint_dir: Path, device="cpu", dtype: Optional[torch.dtype] = None) -> None:
+    """Load ``model.safetensors`` into a model built on the meta device (or anywhere), then place it on ``device``."""
+    state = load_state(Path(checkpoint_dir) / "model.safetensors")
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    tied = getattr(model.config, "tie_embeddings", False)
+    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{checkpoint_dir}/model.safetensors does not match model_config.yaml: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    if tied:
+        model.lm_head.weight = model.transformer.wte.weight
+    model.reset_rope(torch.device(device))  # the tables of a model built on the meta device hold no data yet
+    model.to(device)
+
+
+# --------------------------------------------------------------------------- locating
+def resolve_checkpoint(path_or_repo: str | Path, checkpoints_root: Path = Path("checkpoints")) -> Path:
+    """A native checkpoint folder for a path or a hub repo id (downloaded and converted on first use)."""
+    path = Path(path_or_repo)
+    if (path / "model_config.yaml").is_file():
+        return path
+    if path.is_dir() and (path / "config.json").is_file():
+        raise CheckpointError(
+            f"{path} is a Hugging Face folder: convert it once with `litgpt-clone convert from_hf {path} --out_dir checkpoints/<name>`"
+        )
+    if path.exists():
+        raise CheckpointError(f"{path} is not a checkpoint: expected {path / 'model_config.yaml'} and model.safetensors")
+    repo = str(path_or_repo)
+    if REPO_ID.match(repo):
+        local = checkpoints_root / repo
+        if (local / "model_config.yaml").is_file():
+            return local
+        from litgpt_clone.checkpoints.download import download
+
+        return download(repo, out_dir=local)
+    raise CheckpointError(
+        f"no checkpoint at {path}: pass a folder with model_config.yaml and model.safetensors, or a hub repo id (org/name)"
+    )
