@@ -92,7 +92,7 @@ def rope_inv_freq(config: Config, base: float, scaling: Optional[dict], seq_len:
         inv_freq = 1.0 / (ext * base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
         attention = scaling.get("attention_factor")
         if attention is None:
-            factor = config.block_size / original
+            factor = scaling.get("factor") or config.block_size / original  # HF: explicit factor, else the ratio
             attention = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
         return inv_freq, attention
     raise ValueError(f"unsupported rope_type {kind!r}: use default, linear, llama3, yarn or longrope")

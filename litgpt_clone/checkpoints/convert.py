@@ -12,7 +12,6 @@ import torch
 
 from litgpt_clone.checkpoints.arch import Arch, get_arch
 from litgpt_clone.checkpoints.io import (
-    AUX_FILES,
     CheckpointError,
     read_hf_weights,
     save_hf_weights,
@@ -20,6 +19,7 @@ from litgpt_clone.checkpoints.io import (
     write_atomic_text,
 )
 from litgpt_clone.config import Config, ConfigError
+from litgpt_clone.tokenizer import TOKENIZER_FILES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -126,7 +126,8 @@ def native_to_hf_weights(state: dict[str, torch.Tensor], config: Config) -> dict
 
 # --------------------------------------------------------------------------- folders
 def copy_aux_files(src: Path, dst: Path) -> None:
-    for name in AUX_FILES:
+    """Tokenizer and generation files travel with the weights."""
+    for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)
 

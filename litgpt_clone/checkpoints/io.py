@@ -13,17 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-AUX_FILES = (
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "vocab.json",
-    "merges.txt",
-)
-"""Files a checkpoint folder carries besides its weights and configs."""
+
 
 REPO_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
 

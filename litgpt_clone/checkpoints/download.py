@@ -1,0 +1,304 @@
+"""`litgpt-clone download`: fetch a model from the Hugging Face Hub into the standard HF cache, then convert it.
+
+Only what a checkpoint needs is downloaded: ``config.json``, ``generation_config.json``, the tokenizer files and
+one weight format (safetensors when the repo has it, else PyTorch ``.bin``), never ``original/``,
+``consolidated*``, ONNX, GGUF, ... The files land in the Hugging Face cache (``HF_HOME``/``HF_HUB_CACHE``), so
+other tools share them, and nothing in the cache is ever deleted.
+"""
+
+import fnmatch
+import glob
+import re
+from pathlib import Path
+from typing import Iterable, Optional
+
+CONFIG_FILES = ("config.json", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+)
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+BIN_INDEX = "pytorch_model.bin.index.json"
+# top-level *.bin files that are not model weights (trainer state saved next to checkpoints)
+_NOT_WEIGHTS = ("training_args.bin", "optimizer.bin", "scheduler.bin", "rng_state*.bin", "scaler.bin")
+HUB_URL = "https://huggingface.co"
+
+
+class DownloadError(Exception):
+    """A download failed for a reason the user can fix; the message is one line, printed without a traceback."""
+
+
+# ---------------------------------------------------------------------- file selection
+def weight_files(repo_files: Iterable[str]) -> list[str]:
+    """The weight files to fetch: top-level ``*.safetensors`` (+ index) if any, else ``*.bin`` (+ index)."""
+    top = sorted(f for f in repo_files if "/" not in f and not f.startswith("consolidated"))
+    safetensors = [f for f in top if f.endswith(".safetensors")]
+    if safetensors:
+        return safetensors + [f for f in top if f == SAFETENSORS_INDEX]
+    bins = [f for f in top if f.endswith(".bin") and not any(fnmatch.fnmatch(f, p) for p in _NOT_WEIGHTS)]
+    if bins:
+        return bins + [f for f in top if f == BIN_INDEX]
+    return []
+
+
+def select_files(repo_files: Iterable[str]) -> list[str]:
+    """Everything :func:`download` fetches from a repo whose files are ``repo_files`` (empty weights: see caller)."""
+    repo_files = list(repo_files)
+    wanted = set(CONFIG_FILES) | set(TOKENIZER_FILES)
+    return sorted({f for f in repo_files if f in wanted} | set(weight_files(repo_files)))
+
+
+def _generic_patterns() -> list[str]:
+    """Patterns used when the repo listing is unknown (offline, nothing listed in the cache)."""
+    return [*CONFIG_FILES, *TOKENIZER_FILES, "*.safetensors", SAFETENSORS_INDEX, "*.bin", BIN_INDEX]
+
+
+# ---------------------------------------------------------------------- errors
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _gated_message(repo_id: str) -> str:
+    return (
+        f"{repo_id} is gated: accept its license on {HUB_URL}/{repo_id} and pass --access_token hf_... "
+        "(or set HF_TOKEN)"
+    )
+
+
+def _closest_names(repo_id: str) -> str:
+    """' Closest: a, b.' from our model registry, or '' (the registry may know nothing close)."""
+    try:
+        from litgpt_clone.config import ConfigError, find_config, name_to_config
+    except Exception:
+        return ""
+    try:
+        entry = find_config(repo_id)
+    except ConfigError as e:
+        match = re.search(r"Closest: (.*?)\.(?:\s|$)", str(e))
+        if not match:
+            return ""
+        names = [n.strip() for n in match.group(1).split(",") if n.strip()]
+        try:  # download takes repo ids: show the hub repo of each close registry name when it has one
+            registry = name_to_config()
+            names = [_hf_repo(registry.get(n)) or n for n in names]
+        except Exception:
+            pass
+        return f" Closest: {', '.join(names)}."
+    except Exception:
+        return ""
+    repo = _hf_repo(entry)
+    return f" Did you mean {repo}?" if repo and repo != repo_id else ""
+
+
+def _hf_repo(entry: Optional[dict]) -> Optional[str]:
+    hf = (entry or {}).get("hf_config") or {}
+    return f"{hf['org']}/{hf['name']}" if hf.get("org") and hf.get("name") else None
+
+
+def _cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _is_offline() -> bool:
+    from huggingface_hub import constants
+
+    is_offline = getattr(constants, "is_offline_mode", None)
+    return bool(is_offline() if callable(is_offline) else constants.HF_HUB_OFFLINE)
+
+
+def _is_connection_error(error: BaseException) -> bool:
+    """The hub could not be reached (DNS, refused connection, timeout), whatever HTTP client huggingface_hub uses."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(error, HfHubHTTPError):
+        return False
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    names = {cls.__name__ for cls in type(error).__mro__}
+    root = type(error).__module__.split(".")[0]
+    return root.startswith(("httpx", "httpcore", "requests", "urllib3")) and bool(
+        names & {"ConnectError", "ConnectionError", "TimeoutException", "Timeout", "NetworkError", "TransportError"}
+    )
+
+
+def _hub_error(repo_id: str, revision: Optional[str], error: BaseException) -> DownloadError:
+    """Turn a huggingface_hub error into one line the user can act on."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(error, GatedRepoError):
+        return DownloadError(_gated_message(repo_id))
+    if isinstance(error, RevisionNotFoundError):
+        return DownloadError(f"{repo_id} has no revision {revision!r} on the hub (use a branch, tag or commit hash)")
+    if isinstance(error, RepositoryNotFoundError):
+        return DownloadError(
+            f"{repo_id} was not found on the hub (check the spelling; private repos need --access_token)"
+            + _closest_names(repo_id)
+        )
+    if isinstance(error, RemoteEntryNotFoundError):
+        return DownloadError(f"{repo_id} changed on the hub while downloading ({_one_line(error)[:200]}): retry")
+    if isinstance(error, HfHubHTTPError):
+        response = getattr(error, "response", None)
+        status = getattr(response, "status_code", None)
+        server_message = getattr(error, "server_message", None) or ""
+        if status == 401 and "invalid credentials" in server_message.lower():
+            return DownloadError(
+                f"the hub rejected the access token for {repo_id}: pass a valid --access_token hf_... (or fix HF_TOKEN)"
+            )
+        if status in (401, 403):
+            return DownloadError(_gated_message(repo_id))
+        detail = _one_line(server_message or str(error).split("\n")[0])[:200]
+        return DownloadError(f"downloading {repo_id} failed: HTTP {status} from the hub ({detail})")
+    return DownloadError(f"downloading {repo_id} failed: {type(error).__name__}: {_one_line(error)[:300]}")
+
+
+def _check_weights(repo_id: str, snapshot: Path, offline_reason: Optional[str]) -> None:
+    present = [p.name for p in snapshot.iterdir() if p.is_file()] if snapshot.is_dir() else []
+    if weight_files(present):
+        return
+    if offline_reason:
+        raise DownloadError(
+            f"{offline_reason} and the cached snapshot of {repo_id} at {snapshot} has no weights: "
+            "download it once online"
+        )
+    raise DownloadError(f"{repo_id} has no model weights (*.safetensors or *.bin) in {snapshot}")
+
+
+# ---------------------------------------------------------------------- download
+def _cached_snapshot(repo_id: str, revision: Optional[str], token: Optional[str], reason: str, online_hint: str) -> Path:
+    """The snapshot already in the cache, without any network call (offline mode, or the hub is unreachable)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    allow_patterns = _generic_patterns()
+    try:  # huggingface_hub >= 1.x caches the repo listing: select the same files as online
+        from huggingface_hub import get_cached_repo_tree
+
+        listed = [f.path for f in get_cached_repo_tree(repo_id, revision=revision)]
+        if weight_files(listed):
+            allow_patterns = [glob.escape(f) for f in select_files(listed)]
+    except Exception:
+        pass
+    try:
+        path = Path(
+            snapshot_download(
+                repo_id, revision=revision, token=token, allow_patterns=allow_patterns, local_files_only=True
+            )
+        )
+    except LocalEntryNotFoundError as e:
+        if type(e).__name__ == "IncompleteSnapshotError":
+            where = getattr(e, "snapshot_path", None) or _cache_dir()
+            hint = online_hint.replace(" once ", " again ")
+            raise DownloadError(f"{reason} and the cached snapshot of {repo_id} at {where} is missing files: {hint}") from None
+        what = repo_id if revision is None else f"{repo_id} (revision {revision!r})"
+        raise DownloadError(f"{reason} and {what} is not in the cache at {_cache_dir()}: {online_hint}") from None
+    except Exception as e:
+        raise _hub_error(repo_id, revision, e) from None
+    _check_weights(repo_id, path, reason)
+    return path
+
+
+def _download_snapshot(repo_id: str, access_token: Optional[str], revision: Optional[str]) -> Path:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HFValidationError, OfflineModeIsEnabled
+
+    offline_hint = "download it once online, or unset HF_HUB_OFFLINE"
+    if _is_offline():
+        return _cached_snapshot(repo_id, revision, access_token, "HF_HUB_OFFLINE=1", offline_hint)
+
+    def unreachable(error: BaseException) -> Path:
+        from huggingface_hub import constants
+
+        reason = f"the hub at {constants.ENDPOINT} cannot be reached ({type(error).__name__})"
+        return _cached_snapshot(repo_id, revision, access_token, reason, "check your network and retry")
+
+    try:
+        # model_info lists the files in one call and, unlike list_repo_files, fails fast (no retries) when the hub
+        # cannot be reached, so the cached snapshot is used right away
+        info = HfApi().model_info(repo_id, revision=revision, token=access_token)
+        repo_files = (
+            [s.rfilename for s in info.siblings]
+            if info.siblings is not None
+            else HfApi().list_repo_files(repo_id, revision=revision, token=access_token)
+        )
+    except HFValidationError as e:
+        raise DownloadError(f"{repo_id!r} is not a valid repo id ({_one_line(e)[:200]}): use <org>/<name>") from None
+    except Exception as e:
+        if isinstance(e, OfflineModeIsEnabled):
+            return _cached_snapshot(repo_id, revision, access_token, "HF_HUB_OFFLINE=1", offline_hint)
+        if _is_connection_error(e):
+            return unreachable(e)
+        raise _hub_error(repo_id, revision, e) from None
+
+    wanted = select_files(repo_files)
+    if not weight_files(wanted):
+        others = sorted(f for f in repo_files if f.endswith((".safetensors", ".bin", ".pth", ".pt", ".gguf", ".onnx")))
+        found = f" (only {', '.join(others[:4])}{', ...' if len(others) > 4 else ''})" if others else ""
+        raise DownloadError(
+            f"{repo_id} has no Hugging Face model weights (*.safetensors or *.bin at the top level){found}: "
+            "nothing to download"
+        )
+
+    try:
+        path = Path(
+            snapshot_download(
+                repo_id, revision=revision, token=access_token, allow_patterns=[glob.escape(f) for f in wanted]
+            )
+        )
+    except Exception as e:
+        if _is_connection_error(e):
+            return unreachable(e)
+        raise _hub_error(repo_id, revision, e) from None
+    _check_weights(repo_id, path, None)
+    return path
+
+
+def download(
+    repo_id: str,
+    access_token: Optional[str] = None,
+    out_dir: Optional[Path] = None,
+    convert: bool = True,
+    revision: Optional[str] = None,
+) -> Path:
+    """Download a model from the Hugging Face Hub and convert it into a litgpt_clone checkpoint.
+
+    Only config.json, generation_config.json, the tokenizer files and one weight format are fetched
+    (safetensors when the repo has them, else PyTorch .bin; never original/, consolidated*, ONNX or GGUF files).
+    Files go to the standard Hugging Face cache (HF_HOME / HF_HUB_CACHE), shared with transformers;
+    HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE are honoured. With HF_HUB_OFFLINE=1 the cached snapshot is used.
+
+    Args:
+        repo_id: The Hugging Face repo to download, as <org>/<name> (e.g. meta-llama/Llama-3.2-1B).
+        access_token: A Hugging Face token (hf_...) for gated or private repos. Defaults to HF_TOKEN or the token
+            saved by `hf auth login`.
+        out_dir: Where the converted checkpoint goes. Defaults to checkpoints/<repo_id>. Ignored with --convert false.
+        convert: Convert the download into a litgpt_clone checkpoint in out_dir (model.safetensors and
+            model_config.yaml). With false, only download and return the Hugging Face snapshot folder.
+        revision: A branch, tag or commit hash of the repo. Defaults to the repo's main branch.
+
+    Returns:
+        The converted checkpoint folder (out_dir), or with convert=False the snapshot folder in the HF cache.
+
+    Raises:
+        DownloadError: one line saying what went wrong (gated, not found, offline with a cold cache, no weights).
+    """
+    snapshot = _download_snapshot(repo_id, access_token, revision)
+    if not convert:
+        return snapshot
+    from litgpt_clone.checkpoints.convert import convert_hf_checkpoint
+
+    out_dir = Path(out_dir) if out_dir is not None else Path("checkpoints") / repo_id
+    convert_hf_checkpoint(hf_dir=snapshot, out_dir=out_dir)
+    return out_dir

@@ -1,0 +1,35 @@
+"""``litgpt-clone convert from_hf|to_hf``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from litgpt_clone.checkpoints.convert import convert_hf_checkpoint, convert_to_hf_checkpoint
+
+
+def convert_from_hf(hf_dir: Path, out_dir: Optional[Path] = None, dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None) -> None:
+    """Convert a Hugging Face checkpoint folder into a native litgpt_clone checkpoint.
+
+    Args:
+        hf_dir: Folder with config.json and safetensors (single or sharded) or .bin weights.
+        out_dir: Where to write the native checkpoint; default ``checkpoints/<folder name>``.
+        dtype: Cast the weights; default keeps the stored dtype.
+    """
+    out_dir = out_dir or Path("checkpoints") / Path(hf_dir).name
+    convert_hf_checkpoint(hf_dir, out_dir, dtype=dtype)
+    print(f"native checkpoint written to {out_dir}")
+
+
+def convert_to_hf(checkpoint_dir: Path, out_dir: Optional[Path] = None, max_shard_size: str = "5GB") -> None:
+    """Export a native checkpoint as a Hugging Face folder (``AutoModelForCausalLM.from_pretrained`` loads it).
+
+    Args:
+        checkpoint_dir: Native checkpoint folder (model_config.yaml + model.safetensors).
+        out_dir: Where to write model.safetensors (+ index when sharded), config.json and tokenizer files;
+            default ``<checkpoint_dir>_hf`` beside the checkpoint.
+        max_shard_size: Largest safetensors shard, e.g. "5GB" or "500MB".
+    """
+    out_dir = out_dir or Path(f"{Path(checkpoint_dir)}_hf")
+    convert_to_hf_checkpoint(checkpoint_dir, out_dir, max_shard_size=max_shard_size)
+    print(f"Hugging Face checkpoint written to {out_dir}")

@@ -1,0 +1,24 @@
+"""``litgpt-clone download <repo_id>``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+
+def download(repo_id: str, access_token: Optional[str] = None, out_dir: Optional[Path] = None, convert: bool = True, revision: Optional[str] = None) -> None:
+    """Download a checkpoint from the Hugging Face hub (only the files needed) and convert it to a native one.
+
+    Honours HF_HOME, HF_TOKEN, HF_HUB_OFFLINE and HF_ENDPOINT; files land in the standard hub cache.
+
+    Args:
+        repo_id: Hub repository, e.g. ``meta-llama/Llama-3.2-1B``.
+        access_token: Token for gated or private repos (default: HF_TOKEN or the token saved by ``hf auth login``).
+        out_dir: Where the native checkpoint goes; default ``checkpoints/<repo_id>``.
+        convert: Convert to a native checkpoint after downloading; ``--convert false`` keeps only the hub snapshot.
+        revision: Branch, tag or commit to download.
+    """
+    from litgpt_clone.checkpoints.download import download as run
+
+    path = run(repo_id, access_token=access_token, out_dir=out_dir, convert=convert, revision=revision)
+    print(path)

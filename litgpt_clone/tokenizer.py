@@ -1,0 +1,198 @@
+"""Text <-> token ids for a checkpoint folder, over the two formats LLM checkpoints ship their tokenizer in.
+
+- ``tokenizer.json``: the Hugging Face ``tokenizers`` library; used whenever the file is there.
+- ``tokenizer.model``: SentencePiece; used when there is no tokenizer.json.
+
+``Tokenizer(dir).encode(text)`` gives the ids that
+``transformers.AutoTokenizer.from_pretrained(dir)(text)["input_ids"]`` gives (transformers 5), so a model sees here
+the ids it sees under transformers. What that takes:
+
+- tokenizer.json: the file's own pipeline. BOS/EOS are what its post-processor adds (transformers 5 ignores
+  ``add_bos_token``/``add_eos_token`` of tokenizer_config.json when there is a tokenizer.json). We encode without
+  the post-processor and add BOS ourselves, so that ``bos=`` can turn it on or off.
+- tokenizer.model: sentencepiece, plus two rules of transformers' ``LlamaTokenizer``: BOS only where
+  tokenizer_config.json says ``"add_bos_token": true`` (absent means no), and a text that starts with a space gets
+  no second "▁" in front of it.
+
+Where transformers 5 does something else, and we do not follow:
+
+- ``eos``: EOS is added only when asked (``eos=True``), even if the checkpoint says ``add_eos_token``.
+- tokenizer.json with a model-specific ``tokenizer_class`` (e.g. ``LlamaTokenizer`` on a SentencePiece-style
+  tokenizer.json, as in Llama 2): transformers 5 rebuilds that class's hard-coded pipeline from the file's vocab
+  and merges instead of running the file's; for Llama this drops the extra "▁" before a leading space. We run
+  the file as it is.
+- tokenizer.model: special-token strings in the text (``"<s>"``) stay plain text, as in sentencepiece; a model
+  trained with a normalization rule (``nmt_nfkc``, whitespace collapsing) is normalized by sentencepiece, which
+  transformers skips; a model trained without ``add_dummy_prefix`` gets no "▁" in front, which transformers adds.
+  Llama-style models (identity normalization, dummy prefix) differ only in the first.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+)
+"""The files of a checkpoint folder that make up its tokenizer: copy every one that exists when converting a
+checkpoint (``config.json``, where ``Tokenizer`` also looks for ``bos_token_id``/``eos_token_id``, is the model's)."""
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _token_content(token: Union[str, dict, None]) -> Optional[str]:
+    """tokenizer_config.json writes a special token as ``"<s>"`` or as ``{"content": "<s>", ...}``."""
+    return token.get("content") if isinstance(token, dict) else token
+
+
+class Tokenizer:
+    """The tokenizer of the checkpoint in ``checkpoint_dir``.
+
+    Attributes: ``backend`` ("huggingface" or "sentencepiece"), ``vocab_size`` (added tokens included),
+    ``bos_id``/``eos_id`` (None when the checkpoint has none), ``add_bos`` (whether ``encode`` adds BOS by default),
+    ``stop_ids`` (ids that end generation: EOS and every ``eos_token_id`` of generation_config.json) and
+    ``chat_template`` (the Jinja source, or None).
+    """
+
+    def __init__(self, checkpoint_dir: Union[str, Path]) -> None:
+        self.checkpoint_dir = checkpoint_dir = Path(checkpoint_dir)
+        config = _read_json(checkpoint_dir / "tokenizer_config.json")
+
+        if (checkpoint_dir / "tokenizer.json").is_file():
+            from tokenizers import Tokenizer as HFTokenizer
+
+            self.backend = "huggingface"
+            self._hf = HFTokenizer.from_file(str(checkpoint_dir / "tokenizer.json"))
+            self._hf.no_padding()  # a file may carry padding/truncation settings; transformers does not apply
+            self._hf.no_truncation()  # them unless asked to, and neither do we
+            self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
+        elif (checkpoint_dir / "tokenizer.model").is_file():
+            import sentencepiece
+
+            self.backend = "sentencepiece"
+            self._sp = sentencepiece.SentencePieceProcessor(model_file=str(checkpoint_dir / "tokenizer.model"))
+            self.vocab_size = self._sp.vocab_size()
+            self._dummy_prefix = self._sp.normalize("a").startswith("▁")  # the model puts "▁" before every text
+        else:
+            raise FileNotFoundError(
+                f"no tokenizer in {checkpoint_dir}: expected tokenizer.json or tokenizer.model (copy them from the"
+                " Hugging Face repo, or rerun `litgpt-clone download <repo>`)"
+            )
+
+        self.bos_id = self._special_id("bos", config)
+        self.eos_id = self._special_id("eos", config)
+        if self.backend == "huggingface":
+            added = self._hf.encode("").ids  # what the post-processor puts around a text, e.g. [bos]
+            self.add_bos = self.bos_id is not None and added[:1] == [self.bos_id]
+        else:
+            self.add_bos = self.bos_id is not None and bool(config.get("add_bos_token", False))
+
+        generation_eos = _read_json(checkpoint_dir / "generation_config.json").get("eos_token_id")
+        if not isinstance(generation_eos, list):
+            generation_eos = [generation_eos]
+        self.stop_ids: set[int] = {i for i in [self.eos_id, *generation_eos] if i is not None}
+
+        # transformers reads chat_template.jinja first, then tokenizer_config.json's "chat_template", which some
+        # repos write as a list of named templates
+        template_file = checkpoint_dir / "chat_template.jinja"
+        template = template_file.read_text(encoding="utf-8") if template_file.is_file() else config.get("chat_template")
+        if isinstance(template, list):
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        self.chat_template: Optional[str] = template
+
+    def _special_id(self, kind: str, config: dict) -> Optional[int]:
+        """The id of the ``kind`` ("bos" or "eos") token: tokenizer_config.json's ``<kind>_token``, else config.json's
+        ``<kind>_token_id`` (the first one if a list), else special_tokens_map.json's ``<kind>_token``, else the
+        SentencePiece model's own."""
+        token = _token_content(config.get(f"{kind}_token"))
+        if token is not None and (token_id := self.token_to_id(token)) is not None:
+            return token_id
+        token_id = _read_json(self.checkpoint_dir / "config.json").get(f"{kind}_token_id")
+        if isinstance(token_id, list):
+            token_id = token_id[0] if token_id else None
+        if token_id is not None:
+            return token_id
+        token = _token_content(_read_json(self.checkpoint_dir / "special_tokens_map.json").get(f"{kind}_token"))
+        if token is not None and (token_id := self.token_to_id(token)) is not None:
+            return token_id
+        if self.backend == "sentencepiece":
+            token_id = self._sp.bos_id() if kind == "bos" else self._sp.eos_id()
+            return token_id if token_id >= 0 else None
+        return None
+
+    def token_to_id(self, token: str) -> Optional[int]:
+        """The id of ``token`` (a vocabulary entry, e.g. ``"<s>"``), or None if it is not in the vocabulary."""
+        if self.backend == "huggingface":
+            return self._hf.token_to_id(token)
+        token_id = self._sp.piece_to_id(token)  # gives the unknown token's id for anything not in the vocabulary
+        return None if self._sp.is_unknown(token_id) and self._sp.id_to_piece(token_id) != token else token_id
+
+    def encode(self, text: str, bos: Optional[bool] = None, eos: bool = False, max_length: int = -1) -> torch.Tensor:
+        """``text`` as a 1-D int64 tensor of ids.
+
+        bos: add BOS in front; None does what the checkpoint does (``add_bos``). A text that already starts with
+            the BOS string gets a second one, as in transformers: pass ``bos=False`` for rendered chat templates.
+        eos: add EOS at the end.
+        max_length: keep only the first ``max_length`` ids (BOS/EOS included); -1 keeps all.
+        """
+        if self.backend == "huggingface":
+            ids = self._hf.encode(text, add_special_tokens=False).ids
+        else:
+            if self._dummy_prefix and text.startswith(" "):
+                # transformers' Metaspace pre-tokenizer puts "▁" in front only if the text does not start with one:
+                # " Hi" is "▁Hi", where sentencepiece makes "▁▁Hi"; " " is "▁", where sentencepiece of "" is []
+                ids = self._sp.encode(text[1:]) if text != " " else [self._sp.piece_to_id("▁")]
+            else:
+                ids = self._sp.encode(text)
+        if self.add_bos if bos is None else bos:
+            if self.bos_id is None:
+                raise ValueError(f"the tokenizer in {self.checkpoint_dir} has no BOS token; call encode with bos=False")
+            ids = [self.bos_id, *ids]
+        if eos:
+            if self.eos_id is None:
+                raise ValueError(f"the tokenizer in {self.checkpoint_dir} has no EOS token; call encode with eos=False")
+            ids = [*ids, self.eos_id]
+        if max_length > 0:
+            ids = ids[:max_length]
+        return torch.tensor(ids, dtype=torch.long)
+
+    def decode(self, ids: Union[torch.Tensor, list[int]], skip_special_tokens: bool = True) -> str:
+        """The text of ``ids``; special tokens (BOS, EOS, ...) are left out unless ``skip_special_tokens=False``,
+        which writes them as their strings, as transformers does."""
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        if isinstance(ids, int):  # a 0-d tensor
+            ids = [ids]
+        if self.backend == "huggingface":
+            return self._hf.decode(ids, skip_special_tokens=skip_special_tokens)
+
+        special = {i for i in ids if self._sp.is_control(i) or self._sp.is_unknown(i)}
+        if skip_special_tokens:
+            return self._sp.decode([i for i in ids if i not in special])
+        # the special tokens as text, each run of ordinary ids between them through sentencepiece
+        text, run = "", []
+        for i in [*ids, None]:
+            if i is not None and i not in special:
+                run.append(i)
+                continue
+            if run:
+                piece = self._sp.decode(run)
+                if text and self._dummy_prefix and self._sp.id_to_piece(run[0]).startswith("▁"):
+                    piece = " " + piece  # sentencepiece drops a leading "▁" in every call; only the text's own goes
+                text, run = text + piece, []
+            if i is not None:
+                text += self._sp.id_to_piece(i)
+        return text

@@ -1,0 +1,152 @@
+"""The real `litgpt-clone` CLI in a subprocess: help, config files, conversion round trip, one-line errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from litgpt_clone import GPT, Config
+from litgpt_clone.checkpoints.io import CheckpointError
+from litgpt_clone.config import ConfigError
+
+
+def cli(*args, cwd=None, check=True):
+    proc = subprocess.run([sys.executable, "-m", "litgpt_clone", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def hf_llama(tmp_path_factory):
+    path = tmp_path_factory.mktemp("hf_llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=64)
+    model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(path)
+    (path / "generation_config.json").write_text(json.dumps({"eos_token_id": [1, 2]}))
+    (path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    return path, model
+
+
+def test_help_lists_commands_and_docstrings():
+    out = cli("--help").stdout
+    for command in ("download", "convert", "models"):
+        assert command in out
+    out = cli("convert", "from_hf", "--help").stdout
+    assert "Folder with config.json" in out and "--dtype" in out
+
+
+def test_models_filter():
+    out = cli("models", "--filter", "Llama-3.2-1B").stdout.splitlines()
+    assert out and all("llama-3.2-1b" in line.lower() for line in out)
+    assert any("meta-llama/Llama-3.2-1B" in line for line in out)
+
+
+def test_convert_round_trip_through_cli(hf_llama, tmp_path):
+    hf_dir, hf_model = hf_llama
+    native, back = tmp_path / "native", tmp_path / "back"
+    cli("convert", "from_hf", hf_dir, "--out_dir", native)
+    assert {"model.safetensors", "model_config.yaml", "config.json", "generation_config.json", "tokenizer_config.json"} <= {
+        p.name for p in native.iterdir()
+    }
+    assert not list(native.glob(".*.tmp")), "temporary files left behind"
+    cli("convert", "to_hf", native, "--out_dir", back)
+    idx = torch.randint(0, 64, (1, 12))
+    with torch.no_grad():
+        expected = hf_model(idx).logits
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(back)(idx).logits, expected)
+        torch.testing.assert_close(GPT.from_checkpoint(native)(idx), expected)
+    assert set(load_file(back / "model.safetensors")) == set(load_file(hf_dir / "model.safetensors"))
+
+
+def test_config_file_and_print_config(hf_llama, tmp_path):
+    hf_dir, _ = hf_llama
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"hf_dir: {hf_dir}\nout_dir: {tmp_path / 'from_recipe'}\ndtype: bfloat16\n")
+    printed = cli("convert", "from_hf", "--config", recipe, "--print_config").stdout
+    assert "dtype: bfloat16" in printed and str(hf_dir) in printed
+    cli("convert", "from_hf", "--config", recipe)
+    assert all(t.dtype == torch.bfloat16 for t in load_file(tmp_path / "from_recipe" / "model.safetensors").values())
+    bad = cli("convert", "from_hf", hf_dir, "--dtpye", "float16", check=False)
+    assert bad.returncode != 0 and "dtpye" in bad.stderr
+
+
+def test_sharded_export_loads_in_transformers(hf_llama, tmp_path):
+    hf_dir, hf_model = hf_llama
+    cli("convert", "from_hf", hf_dir, "--out_dir", tmp_path / "native")
+    cli("convert", "to_hf", tmp_path / "native", "--out_dir", tmp_path / "sharded", "--max_shard_size", "20KB")
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    idx = torch.randint(0, 64, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(tmp_path / "sharded")(idx).logits, hf_model(idx).logits)
+    cli("convert", "from_hf", tmp_path / "sharded", "--out_dir", tmp_path / "native2")  # sharded input converts too
+    a, b = load_file(tmp_path / "native" / "model.safetensors"), load_file(tmp_path / "native2" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bin_checkpoint_converts(hf_llama, tmp_path):
+    hf_dir, hf_model = hf_llama
+    hf_model.save_pretrained(tmp_path / "bin", safe_serialization=False) if "safe_serialization" in hf_model.save_pretrained.__code__.co_varnames else None
+    if not list((tmp_path / "bin").glob("*.bin")):  # transformers 5 always writes safetensors: write the .bin ourselves
+        (tmp_path / "bin").mkdir(exist_ok=True)
+        (tmp_path / "bin" / "config.json").write_text((hf_dir / "config.json").read_text())
+        torch.save(load_file(hf_dir / "model.safetensors"), tmp_path / "bin" / "pytorch_model.bin")
+        for f in (tmp_path / "bin").glob("*.safetensors"):
+            f.unlink()
+    cli("convert", "from_hf", tmp_path / "bin", "--out_dir", tmp_path / "native")
+    idx = torch.randint(0, 64, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(GPT.from_checkpoint(tmp_path / "native")(idx), hf_model(idx).logits)
+
+
+# ----------------------------------------------------------------------------- bad input: one line, with the fix
+def one_line_error(proc) -> str:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+def test_unknown_model_name_suggests_closest():
+    with pytest.raises(ConfigError) as err:
+        Config.from_name("Lama-3.2-1B")
+    assert "Llama-3.2-1B" in str(err.value) and "litgpt-clone models" in str(err.value)
+    with pytest.raises(ConfigError):
+        GPT.from_name("not-a-model-at-all", device="meta")
+
+
+def test_truncated_safetensors(hf_llama, tmp_path):
+    hf_dir, _ = hf_llama
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((hf_dir / "config.json").read_text())
+    data = (hf_dir / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    line = one_line_error(cli("convert", "from_hf", broken, "--out_dir", tmp_path / "out", check=False))
+    assert "model.safetensors" in line and "corrupt or truncated" in line
+    # a truncated native checkpoint fails the same way on load
+    cli("convert", "from_hf", hf_dir, "--out_dir", tmp_path / "native")
+    weights = tmp_path / "native" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        GPT.from_checkpoint(tmp_path / "native")
+
+
+def test_unsupported_architecture(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertForMaskedLM"], "model_type": "bert"}))
+    line = one_line_error(cli("convert", "from_hf", tmp_path, check=False))
+    assert "BertForMaskedLM" in line and "LlamaForCausalLM" in line
+
+
+def test_missing_checkpoint_names_expected_files(tmp_path):
+    with pytest.raises(CheckpointError, match="model_config.yaml"):
+        GPT.from_checkpoint(tmp_path / "nowhere")
+    line = one_line_error(cli("convert", "to_hf", tmp_path / "nowhere", "--out_dir", tmp_path / "x", check=False))
+    assert "model_config.yaml" in line

@@ -1,0 +1,156 @@
+"""The named-config registry: every entry builds, names are unique, lookups work, and sizes match the published ones."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from unittest import mock
+
+import pytest
+import torch
+
+from litgpt_clone.config import Config, ConfigError, all_configs, find_config
+from litgpt_clone.configs import FAMILIES
+from litgpt_clone.model import GPT
+
+ARCHITECTURES = {
+    "LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+    "Qwen3MoeForCausalLM", "GPTNeoXForCausalLM", "PhiForCausalLM", "Phi3ForCausalLM", "GemmaForCausalLM",
+    "Gemma2ForCausalLM", "Gemma3ForCausalLM", "FalconForCausalLM", "OlmoForCausalLM", "Olmo2ForCausalLM",
+    "StableLmForCausalLM", "Starcoder2ForCausalLM",
+}  # fmt: skip
+
+ENTRIES = all_configs()
+
+
+@contextmanager
+def on_meta():
+    """The meta device without the default init of Linear and Embedding weights: on meta it fills no data, yet
+    costs a second on first use (random-init decompositions get imported) and adds up over MoE models' thousands
+    of experts."""
+    skip = lambda self: None  # noqa: E731
+    with (
+        torch.device("meta"),
+        mock.patch.object(torch.nn.Linear, "reset_parameters", skip),
+        mock.patch.object(torch.nn.Embedding, "reset_parameters", skip),
+    ):
+        yield
+
+
+def n_params(config: Config) -> int:
+    """Parameters of the model built on the meta device; ``parameters()`` counts a tied head once."""
+    with on_meta():
+        model = GPT(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def cheap(entry: dict) -> Config:
+    """The entry with short RoPE tables and at most two blocks (every block of a config has the same shapes)."""
+    return Config(**{**entry, "block_size": min(entry["block_size"], 4096), "n_layer": min(entry["n_layer"], 2)})
+
+
+def test_families_are_listed_and_populated():
+    assert FAMILIES[0].__name__.endswith(".llama")
+    assert len(set(FAMILIES)) == len(FAMILIES)
+    for family in FAMILIES:
+        assert family.configs, f"{family.__name__} has no entries"
+
+
+def test_names_and_repo_ids_are_unique():
+    names = [e["name"] for e in ENTRIES]
+    assert len(names) == len(set(names)), sorted({n for n in names if names.count(n) > 1})
+    repos = [f"{e['hf_config']['org']}/{e['hf_config']['name']}".lower() for e in ENTRIES]
+    assert len(repos) == len(set(repos)), sorted({r for r in repos if repos.count(r) > 1})
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e["name"] for e in ENTRIES])
+def test_entry_builds(entry):
+    assert set(entry["hf_config"]) == {"org", "name"}
+    assert entry["architecture"] in ARCHITECTURES
+    assert "block_size" in entry and "vocab_size" in entry and "n_layer" in entry
+    config = Config(**entry)
+    assert config.name == entry["name"]
+    if config.rope_scaling and config.rope_scaling.get("rope_type") == "longrope":
+        for key in ("short_factor", "long_factor"):
+            assert len(config.rope_scaling[key]) == config.rope_n_elem // 2
+    with on_meta():
+        model = GPT(cheap(entry))
+    assert model.lm_head.weight.shape == (config.vocab_size, config.n_embd)
+
+
+def test_lookup_by_hf_repo_id():
+    assert Config.from_name("meta-llama/Llama-3.2-1B") == Config.from_name("Llama-3.2-1B")
+    assert Config.from_name("meta-llama/Meta-Llama-3-8B").name == "Llama-3-8B"
+    assert find_config("Qwen/Qwen2.5-0.5B")["name"] == "Qwen2.5-0.5B"
+
+
+def test_unknown_name_suggests_close_names():
+    with pytest.raises(ConfigError, match="Llama-3.2-1B") as info:
+        Config.from_name("Lama-3.2-1B")
+    assert "Lama-3.2-1B" in str(info.value)
+
+
+PUBLISHED = {
+    "pythia-160m": 162_322_944,
+    "Llama-3.2-1B": 1.24e9,
+    "Llama-3-8B": 8.03e9,
+    "Mistral-7B-v0.1": 7.24e9,
+    "Mixtral-8x7B-v0.1": 46.7e9,
+    "phi-2": 2.78e9,
+    "gemma-2-2b": 2.61e9,
+    "Qwen2.5-0.5B": 494e6,
+    "Qwen3-30B-A3B": 30.5e9,
+    "TinyLlama-1.1B-intermediate-step-1431k-3T": 1.10e9,
+    "falcon-7b": 6.92e9,
+    "starcoder2-3b": 3.03e9,
+    "SmolLM2-135M": 135e6,
+}
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_parameter_count_matches_published(name):
+    entry = find_config(name)
+    count = n_params(Config(**{**entry, "block_size": min(entry["block_size"], 4096)}))
+    assert count == pytest.approx(PUBLISHED[name], rel=0.02), f"{name}: {count / 1e9:.3f}B"
+
+
+# One representative per architecture, picked to exercise its distinctive fields.
+REPRESENTATIVES = {
+    "LlamaForCausalLM": "Llama-3.2-1B",  # llama3 rope scaling, tied head, explicit head_size
+    "MistralForCausalLM": "Mistral-7B-v0.1",  # sliding window
+    "MixtralForCausalLM": "Mixtral-8x7B-v0.1",
+    "Qwen2ForCausalLM": "Qwen2.5-0.5B",
+    "Qwen3ForCausalLM": "Qwen3-0.6B",
+    "Qwen3MoeForCausalLM": "Qwen3-30B-A3B",
+    "GPTNeoXForCausalLM": "pythia-160m",
+    "PhiForCausalLM": "phi-2",
+    "Phi3ForCausalLM": "Phi-3.5-mini-instruct",  # longrope
+    "GemmaForCausalLM": "gemma-2b",
+    "Gemma2ForCausalLM": "gemma-2-2b",
+    "Gemma3ForCausalLM": "gemma-3-4b-it",
+    "FalconForCausalLM": "falcon-7b",
+    "OlmoForCausalLM": "OLMo-1B-hf",
+    "Olmo2ForCausalLM": "OLMo-2-1124-7B",
+    "StableLmForCausalLM": "stablelm-2-1_6b",
+    "Starcoder2ForCausalLM": "starcoder2-3b",
+}
+
+
+def test_representatives_cover_every_architecture():
+    assert set(REPRESENTATIVES) == ARCHITECTURES
+    for arch, name in REPRESENTATIVES.items():
+        assert find_config(name)["architecture"] == arch
+
+
+@pytest.mark.parametrize("arch", sorted(REPRESENTATIVES))
+def test_hf_config_round_trip(arch):
+    import litgpt_clone.checkpoints.families  # noqa: F401  (registers every family written so far)
+    from litgpt_clone.checkpoints import convert
+    from litgpt_clone.checkpoints.arch import ARCHS
+
+    if arch not in ARCHS:
+        pytest.skip(f"{arch} is not registered in litgpt_clone.checkpoints.arch.ARCHS yet")
+    config = Config.from_name(REPRESENTATIVES[arch])
+    back = Config.from_hf_config(convert.config_to_hf(config))
+    expected = {k: v for k, v in config.to_dict().items() if k not in ("name", "hf_config")}
+    actual = {k: v for k, v in back.to_dict().items() if k not in ("name", "hf_config")}
+    assert actual == expected

@@ -1,0 +1,329 @@
+"""`litgpt_clone.checkpoints.download` against a local stand-in for the Hugging Face Hub (tests/hub_standin.py).
+
+huggingface_hub reads HF_ENDPOINT, HF_HOME, HF_TOKEN and HF_HUB_OFFLINE into `huggingface_hub.constants` when it
+is imported, so every download runs in a fresh interpreter whose environment is set with monkeypatch first.
+An interpreter costs ~2 s (importing litgpt_clone imports torch), so calls that share an environment are batched
+into one interpreter and interpreters with different environments run side by side.
+"""
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hub_standin import HubStandin
+
+from litgpt_clone.checkpoints.download import select_files, weight_files
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+_RUNNER = r"""
+import json, sys
+from litgpt_clone.checkpoints.download import DownloadError, download
+for kwargs in json.loads(sys.argv[1]):
+    try:
+        print(json.dumps({"path": str(download(**kwargs))}), flush=True)
+    except DownloadError as e:
+        print(json.dumps({"error": str(e)}), flush=True)
+"""
+
+TOKENIZER = {
+    "tokenizer.json": b'{"version": "1.0", "model": {"type": "BPE"}}',
+    "tokenizer_config.json": b'{"bos_token": "<s>"}',
+    "special_tokens_map.json": b'{"bos_token": "<s>", "eos_token": "</s>"}',
+}
+
+
+def _weights(tag: str, n: int = 3000) -> bytes:
+    return hashlib.sha256(tag.encode()).digest() * (n // 32)
+
+
+# ---------------------------------------------------------------------- environment and interpreters
+def set_hf_env(monkeypatch, hf_home: Path, endpoint=None, offline=False, token=None) -> Path:
+    """A clean Hugging Face environment in os.environ (no stray HF_* variables), for the next interpreter."""
+    for key in list(os.environ):
+        if key.startswith("HF_") or key in ("TRANSFORMERS_OFFLINE", "HUGGING_FACE_HUB_TOKEN"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    # a port nothing listens on unless a stand-in is running: the real hub is never contacted
+    monkeypatch.setenv("HF_ENDPOINT", endpoint or "http://127.0.0.1:9")
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if token:
+        monkeypatch.setenv("HF_TOKEN", token)
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if str(REPO_ROOT) not in paths:
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO_ROOT), *filter(None, paths)]))
+    return Path(hf_home)
+
+
+@pytest.fixture
+def hf_env(monkeypatch, tmp_path):
+    """hf_env(endpoint=..., hf_home=..., offline=..., token=...) sets the environment; returns HF_HOME."""
+
+    def set_env(endpoint=None, hf_home=tmp_path / "hf_home", offline=False, token=None):
+        return set_hf_env(monkeypatch, hf_home, endpoint, offline, token)
+
+    set_env()
+    return set_env
+
+
+def start_downloads(cwd: Path, *calls: dict) -> subprocess.Popen:
+    """Run download(**call) for each call in one fresh interpreter, with os.environ as it is now."""
+    return subprocess.Popen(
+        [sys.executable, "-c", _RUNNER, json.dumps(list(calls))],
+        cwd=cwd,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def results(proc: subprocess.Popen) -> list:
+    """One {"path": ...} or {"error": ...} per call given to start_downloads."""
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{stdout}\n{stderr}"
+    return [json.loads(line) for line in stdout.strip().splitlines()]
+
+
+def snapshot_files(path: Path) -> dict:
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def expect_snapshot(result: dict, hf_home: Path, hub: HubStandin, repo_id: str) -> Path:
+    """The result is the snapshot folder of the hub's current commit, in the standard cache under HF_HOME."""
+    assert "path" in result, result
+    path = Path(result["path"])
+    org, name = repo_id.split("/")
+    assert path == hf_home / "hub" / f"models--{org}--{name}" / "snapshots" / hub.commit_sha(repo_id)
+    return path
+
+
+# ---------------------------------------------------------------------- file selection (no network)
+def test_select_files_prefers_safetensors_and_skips_other_formats():
+    files = [
+        "config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+        "special_tokens_map.json", "chat_template.jinja", "README.md", ".gitattributes",
+        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json",
+        "pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json", "consolidated.safetensors",
+        "original/consolidated.00.pth", "original/params.json", "onnx/model.onnx", "onnx/model.safetensors",
+        "model-q4.gguf", "training_args.bin",
+    ]  # fmt: skip
+    assert select_files(files) == sorted(
+        [
+            "config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+            "special_tokens_map.json", "chat_template.jinja",
+            "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json",
+        ]
+    )  # fmt: skip
+    bins = ["config.json", "vocab.json", "merges.txt", "pytorch_model.bin", "pytorch_model.bin.index.json",
+            "training_args.bin", "rng_state_0.bin", "original/consolidated.00.pth"]  # fmt: skip
+    assert select_files(bins) == ["config.json", "merges.txt", "pytorch_model.bin", "pytorch_model.bin.index.json", "vocab.json"]
+    assert weight_files(["config.json", "consolidated.safetensors", "original/model.safetensors", "m.gguf"]) == []
+
+
+# ---------------------------------------------------------------------- online downloads, one interpreter
+ST_REPO = {
+    "config.json": b'{"model_type": "llama"}',
+    "generation_config.json": b'{"do_sample": false}',
+    **TOKENIZER,
+    "model.safetensors": _weights("st"),
+    "pytorch_model.bin": _weights("bin"),
+    "original/consolidated.00.pth": _weights("pth"),
+    "original/params.json": b"{}",
+    "onnx/model.onnx": _weights("onnx"),
+    "README.md": b"# card",
+    ".gitattributes": b"*.safetensors filter=lfs",
+}
+BIN_REPO = {
+    "config.json": b'{"model_type": "gpt2"}',
+    "vocab.json": b"{}",
+    "merges.txt": b"#version: 0.2",
+    "pytorch_model.bin": _weights("bin"),
+    "training_args.bin": b"trainer state",
+    "flax_model.msgpack": _weights("flax"),
+}
+
+
+@pytest.fixture(scope="module")
+def online(tmp_path_factory):
+    """Download, with convert=False, a safetensors repo, a .bin-only repo, a GGUF-only repo and a missing repo.
+
+    The stand-in is stopped afterwards, so the cache under ``hf_home`` is also the warm cache of the offline test.
+    """
+    tmp = tmp_path_factory.mktemp("online")
+    with pytest.MonkeyPatch.context() as mp, HubStandin(missing_status=404) as hub:
+        hub.add_repo("acme/tiny-llama", ST_REPO)
+        hub.add_repo("acme/old-gpt", BIN_REPO)
+        hub.add_repo("acme/gguf-only", {"config.json": b"{}", "model-q4.gguf": _weights("gguf")})
+        hf_home = set_hf_env(mp, tmp / "hf_home", endpoint=hub.endpoint)
+        calls = {
+            "safetensors": dict(repo_id="acme/tiny-llama", convert=False),
+            "bin": dict(repo_id="acme/old-gpt", convert=False, revision="main"),
+            "no_weights": dict(repo_id="acme/gguf-only", convert=False),
+            "missing": dict(repo_id="acme/tiny-lama", convert=False),
+        }
+        out = dict(zip(calls, results(start_downloads(tmp, *calls.values()))))
+    assert not (tmp / "checkpoints").exists()  # convert=False converts nothing
+    return hub, hf_home, out
+
+
+# (1)
+def test_downloads_only_safetensors_config_and_tokenizer(online):
+    hub, hf_home, out = online
+    path = expect_snapshot(out["safetensors"], hf_home, hub, "acme/tiny-llama")
+    wanted = ["config.json", "generation_config.json", *TOKENIZER, "model.safetensors"]
+    assert snapshot_files(path) == {name: ST_REPO[name] for name in wanted}
+    # nothing else was even requested; the weights came from the "CDN", which never sees the Authorization header
+    assert hub.requested_files("acme/tiny-llama") == set(wanted)
+    assert [r.authorization for r in hub.requests if r.server == "cdn" and "acme/tiny-llama" in r.path] == [None]
+
+
+# (2)
+def test_bin_only_repo_downloads_the_bin(online):
+    hub, hf_home, out = online
+    path = expect_snapshot(out["bin"], hf_home, hub, "acme/old-gpt")
+    wanted = ["config.json", "vocab.json", "merges.txt", "pytorch_model.bin"]
+    assert snapshot_files(path) == {name: BIN_REPO[name] for name in wanted}
+
+
+def test_repo_without_weights_is_one_clear_line(online):
+    hub, hf_home, out = online
+    message = out["no_weights"]["error"]
+    assert "no Hugging Face model weights" in message and "model-q4.gguf" in message and "\n" not in message
+    assert hub.requested_files("acme/gguf-only") == set()
+    assert not (hf_home / "hub" / "models--acme--gguf-only" / "snapshots").exists()
+
+
+# (4)
+EXPECT_MISSING = "acme/tiny-lama was not found on the hub (check the spelling; private repos need --access_token)"
+
+
+def test_missing_repo(online):
+    message = online[2]["missing"]["error"]
+    assert message.startswith(EXPECT_MISSING) and "\n" not in message
+
+
+def test_missing_repo_through_the_cli_when_the_hub_says_401(hf_env, tmp_path):
+    # the real hub answers 401 (not 404) to anonymous requests for unknown repos
+    with HubStandin(missing_status=401) as hub:
+        hf_env(endpoint=hub.endpoint)
+        proc = subprocess.run(
+            [sys.executable, "-m", "litgpt_clone", "download", "acme/tiny-lama", "--convert", "false"],
+            cwd=tmp_path,
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    # one line on stderr, no traceback, exit status 2
+    assert proc.returncode == 2 and proc.stdout == "", (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.stderr.startswith(f"error: {EXPECT_MISSING}"), proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert any(r.path.startswith("/api/models/acme/tiny-lama") for r in hub.requests)
+
+
+# ---------------------------------------------------------------------- (3) gated
+def test_gated_repo_needs_the_token(hf_env, tmp_path):
+    files = {"config.json": b"{}", **TOKENIZER, "model.safetensors": _weights("gated")}
+    repo = dict(repo_id="acme/gated-7b", convert=False)
+    with HubStandin() as hub:
+        hub.add_repo("acme/gated-7b", files)
+        hub.gate("acme/gated-7b", "hf_right")
+        # no token, a wrong one, then the right one as --access_token
+        home_a = hf_env(endpoint=hub.endpoint)
+        with_arg = start_downloads(tmp_path, repo, {**repo, "access_token": "hf_wrong"}, {**repo, "access_token": "hf_right"})
+        # the right token from HF_TOKEN, in another cache
+        home_b = hf_env(endpoint=hub.endpoint, hf_home=tmp_path / "home_b", token="hf_right")
+        with_env = start_downloads(tmp_path, repo)
+        no_token, wrong_token, ok_arg = results(with_arg)
+        (ok_env,) = results(with_env)
+
+    for result in (no_token, wrong_token):
+        message = result["error"]
+        assert message.startswith("acme/gated-7b is gated: accept its license on https://huggingface.co/acme/gated-7b")
+        assert "--access_token" in message and "HF_TOKEN" in message and "\n" not in message
+    assert snapshot_files(expect_snapshot(ok_arg, home_a, hub, "acme/gated-7b")) == files
+    assert snapshot_files(expect_snapshot(ok_env, home_b, hub, "acme/gated-7b")) == files
+    # files were only served to the right token
+    assert {r.authorization for r in hub.requests if r.method == "GET" and "/resolve/" in r.path} == {"Bearer hf_right"}
+    resolves = [r for r in hub.requests if "/resolve/" in r.path]
+    assert {r.authorization for r in resolves} == {None, "Bearer hf_wrong", "Bearer hf_right"}
+
+
+# ---------------------------------------------------------------------- (5) offline
+def test_offline_uses_the_warm_cache_and_explains_a_cold_one(online, hf_env, tmp_path):
+    hub, hf_home, out = online  # the stand-in that served these downloads is stopped
+    port = int(hub.endpoint.rsplit(":", 1)[1])
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    path = Path(out["safetensors"]["path"])
+    before = snapshot_files(path)
+    n_requests = len(hub.requests)
+
+    hf_env(endpoint=hub.endpoint, hf_home=hf_home, offline=True)
+    # warm: the snapshot downloaded online; cold: a repo this cache never saw
+    offline = start_downloads(tmp_path, dict(repo_id="acme/tiny-llama", convert=False), dict(repo_id="acme/other", convert=False))
+    # not offline, but the hub cannot be reached: the cached snapshot is used as well
+    hf_env(endpoint=hub.endpoint, hf_home=hf_home)
+    unreachable = start_downloads(tmp_path, dict(repo_id="acme/tiny-llama", convert=False))
+
+    warm, cold = results(offline)
+    assert warm == out["safetensors"]
+    assert cold["error"] == (
+        f"HF_HUB_OFFLINE=1 and acme/other is not in the cache at {hf_home / 'hub'}: "
+        "download it once online, or unset HF_HUB_OFFLINE"
+    )
+    assert results(unreachable) == [out["safetensors"]]
+    assert snapshot_files(path) == before and len(hub.requests) == n_requests
+
+
+# ---------------------------------------------------------------------- (6) download + convert
+def _tiny_llama_files(tmp_path: Path) -> dict:
+    transformers = pytest.importorskip("transformers")
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    out = tmp_path / "hf_model"
+    transformers.LlamaForCausalLM(config).save_pretrained(out, safe_serialization=True)
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"t{i}": i for i in range(3, 128)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
+def test_download_and_convert(hf_env, tmp_path):
+    pytest.importorskip("litgpt_clone.checkpoints.convert", reason="the converter is not written yet")
+    files = _tiny_llama_files(tmp_path)
+    assert "model.safetensors" in files and "config.json" in files
+    with HubStandin() as hub:
+        hub.add_repo("acme/tiny-llama", files)
+        hf_home = hf_env(endpoint=hub.endpoint)
+        out_dir = tmp_path / "out" / "tiny"
+        (result,) = results(start_downloads(tmp_path, dict(repo_id="acme/tiny-llama", out_dir=str(out_dir))))
+    assert Path(result["path"]) == out_dir
+    assert (out_dir / "model.safetensors").is_file()
+    assert (out_dir / "model_config.yaml").is_file()
+    # the Hugging Face files stay in the cache
+    snapshot = hf_home / "hub" / "models--acme--tiny-llama" / "snapshots" / hub.commit_sha("acme/tiny-llama")
+    assert (snapshot / "model.safetensors").read_bytes() == files["model.safetensors"]

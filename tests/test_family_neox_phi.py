@@ -1,0 +1,128 @@
+"""GPT-NeoX (parallel and sequential residual), Phi-1.5/2, Phi-3 (sliding window, longrope with short and long
+factors) and Phi-4-mini-like Phi-3 (tied embeddings, partial rotary, GQA, longrope)."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, Phi3Config, Phi3ForCausalLM, PhiConfig, PhiForCausalLM
+
+from litgpt_clone.checkpoints.convert import convert_hf_checkpoint, convert_to_hf_checkpoint
+from litgpt_clone.config import Config, ConfigError
+from litgpt_clone.model import GPT
+from parity import TINY, build_hf, check_kv_cache, check_parity
+
+SEQ = 20
+HEAD = TINY["hidden_size"] // TINY["num_attention_heads"]  # 16
+
+
+def longrope(n_factors: int, original: int) -> dict:
+    short = [1.0 + 0.1 * i for i in range(n_factors)]
+    long = [1.5 + 0.7 * i for i in range(n_factors)]
+    return dict(rope_type="longrope", short_factor=short, long_factor=long, original_max_position_embeddings=original)
+
+
+PHI3 = dict(TINY, pad_token_id=None, bos_token_id=1, eos_token_id=2)
+
+CASES = {
+    "pythia-parallel": (GPTNeoXForCausalLM, GPTNeoXConfig(**TINY, use_parallel_residual=True)),
+    "neox-sequential": (
+        GPTNeoXForCausalLM,
+        GPTNeoXConfig(
+            **TINY, use_parallel_residual=False, hidden_act="gelu_new",
+            rope_parameters=dict(rope_type="default", rope_theta=500.0, partial_rotary_factor=0.5),
+        ),
+    ),
+    "neox-linear-rope": (
+        GPTNeoXForCausalLM,
+        GPTNeoXConfig(**TINY, rope_parameters=dict(rope_type="linear", factor=2.0, rope_theta=10000.0, partial_rotary_factor=0.5)),
+    ),
+    # Phi-2: head 80 with 40% rotated; here head 20 with 8 channels rotated
+    "phi-2": (PhiForCausalLM, PhiConfig(**{**TINY, "hidden_size": 80}, partial_rotary_factor=0.4)),
+    "phi-qk-layernorm": (PhiForCausalLM, PhiConfig(**TINY, num_key_value_heads=2, qk_layernorm=True)),
+    "phi3": (Phi3ForCausalLM, Phi3Config(**PHI3, num_key_value_heads=2)),
+    # transformers 5 applies Phi-3's sliding_window (2047 in phi-3-mini) with SDPA and eager attention too
+    "phi3-sliding-window": (Phi3ForCausalLM, Phi3Config(**PHI3, sliding_window=6)),
+    # longrope, sequence (20) longer than original_max_position_embeddings (16): transformers picks the long factors,
+    # and so do we because max_seq_length (= block_size 64) exceeds 16
+    "phi3-longrope-long": (
+        Phi3ForCausalLM,
+        Phi3Config(**PHI3, max_position_embeddings=64, original_max_position_embeddings=16, rope_scaling=longrope(HEAD // 2, 16)),
+    ),
+    # an explicit longrope `factor` sets the attention factor instead of max_position_embeddings / original
+    "phi3-longrope-factor": (
+        Phi3ForCausalLM,
+        Phi3Config(
+            **PHI3, max_position_embeddings=64, original_max_position_embeddings=16, rope_scaling=dict(longrope(HEAD // 2, 16), factor=8.0),
+        ),
+    ),
+    # Phi-4-mini: tied embeddings, 75% rotary, GQA, longrope (long factors as above)
+    "phi4-mini-like": (
+        Phi3ForCausalLM,
+        Phi3Config(
+            **PHI3, num_key_value_heads=2, tie_word_embeddings=True, partial_rotary_factor=0.75, max_position_embeddings=64,
+            original_max_position_embeddings=16, rope_scaling=longrope(int(HEAD * 0.75) // 2, 16),
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_parity(case, tmp_path):
+    model_cls, config = CASES[case]
+    check_parity(model_cls, config, tmp_path, seq_len=SEQ)
+
+
+def test_phi3_longrope_short_factors(tmp_path):
+    """Sequence (20) within original_max_position_embeddings (32) < max_position_embeddings (64): transformers uses
+    the short factors. Ours picks long/short once, from max_seq_length: set it to 32 to get the short ones."""
+    config = Phi3Config(**PHI3, max_position_embeddings=64, original_max_position_embeddings=32, rope_scaling=longrope(HEAD // 2, 32))
+    hf_model = build_hf(Phi3ForCausalLM, config, tmp_path / "hf")
+    convert_hf_checkpoint(tmp_path / "hf", tmp_path / "native")
+    ours = GPT.from_checkpoint(tmp_path / "native").eval()
+    idx = torch.randint(0, config.vocab_size, (2, SEQ), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = hf_model(idx).logits
+        assert not torch.allclose(ours(idx), expected, atol=1e-3)  # max_seq_length 64 > 32: long factors, not HF's
+        ours.max_seq_length = 32
+        torch.testing.assert_close(ours(idx), expected)
+
+    convert_to_hf_checkpoint(tmp_path / "native", tmp_path / "back")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "back", attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(idx).logits, expected)
+    check_kv_cache(ours, idx)
+
+
+def test_classic_and_transformers5_keys_agree():
+    """config.json as old transformers wrote it (top-level rotary keys) maps like the transformers 5 form."""
+    neox_classic = dict(
+        architectures=["GPTNeoXForCausalLM"], vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=256, rotary_pct=0.25, rotary_emb_base=10000, max_position_embeddings=2048,
+        use_parallel_residual=True, tie_word_embeddings=False,
+    )
+    neox_v5 = {k: v for k, v in neox_classic.items() if k not in ("rotary_pct", "rotary_emb_base")}
+    neox_v5["rope_parameters"] = dict(rope_type="default", rope_theta=10000.0, partial_rotary_factor=0.25)
+    assert Config.from_hf_config(neox_classic) == Config.from_hf_config(neox_v5)
+    assert Config.from_hf_config(neox_classic).rope_n_elem == 4
+
+    factors = longrope(8, 4096)
+    phi3_classic = dict(
+        architectures=["Phi3ForCausalLM"], vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=131072, original_max_position_embeddings=4096,
+        sliding_window=262144, rope_theta=10000.0, partial_rotary_factor=1.0,
+        rope_scaling=dict(type="su", short_factor=factors["short_factor"], long_factor=factors["long_factor"]),
+    )
+    phi3_v5 = {k: v for k, v in phi3_classic.items() if k not in ("rope_theta", "partial_rotary_factor", "rope_scaling")}
+    phi3_v5["rope_parameters"] = dict(factors, rope_theta=10000.0, partial_rotary_factor=1.0)
+    c = Config.from_hf_config(phi3_classic)
+    assert c == Config.from_hf_config(phi3_v5)
+    assert c.rope_scaling["rope_type"] == "longrope" and c.rope_scaling["original_max_position_embeddings"] == 4096
+    assert c.sliding_window == 262144
+
+
+def test_neox_without_attention_bias_is_refused():
+    hf = dict(
+        architectures=["GPTNeoXForCausalLM"], vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, attention_bias=False,
+    )
+    with pytest.raises(ConfigError, match="attention_bias"):
+        Config.from_hf_config(hf)

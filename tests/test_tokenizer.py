@@ -1,0 +1,376 @@
+"""``litgpt_clone.tokenizer.Tokenizer`` against ``transformers.AutoTokenizer`` on tokenizers trained here.
+
+Two tokenizers are trained once per session on the inline ``CORPUS`` (no hub access):
+
+- ``hf``: byte-level BPE from the ``tokenizers`` library, saved as tokenizer.json, with a post-processor that puts
+  ``<s>`` in front (as Llama 3's does) and tokenizer_config.json / generation_config.json around it.
+- ``sp``: a SentencePiece BPE saved as tokenizer.model, Llama style: byte fallback, identity normalization, no
+  whitespace collapsing, dummy prefix; tokenizer_config.json says ``"tokenizer_class": "LlamaTokenizer"``.
+
+Variants of these (copies with one file changed) cover the rules for BOS, the fallbacks for special tokens and
+what a SentencePiece normalizer does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from litgpt_clone.tokenizer import TOKENIZER_FILES, Tokenizer
+
+CORPUS = """\
+The quick brown fox jumps over the lazy dog. A tokenizer turns text into numbers, and numbers back into text.
+Language models read tokens, not characters: "hello" may be one token while "tokenization" is three.
+It's 2024; prices rose 3.5% to $1,299.99 (about 1.2k EUR). Email: someone@example.com, see https://example.org/a?b=c.
+Rain, snow, sun. She said: 'Well... maybe tomorrow?' He answered -- no; not today!
+Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000 3.14159 2.71828 1e-5 0x1F.
+
+def fibonacci(n: int) -> int:
+    \"\"\"Return the n-th Fibonacci number.\"\"\"
+    if n < 2:
+        return n
+    return fibonacci(n - 1) + fibonacci(n - 2)
+
+
+class Counter:
+\tdef __init__(self, start=0):
+\t\tself.count = start  # tabs, not spaces
+
+\tdef increment(self, by=1):
+\t\tself.count += by
+\t\treturn self.count
+
+for i in range(10):
+    if i % 2 == 0:
+        print(f"{i} is even")
+    else:
+        print(f"{i} is odd")
+
+import torch
+x = torch.zeros(4, 8, dtype=torch.float32)
+y = x.view(-1).sum().item()  # -> 0.0
+data = {"key": [1, 2, 3], "other": None, 'nested': {'a': True}}
+
+日本語のテキストです。東京は日本の首都です。今日はいい天気ですね。
+中文文本也在这里。我们正在测试分词器。机器学习和自然语言处理。
+한국어 텍스트도 있습니다. 안녕하세요, 세계!
+Emoji: 😀 😂 🙂 👍 👍🏽 👋🏻 ❤️ 🔥 ✨ 🎉 🚀 🇯🇵 🇺🇸 👩‍💻 👨‍👩‍👧‍👦 🏳️‍🌈
+Mixed: the model 模型 reads 読む tokens 🙂 and writes 書く code 💻.
+"""
+
+SAMPLE = (
+    "Tokenizers split text: English first, then code.\n"
+    "def greet(name):\n"
+    "    if name:\n"
+    "\t\treturn f'Hello, {name}!'  # tab-indented\r\n"
+    "    return None\n\n\n"
+    "  two leading spaces, trailing spaces   \n"
+    "Emoji: 👩‍💻 👨‍👩‍👧‍👦 🏳️‍🌈 👍🏽 🇯🇵 ❤️ 🦩 (a flamingo the corpus never saw)\n"
+    "CJK: 日本語のテキスト、中文分词，한국어 텍스트 and an unseen 龘."
+)
+"""What every test encodes: English, Python with spaces/tabs/CRLF/blank lines, ZWJ emoji and CJK, some of it unseen."""
+
+TEXTS = [
+    SAMPLE,
+    "Hello world",
+    "\tindented\n    code\n",
+    "👨‍👩‍👧‍👦",
+    "日本語",
+    "",
+    " leading space",
+    " ",
+    "  two leading spaces",
+    "trailing   ",
+    "\n\nnewlines first",
+]
+
+
+def _train_bpe(out: Path) -> None:
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=800,
+        special_tokens=["<s>", "</s>", "<unk>", "<|eot|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([CORPUS], trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    tok.save(str(out / "tokenizer.json"))
+
+
+def _train_sentencepiece(out: Path, **options) -> None:
+    import sentencepiece
+
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS.splitlines()),
+        model_prefix=str(out / "tokenizer"),
+        model_type="bpe",
+        vocab_size=600,
+        byte_fallback=True,
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        num_threads=2,
+        minloglevel=2,
+        **options,
+    )
+    (out / "tokenizer.vocab").unlink()
+
+
+def _write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj), encoding="utf-8")
+
+
+def _variant(src: Path, dst: Path, **files) -> Path:
+    """A copy of checkpoint folder ``src`` with some files replaced (a dict, written as JSON) or deleted (None)."""
+    shutil.copytree(src, dst)
+    for name, content in files.items():
+        name = name.replace("__", ".")
+        if content is None:
+            (dst / name).unlink()
+        else:
+            _write_json(dst / name, content)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tokenizers")
+    d = {name: root / name for name in ("hf", "sp", "sp_nfkc")}
+    for path in d.values():
+        path.mkdir()
+
+    _train_bpe(d["hf"])
+    _write_json(
+        d["hf"] / "tokenizer_config.json",
+        {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": "<s>",
+            "eos_token": {"__type": "AddedToken", "content": "</s>", "lstrip": False, "rstrip": False, "special": True},
+            "add_bos_token": True,
+            "chat_template": "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|eot|>{% endfor %}",
+        },
+    )
+    _write_json(d["hf"] / "generation_config.json", {"bos_token_id": 0, "eos_token_id": [1, 3]})
+
+    _train_sentencepiece(d["sp"], normalization_rule_name="identity", remove_extra_whitespaces=False)
+    _write_json(
+        d["sp"] / "tokenizer_config.json",
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True},
+    )
+    _write_json(d["sp"] / "generation_config.json", {"eos_token_id": 2})
+    template = "{{ bos_token }}{% for m in messages %}[INST] {{ m.content }}{% endfor %}"
+    (d["sp"] / "chat_template.jinja").write_text(template)
+
+    # sentencepiece's defaults: NFKC and whitespace collapsing, which transformers 5 does not apply
+    _train_sentencepiece(d["sp_nfkc"])
+    _write_json(
+        d["sp_nfkc"] / "tokenizer_config.json",
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True},
+    )
+
+    # tokenizer.json without a post-processor, config still saying add_bos_token: true
+    from tokenizers import Tokenizer as HFTokenizer
+
+    d["hf_no_post"] = _variant(d["hf"], root / "hf_no_post")
+    tok = HFTokenizer.from_file(str(d["hf"] / "tokenizer.json"))
+    tok.post_processor = None
+    tok.save(str(d["hf_no_post"] / "tokenizer.json"))
+    # no add_bos_token in tokenizer_config.json
+    d["sp_no_add_bos"] = _variant(
+        d["sp"],
+        root / "sp_no_add_bos",
+        tokenizer_config__json={"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>"},
+    )
+    # special tokens from config.json, then special_tokens_map.json
+    d["hf_config_ids"] = _variant(
+        d["hf"],
+        root / "hf_config_ids",
+        tokenizer_config__json={"tokenizer_class": "PreTrainedTokenizerFast"},
+        config__json={"bos_token_id": 0, "eos_token_id": [3, 1]},
+        generation_config__json=None,
+    )
+    d["hf_special_map"] = _variant(
+        d["hf"],
+        root / "hf_special_map",
+        tokenizer_config__json={"tokenizer_class": "PreTrainedTokenizerFast"},
+        special_tokens_map__json={"bos_token": {"content": "<s>"}, "eos_token": "<|eot|>"},
+        generation_config__json=None,
+    )
+    return d
+
+
+@pytest.fixture(scope="session")
+def auto(dirs):
+    """``AutoTokenizer.from_pretrained`` of a folder in ``dirs``, by name."""
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    cache = {}
+
+    def load(name: str):
+        if name not in cache:
+            cache[name] = transformers.AutoTokenizer.from_pretrained(str(dirs[name]))
+        return cache[name]
+
+    return load
+
+
+@pytest.mark.parametrize("name", ["hf", "sp", "hf_no_post", "sp_no_add_bos"])
+def test_ids_equal_autotokenizer(dirs, auto, name):
+    tokenizer, reference = Tokenizer(dirs[name]), auto(name)
+    for text in TEXTS:
+        ids = tokenizer.encode(text)
+        assert ids.dtype == torch.long and ids.ndim == 1
+        assert ids.tolist() == reference(text)["input_ids"], repr(text)
+    assert tokenizer.vocab_size == len(reference)
+    assert tokenizer.bos_id == reference.bos_token_id and tokenizer.eos_id == reference.eos_token_id
+
+
+def test_sample_token_counts(dirs):
+    """The numbers behind the equality above: BOS first, then well under one id per byte (the BPE merged something),
+    and the unseen flamingo falls back to its 4 UTF-8 bytes in SentencePiece."""
+    hf, sp = Tokenizer(dirs["hf"]), Tokenizer(dirs["sp"])
+    n_bytes = len(SAMPLE.encode("utf-8"))
+    for tokenizer in (hf, sp):
+        ids = tokenizer.encode(SAMPLE).tolist()
+        assert ids[0] == tokenizer.bos_id == {"hf": 0, "sp": 1}["hf" if tokenizer is hf else "sp"]
+        assert tokenizer.bos_id not in ids[1:]
+        assert 30 < len(ids) < 0.8 * n_bytes
+    flamingo = sp.encode("🦩", bos=False).tolist()
+    assert [sp._sp.id_to_piece(i) for i in flamingo] == ["▁", "<0xF0>", "<0x9F>", "<0xA6>", "<0xA9>"]
+    assert flamingo[1:] == [3 + b for b in "🦩".encode("utf-8")]  # byte pieces follow <unk>, <s>, </s>
+
+
+@pytest.mark.parametrize("name", ["hf", "sp"])
+def test_decode_round_trip(dirs, auto, name):
+    tokenizer, reference = Tokenizer(dirs[name]), auto(name)
+    for text in TEXTS:
+        ids = tokenizer.encode(text)
+        for skip in (True, False):
+            expected = reference.decode(ids.tolist(), skip_special_tokens=skip)
+            assert tokenizer.decode(ids, skip_special_tokens=skip) == expected
+        if name == "sp" and text.startswith(" "):
+            # one leading space is dropped by the encoding, in transformers too: " x" and "x" give the same ids
+            assert tokenizer.decode(ids) == text[1:]
+        else:
+            assert tokenizer.decode(ids) == text, repr(text)
+    assert tokenizer.decode(tokenizer.encode("Hello world", bos=True, eos=True), skip_special_tokens=False) == {
+        "hf": "<s>Hello world</s>",
+        "sp": "<s> Hello world</s>",
+    }[name]
+    assert tokenizer.decode([]) == ""
+    assert tokenizer.decode(torch.tensor(tokenizer.eos_id)) == ""  # a 0-d tensor
+
+
+def test_sentencepiece_leading_space(dirs, auto):
+    """sentencepiece's dummy prefix makes " Hello" "▁▁Hello"; transformers 5 (and so we) make it "▁Hello"."""
+    import sentencepiece
+
+    tokenizer = Tokenizer(dirs["sp"])
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(dirs["sp"] / "tokenizer.model"))
+    space = processor.piece_to_id("▁")
+    assert tokenizer.encode(" Hello", bos=False).tolist() == tokenizer.encode("Hello", bos=False).tolist()
+    assert processor.encode(" Hello") == [space, *processor.encode("Hello")]
+    assert tokenizer.encode("  Hello", bos=False).tolist() == [space, *processor.encode("Hello")]
+    assert tokenizer.encode(" ", bos=False).tolist() == [space]
+    assert auto("sp")(" ", add_special_tokens=False)["input_ids"] == [space]
+    assert tokenizer.encode("Hello").tolist() == [1, *processor.encode("Hello")]
+
+
+def test_sentencepiece_normalization_is_applied(dirs, auto):
+    """With sentencepiece's default rule (NFKC, collapsed whitespace) decode(encode(x)) is the normalized x, not x,
+    and the ids are sentencepiece's own. transformers 5 skips the model's normalizer, so here it disagrees."""
+    import sentencepiece
+
+    tokenizer = Tokenizer(dirs["sp_nfkc"])
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(dirs["sp_nfkc"] / "tokenizer.model"))
+    text = "Ｆｕｌｌ-width ﬁ ①  spaces\tand\ttabs\n日本語 👨‍👩‍👧‍👦"
+    assert tokenizer.encode(text).tolist() == [1, *processor.encode(text)]
+    assert tokenizer.decode(tokenizer.encode(text)) == "Full-width fi 1 spaces and tabs 日本語 👨‍👩‍👧‍👦"
+    assert tokenizer.encode(text).tolist() != auto("sp_nfkc")(text)["input_ids"]
+
+
+@pytest.mark.parametrize("name", ["hf", "sp"])
+def test_bos_and_eos_flags(dirs, name):
+    tokenizer = Tokenizer(dirs[name])
+    assert tokenizer.add_bos is True
+    default = tokenizer.encode(SAMPLE)
+    without = tokenizer.encode(SAMPLE, bos=False)
+    assert default[0] == tokenizer.bos_id and torch.equal(default[1:], without)
+    assert without[0] != tokenizer.bos_id
+    with_eos = tokenizer.encode(SAMPLE, eos=True)
+    assert torch.equal(with_eos[:-1], default) and with_eos[-1] == tokenizer.eos_id
+    assert torch.equal(tokenizer.encode(SAMPLE, max_length=5), default[:5])
+    assert tokenizer.encode("", bos=True).tolist() == [tokenizer.bos_id]
+
+
+def test_bos_rules_follow_transformers(dirs):
+    """tokenizer.json: the post-processor decides, add_bos_token in tokenizer_config.json is ignored.
+    tokenizer.model: add_bos_token decides, and its absence means no BOS (even for LlamaTokenizer)."""
+    no_post = Tokenizer(dirs["hf_no_post"])
+    assert no_post.add_bos is False and no_post.bos_id == 0
+    assert no_post.encode("Hello").tolist() == Tokenizer(dirs["hf"]).encode("Hello", bos=False).tolist()
+    assert no_post.encode("Hello", bos=True)[0] == 0
+
+    no_add_bos = Tokenizer(dirs["sp_no_add_bos"])
+    assert no_add_bos.add_bos is False and no_add_bos.bos_id == 1
+    assert no_add_bos.encode("Hello").tolist() == Tokenizer(dirs["sp"]).encode("Hello")[1:].tolist()
+
+
+def test_stop_ids(dirs):
+    hf = Tokenizer(dirs["hf"])
+    eos, eot = hf.token_to_id("</s>"), hf.token_to_id("<|eot|>")
+    assert (eos, eot) == (1, 3)
+    assert hf.eos_id == eos
+    assert hf.stop_ids == {eos} | {1, 3} == {1, 3}  # generation_config.json: [1, 3]
+    assert Tokenizer(dirs["sp"]).stop_ids == {2}  # eos 2, generation_config.json: 2
+    assert Tokenizer(dirs["sp_nfkc"]).stop_ids == {2}  # no generation_config.json
+
+
+def test_special_token_fallbacks(dirs):
+    from_config = Tokenizer(dirs["hf_config_ids"])  # config.json: bos 0, eos [3, 1]
+    assert (from_config.bos_id, from_config.eos_id, from_config.stop_ids) == (0, 3, {3})
+    from_map = Tokenizer(dirs["hf_special_map"])  # special_tokens_map.json: <s>, <|eot|>
+    assert (from_map.bos_id, from_map.eos_id, from_map.stop_ids) == (0, 3, {3})
+
+
+@pytest.mark.parametrize("name", ["hf", "sp"])
+def test_token_to_id_and_backend(dirs, auto, name):
+    tokenizer, reference = Tokenizer(dirs[name]), auto(name)
+    assert tokenizer.backend == {"hf": "huggingface", "sp": "sentencepiece"}[name]
+    for token in ("<s>", "</s>", "<unk>"):
+        assert tokenizer.token_to_id(token) == reference.convert_tokens_to_ids(token)
+    assert tokenizer.token_to_id("definitely not a token") is None
+
+
+def test_chat_template(dirs, auto):
+    assert Tokenizer(dirs["hf"]).chat_template == auto("hf").chat_template
+    assert "<|{{ m.role }}|>" in Tokenizer(dirs["hf"]).chat_template
+    template = (dirs["sp"] / "chat_template.jinja").read_text()
+    assert Tokenizer(dirs["sp"]).chat_template == template == auto("sp").chat_template
+    assert Tokenizer(dirs["sp_nfkc"]).chat_template is None
+
+
+def test_missing_tokenizer(tmp_path):
+    for folder in (tmp_path, tmp_path / "does-not-exist"):
+        with pytest.raises(FileNotFoundError) as error:
+            Tokenizer(folder)
+        message = str(error.value)
+        assert str(folder) in message and "tokenizer.json" in message and "tokenizer.model" in message
+        assert "\n" not in message
+
+
+def test_tokenizer_files():
+    needed = {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "generation_config.json"}
+    assert needed <= set(TOKENIZER_FILES)
+    assert len(set(TOKENIZER_FILES)) == len(TOKENIZER_FILES)
