@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -93,13 +92,9 @@ def test_sharded_export_loads_in_transformers(hf_llama, tmp_path):
 
 def test_bin_checkpoint_converts(hf_llama, tmp_path):
     hf_dir, hf_model = hf_llama
-    hf_model.save_pretrained(tmp_path / "bin", safe_serialization=False) if "safe_serialization" in hf_model.save_pretrained.__code__.co_varnames else None
-    if not list((tmp_path / "bin").glob("*.bin")):  # transformers 5 always writes safetensors: write the .bin ourselves
-        (tmp_path / "bin").mkdir(exist_ok=True)
-        (tmp_path / "bin" / "config.json").write_text((hf_dir / "config.json").read_text())
-        torch.save(load_file(hf_dir / "model.safetensors"), tmp_path / "bin" / "pytorch_model.bin")
-        for f in (tmp_path / "bin").glob("*.safetensors"):
-            f.unlink()
+    (tmp_path / "bin").mkdir()  # transformers 5 writes only safetensors: write the older .bin format ourselves
+    (tmp_path / "bin" / "config.json").write_text((hf_dir / "config.json").read_text())
+    torch.save(load_file(hf_dir / "model.safetensors"), tmp_path / "bin" / "pytorch_model.bin")
     cli("convert", "from_hf", tmp_path / "bin", "--out_dir", tmp_path / "native")
     idx = torch.randint(0, 64, (1, 8))
     with torch.no_grad():

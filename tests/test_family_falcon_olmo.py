@@ -4,6 +4,7 @@ OLMo-1 (weightless LayerNorm, clip_qkv) and OLMo-2 (output norms, QK norm over a
 import json
 
 import pytest
+from safetensors.torch import load_file
 from transformers import FalconConfig, FalconForCausalLM, Olmo2Config, Olmo2ForCausalLM, OlmoConfig, OlmoForCausalLM
 
 from litgpt_clone.config import Config, ConfigError
@@ -42,6 +43,8 @@ def test_parity(case, tmp_path):
         assert c.shared_attention_norm == (case != "falcon-40b-layout-gqa")
         exported = json.loads((tmp_path / "back" / "config.json").read_text())
         assert exported["new_decoder_architecture"] == (case != "falcon-7b-layout")
+        # the export holds exactly the tensors transformers saved: no stray norm copies
+        assert set(load_file(tmp_path / "back" / "model.safetensors")) == set(load_file(tmp_path / "hf" / "model.safetensors"))
     if case == "olmo-clip-qkv":
         assert not c.norm_affine and c.clip_qkv == 0.1
     if case == "olmo2":

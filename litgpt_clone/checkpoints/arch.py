@@ -29,8 +29,9 @@ class Arch:
     """Native name -> HF name for the modules outside the blocks (embedding, final norm, head)."""
     layer_prefix: str
     """HF prefix of block ``{l}`` (``model.layers.{l}.``); ours is ``transformer.h.{l}.``."""
-    layer: list[tuple[tuple[str, ...], tuple[str, ...]]]
-    """(native modules, HF modules) pairs inside a block, relative to the prefixes."""
+    layer: list[tuple[tuple[str, ...], tuple[str, ...]]] | Callable[[Config], list[tuple[tuple[str, ...], tuple[str, ...]]]]
+    """(native modules, HF modules) pairs inside a block, relative to the prefixes; a function of the config where
+    the HF names depend on it (Falcon's one shared norm or two)."""
     grouped_qkv: bool = False
     """HF stores the fused qkv interleaved per key/value group: (n_query_groups, q_per_kv + 2, head_size) rows."""
     ignore: tuple[str, ...] = ()
@@ -39,6 +40,9 @@ class Arch:
     """Raises ``ConfigError`` for config.json features we do not implement."""
     extra_hf: dict = field(default_factory=dict)
     """Constant config.json keys written on export."""
+    native_architecture: Optional[str] = None
+    """The architecture a converted checkpoint records, where it differs: the text half of a multimodal checkpoint
+    (``Gemma3ForConditionalGeneration``) is a ``Gemma3ForCausalLM`` and exports as one."""
 
 
 ARCHS: dict[str, Arch] = {}

@@ -33,7 +33,7 @@ def config_from_hf(hf: dict) -> dict:
     if arch.check:
         arch.check(hf)
     name = (hf.get("_name_or_path") or "").rstrip("/").split("/")[-1] or hf.get("model_type", "")
-    return {**arch.config_from_hf(hf), "architecture": arch.name, "name": name}
+    return {**arch.config_from_hf(hf), "architecture": arch.native_architecture or arch.name, "name": name}
 
 
 def config_to_hf(config: Config) -> dict:
@@ -48,8 +48,9 @@ def weight_pairs(arch: Arch, config: Config) -> Iterator[tuple[tuple[str, ...], 
         if native == "lm_head" and config.tie_embeddings:
             continue
         yield (native,), (hf,)
+    table = arch.layer(config) if callable(arch.layer) else arch.layer
     for l in range(config.n_layer):
-        for natives, hfs in arch.layer:
+        for natives, hfs in table:
             for e in range(config.n_expert) if "{e}" in natives[0] else [0]:
                 yield (
                     tuple(f"transformer.h.{l}." + n.format(e=e) for n in natives),
@@ -84,8 +85,8 @@ def qkv_to_grouped(t: torch.Tensor, config: Config) -> torch.Tensor:
     return groups.reshape(-1, *rest)
 
 
-def hf_to_native_weights(hf: dict[str, torch.Tensor], config: Config, dtype: Optional[torch.dtype] = None) -> dict:
-    arch = get_arch(config.architecture)
+def hf_to_native_weights(hf: dict[str, torch.Tensor], config: Config, arch: Arch, dtype: Optional[torch.dtype] = None) -> dict:
+    """Native state dict from the tensors of an ``arch`` checkpoint (the architecture named in its config.json)."""
     out, used = {}, set()
     for natives, hfs in weight_pairs(arch, config):
         for suffix in ("weight", "bias"):
@@ -144,7 +145,8 @@ def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = No
     config = Config.from_hf_config(hf_dir)
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-    state = hf_to_native_weights(read_hf_weights(hf_dir), config, DTYPES.get(dtype))
+    arch = get_arch(json.loads((hf_dir / "config.json").read_text())["architectures"][0])
+    state = hf_to_native_weights(read_hf_weights(hf_dir), config, arch, DTYPES.get(dtype))
     check_against_model(state, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     copy_aux_files(hf_dir, out_dir)

@@ -82,24 +82,25 @@ def falcon_config_to_hf(c: Config) -> dict:
     return out
 
 
-LAYER = [
-    # Shared-norm layouts store input_layernorm; 40B/180B store ln_attn + ln_mlp. The second entry leads with
-    # norm_2, which only the two-norm layout has, so it is the only one that writes ln_attn on export.
-    # (Exporting the two-norm layout also writes input_layernorm, a copy of ln_attn that transformers ignores:
-    # the Arch table cannot pick HF names by config.)
-    (("norm_1",), ("input_layernorm",)),
-    (("norm_2", "norm_1"), ("ln_mlp", "ln_attn")),
-    (("attn.qkv",), ("self_attention.query_key_value",)),
-    (("attn.proj",), ("self_attention.dense",)),
-    (("mlp.fc",), ("mlp.dense_h_to_4h",)),
-    (("mlp.proj",), ("mlp.dense_4h_to_h",)),
-]
+def falcon_layer(c: Config) -> list:
+    """Shared-norm layouts (7B, Falcon2-11B) store ``input_layernorm``; 40B/180B store ``ln_attn`` + ``ln_mlp``."""
+    if c.shared_attention_norm:
+        norms = [(("norm_1",), ("input_layernorm",))]
+    else:
+        norms = [(("norm_1",), ("ln_attn",)), (("norm_2",), ("ln_mlp",))]
+    return norms + [
+        (("attn.qkv",), ("self_attention.query_key_value",)),
+        (("attn.proj",), ("self_attention.dense",)),
+        (("mlp.fc",), ("mlp.dense_h_to_4h",)),
+        (("mlp.proj",), ("mlp.dense_4h_to_h",)),
+    ]
+
 
 register(
     Arch(
         name="FalconForCausalLM", model_type="falcon", config_from_hf=falcon_config_from_hf,
         config_to_hf=falcon_config_to_hf,
         top={"transformer.wte": "transformer.word_embeddings", "transformer.ln_f": "transformer.ln_f", "lm_head": "lm_head"},
-        layer_prefix="transformer.h.{l}.", layer=LAYER, grouped_qkv=True, ignore=IGNORE, check=check_falcon,
+        layer_prefix="transformer.h.{l}.", layer=falcon_layer, grouped_qkv=True, ignore=IGNORE, check=check_falcon,
     ),
 )

@@ -147,13 +147,6 @@ def gemma3_config_to_hf(c: Config) -> dict:
     return {**gemma2_keys_to_hf(c), "rope_local_base_freq": local_base}
 
 
-def gemma3_multimodal_config_to_hf(c: Config) -> dict:
-    raise ConfigError(
-        "this checkpoint was converted from Gemma3ForConditionalGeneration and holds only the text model: set "
-        "`architecture: Gemma3ForCausalLM` in its model_config.yaml (the weights are the same) to export it"
-    )
-
-
 # --------------------------------------------------------------------------- weight names
 ATTN_PROJ = [pair for pair in ATTN if pair[0][0].startswith("attn.")]
 GEMMA2_NORMS = [
@@ -188,7 +181,7 @@ register(
     # (the google/* repos and transformers 5 alike; `model.language_model.*` exists only in memory).
     Arch(
         name="Gemma3ForConditionalGeneration", model_type="gemma3", config_from_hf=gemma3_multimodal_config_from_hf,
-        config_to_hf=gemma3_multimodal_config_to_hf, top=MULTIMODAL_TOP, layer_prefix="language_model.model.layers.{l}.",
+        config_to_hf=gemma3_config_to_hf, native_architecture="Gemma3ForCausalLM", top=MULTIMODAL_TOP, layer_prefix="language_model.model.layers.{l}.",
         layer=ATTN_PROJ + QK_NORM + GEMMA2_NORMS + MLP, check=check_gemma,
         ignore=IGNORE + (r"^vision_tower\.", r"^multi_modal_projector\."),
     ),
