@@ -44,8 +44,11 @@ def build_norm(config: Config, size: Optional[int] = None) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- rotary position embedding
-def rope_inv_freq(config: Config, base: float, scaling: Optional[dict], seq_len: int) -> tuple[torch.Tensor, float]:
-    """Inverse frequencies of the rotated channels and the attention factor that scales cos/sin."""
+def rope_inv_freq(config: Config, base: float, scaling: Optional[dict], long: bool = False) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies of the rotated channels and the attention factor that scales cos/sin.
+
+    ``long`` picks longrope's long factors (used while a sequence is longer than the original context).
+    """
     dim = config.rope_n_elem
     inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))  # HF's exact recipe
     kind = (scaling or {}).get("rope_type", (scaling or {}).get("type", "default"))
@@ -87,7 +90,6 @@ def rope_inv_freq(config: Config, base: float, scaling: Optional[dict], seq_len:
         extrapolate = 1 - ramp  # 1 keeps the original frequency, 0 interpolates it by `factor`
         return (inv_freq / factor) * (1 - extrapolate) + inv_freq * extrapolate, attention
     if kind == "longrope":
-        long = seq_len > original
         ext = torch.tensor(scaling["long_factor" if long else "short_factor"], dtype=torch.float32)
         inv_freq = 1.0 / (ext * base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
         attention = scaling.get("attention_factor")
@@ -98,9 +100,9 @@ def rope_inv_freq(config: Config, base: float, scaling: Optional[dict], seq_len:
     raise ValueError(f"unsupported rope_type {kind!r}: use default, linear, llama3, yarn or longrope")
 
 
-def build_rope_cache(config: Config, base: float, scaling: Optional[dict], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def build_rope_cache(config: Config, base: float, scaling: Optional[dict], seq_len: int, long: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables of shape (seq_len, rope_n_elem), in fp32."""
-    inv_freq, attention = rope_inv_freq(config, base, scaling, seq_len)
+    inv_freq, attention = rope_inv_freq(config, base, scaling, long)
     freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)  # (T, rope_n_elem / 2)
     emb = torch.cat((freqs, freqs), dim=-1)  # (T, rope_n_elem)
     return emb.cos() * attention, emb.sin() * attention
@@ -356,6 +358,12 @@ class GPT(nn.Module):
                 cos, sin = build_rope_cache(c, c.rope_local_base, None, self._max_seq_length)
             self.register_buffer("cos_local", cos, persistent=False)
             self.register_buffer("sin_local", sin, persistent=False)
+            self.longrope_after: Optional[int] = None
+            if (c.rope_scaling or {}).get("rope_type") == "longrope":  # like transformers: long factors for the
+                self.longrope_after = c.rope_scaling.get("original_max_position_embeddings") or c.block_size
+                cos, sin = build_rope_cache(c, c.rope_base, c.rope_scaling, self._max_seq_length, long=True)
+                self.register_buffer("cos_long", cos, persistent=False)  # whole call once it passes the original
+                self.register_buffer("sin_long", sin, persistent=False)  # context, short factors before that
 
     def set_kv_cache(self, batch_size: int, max_seq_length: Optional[int] = None, device=None, dtype=None) -> None:
         max_seq = max_seq_length or self.max_seq_length
@@ -393,7 +401,10 @@ class GPT(nn.Module):
         else:
             pos = input_pos
             k_len = self.transformer.h[0].attn.kv_cache.k.size(2)
-        cos, sin = self.cos[pos], self.sin[pos]  # (T, rope_n_elem)
+        cos, sin = self.cos, self.sin
+        if self.longrope_after is not None and (T if input_pos is None else int(input_pos.max()) + 1) > self.longrope_after:
+            cos, sin = self.cos_long, self.sin_long
+        cos, sin = cos[pos], sin[pos]  # (T, rope_n_elem)
         cos_l, sin_l = self.cos_local[pos], self.sin_local[pos]
         full_mask = None if input_pos is None else self.build_mask(pos, k_len, None)
         slide_mask = self.build_mask(pos, k_len, c.sliding_window) if c.sliding_window is not None else full_mask

@@ -55,7 +55,9 @@ def check_parity(
     with torch.no_grad():
         torch.testing.assert_close(reloaded(idx).logits, expected, **tol)
 
-    check_kv_cache(ours, idx)
+    # Past longrope's switch point a full forward rotates every position with the long factors while cached keys keep
+    # the short ones (as in transformers), so cached decoding is compared within the original context there.
+    check_kv_cache(ours, idx if ours.longrope_after is None else idx[:, : ours.longrope_after])
     return ours
 
 

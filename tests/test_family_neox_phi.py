@@ -42,7 +42,7 @@ CASES = {
     # transformers 5 applies Phi-3's sliding_window (2047 in phi-3-mini) with SDPA and eager attention too
     "phi3-sliding-window": (Phi3ForCausalLM, Phi3Config(**PHI3, sliding_window=6)),
     # longrope, sequence (20) longer than original_max_position_embeddings (16): transformers picks the long factors,
-    # and so do we because max_seq_length (= block_size 64) exceeds 16
+    # and so do we
     "phi3-longrope-long": (
         Phi3ForCausalLM,
         Phi3Config(**PHI3, max_position_embeddings=64, original_max_position_embeddings=16, rope_scaling=longrope(HEAD // 2, 16)),
@@ -73,7 +73,7 @@ def test_parity(case, tmp_path):
 
 def test_phi3_longrope_short_factors(tmp_path):
     """Sequence (20) within original_max_position_embeddings (32) < max_position_embeddings (64): transformers uses
-    the short factors. Ours picks long/short once, from max_seq_length: set it to 32 to get the short ones."""
+    the short factors, and so do we, also with a KV cache longer than the original context."""
     config = Phi3Config(**PHI3, max_position_embeddings=64, original_max_position_embeddings=32, rope_scaling=longrope(HEAD // 2, 32))
     hf_model = build_hf(Phi3ForCausalLM, config, tmp_path / "hf")
     convert_hf_checkpoint(tmp_path / "hf", tmp_path / "native")
@@ -81,9 +81,9 @@ def test_phi3_longrope_short_factors(tmp_path):
     idx = torch.randint(0, config.vocab_size, (2, SEQ), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = hf_model(idx).logits
-        assert not torch.allclose(ours(idx), expected, atol=1e-3)  # max_seq_length 64 > 32: long factors, not HF's
-        ours.max_seq_length = 32
         torch.testing.assert_close(ours(idx), expected)
+        long_idx = torch.randint(0, config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(2))
+        torch.testing.assert_close(ours(long_idx), hf_model(long_idx).logits)  # 40 > 32: the long factors
 
     convert_to_hf_checkpoint(tmp_path / "native", tmp_path / "back")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "back", attn_implementation="sdpa").eval()
