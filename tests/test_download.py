@@ -327,3 +327,27 @@ def test_download_and_convert(hf_env, tmp_path):
     # the Hugging Face files stay in the cache
     snapshot = hf_home / "hub" / "models--acme--tiny-llama" / "snapshots" / hub.commit_sha("acme/tiny-llama")
     assert (snapshot / "model.safetensors").read_bytes() == files["model.safetensors"]
+
+
+# ---------------------------------------------------------------------- a repo id wherever a checkpoint goes
+def test_repo_id_where_a_checkpoint_dir_goes(hf_env, tmp_path):
+    """`convert to_hf <repo id>` downloads and converts into checkpoints/<repo id> once; later uses (also offline,
+    with no hub at all) load that folder."""
+    files = _tiny_llama_files(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    cmd = [sys.executable, "-m", "litgpt_clone", "convert", "to_hf", "acme/tiny-llama", "--out_dir", "exported"]
+    with HubStandin() as hub:
+        hub.add_repo("acme/tiny-llama", files)
+        hf_env(endpoint=hub.endpoint)
+        proc = subprocess.run(cmd, cwd=work, env=dict(os.environ), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert (work / "checkpoints" / "acme" / "tiny-llama" / "model_config.yaml").is_file()
+        assert (work / "exported" / "config.json").is_file()
+        downloads = len(hub.requests)
+    hf_env(offline=True)
+    code = "from litgpt_clone import GPT; import torch; print(GPT.from_checkpoint('acme/tiny-llama')(torch.tensor([[1, 2, 3]])).shape)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=work, env=dict(os.environ), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "torch.Size([1, 3, 128])"
+    assert len(hub.requests) == downloads

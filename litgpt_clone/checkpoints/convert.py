@@ -161,14 +161,15 @@ def convert_to_hf_checkpoint(checkpoint_dir: Path, out_dir: Path, max_shard_size
     """Export a native checkpoint as a Hugging Face folder that ``AutoModelForCausalLM.from_pretrained`` loads.
 
     Args:
-        checkpoint_dir: A native checkpoint folder (``model_config.yaml`` + ``model.safetensors``).
+        checkpoint_dir: A native checkpoint folder (``model_config.yaml`` + ``model.safetensors``), or a hub repo id
+            (downloaded and converted on first use).
         out_dir: Where ``model.safetensors`` (sharded with an index above ``max_shard_size``), ``config.json``,
             the tokenizer files and ``generation_config.json`` are written.
         max_shard_size: Largest safetensors shard, e.g. ``"5GB"`` or ``"500MB"``.
     """
-    from litgpt_clone.checkpoints.io import load_state
+    from litgpt_clone.checkpoints.io import load_state, resolve_checkpoint
 
-    checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
+    checkpoint_dir, out_dir = resolve_checkpoint(checkpoint_dir), Path(out_dir)
     config = Config.from_checkpoint(checkpoint_dir)
     state = load_state(checkpoint_dir / "model.safetensors")
     hf_config = config_to_hf(config)

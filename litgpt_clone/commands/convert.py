@@ -21,15 +21,16 @@ def convert_from_hf(hf_dir: Path, out_dir: Optional[Path] = None, dtype: Optiona
     print(f"native checkpoint written to {out_dir}")
 
 
-def convert_to_hf(checkpoint_dir: Path, out_dir: Optional[Path] = None, max_shard_size: str = "5GB") -> None:
+def convert_to_hf(checkpoint_dir: str, out_dir: Optional[Path] = None, max_shard_size: str = "5GB") -> None:
     """Export a native checkpoint as a Hugging Face folder (``AutoModelForCausalLM.from_pretrained`` loads it).
 
     Args:
-        checkpoint_dir: Native checkpoint folder (model_config.yaml + model.safetensors).
+        checkpoint_dir: Native checkpoint folder (model_config.yaml + model.safetensors), or a hub repo id
+            (downloaded and converted into checkpoints/<repo_id> on first use).
         out_dir: Where to write model.safetensors (+ index when sharded), config.json and tokenizer files;
             default ``<checkpoint_dir>_hf`` beside the checkpoint.
         max_shard_size: Largest safetensors shard, e.g. "5GB" or "500MB".
     """
-    out_dir = out_dir or Path(f"{Path(checkpoint_dir)}_hf")
+    out_dir = out_dir or Path(f"{Path(checkpoint_dir).name}_hf")
     convert_to_hf_checkpoint(checkpoint_dir, out_dir, max_shard_size=max_shard_size)
     print(f"Hugging Face checkpoint written to {out_dir}")
