@@ -23,7 +23,7 @@ class CheckpointError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- atomic writes
-def _atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,13 +40,13 @@ def _atomic(path: Path, write) -> None:
 
 
 def write_atomic_text(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
     """One safetensors file; tensors that share memory (tied embeddings) are stored once by the caller."""
     state = {k: v.contiguous() for k, v in state.items()}
-    _atomic(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    write_atomic(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,134 @@
+"""Token shards: the on-disk format ``pretrain --data shards`` reads and ``prepare code`` writes.
+
+A dataset folder holds ``manifest.json`` and flat binary shards of token ids (``uint16`` when the vocabulary fits,
+else ``uint32``), little-endian. Each document is its tokens followed by the EOS id, so a shard is a plain
+concatenation readable with ``numpy.memmap``. The manifest lists each shard with its split, token and document
+counts and SHA-256, plus the tokenizer facts a reader must agree with (vocab size, EOS id)::
+
+    {"format": "litgpt_clone.token_shards", "version": 1, "dtype": "uint16", "eos_id": 0, "vocab_size": 2048,
+     "shards": [{"file": "train-00000.bin", "split": "train", "tokens": 1048576, "documents": 812,
+                 "sha256": "..."}], ...}
+
+Shards and the manifest are written atomically (temporary name, then rename); the manifest last, so a folder
+with a manifest is complete. Same documents in the same order give byte-identical shards and manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+from litgpt_clone.checkpoints.io import write_atomic, write_atomic_text
+
+FORMAT = "litgpt_clone.token_shards"
+VERSION = 1
+
+
+class ShardError(RuntimeError):
+    """A dataset folder that cannot be read; the message names the file and the fix."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ShardWriter:
+    """Append documents (lists of ids); a shard is closed every ``shard_tokens`` tokens (at a document boundary).
+
+    ``with ShardWriter(out, vocab_size=..., eos_id=...) as w: w.add(ids, split="train")`` writes the manifest on exit.
+    """
+
+    def __init__(self, out_dir: Path, vocab_size: int, eos_id: int, shard_tokens: int = 1 << 24, extra: Optional[dict] = None) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.dtype = np.uint16 if vocab_size <= 1 << 16 else np.uint32
+        self.vocab_size, self.eos_id, self.shard_tokens = vocab_size, eos_id, shard_tokens
+        self.extra = extra or {}
+        self.shards: list[dict] = []
+        self._buffers: dict[str, list[np.ndarray]] = {}
+        self._counts: dict[str, list[int]] = {}  # split -> [tokens, documents] in the open buffer
+
+    def add(self, ids: Iterable[int], split: str = "train") -> None:
+        doc = np.asarray(list(ids) + [self.eos_id], dtype=np.int64)
+        if doc.size and (doc.min() < 0 or doc.max() >= self.vocab_size):
+            raise ShardError(f"token id out of range [0, {self.vocab_size}): the tokenizer does not match vocab_size")
+        self._buffers.setdefault(split, []).append(doc.astype(self.dtype))
+        counts = self._counts.setdefault(split, [0, 0])
+        counts[0] += doc.size
+        counts[1] += 1
+        if counts[0] >= self.shard_tokens:
+            self._flush(split)
+
+    def _flush(self, split: str) -> None:
+        if not self._buffers.get(split):
+            return
+        data = np.concatenate(self._buffers.pop(split))
+        tokens, documents = self._counts.pop(split)
+        name = f"{split}-{sum(s['split'] == split for s in self.shards):05d}.bin"
+        write_atomic(self.out_dir / name, lambda tmp: data.tofile(tmp))
+        self.shards.append(dict(file=name, split=split, tokens=int(tokens), documents=int(documents), sha256=sha256_file(self.out_dir / name)))
+
+    def close(self) -> dict:
+        for split in sorted(self._buffers):
+            self._flush(split)
+        manifest = dict(
+            format=FORMAT, version=VERSION, dtype=np.dtype(self.dtype).name, eos_id=self.eos_id, vocab_size=self.vocab_size,
+            shards=self.shards, **self.extra,
+        )
+        write_atomic_text(self.out_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        return manifest
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+
+
+class TokenShards:
+    """Memory-mapped shards of one split, as one long token stream."""
+
+    def __init__(self, path: Path, split: str = "train", verify: bool = True) -> None:
+        self.path = Path(path)
+        manifest_path = self.path / "manifest.json"
+        if not manifest_path.is_file():
+            raise ShardError(f"no token shards at {self.path}: expected {manifest_path} (write them with `litgpt-clone prepare`)")
+        self.manifest = json.loads(manifest_path.read_text())
+        if self.manifest.get("format") != FORMAT:
+            raise ShardError(f"{manifest_path} is not a {FORMAT} manifest")
+        self.eos_id, self.vocab_size = self.manifest["eos_id"], self.manifest["vocab_size"]
+        self.arrays = []
+        for shard in self.manifest["shards"]:
+            if shard["split"] != split:
+                continue
+            file = self.path / shard["file"]
+            if not file.is_file():
+                raise ShardError(f"shard {file} listed in the manifest is missing: rebuild the dataset")
+            if verify and sha256_file(file) != shard["sha256"]:
+                raise ShardError(f"shard {file} does not match its SHA-256 in the manifest: it is corrupt, rebuild it")
+            self.arrays.append(np.memmap(file, dtype=self.manifest["dtype"], mode="r"))
+        self.offsets = np.cumsum([0] + [a.size for a in self.arrays])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """Tokens ``[start, start + length)`` of the stream (crossing shard boundaries), as int64."""
+        out, end = [], start + length
+        i = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        while start < end and i < len(self.arrays):
+            lo = start - int(self.offsets[i])
+            take = min(end - start, self.arrays[i].size - lo)
+            out.append(np.asarray(self.arrays[i][lo : lo + take], dtype=np.int64))
+            start += take
+            i += 1
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
