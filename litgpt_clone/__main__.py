@@ -12,12 +12,39 @@ import sys
 from litgpt_clone.commands.convert import convert_from_hf, convert_to_hf
 from litgpt_clone.commands.download import download
 from litgpt_clone.commands.models import models
+from litgpt_clone.commands.pretrain import pretrain
 
 COMMANDS = {
     "download": download,
     "convert": {"_help": "Convert checkpoints between Hugging Face and native formats.", "from_hf": convert_from_hf, "to_hf": convert_to_hf},
     "models": models,
+    "pretrain": pretrain,
 }
+
+
+OPTIONAL_POSITIONALS = {"pretrain": "--model_name"}
+"""Commands whose first bare word is an optional argument (``pretrain pythia-14m``), which jsonargparse cannot
+express: it is rewritten to the flag."""
+
+
+def data_aliases() -> dict[str, str]:
+    """``--data text`` -> ``--data Text``: short lowercase names of the data modules for jsonargparse's class names."""
+    from litgpt_clone.data.pretrain import DATA_MODULES
+
+    return {name: cls.__name__ for name, cls in DATA_MODULES.items()}
+
+
+def rewrite(argv: list[str]) -> list[str]:
+    argv = list(argv)
+    if len(argv) >= 2 and argv[0] in OPTIONAL_POSITIONALS and not argv[1].startswith("-"):
+        argv[1:2] = [OPTIONAL_POSITIONALS[argv[0]], argv[1]]
+    aliases = data_aliases()
+    for i, arg in enumerate(argv):
+        if arg == "--data" and i + 1 < len(argv) and argv[i + 1] in aliases:
+            argv[i + 1] = aliases[argv[i + 1]]
+        elif arg.startswith("--data=") and arg[7:] in aliases:
+            argv[i] = "--data=" + aliases[arg[7:]]
+    return argv
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -25,15 +52,17 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from litgpt_clone.checkpoints.download import DownloadError
     from litgpt_clone.checkpoints.io import CheckpointError
     from litgpt_clone.config import ConfigError
+    from litgpt_clone.data.pretrain import DataError
+    from litgpt_clone.training.fit import TrainingError
 
-    return (ConfigError, CheckpointError, DownloadError, FileNotFoundError)
+    return (ConfigError, CheckpointError, DownloadError, FileNotFoundError, DataError, TrainingError)
 
 
 def main(argv: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
     try:
-        CLI(COMMANDS, args=argv, prog="litgpt-clone")
+        CLI(COMMANDS, args=rewrite(sys.argv[1:] if argv is None else argv), prog="litgpt-clone")
     except user_errors() as err:
         if os.environ.get("LITGPT_CLONE_TRACEBACK"):
             raise

@@ -23,6 +23,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.empty(size))
         self.eps = eps
         self.unit_offset = unit_offset
+        self.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype

@@ -56,8 +56,9 @@ class ShardWriter:
         self._buffers: dict[str, list[np.ndarray]] = {}
         self._counts: dict[str, list[int]] = {}  # split -> [tokens, documents] in the open buffer
 
-    def add(self, ids: Iterable[int], split: str = "train") -> None:
-        doc = np.asarray(list(ids) + [self.eos_id], dtype=np.int64)
+    def add(self, ids: Iterable[int], split: str = "train", eos: bool = True) -> None:
+        """Append one document and its EOS (``eos=False`` appends ids that already carry their separators)."""
+        doc = np.concatenate([np.asarray(ids, dtype=np.int64).reshape(-1), [self.eos_id] if eos else []]).astype(np.int64)
         if doc.size and (doc.min() < 0 or doc.max() >= self.vocab_size):
             raise ShardError(f"token id out of range [0, {self.vocab_size}): the tokenizer does not match vocab_size")
         self._buffers.setdefault(split, []).append(doc.astype(self.dtype))

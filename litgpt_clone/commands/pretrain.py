@@ -1,0 +1,82 @@
+"""``litgpt-clone pretrain``: train a model from scratch (or continue from a checkpoint) on token streams."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+from litgpt_clone.config import Config, ConfigError
+from litgpt_clone.data.pretrain import DataModule, Text
+from litgpt_clone.parallel import Strategy
+from litgpt_clone.tokenizer import Tokenizer
+from litgpt_clone.training.args import EvalArgs, TrainArgs
+
+Precision = Literal["bf16-mixed", "bf16-true", "16-mixed", "32-true"]
+
+
+def pretrain(
+    model_name: Optional[str] = None,
+    model_config: Optional[Path] = None,
+    data: Optional[DataModule] = None,
+    tokenizer_dir: Optional[Path] = None,
+    out_dir: Path = Path("out/pretrain"),
+    devices: int = 1,
+    num_nodes: int = 1,
+    strategy: Strategy = "auto",
+    precision: Optional[Precision] = None,
+    train: TrainArgs = TrainArgs(),
+    eval: EvalArgs = EvalArgs(),
+    optimizer: Union[str, dict] = "AdamW",
+    resume: Union[bool, Literal["auto"], Path] = False,
+    initial_checkpoint_dir: Optional[Path] = None,
+    logger_name: Literal["csv", "tensorboard"] = "csv",
+    seed: int = 42,
+    compile: bool = False,
+) -> dict:
+    """Pretrain a model on text or token shards, on one device or many (DDP, FSDP2), one node or many.
+
+    Args:
+        model_name: A registry name (``litgpt-clone models``) whose architecture is trained from scratch.
+        model_config: A model_config.yaml instead of a registry name (e.g. to change vocab_size or sizes).
+        data: Where tokens come from: ``text`` (--data.path file or folder), ``shards`` (--data.path with a
+            manifest.json, as written by ``prepare code``), ``tinystories`` or ``openwebtext``.
+        tokenizer_dir: Folder with the tokenizer (tokenizer.json or tokenizer.model); copied into every checkpoint.
+        out_dir: Checkpoints (``step-*/``, ``final/``) and logs (``logs/``) go here.
+        devices: Devices per node.
+        num_nodes: Nodes; launch with torchrun or srun (see README "Multi-GPU and multi-node").
+        strategy: ``ddp`` replicates the model; ``fsdp`` shards it (FSDP2, one unit per block); ``auto`` picks DDP
+            for several devices.
+        precision: Default: bf16-mixed where the GPU supports it, else 32-true.
+        train: Batch sizes, length, learning rate schedule, clipping, checkpoint and log intervals.
+        eval: Validation interval and size.
+        optimizer: A ``torch.optim`` class name (AdamW, SGD, ...) or ``{"class_path": ..., "init_args": {...}}``.
+        resume: ``auto`` continues from the newest complete checkpoint in out_dir (or starts fresh), a path resumes
+            from that checkpoint, false starts fresh.
+        initial_checkpoint_dir: Start from these weights (continued pretraining of a converted checkpoint).
+        logger_name: Where metrics go besides the console: csv or tensorboard, under out_dir/logs.
+        seed: Same on every rank: initialization and data order.
+        compile: ``torch.compile`` each block.
+    """
+    from litgpt_clone.training.run import build_fabric, run_training
+
+    hparams = {k: v for k, v in locals().items() if k not in ("build_fabric", "run_training")}
+    if model_name is None and model_config is None and initial_checkpoint_dir is None:
+        raise ConfigError("pretrain needs a model: a registry name, --model_config <yaml> or --initial_checkpoint_dir")
+    if tokenizer_dir is None and initial_checkpoint_dir is None:
+        raise ConfigError("pretrain needs --tokenizer_dir (a folder with tokenizer.json or tokenizer.model)")
+    fabric = build_fabric(devices, num_nodes, strategy, precision, out_dir, logger_name)
+    fabric.launch()
+    tokenizer = Tokenizer(tokenizer_dir or initial_checkpoint_dir)
+    if initial_checkpoint_dir is not None:
+        config = Config.from_checkpoint(initial_checkpoint_dir)
+    elif model_config is not None:
+        config = Config.from_file(model_config)
+    else:
+        config = Config.from_name(model_name)
+    if train.tie_embeddings is not None:
+        config = dataclasses.replace(config, tie_embeddings=train.tie_embeddings)
+    return run_training(
+        fabric, config, tokenizer, data or Text(), out_dir, train, eval, optimizer, resume, seed, compile,
+        initial_checkpoint_dir, hparams,
+    )

@@ -1,0 +1,233 @@
+"""Data for pretraining: where token streams come from and how training windows are drawn from them.
+
+Every data module turns its source into token shards (``litgpt_clone.data.shards``) once and hands back a train
+and a validation stream. ``Windows`` cuts a stream into fixed windows and visits them in an order fixed by the seed,
+so the sample at any global index is known without state: the data position in a checkpoint is a single number.
+
+``--data text|shards|tinystories|openwebtext`` selects a module by its ``name``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from litgpt_clone.data.shards import ShardError, ShardWriter, TokenShards
+from litgpt_clone.tokenizer import Tokenizer
+
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".json", ".jsonl", ".csv", ".html", ".tex")
+
+
+class DataError(RuntimeError):
+    """Missing, empty or unusable data; the message names the path and the fix."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LITGPT_CLONE_CACHE", Path.home() / ".cache" / "litgpt_clone"))
+
+
+class DataModule:
+    """A source of train and validation token streams for ``pretrain``."""
+
+    name = ""
+
+    def streams(self, tokenizer: Tokenizer) -> tuple[TokenShards, Optional[TokenShards]]:
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------- modules
+class Text(DataModule):
+    """Plain text: one file, or every text file under a folder (each file one document). Tokenized once, cached."""
+
+    name = "text"
+
+    def __init__(self, path: Optional[Path] = None, val_fraction: float = 0.05) -> None:
+        """
+        Args:
+            path: A text file or a folder of text files (.txt, .md, .py, ... searched recursively).
+            val_fraction: Share of the tokens (the last ones) held out for validation.
+        """
+        self.path = Path(path) if path is not None else None
+        self.val_fraction = val_fraction
+
+    def files(self) -> list[Path]:
+        if self.path is None:
+            raise DataError("--data text needs --data.path <file or folder of text files>")
+        if self.path.is_file():
+            return [self.path]
+        if not self.path.is_dir():
+            raise DataError(f"no data at {self.path}: pass a text file or a folder of text files as --data.path")
+        root = self.path.resolve()
+        files = sorted(p for p in root.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file() and p.resolve().is_relative_to(root))
+        if not files:
+            raise DataError(f"no text files ({', '.join(TEXT_SUFFIXES)}) under {self.path}")
+        return files
+
+    def streams(self, tokenizer: Tokenizer) -> tuple[TokenShards, Optional[TokenShards]]:
+        files = self.files()
+        key = hashlib.sha256()
+        for f in files:
+            st = f.stat()
+            key.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        key.update(tokenizer_fingerprint(tokenizer).encode() + f"|{self.val_fraction}".encode())
+        out = cache_root() / "text" / key.hexdigest()[:16]
+        if not (out / "manifest.json").is_file():
+            tokenize_documents((f.read_text(encoding="utf-8", errors="replace") for f in files), tokenizer, out, self.val_fraction)
+        return open_streams(out)
+
+
+class Shards(DataModule):
+    """Token shards written by ``prepare code`` (or any ``ShardWriter``)."""
+
+    name = "shards"
+
+    def __init__(self, path: Optional[Path] = None) -> None:
+        """
+        Args:
+            path: A folder with manifest.json and its shards (e.g. ``data/code/v1``).
+        """
+        self.path = Path(path) if path is not None else None
+
+    def streams(self, tokenizer: Tokenizer) -> tuple[TokenShards, Optional[TokenShards]]:
+        if self.path is None:
+            raise DataError("--data shards needs --data.path <folder with manifest.json>")
+        train, val = open_streams(self.path)
+        if train.eos_id not in tokenizer.stop_ids or train.vocab_size > tokenizer.vocab_size:
+            raise DataError(
+                f"the shards in {self.path} were made with another tokenizer (vocab {train.vocab_size}, EOS {train.eos_id}) "
+                f"than {tokenizer.checkpoint_dir} (vocab {tokenizer.vocab_size}, EOS {tokenizer.eos_id}): pass the same --tokenizer_dir"
+            )
+        return train, val
+
+
+class TinyStories(DataModule):
+    """TinyStories (roneneldan/TinyStories on the Hugging Face hub, the GPT-4 V2 files), downloaded once."""
+
+    name = "tinystories"
+
+    def __init__(self, path: Optional[Path] = None) -> None:
+        """
+        Args:
+            path: A local copy of TinyStoriesV2-GPT4-train.txt (or a folder with it); default: download from the hub.
+        """
+        self.path = Path(path) if path is not None else None
+
+    def streams(self, tokenizer: Tokenizer) -> tuple[TokenShards, Optional[TokenShards]]:
+        path = self.path or hub_file("roneneldan/TinyStories", "TinyStoriesV2-GPT4-train.txt", "tinystories")
+        text = Text(path, val_fraction=0.01)
+        return text.streams(tokenizer)
+
+
+class OpenWebText(DataModule):
+    """OpenWebText (Skylion007/openwebtext on the hub), through the ``datasets`` library, tokenized once."""
+
+    name = "openwebtext"
+
+    def __init__(self, path: Optional[Path] = None, val_fraction: float = 0.0005) -> None:
+        """
+        Args:
+            path: A local folder of OpenWebText text files; default: download from the hub with ``datasets``.
+            val_fraction: Share of the tokens held out for validation.
+        """
+        self.path = Path(path) if path is not None else None
+        self.val_fraction = val_fraction
+
+    def streams(self, tokenizer: Tokenizer) -> tuple[TokenShards, Optional[TokenShards]]:
+        if self.path is not None:
+            return Text(self.path, self.val_fraction).streams(tokenizer)
+        out = cache_root() / "openwebtext" / tokenizer_fingerprint(tokenizer)[:16]
+        if not (out / "manifest.json").is_file():
+            try:
+                import datasets
+
+                dataset = datasets.load_dataset("Skylion007/openwebtext", split="train")
+            except Exception as err:  # offline, or the hub refused: say how to use a local copy
+                raise DataError(
+                    f"could not download openwebtext ({type(err).__name__}): point --data.path at a local folder of its text files"
+                ) from err
+            tokenize_documents((row["text"] for row in dataset), tokenizer, out, self.val_fraction)
+        return open_streams(out)
+
+
+DATA_MODULES = {cls.name: cls for cls in (Text, Shards, TinyStories, OpenWebText)}
+
+
+# ----------------------------------------------------------------------------- helpers
+def hub_file(repo_id: str, filename: str, name: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, repo_type="dataset"))
+    except Exception as err:  # offline, no network, or the hub refused
+        raise DataError(
+            f"could not download {filename} from {repo_id} ({type(err).__name__}): download it elsewhere and pass "
+            f"--data {name} --data.path <local copy>"
+        ) from err
+
+
+def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
+    h = hashlib.sha256()
+    for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"):
+        f = tokenizer.checkpoint_dir / name
+        if f.is_file():
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def tokenize_documents(docs, tokenizer: Tokenizer, out: Path, val_fraction: float) -> None:
+    """Tokenize documents (EOS after each) into shards at ``out``; the last ``val_fraction`` of tokens is validation."""
+    if tokenizer.eos_id is None:
+        raise DataError(f"the tokenizer in {tokenizer.checkpoint_dir} has no EOS token to separate documents")
+    eos = np.array([tokenizer.eos_id], dtype=np.int32)
+    parts = [p for doc in docs for p in (tokenizer.encode(doc, bos=False).numpy().astype(np.int32), eos) if doc]
+    if not parts:
+        raise DataError("the data is empty: no tokens after tokenization")
+    stream = np.concatenate(parts)
+    n_val = int(round(stream.size * val_fraction))
+    tmp = out.with_name(out.name + ".partial")
+    with ShardWriter(tmp, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id, extra={"source": "text"}) as writer:
+        writer.add(stream[: stream.size - n_val], split="train", eos=False)  # the stream carries its own EOS ids
+        if n_val:
+            writer.add(stream[stream.size - n_val :], split="val", eos=False)
+    os.replace(tmp, out)  # the cache entry appears complete or not at all
+
+
+def open_streams(path: Path) -> tuple[TokenShards, Optional[TokenShards]]:
+    try:
+        train = TokenShards(path, "train")
+        val = TokenShards(path, "val")
+    except ShardError as err:
+        raise DataError(str(err)) from err
+    if len(train) == 0:
+        raise DataError(f"no training tokens in {path}")
+    return train, (val if len(val) else None)
+
+
+class Windows:
+    """Fixed windows of ``seq_length + 1`` tokens over a stream, visited in a seeded order, epoch after epoch."""
+
+    def __init__(self, stream: TokenShards, seq_length: int, seed: int, shuffle: bool = True) -> None:
+        self.stream, self.seq_length, self.seed, self.shuffle = stream, seq_length, seed, shuffle
+        self.count = (len(stream) - 1) // seq_length
+        if self.count == 0:
+            raise DataError(f"{len(stream)} tokens are fewer than one sequence of {seq_length + 1}: lower --train.max_seq_length")
+        self._epoch, self._order = -1, None
+
+    def window(self, index: int) -> torch.Tensor:
+        """The window at global sample ``index`` (wrapping into later epochs, each with its own order)."""
+        epoch, pos = divmod(index, self.count)
+        if self.shuffle:
+            if epoch != self._epoch:
+                self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.count)
+            pos = int(self._order[pos])
+        return torch.from_numpy(self.stream.read(pos * self.seq_length, self.seq_length + 1))
+
+    def batch(self, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets (size, seq_length) for samples ``start .. start + size``."""
+        rows = torch.stack([self.window(start + i) for i in range(size)])  # (size, T + 1)
+        return rows[:, :-1], rows[:, 1:]

@@ -1,0 +1,73 @@
+"""Parallelism and memory savers, applied to a built ``GPT`` from outside (the model never knows about them).
+
+- ``fabric_strategy``: Fabric's strategy for ``--strategy auto|ddp|fsdp``. ``fsdp`` is FSDP2 through Fabric's
+  ``ModelParallelStrategy``: ``parallelize`` shards every Block with ``fully_shard``, then the root.
+- ``checkpoint_blocks``: activation checkpointing of every Block.
+- ``compile_blocks``: ``torch.compile`` per Block (in place, so checkpoint keys do not change).
+
+Multi-node runs use Fabric's launchers: ``torchrun --nnodes N --nproc-per-node G -m litgpt_clone pretrain ...
+--devices G --num_nodes N``, or ``srun`` under SLURM (Fabric reads the SLURM environment).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from litgpt_clone.model import GPT
+
+Strategy = Literal["auto", "ddp", "fsdp"]
+
+
+def parallelize(model: GPT, device_mesh) -> GPT:
+    """FSDP2: one ``fully_shard`` unit per Block, then the rest (embedding, final norm, head) at the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = device_mesh["data_parallel"] if "data_parallel" in (device_mesh.mesh_dim_names or ()) else device_mesh
+    for block in model.transformer.h:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def fabric_strategy(strategy: Strategy, devices: int, num_nodes: int):
+    if strategy == "fsdp":
+        from lightning.fabric.strategies import ModelParallelStrategy
+
+        return ModelParallelStrategy(parallelize_fn=parallelize, data_parallel_size=devices * num_nodes, tensor_parallel_size=1)
+    if strategy == "ddp":
+        return "ddp"
+    return "auto"
+
+
+def checkpoint_blocks(model: GPT) -> None:
+    """Recompute each Block's activations in backward instead of keeping them."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.transformer.h:
+        forward = block.forward
+
+        def checkpointed(*args, _forward=forward, **kwargs):
+            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+
+        block.forward = checkpointed
+
+
+def compile_blocks(model: nn.Module) -> None:
+    """Compile each Block in place (``nn.Module.compile``): repeated blocks share one compiled graph."""
+    for block in model.transformer.h:
+        block.compile()
+
+
+def device_peak_flops(device: torch.device, precision: str) -> float | None:
+    """Dense bf16/fp16 peak FLOP/s of the GPU (for MFU); None where unknown (CPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    table = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12, "4090": 165e12}
+    peak = next((v for k, v in table.items() if k in name), None)
+    if peak is not None and "32" in precision:
+        peak /= 2  # tf32 tensor cores run at half the bf16 rate
+    return peak

@@ -1,0 +1,70 @@
+"""The argument groups of ``pretrain`` and ``finetune`` (``--train.*``, ``--eval.*``). Attribute docstrings are --help."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from litgpt_clone.config import ConfigError
+
+
+@dataclass
+class TrainArgs:
+    global_batch_size: int = 64
+    """Sequences per optimizer step, over all devices; gradient accumulation makes up the difference."""
+    micro_batch_size: int = 4
+    """Sequences per forward/backward on one device."""
+    max_tokens: Optional[int] = None
+    """Stop after this many training tokens (global); rounded up to whole optimizer steps."""
+    max_steps: Optional[int] = None
+    """Stop after this many optimizer steps (wins over max_tokens)."""
+    max_seq_length: Optional[int] = None
+    """Tokens per training sequence; default: the model's block_size."""
+    lr: float = 3e-4
+    """Peak learning rate, reached after warmup."""
+    warmup_steps: int = 100
+    """Linear warmup from 0 to ``lr`` over this many optimizer steps."""
+    min_lr: float = 3e-5
+    """Cosine decay from ``lr`` ends here at the last step."""
+    weight_decay: float = 0.1
+    """AdamW weight decay, applied to weight matrices and embeddings only (never to norms or biases)."""
+    beta1: float = 0.9
+    """AdamW beta1 (with the default ``--optimizer AdamW``)."""
+    beta2: float = 0.95
+    """AdamW beta2 (with the default ``--optimizer AdamW``)."""
+    max_norm: Optional[float] = 1.0
+    """Clip the global gradient norm to this value; None disables clipping."""
+    save_interval: Optional[int] = 1000
+    """Save a checkpoint every this many optimizer steps (and at the end); None saves only at the end."""
+    log_interval: int = 1
+    """Log every this many optimizer steps."""
+    tie_embeddings: Optional[bool] = None
+    """Override the model config's ``tie_embeddings``."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in backward: less memory, about a third more compute."""
+
+    def gradient_accumulation_steps(self, world_size: int) -> int:
+        per_step = self.micro_batch_size * world_size
+        if self.micro_batch_size > self.global_batch_size:
+            raise ConfigError(
+                f"--train.micro_batch_size {self.micro_batch_size} is larger than --train.global_batch_size "
+                f"{self.global_batch_size}: lower the micro batch or raise the global batch"
+            )
+        if self.global_batch_size % per_step:
+            raise ConfigError(
+                f"--train.global_batch_size {self.global_batch_size} is not a multiple of micro_batch_size x devices = "
+                f"{self.micro_batch_size} x {world_size}: pick sizes that divide"
+            )
+        return self.global_batch_size // per_step
+
+
+@dataclass
+class EvalArgs:
+    interval: int = 100
+    """Validate every this many optimizer steps."""
+    max_iters: int = 20
+    """Validation batches (of ``micro_batch_size`` per device) per validation."""
+    initial_validation: bool = False
+    """Validate once before training."""
+    final_validation: bool = True
+    """Validate once after training."""

@@ -1,0 +1,95 @@
+"""Training checkpoints: native checkpoint folders plus the state needed to resume exactly.
+
+``out_dir/step-00000100/`` holds ``model.safetensors``, ``model_config.yaml``, the tokenizer files,
+``hyperparameters.yaml`` (what ``generate``, ``convert to_hf`` and ``finetune`` read) and ``training_state.pt``
+(optimizer, step, data position, RNG). A checkpoint is written into ``.step-00000100.tmp/`` and renamed when
+complete, so a crash while saving leaves the previous checkpoint as the newest complete one.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+import yaml
+
+from litgpt_clone.checkpoints.io import save_weights, write_atomic, write_atomic_text
+from litgpt_clone.config import Config
+from litgpt_clone.tokenizer import TOKENIZER_FILES
+
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def step_dir(out_dir: Path, step: int) -> Path:
+    return Path(out_dir) / f"step-{step:08d}"
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model itself under Fabric's wrapper (FSDP2 shards it in place; DDP's wrapper holds the same parameters)."""
+    return getattr(model, "module", model)
+
+
+def full_state(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> tuple[dict, dict]:
+    """Full (unsharded, CPU) model and optimizer state dicts on every rank, for plain, DDP and FSDP2 models alike."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model = unwrap(model)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    if optimizer is None:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(model, options=options), {}
+    return get_state_dict(model, optimizer, options=options)
+
+
+def load_full_state(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer], model_sd: dict, optim_sd: Optional[dict]) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
+
+    model = unwrap(model)
+    options = StateDictOptions(full_state_dict=True, strict=not getattr(model.config, "tie_embeddings", False))
+    if optimizer is None or optim_sd is None:
+        set_model_state_dict(model, model_sd, options=options)
+    else:
+        set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=options)
+
+
+def write_native_checkpoint(
+    folder: Path, model_sd: dict, config: Config, tokenizer_dir: Optional[Path], hparams: dict, training_state: Optional[dict] = None
+) -> Path:
+    """Write a complete checkpoint folder atomically (temporary folder, then rename). Call on one rank only."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if config.tie_embeddings:
+        model_sd = {k: v for k, v in model_sd.items() if k != "lm_head.weight"}
+    save_weights(model_sd, tmp / "model.safetensors")
+    write_atomic_text(tmp / "model_config.yaml", config.to_yaml())
+    write_atomic_text(tmp / "hyperparameters.yaml", yaml.safe_dump(hparams, sort_keys=False))
+    if tokenizer_dir is not None:
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / name).is_file():
+                shutil.copyfile(Path(tokenizer_dir) / name, tmp / name)
+    if training_state is not None:
+        write_atomic(tmp / "training_state.pt", lambda path: torch.save(training_state, path))
+    if folder.exists():  # re-saving the same step (e.g. "final"): swap the old one out
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
+def latest_checkpoint(out_dir: Path) -> Optional[Path]:
+    """The newest complete ``step-*`` folder with a training state (partial ``.tmp`` folders never count)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return None
+    found = sorted(p for p in out_dir.iterdir() if STEP_DIR.match(p.name) and (p / "training_state.pt").is_file())
+    return found[-1] if found else None
+
+
+def read_training_state(folder: Path) -> dict:
+    return torch.load(Path(folder) / "training_state.pt", map_location="cpu", weights_only=True)
+

@@ -1,0 +1,176 @@
+"""The one training loop, shared by ``pretrain`` and every ``finetune`` method.
+
+In the nanoGPT shape: learning rate for this step -> micro-steps (no gradient sync until the last) -> clip -> step ->
+log -> validate / save. What differs between methods (which parameters train, what a checkpoint holds, where
+batches come from) is passed in: the optimizer over the trainable parameters, a ``save`` callback, and data
+objects with ``batch(start, size) -> (inputs, targets)`` where ``start`` is a global sample index.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional, Protocol
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from litgpt_clone.config import ConfigError
+from litgpt_clone.training.args import EvalArgs, TrainArgs
+
+
+class Batches(Protocol):
+    def batch(self, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (NaN loss, out of memory); the message says what was kept and what to change."""
+
+
+@dataclass
+class FitState:
+    step: int = 0
+    """Optimizer steps done."""
+    samples: int = 0
+    """Global training samples consumed: the data position."""
+    tokens: int = 0
+    """Global training tokens consumed."""
+
+
+def lr_at(step: int, args: TrainArgs, max_steps: int) -> float:
+    """Linear warmup to ``lr``, then cosine decay to ``min_lr`` at ``max_steps``."""
+    if step < args.warmup_steps:
+        return args.lr * (step + 1) / args.warmup_steps
+    progress = min(1.0, (step - args.warmup_steps) / max(1, max_steps - args.warmup_steps))
+    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean token cross-entropy; targets of -100 (prompt or padding in finetuning) do not count."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+
+def max_steps_for(args: TrainArgs, seq_length: int) -> int:
+    if args.max_steps is not None:
+        return args.max_steps
+    if args.max_tokens is not None:
+        return math.ceil(args.max_tokens / (args.global_batch_size * seq_length))
+    raise ConfigError("set --train.max_steps or --train.max_tokens: training needs an end")
+
+
+def memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux -> GB (peak RSS)
+
+
+@torch.no_grad()
+def validate(fabric, model, data: Batches, args: TrainArgs, eval_args: EvalArgs) -> float:
+    model.eval()
+    losses = []
+    for i in range(eval_args.max_iters):
+        start = (i * fabric.world_size + fabric.global_rank) * args.micro_batch_size
+        x, y = data.batch(start, args.micro_batch_size)
+        x, y = fabric.to_device((x, y))
+        losses.append(loss_fn(model(x), y))
+    model.train()
+    return fabric.all_reduce(torch.stack(losses).mean(), reduce_op="mean").item()
+
+
+def fit(
+    fabric,
+    model,
+    optimizer: torch.optim.Optimizer,
+    train: Batches,
+    val: Optional[Batches],
+    args: TrainArgs,
+    eval_args: EvalArgs,
+    state: FitState,
+    seq_length: int,
+    save: Callable[[FitState, bool], None],
+    flops_per_token: Optional[float] = None,
+    peak_flops: Optional[float] = None,
+) -> dict:
+    """Train until ``max_steps``; returns a summary. ``save(state, final)`` is called on every rank."""
+    accum = args.gradient_accumulation_steps(fabric.world_size)
+    max_steps = max_steps_for(args, seq_length)
+    mbs, world, rank = args.micro_batch_size, fabric.world_size, fabric.global_rank
+    history: list[dict] = []
+    if val is not None and eval_args.initial_validation:
+        fabric.print(f"step {state.step}: val loss {validate(fabric, model, val, args, eval_args):.4f}")
+
+    model.train()
+    start_time, start_tokens = time.perf_counter(), state.tokens
+    bar = tqdm(total=max_steps, initial=state.step, desc="train", unit="step", disable=True if rank else None, dynamic_ncols=True)
+    window_time, window_tokens = time.perf_counter(), 0
+    while state.step < max_steps:
+        lr = lr_at(state.step, args, max_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=fabric.device)
+        for micro in range(accum):
+            x, y = train.batch(state.samples + (micro * world + rank) * mbs, mbs)
+            x, y = fabric.to_device((x, y))
+            with fabric.no_backward_sync(model, enabled=micro < accum - 1):
+                loss = loss_fn(model(x), y)
+                fabric.backward(loss / accum)
+            total += loss.detach()
+        loss = fabric.all_reduce(total / accum, reduce_op="mean").item()
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"loss is {loss} at step {state.step + 1}: the last good checkpoint is kept in the output folder; "
+                "lower --train.lr, raise --train.warmup_steps or set --train.max_norm"
+            )
+        if args.max_norm is not None:
+            fabric.clip_gradients(model, optimizer, max_norm=args.max_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.samples += args.global_batch_size
+        state.tokens += args.global_batch_size * seq_length
+        window_tokens += args.global_batch_size * seq_length
+        bar.update(1)
+
+        metrics = {"step": state.step, "loss": loss, "lr": lr, "tokens": state.tokens}
+        if state.step % args.log_interval == 0 or state.step == max_steps:
+            elapsed = time.perf_counter() - window_time
+            metrics["tokens_per_sec"] = window_tokens / elapsed
+            if flops_per_token and peak_flops:
+                metrics["mfu"] = metrics["tokens_per_sec"] * flops_per_token / (peak_flops * world)
+            metrics["memory_gb"] = memory_gb(fabric.device)
+            window_time, window_tokens = time.perf_counter(), 0
+            line = (
+                f"step {state.step}/{max_steps} | loss {loss:.4f} | lr {lr:.2e} | {metrics['tokens_per_sec']:,.0f} tok/s"
+                + (f" | MFU {metrics['mfu']:.1%}" if "mfu" in metrics else "")
+                + f" | mem {metrics['memory_gb']:.2f} GB"
+            )
+            bar.write(line) if rank == 0 else None
+            bar.set_postfix(loss=f"{loss:.3f}")
+        if val is not None and (state.step % eval_args.interval == 0 or (state.step == max_steps and eval_args.final_validation)):
+            metrics["val_loss"] = validate(fabric, model, val, args, eval_args)
+            metrics["val_ppl"] = math.exp(min(metrics["val_loss"], 50))
+            bar.write(f"step {state.step}: val loss {metrics['val_loss']:.4f}, perplexity {metrics['val_ppl']:.2f}") if rank == 0 else None
+        fabric.log_dict(metrics, step=state.step)
+        history.append(metrics)
+        if state.step == max_steps or (args.save_interval and state.step % args.save_interval == 0):
+            save(state, state.step == max_steps)
+    bar.close()
+    fabric.barrier()
+    wall = time.perf_counter() - start_time
+    summary = {
+        **asdict(state),
+        "wall_seconds": wall,
+        "tokens_per_sec": (state.tokens - start_tokens) / wall if wall else 0.0,
+        "peak_memory_gb": memory_gb(fabric.device),
+        "final_loss": history[-1]["loss"] if history else None,
+        "val_loss": next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None),
+    }
+    fabric.print(
+        f"trained {state.tokens:,} tokens in {wall:.1f}s ({summary['tokens_per_sec']:,.0f} tok/s), "
+        f"peak memory {summary['peak_memory_gb']:.2f} GB"
+    )
+    return summary

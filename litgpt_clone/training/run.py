@@ -1,0 +1,205 @@
+"""Everything around ``fit``: Fabric, the model on its devices, the optimizer, resume, and saving.
+
+``pretrain`` calls ``run_training``; finetune methods reuse ``build_fabric``, ``build_optimizer``, ``resume_state``
+and ``make_saver`` with their own choice of trainable parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import torch
+
+from litgpt_clone.config import Config
+from litgpt_clone.data.pretrain import DataError, DataModule, Windows
+from litgpt_clone.model import GPT
+from litgpt_clone.parallel import checkpoint_blocks, compile_blocks, device_peak_flops, fabric_strategy
+from litgpt_clone.tokenizer import Tokenizer
+from litgpt_clone.training.args import EvalArgs, TrainArgs
+from litgpt_clone.training.checkpoint import (
+    full_state,
+    latest_checkpoint,
+    load_full_state,
+    read_training_state,
+    step_dir,
+    write_native_checkpoint,
+)
+from litgpt_clone.training.fit import FitState, TrainingError, fit
+
+
+def build_fabric(devices: int, num_nodes: int, strategy: str, precision: Optional[str], out_dir: Path, logger_name: str):
+    import lightning as L
+    from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
+
+    if precision is None:
+        precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+    if strategy == "auto" and devices * num_nodes > 1:
+        strategy = "ddp"
+    if logger_name == "tensorboard":
+        logger = TensorBoardLogger(root_dir=Path(out_dir), name="logs")
+    else:
+        logger = CSVLogger(root_dir=Path(out_dir), name="logs", flush_logs_every_n_steps=1)
+    return L.Fabric(
+        devices=devices, num_nodes=num_nodes, strategy=fabric_strategy(strategy, devices, num_nodes), precision=precision, loggers=logger
+    )
+
+
+def build_optimizer(model: torch.nn.Module, optimizer: Union[str, dict], train: TrainArgs, fused: bool) -> torch.optim.Optimizer:
+    """Weight decay on matrices and embeddings, none on norms and biases; only parameters that require grad."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": train.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    if isinstance(optimizer, str):
+        name, init_args = optimizer, {}
+    else:
+        name, init_args = optimizer["class_path"], dict(optimizer.get("init_args", {}))
+    if "." in name:  # a full class path, e.g. bitsandbytes.optim.AdamW8bit
+        import importlib
+
+        module, attr = name.rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), attr)
+    elif hasattr(torch.optim, name):
+        cls = getattr(torch.optim, name)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}: use a torch.optim class name (AdamW, SGD, ...) or a full class path")
+    defaults: dict[str, Any] = {"lr": train.lr}
+    if cls in (torch.optim.AdamW, torch.optim.Adam):
+        defaults.update(betas=(train.beta1, train.beta2), fused=fused)
+    return cls(groups, **{**defaults, **init_args})
+
+
+def flops_per_token(model: GPT, seq_length: int) -> float:
+    """Model FLOPs per trained token: 6N (matmul weights, embedding lookup excluded) + 12 * layers * width * T."""
+    c = model.config
+    n = sum(p.numel() for p in model.parameters()) - (0 if c.tie_embeddings else model.transformer.wte.weight.numel())
+    return 6 * n + 12 * c.n_layer * c.n_head * c.head_size * seq_length
+
+
+def run_training(
+    fabric,
+    config: Config,
+    tokenizer: Tokenizer,
+    data: DataModule,
+    out_dir: Path,
+    train: TrainArgs,
+    eval: EvalArgs,
+    optimizer: Union[str, dict],
+    resume: Union[bool, Literal["auto"], Path],
+    seed: int,
+    compile: bool,
+    initial_checkpoint_dir: Optional[Path],
+    hparams: dict,
+) -> dict:
+    out_dir = Path(out_dir)
+    train.gradient_accumulation_steps(fabric.world_size)  # fails early on batch sizes that do not divide
+    if tokenizer.vocab_size > config.vocab_size:
+        raise DataError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}: use a model "
+            "config with vocab_size >= the tokenizer's (e.g. --model_config with vocab_size set)"
+        )
+    seq_length = min(train.max_seq_length or config.block_size, config.block_size)
+    with fabric.rank_zero_first():
+        train_stream, val_stream = data.streams(tokenizer)
+    if train_stream.vocab_size > config.vocab_size:
+        raise DataError(f"the data holds token ids up to {train_stream.vocab_size - 1}, beyond the model's vocab_size {config.vocab_size}")
+    train_data = Windows(train_stream, seq_length, seed)
+    val_data = Windows(val_stream, seq_length, seed, shuffle=False) if val_stream is not None and len(val_stream) > seq_length else None
+
+    fabric.seed_everything(seed)  # the same on every rank: identical initial weights everywhere
+    model = GPT(config)
+    model.init_weights()
+    if initial_checkpoint_dir is not None:
+        from litgpt_clone.checkpoints.io import load_state
+
+        load_full_state(model, None, load_state(Path(initial_checkpoint_dir) / "model.safetensors"), None)
+        if config.tie_embeddings:
+            model.lm_head.weight = model.transformer.wte.weight
+    model.max_seq_length = seq_length
+    flops = flops_per_token(model, seq_length)
+    if train.activation_checkpointing:
+        checkpoint_blocks(model)
+    if compile:
+        compile_blocks(model)
+    model = fabric.setup(model)
+    opt = fabric.setup_optimizers(build_optimizer(model, optimizer, train, fused=fabric.device.type == "cuda"))
+
+    state = resume_state(fabric, model, opt, out_dir, resume)
+    fabric.print(
+        f"{config.name or 'model'}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+        f"{len(train_stream):,} training tokens, sequences of {seq_length}, {fabric.world_size} process(es)"
+    )
+    save = make_saver(fabric, model, opt, config, tokenizer.checkpoint_dir, hparams, out_dir)
+    try:
+        summary = fit(
+            fabric, model, opt, train_data, val_data, train, eval, state, seq_length, save,
+            flops_per_token=flops, peak_flops=device_peak_flops(fabric.device, str(fabric._precision.precision)),
+        )
+    except torch.OutOfMemoryError as err:
+        raise TrainingError(
+            f"out of memory with micro_batch_size {train.micro_batch_size} x max_seq_length {seq_length}: lower "
+            "--train.micro_batch_size (the global batch stays the same), --train.max_seq_length, or use "
+            "--train.activation_checkpointing true / --strategy fsdp"
+        ) from err
+    summary["checkpoint"] = str(out_dir / "final")
+    return summary
+
+
+def resume_state(fabric, model, optimizer, out_dir: Path, resume) -> FitState:
+    if resume is False or resume is None:
+        return FitState()
+    folder = latest_checkpoint(out_dir) if resume == "auto" else Path(resume)
+    if folder is None:
+        fabric.print(f"no checkpoint to resume in {out_dir}: starting fresh")
+        return FitState()
+    if not (folder / "training_state.pt").is_file():
+        raise TrainingError(f"{folder} has no training_state.pt: pass a step-* folder written by pretrain/finetune")
+    from litgpt_clone.checkpoints.io import load_state
+
+    saved = read_training_state(folder)
+    load_full_state(model, optimizer, load_state(folder / "model.safetensors"), saved["optimizer"])
+    torch.set_rng_state(saved["rng"])
+    fabric.print(f"resumed from {folder} at step {saved['fit']['step']}")
+    return FitState(**saved["fit"])
+
+
+def make_saver(fabric, model, optimizer, config: Config, tokenizer_dir: Path, hparams: dict, out_dir: Path):
+    """``save(state, final)``: every rank gathers the full state, rank 0 writes ``step-N/`` (and ``final/``)."""
+    hparams = plain(hparams)
+
+    def save(state: FitState, final: bool) -> None:
+        model_sd, optim_sd = full_state(model, optimizer)
+        if not all(torch.isfinite(t).all() for t in model_sd.values()):
+            raise TrainingError(
+                f"weights are no longer finite at step {state.step}: the last good checkpoint is kept in {out_dir}; "
+                "lower --train.lr, raise --train.warmup_steps or set --train.max_norm"
+            )
+        if fabric.global_rank == 0:
+            training_state = {"optimizer": optim_sd, "fit": dataclasses.asdict(state), "rng": torch.get_rng_state()}
+            write_native_checkpoint(step_dir(out_dir, state.step), model_sd, config, tokenizer_dir, hparams, training_state)
+            if final:
+                write_native_checkpoint(out_dir / "final", model_sd, config, tokenizer_dir, hparams)
+        fabric.barrier()
+
+    return save
+
+
+def plain(value):
+    """Arguments as YAML-friendly values (paths as strings, dataclasses and data modules as dicts)."""
+    if dataclasses.is_dataclass(value):
+        return plain(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, DataModule):
+        return {"name": value.name, **plain(vars(value))}
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
