@@ -186,3 +186,36 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(setup, tmp_path):
     assert newest is not None and not (out / "final").exists()
     model = GPT.from_checkpoint(newest)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_shards_data_initial_checkpoint_and_tensorboard(setup, tmp_path):
+    """--data shards reads ShardWriter output (the prepare code format); --initial_checkpoint_dir continues from a
+    checkpoint's weights; --logger_name tensorboard writes event files."""
+    from litgpt_clone.data.shards import ShardWriter
+
+    tokenizer = Tokenizer(setup / "tok")
+    with ShardWriter(tmp_path / "shards", vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id, shard_tokens=4096) as w:
+        for i, f in enumerate(sorted((setup / "text").iterdir())):
+            w.add(tokenizer.encode(f.read_text(), bos=False).tolist(), split="val" if i == 0 else "train")
+    args = ["--train.global_batch_size", "4", "--train.micro_batch_size", "4", "--eval.interval", "5", "--train.save_interval", "null"]
+    pretrain(setup, tmp_path / "a", "--data", "shards", "--data.path", tmp_path / "shards", "--train.max_steps", "5", *args)
+    first = losses(tmp_path / "a")
+    proc = pretrain(setup, tmp_path / "b", "--data", "shards", "--data.path", tmp_path / "shards", "--train.max_steps", "5",
+                    "--initial_checkpoint_dir", tmp_path / "a" / "final", "--logger_name", "tensorboard", *args)
+    assert list((tmp_path / "b" / "logs").rglob("events.out.tfevents.*")), proc.stdout
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((tmp_path / "b" / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    continued = [e.value for e in events.Scalars("loss")]
+    assert continued[0] < first[1] - 0.5, (first, continued)  # starts where the first run ended, not from scratch
+
+
+def test_hub_datasets_offline_say_how_to_use_a_local_copy(setup, tmp_path):
+    for name in ("tinystories", "openwebtext"):
+        cmd = [sys.executable, "-m", "litgpt_clone", "pretrain", "--model_config", setup / "model.yaml", "--tokenizer_dir",
+               setup / "tok", "--data", name, "--out_dir", tmp_path, "--train.max_steps", "1"]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "LITGPT_CLONE_CACHE": str(tmp_path)}
+        proc = subprocess.run(list(map(str, cmd)), env=env, capture_output=True, text=True, timeout=300)
+        line = one_line(proc)
+        assert name in line and "--data.path" in line, line
