@@ -1,0 +1,93 @@
+"""Benchmark decontamination of ``prepare code``: drop files that contain a benchmark's text.
+
+Interface::
+
+    Decontaminator(benchmark_strings: Iterable[str], min_chars: int = 50)
+        .contaminated(text: str) -> Optional[str]   the matched benchmark string's label, or None
+        Decontaminator.from_files(paths, min_chars=50)  strings from JSONL (every string field of every record,
+                                                        nested ones too) and text files (one string per line)
+
+A file is contaminated when it contains a benchmark string as an exact substring after both sides have their
+whitespace normalized (every run of whitespace becomes one space; leading/trailing whitespace is removed), as
+BigCode's decontamination of StarCoder does with HumanEval/MBPP/... solutions and prompts. Matching is
+case-sensitive. Strings shorter than ``min_chars`` after normalization are ignored (short strings match
+everywhere). All strings are searched at once with an Aho-Corasick automaton (pyahocorasick), so the cost is
+linear in the text length whatever the number of benchmark strings. The label returned is the normalized
+benchmark string cut to its first 80 characters (with "..." when cut).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Union
+
+import ahocorasick
+
+WHITESPACE = re.compile(r"\s+")
+LABEL_CHARS = 80
+
+
+def normalize(text: str) -> str:
+    """Collapse every run of whitespace to one space and strip the ends."""
+    return WHITESPACE.sub(" ", text).strip()
+
+
+def _label(normalized: str) -> str:
+    return normalized if len(normalized) <= LABEL_CHARS else normalized[:LABEL_CHARS] + "..."
+
+
+def _strings_in(value) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings_in(item)
+
+
+class Decontaminator:
+    """Finds benchmark strings (whitespace-normalized exact substrings) in texts; see the module docstring."""
+
+    def __init__(self, benchmark_strings: Iterable[str], min_chars: int = 50) -> None:
+        self.min_chars = min_chars
+        self._automaton = ahocorasick.Automaton()
+        for string in benchmark_strings:
+            normalized = normalize(string)
+            if len(normalized) >= min_chars and normalized not in self._automaton:
+                self._automaton.add_word(normalized, _label(normalized))
+        self.size = len(self._automaton)
+        """How many distinct benchmark strings are searched for."""
+        if self.size:
+            self._automaton.make_automaton()
+
+    @classmethod
+    def from_files(cls, paths: Iterable[Union[str, Path]], min_chars: int = 50) -> "Decontaminator":
+        """Load benchmark strings: ``.jsonl`` files give every string field of every record, others every line."""
+        strings: list[str] = []
+        for path in map(Path, paths):
+            with open(path, encoding="utf-8") as f:
+                if path.suffix == ".jsonl":
+                    for number, line in enumerate(f, 1):
+                        if not line.strip():
+                            continue
+                        try:
+                            strings.extend(_strings_in(json.loads(line)))
+                        except json.JSONDecodeError as err:
+                            raise ValueError(
+                                f"{path}:{number} is not a JSON record ({err.msg}); fix or remove that line"
+                            ) from None
+                else:
+                    strings.extend(line.rstrip("\n") for line in f)
+        return cls(strings, min_chars=min_chars)
+
+    def contaminated(self, text: str) -> Optional[str]:
+        """The label of a benchmark string found in ``text`` (the match that ends first), or None."""
+        if not self.size:
+            return None
+        for _end, label in self._automaton.iter(normalize(text)):
+            return label
+        return None

@@ -1,0 +1,152 @@
+"""Weight-only quantization of a built model: swap its ``nn.Linear`` layers for bitsandbytes ones, in place.
+
+Modes (``QUANTIZE_MODES``):
+
+- ``bnb.nf4`` / ``bnb.fp4``: 4-bit weights (``bnb.nn.Linear4bit``, NormalFloat4 or FP4 code), one fp32 absmax per
+  block of 64 weights: about 0.56 bytes per weight.
+- ``bnb.nf4-dq`` / ``bnb.fp4-dq``: the same with "double quantization" (``compress_statistics``): the absmax
+  values are quantized again to 8 bits, about 0.52 bytes per weight.
+- ``bnb.int8``: LLM.int8() weights (``bnb.nn.Linear8bitLt`` with ``has_fp16_weights=False``), one int8 per weight
+  plus one fp32 scale per output row; input columns with values above 6.0 (outlier features) are multiplied in
+  float16, the paper's and transformers' default threshold.
+
+The weights the model already holds are quantized where they are (CPU or GPU); biases are kept as they are.
+All five modes also run on CPU (bitsandbytes 0.50 ships CPU kernels for them), so a quantized model can be built
+and tested without a GPU; Lightning Fabric's ``BitsandbytesPrecision`` refuses CPU, so it is not used here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+QUANTIZE_MODES = ("bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8")
+
+_CPU_PACK_BLOCK = 32
+"""On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight at its first inference call, which needs
+out_features to be a multiple of 32; smaller layers (e.g. an MoE router over 8 experts) keep the plain layout."""
+
+
+def quantize(
+    model: nn.Module, mode: str, skip: tuple[str, ...] = ("lm_head",), compute_dtype: Optional[torch.dtype] = None
+) -> nn.Module:
+    """Replace every ``nn.Linear`` of ``model`` (weights already loaded) by its bitsandbytes version; returns ``model``.
+
+    Args:
+        model: A built model, e.g. ``GPT.from_checkpoint(dir)``; its Linear weights are quantized on their device.
+        mode: One of ``QUANTIZE_MODES``.
+        skip: Layers to keep in full precision, by qualified name: an entry matches a Linear whose name equals it,
+            ends with ``.<entry>`` (``"gate"`` keeps every MoE router) or lies under it (``"transformer.h.0"``).
+            A weight shared with another module (a head tied to the embedding) is always kept, so tying holds.
+        compute_dtype: 4-bit modes: the dtype the matmul runs in (default: the input's). int8 ignores it: its
+            matmul takes float16 inputs (others are cast, and bitsandbytes says so once) and returns the input's
+            dtype.
+    """
+    if mode not in QUANTIZE_MODES:
+        raise ValueError(f"unknown quantization mode {mode!r}: use one of {', '.join(QUANTIZE_MODES)}")
+
+    counts: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        counts[id(p)] = counts.get(id(p), 0) + 1
+
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        if type(module) is nn.Linear  # exactly nn.Linear: already-quantized layers and subclasses are left alone
+        and not any(name == s or name.endswith("." + s) or name.startswith(s + ".") for s in skip)
+        and counts[id(module.weight)] == 1
+    ]
+    for name, linear in targets:
+        if linear.weight.device.type == "meta":
+            raise ValueError(f"{name} has no weights yet (meta device): load the checkpoint before quantizing")
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        quantized = _int8_linear(linear) if mode == "bnb.int8" else _4bit_linear(linear, mode, compute_dtype)
+        setattr(parent, child, quantized)
+    return model
+
+
+def _4bit_linear(linear: nn.Linear, mode: str, compute_dtype: Optional[torch.dtype]) -> nn.Module:
+    import bitsandbytes as bnb
+
+    quant_type, double = mode.removeprefix("bnb.").removesuffix("-dq"), mode.endswith("-dq")
+    q = bnb.nn.Linear4bit(
+        linear.in_features, linear.out_features, bias=False, compute_dtype=compute_dtype,
+        compress_statistics=double, quant_type=quant_type, device="meta",
+    )
+    # Params4bit quantizes on its first move to a real device; `module=q` hands the quant state to the layer
+    q.weight = bnb.nn.Params4bit(
+        linear.weight.data, requires_grad=False, compress_statistics=double, quant_type=quant_type, module=q
+    ).to(linear.weight.device)
+    q.bias = linear.bias
+    if linear.out_features % _CPU_PACK_BLOCK:
+        q.support_avx512bf16_for_cpu = False
+    return q.train(linear.training)
+
+
+class _OnceEach(logging.Filter):
+    """Lets each distinct "inputs will be cast to float16" notice of bitsandbytes' int8 matmul through once: it
+    logs one on every call of every layer whose input is not float16 (fp32/bf16 models), thousands per answer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith("MatMul8bitLt: inputs will be cast"):
+            return True
+        first = message not in self.seen
+        self.seen.add(message)
+        return first
+
+
+_INT8_NOTICES = _OnceEach()
+
+
+def _int8_linear(linear: nn.Linear) -> nn.Module:
+    import bitsandbytes as bnb
+
+    logging.getLogger("bitsandbytes.autograd._functions").addFilter(_INT8_NOTICES)  # adding it twice is a no-op
+
+    q = bnb.nn.Linear8bitLt(
+        linear.in_features, linear.out_features, bias=False, has_fp16_weights=False, threshold=6.0, device="meta"
+    )
+    # LLM.int8() weights: row-wise absmax scaling to int8, the layout Int8Params makes when it quantizes itself
+    int8_weight, row_scale, _ = bnb.functional.int8_vectorwise_quant(linear.weight.data.contiguous())
+    q.weight = bnb.nn.Int8Params(
+        int8_weight, requires_grad=False, has_fp16_weights=False, CB=int8_weight, SCB=row_scale
+    )
+    q.bias = linear.bias
+    return q.train(linear.training)
+
+
+def model_memory(model: nn.Module) -> int:
+    """Bytes held by ``model``'s parameters and buffers, plus the quantization statistics bitsandbytes keeps beside
+    them (4-bit absmax and code tables, int8 row scales). Shared tensors count once; meta tensors count zero."""
+    seen: set[int] = set()
+    total = 0
+
+    def add(t) -> None:
+        nonlocal total
+        if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+            return
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+
+    for t in [*model.parameters(), *model.buffers()]:
+        add(t)
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        state = getattr(weight, "quant_state", None)  # 4-bit: QuantState, with a nested one for "-dq"
+        for qs in (state, getattr(state, "state2", None)):
+            for attr in ("absmax", "code", "offset"):
+                add(getattr(qs, attr, None))
+        add(getattr(weight, "SCB", None))  # int8 row scales, moved to module.state at the first forward
+        add(getattr(getattr(module, "state", None), "SCB", None))
+    return total

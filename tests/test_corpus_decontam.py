@@ -1,0 +1,84 @@
+"""Benchmark decontamination: whitespace-insensitive exact substring matches, near misses rejected."""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from litgpt_clone.corpus.decontam import Decontaminator, normalize
+
+SOLUTION = '''def has_close_elements(numbers: List[float], threshold: float) -> bool:
+    for idx, elem in enumerate(numbers):
+        for idx2, elem2 in enumerate(numbers):
+            if idx != idx2:
+                distance = abs(elem - elem2)
+                if distance < threshold:
+                    return True
+    return False
+'''
+
+
+def _haystack(rng: random.Random, n_lines: int = 200) -> str:
+    words = ["value", "count", "items", "result", "index", "total", "name", "data"]
+    return "".join(f"    {rng.choice(words)}_{i} = {rng.choice(words)}({rng.randrange(100)})\n" for i in range(n_lines))
+
+
+def test_planted_string_with_other_whitespace_is_found():
+    rng = random.Random(0)
+    decon = Decontaminator([SOLUTION])
+    reformatted = SOLUTION.replace("    ", "\t").replace("\n", "\r\n\n").replace(" = ", "  =   ")
+    text = _haystack(rng) + "# copied\n" + reformatted + _haystack(rng)
+    label = decon.contaminated(text)
+    assert label is not None and label == normalize(SOLUTION)[:80] + "..."
+    assert decon.contaminated(_haystack(rng) + _haystack(rng)) is None
+
+
+def test_near_misses_are_not_matches():
+    decon = Decontaminator([SOLUTION])
+    assert decon.contaminated(SOLUTION.replace("distance < threshold", "distance <= threshold")) is None  # one character
+    assert decon.contaminated(SOLUTION[:-20]) is None  # a truncated copy is not the whole string
+    assert decon.contaminated(SOLUTION.upper()) is None  # case-sensitive
+    assert decon.contaminated(SOLUTION.replace("(numbers)", "( numbers )")) is None  # whitespace inserted where there was none
+
+
+def test_min_chars_and_from_files(tmp_path):
+    records = [
+        {"task_id": "HumanEval/0", "prompt": SOLUTION, "tests": ["assert has_close_elements([1.0, 2.0], 0.5) is False"]},
+        {"task_id": "x", "meta": {"canonical": "return sorted(set(values), key=lambda v: (-counts[v], v))[:k] # top-k"}},
+    ]
+    jsonl = tmp_path / "bench.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
+    txt = tmp_path / "strings.txt"
+    txt.write_text("short line\n" + "SELECT name, total FROM orders WHERE total > 100 ORDER BY total DESC LIMIT 10\n")
+    decon = Decontaminator.from_files([jsonl, txt])
+    assert decon.size == 4  # the prompt, the nested canonical string, the long test string and the SQL line
+    assert decon.contaminated("q = 'SELECT name, total FROM orders\n  WHERE total > 100 ORDER BY total DESC LIMIT 10'") is not None
+    assert decon.contaminated("    return sorted(set(values), key=lambda v: (-counts[v], v))[:k]  # top-k\n") is not None
+    assert decon.contaminated("HumanEval/0 short line") is None  # ids and short strings are below min_chars
+    (tmp_path / "bad.jsonl").write_text('{"a": 1}\nnot json\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        Decontaminator.from_files([tmp_path / "bad.jsonl"])
+
+
+def test_thousands_of_strings_on_real_files():
+    rng = random.Random(1)
+    word = lambda: "".join(rng.choice(string.ascii_letters) for _ in range(rng.randrange(3, 9)))
+    strings = [" ".join(word() for _ in range(rng.randrange(15, 40))) for _ in range(5000)]  # 50+ characters each
+    decon = Decontaminator(strings + [SOLUTION])
+    assert decon.size == 5001
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(root.glob("*.py"))[:100]
+    assert all(decon.contaminated(p.read_text(encoding="utf-8")) is None for p in files)
+    planted = files[0].read_text(encoding="utf-8") + "\n# " + strings[1234].replace(" ", "\n#   ") + "\n"
+    assert decon.contaminated(planted) is None  # the comment markers break the string: not an exact match
+    planted = files[0].read_text(encoding="utf-8") + '\ndoc = """' + strings[1234].replace(" ", "\n ") + '"""\n'
+    assert decon.contaminated(planted) == normalize(strings[1234])[:80] + ("..." if len(normalize(strings[1234])) > 80 else "")
+
+
+def test_empty_benchmark_list():
+    assert Decontaminator([]).contaminated(SOLUTION) is None
