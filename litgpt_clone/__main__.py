@@ -11,6 +11,7 @@ import sys
 
 from litgpt_clone.commands.convert import convert_from_hf, convert_to_hf
 from litgpt_clone.commands.download import download
+from litgpt_clone.commands.finetune import finetune_full, finetune_lora, merge_lora
 from litgpt_clone.commands.models import models
 from litgpt_clone.commands.pretrain import pretrain
 
@@ -19,26 +20,35 @@ COMMANDS = {
     "convert": {"_help": "Convert checkpoints between Hugging Face and native formats.", "from_hf": convert_from_hf, "to_hf": convert_to_hf},
     "models": models,
     "pretrain": pretrain,
+    "finetune": {"_help": "Finetune a checkpoint: lora (the default; QLoRA with --quantize) or full.", "lora": finetune_lora, "full": finetune_full},
+    "merge_lora": merge_lora,
 }
 
 
 OPTIONAL_POSITIONALS = {"pretrain": "--model_name"}
+FINETUNE_METHODS = ("lora", "full")
 """Commands whose first bare word is an optional argument (``pretrain pythia-14m``), which jsonargparse cannot
 express: it is rewritten to the flag."""
 
 
-def data_aliases() -> dict[str, str]:
+def data_aliases(command: str) -> dict[str, str]:
     """``--data text`` -> ``--data Text``: short lowercase names of the data modules for jsonargparse's class names."""
-    from litgpt_clone.data.pretrain import DATA_MODULES
-
-    return {name: cls.__name__ for name, cls in DATA_MODULES.items()}
+    if command == "finetune":
+        from litgpt_clone.data.sft import SFT_DATA_MODULES as modules
+    else:
+        from litgpt_clone.data.pretrain import DATA_MODULES as modules
+    return {name: cls.__name__ for name, cls in modules.items()}
 
 
 def rewrite(argv: list[str]) -> list[str]:
+    """Spellings jsonargparse cannot express: ``pretrain <name>``, ``finetune <checkpoint>`` (= ``finetune lora``),
+    ``--data <short name>``."""
     argv = list(argv)
     if len(argv) >= 2 and argv[0] in OPTIONAL_POSITIONALS and not argv[1].startswith("-"):
         argv[1:2] = [OPTIONAL_POSITIONALS[argv[0]], argv[1]]
-    aliases = data_aliases()
+    if len(argv) >= 2 and argv[0] == "finetune" and argv[1] not in FINETUNE_METHODS and argv[1] not in ("-h", "--help"):
+        argv.insert(1, "lora")
+    aliases = data_aliases(argv[0] if argv else "")
     for i, arg in enumerate(argv):
         if arg == "--data" and i + 1 < len(argv) and argv[i + 1] in aliases:
             argv[i + 1] = aliases[argv[i + 1]]

@@ -129,11 +129,16 @@ def test_kill_while_saving_keeps_the_previous_checkpoint(setup, tmp_path):
     out = tmp_path / "out"
     args = ["--train.max_steps", "200", "--train.global_batch_size", "2", "--train.micro_batch_size", "2", "--eval.interval", "1000",
             "--train.save_interval", "1"]
-    for delay in (4.0, 5.5):
+    for delay in (0.0, 0.15, 0.4):  # kill right as a new checkpoint appears, and a little after (mid-save, mid-step)
+        known = set(out.glob("step-*"))
         proc = pretrain(setup, out, *args, "--resume", "auto", wait=False)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not set(out.glob("step-*")) - known:
+            time.sleep(0.01)
         time.sleep(delay)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        assert set(out.glob("step-*")) - known, "no checkpoint was written before the kill"
         for folder in out.glob("step-*"):
             GPT.from_checkpoint(folder)  # complete: weights, config, tokenizer
             assert (folder / "training_state.pt").is_file() and (folder / "hyperparameters.yaml").is_file()

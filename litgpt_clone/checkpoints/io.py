@@ -72,6 +72,8 @@ def save_hf_weights(state: dict[str, torch.Tensor], out_dir: Path, max_shard_siz
 def load_state(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
+        if (path.parent / "lora.safetensors").is_file():
+            raise CheckpointError(f"{path.parent} holds LoRA weights only: merge them first with `litgpt-clone merge_lora {path.parent}`")
         raise CheckpointError(f"no weights at {path}: convert the checkpoint first (litgpt-clone convert from_hf)")
     try:
         return load_file(path)

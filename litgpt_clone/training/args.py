@@ -17,7 +17,9 @@ class TrainArgs:
     max_tokens: Optional[int] = None
     """Stop after this many training tokens (global); rounded up to whole optimizer steps."""
     max_steps: Optional[int] = None
-    """Stop after this many optimizer steps (wins over max_tokens)."""
+    """Stop after this many optimizer steps (wins over epochs and max_tokens)."""
+    epochs: Optional[float] = None
+    """Stop after this many passes over the training samples (wins over max_tokens)."""
     max_seq_length: Optional[int] = None
     """Tokens per training sequence; default: the model's block_size."""
     lr: float = 3e-4

@@ -45,30 +45,41 @@ def full_state(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer
     return get_state_dict(model, optimizer, options=options)
 
 
-def load_full_state(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer], model_sd: dict, optim_sd: Optional[dict]) -> None:
+def load_full_state(
+    model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer], model_sd: dict, optim_sd: Optional[dict], strict: bool = True
+) -> None:
+    """Load full state dicts into a plain, DDP or FSDP2 model (``strict=False`` for a part, e.g. LoRA weights)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
 
     model = unwrap(model)
-    options = StateDictOptions(full_state_dict=True, strict=not getattr(model.config, "tie_embeddings", False))
+    options = StateDictOptions(full_state_dict=True, strict=strict and not getattr(model.config, "tie_embeddings", False))
     if optimizer is None or optim_sd is None:
         set_model_state_dict(model, model_sd, options=options)
     else:
         set_state_dict(model, optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd, options=options)
 
 
-def write_native_checkpoint(
-    folder: Path, model_sd: dict, config: Config, tokenizer_dir: Optional[Path], hparams: dict, training_state: Optional[dict] = None
+def write_checkpoint(
+    folder: Path, weights: dict[str, dict], config: Config, tokenizer_dir: Optional[Path], hparams: dict,
+    training_state: Optional[dict] = None, yamls: Optional[dict[str, dict]] = None,
 ) -> Path:
-    """Write a complete checkpoint folder atomically (temporary folder, then rename). Call on one rank only."""
+    """Write a complete checkpoint folder atomically (temporary folder, then rename). Call on one rank only.
+
+    ``weights`` maps file names to state dicts (``{"model.safetensors": ...}`` for a native checkpoint, LoRA adds
+    ``lora.safetensors``); ``yamls`` adds YAML files (``lora_config.yaml``).
+    """
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    if config.tie_embeddings:
-        model_sd = {k: v for k, v in model_sd.items() if k != "lm_head.weight"}
-    save_weights(model_sd, tmp / "model.safetensors")
+    for name, state in weights.items():
+        if config.tie_embeddings:
+            state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+        save_weights(state, tmp / name)
     write_atomic_text(tmp / "model_config.yaml", config.to_yaml())
     write_atomic_text(tmp / "hyperparameters.yaml", yaml.safe_dump(hparams, sort_keys=False))
+    for name, data in (yamls or {}).items():
+        write_atomic_text(tmp / name, yaml.safe_dump(data, sort_keys=False))
     if tokenizer_dir is not None:
         for name in TOKENIZER_FILES:
             if (Path(tokenizer_dir) / name).is_file():

@@ -52,12 +52,14 @@ def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
 
 
-def max_steps_for(args: TrainArgs, seq_length: int) -> int:
+def max_steps_for(args: TrainArgs, seq_length: int, samples: Optional[int]) -> int:
     if args.max_steps is not None:
         return args.max_steps
+    if args.epochs is not None and samples:
+        return max(1, math.ceil(args.epochs * samples / args.global_batch_size))
     if args.max_tokens is not None:
         return math.ceil(args.max_tokens / (args.global_batch_size * seq_length))
-    raise ConfigError("set --train.max_steps or --train.max_tokens: training needs an end")
+    raise ConfigError("set --train.max_steps, --train.epochs or --train.max_tokens: training needs an end")
 
 
 def memory_gb(device: torch.device) -> float:
@@ -97,7 +99,7 @@ def fit(
 ) -> dict:
     """Train until ``max_steps``; returns a summary. ``save(state, final)`` is called on every rank."""
     accum = args.gradient_accumulation_steps(fabric.world_size)
-    max_steps = max_steps_for(args, seq_length)
+    max_steps = max_steps_for(args, seq_length, getattr(train, "count", None))
     mbs, world, rank = args.micro_batch_size, fabric.world_size, fabric.global_rank
     history: list[dict] = []
     if val is not None and eval_args.initial_validation:
@@ -111,15 +113,16 @@ def fit(
         lr = lr_at(state.step, args, max_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        total = torch.zeros((), device=fabric.device)
+        totals = torch.zeros(2, device=fabric.device)  # summed loss, tokens
         for micro in range(accum):
             x, y = train.batch(state.samples + (micro * world + rank) * mbs, mbs)
             x, y = fabric.to_device((x, y))
             with fabric.no_backward_sync(model, enabled=micro < accum - 1):
                 loss = loss_fn(model(x), y)
                 fabric.backward(loss / accum)
-            total += loss.detach()
-        loss = fabric.all_reduce(total / accum, reduce_op="mean").item()
+            totals += torch.stack([loss.detach().float(), torch.tensor(float(x.numel()), device=totals.device)])
+        totals = fabric.all_reduce(totals, reduce_op="sum")
+        loss, step_tokens = totals[0].item() / (accum * world), int(totals[1].item())
         if not math.isfinite(loss):
             raise TrainingError(
                 f"loss is {loss} at step {state.step + 1}: the last good checkpoint is kept in the output folder; "
@@ -131,8 +134,8 @@ def fit(
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
         state.samples += args.global_batch_size
-        state.tokens += args.global_batch_size * seq_length
-        window_tokens += args.global_batch_size * seq_length
+        state.tokens += step_tokens
+        window_tokens += step_tokens
         bar.update(1)
 
         metrics = {"step": state.step, "loss": loss, "lr": lr, "tokens": state.tokens}

@@ -25,7 +25,7 @@ from litgpt_clone.training.checkpoint import (
     load_full_state,
     read_training_state,
     step_dir,
-    write_native_checkpoint,
+    write_checkpoint,
 )
 from litgpt_clone.training.fit import FitState, TrainingError, fit
 
@@ -120,6 +120,25 @@ def run_training(
         if config.tie_embeddings:
             model.lm_head.weight = model.transformer.wte.weight
     model.max_seq_length = seq_length
+    fabric.print(
+        f"{config.name or 'model'}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
+        f"{len(train_stream):,} training tokens, sequences of {seq_length}, {fabric.world_size} process(es)"
+    )
+    hparams = plain(hparams)
+
+    def write(folder: Path, model_sd: dict, training_state: Optional[dict]) -> None:
+        write_checkpoint(folder, {"model.safetensors": model_sd}, config, tokenizer.checkpoint_dir, hparams, training_state)
+
+    return train_and_save(fabric, model, train_data, val_data, train, eval, optimizer, resume, compile, out_dir, seq_length, write)
+
+
+def train_and_save(
+    fabric, model: GPT, train_data, val_data, train: TrainArgs, eval: EvalArgs, optimizer: Union[str, dict], resume,
+    compile: bool, out_dir: Path, seq_length: int, write, select=None, weights_file: str = "model.safetensors",
+) -> dict:
+    """Shared by pretrain and every finetune method: memory savers, Fabric setup, optimizer over the parameters that
+    require grad, resume, ``fit``, and saving through ``write(folder, state, training_state)`` on rank 0, where
+    ``state`` is ``select(full model state)`` (all of it by default)."""
     flops = flops_per_token(model, seq_length)
     if train.activation_checkpointing:
         checkpoint_blocks(model)
@@ -127,13 +146,8 @@ def run_training(
         compile_blocks(model)
     model = fabric.setup(model)
     opt = fabric.setup_optimizers(build_optimizer(model, optimizer, train, fused=fabric.device.type == "cuda"))
-
-    state = resume_state(fabric, model, opt, out_dir, resume)
-    fabric.print(
-        f"{config.name or 'model'}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
-        f"{len(train_stream):,} training tokens, sequences of {seq_length}, {fabric.world_size} process(es)"
-    )
-    save = make_saver(fabric, model, opt, config, tokenizer.checkpoint_dir, hparams, out_dir)
+    state = resume_state(fabric, model, opt, out_dir, resume, weights_file)
+    save = make_saver(fabric, model, opt, out_dir, write, select)
     try:
         summary = fit(
             fabric, model, opt, train_data, val_data, train, eval, state, seq_length, save,
@@ -149,7 +163,7 @@ def run_training(
     return summary
 
 
-def resume_state(fabric, model, optimizer, out_dir: Path, resume) -> FitState:
+def resume_state(fabric, model, optimizer, out_dir: Path, resume, weights_file: str = "model.safetensors") -> FitState:
     if resume is False or resume is None:
         return FitState()
     folder = latest_checkpoint(out_dir) if resume == "auto" else Path(resume)
@@ -161,15 +175,14 @@ def resume_state(fabric, model, optimizer, out_dir: Path, resume) -> FitState:
     from litgpt_clone.checkpoints.io import load_state
 
     saved = read_training_state(folder)
-    load_full_state(model, optimizer, load_state(folder / "model.safetensors"), saved["optimizer"])
+    load_full_state(model, optimizer, load_state(folder / weights_file), saved["optimizer"], strict=weights_file == "model.safetensors")
     torch.set_rng_state(saved["rng"])
     fabric.print(f"resumed from {folder} at step {saved['fit']['step']}")
     return FitState(**saved["fit"])
 
 
-def make_saver(fabric, model, optimizer, config: Config, tokenizer_dir: Path, hparams: dict, out_dir: Path):
+def make_saver(fabric, model, optimizer, out_dir: Path, write, select=None):
     """``save(state, final)``: every rank gathers the full state, rank 0 writes ``step-N/`` (and ``final/``)."""
-    hparams = plain(hparams)
 
     def save(state: FitState, final: bool) -> None:
         model_sd, optim_sd = full_state(model, optimizer)
@@ -179,10 +192,11 @@ def make_saver(fabric, model, optimizer, config: Config, tokenizer_dir: Path, hp
                 "lower --train.lr, raise --train.warmup_steps or set --train.max_norm"
             )
         if fabric.global_rank == 0:
+            model_sd = select(model_sd) if select else model_sd
             training_state = {"optimizer": optim_sd, "fit": dataclasses.asdict(state), "rng": torch.get_rng_state()}
-            write_native_checkpoint(step_dir(out_dir, state.step), model_sd, config, tokenizer_dir, hparams, training_state)
+            write(step_dir(out_dir, state.step), model_sd, training_state)
             if final:
-                write_native_checkpoint(out_dir / "final", model_sd, config, tokenizer_dir, hparams)
+                write(out_dir / "final", model_sd, None)
         fabric.barrier()
 
     return save
@@ -193,13 +207,13 @@ def plain(value):
     if dataclasses.is_dataclass(value):
         return plain(dataclasses.asdict(value))
     if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
+        return {str(k) if isinstance(k, Path) else k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     if isinstance(value, Path):
         return str(value)
-    if isinstance(value, DataModule):
-        return {"name": value.name, **plain(vars(value))}
+    if isinstance(getattr(value, "name", None), str) and hasattr(value, "__dict__"):  # a data module: its arguments
+        return {"name": value.name, **{k: plain(v) for k, v in vars(value).items() if not k.startswith("_")}}
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value

@@ -1,0 +1,205 @@
+"""``litgpt-clone finetune lora|full`` and ``litgpt-clone merge_lora``.
+
+Each method only says which parameters train and what a checkpoint holds; the loop is ``training.fit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+from litgpt_clone.commands.pretrain import Precision
+from litgpt_clone.config import Config, ConfigError
+from litgpt_clone.data.sft import SFTData
+from litgpt_clone.lora import LoRAArgs
+from litgpt_clone.parallel import Strategy
+from litgpt_clone.training.args import EvalArgs, TrainArgs
+
+QuantizeMode = Literal["bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8"]
+FINETUNE_TRAIN = TrainArgs(
+    global_batch_size=16, micro_batch_size=1, epochs=1, lr=2e-4, warmup_steps=10, min_lr=6e-5, weight_decay=0.0,
+    save_interval=1000, log_interval=1,
+)
+FINETUNE_EVAL = EvalArgs(interval=100, max_iters=100)
+
+
+def finetune_lora(
+    checkpoint_dir: str,
+    data: Optional[SFTData] = None,
+    out_dir: Path = Path("out/finetune/lora"),
+    devices: int = 1,
+    num_nodes: int = 1,
+    strategy: Strategy = "auto",
+    precision: Optional[Precision] = None,
+    quantize: Optional[QuantizeMode] = None,
+    lora: LoRAArgs = LoRAArgs(),
+    train: TrainArgs = FINETUNE_TRAIN,
+    eval: EvalArgs = FINETUNE_EVAL,
+    optimizer: Union[str, dict] = "AdamW",
+    resume: Union[bool, Literal["auto"], Path] = False,
+    logger_name: Literal["csv", "tensorboard"] = "csv",
+    seed: int = 1337,
+    merge: bool = True,
+    compile: bool = False,
+) -> dict:
+    """Finetune with LoRA (QLoRA with --quantize): only the low-rank adapters train.
+
+    Step checkpoints hold the adapters (lora.safetensors + lora_config.yaml); ``final/`` also holds the merged model
+    (a native checkpoint for generate/serve/convert) unless ``--merge false``.
+
+    Args:
+        checkpoint_dir: The base model: a native checkpoint folder or a hub repo id (downloaded and converted once).
+        data: Instruction or chat data: ``alpaca`` (default), ``dolly``, ``json`` or ``chat`` with ``--data.path``.
+        out_dir: Checkpoints and logs go here.
+        devices: Devices per node.
+        num_nodes: Nodes.
+        strategy: ``ddp``, ``fsdp`` or ``auto``.
+        precision: Default: bf16-mixed where the GPU supports it, else 32-true.
+        quantize: QLoRA: keep the base weights in 4 bit (nf4, fp4, -dq with double quantization) or int8.
+        lora: Rank, alpha, dropout, which projections get adapters, and an optional block range.
+        train: Batch sizes, epochs or steps, learning rate schedule, intervals.
+        eval: Validation interval and size.
+        optimizer: A torch.optim class name or ``{"class_path": ..., "init_args": {...}}``.
+        resume: ``auto``, a step folder, or false.
+        logger_name: csv or tensorboard, under out_dir/logs.
+        seed: Data order and adapter initialization.
+        merge: Write the merged model into ``final/``.
+        compile: ``torch.compile`` each block.
+    """
+    hparams = dict(locals())
+    return run_finetune("lora", hparams, lora=lora, quantize=quantize, merge=merge)
+
+
+def finetune_full(
+    checkpoint_dir: str,
+    data: Optional[SFTData] = None,
+    out_dir: Path = Path("out/finetune/full"),
+    devices: int = 1,
+    num_nodes: int = 1,
+    strategy: Strategy = "auto",
+    precision: Optional[Precision] = None,
+    train: TrainArgs = dataclasses.replace(FINETUNE_TRAIN, lr=2e-5, min_lr=2e-6),
+    eval: EvalArgs = FINETUNE_EVAL,
+    optimizer: Union[str, dict] = "AdamW",
+    resume: Union[bool, Literal["auto"], Path] = False,
+    logger_name: Literal["csv", "tensorboard"] = "csv",
+    seed: int = 1337,
+    compile: bool = False,
+) -> dict:
+    """Finetune every weight. Each checkpoint (``step-*/``, ``final/``) is a native checkpoint.
+
+    Args:
+        checkpoint_dir: The base model: a native checkpoint folder or a hub repo id (downloaded and converted once).
+        data: Instruction or chat data: ``alpaca`` (default), ``dolly``, ``json`` or ``chat`` with ``--data.path``.
+        out_dir: Checkpoints and logs go here.
+        devices: Devices per node.
+        num_nodes: Nodes.
+        strategy: ``ddp``, ``fsdp`` (shards weights, gradients and optimizer state) or ``auto``.
+        precision: Default: bf16-mixed where the GPU supports it, else 32-true.
+        train: Batch sizes, epochs or steps, learning rate schedule, intervals.
+        eval: Validation interval and size.
+        optimizer: A torch.optim class name or ``{"class_path": ..., "init_args": {...}}``.
+        resume: ``auto``, a step folder, or false.
+        logger_name: csv or tensorboard, under out_dir/logs.
+        seed: Data order.
+        compile: ``torch.compile`` each block.
+    """
+    hparams = dict(locals())
+    return run_finetune("full", hparams)
+
+
+def run_finetune(method: str, hparams: dict, lora: Optional[LoRAArgs] = None, quantize: Optional[str] = None, merge: bool = False) -> dict:
+    from litgpt_clone.checkpoints.io import load_state, resolve_checkpoint
+    from litgpt_clone.data.sft import Alpaca
+    from litgpt_clone.lora import inject_lora, lora_state, merge_into
+    from litgpt_clone.model import GPT
+    from litgpt_clone.tokenizer import Tokenizer
+    from litgpt_clone.training.checkpoint import write_checkpoint
+    from litgpt_clone.training.run import build_fabric, plain, train_and_save
+
+    h = hparams
+    train, eval, out_dir = h["train"], h["eval"], Path(h["out_dir"])
+    if quantize and h["devices"] * h["num_nodes"] > 1:
+        raise ConfigError(
+            "QLoRA (--quantize) runs on one device: FSDP2 cannot shard bitsandbytes' packed 4-bit weights and DDP would "
+            "replicate them; use --devices 1, or LoRA without --quantize on several devices"
+        )
+    checkpoint_dir = resolve_checkpoint(h["checkpoint_dir"])
+    fabric = build_fabric(h["devices"], h["num_nodes"], h["strategy"], h["precision"], out_dir, h["logger_name"])
+    fabric.launch()
+    train.gradient_accumulation_steps(fabric.world_size)
+    tokenizer = Tokenizer(checkpoint_dir)
+    config = Config.from_checkpoint(checkpoint_dir)
+    seq_length = min(train.max_seq_length or config.block_size, config.block_size)
+    data = h["data"] or Alpaca()
+    with fabric.rank_zero_first():
+        train_data, val_data = data.datasets(tokenizer, seq_length, h["seed"])
+
+    fabric.seed_everything(h["seed"])
+    model = GPT.from_checkpoint(checkpoint_dir)
+    model.max_seq_length = seq_length
+    if quantize:
+        from litgpt_clone.quantize import model_memory, quantize as quantize_model
+
+        before = model_memory(model)
+        quantize_model(model, quantize)
+        fabric.print(f"{quantize}: base weights {before / 2**20:.1f} MiB -> {model_memory(model) / 2**20:.1f} MiB")
+    if method == "lora":
+        inject_lora(model, lora)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    fabric.print(
+        f"{config.name}: {method}, {trainable:,} trainable of {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{train_data.count:,} training samples, sequences up to {seq_length}"
+    )
+    hp = plain({**h, "data": data})
+    hp["checkpoint_dir"] = str(checkpoint_dir)
+
+    def write(folder: Path, state: dict, training_state: Optional[dict]) -> None:
+        if method == "full":
+            write_checkpoint(folder, {"model.safetensors": state}, config, checkpoint_dir, hp, training_state)
+            return
+        weights = {"lora.safetensors": state}
+        if folder.name == "final" and merge:
+            weights["model.safetensors"] = merge_into(load_state(checkpoint_dir / "model.safetensors"), state, config, lora)
+        write_checkpoint(folder, weights, config, checkpoint_dir, hp, training_state, yamls={"lora_config.yaml": plain(lora)})
+
+    return train_and_save(
+        fabric, model, train_data, val_data, train, eval, h["optimizer"], h["resume"], h["compile"], out_dir, seq_length,
+        write, select=lora_state if method == "lora" else None,
+        weights_file="lora.safetensors" if method == "lora" else "model.safetensors",
+    )
+
+
+def merge_lora(lora_dir: Path, base: Optional[str] = None, out_dir: Optional[Path] = None) -> None:
+    """Fold a LoRA checkpoint into its base model and write a standard native checkpoint.
+
+    Args:
+        lora_dir: A folder written by ``finetune lora`` (lora.safetensors, lora_config.yaml, hyperparameters.yaml).
+        base: The base checkpoint; default: the ``checkpoint_dir`` recorded in hyperparameters.yaml.
+        out_dir: Where the merged checkpoint goes; default: ``lora_dir`` itself.
+    """
+    import yaml
+
+    from litgpt_clone.checkpoints.io import load_state, resolve_checkpoint
+    from litgpt_clone.lora import merge_into
+    from litgpt_clone.training.checkpoint import read_training_state, write_checkpoint
+
+    lora_dir = Path(lora_dir)
+    if not (lora_dir / "lora_config.yaml").is_file():
+        raise ConfigError(f"{lora_dir} is not a LoRA checkpoint: expected {lora_dir / 'lora_config.yaml'} and lora.safetensors")
+    hparams = yaml.safe_load((lora_dir / "hyperparameters.yaml").read_text()) if (lora_dir / "hyperparameters.yaml").is_file() else {}
+    base_dir = resolve_checkpoint(base or hparams.get("checkpoint_dir") or "")
+    lora_args = yaml.safe_load((lora_dir / "lora_config.yaml").read_text())
+    args = LoRAArgs(**{**lora_args, "layers": tuple(lora_args["layers"]) if lora_args.get("layers") else None})
+    config = Config.from_checkpoint(base_dir)
+    adapters = load_state(lora_dir / "lora.safetensors")
+    merged = merge_into(load_state(base_dir / "model.safetensors"), adapters, config, args)
+    out_dir = Path(out_dir or lora_dir)
+    weights, training_state = {"model.safetensors": merged}, None
+    if out_dir == lora_dir:  # rewriting the folder in place: keep what it held
+        weights["lora.safetensors"] = adapters
+        if (lora_dir / "training_state.pt").is_file():
+            training_state = read_training_state(lora_dir)
+    write_checkpoint(out_dir, weights, config, base_dir, hparams, training_state, yamls={"lora_config.yaml": lora_args})
+    print(f"merged checkpoint written to {out_dir}")

@@ -1,0 +1,671 @@
+"""Data for supervised finetuning: instruction/response pairs and conversations as (inputs, targets) batches.
+
+``--data alpaca|dolly|json|chat`` selects a module by its ``name``; its ``__init__`` parameters are its flags
+(``--data.path``, ``--data.mask_prompt``, ...). ``module.datasets(tokenizer, max_seq_length, seed)`` reads and
+tokenizes everything once and returns a train and a validation ``SFTDataset``, which the shared ``fit`` loop reads
+with ``batch(start, size)``.
+
+What a sample is:
+
+- Instruction data (``alpaca``, ``dolly``, ``json``): the prompt (``--data.prompt_style``: the Alpaca format by
+  default, any fallback style of ``chat_template``, or ``auto`` = the checkpoint's chat template with the instruction
+  as one user message), then the response encoded on its own, then EOS. Plain-text prompts (``alpaca``, ``plain``)
+  get the tokenizer's own BOS rule (``encode(prompt, bos=None)``); chat renderings (``auto``, ``chatml``,
+  ``llama2``, ``llama3``) are encoded as ``LLM.encode_chat`` and transformers encode them, with no BOS added (the
+  template writes it where the model wants it). Prompt and response are encoded separately, so the prompt's tokens
+  are exactly those the same prompt gets at inference.
+- Conversations (``chat``): OpenAI-style ``messages`` rendered with the checkpoint's chat template (or a fallback
+  style) and encoded without an added BOS, as ``LLM.encode_chat`` and transformers' ``apply_chat_template`` do. The
+  loss covers only assistant turns: for assistant message ``i`` the tokens of
+  ``render(messages[:i], add_generation_prompt=True)`` are the prompt before it and those of
+  ``render(messages[:i + 1])`` end it (its content and the end-of-turn tokens the template writes after it). Each
+  rendering must tokenize to a prefix of the whole conversation's tokens; a template that breaks this is an error.
+  When the last assistant turn holds no stop token (e.g. the ``alpaca`` fallback style), EOS is appended to it.
+
+A sample of ``n`` tokens is one training row: inputs ``tokens[:-1]`` and targets ``tokens[1:]``, with targets of
+masked (prompt) tokens set to ``ignore_index``. Rows hold at most ``max_seq_length`` tokens: longer samples are
+truncated (and counted), or skipped when the response would be cut entirely. Records that cannot be used (missing
+fields, empty responses, lines that are not UTF-8 or not JSON) are skipped and counted per reason; one summary line
+is printed.
+
+Validation split: ``round(records * val_fraction)`` records (at least one) chosen by a stable hash of each record's
+index in the file, so the split is the same for every seed and every ``max_seq_length``, and is spread over the whole
+file; ``--data.val_path`` (json, chat) gives a separate validation file instead.
+
+Order: training rows are visited in ``np.random.default_rng([seed, epoch]).permutation`` order, a new order each
+epoch, so the sample at any global index is known without state; validation rows are visited in file order.
+
+Cache: the encoded samples of a (data files, tokenizer files, options, ``max_seq_length``) combination are kept under
+``$LITGPT_CLONE_CACHE/sft`` (default ``~/.cache/litgpt_clone/sft``), so a second run starts at once.
+
+Packing (``--data.packing true``): consecutive samples (file order) are concatenated into rows of up to
+``max_seq_length`` tokens; each keeps its own mask, and the first token of a sample (BOS or prompt) is never a
+target. Attention still crosses sample boundaries (the causal mask is not reset inside a row), so a sample can attend
+to the samples packed before it: packing trades that contamination for fewer padding tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from litgpt_clone.chat_template import ChatTemplateError, alpaca_prompt, available_styles, render_for_tokenizer
+from litgpt_clone.data.pretrain import DataError, cache_root, hub_file
+from litgpt_clone.tokenizer import TOKENIZER_FILES, Tokenizer
+
+Sample = tuple[np.ndarray, np.ndarray]
+"""``(tokens, labels)``: int64 arrays of one length; ``labels`` is ``tokens`` with unlearned positions set to
+``ignore_index``."""
+
+
+class Skip(Exception):
+    """A record that cannot be used; the message is the reason counted in ``stats["skipped"]``."""
+
+
+# ----------------------------------------------------------------------------- the dataset
+class SFTDataset:
+    """Tokenized samples as ``(inputs, targets)`` batches at global sample indices.
+
+    Attributes: ``count`` (rows: samples, or packed sequences with packing), ``stats`` (``samples`` kept,
+    ``skipped`` per reason, ``truncated``, ``rows``, ``longest`` row), ``ignore_index``.
+    """
+
+    def __init__(self, samples: list[Sample], seed: int, shuffle: bool, stats: dict, ignore_index: int = -100) -> None:
+        self.samples, self.seed, self.shuffle, self.ignore_index = samples, seed, shuffle, ignore_index
+        self.count = len(samples)
+        self.stats = {**stats, "rows": self.count, "longest": max((len(t) - 1 for t, _ in samples), default=0)}
+        self._epoch, self._order = -1, None
+
+    def sample(self, index: int) -> Sample:
+        """The sample at global ``index`` (wrapping into later epochs, each with its own order when shuffling)."""
+        epoch, pos = divmod(index, self.count)
+        if self.shuffle:
+            if epoch != self._epoch:
+                self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.count)
+            pos = int(self._order[pos])
+        return self.samples[pos]
+
+    def batch(self, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets (size, L) for samples ``start .. start + size``, L = the longest row among them;
+        shorter rows are right-padded with 0 (inputs) and ``ignore_index`` (targets)."""
+        rows = [self.sample(start + i) for i in range(size)]
+        length = max(len(tokens) - 1 for tokens, _ in rows)
+        inputs = torch.zeros(size, length, dtype=torch.long)
+        targets = torch.full((size, length), self.ignore_index, dtype=torch.long)
+        for i, (tokens, labels) in enumerate(rows):
+            n = len(tokens) - 1
+            inputs[i, :n] = torch.from_numpy(tokens[:-1])
+            targets[i, :n] = torch.from_numpy(labels[1:])
+        return inputs, targets
+
+
+# ----------------------------------------------------------------------------- modules
+class SFTData:
+    """A source of train and validation ``SFTDataset``s for ``finetune``."""
+
+    name = ""
+
+    def datasets(self, tokenizer: Tokenizer, max_seq_length: int, seed: int) -> tuple[SFTDataset, Optional[SFTDataset]]:
+        """Train and validation (None when there is none) datasets of rows of at most ``max_seq_length`` tokens;
+        ``seed`` fixes the training order."""
+        raise NotImplementedError
+
+
+class FileData(SFTData):
+    """Records from a JSON/JSONL file (and an optional validation file), with the options every module shares."""
+
+    def __init__(self, mask_prompt: bool, val_fraction: float, prompt_style: str, packing: bool, ignore_index: int) -> None:
+        check_style(prompt_style)
+        self.mask_prompt, self.val_fraction, self.prompt_style = mask_prompt, val_fraction, prompt_style
+        self.packing, self.ignore_index = packing, ignore_index
+
+    def files(self) -> tuple[Path, Optional[Path]]:
+        """The train file and an optional separate validation file."""
+        raise NotImplementedError
+
+    def read(self, path: Path) -> list:
+        """The records of ``path``; a ``Skip`` stands for a record that could not be read."""
+        return read_records(path)
+
+    def describe(self) -> str:
+        """The name in the summary line."""
+        return self.name
+
+
+class InstructionData(FileData):
+    """Instruction, optional input, response: the shared machinery of ``alpaca``, ``dolly`` and ``json``."""
+
+    def fields(self, record: dict, path: Path) -> tuple[str, str, str]:
+        """Instruction, input ("" when none) and response of one record; raises ``Skip`` when it has none."""
+        raise NotImplementedError
+
+    def datasets(self, tokenizer: Tokenizer, max_seq_length: int, seed: int) -> tuple[SFTDataset, Optional[SFTDataset]]:
+        encoder = InstructionEncoder(tokenizer, self.prompt_style, self.mask_prompt, max_seq_length, self.ignore_index)
+
+        def encode(record: Any, path: Path) -> tuple[Sample, bool]:
+            if not isinstance(record, dict):
+                raise Skip("not an object")
+            return encoder(*self.fields(record, path))
+
+        return build(self, encode, tokenizer, max_seq_length, seed)
+
+
+class Alpaca(InstructionData):
+    """Stanford Alpaca, cleaned (yahma/alpaca-cleaned on the Hugging Face hub): instruction, input, output."""
+
+    name = "alpaca"
+    repo_id, filename = "yahma/alpaca-cleaned", "alpaca_data_cleaned.json"
+
+    def __init__(
+        self,
+        path: Optional[Path] = None,
+        mask_prompt: bool = True,
+        val_fraction: float = 0.05,
+        prompt_style: str = "alpaca",
+        packing: bool = False,
+        ignore_index: int = -100,
+    ) -> None:
+        """
+        Args:
+            path: A local Alpaca JSON file (a list of {instruction, input, output}); default: download
+                alpaca_data_cleaned.json from the hub dataset yahma/alpaca-cleaned into the Hugging Face cache.
+            mask_prompt: Learn only the response (and EOS): prompt tokens get no loss.
+            val_fraction: Share of the records held out for validation (chosen by a stable hash of the record index).
+            prompt_style: How the instruction is written: ``alpaca``, a fallback chat style (chatml, llama2, llama3,
+                plain), or ``auto`` = the checkpoint's chat template (alpaca when it has none).
+            packing: Concatenate consecutive samples into rows of up to max_seq_length tokens (masks kept; attention
+                crosses sample boundaries).
+            ignore_index: The target value of tokens without loss; must be the loss's ignore_index (fit uses -100).
+        """
+        super().__init__(mask_prompt, val_fraction, prompt_style, packing, ignore_index)
+        self.path = Path(path) if path is not None else None
+
+    def files(self) -> tuple[Path, Optional[Path]]:
+        return self.path or hub_file(self.repo_id, self.filename, self.name), None
+
+    def fields(self, record: dict, path: Path) -> tuple[str, str, str]:
+        return text_field(record, "instruction"), text_field(record, "input", optional=True), text_field(record, "output")
+
+
+class Dolly(InstructionData):
+    """Databricks Dolly 15k (databricks/databricks-dolly-15k on the hub): instruction, context, response."""
+
+    name = "dolly"
+    repo_id, filename = "databricks/databricks-dolly-15k", "databricks-dolly-15k.jsonl"
+
+    def __init__(
+        self,
+        path: Optional[Path] = None,
+        mask_prompt: bool = True,
+        val_fraction: float = 0.05,
+        prompt_style: str = "alpaca",
+        packing: bool = False,
+        ignore_index: int = -100,
+    ) -> None:
+        """
+        Args:
+            path: A local databricks-dolly-15k.jsonl (one {instruction, context, response, category} per line);
+                default: download it from the hub dataset databricks/databricks-dolly-15k into the Hugging Face cache.
+            mask_prompt: Learn only the response (and EOS): prompt tokens get no loss.
+            val_fraction: Share of the records held out for validation (chosen by a stable hash of the record index).
+            prompt_style: How the instruction is written: ``alpaca`` (the context is its Input section), a fallback
+                chat style (chatml, llama2, llama3, plain), or ``auto`` = the checkpoint's chat template.
+            packing: Concatenate consecutive samples into rows of up to max_seq_length tokens (masks kept; attention
+                crosses sample boundaries).
+            ignore_index: The target value of tokens without loss; must be the loss's ignore_index (fit uses -100).
+        """
+        super().__init__(mask_prompt, val_fraction, prompt_style, packing, ignore_index)
+        self.path = Path(path) if path is not None else None
+
+    def files(self) -> tuple[Path, Optional[Path]]:
+        return self.path or hub_file(self.repo_id, self.filename, self.name), None
+
+    def fields(self, record: dict, path: Path) -> tuple[str, str, str]:
+        return text_field(record, "instruction"), text_field(record, "context", optional=True), text_field(record, "response")
+
+
+FIELD_SETS = {"instruction/input/output": ("instruction", "input", "output"), "prompt/response": ("prompt", None, "response")}
+
+
+class JSON(InstructionData):
+    """Your own instruction data: a .json list or .jsonl lines of {instruction, input, output} or {prompt, response}."""
+
+    name = "json"
+
+    def __init__(
+        self,
+        path: Path,
+        val_path: Optional[Path] = None,
+        mask_prompt: bool = True,
+        val_fraction: float = 0.05,
+        prompt_style: str = "alpaca",
+        packing: bool = False,
+        ignore_index: int = -100,
+    ) -> None:
+        """
+        Args:
+            path: A JSON file holding a list of records, or a JSONL file with one record per line. Records have
+                ``instruction``, optional ``input`` and ``output`` fields, or ``prompt`` and ``response`` fields (the
+                first pair found in the file decides, for the whole file).
+            val_path: A separate validation file in the same format; when given, val_fraction is not used.
+            mask_prompt: Learn only the response (and EOS): prompt tokens get no loss.
+            val_fraction: Share of the records held out for validation (chosen by a stable hash of the record index).
+            prompt_style: How the instruction (or prompt) is written: ``alpaca``, a fallback chat style (chatml,
+                llama2, llama3, plain), or ``auto`` = the checkpoint's chat template (alpaca when it has none).
+            packing: Concatenate consecutive samples into rows of up to max_seq_length tokens (masks kept; attention
+                crosses sample boundaries).
+            ignore_index: The target value of tokens without loss; must be the loss's ignore_index (fit uses -100).
+        """
+        super().__init__(mask_prompt, val_fraction, prompt_style, packing, ignore_index)
+        self.path = Path(path)
+        self.val_path = Path(val_path) if val_path is not None else None
+        self.field_sets: dict[Path, str] = {}  # file -> the FIELD_SETS name its records use
+
+    def files(self) -> tuple[Path, Optional[Path]]:
+        return self.path, self.val_path
+
+    def detect(self, records: list, path: Path) -> str:
+        """Which FIELD_SETS name the records of ``path`` use; a DataError listing the keys found if neither."""
+        keys = set().union(*(r.keys() for r in records if isinstance(r, dict)))
+        for name, (prompt, _, response) in FIELD_SETS.items():
+            if prompt in keys and response in keys:
+                return name
+        found = ", ".join(sorted(map(str, keys))[:20]) or "none"
+        raise DataError(
+            f"{path} has neither instruction/input/output nor prompt/response fields (found keys: {found}): rename its fields"
+        )
+
+    def fields(self, record: dict, path: Path) -> tuple[str, str, str]:
+        prompt, input, response = FIELD_SETS[self.field_sets[path]]
+        return text_field(record, prompt), text_field(record, input, optional=True) if input else "", text_field(record, response)
+
+    def read(self, path: Path) -> list:
+        records = read_records(path)
+        self.field_sets[path] = self.detect(records, path)
+        return records
+
+    def describe(self) -> str:
+        return f"{self.name} ({', '.join(f'{f} in {p.name}' for p, f in self.field_sets.items())})"
+
+
+class Chat(FileData):
+    """Conversations: JSON/JSONL records with OpenAI-style ``messages``; loss on the assistant turns only."""
+
+    name = "chat"
+
+    def __init__(
+        self,
+        path: Path,
+        val_path: Optional[Path] = None,
+        mask_prompt: bool = True,
+        val_fraction: float = 0.05,
+        prompt_style: str = "auto",
+        packing: bool = False,
+        ignore_index: int = -100,
+    ) -> None:
+        """
+        Args:
+            path: A JSON file holding a list of records, or a JSONL file with one record per line; each record has
+                ``messages``: a list of {role: system|user|assistant, content: text}.
+            val_path: A separate validation file in the same format; when given, val_fraction is not used.
+            mask_prompt: Learn only the assistant turns (their content and the end-of-turn tokens after it); false
+                learns every token.
+            val_fraction: Share of the records held out for validation (chosen by a stable hash of the record index).
+            prompt_style: ``auto`` renders with the checkpoint's chat template; a fallback style (chatml, llama2,
+                llama3, alpaca) is used for checkpoints without one, or instead of it.
+            packing: Concatenate consecutive conversations into rows of up to max_seq_length tokens (masks kept;
+                attention crosses sample boundaries).
+            ignore_index: The target value of tokens without loss; must be the loss's ignore_index (fit uses -100).
+        """
+        if prompt_style == "plain":
+            raise DataError(
+                "--data.prompt_style plain writes only the last user message, not a conversation: "
+                "pick chatml, llama2, llama3, alpaca or auto"
+            )
+        super().__init__(mask_prompt, val_fraction, prompt_style, packing, ignore_index)
+        self.path = Path(path)
+        self.val_path = Path(val_path) if val_path is not None else None
+
+    def files(self) -> tuple[Path, Optional[Path]]:
+        return self.path, self.val_path
+
+    def datasets(self, tokenizer: Tokenizer, max_seq_length: int, seed: int) -> tuple[SFTDataset, Optional[SFTDataset]]:
+        encoder = ChatEncoder(tokenizer, self.prompt_style, self.mask_prompt, max_seq_length, self.ignore_index)
+        return build(self, lambda record, path: encoder(record), tokenizer, max_seq_length, seed)
+
+
+SFT_DATA_MODULES: dict[str, type[SFTData]] = {cls.name: cls for cls in (Alpaca, Dolly, JSON, Chat)}
+
+
+# ----------------------------------------------------------------------------- encoding
+def check_style(prompt_style: str) -> None:
+    if prompt_style not in available_styles():
+        raise DataError(f"unknown --data.prompt_style {prompt_style!r}: use one of {', '.join(available_styles())}")
+
+
+def need_eos(tokenizer: Tokenizer) -> int:
+    if tokenizer.eos_id is None:
+        raise DataError(
+            f"the tokenizer in {tokenizer.checkpoint_dir} has no EOS token, which finetuning appends so the model "
+            "learns to stop: set eos_token in its tokenizer_config.json"
+        )
+    return tokenizer.eos_id
+
+
+def finish(tokens: list[int], labels: list[int], response_start: int, max_seq_length: int, ignore_index: int) -> tuple[Sample, bool]:
+    """The sample cut to ``max_seq_length + 1`` tokens (a row of ``max_seq_length``) and whether it was cut; Skip
+    when that cuts every response token (the first one, at ``response_start``, is a target only while
+    ``response_start <= max_seq_length``). The first token is never a target, also when packed after another sample."""
+    if response_start > max_seq_length:
+        raise Skip("response beyond max_seq_length")
+    truncated = len(tokens) > max_seq_length + 1
+    tokens, labels = tokens[: max_seq_length + 1], [ignore_index, *labels[1 : max_seq_length + 1]]
+    return (np.array(tokens, dtype=np.int64), np.array(labels, dtype=np.int64)), truncated
+
+
+class InstructionEncoder:
+    """(instruction, input, response) -> one sample: prompt, response, EOS; prompt masked when ``mask_prompt``."""
+
+    def __init__(self, tokenizer: Tokenizer, prompt_style: str, mask_prompt: bool, max_seq_length: int, ignore_index: int) -> None:
+        self.tokenizer, self.mask_prompt = tokenizer, mask_prompt
+        self.max_seq_length, self.ignore_index = max_seq_length, ignore_index
+        self.eos_id = need_eos(tokenizer)
+        self.style = "alpaca" if prompt_style == "auto" and not tokenizer.chat_template else prompt_style
+        # plain-text prompts get the tokenizer's BOS; chat renderings none, as LLM.encode_chat (the template writes it)
+        self.bos = None if self.style in ("alpaca", "plain") else False
+
+    def prompt(self, instruction: str, input: str) -> str:
+        """The prompt text, ending where the response starts."""
+        if self.style == "alpaca":
+            return alpaca_prompt(instruction, input)
+        message = {"role": "user", "content": f"{instruction}\n\n{input}" if input else instruction}
+        try:
+            return render_for_tokenizer(self.tokenizer, [message], add_generation_prompt=True, style=self.style)
+        except ChatTemplateError as err:
+            raise DataError(f"{err} (--data.prompt_style {self.style})") from err
+
+    def __call__(self, instruction: str, input: str, response: str) -> tuple[Sample, bool]:
+        if not response.strip():
+            raise Skip("empty response")
+        if not instruction.strip():
+            raise Skip("empty instruction")
+        prompt_ids = self.tokenizer.encode(self.prompt(instruction, input), bos=self.bos).tolist()
+        response_ids = [*self.tokenizer.encode(response, bos=False).tolist(), self.eos_id]
+        tokens = prompt_ids + response_ids
+        labels = ([self.ignore_index] * len(prompt_ids) if self.mask_prompt else prompt_ids) + response_ids
+        return finish(tokens, labels, len(prompt_ids), self.max_seq_length, self.ignore_index)
+
+
+class ChatEncoder:
+    """A record with ``messages`` -> one sample of the rendered conversation, loss on the assistant turns."""
+
+    def __init__(self, tokenizer: Tokenizer, prompt_style: str, mask_prompt: bool, max_seq_length: int, ignore_index: int) -> None:
+        if prompt_style == "auto" and not tokenizer.chat_template:
+            raise DataError(
+                f"the tokenizer in {tokenizer.checkpoint_dir} has no chat_template to render conversations: "
+                "pass --data.prompt_style chatml (or llama2, llama3, alpaca)"
+            )
+        self.tokenizer, self.style, self.mask_prompt = tokenizer, prompt_style, mask_prompt
+        self.max_seq_length, self.ignore_index = max_seq_length, ignore_index
+        self.eos_id = need_eos(tokenizer)
+
+    def encode(self, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+        try:
+            text = render_for_tokenizer(self.tokenizer, messages, add_generation_prompt=add_generation_prompt, style=self.style)
+        except ChatTemplateError as err:
+            raise DataError(f"{err} (--data.prompt_style {self.style})") from err
+        return self.tokenizer.encode(text, bos=False).tolist()  # the template writes BOS where the model wants it
+
+    def prefix_length(self, messages: list[dict], add_generation_prompt: bool, full: list[int], turn: int) -> int:
+        """How many of the conversation's tokens ``messages`` (its first turns) renders to; they must be a prefix."""
+        ids = self.encode(messages, add_generation_prompt)
+        if ids != full[: len(ids)]:
+            where = "the prompt before" if add_generation_prompt else "the end of"
+            raise DataError(
+                f"the chat template (--data.prompt_style {self.style}) renders {where} assistant message {turn} "
+                "differently from the whole conversation, so its tokens cannot be masked: pass a fallback style such "
+                "as --data.prompt_style chatml"
+            )
+        return len(ids)
+
+    def __call__(self, record: Any) -> tuple[Sample, bool]:
+        messages = record.get("messages") if isinstance(record, dict) else None
+        if not isinstance(messages, list) or not messages:
+            raise Skip("missing field")
+        for m in messages:
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise Skip("missing field")
+            if not valid_text(m["content"]) or not valid_text(m["role"]):
+                raise Skip("not UTF-8")
+        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        if not turns:
+            raise Skip("no assistant message")
+        if turns[0] == 0:
+            raise Skip("assistant message first")
+        if any(not messages[i]["content"].strip() for i in turns):
+            raise Skip("empty response")
+
+        tokens = self.encode(messages, add_generation_prompt=False)
+        labels = [self.ignore_index] * len(tokens) if self.mask_prompt else list(tokens)
+        spans = [
+            (self.prefix_length(messages[:i], True, tokens, i), self.prefix_length(messages[: i + 1], False, tokens, i))
+            for i in turns
+        ]
+        for start, end in spans:
+            labels[start:end] = tokens[start:end]
+        start, end = spans[-1]
+        if end == len(tokens) and not self.tokenizer.stop_ids.intersection(tokens[start:end]):
+            tokens, labels = tokens + [self.eos_id], labels + [self.eos_id]  # the style ends the answer without a stop token
+        return finish(tokens, labels, spans[0][0], self.max_seq_length, self.ignore_index)
+
+
+# ----------------------------------------------------------------------------- reading, splitting, building
+def valid_text(text: str) -> bool:
+    """False for text holding lone surrogates: bytes that were not UTF-8 (decoded with surrogateescape) or a JSON
+    ``\\ud800`` escape."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def text_field(record: dict, key: str, optional: bool = False) -> str:
+    value = record.get(key)
+    if value is None and optional:
+        return ""
+    if not isinstance(value, str):
+        raise Skip("missing field")
+    if not valid_text(value):
+        raise Skip("not UTF-8")
+    return value
+
+
+def read_records(path: Path) -> list:
+    """The records of a JSON list or JSONL file (sniffed from the first character, whatever the suffix). A line
+    that is not JSON is a ``Skip``; bytes that are not UTF-8 survive as lone surrogates, caught by ``valid_text``."""
+    if not path.is_file():
+        raise DataError(f"no file at {path}: pass a .json or .jsonl file as --data.path")
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(
+                f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}): fix it, or write one "
+                "record per line (.jsonl)"
+            ) from err
+        return records
+    records = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            records.append(Skip("invalid JSON"))
+    return records
+
+
+def validation_indices(count: int, fraction: float) -> set[int]:
+    """``round(count * fraction)`` record indices (at least one, and one short of all) with the smallest BLAKE2
+    hash of the index: independent of the seed, stable for a file, and spread over it."""
+    if fraction <= 0 or count < 2:
+        return set()
+    k = min(max(1, round(count * fraction)), count - 1)
+    keys = [hashlib.blake2b(i.to_bytes(8, "little"), digest_size=8).digest() for i in range(count)]
+    return set(sorted(range(count), key=keys.__getitem__)[:k])
+
+
+def pack(samples: list[Sample], max_seq_length: int) -> list[Sample]:
+    """Consecutive samples concatenated, greedily, into rows of at most ``max_seq_length`` (+1 tokens)."""
+    packed, group, size = [], [], 0
+    for sample in samples:
+        if group and size + len(sample[0]) > max_seq_length + 1:
+            packed.append(group)
+            group, size = [], 0
+        group.append(sample)
+        size += len(sample[0])
+    packed += [group] if group else []
+    return [(np.concatenate([t for t, _ in g]), np.concatenate([l for _, l in g])) for g in packed]
+
+
+def encode_all(records: list, path: Path, encode: Callable[[Any, Path], tuple[Sample, bool]]) -> tuple[list[Sample], dict]:
+    samples, skipped, truncated = [], Counter(), 0
+    for record in records:
+        try:
+            if isinstance(record, Skip):
+                raise record
+            sample, cut = encode(record, path)
+        except Skip as reason:
+            skipped[str(reason)] += 1
+            continue
+        samples.append(sample)
+        truncated += cut
+    return samples, {"samples": len(samples), "skipped": dict(skipped), "truncated": truncated}
+
+
+def build(module: FileData, encode: Callable, tokenizer: Tokenizer, max_seq_length: int, seed: int) -> tuple[SFTDataset, Optional[SFTDataset]]:
+    """Read the module's files, split, encode (or load the cached encoding), pack, print the summary line and return
+    the datasets."""
+    train_path, val_path = module.files()
+    cache = cache_root() / "sft" / cache_key(module, tokenizer, max_seq_length, train_path, val_path)
+    if (cache / "meta.json").is_file():
+        label, (train, train_stats), (val, val_stats) = load_samples(cache, module.ignore_index)
+    else:
+        records = module.read(train_path)
+        if val_path is not None:
+            train_records, val_records = records, module.read(val_path)
+        else:
+            held_out = validation_indices(len(records), module.val_fraction)
+            train_records = [r for i, r in enumerate(records) if i not in held_out]
+            val_records = [r for i, r in enumerate(records) if i in held_out] if held_out else None
+        train, train_stats = encode_all(train_records, train_path, encode)
+        val, val_stats = encode_all(val_records, val_path or train_path, encode) if val_records is not None else ([], None)
+        label = module.describe()
+        if train:
+            save_samples(cache, label, module.ignore_index, (train, train_stats), (val, val_stats))
+    log(summary(label, train_stats, val_stats, max_seq_length))
+    if not train:
+        raise DataError(f"no usable training samples in {train_path}: {skip_text(train_stats) or 'it has no records'}")
+    if module.packing:
+        train, val = pack(train, max_seq_length), pack(val, max_seq_length)
+    ignore = module.ignore_index
+    return (
+        SFTDataset(train, seed, shuffle=True, stats=train_stats, ignore_index=ignore),
+        SFTDataset(val, seed, shuffle=False, stats=val_stats, ignore_index=ignore) if val else None,
+    )
+
+
+# ----------------------------------------------------------------------------- the tokenized cache
+CACHE_FORMAT = 2
+"""Part of every cache key: raise it when the encoding of samples changes."""
+
+
+def cache_key(module: FileData, tokenizer: Tokenizer, max_seq_length: int, *files: Optional[Path]) -> str:
+    """A hash of everything the encoded samples depend on: the data files' bytes, the tokenizer's files, the
+    module's encoding options and ``max_seq_length`` (packing and the seed are applied after the cache)."""
+    h = hashlib.sha256(f"{CACHE_FORMAT}|{type(module).__name__}|{max_seq_length}".encode())
+    h.update(repr([module.mask_prompt, module.val_fraction, module.prompt_style, module.ignore_index]).encode())
+    names = [*TOKENIZER_FILES, "config.json"]
+    for path in [*files, *(tokenizer.checkpoint_dir / name for name in names)]:
+        h.update(b"|")
+        if path is not None and path.is_file():
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+    return h.hexdigest()[:20]
+
+
+def save_samples(folder: Path, label: str, ignore_index: int, *splits: tuple[list[Sample], Optional[dict]]) -> None:
+    """Samples as concatenated tokens, learned-token flags and offsets, written to a temporary folder and moved into
+    place."""
+    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only cache: train without it
+        return
+    arrays = {}
+    for name, (samples, _) in zip(("train", "val"), splits):
+        arrays[f"{name}_tokens"] = np.concatenate([t for t, _ in samples] or [np.zeros(0)]).astype(np.int32)
+        arrays[f"{name}_learned"] = np.concatenate([l != ignore_index for _, l in samples] or [np.zeros(0, bool)])
+        arrays[f"{name}_offsets"] = np.cumsum([0, *(len(t) for t, _ in samples)])
+    np.savez(tmp / "samples.npz", **arrays)
+    (tmp / "meta.json").write_text(json.dumps({"label": label, "stats": [stats for _, stats in splits]}))
+    try:
+        os.replace(tmp, folder)  # complete or absent; another process may have written it first
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_samples(folder: Path, ignore_index: int) -> tuple[str, tuple[list[Sample], dict], tuple[list[Sample], Optional[dict]]]:
+    meta = json.loads((folder / "meta.json").read_text())
+    arrays = np.load(folder / "samples.npz")
+    splits = []
+    for name, stats in zip(("train", "val"), meta["stats"]):
+        tokens = arrays[f"{name}_tokens"].astype(np.int64)
+        labels = np.where(arrays[f"{name}_learned"], tokens, ignore_index)
+        offsets = arrays[f"{name}_offsets"]
+        splits.append(([(tokens[a:b], labels[a:b]) for a, b in zip(offsets[:-1], offsets[1:])], stats))
+    return meta["label"], splits[0], splits[1]
+
+
+def skip_text(stats: dict) -> str:
+    skipped = stats["skipped"]
+    if not skipped:
+        return ""
+    reasons = ", ".join(f"{n:,} {reason}" if len(skipped) > 1 else reason for reason, n in sorted(skipped.items()))
+    return f"{sum(skipped.values()):,} skipped ({reasons})"
+
+
+def summary(label: str, train: dict, val: Optional[dict], max_seq_length: int) -> str:
+    """E.g. ``alpaca: 51,748 samples (49,161 train, 2,587 validation), 12 skipped (empty response), 340 truncated
+    to 512 tokens``."""
+    total = {"samples": train["samples"], "skipped": Counter(train["skipped"]), "truncated": train["truncated"]}
+    if val is not None:
+        total["samples"] += val["samples"]
+        total["skipped"].update(val["skipped"])
+        total["truncated"] += val["truncated"]
+    n, plural = total["samples"], "s" * (total["samples"] != 1)
+    parts = [f"{label}: {n:,} sample{plural} ({train['samples']:,} train, {val['samples'] if val else 0:,} validation)"]
+    parts += [text] if (text := skip_text(total)) else []
+    parts += [f"{total['truncated']:,} truncated to {max_seq_length:,} tokens"] if total["truncated"] else []
+    return ", ".join(parts)
+
+
+def log(line: str) -> None:
+    """Print on the first process only (the rank variables that torchrun, Fabric and Slurm set)."""
+    for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            if os.environ[var] != "0":
+                return
+            break
+    print(line, flush=True)

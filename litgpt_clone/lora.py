@@ -1,0 +1,175 @@
+"""LoRA: low-rank adapters wrapped around the linear layers of a built ``GPT``.
+
+``inject_lora(model, LoRAArgs(...))`` swaps each targeted ``nn.Linear`` (or bitsandbytes 4-bit/8-bit linear, for
+QLoRA) for a ``LoRALinear`` that keeps the original layer as ``base`` and adds ``scale * B @ A`` to chosen row
+ranges of its output. The fused ``attn.qkv`` gets one adapter per enabled part (query, key, value), so
+``--lora.key false`` really leaves the keys alone. ``merge_lora`` folds the adapters into the weights and puts
+plain ``nn.Linear`` layers back. Nothing else in the model changes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from litgpt_clone.model import GPT
+
+
+@dataclass
+class LoRAArgs:
+    r: int = 8
+    """Rank of the adapters."""
+    alpha: int = 16
+    """Adapters are scaled by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the adapters' input."""
+    query: bool = True
+    """Adapt the query projection."""
+    key: bool = False
+    """Adapt the key projection."""
+    value: bool = True
+    """Adapt the value projection."""
+    projection: bool = False
+    """Adapt the attention output projection."""
+    mlp: bool = False
+    """Adapt every MLP linear layer (experts included)."""
+    head: bool = False
+    """Adapt the output head."""
+    layers: Optional[tuple[int, int]] = None
+    """Only blocks in [start, end) get adapters; None means all."""
+
+    def __post_init__(self) -> None:
+        if self.r <= 0:
+            raise ValueError(f"--lora.r must be positive, got {self.r}")
+        if not any((self.query, self.key, self.value, self.projection, self.mlp, self.head)):
+            raise ValueError("LoRA has no target: enable at least one of --lora.query/key/value/projection/mlp/head")
+
+
+class LoRALinear(nn.Module):
+    """``base(x)`` plus a low-rank update on each of ``slices`` (row ranges of the output)."""
+
+    def __init__(self, base: nn.Module, slices: dict[str, tuple[int, int]], r: int, alpha: int, dropout: float) -> None:
+        super().__init__()
+        self.base = base
+        self.slices = slices
+        self.scale = alpha / r
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        in_features, out_features = base.in_features, base.out_features
+        device = next(p.device for p in base.parameters())
+        self.lora_A = nn.ParameterDict({k: nn.Parameter(torch.empty(r, in_features, device=device)) for k in slices})
+        self.lora_B = nn.ParameterDict({k: nn.Parameter(torch.zeros(e - s, r, device=device)) for k, (s, e) in slices.items()})
+        self.out_features = out_features
+        for a in self.lora_A.values():
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # B starts at zero: the model is unchanged at step 0
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        h = self.dropout(x).to(next(iter(self.lora_A.values())).dtype)
+        if len(self.slices) == 1 and next(iter(self.slices.values())) == (0, self.out_features):
+            (name,) = self.slices
+            return y + ((h @ self.lora_A[name].T) @ self.lora_B[name].T * self.scale).to(y.dtype)
+        parts, pos = [], 0
+        for name, (start, end) in sorted(self.slices.items(), key=lambda kv: kv[1]):
+            if start > pos:
+                parts.append(y.new_zeros(*y.shape[:-1], start - pos))
+            parts.append(((h @ self.lora_A[name].T) @ self.lora_B[name].T * self.scale).to(y.dtype))
+            pos = end
+        if pos < self.out_features:
+            parts.append(y.new_zeros(*y.shape[:-1], self.out_features - pos))
+        return y + torch.cat(parts, dim=-1)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The (out, in) update that merging adds to the base weight."""
+        delta = torch.zeros(self.out_features, self.in_features, device=self.lora_A[next(iter(self.slices))].device)
+        for name, (start, end) in self.slices.items():
+            delta[start:end] = self.lora_B[name] @ self.lora_A[name] * self.scale
+        return delta
+
+
+def targets(model: GPT, args: LoRAArgs) -> dict[str, dict[str, tuple[int, int]]]:
+    """Module name -> the output slices to adapt."""
+    c = model.config
+    q, kv = c.n_head * c.head_size, c.n_query_groups * c.head_size
+    qkv_parts = {"query": (0, q), "key": (q, q + kv), "value": (q + kv, q + 2 * kv)}
+    wanted = {k: v for k, v in qkv_parts.items() if getattr(args, k)}
+    start, end = args.layers or (0, c.n_layer)
+    out = {}
+    for name, module in model.named_modules():
+        if not hasattr(module, "in_features") or isinstance(module, LoRALinear):
+            continue
+        full = {"all": (0, module.out_features)}
+        if name.startswith("transformer.h."):
+            layer = int(name.split(".")[2])
+            if not start <= layer < end:
+                continue
+            if name.endswith("attn.qkv") and wanted:
+                out[name] = wanted
+            elif name.endswith("attn.proj") and args.projection:
+                out[name] = full
+            elif ".mlp." in name and args.mlp and not name.endswith("mlp.gate"):
+                out[name] = full
+        elif name == "lm_head" and args.head:
+            out[name] = full
+    return out
+
+
+def inject_lora(model: GPT, args: LoRAArgs) -> GPT:
+    """Wrap the targeted layers in place and freeze everything but the adapters."""
+    for p in model.parameters():
+        p.requires_grad = False
+    for name, slices in targets(model, args).items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, LoRALinear(getattr(parent, child), slices, args.r, args.alpha, args.dropout))
+    return model
+
+
+def lora_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Only the adapter weights of a (full) state dict."""
+    return {k: v for k, v in state.items() if ".lora_A." in k or ".lora_B." in k}
+
+
+def base_key(key: str) -> str:
+    """The key a wrapped layer's base weight has in an unwrapped model (``attn.qkv.base.weight`` -> ``attn.qkv.weight``)."""
+    return key.replace(".base.", ".")
+
+
+@torch.no_grad()
+def merge_lora(model: GPT) -> GPT:
+    """Fold every adapter into its base weight and put the plain layer back (the base must be full precision)."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            if not isinstance(module.base, nn.Linear):
+                raise TypeError(f"{name} is quantized: merge into a full-precision copy of the base (merge_lora --base)")
+            module.base.weight += module.delta_weight().to(module.base.weight.dtype)
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.base)
+    return model
+
+
+@torch.no_grad()
+def merge_into(base: dict[str, torch.Tensor], adapters: dict[str, torch.Tensor], config, args: LoRAArgs) -> dict[str, torch.Tensor]:
+    """A native state dict: ``base`` (full-precision weights) with every adapter of ``adapters`` folded in.
+
+    Works from saved files alone, so the merged checkpoint of a QLoRA run (whose live base is 4-bit) is exact.
+    """
+    with torch.device("meta"):
+        skeleton = GPT(config)
+    merged = dict(base)
+    for name, slices in targets(skeleton, args).items():
+        if name == "lm_head" and config.tie_embeddings:
+            raise ValueError("LoRA on a tied output head cannot be merged without changing the embedding: drop --lora.head")
+        weight = base[f"{name}.weight"].float().clone()
+        for part, (start, end) in slices.items():
+            a, b = adapters[f"{name}.lora_A.{part}"].float(), adapters[f"{name}.lora_B.{part}"].float()
+            weight[start:end] += b @ a * (args.alpha / args.r)
+        merged[f"{name}.weight"] = weight.to(base[f"{name}.weight"].dtype)
+    return merged

@@ -1,0 +1,163 @@
+"""Finetuning through the real CLI (LoRA, QLoRA, full), merge_lora, exact resume, and the LoRA mechanism itself."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from litgpt_clone import GPT
+from litgpt_clone.checkpoints.convert import convert_hf_checkpoint
+from litgpt_clone.lora import LoRAArgs, inject_lora, lora_state, merge_lora
+from litgpt_clone.training.run import build_optimizer
+from litgpt_clone.training.args import TrainArgs
+
+WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger", "piano", "ocean", "lemon", "candle", "forest", "rocket"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny random Llama converted to a native checkpoint, with a byte-level BPE tokenizer and a JSON dataset."""
+    root = tmp_path_factory.mktemp("finetune")
+    samples = [{"instruction": f"Repeat the word {w} three times.", "input": "", "output": f"{w} {w} {w}"} for w in WORDS * 4]
+    (root / "data.json").write_text(json.dumps(samples))
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    text = [s["instruction"] + " " + s["output"] for s in samples] + ["Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n### Response:\n"]
+    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, vocab_size=tok.get_vocab_size(), max_position_embeddings=256))
+    hf.save_pretrained(root / "hf")
+    tok.save(str(root / "hf" / "tokenizer.json"))
+    (root / "hf" / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
+    convert_hf_checkpoint(root / "hf", root / "base")
+    return root
+
+
+def finetune(base, out, *args, method=None, wait=True, check=True):
+    cmd = [sys.executable, "-m", "litgpt_clone", "finetune", *([method] if method else []), base / "base", "--data", "json",
+           "--data.path", base / "data.json", "--data.val_fraction", "0.1", "--out_dir", out, "--train.global_batch_size", "4",
+           "--train.micro_batch_size", "2", "--train.log_interval", "1", "--eval.interval", "1000", "--eval.max_iters", "2", *args]
+    env = {**os.environ, "LITGPT_CLONE_CACHE": str(base / "cache")}
+    if not wait:
+        return subprocess.Popen(list(map(str, cmd)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.run(list(map(str, cmd)), env=env, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def losses(out) -> dict[int, float]:
+    result = {}
+    for f in sorted(out.glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])):
+        result.update({int(float(r["step"])): float(r["loss"]) for r in csv.DictReader(f.open()) if r.get("loss")})
+    return result
+
+
+def mean(values):
+    return sum(values) / len(values)
+
+
+def test_lora_trains_saves_adapters_and_merges(base, tmp_path):
+    out = tmp_path / "lora"
+    finetune(base, out, "--train.max_steps", "40", "--train.lr", "1e-2", "--train.save_interval", "20", "--lora.r", "4",
+             "--lora.mlp", "true", "--lora.head", "true")
+    loss = losses(out)
+    assert mean([loss[s] for s in range(36, 41)]) < mean([loss[s] for s in range(1, 6)]) - 1.0, loss
+    adapters = load_file(out / "step-00000020" / "lora.safetensors")
+    assert adapters and all(".lora_A." in k or ".lora_B." in k for k in adapters)
+    modules = {k.split(".lora_")[0] for k in adapters}
+    assert modules == {"lm_head"} | {f"transformer.h.{i}.{m}" for i in (0, 1) for m in ("attn.qkv", "mlp.fc_1", "mlp.fc_2", "mlp.proj")}
+    qkv_parts = {k.rsplit(".", 1)[1] for k in adapters if ".attn.qkv." in k}
+    assert qkv_parts == {"query", "value"}  # --lora.key is off by default: the keys get no adapter
+    size = (out / "step-00000020" / "lora.safetensors").stat().st_size
+    assert size < 0.1 * (base / "base" / "model.safetensors").stat().st_size
+
+    # final/ holds the merged model: its logits equal the base with the adapters applied
+    merged = GPT.from_checkpoint(out / "final").eval()
+    live = inject_lora(GPT.from_checkpoint(base / "base"), LoRAArgs(r=4, dropout=0.0, mlp=True, head=True)).eval()
+    live.load_state_dict(load_file(out / "final" / "lora.safetensors"), strict=False)
+    idx = torch.randint(0, merged.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(idx), live(idx), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(merged(idx), GPT.from_checkpoint(base / "base")(idx), atol=1e-3)
+
+    # merge_lora on a step folder writes a native checkpoint next to its adapters
+    subprocess.run([sys.executable, "-m", "litgpt_clone", "merge_lora", str(out / "step-00000020")], check=True, capture_output=True)
+    step = GPT.from_checkpoint(out / "step-00000020")
+    assert (out / "step-00000020" / "lora.safetensors").is_file() and (out / "step-00000020" / "training_state.pt").is_file()
+    with torch.no_grad():
+        assert not torch.allclose(step(idx), merged(idx), atol=1e-4)  # step 20 is not the end of training
+
+
+def test_only_adapters_change():
+    """One optimizer step with weight decay changes the LoRA weights and nothing else."""
+    from litgpt_clone import Config
+
+    torch.manual_seed(0)
+    model = GPT(Config(n_layer=2, n_embd=32, n_head=4, n_query_groups=2, vocab_size=50, block_size=16, mlp_class_name="GatedMLP", intermediate_size=64))
+    inject_lora(model, LoRAArgs(r=2, mlp=True, projection=True))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = build_optimizer(model, "AdamW", TrainArgs(weight_decay=0.1), fused=False)
+    for _ in range(2):  # B starts at zero, so A only moves from the second step
+        idx = torch.randint(0, 50, (2, 16))
+        torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.flatten()).backward()
+        opt.step()
+        opt.zero_grad()
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == set(lora_state(before)) and changed
+    merged = merge_lora(model)
+    assert not any(".lora_" in k or ".base." in k for k in merged.state_dict())
+
+
+def test_full_finetune_changes_everything(base, tmp_path):
+    out = tmp_path / "full"
+    finetune(base, out, "--train.max_steps", "6", "--train.lr", "1e-3", "--train.warmup_steps", "1", method="full")
+    before, after = load_file(base / "base" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert all(not torch.equal(before[k], after[k]) for k in before)
+    GPT.from_checkpoint(out / "final")
+
+
+def test_qlora_on_cpu(base, tmp_path):
+    out = tmp_path / "qlora"
+    proc = finetune(base, out, "--quantize", "bnb.nf4", "--train.max_steps", "30", "--train.lr", "1e-2", "--lora.r", "4",
+                    "--lora.mlp", "true", "--lora.head", "true")
+    assert "bnb.nf4: base weights" in proc.stdout + proc.stderr
+    loss = losses(out)
+    assert mean([loss[s] for s in range(26, 31)]) < mean([loss[s] for s in range(1, 6)]) - 0.7, loss
+    merged = GPT.from_checkpoint(out / "final")  # merged into the full-precision base
+    assert merged.transformer.h[0].attn.qkv.weight.dtype == torch.float32
+
+
+def test_qlora_refuses_several_devices(base, tmp_path):
+    proc = finetune(base, tmp_path, "--quantize", "bnb.nf4", "--devices", "2", "--train.max_steps", "1", check=False)
+    assert proc.returncode == 2 and "QLoRA" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_lora_resume_after_sigkill(base, tmp_path):
+    args = ["--train.max_steps", "24", "--train.lr", "1e-2", "--train.save_interval", "4", "--lora.r", "4"]
+    finetune(base, tmp_path / "straight", *args)
+    out = tmp_path / "killed"
+    proc = finetune(base, out, *args, wait=False)
+    deadline = time.time() + 120
+    while not (out / "step-00000008").is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final").exists()
+    finetune(base, out, *args, "--resume", "auto")
+    expected, got = losses(tmp_path / "straight"), losses(out)
+    assert sorted(got) == list(range(1, 25))
+    for step in range(9, 25):
+        assert got[step] == expected[step], (step, got[step], expected[step])

@@ -1,0 +1,478 @@
+"""The finetuning data modules (litgpt_clone/data/sft.py) on a tiny byte-level BPE tokenizer trained here.
+
+References nobody here wrote: transformers' AutoTokenizer (ids, character offsets, ``apply_chat_template`` and its
+``return_assistant_tokens_mask``), the Alpaca prompt format as published by Stanford Alpaca, huggingface_hub's
+download into the standard cache (against tests/hub_standin.py).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hub_standin import HubStandin
+
+from litgpt_clone.data.pretrain import DataError
+from litgpt_clone.data.sft import SFT_DATA_MODULES, JSON, Alpaca, Chat, Dolly, SFTData
+from litgpt_clone.tokenizer import Tokenizer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# ChatML, with the assistant's turn in {% generation %} so transformers can compute its own assistant mask
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}"
+    "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] + '<|im_end|>\\n' }}{% endgeneration %}"
+    "{% else %}{{ m['content'] + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+CORPUS = [
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+    "### Instruction:\nAdd two numbers.\n\n### Input:\n2 and 3\n\n### Response:\nThe answer is five.",
+    "system user assistant: You are a helpful assistant. What is the capital of France? Paris. And of Italy? Rome.",
+] * 4
+
+# The Alpaca prompt as the Stanford Alpaca repository (train.py, PROMPT_DICT) writes it
+ALPACA_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+ALPACA_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+CONVERSATION = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "And of Italy?"},
+    {"role": "assistant", "content": "Rome, since 1871."},
+]
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch) -> Path:
+    """Every test encodes afresh, into its own cache."""
+    monkeypatch.setenv("LITGPT_CLONE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "sft"
+
+
+def _tokenizer_folder(path: Path, template) -> Path:
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+
+    path.mkdir(parents=True)
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<s>", "</s>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    tok.save(str(path / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>"}
+    if template:
+        config["chat_template"] = template
+        # like Qwen: generation also stops at the end-of-turn token
+        (path / "generation_config.json").write_text(json.dumps({"eos_token_id": [1, 3]}))
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft_tokenizers")
+    return {
+        "chatml": _tokenizer_folder(root / "chatml", CHATML),
+        "none": _tokenizer_folder(root / "none", None),
+        # a template whose rendering of a prefix is not a prefix of the whole conversation's rendering
+        "counting": _tokenizer_folder(root / "counting", "{{ messages|length }}" + CHATML),
+    }
+
+
+@pytest.fixture(scope="module")
+def tok(folders):
+    return Tokenizer(folders["chatml"])
+
+
+@pytest.fixture(scope="module")
+def hf(folders):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folders["chatml"])
+
+
+def write_jsonl(path: Path, records) -> Path:
+    lines = [r if isinstance(r, bytes) else json.dumps(r).encode() for r in records]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def rows(dataset) -> list[tuple[list[int], list[int]]]:
+    """Every row of ``dataset`` in its epoch-0 order, padding removed."""
+    x, y = dataset.batch(0, dataset.count)
+    out = []
+    for xi, yi in zip(x.tolist(), y.tolist()):
+        n = len(xi)
+        while n and xi[n - 1] == 0 and yi[n - 1] == -100:
+            n -= 1
+        out.append((xi[:n], yi[:n]))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- instruction samples
+def test_prompt_is_masked_exactly_and_eos_is_learned(tmp_path, tok, hf, capsys):
+    records = [
+        {"instruction": "Add two numbers.", "input": "2 and 3", "output": "The answer is five."},
+        {"instruction": "Name a capital.", "output": "Paris."},
+    ]
+    path = write_jsonl(tmp_path / "data.jsonl", records)
+    train, val = JSON(path, val_path=path, val_fraction=0.0).datasets(tok, 256, seed=1)
+    assert capsys.readouterr().out == "json (instruction/input/output in data.jsonl): 4 samples (2 train, 2 validation)\n"
+    (x0, y0), (x1, y1) = rows(val)  # the validation set keeps file order
+
+    # reference: the Alpaca format, AutoTokenizer's ids (its post-processor adds BOS to the prompt)
+    prompt = hf(ALPACA_INPUT.format(**records[0]))["input_ids"]
+    response = hf(records[0]["output"], add_special_tokens=False)["input_ids"] + [hf.eos_token_id]
+    assert prompt[0] == hf.bos_token_id == 0 and response[-1] == 1
+    assert x0 == prompt + response[:-1]
+    assert y0 == [-100] * (len(prompt) - 1) + response  # the target of the prompt's last token is the response's first
+    assert (len(prompt), len(response)) == (86, 7)
+    assert sum(t == -100 for t in y0) == 85 and y0[-1] == 1  # EOS is the last target
+
+    prompt = hf(ALPACA_NO_INPUT.format(**records[1]))["input_ids"]
+    response = hf("Paris.", add_special_tokens=False)["input_ids"] + [1]
+    assert (x1, y1) == (prompt + response[:-1], [-100] * (len(prompt) - 1) + response)
+
+    # mask_prompt=False: every next token is a target
+    _, val = JSON(path, val_path=path, mask_prompt=False).datasets(tok, 256, seed=1)
+    (x, y), _ = rows(val)
+    assert x == x0 and y == x0[1:] + [1]
+
+
+def test_auto_style_uses_the_checkpoints_template_like_transformers(tmp_path, tok, hf, folders):
+    path = write_jsonl(tmp_path / "data.jsonl", [{"prompt": "What is the capital of France?", "response": "Paris."}])
+    _, val = JSON(path, val_path=path, prompt_style="auto").datasets(tok, 256, seed=0)
+    (x, y), = rows(val)
+    message = [{"role": "user", "content": "What is the capital of France?"}]
+    prompt = hf.apply_chat_template(message, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+    response = hf("Paris.", add_special_tokens=False)["input_ids"] + [1]
+    assert prompt[0] == hf.convert_tokens_to_ids("<|im_start|>")  # no BOS added to a chat rendering
+    assert (x, y) == (prompt + response[:-1], [-100] * (len(prompt) - 1) + response)
+    # without a template, auto falls back to the Alpaca format
+    _, val = JSON(path, val_path=path, prompt_style="auto").datasets(Tokenizer(folders["none"]), 256, seed=0)
+    (x, _), = rows(val)
+    assert x[: len(prompt)] != prompt and x == hf(ALPACA_NO_INPUT.format(instruction=message[0]["content"]) + "Paris.")["input_ids"]
+
+
+def test_dolly_context_and_prompt_response_fields(tmp_path, tok, hf, capsys):
+    dolly = write_jsonl(tmp_path / "dolly.jsonl", [
+        {"instruction": "Add two numbers.", "context": "2 and 3", "response": "The answer is five.", "category": "qa"},
+    ])  # fmt: skip
+    train, _ = Dolly(path=dolly, val_fraction=0).datasets(tok, 256, seed=0)
+    assert capsys.readouterr().out == "dolly: 1 sample (1 train, 0 validation)\n"
+    (x, _), = rows(train)
+    assert x == hf(ALPACA_INPUT.format(instruction="Add two numbers.", input="2 and 3") + "The answer is five.")["input_ids"]
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "Add two numbers.", "response": "Five."}] * 3)
+    train, val = JSON(pairs, val_fraction=0.34).datasets(tok, 256, seed=0)
+    assert capsys.readouterr().out == "json (prompt/response in pairs.jsonl): 3 samples (2 train, 1 validation)\n"
+
+    other = write_jsonl(tmp_path / "other.jsonl", [{"question": "q", "answer": "a"}, {"id": 3}])
+    with pytest.raises(DataError) as err:
+        JSON(other).datasets(tok, 256, seed=0)
+    assert "\n" not in str(err.value) and "(found keys: answer, id, question)" in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------- conversations
+def expected_chat(hf, messages) -> tuple[list[int], list[int]]:
+    """Ids and the loss mask of a ChatML conversation, from the rendered text's character spans: a token is learned
+    when it lies inside an assistant message's content + '<|im_end|>\\n'."""
+    text = hf.apply_chat_template(messages, tokenize=False)
+    spans, at = [], 0
+    for m in messages:
+        at = text.index(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n", at) + len(f"<|im_start|>{m['role']}\n")
+        if m["role"] == "assistant":
+            spans.append((at, at + len(m["content"] + "<|im_end|>\n")))
+    enc = hf(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [any(a <= s and e <= b for a, b in spans) for s, e in enc["offset_mapping"]]
+    assert all(any(a <= s < b for a, b in spans) == m for (s, e), m in zip(enc["offset_mapping"], mask))  # no straddling
+    return enc["input_ids"], mask
+
+
+def test_chat_masks_assistant_turns_token_by_token(tmp_path, tok, hf, capsys):
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATION}])
+    _, val = Chat(path, val_path=path).datasets(tok, 256, seed=0)
+    assert capsys.readouterr().out == "chat: 2 samples (1 train, 1 validation)\n"
+    (x, y), = rows(val)
+
+    ids, mask = expected_chat(hf, CONVERSATION)
+    # transformers computes the same mask from the template's {% generation %} blocks
+    reference = hf.apply_chat_template(CONVERSATION, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    assert reference["input_ids"] == ids and reference["assistant_masks"] == [int(m) for m in mask]
+    assert x == ids[:-1]
+    assert y == [t if m else -100 for t, m in zip(ids[1:], mask[1:])]
+    im_end = hf.convert_tokens_to_ids("<|im_end|>")
+    assert (len(ids), sum(mask), [t for t in y if t == im_end]) == (70, 21, [im_end, im_end])
+    assert 1 not in x + y  # the end-of-turn token is a stop token here: no EOS appended
+
+    _, val = Chat(path, val_path=path, mask_prompt=False).datasets(tok, 256, seed=0)
+    assert rows(val) == [(ids[:-1], ids[1:])]
+
+
+def test_chat_fallback_style_and_template_errors(tmp_path, tok, hf, folders):
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATION}])
+    ids, mask = expected_chat(hf, CONVERSATION)
+    plain = Tokenizer(folders["none"])
+    with pytest.raises(DataError) as err:
+        Chat(path).datasets(plain, 256, seed=0)
+    assert "\n" not in str(err.value) and "has no chat_template" in str(err.value) and "--data.prompt_style chatml" in str(err.value)
+
+    # the chatml fallback writes the same text; <|im_end|> is no stop token of this tokenizer, so EOS ends the answer
+    _, val = Chat(path, val_path=path, prompt_style="chatml").datasets(plain, 256, seed=0)
+    assert rows(val) == [(ids, [t if m else -100 for t, m in zip(ids[1:], mask[1:])] + [1])]
+
+    with pytest.raises(DataError) as err:
+        Chat(path).datasets(Tokenizer(folders["counting"]), 256, seed=0)
+    message = str(err.value)
+    assert "\n" not in message and "assistant message 2" in message and "--data.prompt_style chatml" in message
+    with pytest.raises(DataError, match="prompt_style plain writes only the last user message"):
+        Chat(path, prompt_style="plain")
+    with pytest.raises(DataError, match="unknown --data.prompt_style 'vicuna'"):
+        JSON(path, prompt_style="vicuna")
+
+
+def test_chat_skips_are_counted(tmp_path, tok, capsys):
+    user, answer = {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}
+    path = write_jsonl(tmp_path / "chat.jsonl", [
+        {"messages": [user, answer]},
+        {"messages": [user]},  # no assistant message
+        {"messages": [answer, user, answer]},  # assistant message first
+        {"messages": [user, {"role": "assistant", "content": " "}]},  # empty response
+        {"messages": [user, {"role": "assistant"}]},  # missing field
+        {"conversation": []},  # missing field
+        b'{"messages": [{"role": "user", "content": "caf\xe9"}, {"role": "assistant", "content": "ok"}]}',  # Latin-1
+    ])  # fmt: skip
+    train, _ = Chat(path, val_fraction=0).datasets(tok, 256, seed=0)
+    assert train.stats["skipped"] == {"no assistant message": 1, "assistant message first": 1, "empty response": 1, "missing field": 2, "not UTF-8": 1}
+    assert capsys.readouterr().out == (
+        "chat: 1 sample (1 train, 0 validation), 6 skipped (1 assistant message first, 1 empty response, "
+        "2 missing field, 1 no assistant message, 1 not UTF-8)\n"
+    )
+
+
+# ------------------------------------------------------------------------------------------- bad data, truncation
+def test_truncation_skips_and_padding(tmp_path, tok, hf, capsys):
+    short = {"instruction": "Add two numbers.", "output": "Five."}
+    long_answer = {"instruction": "Add two numbers.", "output": "The answer is five. " * 40}
+    long_prompt = {"instruction": "Add two numbers. " * 40, "output": "Five."}
+    path = write_jsonl(tmp_path / "data.jsonl", [
+        short, short, short, long_answer, long_answer, long_prompt,
+        {"instruction": "Add two numbers."},  # missing field
+        {"instruction": "Add two numbers.", "output": None},  # missing field
+        {"instruction": "Add two numbers.", "output": ""},  # empty response
+        {"instruction": "Add two numbers.", "output": " \n"},  # empty response
+        {"instruction": "", "output": "Five."},  # empty instruction
+        b'{"instruction": "Add two numbers.", "output": "f\xfcnf"}',  # Latin-1, not UTF-8
+        b'{"instruction": "Add two numbers.", "output": "Five."',  # invalid JSON
+        [1, 2],  # not an object
+        b"",  # blank lines are no records
+    ])  # fmt: skip
+    train, val = JSON(path, val_fraction=0).datasets(tok, 64, seed=0)
+    assert val is None
+    assert train.stats == {
+        "samples": 5,
+        "skipped": {"response beyond max_seq_length": 1, "missing field": 2, "empty response": 2, "empty instruction": 1,
+                    "not UTF-8": 1, "invalid JSON": 1, "not an object": 1},
+        "truncated": 2,
+        "rows": 5,
+        "longest": 64,
+    }  # fmt: skip
+    assert capsys.readouterr().out == (
+        "json (instruction/input/output in data.jsonl): 5 samples (5 train, 0 validation), 9 skipped (1 empty instruction, "
+        "2 empty response, 1 invalid JSON, 2 missing field, 1 not UTF-8, 1 not an object, "
+        "1 response beyond max_seq_length), 2 truncated to 64 tokens\n"
+    )
+
+    # the short samples: L = the longest row in the batch; shorter rows padded with 0 / -100
+    full = hf(ALPACA_NO_INPUT.format(**short) + "Five.")["input_ids"] + [1]
+    prompt_length = len(hf(ALPACA_NO_INPUT.format(**short))["input_ids"])
+    x, y = train.batch(0, 5)
+    assert x.shape == y.shape == (5, 64)
+    answer = hf(ALPACA_NO_INPUT.format(**long_answer) + long_answer["output"])["input_ids"]
+    for xi, yi, (row_x, row_y) in zip(x.tolist(), y.tolist(), rows(train)):
+        n = len(row_x)
+        assert xi[n:] == [0] * (64 - n) and yi[n:] == [-100] * (64 - n)
+        if n < 64:
+            assert (row_x, row_y) == (full[:-1], [-100] * (prompt_length - 1) + full[prompt_length:])
+        else:  # truncated: the row is the first 64 tokens, the response learned up to the cut, no EOS
+            assert (row_x, row_y) == (answer[:64], [-100] * (prompt_length - 1) + answer[prompt_length:65])
+    assert sorted(len(r[0]) for r in rows(train)) == [len(full) - 1] * 3 + [64, 64] and len(full) == 44
+
+
+def test_nothing_usable_is_one_line(tmp_path, tok):
+    path = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "x", "output": ""}, {"instruction": "y"}])
+    with pytest.raises(DataError) as err:
+        JSON(path, val_fraction=0).datasets(tok, 64, seed=0)
+    assert str(err.value) == f"no usable training samples in {path}: 2 skipped (1 empty response, 1 missing field)"
+    with pytest.raises(DataError, match=r"is not valid JSON \(line 1, column 3"):
+        JSON(write_jsonl(tmp_path / "broken.json", [b"[{x"]), val_fraction=0).datasets(tok, 64, seed=0)
+    with pytest.raises(DataError, match="no file at"):
+        JSON(tmp_path / "missing.json").datasets(tok, 64, seed=0)
+
+
+# ------------------------------------------------------------------------------------------- packing, order, split
+def test_packing_keeps_each_samples_mask(tmp_path, tok):
+    records = [{"instruction": f"Add {i} and {i + 1}.", "output": "Five. " * (i % 4 + 1)} for i in range(12)]
+    path = write_jsonl(tmp_path / "data.jsonl", records)
+    _, single = JSON(path, val_path=path).datasets(tok, 200, seed=0)
+    _, packed = JSON(path, val_path=path, packing=True).datasets(tok, 200, seed=0)
+    singles, packs = rows(single), rows(packed)
+    assert (len(singles), len(packs)) == (12, 4) and packed.stats["samples"] == 12
+    assert max(len(x) for x, _ in packs) <= 200
+    # each packed row is consecutive samples (of len(x) + 1 tokens each) joined, as many as fit in 201 tokens; the
+    # previous sample's EOS becomes an input, and the next sample's first token (BOS) is no target
+    i = 0
+    for x, y in packs:
+        want_x, want_y = singles[i][0], singles[i][1]
+        i += 1
+        while i < 12 and len(want_x) + 1 + len(singles[i][0]) + 1 <= 201:
+            want_x, want_y = want_x + [1] + singles[i][0], want_y + [-100] + singles[i][1]
+            i += 1
+        assert (x, y) == (want_x, want_y)
+    assert i == 12
+    # without prompt masking too, a sample's first token (BOS) is no target after the joint
+    _, packed = JSON(path, val_path=path, packing=True, mask_prompt=False).datasets(tok, 200, seed=0)
+    (x, y), n = rows(packed)[0], len(singles[0][0])
+    assert (x[n - 1 : n + 2], y[n - 1 : n + 2]) == ([singles[0][0][-1], 1, 0], [1, -100, singles[1][0][1]])
+
+
+def test_order_is_seeded_and_wraps_into_new_epochs(tmp_path, tok):
+    path = write_jsonl(tmp_path / "data.jsonl", [{"instruction": "Add two numbers.", "output": f"{i}"} for i in range(20)])
+    a, _ = JSON(path, val_fraction=0).datasets(tok, 64, seed=7)
+    b, _ = JSON(path, val_fraction=0).datasets(tok, 64, seed=7)
+    c, _ = JSON(path, val_fraction=0).datasets(tok, 64, seed=8)
+    epoch0, epoch1 = a.batch(0, 20), a.batch(20, 20)
+    assert all(torch.equal(p, q) for p, q in zip(epoch0, b.batch(0, 20)))
+    assert not torch.equal(epoch0[0], c.batch(0, 20)[0]) and not torch.equal(epoch0[0], epoch1[0])
+    as_set = lambda x: sorted(map(tuple, x.tolist()))  # noqa: E731
+    assert as_set(epoch0[0]) == as_set(epoch1[0]) == as_set(c.batch(0, 20)[0])  # every sample once per epoch
+    assert len(set(map(tuple, epoch0[0].tolist()))) == 20
+    # a batch is its samples, wherever it starts (the data position is one number)
+    x, y = a.batch(17, 6)
+    assert torch.equal(x, torch.cat([epoch0[0][17:], epoch1[0][:3]])) and torch.equal(y, torch.cat([epoch0[1][17:], epoch1[1][:3]]))
+
+
+def test_validation_split_is_stable(tmp_path, tok, hf):
+    path = write_jsonl(tmp_path / "data.jsonl", [{"instruction": "Add two numbers.", "output": f"{i}"} for i in range(200)])
+    answers = {}
+    for seed, max_seq_length in ((0, 64), (1, 64), (0, 128)):
+        train, val = JSON(path, val_fraction=0.1).datasets(tok, max_seq_length, seed=seed)
+        decode = lambda ds: [hf.decode(x).rsplit("\n", 1)[1] for x, _ in rows(ds)]  # noqa: E731
+        answers[seed, max_seq_length] = decode(train), decode(val)
+    train, val = answers[0, 64]
+    assert (len(train), len(val)) == (180, 20) and sorted(map(int, train + val)) == list(range(200))
+    assert val == sorted(val, key=int)  # validation keeps file order
+    assert all(set(v) == set(val) for _, v in answers.values())
+    assert min(map(int, val)) < 50 and max(map(int, val)) >= 150  # spread over the file, not its tail
+
+
+def test_encoded_samples_are_cached(tmp_path, tok, cache, monkeypatch, capsys):
+    import litgpt_clone.data.sft as sft
+
+    records = [{"instruction": "Add two numbers.", "output": f"{i}"} for i in range(30)] + [{"instruction": "x"}]
+    path = write_jsonl(tmp_path / "data.jsonl", records)
+    first = JSON(path, val_fraction=0.1).datasets(tok, 128, seed=3)
+    line = capsys.readouterr().out
+
+    def no_reading(path):
+        raise AssertionError("read again")
+
+    monkeypatch.setattr(sft, "read_records", no_reading)
+    again = JSON(path, val_fraction=0.1, packing=True).datasets(tok, 128, seed=3)  # packing is applied after the cache
+    assert capsys.readouterr().out == line == "json (instruction/input/output in data.jsonl): 30 samples (27 train, 3 validation), 1 skipped (missing field)\n"
+    unpacked = JSON(path, val_fraction=0.1).datasets(tok, 128, seed=3)
+    for a, b in zip(first, unpacked):
+        assert a.stats == b.stats and all(torch.equal(p, q) for p, q in zip(a.batch(0, a.count), b.batch(0, b.count)))
+    assert again[0].count < first[0].count and len(list(cache.iterdir())) == 1
+    # other data, options or lengths are other entries
+    for changed in (lambda: JSON(path, val_fraction=0.2).datasets(tok, 128, seed=3), lambda: JSON(path, val_fraction=0.1).datasets(tok, 64, seed=3)):
+        with pytest.raises(AssertionError, match="read again"):
+            changed()
+    write_jsonl(path, records[:-1])
+    with pytest.raises(AssertionError, match="read again"):
+        JSON(path, val_fraction=0.1).datasets(tok, 128, seed=3)
+
+
+# ------------------------------------------------------------------------------------------- hub download, CLI
+_RUNNER = r"""
+import json, sys
+from litgpt_clone.data.pretrain import DataError
+from litgpt_clone.data.sft import Alpaca
+from litgpt_clone.tokenizer import Tokenizer
+try:
+    module = Alpaca()
+    train, val = module.datasets(Tokenizer(sys.argv[1]), 128, 0)
+    print(json.dumps({"path": str(module.files()[0]), "train": train.stats["samples"], "val": val.stats["samples"]}))
+except DataError as err:
+    print(json.dumps({"error": str(err)}))
+"""
+
+
+def _alpaca(tok_dir: Path, hf_home: Path, endpoint: str = "http://127.0.0.1:9", offline: bool = False) -> subprocess.Popen:
+    """Alpaca() in a fresh interpreter: huggingface_hub reads HF_ENDPOINT/HF_HOME/HF_HUB_OFFLINE at import."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(hf_home), HF_ENDPOINT=endpoint, HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    return subprocess.Popen([sys.executable, "-c", _RUNNER, str(tok_dir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(proc: subprocess.Popen) -> tuple[dict, str]:
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    *lines, last = out.strip().splitlines()
+    return json.loads(last), "\n".join(lines)
+
+
+def test_alpaca_downloads_into_the_hub_cache_and_offline_says_how_to_pass_a_file(tmp_path, folders):
+    data = json.dumps([{"instruction": "Add two numbers.", "input": "", "output": f"{i}"} for i in range(40)]).encode()
+    cold = _alpaca(folders["chatml"], tmp_path / "cold", offline=True)
+    with HubStandin() as hub:
+        hub.add_repo("datasets/yahma/alpaca-cleaned", {"alpaca_data_cleaned.json": data})  # the /datasets/ URL prefix
+        online, printed = _result(_alpaca(folders["chatml"], tmp_path / "hf", endpoint=hub.endpoint))
+        assert hub.requested_files("datasets/yahma/alpaca-cleaned") == {"alpaca_data_cleaned.json"}
+    snapshots = tmp_path / "hf" / "hub" / "datasets--yahma--alpaca-cleaned" / "snapshots"
+    assert Path(online["path"]).parent.parent == snapshots and Path(online["path"]).read_bytes() == data
+    assert (online["train"], online["val"]) == (38, 2) and printed == "alpaca: 40 samples (38 train, 2 validation)"
+
+    error, _ = _result(cold)
+    assert "\n" not in error["error"] and "alpaca_data_cleaned.json" in error["error"]
+    assert "--data alpaca --data.path" in error["error"]
+
+
+def test_modules_are_cli_flags(capsys):
+    from jsonargparse import ArgumentParser
+
+    assert {name: cls.__name__ for name, cls in SFT_DATA_MODULES.items()} == {"alpaca": "Alpaca", "dolly": "Dolly", "json": "JSON", "chat": "Chat"}
+    parser = ArgumentParser()
+    parser.add_argument("--data", type=SFTData)
+    cfg = parser.parse_args(["--data", "JSON", "--data.path", "x.jsonl", "--data.mask_prompt", "false", "--data.packing", "true"])
+    data = parser.instantiate(cfg).data
+    assert isinstance(data, JSON) and (data.path, data.mask_prompt, data.packing, data.prompt_style) == (Path("x.jsonl"), False, True, "alpaca")
+    data = parser.instantiate(parser.parse_args(["--data", "Alpaca"])).data
+    assert isinstance(data, Alpaca) and data.path is None and data.val_fraction == 0.05
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--data.help", "Chat"])
+    help_text = capsys.readouterr().out
+    assert "OpenAI-style" in help_text and "Learn only the assistant turns" in help_text
