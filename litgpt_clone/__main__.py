@@ -6,6 +6,7 @@ Each function's signature is its command line and its docstring is its ``--help`
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -13,6 +14,7 @@ from litgpt_clone.commands.convert import convert_from_hf, convert_to_hf
 from litgpt_clone.commands.download import download
 from litgpt_clone.commands.finetune import finetune_full, finetune_lora, merge_lora
 from litgpt_clone.commands.models import models
+from litgpt_clone.commands.prepare import prepare_code
 from litgpt_clone.commands.pretrain import pretrain
 
 COMMANDS = {
@@ -22,6 +24,7 @@ COMMANDS = {
     "pretrain": pretrain,
     "finetune": {"_help": "Finetune a checkpoint: lora (the default; QLoRA with --quantize) or full.", "lora": finetune_lora, "full": finetune_full},
     "merge_lora": merge_lora,
+    "prepare": {"_help": "Build datasets: `prepare code` makes a versioned code corpus with token shards.", "code": prepare_code},
 }
 
 
@@ -48,6 +51,10 @@ def rewrite(argv: list[str]) -> list[str]:
         argv[1:2] = [OPTIONAL_POSITIONALS[argv[0]], argv[1]]
     if len(argv) >= 2 and argv[0] == "finetune" and argv[1] not in FINETUNE_METHODS and argv[1] not in ("-h", "--help"):
         argv.insert(1, "lora")
+    if argv[:2] == ["prepare", "code"]:  # `prepare code a b c`: the bare words before the first flag are the sources
+        n = next((i for i, a in enumerate(argv[2:]) if a.startswith("-")), len(argv) - 2)
+        if n > 1:
+            argv[2 : 2 + n] = [json.dumps(argv[2 : 2 + n])]
     aliases = data_aliases(argv[0] if argv else "")
     for i, arg in enumerate(argv):
         if arg == "--data" and i + 1 < len(argv) and argv[i + 1] in aliases:
@@ -61,11 +68,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message already says what to do."""
     from litgpt_clone.checkpoints.download import DownloadError
     from litgpt_clone.checkpoints.io import CheckpointError
+    from litgpt_clone.commands.prepare import CorpusError
     from litgpt_clone.config import ConfigError
+    from litgpt_clone.corpus.optout import OptOutError
+    from litgpt_clone.corpus.sources import SourceError
     from litgpt_clone.data.pretrain import DataError
     from litgpt_clone.training.fit import TrainingError
 
-    return (ConfigError, CheckpointError, DownloadError, FileNotFoundError, DataError, TrainingError)
+    return (ConfigError, CheckpointError, DownloadError, FileNotFoundError, DataError, TrainingError, CorpusError, OptOutError, SourceError)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,190 @@
+"""Repository licenses: license files → SPDX ids with ScanCode, propagated to files, classified by ScanCode category.
+
+Detection. The files named like licenses (``LICENSE*``, ``LICENCE*``, ``COPYING*``, ``NOTICE*``, ``UNLICENSE``,
+``COPYRIGHT*``, in any folder) and the first ``README_HEADER_LINES`` lines of ``README*`` files are matched against
+ScanCode's license index (``scancode-toolkit``'s ``licensedcode``: ~2,500 license texts and ~36,000 rules for
+notices, references and SPDX-License-Identifier lines; offline). Each detected ScanCode license key becomes its SPDX
+id (``LicenseRef-scancode-<key>`` for licenses SPDX does not list); short mentions are dropped when a longer match
+exists (``MIN_RULE_TOKENS``). Files get the union of the licenses found in
+their own folder and every folder above it (The Stack v2's propagation).
+
+Classification (``license_type``): "no_license" when nothing was detected, "permissive" when every detected license
+is in ScanCode's categories "Permissive" or "Public Domain", else "non_permissive" (copyleft, proprietary,
+source-available, and licenses ScanCode cannot name, such as ``unknown-license-reference``).
+
+Why ScanCode: it is the maintained, offline, text-matching detector that BigCode's license work is built on, and
+its license database carries the category used for the permissive decision; lighter options either only parse
+SPDX expressions (``license-expression``, which ScanCode uses for that) or compare a whole file to ~50 texts
+(``identify``). Its cost is a ~400 MB index that takes seconds to load, so detections are cached per text
+(``DetectionCache``) and the index is loaded only on a cache miss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import warnings
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Literal, Optional
+
+from litgpt_clone.checkpoints.io import write_atomic_text
+
+LicenseType = Literal["permissive", "no_license", "non_permissive"]
+LicensePolicy = Literal["permissive", "strict", "all"]
+PERMISSIVE_CATEGORIES = ("Permissive", "Public Domain")
+LICENSE_FILE = re.compile(r"^(licen[cs]e|copying|notice|unlicense|copyright)([._-].*)?$", re.IGNORECASE)
+README_FILE = re.compile(r"^readme([._-].*)?$", re.IGNORECASE)
+README_HEADER_LINES = 100
+MAX_LICENSE_TEXT = 256 * 1024
+MIN_RULE_TOKENS = 6
+"""Detections made only of rules shorter than this (``the GPL``, ``MIT``) count only when a text has nothing longer:
+in a license file beside a full license they are mentions of other licenses (Python's LICENSE says which releases
+are "GPL-compatible"); alone, as in ``License: MIT``, they are the declaration."""
+
+
+def license_text(path: str, text: str) -> Optional[str]:
+    """The part of the file at ``path`` searched for licenses: a license file whole, a README's header, else None."""
+    name = PurePosixPath(path).name
+    if LICENSE_FILE.match(name):
+        return text[:MAX_LICENSE_TEXT]
+    if README_FILE.match(name):
+        return "\n".join(text.splitlines()[:README_HEADER_LINES])
+    return None
+
+
+def _scancode():
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # typecode warns that it uses the system libmagic
+            from licensedcode import cache
+            from licensedcode.detection import detect_licenses
+    except ImportError as err:
+        raise ImportError("prepare code needs scancode-toolkit-mini: pip install 'litgpt_clone[corpus]'") from err
+    return cache, detect_licenses
+
+
+def scancode_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("scancode-toolkit-mini", "scancode-toolkit"):
+        try:
+            return f"{name}=={version(name)}"
+        except PackageNotFoundError:
+            continue
+    return "scancode-toolkit: not installed"
+
+
+@lru_cache(maxsize=1)
+def _categories() -> dict[str, str]:
+    """SPDX id (and ScanCode's LicenseRef) → ScanCode category, for every license in ScanCode's database."""
+    cache, _ = _scancode()
+    out = {}
+    for key, lic in cache.get_licenses_db().items():
+        out[f"LicenseRef-scancode-{key}"] = lic.category
+        for spdx in [lic.spdx_license_key, *(lic.other_spdx_license_keys or [])]:
+            if spdx:
+                out.setdefault(spdx, lic.category)
+    return out
+
+
+def category(spdx_id: str) -> Optional[str]:
+    """ScanCode's category of an SPDX id ("Permissive", "Copyleft", ...), None when unknown."""
+    return _categories().get(spdx_id)
+
+
+def detect(text: str) -> list[str]:
+    """The SPDX ids ScanCode detects in ``text``, sorted; [] when none."""
+    cache, detect_licenses = _scancode()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        index = cache.get_index()
+    licensing, db = cache.get_licensing(), cache.get_licenses_db()
+    detections = [d for d in detect_licenses(index=index, query_string=text) if d.license_expression]
+    strong = [d for d in detections if max(m.rule.length for m in d.matches) >= MIN_RULE_TOKENS]
+    ids: set[str] = set()
+    for detection in strong or detections:
+        for key in licensing.license_keys(detection.license_expression):
+            lic = db.get(key)
+            ids.add((lic.spdx_license_key if lic is not None else None) or f"LicenseRef-scancode-{key}")
+    return sorted(ids)
+
+
+def license_type(ids: Iterable[str], categories: Optional[dict] = None) -> LicenseType:
+    """"no_license" for no ids, "permissive" when all are Permissive/Public Domain, else "non_permissive".
+    ``categories`` maps ids to ScanCode categories (default: ask ScanCode's database)."""
+    ids = list(ids)
+    if not ids:
+        return "no_license"
+    lookup = categories.get if categories is not None else category
+    return "permissive" if all(lookup(i) in PERMISSIVE_CATEGORIES for i in ids) else "non_permissive"
+
+
+def allowed(kind: LicenseType, policy: LicensePolicy) -> bool:
+    """``permissive``: permissive and no-license files (The Stack v2); ``strict``: permissive only; ``all``: all."""
+    if policy == "all":
+        return True
+    if policy == "strict":
+        return kind == "permissive"
+    return kind in ("permissive", "no_license")
+
+
+class DetectionCache:
+    """Detections by SHA-1 of the text and the categories of the ids found, in a JSON file (per ScanCode
+    version), so that rebuilds neither load ScanCode's index nor its license database."""
+
+    def __init__(self, path: Optional[Path]) -> None:
+        self.path = Path(path) if path else None
+        self.key = scancode_version()
+        data = json.loads(self.path.read_text()) if self.path and self.path.is_file() else {}
+        fresh = data.get("scancode") == self.key
+        self.entries: dict[str, list[str]] = data.get("detections", {}) if fresh else {}
+        self.categories: dict[str, Optional[str]] = data.get("categories", {}) if fresh else {}
+        self.dirty = False
+
+    def detect(self, text: str) -> list[str]:
+        digest = hashlib.sha1(text.encode("utf-8", errors="surrogatepass")).hexdigest()
+        if digest not in self.entries:
+            self.entries[digest] = detect(text)
+            self.categories.update({i: category(i) for i in self.entries[digest]})
+            self.dirty = True
+        return self.entries[digest]
+
+    def save(self) -> None:
+        if self.path and self.dirty:
+            payload = {"scancode": self.key, "detections": dict(sorted(self.entries.items())),
+                       "categories": dict(sorted(self.categories.items()))}
+            write_atomic_text(self.path, json.dumps(payload, indent=0, sort_keys=True) + "\n")
+            self.dirty = False
+
+
+class RepositoryLicenses:
+    """The licenses found in a repository's license files, by folder; ``for_path`` gives a file's inherited set."""
+
+    def __init__(self, by_folder: dict[str, list[str]], files: dict[str, list[str]], categories: dict) -> None:
+        self.by_folder = by_folder  # "" is the root
+        self.files = files  # license file path -> its SPDX ids
+        self.categories = categories  # SPDX id -> ScanCode category, for the ids found
+
+    @classmethod
+    def detect(cls, texts: dict[str, str], cache: DetectionCache) -> "RepositoryLicenses":
+        """``texts``: path → decoded text of the repository's license and README files."""
+        by_folder: dict[str, set[str]] = {}
+        files = {}
+        for path in sorted(texts):
+            part = license_text(path, texts[path])
+            if part is None or not part.strip():
+                continue
+            files[path] = cache.detect(part)
+            folder = str(PurePosixPath(path).parent)
+            by_folder.setdefault("" if folder == "." else folder, set()).update(files[path])
+        found = {i for ids in files.values() for i in ids}
+        return cls({k: sorted(v) for k, v in by_folder.items() if v}, files, {i: cache.categories[i] for i in sorted(found)})
+
+    def for_path(self, path: str) -> list[str]:
+        ids: set[str] = set()
+        parts = PurePosixPath(path).parts[:-1]
+        for depth in range(len(parts) + 1):
+            ids.update(self.by_folder.get("/".join(parts[:depth]), ()))
+        return sorted(ids)

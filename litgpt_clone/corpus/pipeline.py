@@ -1,0 +1,479 @@
+"""``prepare code``: repositories in, a versioned corpus folder out (metadata, redacted text, token shards, report).
+
+Stages, in order (a dropped file keeps the first reason it got and skips the later stages)::
+
+    read → decode → identity → language → license → optout → filters → decontaminate → pii
+         → exact_dedup → near_dedup → tokenize (+ shards) → metadata → manifest → CHANGELOG → report
+
+(identity, ``blob_id`` and ``content_id``, is computed for every file that was read, binary ones included.)
+
+Work happens in ``out_dir/vN.partial/`` with a checkpoint per step, and the folder is renamed to ``vN`` at the end,
+so a run that is killed resumes where it stopped when started again with the same configuration:
+
+- ``stages/read/<repo>-<chunk>.jsonl``: the per-file stages (read … pii) for ``CHUNK_FILES`` files of a repository
+  (files in path order, so chunk ``i`` always holds the same files); one atomic file per chunk.
+- ``stages/dedup.json``: exact and near-duplicate decisions over the whole corpus.
+- ``stages/shards.json``: the token shards' own manifest and each file's split and token count.
+
+Every output is sorted and carries no timestamps: same inputs and configuration give byte-identical
+``manifest.json``, shards, ``files.jsonl`` and ``text.jsonl``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import multiprocessing
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+from litgpt_clone.checkpoints.io import write_atomic_text
+from litgpt_clone.corpus import identity, language, licenses
+from litgpt_clone.corpus.optout import OptOut
+from litgpt_clone.corpus.sources import FileEntry, Layout, Repository, open_sources
+
+CHUNK_FILES = 256
+
+
+class CorpusError(ValueError):
+    """A ``prepare code`` input or state that cannot be used; the message says what to change."""
+STAGES = ("read", "decode", "language", "license", "optout", "filters", "decontaminate", "pii", "exact_dedup", "near_dedup")
+"""The stages that can drop a file, in order (identity and tokenize never drop one)."""
+
+
+@dataclass
+class CorpusConfig:
+    """Everything that decides the output (the manifest stores it and its hash); ``workers`` is not part of it."""
+
+    sources: list[str]
+    layout: Layout = "repo"
+    exclude: list[str] = field(default_factory=list)
+    tokenizer_dir: Optional[str] = None
+    optout: Optional[str] = None
+    license_policy: licenses.LicensePolicy = "permissive"
+    decontaminate: list[str] = field(default_factory=list)
+    max_file_size: int = 1 << 20
+    val_fraction: float = 0.01
+    seed: int = 42
+    languages: Optional[list[str]] = None
+    keep_vendor: bool = False
+    keep_generated: bool = False
+    near_dedup_threshold: float = 0.7
+    shard_tokens: int = 1 << 24
+    filters: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from litgpt_clone.corpus.filters import FilterConfig
+
+        self.filters = asdict(FilterConfig(**self.filters))  # every threshold spelled out, so equal configs hash equal
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self), sort_keys=True))
+
+    def digest(self) -> str:
+        """SHA-256 of the configuration and of the contents of every file it names (opt-out, decontamination,
+        tokenizer), so that an edited file is a different configuration."""
+        h = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode())
+        for path in file_inputs(self):
+            h.update(path.encode() + b"\0" + bytes.fromhex(sha256_path(Path(path))))
+        return h.hexdigest()
+
+
+def sha256_path(path: Path) -> str:
+    from litgpt_clone.data.shards import sha256_file
+
+    return sha256_file(path)
+
+
+def file_inputs(config: CorpusConfig) -> list[str]:
+    """The files the configuration points at, whose contents change the output."""
+    paths = list(config.decontaminate) + ([config.optout] if config.optout else [])
+    if config.tokenizer_dir:
+        from litgpt_clone.tokenizer import TOKENIZER_FILES
+
+        paths += [str(Path(config.tokenizer_dir) / n) for n in TOKENIZER_FILES if (Path(config.tokenizer_dir) / n).is_file()]
+    return sorted(paths)
+
+
+# --------------------------------------------------------------------------- per-file stages
+@dataclass
+class RepoContext:
+    """What the per-file stages know about the repository a file belongs to."""
+
+    name: str
+    kind: str
+    commit: Optional[str]
+    commit_time: Optional[int]
+    licenses: dict  # RepositoryLicenses.by_folder
+    categories: dict  # SPDX id -> ScanCode category
+    optout: Optional[str]
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(config: CorpusConfig) -> None:
+    """Per process: the configuration, the filter thresholds and the decontamination index."""
+    from litgpt_clone.corpus.filters import FilterConfig
+
+    _WORKER["config"] = config
+    _WORKER["filters"] = FilterConfig(**config.filters)
+    _WORKER["decontaminator"] = None
+    if config.decontaminate:
+        from litgpt_clone.corpus.decontam import Decontaminator
+
+        _WORKER["decontaminator"] = Decontaminator.from_files(config.decontaminate)
+
+
+def new_record(repo: RepoContext, entry: FileEntry) -> dict:
+    return dict(
+        repo=repo.name, path=entry.path, source_kind=repo.kind, commit=repo.commit, commit_time=repo.commit_time, size=entry.size,
+        blob_id=None, content_id=None, encoding=None, language=None, language_type=None, is_vendor=None,
+        is_generated=None, detected_licenses=[], license_type=None, pii={}, drop_stage=None, drop_reason=None,
+        duplicate_of=None, benchmark_match=None, split=None, tokens=None,
+    )
+
+
+# Each stage sets its fields on the record and returns a drop reason or None; ``process_file`` chains them, and the
+# datatrove steps (extensions/datatrove) call them one by one.
+def identify(record: dict, data: bytes) -> None:
+    record["size"], record["blob_id"], record["content_id"] = len(data), identity.blob_id(data), identity.content_id(data)
+
+
+def decode_stage(record: dict, data: bytes) -> tuple[Optional[str], Optional[str]]:
+    """``(text, None)``, or ``(None, "empty" | "binary" | "undecodable")``; empty: nothing but whitespace."""
+    from litgpt_clone.corpus.filters import decode
+
+    if not data.strip():
+        return None, "empty"
+    text, encoding = decode(data)
+    if text is None:
+        return None, encoding
+    record["encoding"] = encoding
+    return text, None
+
+
+def language_stage(record: dict, data: bytes, config: CorpusConfig) -> Optional[str]:
+    lang = language.detect(record["path"], data)
+    record.update(language=lang.name, language_type=lang.type, is_vendor=lang.is_vendor, is_generated=lang.is_generated)
+    if lang.name is None:
+        return "unknown"
+    if config.languages is not None and lang.name not in config.languages:
+        return "not_selected"
+    if lang.is_vendor and not config.keep_vendor:
+        return "vendor"
+    if lang.is_generated and not config.keep_generated:
+        return "generated"
+    return None
+
+
+def license_stage(record: dict, repo: RepoContext, policy: licenses.LicensePolicy) -> Optional[str]:
+    record["detected_licenses"] = licenses.RepositoryLicenses(repo.licenses, {}, repo.categories).for_path(record["path"])
+    record["license_type"] = licenses.license_type(record["detected_licenses"], repo.categories)
+    return None if licenses.allowed(record["license_type"], policy) else record["license_type"]
+
+
+def decontaminate_stage(record: dict, text: str, decontaminator) -> Optional[str]:
+    record["benchmark_match"] = decontaminator.contaminated(text) if decontaminator is not None else None
+    return "benchmark" if record["benchmark_match"] is not None else None
+
+
+def pii_stage(record: dict, text: str) -> str:
+    from litgpt_clone.corpus.pii import redact
+
+    redacted, counts = redact(text)
+    record["pii"] = dict(sorted(counts.items()))
+    return redacted
+
+
+def process_file(task: tuple) -> tuple[dict, Optional[str]]:
+    """The per-file stages (read … pii) of one file: its metadata record and, if kept, its redacted text."""
+    from litgpt_clone.corpus.filters import drop_reason
+
+    repo, entry, data = task
+    config, record = _WORKER["config"], new_record(repo, entry)
+
+    def drop(stage: str, reason: str) -> tuple[dict, None]:
+        record["drop_stage"], record["drop_reason"] = stage, reason
+        return record, None
+
+    if entry.skip or isinstance(data, OSError):
+        return drop("read", entry.skip or f"unreadable:{data}")
+    identify(record, data)
+    text, reason = decode_stage(record, data)
+    if reason:
+        return drop("decode", reason)
+    steps = (
+        ("language", lambda: language_stage(record, data, config)),
+        ("license", lambda: license_stage(record, repo, config.license_policy)),
+        ("optout", lambda: repo.optout),
+        ("filters", lambda: drop_reason(text, entry.path, record["language"], _WORKER["filters"])),
+        ("decontaminate", lambda: decontaminate_stage(record, text, _WORKER["decontaminator"])),
+    )
+    for stage, step in steps:
+        if reason := step():
+            return drop(stage, reason)
+    return record, pii_stage(record, text)
+
+
+# --------------------------------------------------------------------------- the read stage, per repository
+def _chunks(entries: list, size: int) -> Iterator[tuple[int, list]]:
+    for start in range(0, max(len(entries), 1), size):
+        yield start // size, entries[start : start + size]
+
+
+def repo_key(name: str) -> str:
+    return hashlib.sha1(name.encode()).hexdigest()[:16]
+
+
+def _repo_context(repo: Repository, optout: Optional[OptOut], cache: licenses.DetectionCache) -> RepoContext:
+    from litgpt_clone.corpus.filters import decode
+
+    wanted = [e for e in repo.entries if not e.skip and licenses.license_text(e.path, "") is not None]
+    texts = {}
+    for entry, data in zip(wanted, repo.read(wanted)):
+        if isinstance(data, bytes) and (text := decode(data)[0]) is not None:
+            texts[entry.path] = text
+    found = licenses.RepositoryLicenses.detect(texts, cache)
+    cache.save()
+    reason = optout.reason(repo.name) if optout else None
+    return RepoContext(repo.name, repo.kind, repo.commit, repo.commit_time, found.by_folder, found.categories, reason)
+
+
+def read_stage(repos: list[Repository], config: CorpusConfig, stage_dir: Path, cache: licenses.DetectionCache,
+               mapper: Callable, progress=None) -> None:
+    """Run the per-file stages over every repository, one checkpoint file per chunk of files."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    optout = OptOut.from_file(config.optout) if config.optout else None
+    for repo in repos:
+        chunks = [(i, c) for i, c in _chunks(repo.entries, CHUNK_FILES) if not (stage_dir / f"{repo_key(repo.name)}-{i:05d}.jsonl").exists()]
+        if not chunks:
+            continue
+        context = _repo_context(repo, optout, cache)
+        for index, chunk in chunks:
+            readable = [e for e in chunk if not e.skip]
+            data = dict(zip((e.path for e in readable), repo.read(readable)))
+            results = mapper(process_file, [(context, e, data.get(e.path)) for e in chunk])
+            lines = [json.dumps({"record": r, "text": t}, sort_keys=True, ensure_ascii=False) for r, t in results]
+            write_atomic_text(stage_dir / f"{repo_key(repo.name)}-{index:05d}.jsonl", "".join(line + "\n" for line in lines))
+            if progress is not None:
+                progress.update(len(chunk))
+
+
+def load_read_stage(repos: list[Repository], stage_dir: Path) -> tuple[list[dict], list[Optional[str]]]:
+    records, texts = [], []
+    for repo in repos:
+        for index, _ in _chunks(repo.entries, CHUNK_FILES):
+            with open(stage_dir / f"{repo_key(repo.name)}-{index:05d}.jsonl", encoding="utf-8") as f:
+                for line in f:
+                    item = json.loads(line)
+                    records.append(item["record"])
+                    texts.append(item["text"])
+    return records, texts
+
+
+# --------------------------------------------------------------------------- dedup over the whole corpus
+def keep_rank(record: dict) -> tuple:
+    """Which copy of duplicates is kept: permissive first, then the newest commit, then repository and path."""
+    return (record["license_type"] != "permissive", -(record["commit_time"] or 0), record["repo"], record["path"])
+
+
+def _name(record: dict) -> str:
+    return f"{record['repo']}/{record['path']}"
+
+
+def exact_duplicates(records: list[dict], alive: list[int]) -> tuple[dict[int, str], list[int]]:
+    """Among ``records[i]`` for ``i`` in ``alive``: ``({dropped index: kept copy's name}, cluster sizes)`` of the
+    files with the same ``content_id``; the copy kept is the first by ``keep_rank``."""
+    groups: dict[str, list[int]] = {}
+    for i in alive:
+        groups.setdefault(records[i]["content_id"], []).append(i)
+    dropped, sizes = {}, []
+    for members in groups.values():
+        if len(members) > 1:
+            keeper = min(members, key=lambda i: keep_rank(records[i]))
+            sizes.append(len(members))
+            dropped.update({i: _name(records[keeper]) for i in members if i != keeper})
+    return dropped, sorted(sizes)
+
+
+def near_duplicates(records: list[dict], texts: list[str], alive: list[int], threshold: float, seed: int) -> tuple[dict[int, str], list[int]]:
+    """Among ``alive`` (in order): near duplicates by MinHash-LSH on the texts, verified by exact Jaccard, as
+    ``({dropped index: kept copy's name}, cluster sizes)``; each cluster keeps its first by ``keep_rank``."""
+    from litgpt_clone.corpus.dedup import choose_keepers, near_duplicate_clusters
+
+    docs = ((str(i), texts[i]) for i in alive)  # keys are the records' positions, as strings
+    clusters = near_duplicate_clusters(docs, threshold=threshold, seed=seed)
+    keepers = choose_keepers(clusters, lambda key: keep_rank(records[int(key)]))
+    dropped = {}
+    for cluster in clusters:
+        keeper = next(int(k) for k in cluster if k in keepers)
+        dropped.update({int(k): _name(records[keeper]) for k in cluster if int(k) != keeper})
+    return dropped, sorted(len(c) for c in clusters)
+
+
+def dedup_stage(records: list[dict], texts: list[Optional[str]], config: CorpusConfig) -> dict:
+    """Exact duplicates, then near duplicates among the rest, over the whole corpus; returns the decisions
+    ``{"dropped": {index: [stage, kept copy]}, "exact_clusters": [sizes], "near_clusters": [sizes]}``."""
+    alive = [i for i, r in enumerate(records) if r["drop_stage"] is None]
+    exact, exact_sizes = exact_duplicates(records, alive)
+    alive = [i for i in alive if i not in exact]
+    near, near_sizes = near_duplicates(records, texts, alive, config.near_dedup_threshold, config.seed)
+    dropped = {**{i: ["exact_dedup", k] for i, k in exact.items()}, **{i: ["near_dedup", k] for i, k in near.items()}}
+    return {"dropped": {str(i): dropped[i] for i in sorted(dropped)}, "exact_clusters": exact_sizes, "near_clusters": near_sizes}
+
+
+# --------------------------------------------------------------------------- split and tokens
+def split_of(blob_id: str, val_fraction: float, seed: int) -> str:
+    """"val" for a stable ~``val_fraction`` of files (by a hash of the seed and the blob id), else "train"."""
+    h = int.from_bytes(hashlib.sha256(f"{seed}:{blob_id}".encode()).digest()[:8], "big")
+    return "val" if h < val_fraction * 2**64 else "train"
+
+
+def encode(text: str):
+    """Token ids of ``text`` with the configured tokenizer (loaded once per process), as an int64 array."""
+    from litgpt_clone.tokenizer import Tokenizer
+
+    if "tokenizer" not in _WORKER:
+        _WORKER["tokenizer"] = Tokenizer(_WORKER["config"].tokenizer_dir)
+    return _WORKER["tokenizer"].encode(text).numpy()
+
+
+def shard_stage(kept: list[int], records: list[dict], texts: list[Optional[str]], config: CorpusConfig, out_dir: Path,
+                mapper: Callable) -> dict:
+    """Tokenize the kept files (in ``mapper``'s processes, results in order) and write them as token shards into
+    ``out_dir``; returns the shards' manifest and ``{index: tokens}``."""
+    from tqdm import tqdm
+
+    from litgpt_clone.data.shards import ShardWriter
+    from litgpt_clone.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(config.tokenizer_dir)
+    if tokenizer.eos_id is None:
+        raise ValueError(f"the tokenizer in {config.tokenizer_dir} has no EOS token to end documents: give one that has")
+    tokens = {}
+    writer = ShardWriter(out_dir, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id, shard_tokens=config.shard_tokens)
+    with tqdm(total=len(kept), desc="tokenize", unit="file", disable=None) as progress:
+        for _, chunk in _chunks(kept, CHUNK_FILES):
+            for i, ids in zip(chunk, mapper(encode, [texts[i] for i in chunk])):
+                writer.add(ids, split=records[i]["split"])
+                tokens[str(i)] = len(ids) + 1  # with the EOS that ends the document
+            progress.update(len(chunk))
+    manifest = writer.close()
+    (out_dir / "manifest.json").unlink()  # the version's manifest.json is written last, with these shards in it
+    return {"shards": manifest, "tokens": tokens}
+
+
+# --------------------------------------------------------------------------- the whole run
+@dataclass
+class Result:
+    version_dir: Path
+    manifest: dict
+    report: Path
+
+
+def _mapper(workers: int, config: CorpusConfig):
+    if workers <= 1:
+        _init_worker(config)
+        return (lambda fn, tasks: [fn(t) for t in tasks]), None
+    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(config,))
+    return (lambda fn, tasks: pool.map(fn, tasks, chunksize=8)), pool
+
+
+def _stages(repos: list[Repository], config: CorpusConfig, partial: Path, cache: licenses.DetectionCache, mapper: Callable):
+    """read … pii per file, dedup over the corpus, split, tokens: each step skipped when its checkpoint exists."""
+    from tqdm import tqdm
+
+    with tqdm(total=sum(len(r.entries) for r in repos), desc="read+annotate", unit="file", disable=None) as progress:
+        read_stage(repos, config, partial / "stages" / "read", cache, mapper, progress)
+    records, texts = load_read_stage(repos, partial / "stages" / "read")
+
+    dedup_file = partial / "stages" / "dedup.json"
+    if not dedup_file.is_file():
+        write_atomic_text(dedup_file, json.dumps(dedup_stage(records, texts, config), sort_keys=True) + "\n")
+    dedup = json.loads(dedup_file.read_text())
+    for index, (stage, keeper) in dedup["dropped"].items():
+        record = records[int(index)]
+        record["drop_stage"], record["duplicate_of"] = stage, keeper
+        record["drop_reason"] = "exact_duplicate" if stage == "exact_dedup" else "near_duplicate"
+    kept = [i for i, r in enumerate(records) if r["drop_stage"] is None]
+    for i in kept:
+        records[i]["split"] = split_of(records[i]["blob_id"], config.val_fraction, config.seed)
+
+    shards = None
+    if config.tokenizer_dir:
+        shards_file = partial / "stages" / "shards.json"
+        if not shards_file.is_file():
+            result = shard_stage(kept, records, texts, config, partial, mapper)
+            write_atomic_text(shards_file, json.dumps(result, sort_keys=True) + "\n")
+        shards = json.loads(shards_file.read_text())
+        for index, count in shards["tokens"].items():
+            records[int(index)]["tokens"] = count
+    return records, texts, dedup, shards
+
+
+def run(config: CorpusConfig, out_dir: Path, workers: int = 1, log: Callable[[str], None] = print) -> Result:
+    """Build the next version of the corpus in ``out_dir`` (resuming an interrupted build of the same config).
+
+    One build at a time per ``out_dir``: a POSIX lock on ``out_dir/.lock``, released when the process ends however
+    it ends (and not inherited by the worker processes)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".lock", "w") as lock:
+        try:
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise CorpusError(f"another prepare code is writing to {out_dir}: wait for it to finish, or give another --out_dir") from None
+        return _run_locked(config, out_dir, workers, log)
+
+
+def _run_locked(config: CorpusConfig, out_dir: Path, workers: int, log: Callable[[str], None]) -> Result:
+    from litgpt_clone.corpus import manifest as manifest_lib
+    from litgpt_clone.corpus import report as report_lib
+
+    version, previous = manifest_lib.next_version(out_dir)
+    partial = out_dir / f"v{version}.partial"
+    digest = config.digest()
+    stamp = partial / "stages" / "config.json"
+    if partial.exists() and (not stamp.is_file() or json.loads(stamp.read_text()).get("config_hash") != digest):
+        log(f"removing {partial}: it was started with another configuration")
+        shutil.rmtree(partial)
+    elif partial.exists():
+        log(f"resuming {partial}")
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic_text(stamp, json.dumps({"config": config.to_dict(), "config_hash": digest}, indent=2, sort_keys=True) + "\n")
+
+    repos = open_sources(config.sources, config.layout, config.max_file_size, config.exclude)
+    cache = licenses.DetectionCache(out_dir / "cache" / "license_detections.json")
+    mapper, pool = _mapper(workers, config)
+    finished = False
+    try:
+        records, texts, dedup, shards = _stages(repos, config, partial, cache, mapper)
+        finished = True
+    finally:
+        if pool is not None:
+            pool.close() if finished else pool.terminate()  # Ctrl-C: stop the workers too; the checkpoints stay
+            pool.join()
+    kept = [i for i, r in enumerate(records) if r["drop_stage"] is None]
+
+    files_text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records)
+    write_atomic_text(partial / "files.jsonl", files_text)
+    text_lines = (
+        json.dumps({"repo": records[i]["repo"], "path": records[i]["path"], "blob_id": records[i]["blob_id"],
+                    "split": records[i]["split"], "text": texts[i]}, sort_keys=True, ensure_ascii=False) + "\n"
+        for i in kept
+    )
+    write_atomic_text(partial / "text.jsonl", "".join(text_lines))
+
+    previous_records = manifest_lib.load_records(out_dir / f"v{previous}") if previous else None
+    write_atomic_text(partial / "CHANGELOG.md", manifest_lib.changelog(version, previous, previous_records, records))
+    manifest = manifest_lib.build(config, digest, version, previous, repos, records, dedup, shards, partial)
+    report = report_lib.write(partial, manifest, records, dedup)
+    manifest_lib.write(partial, manifest)  # last: a folder with manifest.json is complete
+    final = out_dir / f"v{version}"
+    partial.rename(final)
+    shutil.rmtree(final / "stages")
+    return Result(final, manifest, final / report.name)

@@ -1,0 +1,382 @@
+"""Where ``prepare code`` reads repositories from: local git repositories, plain folders and tar/zip archives.
+
+Each source gives one or more :class:`Repository` objects. A repository first lists its files (:class:`FileEntry`,
+sorted by path, each with its size and, when it cannot be read, the reason), then reads the bytes of the entries
+asked for. Nothing is ever extracted to disk, and nothing outside a source is read:
+
+- git (a folder with ``.git``): the files of the ``HEAD`` commit, listed by ``git ls-tree -r -l HEAD`` and read by one
+  ``git cat-file --batch`` process; the name is ``owner/repo`` from the ``origin`` remote URL, else the folder name.
+  Symlinks (mode 120000) and submodules are listed as skipped. A repository without commits is empty.
+- folder: walked without leaving its root. A symlink is followed only when its target, resolved, is inside the
+  root; one that resolves outside is skipped ("symlink_outside_root"), as is one that loops ("symlink_loop": a
+  cycle of links, or a link to a folder that contains it). FIFOs, sockets and devices are never opened.
+- archive (``.tar``, ``.tar.gz``, ``.tgz``, ``.tar.bz2``, ``.tar.xz``, ``.zip``): members are read in memory;
+  links and absolute or ``..`` member names are skipped. A single top-level folder (GitHub's ``repo-<sha>/``) is
+  dropped from paths.
+
+``exclude`` patterns (shell-style, ``*`` also crosses ``/``) leave out every file whose path in its repository, or
+any folder above it, matches one: ``["site-packages", "*__pycache__"]``. Excluded files are not listed at all.
+
+Layouts: with ``layout="repo"`` each source is one repository; with ``layout="owner/repo"`` a folder or archive
+holds ``<owner>/<repo>/...``, and each such folder that is a git repository is read through git.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import stat
+import subprocess
+import tarfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator, Literal, Optional, Sequence, Union
+
+Layout = Literal["repo", "owner/repo"]
+SKIP_DIRS = {".git", ".hg", ".svn"}
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".zip")
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be read at all; the message names it and the fix."""
+
+
+@dataclass
+class FileEntry:
+    """One file of a repository: its POSIX path inside the repository, its size, and why it is skipped (or None)."""
+
+    path: str
+    size: Optional[int]
+    skip: Optional[str] = None
+    ref: object = None  # what the reader needs: a git object id, an absolute path, an archive member
+
+
+@dataclass
+class Repository:
+    """A repository: its name (``owner/repo`` or ``repo``), where it came from, its commit and its files."""
+
+    name: str
+    source: str
+    kind: Literal["git", "folder", "archive"]
+    entries: list[FileEntry]
+    commit: Optional[str] = None
+    commit_time: Optional[int] = None
+    reader: Callable[[list[FileEntry]], Iterator[Union[bytes, OSError]]] = field(default=None, repr=False)
+
+    def read(self, entries: list[FileEntry]) -> Iterator[Union[bytes, OSError]]:
+        """The bytes of each entry in order, or the ``OSError`` that reading it raised."""
+        return self.reader(entries)
+
+
+# --------------------------------------------------------------------------- git
+def _git(path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["git", "-C", str(path), *args], capture_output=True)
+    if check and proc.returncode != 0:
+        raise SourceError(f"git {' '.join(args)} failed in {path}: {proc.stderr.decode(errors='replace').strip()}")
+    return proc
+
+
+def repo_name_from_url(url: str) -> Optional[str]:
+    """``owner/repo`` of a remote URL (https, ssh, scp-like ``git@host:owner/repo.git`` or a path), or None."""
+    url = url.strip().rstrip("/")
+    url = re.sub(r"\.git$", "", url)
+    parts = [p for p in re.split(r"[/:]", url) if p]
+    if len(parts) < 2:
+        return None
+    return f"{parts[-2]}/{parts[-1]}"
+
+
+def is_git_repository(path: Path) -> bool:
+    """A work tree's root: ``.git`` is a repository folder (it has ``HEAD``) or a file (worktrees, submodules)."""
+    dot_git = Path(path) / ".git"
+    return dot_git.is_file() or (dot_git / "HEAD").is_file()
+
+
+def git_repository(path: Path, max_file_size: int, name: Optional[str] = None) -> Repository:
+    """The ``HEAD`` commit of the git repository at ``path``."""
+    path = Path(path)
+    if name is None:
+        origin = _git(path, "config", "--get", "remote.origin.url", check=False).stdout.decode().strip()
+        name = (repo_name_from_url(origin) if origin else None) or path.resolve().name
+    head = _git(path, "rev-parse", "--verify", "-q", "HEAD^{commit}", check=False)
+    if head.returncode != 0:  # no commits yet
+        return Repository(name, str(path), "git", [], reader=lambda entries: iter(()))
+    commit = head.stdout.decode().strip()
+    commit_time = int(_git(path, "show", "-s", "--format=%ct", commit).stdout.decode().strip())
+    listing = _git(path, "ls-tree", "-r", "-l", "-z", "--full-tree", commit).stdout
+    entries = []
+    for item in listing.split(b"\0"):
+        if not item:
+            continue
+        meta, name_bytes = item.split(b"\t", 1)
+        mode, kind, oid, size = meta.decode().split()
+        file_path = name_bytes.decode("utf-8", errors="surrogateescape")
+        if kind == "commit":
+            entries.append(FileEntry(file_path, None, "submodule"))
+        elif mode == "120000":
+            entries.append(FileEntry(file_path, int(size), "symlink"))
+        elif int(size) > max_file_size:
+            entries.append(FileEntry(file_path, int(size), "too_large"))
+        else:
+            entries.append(FileEntry(file_path, int(size), None, oid))
+    entries.sort(key=lambda e: e.path)
+    return Repository(name, str(path), "git", entries, commit, commit_time, reader=lambda es: _cat_files(path, es))
+
+
+def _cat_files(path: Path, entries: list[FileEntry]) -> Iterator[Union[bytes, OSError]]:
+    """Blob contents through one ``git cat-file --batch``: a request, then its whole answer, one at a time."""
+    if not entries:
+        return
+    proc = subprocess.Popen(["git", "-C", str(path), "cat-file", "--batch"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        for entry in entries:
+            proc.stdin.write(f"{entry.ref}\n".encode())
+            proc.stdin.flush()
+            header = proc.stdout.readline().split()
+            if len(header) != 3:
+                yield OSError(f"git cat-file: {b' '.join(header).decode(errors='replace')}")
+                continue
+            data = proc.stdout.read(int(header[2]))
+            proc.stdout.read(1)  # the newline after the contents
+            yield data
+    finally:
+        proc.stdin.close()
+        proc.stdout.close()
+        proc.wait()
+
+
+# --------------------------------------------------------------------------- folders
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def excluded(path: str, patterns: Sequence[str]) -> bool:
+    """Whether ``path`` or a folder above it matches one of the shell-style ``patterns``."""
+    if not patterns:
+        return False
+    parts = path.split("/")
+    return any(fnmatch.fnmatchcase("/".join(parts[: i + 1]), p) for i in range(len(parts)) for p in patterns)
+
+
+def walk_folder(root: Path, max_file_size: int, exclude: Sequence[str] = ()) -> list[FileEntry]:
+    """Every file under ``root`` (sorted by path), following symlinks only while they stay inside ``root``."""
+    root_real = os.path.realpath(root)
+    entries: list[FileEntry] = []
+
+    def visit(folder: str, rel: str, chain: tuple[str, ...]) -> None:
+        try:
+            items = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as err:
+            entries.append(FileEntry(rel or ".", None, f"unreadable_folder:{type(err).__name__}"))
+            return
+        for item in items:
+            rel_path = f"{rel}/{item.name}" if rel else item.name
+            if exclude and excluded(rel_path, exclude):
+                continue
+            if item.is_symlink():
+                try:
+                    target = os.path.realpath(item.path, strict=True)
+                except (OSError, RuntimeError) as err:  # ELOOP for a cycle of links, ENOENT when dangling
+                    loop = isinstance(err, RuntimeError) or getattr(err, "errno", None) == 40
+                    entries.append(FileEntry(rel_path, None, "symlink_loop" if loop else "symlink_dangling"))
+                    continue
+                if not _inside(target, root_real):
+                    entries.append(FileEntry(rel_path, None, "symlink_outside_root"))
+                    continue
+                if os.path.isdir(target):
+                    if target in chain:  # a link to a folder it is inside of
+                        entries.append(FileEntry(rel_path, None, "symlink_loop"))
+                    else:
+                        visit(target, rel_path, chain + (target,))
+                    continue
+                add_file(target, rel_path)
+            elif item.is_dir(follow_symlinks=False):
+                if item.name not in SKIP_DIRS:
+                    real = os.path.realpath(item.path)
+                    visit(item.path, rel_path, chain + (real,))
+            else:
+                add_file(item.path, rel_path)
+
+    def add_file(path: str, rel_path: str) -> None:
+        try:
+            st = os.stat(path)
+        except OSError as err:
+            entries.append(FileEntry(rel_path, None, f"unreadable:{type(err).__name__}"))
+            return
+        if not stat.S_ISREG(st.st_mode):
+            entries.append(FileEntry(rel_path, None, "not_regular_file"))
+        elif st.st_size > max_file_size:
+            entries.append(FileEntry(rel_path, st.st_size, "too_large"))
+        else:
+            entries.append(FileEntry(rel_path, st.st_size, None, path))
+
+    visit(root_real, "", (root_real,))
+    entries.sort(key=lambda e: e.path)
+    return entries
+
+
+def _read_paths(entries: list[FileEntry], max_file_size: int) -> Iterator[Union[bytes, OSError]]:
+    for entry in entries:
+        try:
+            with open(entry.ref, "rb") as f:
+                data = f.read(max_file_size + 1)
+        except OSError as err:
+            yield err
+            continue
+        yield data if len(data) <= max_file_size else OSError("grew past the size limit while read")
+
+
+def folder_repository(path: Path, name: str, max_file_size: int, exclude: Sequence[str] = ()) -> Repository:
+    entries = walk_folder(path, max_file_size, exclude)
+    return Repository(name, str(path), "folder", entries, reader=lambda es: _read_paths(es, max_file_size))
+
+
+# --------------------------------------------------------------------------- archives
+def is_archive(path: Path) -> bool:
+    return Path(path).is_file() and str(path).lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def archive_stem(path: Path) -> str:
+    name = Path(path).name
+    for suffix in sorted(ARCHIVE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _safe_member_name(name: str) -> Optional[str]:
+    """The member's normalised POSIX path, or None when it is absolute or climbs with ``..``."""
+    name = name.replace("\\", "/")
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return None
+    parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
+    if not parts or ".." in parts:
+        return None
+    return "/".join(parts)
+
+
+def _archive_members(path: Path, max_file_size: int) -> list[FileEntry]:
+    """Every member of the archive as an entry whose ``ref`` is the member (tar) or its name (zip)."""
+    entries = []
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if info.is_dir():
+                    continue
+                name = _safe_member_name(info.filename)
+                mode = info.external_attr >> 16
+                if name is None:
+                    entries.append(FileEntry(info.filename, None, "unsafe_path"))
+                elif stat.S_ISLNK(mode):
+                    entries.append(FileEntry(name, None, "symlink"))
+                elif info.file_size > max_file_size:
+                    entries.append(FileEntry(name, info.file_size, "too_large"))
+                else:
+                    entries.append(FileEntry(name, info.file_size, None, info.filename))
+        return entries
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            for member in tf.getmembers():
+                if member.isdir():
+                    continue
+                name = _safe_member_name(member.name)
+                if name is None:
+                    entries.append(FileEntry(member.name, None, "unsafe_path"))
+                elif member.issym() or member.islnk():
+                    entries.append(FileEntry(name, None, "symlink"))
+                elif not member.isreg():
+                    entries.append(FileEntry(name, None, "not_regular_file"))
+                elif member.size > max_file_size:
+                    entries.append(FileEntry(name, member.size, "too_large"))
+                else:
+                    entries.append(FileEntry(name, member.size, None, member.name))
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise SourceError(f"cannot read the archive {path} ({err}): give a tar or zip archive") from err
+    return entries
+
+
+def _read_members(path: Path, entries: list[FileEntry], max_file_size: int) -> Iterator[Union[bytes, OSError]]:
+    if not entries:
+        return
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            for entry in entries:
+                try:
+                    with zf.open(entry.ref) as f:
+                        data = f.read(max_file_size + 1)
+                    yield data if len(data) <= max_file_size else OSError("larger than its header says")
+                except (OSError, zipfile.BadZipFile, RuntimeError) as err:
+                    yield OSError(str(err))
+        return
+    with tarfile.open(path, "r:*") as tf:
+        for entry in entries:
+            try:
+                f = tf.extractfile(entry.ref)
+                yield f.read(max_file_size + 1) if f is not None else OSError("not a regular member")
+            except (OSError, tarfile.TarError, EOFError) as err:
+                yield OSError(str(err))
+
+
+def archive_repositories(path: Path, layout: Layout, max_file_size: int) -> list[Repository]:
+    members = _archive_members(path, max_file_size)
+    groups: dict[str, list[FileEntry]] = {}
+    if layout == "repo":
+        tops = {e.path.split("/", 1)[0] for e in members}
+        strip = len(tops) == 1 and all("/" in e.path for e in members)
+        for e in members:
+            if strip:
+                e.path = e.path.split("/", 1)[1]
+        groups[archive_stem(path)] = members
+    else:
+        for e in members:
+            parts = e.path.split("/", 2)
+            if len(parts) < 3:
+                continue  # files beside the owner folders belong to no repository
+            e.path = parts[2]
+            groups.setdefault(f"{parts[0]}/{parts[1]}", []).append(e)
+    repos = []
+    for name, entries in sorted(groups.items()):
+        entries.sort(key=lambda e: e.path)
+        reader = lambda es, p=path: _read_members(p, es, max_file_size)  # noqa: E731
+        repos.append(Repository(name, str(path), "archive", entries, reader=reader))
+    return repos
+
+
+# --------------------------------------------------------------------------- all sources
+def open_source(source: Union[str, Path], layout: Layout, max_file_size: int, exclude: Sequence[str] = ()) -> list[Repository]:
+    """The repositories of one source (a git repository, a folder or an archive)."""
+    path = Path(source)
+    if is_archive(path):
+        return archive_repositories(path, layout, max_file_size)
+    if not path.is_dir():
+        raise SourceError(f"source {path} is not a folder, a git repository or a tar/zip archive: check the path")
+    if layout == "repo":
+        if is_git_repository(path):
+            return [git_repository(path, max_file_size)]
+        return [folder_repository(path, path.resolve().name, max_file_size, exclude)]
+    repos = []
+    for owner in sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink() and p.name not in SKIP_DIRS):
+        for repo in sorted(p for p in owner.iterdir() if p.is_dir() and not p.is_symlink()):
+            name = f"{owner.name}/{repo.name}"
+            if is_git_repository(repo):
+                repos.append(git_repository(repo, max_file_size, name))
+            else:
+                repos.append(folder_repository(repo, name, max_file_size, exclude))
+    return repos
+
+
+def open_sources(sources: list[Union[str, Path]], layout: Layout, max_file_size: int, exclude: Sequence[str] = ()) -> list[Repository]:
+    """The repositories of all sources, sorted by name; two sources giving the same name is an error."""
+    repos: dict[str, Repository] = {}
+    for source in sources:
+        for repo in open_source(source, layout, max_file_size, exclude):
+            repo.entries = [e for e in repo.entries if not excluded(e.path, exclude)]
+            if repo.name in repos:
+                raise SourceError(
+                    f"two sources give the repository name {repo.name!r} ({repos[repo.name].source} and {repo.source}):"
+                    " give each repository once, or use --layout owner/repo"
+                )
+            repos[repo.name] = repo
+    return [repos[name] for name in sorted(repos)]

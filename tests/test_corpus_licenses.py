@@ -1,0 +1,102 @@
+"""License detection (ScanCode) on license texts labelled by others, classification, propagation, policy, cache.
+
+The labelled set is built here from what is on the machine: Debian's ``/usr/share/common-licenses/*`` (labelled
+by their Debian short names, mapped to SPDX below) and the single license file of every installed distribution
+whose METADATA has a PEP 639 ``License-Expression`` (labelled by that expression).
+"""
+
+import re
+from importlib.metadata import distributions
+from pathlib import Path
+
+import pytest
+from license_expression import get_spdx_licensing
+
+from corpus_fixture import MIT
+from litgpt_clone.corpus import licenses
+
+DEBIAN = Path("/usr/share/common-licenses")
+DEBIAN_SPDX = {  # Debian (DEP-5) short name -> SPDX id
+    "Apache-2.0": "Apache-2.0", "Artistic": "Artistic-1.0-Perl", "BSD": "BSD-3-Clause", "CC0-1.0": "CC0-1.0",
+    "GFDL-1.2": "GFDL-1.2", "GFDL-1.3": "GFDL-1.3", "GPL-1": "GPL-1.0", "GPL-2": "GPL-2.0", "GPL-3": "GPL-3.0",
+    "LGPL-2": "LGPL-2.0", "LGPL-2.1": "LGPL-2.1", "LGPL-3": "LGPL-3.0", "MPL-1.1": "MPL-1.1", "MPL-2.0": "MPL-2.0",
+}
+MAX_TEXT = 32_000  # leave out the few bundles of dozens of licenses (ScanCode takes seconds on each)
+
+
+def base(spdx_id: str) -> str:
+    """GPL-2.0-only / GPL-2.0-or-later / GPL-2.0+ -> GPL-2.0: a license text alone does not say which."""
+    return re.sub(r"(-only|-or-later|\+)$", "", spdx_id)
+
+
+def labelled_samples() -> list[tuple[str, set[str], str]]:
+    samples = []
+    for path in sorted(DEBIAN.glob("*")) if DEBIAN.is_dir() else []:
+        if path.is_file() and not path.is_symlink() and path.name in DEBIAN_SPDX:
+            samples.append((f"debian:{path.name}", {DEBIAN_SPDX[path.name]}, path.read_text(errors="replace")))
+    spdx = get_spdx_licensing()
+    for dist in distributions():
+        expression = dist.metadata.get("License-Expression")
+        files = [f for f in dist.files or [] if ".dist-info/" in str(f) and licenses.LICENSE_FILE.match(f.name)]
+        if not expression or len(files) != 1:
+            continue
+        text = Path(dist.locate_file(files[0])).read_text(errors="replace")
+        if len(text) <= MAX_TEXT:
+            labels = {base(k) for k in spdx.license_keys(spdx.parse(expression))}
+            samples.append((f"{dist.metadata['Name']}:{files[0].name}", labels, text))
+    return sorted(samples)
+
+
+def test_spdx_detection_accuracy_on_labelled_texts():
+    samples = labelled_samples()
+    assert len(samples) >= 40, f"only {len(samples)} labelled license texts on this machine"
+    found = {name: {base(i) for i in licenses.detect(text)} for name, _, text in samples}
+    recall = [name for name, labels, _ in samples if labels <= found[name]]
+    exact = [name for name, labels, _ in samples if labels == found[name]]
+    misses = [(name, sorted(labels), sorted(found[name])) for name, labels, _ in samples if not labels <= found[name]]
+    # correct: every labelled license is detected; exact: and nothing else (bundled third-party licenses count)
+    assert len(recall) / len(samples) >= 0.95, misses
+    assert len(exact) / len(samples) >= 0.90
+    if DEBIAN.is_dir():
+        assert all(labels == found[name] for name, labels, _ in samples if name.startswith("debian:"))
+
+
+@pytest.mark.parametrize("ids, expected", [
+    (["MIT"], "permissive"), (["Apache-2.0", "BSD-3-Clause"], "permissive"), (["ISC"], "permissive"),
+    (["Unlicense"], "permissive"), (["CC0-1.0"], "permissive"), (["MIT", "GPL-3.0-only"], "non_permissive"),
+    (["LGPL-2.1-only"], "non_permissive"), (["MPL-2.0"], "non_permissive"), (["AGPL-3.0-only"], "non_permissive"),
+    (["LicenseRef-scancode-proprietary-license"], "non_permissive"),
+    (["LicenseRef-scancode-unknown-license-reference"], "non_permissive"), ([], "no_license"),
+])
+def test_license_type_from_scancode_categories(ids, expected):
+    assert licenses.license_type(ids) == expected
+
+
+def test_policy():
+    table = {policy: [kind for kind in ("permissive", "no_license", "non_permissive") if licenses.allowed(kind, policy)]
+             for policy in ("permissive", "strict", "all")}
+    assert table == {"permissive": ["permissive", "no_license"], "strict": ["permissive"],
+                     "all": ["permissive", "no_license", "non_permissive"]}
+
+
+def test_propagation_readme_headers_and_cache(tmp_path):
+    texts = {
+        "LICENSE": MIT,
+        "vendor/gplstuff/COPYING": "This program is free software; you can redistribute it and/or modify it under the terms of"
+        " the GNU General Public License as published by the Free Software Foundation; either version 2 of the License,"
+        " or (at your option) any later version.",
+        "docs/README.md": "# Docs\n\nLicensed under the Apache License, Version 2.0.\n",
+        "tools/README": "# Tools\n" + "line\n" * 150 + "Licensed under the Apache License, Version 2.0.\n",  # below the header
+        "src/main.py": "print('not a license file')\n",
+    }
+    cache = licenses.DetectionCache(tmp_path / "cache.json")
+    found = licenses.RepositoryLicenses.detect(texts, cache)
+    assert found.by_folder == {"": ["MIT"], "docs": ["Apache-2.0"], "vendor/gplstuff": ["GPL-2.0-or-later"]}
+    assert found.for_path("src/main.py") == ["MIT"]
+    assert found.for_path("vendor/gplstuff/x/y.c") == ["GPL-2.0-or-later", "MIT"]
+    assert licenses.license_type(found.for_path("vendor/gplstuff/a.c"), found.categories) == "non_permissive"
+    assert licenses.license_type(found.for_path("docs/a.md"), found.categories) == "permissive"
+    assert "src/main.py" not in found.files and found.files["tools/README"] == []
+    cache.save()
+    again = licenses.DetectionCache(tmp_path / "cache.json")
+    assert again.entries == cache.entries and again.categories["GPL-2.0-or-later"] == "Copyleft"

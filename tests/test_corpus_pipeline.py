@@ -1,0 +1,282 @@
+"""``prepare code`` end to end on a mixed fixture (tests/corpus_fixture.py): counts per stage, metadata against git,
+licenses, drop reasons, redaction, shards that decode back to the kept texts, determinism, resume after SIGKILL,
+CHANGELOG between versions, opt-out exactness, the CLI."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import corpus_fixture as cf
+from litgpt_clone.corpus.optout import OptOut
+from litgpt_clone.corpus.pipeline import CorpusConfig, run
+from litgpt_clone.data.shards import TokenShards, sha256_file
+from litgpt_clone.tokenizer import Tokenizer
+
+EXPECTED_STAGES = {  # stage: (files in, files out, drops by reason)
+    "read": (32, 24, {"not_regular_file": 1, "symlink": 1, "symlink_loop": 3, "symlink_outside_root": 1, "too_large": 1, "unsafe_path": 1}),
+    "decode": (24, 21, {"binary": 1, "empty": 1, "undecodable": 1}),
+    "language": (21, 18, {"generated": 1, "vendor": 2}),
+    "license": (18, 16, {"non_permissive": 2}),
+    "optout": (16, 14, {"owner": 1, "repo": 1}),
+    "filters": (14, 13, {"long_line": 1}),
+    "decontaminate": (13, 12, {"benchmark": 1}),
+    "pii": (12, 12, {}),
+    "exact_dedup": (12, 11, {"exact_duplicate": 1}),
+    "near_dedup": (11, 10, {"near_duplicate": 1}),
+}
+KEPT = {
+    ("acme/secret-sauce", "main.py"), ("acme/widgets", "LICENSE"), ("acme/widgets", "src/app.py"),
+    ("acme/widgets", "src/cafe.py"), ("acme/widgets", "src/util.py"), ("bundle", "hello.sh"), ("loose", "lib.rs"),
+    ("loose", "main.go"), ("notevilcorp/y", "main.py"), ("pack", "pack.rb"),
+}
+DROPS = {  # (repo, path): (stage, reason)
+    ("acme/widgets", "big.py"): ("read", "too_large"),
+    ("acme/widgets", "logo.png"): ("decode", "binary"),
+    ("acme/widgets", "blob.dat"): ("decode", "undecodable"),
+    ("acme/widgets", "src/__init__.py"): ("decode", "empty"),
+    ("acme/widgets", "node_modules/left/index.js"): ("language", "vendor"),
+    ("acme/widgets", "dist/app.min.js"): ("language", "vendor"),
+    ("acme/widgets", "proto/items_pb2.py"): ("language", "generated"),
+    ("gplproj", "COPYING"): ("license", "non_permissive"),
+    ("gplproj", "hello.c"): ("license", "non_permissive"),
+    ("acme/secret", "main.py"): ("optout", "repo"),
+    ("evilcorp/tool", "main.py"): ("optout", "owner"),
+    ("acme/widgets", "src/wide.py"): ("filters", "long_line"),
+    ("acme/widgets", "src/bench.py"): ("decontaminate", "benchmark"),
+    ("loose", "util_copy.py"): ("exact_dedup", "exact_duplicate"),
+    ("loose", "app_near.py"): ("near_dedup", "near_duplicate"),
+    ("loose", "escape.py"): ("read", "symlink_outside_root"),
+    ("loose", "sub/up"): ("read", "symlink_loop"),
+    ("loose", "ping"): ("read", "symlink_loop"),
+    ("loose", "pong"): ("read", "symlink_loop"),
+    ("loose", "pipe"): ("read", "not_regular_file"),
+    ("bundle", "link.sh"): ("read", "symlink"),
+    ("pack", "../evil.py"): ("read", "unsafe_path"),
+}
+OUTPUTS = ("manifest.json", "files.jsonl", "text.jsonl", "CHANGELOG.md")
+
+
+@pytest.fixture(scope="module")
+def fixture(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    paths = cf.build(root / "src")
+    tokenizer = cf.train_tokenizer(root / "tokenizer", [cf.APP, cf.UTIL, cf.GO, cf.RUST, cf.C, cf.SHELL, cf.RUBY, cf.MIT] * 4)
+    return root, paths, tokenizer
+
+
+def config_for(paths, tokenizer, **overrides) -> CorpusConfig:
+    kwargs = dict(sources=cf.sources(paths), tokenizer_dir=str(tokenizer), optout=str(paths["optout"]),
+                  decontaminate=[str(paths["bench"])], max_file_size=cf.MAX_FILE_SIZE, val_fraction=0.3, shard_tokens=300)
+    kwargs.update(overrides)
+    return CorpusConfig(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def built(fixture):
+    root, paths, tokenizer = fixture
+    result = run(config_for(paths, tokenizer), root / "out_a", log=lambda _: None)
+    records = [json.loads(line) for line in (result.version_dir / "files.jsonl").read_text().splitlines()]
+    return result, {(r["repo"], r["path"]): r for r in records}
+
+
+def test_counts_per_stage_and_drop_reasons(built):
+    result, records = built
+    stages = {s["stage"]: (s["files_in"], s["files_out"], s["dropped"]) for s in result.manifest["stages"]}
+    assert stages == EXPECTED_STAGES
+    assert {k for k, r in records.items() if r["drop_stage"] is None} == KEPT
+    for key, (stage, reason) in DROPS.items():
+        assert (records[key]["drop_stage"], records[key]["drop_reason"]) == (stage, reason), key
+    assert records[("loose", "util_copy.py")]["duplicate_of"] == "acme/widgets/src/util.py"  # permissive copy kept
+    assert records[("loose", "app_near.py")]["duplicate_of"] == "acme/widgets/src/app.py"
+    assert result.manifest["empty_repositories"] == ["empty"]
+    assert records[("acme/widgets", "src/bench.py")]["benchmark_match"].startswith("def has_close_elements")
+
+
+def test_metadata_matches_git_and_sha1(built, fixture):
+    _, paths, _ = fixture
+    _, records = built
+    head = cf.git(paths["acme"], "rev-parse", "HEAD").strip()
+    for (repo, path), r in records.items():
+        if repo == "acme/widgets" and r["blob_id"] is not None:
+            data = (paths["acme"] / path).read_bytes()
+            assert r["blob_id"] == hashlib.sha1(data).hexdigest()
+            assert r["content_id"] == cf.git(paths["acme"], "hash-object", path).strip()
+            assert (r["commit"], r["size"], r["source_kind"]) == (head, len(data), "git")
+    loose = records[("loose", "main.go")]
+    assert loose["content_id"] == cf.git(paths["loose"].parent, "hash-object", str(paths["loose"] / "main.go")).strip()
+    assert loose["commit"] is None and loose["source_kind"] == "folder"
+    assert records[("acme/widgets", "src/app.py")]["language"] == "Python"
+    assert (records[("loose", "lib.rs")]["language"], records[("loose", "main.go")]["language"]) == ("Rust", "Go")
+    assert (records[("pack", "pack.rb")]["language"], records[("bundle", "hello.sh")]["language"]) == ("Ruby", "Shell")
+    assert records[("acme/widgets", "src/cafe.py")]["encoding"] not in ("utf-8", None)
+    assert records[("acme/widgets", "node_modules/left/index.js")]["is_vendor"] is True
+    assert records[("acme/widgets", "proto/items_pb2.py")]["is_generated"] is True
+
+
+def test_licenses_propagate_and_classify(built):
+    _, records = built
+    for (repo, path), r in records.items():
+        if r["license_type"] is None:
+            continue
+        if repo == "acme/widgets":
+            assert (r["detected_licenses"], r["license_type"]) == (["MIT"], "permissive"), path
+        elif repo == "gplproj":
+            assert (r["detected_licenses"], r["license_type"]) == (["GPL-3.0-only"], "non_permissive"), path
+        else:
+            assert (r["detected_licenses"], r["license_type"]) == ([], "no_license"), (repo, path)
+
+
+def test_redaction_and_shards_decode_to_kept_texts(built, fixture):
+    result, records = built
+    _, _, tokenizer_dir = fixture
+    texts = [json.loads(line) for line in (result.version_dir / "text.jsonl").read_text().splitlines()]
+    assert [(t["repo"], t["path"]) for t in texts] == sorted(k for k, r in records.items() if r["drop_stage"] is None)
+    app = next(t["text"] for t in texts if t["path"] == "src/app.py")
+    assert "<EMAIL>" in app and "jane.doe@example.com" not in app
+    assert app == cf.APP.replace("jane.doe@example.com", "<EMAIL>")
+    assert records[("acme/widgets", "src/app.py")]["pii"] == {"EMAIL": 1}
+    assert not any("jane.doe@example.com" in t["text"] for t in texts)
+
+    tokenizer = Tokenizer(tokenizer_dir)
+    manifest = result.manifest
+    assert {s["split"] for s in manifest["shards"]} == {"train", "val"} and len(manifest["shards"]) > 2
+    for shard in manifest["shards"]:
+        assert sha256_file(result.version_dir / shard["file"]) == shard["sha256"]
+    for split in ("train", "val"):
+        stream = TokenShards(result.version_dir, split)  # what `pretrain --data shards` reads
+        ids = stream.read(0, len(stream))
+        ends = np.flatnonzero(ids == tokenizer.eos_id)
+        docs = np.split(ids, ends + 1)[:-1]
+        expected = [t["text"] for t in texts if t["split"] == split]
+        assert [tokenizer.decode(d[:-1].tolist()) for d in docs] == expected
+        assert sum(records[(t["repo"], t["path"])]["tokens"] for t in texts if t["split"] == split) == len(stream)
+    assert manifest["totals"]["tokens"] == sum(s["tokens"] for s in manifest["shards"])
+
+
+def test_report_and_manifest(built):
+    result, _ = built
+    folder = result.version_dir
+    for chart in ("languages.png", "licenses.png", "bytes_per_stage.png", "duplicate_clusters.png"):
+        assert (folder / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (folder / "report.md").read_text()
+    assert "| near_dedup | 11 | 10 |" in report and "EMAIL: 1" in report
+    m = result.manifest
+    assert m["corpus_version"] == 1 and m["previous_version"] is None and len(m["config_hash"]) == 64
+    assert {"enry-python", "scancode", "tokenizers", "python"} <= set(m["tools"])
+    assert m["outputs"]["files.jsonl"] == sha256_file(folder / "files.jsonl")
+    assert not (folder / "stages").exists() and not list(folder.parent.glob("*.partial"))
+
+
+def test_same_inputs_give_identical_bytes(built, fixture):
+    root, paths, tokenizer = fixture
+    result, _ = built
+    again = run(config_for(paths, tokenizer), root / "out_b", workers=2, log=lambda _: None)  # and in 2 processes
+    files = list(OUTPUTS) + [s["file"] for s in result.manifest["shards"]]
+    for name in files:
+        assert (again.version_dir / name).read_bytes() == (result.version_dir / name).read_bytes(), name
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(built, fixture):
+    root, paths, tokenizer = fixture
+    result, _ = built
+    out = root / "out_killed"
+    (out / "cache").mkdir(parents=True)  # detections cached: the subprocess need not load ScanCode's index
+    shutil.copy(root / "out_a" / "cache" / "license_detections.json", out / "cache")
+    config = root / "killed.yaml"
+    config.write_text(json.dumps(dict(
+        sources=cf.sources(paths), out_dir=str(out), tokenizer_dir=str(tokenizer), optout=str(paths["optout"]),
+        decontaminate=[str(paths["bench"])], max_file_size=cf.MAX_FILE_SIZE, val_fraction=0.3, shard_tokens=300)))
+    cmd = [sys.executable, "-m", "litgpt_clone", "prepare", "code", "--config", str(config)]
+    stderr = open(root / "killed.stderr", "w+")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr)
+    read_dir = out / "v1.partial" / "stages" / "read"
+    deadline = time.time() + 60
+    while not list(read_dir.glob("*.jsonl")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    assert proc.poll() is None, f"the run ended before it was killed: {(root / 'killed.stderr').read_text()[-2000:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (out / "v1.partial").is_dir() and not (out / "v1").exists(), "the run finished before it was killed"
+    done = {p.name for p in read_dir.glob("*.jsonl")}
+    assert 0 < len(done) < 9  # killed between the first and the last repository
+    finished = subprocess.run(cmd, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    assert "resuming" in finished.stdout and "--data shards --data.path" in finished.stdout
+    assert not (out / "v1.partial").exists() and not (out / "v2").exists()
+    for name in list(OUTPUTS) + [s["file"] for s in result.manifest["shards"]]:
+        assert (out / "v1" / name).read_bytes() == (result.version_dir / name).read_bytes(), name
+
+
+def test_changelog_and_optout_between_versions(tmp_path, fixture):
+    _, paths, tokenizer = fixture
+    src = tmp_path / "proj"
+    src.mkdir()
+    for name, text in {"a.py": "print('a')\n", "b.py": "print('b')\n", "c.go": cf.GO}.items():
+        (src / name).write_text(text)
+    sources = [str(src), str(paths["notevilcorp-y"]), str(paths["acme-secret-sauce"])]
+    config = CorpusConfig(sources=sources)  # no tokenizer: no shards, said in the manifest
+    first = run(config, tmp_path / "out", log=lambda _: None)
+    assert first.manifest["shards"] == [] and first.manifest["format"] == "litgpt_clone.code_corpus"
+    assert "First version: 5 files kept" in (first.version_dir / "CHANGELOG.md").read_text()
+    (src / "b.py").unlink()
+    (src / "d.py").write_text("print('d')\n")
+    (src / "a.py").write_text("print('a, changed')\n")
+    optout = tmp_path / "optout.jsonl"
+    optout.write_text(json.dumps({"optout_owners": ["NotEvilCorp"], "optout_repos": []}) + "\n")
+    second = run(CorpusConfig(sources=sources, optout=str(optout)), tmp_path / "out", log=lambda _: None)
+    assert second.version_dir.name == "v2" and second.manifest["previous_version"] == 1
+    log = (second.version_dir / "CHANGELOG.md").read_text()
+    assert "Against v1: 4 files kept (v1: 5); 1 added, 2 removed, 1 changed." in log
+    assert "## Added\n\n- proj/d.py\n" in log
+    assert "- notevilcorp/y/main.py (dropped at optout: owner)" in log and "- proj/b.py (no longer in the sources)" in log
+    assert "## Changed\n\n- proj/a.py\n" in log and "## Opted out\n\n- notevilcorp/y (1 file)\n" in log
+
+
+def test_optout_removes_exactly_the_listed_names(built, tmp_path):
+    _, records = built
+    opted = {repo for (repo, _), r in records.items() if r["drop_stage"] == "optout"}
+    assert opted == {"acme/secret", "evilcorp/tool"}  # acme/secret-sauce and notevilcorp/y stay
+    registry = tmp_path / "o.jsonl"
+    registry.write_text('{"optout_owners": ["Octo"], "optout_repos": ["acme/Secret"]}\n\n{"optout_repos": ["solo"]}\n')
+    optout = OptOut.from_file(registry)
+    verdicts = {name: optout.reason(name) for name in
+                ["octo/x", "OCTO/y", "octo2/x", "xocto/x", "acme/secret", "acme/secret-sauce", "acme/secre", "acme/x", "solo", "octo"]}
+    assert verdicts == {"octo/x": "owner", "OCTO/y": "owner", "octo2/x": None, "xocto/x": None, "acme/secret": "repo",
+                        "acme/secret-sauce": None, "acme/secre": None, "acme/x": None, "solo": "repo", "octo": None}
+
+
+def test_cli_help_and_one_line_errors(tmp_path, capsys):
+    from litgpt_clone.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_help:
+        main(["prepare", "code", "--help"])
+    help_text = capsys.readouterr().out
+    assert exit_help.value.code == 0
+    assert "--filters.max_line_length" in help_text and "--license_policy" in help_text and "opt-out registry" in help_text
+    with pytest.raises(SystemExit) as exit_bad:
+        main(["prepare", "code", str(tmp_path / "nope"), "--out_dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert exit_bad.value.code == 2 and err.startswith("error: source") and len(err.splitlines()) == 1
+
+
+def test_one_build_at_a_time(tmp_path):
+    from litgpt_clone.corpus.pipeline import CorpusError
+
+    (tmp_path / "out").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); fcntl.lockf(f, fcntl.LOCK_EX);"
+                               " print('locked', flush=True); time.sleep(60)", str(tmp_path / "out" / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(CorpusError, match="another prepare code is writing"):
+            run(CorpusConfig(sources=[str(tmp_path)]), tmp_path / "out", log=lambda _: None)
+    finally:
+        holder.kill()
+        holder.wait()
