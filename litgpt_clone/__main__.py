@@ -10,12 +10,14 @@ import json
 import os
 import sys
 
+from litgpt_clone.commands.chat import chat
 from litgpt_clone.commands.convert import convert_from_hf, convert_to_hf
 from litgpt_clone.commands.download import download
 from litgpt_clone.commands.finetune import finetune_full, finetune_lora, merge_lora
+from litgpt_clone.commands.generate import generate
 from litgpt_clone.commands.models import models
-from litgpt_clone.commands.prepare import prepare_code
 from litgpt_clone.commands.pretrain import pretrain
+from litgpt_clone.commands.prepare import prepare_code
 
 COMMANDS = {
     "download": download,
@@ -24,9 +26,10 @@ COMMANDS = {
     "pretrain": pretrain,
     "finetune": {"_help": "Finetune a checkpoint: lora (the default; QLoRA with --quantize) or full.", "lora": finetune_lora, "full": finetune_full},
     "merge_lora": merge_lora,
+    "generate": generate,
+    "chat": chat,
     "prepare": {"_help": "Build datasets: `prepare code` makes a versioned code corpus with token shards.", "code": prepare_code},
 }
-
 
 OPTIONAL_POSITIONALS = {"pretrain": "--model_name"}
 FINETUNE_METHODS = ("lora", "full")
@@ -66,16 +69,18 @@ def rewrite(argv: list[str]) -> list[str]:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message already says what to do."""
+    from litgpt_clone.chat_template import ChatTemplateError
     from litgpt_clone.checkpoints.download import DownloadError
     from litgpt_clone.checkpoints.io import CheckpointError
-    from litgpt_clone.commands.prepare import CorpusError
     from litgpt_clone.config import ConfigError
+    from litgpt_clone.data.pretrain import DataError
+    from litgpt_clone.generate import GenerationError
+    from litgpt_clone.training.fit import TrainingError
+    from litgpt_clone.commands.prepare import CorpusError
     from litgpt_clone.corpus.optout import OptOutError
     from litgpt_clone.corpus.sources import SourceError
-    from litgpt_clone.data.pretrain import DataError
-    from litgpt_clone.training.fit import TrainingError
 
-    return (ConfigError, CheckpointError, DownloadError, FileNotFoundError, DataError, TrainingError, CorpusError, OptOutError, SourceError)
+    return (ConfigError, CheckpointError, DownloadError, FileNotFoundError, DataError, TrainingError, GenerationError, ChatTemplateError, CorpusError, OptOutError, SourceError)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -190,6 +190,8 @@ class CausalSelfAttention(nn.Module):
         scores = torch.tanh(scores / c.attention_logit_softcapping) * c.attention_logit_softcapping
         if mask is None:
             mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        elif mask.dim() == 4:  # per-row mask (B, 1, T, S) -> (B, 1, 1, T, S) to broadcast over (G, q_per_kv)
+            mask = mask.unsqueeze(2)
         scores = scores.masked_fill(~mask, float("-inf"))
         probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         return (probs @ v.unsqueeze(2)).view(B, H, T, hs)  # (B, n_head, T, hs)
@@ -377,20 +379,35 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             block.attn.kv_cache = None
 
-    def build_mask(self, q_pos: torch.Tensor, k_len: int, window: Optional[int]) -> torch.Tensor:
-        """Boolean (T, k_len) mask: key j is visible to the query at position p if j <= p (and p - j < window)."""
+    def build_mask(self, q_pos: torch.Tensor, k_len: int, window: Optional[int], key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Boolean (T, k_len) mask: key j is visible to the query at position p if j <= p (and p - j < window).
+
+        With ``key_mask`` (B, k_len) the mask is per row, (B, 1, T, k_len): keys where ``key_mask`` is False
+        (padding) are hidden, except from their own query, so that no row is all -inf (SDPA would give NaN).
+        """
         k_pos = torch.arange(k_len, device=q_pos.device)
         visible = k_pos[None, :] <= q_pos[:, None]
         if window is not None:
             visible &= q_pos[:, None] - k_pos[None, :] < window
+        if key_mask is not None:
+            itself = k_pos[None, :] == q_pos[:, None]  # (T, k_len)
+            visible = (visible & (key_mask[:, None, :] | itself)).unsqueeze(1)  # (B, 1, T, k_len)
         return visible
 
     # ---- forward
-    def forward(self, idx: torch.Tensor, input_pos: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, idx: torch.Tensor, input_pos: Optional[torch.Tensor] = None, rope_pos: Optional[torch.Tensor] = None,
+        key_mask: Optional[torch.Tensor] = None, last_only: bool = False,
+    ) -> torch.Tensor:
         """idx (B, T) token ids -> logits (B, T, vocab_size).
 
         Without ``input_pos`` the whole sequence is processed from position 0. With ``input_pos`` (T,) the
-        tokens are written into the KV cache at those positions and attend to everything cached before them.
+        tokens are written into the KV cache at those slots and attend to everything cached before them.
+
+        Left-padded batches (rows of different lengths) add two tensors: ``rope_pos`` (B, T), each row's own RoPE
+        positions (slot minus the row's padding), and ``key_mask`` (B, k_len), True where a cache slot (or, without
+        a cache, a position) holds a real token. ``last_only`` computes the logits of the last position only
+        (B, 1, vocab_size), which is all generation needs.
         """
         c = self.config
         B, T = idx.shape
@@ -402,13 +419,18 @@ class GPT(nn.Module):
         else:
             pos = input_pos
             k_len = self.transformer.h[0].attn.kv_cache.k.size(2)
+        rpos = pos if rope_pos is None else rope_pos  # (T,) or (B, T)
         cos, sin = self.cos, self.sin
-        if self.longrope_after is not None and (T if input_pos is None else int(input_pos.max()) + 1) > self.longrope_after:
+        if self.longrope_after is not None and int(rpos.max()) + 1 > self.longrope_after:
             cos, sin = self.cos_long, self.sin_long
-        cos, sin = cos[pos], sin[pos]  # (T, rope_n_elem)
-        cos_l, sin_l = self.cos_local[pos], self.sin_local[pos]
-        full_mask = None if input_pos is None else self.build_mask(pos, k_len, None)
-        slide_mask = self.build_mask(pos, k_len, c.sliding_window) if c.sliding_window is not None else full_mask
+        cos, sin = cos[rpos], sin[rpos]  # (T, rope_n_elem) or (B, T, rope_n_elem)
+        # sliding layers rotate with their own table (rope_local_base, never longrope's long factors)
+        cos_l, sin_l = (self.cos_local[rpos], self.sin_local[rpos]) if c.sliding_window is not None else (cos, sin)
+        if rope_pos is not None:  # (B, 1, T, rope_n_elem): one table per row, broadcast over the heads
+            cos, sin, cos_l, sin_l = (t.unsqueeze(1) for t in (cos, sin, cos_l, sin_l))
+        needs_mask = input_pos is not None or key_mask is not None  # else SDPA's is_causal does it
+        full_mask = self.build_mask(pos, k_len, None, key_mask) if needs_mask else None
+        slide_mask = self.build_mask(pos, k_len, c.sliding_window, key_mask) if c.sliding_window is not None else full_mask
 
         x = self.transformer.wte(idx)  # (B, T, n_embd)
         if c.scale_embeddings:
@@ -418,6 +440,8 @@ class GPT(nn.Module):
                 x = block(x, cos_l, sin_l, slide_mask, input_pos)
             else:
                 x = block(x, cos, sin, full_mask, input_pos)
+        if last_only:
+            x = x[:, -1:]  # (B, 1, n_embd)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
         if c.final_logit_softcapping is not None:
             logits = torch.tanh(logits / c.final_logit_softcapping) * c.final_logit_softcapping

@@ -1,0 +1,216 @@
+"""``LLM``: a checkpoint ready to generate text, for Python users and for the ``generate``/``chat`` commands.
+
+    from litgpt_clone import LLM
+
+    llm = LLM.load("checkpoints/Qwen/Qwen3-0.6B")         # a folder, a hub repo id or a registry name
+    llm.generate("The capital of France is", max_new_tokens=20)
+    for piece in llm.stream("Once upon a time"):
+        print(piece, end="", flush=True)
+    llm.chat([{"role": "user", "content": "Hi!"}])         # through the checkpoint's chat template
+    llm.benchmark(max_new_tokens=64)                        # time to first token, tokens/s, peak memory
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+import torch
+
+from litgpt_clone.generate import GenerationError, TextStream, stream
+from litgpt_clone.model import GPT
+from litgpt_clone.tokenizer import Tokenizer
+
+PRECISIONS = {"32-true": torch.float32, "bf16-true": torch.bfloat16, "16-true": torch.float16}
+"""The ``precision`` names (Lightning's) and the dtype the weights are loaded in."""
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise GenerationError(f"device {device!r} asked for but no CUDA GPU is visible: use --device cpu")
+    return torch.device(device)
+
+
+def resolve_precision(precision: Optional[str], device: torch.device) -> torch.dtype:
+    """The weights' dtype: ``precision`` if given, else bf16 on a GPU that has it, else fp32."""
+    if precision is None:
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    if precision not in PRECISIONS:
+        raise GenerationError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+def find_checkpoint(model: Union[str, Path]) -> Path:
+    """A native checkpoint folder for a folder, a hub repo id or a registry name (downloaded on first use)."""
+    from litgpt_clone.checkpoints.io import REPO_ID, resolve_checkpoint
+
+    path = Path(model)
+    if path.exists() or REPO_ID.match(str(model)):
+        return resolve_checkpoint(model)
+    from litgpt_clone.config import find_config
+
+    hf = find_config(str(model)).get("hf_config") or {}
+    if not hf:
+        raise GenerationError(f"{model!r} is a registry name without hub weights: pass a checkpoint folder")
+    return resolve_checkpoint(f"{hf['org']}/{hf['name']}")
+
+
+def load_model(checkpoint_dir: Path, device: torch.device, dtype: torch.dtype, quantize: Optional[str]) -> GPT:
+    if quantize is not None:
+        from litgpt_clone.quantize import QUANTIZE_MODES
+
+        if quantize not in QUANTIZE_MODES:
+            raise GenerationError(f"unknown quantize mode {quantize!r}: use one of {', '.join(QUANTIZE_MODES)}")
+    model = GPT.from_checkpoint(checkpoint_dir, device=device, dtype=dtype).eval()
+    if quantize is not None:
+        from litgpt_clone.quantize import quantize as quantize_model
+
+        quantize_model(model, quantize)
+    return model
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA: the most memory tensors held since the last reset; CPU: the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+class LLM:
+    """A model, its tokenizer and its chat template on one device. Build it with ``LLM.load``.
+
+    After every call, ``last_stats`` holds ``time_to_first_token_s``, ``new_tokens``, ``total_s``,
+    ``tokens_per_s`` (tokens after the first one, over the time after the first one: the decode rate) and
+    ``peak_memory_bytes`` (CUDA: peak allocated during the call; CPU: the process's peak RSS).
+    """
+
+    def __init__(self, model: GPT, tokenizer: Tokenizer, checkpoint_dir: Optional[Path] = None, compile: bool = False, draft_model: Optional[GPT] = None) -> None:
+        self.model, self.tokenizer, self.checkpoint_dir = model, tokenizer, checkpoint_dir
+        self.compile, self.draft_model = compile, draft_model
+        self.device = model.transformer.wte.weight.device
+        self.last_stats: dict = {}
+
+    @classmethod
+    def load(
+        cls, model: Union[str, Path], device: str = "auto", precision: Optional[str] = None, quantize: Optional[str] = None,
+        compile: bool = False, draft_model: Union[str, Path, None] = None,
+    ) -> "LLM":
+        """Load a checkpoint folder, hub repo id (downloaded and converted on first use) or registry name.
+
+        Args:
+            device: "auto" (a GPU if there is one), "cpu", "cuda", "cuda:1", ...
+            precision: "32-true", "bf16-true" or "16-true"; default bf16 on a GPU that supports it, else fp32.
+            quantize: bitsandbytes weight quantization: "bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8".
+            compile: ``torch.compile`` the decode step (CUDA graphs on GPU).
+            draft_model: a smaller checkpoint with the same tokenizer for speculative decoding (one prompt at a time).
+        """
+        dev = resolve_device(device)
+        dtype = resolve_precision(precision, dev)
+        checkpoint_dir = find_checkpoint(model)
+        tokenizer = Tokenizer(checkpoint_dir)
+        draft = None
+        if draft_model is not None:
+            draft = load_model(find_checkpoint(draft_model), dev, dtype, quantize)
+        return cls(load_model(checkpoint_dir, dev, dtype, quantize), tokenizer, checkpoint_dir, compile, draft)
+
+    # ------------------------------------------------------------------ prompts
+    def encode(self, prompt: str) -> torch.Tensor:
+        """The prompt's token ids (BOS as the checkpoint adds it); an empty prompt is an error."""
+        if not prompt:
+            raise GenerationError("the prompt is empty: give some text to continue")
+        return self.tokenizer.encode(prompt)
+
+    def encode_chat(self, messages: Sequence[dict], style: Optional[str] = None) -> torch.Tensor:
+        """``messages`` through the checkpoint's chat template (or a fallback ``style``), ending with the header of
+        the assistant's reply, as token ids."""
+        from litgpt_clone.chat_template import render_for_tokenizer
+
+        if not messages or not any(m.get("content") for m in messages):
+            raise GenerationError("the conversation is empty: give a message with some text")
+        return self.tokenizer.encode(render_for_tokenizer(self.tokenizer, list(messages), style=style), bos=False)
+
+    # ------------------------------------------------------------------ generation
+    def stream_ids(
+        self, prompts: Sequence[torch.Tensor], max_new_tokens: int = 50, temperature: float = 0.0, top_k: Optional[int] = None,
+        top_p: float = 1.0, min_p: float = 0.0, stop: Union[str, Sequence[str], None] = None, seed: Optional[int] = None,
+        speculative_k: int = 4,
+    ) -> Iterator[list[str]]:
+        """The core of every method: token-id prompts in, each row's new text piece per step out (stop ids and
+        stop strings end a row; the last item holds what was held back). Sets ``last_stats``."""
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        texts = [TextStream(self.tokenizer, stops) for _ in prompts]
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start, first, count = time.perf_counter(), None, 0
+        steps = stream(
+            self.model, prompts, max_new_tokens, temperature, top_k, top_p, min_p, stop_ids=self.tokenizer.stop_ids, seed=seed,
+            compile=self.compile, draft_model=self.draft_model, speculative_k=speculative_k,
+        )
+        for step in steps:
+            if first is None:
+                first = time.perf_counter()
+            count += sum(len(new) for new, text in zip(step, texts) if not text.stopped)
+            yield [text.add(new) for text, new in zip(texts, step)]
+            if all(not new or text.stopped for new, text in zip(step, texts)):
+                steps.close()
+                break
+        end = time.perf_counter()
+        yield [text.flush() for text in texts]
+        after_first = count - len(prompts)
+        self.last_stats = dict(
+            time_to_first_token_s=(first or end) - start, new_tokens=count, total_s=end - start,
+            tokens_per_s=after_first / (end - first) if first is not None and after_first > 0 and end > first else None,
+            peak_memory_bytes=peak_memory_bytes(self.device),
+        )
+
+    def stream(self, prompt: str, **kwargs) -> Iterator[str]:
+        """Yield the continuation of ``prompt`` piece by piece as it is generated (keyword arguments as in
+        ``generate``)."""
+        for pieces in self.stream_ids([self.encode(prompt)], **kwargs):
+            if pieces[0]:
+                yield pieces[0]
+
+    def generate(self, prompt: Union[str, Sequence[str]], max_new_tokens: int = 50, **kwargs) -> Union[str, list[str]]:
+        """The continuation of ``prompt`` (a string), or of each prompt of a list (generated as one batch).
+
+        Keyword arguments: ``temperature`` (0: greedy, the default), ``top_k``, ``top_p``, ``min_p``, ``stop`` (a
+        string or a list: the text ends just before the first one), ``seed`` (same seed, same text).
+        The prompt is used as it is; ``chat`` applies the chat template.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        outputs = ["" for _ in prompts]
+        for pieces in self.stream_ids([self.encode(p) for p in prompts], max_new_tokens, **kwargs):
+            outputs = [o + p for o, p in zip(outputs, pieces)]
+        return outputs[0] if isinstance(prompt, str) else outputs
+
+    def chat(self, messages: Sequence[dict], stream: bool = False, style: Optional[str] = None, **kwargs) -> Union[str, Iterator[str]]:
+        """The assistant's reply to ``messages`` (``[{"role": "user", "content": "Hi"}, ...]``), rendered with the
+        checkpoint's chat template (or ``style``, a fallback such as "chatml" or "alpaca"). ``stream=True`` gives an
+        iterator of pieces instead of the whole reply. Keyword arguments as in ``generate``."""
+        pieces = (p[0] for p in self.stream_ids([self.encode_chat(messages, style)], **kwargs))
+        if stream:
+            return (p for p in pieces if p)
+        return "".join(pieces)
+
+    def benchmark(self, prompt: str = "A long time ago, in a galaxy far, far away,", max_new_tokens: int = 64, num_iterations: int = 3, **kwargs) -> dict:
+        """Generate ``num_iterations`` times (after one warm-up) and report the medians of time to first token
+        (s), decode tokens/s and total time, the new tokens of the last run and peak memory (bytes)."""
+        runs = []
+        for i in range(num_iterations + 1):
+            text = self.generate(prompt, max_new_tokens, **kwargs)
+            if i:
+                runs.append(self.last_stats)
+        median = lambda key: sorted(r[key] for r in runs)[len(runs) // 2] if all(r[key] is not None for r in runs) else None  # noqa: E731
+        return dict(
+            time_to_first_token_s=median("time_to_first_token_s"), tokens_per_s=median("tokens_per_s"), total_s=median("total_s"),
+            new_tokens=runs[-1]["new_tokens"], peak_memory_bytes=max(r["peak_memory_bytes"] for r in runs), text=text,
+        )
+
+    def __repr__(self) -> str:
+        return f"LLM({self.checkpoint_dir or self.model.config.name!r}, device={self.device}, dtype={self.model.transformer.wte.weight.dtype})"

@@ -1,0 +1,122 @@
+"""``litgpt-clone chat``: a multi-turn conversation in the terminal, through the checkpoint's chat template."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional, Union
+
+from litgpt_clone.generate import GenerationError
+
+HELP = "/reset starts a new conversation, /exit or Ctrl-D quits."
+
+
+def chat(
+    checkpoint_dir: str,
+    system: Optional[str] = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.8,
+    top_k: Optional[int] = 50,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    stop: Union[str, list[str], None] = None,
+    seed: Optional[int] = None,
+    style: Optional[str] = None,
+    precision: Optional[str] = None,
+    quantize: Optional[str] = None,
+    compile: bool = False,
+    device: str = "auto",
+) -> None:
+    """Chat with a model: type a message, the reply streams back. /reset starts over, /exit or Ctrl-D quits.
+
+    The whole conversation goes through the checkpoint's chat template every turn; when it no longer fits the
+    model's context (with room for max_new_tokens), the oldest turns are dropped and a note says so.
+
+    Args:
+        checkpoint_dir: Native checkpoint folder, hub repo id (downloaded and converted on first use) or model name.
+        system: System message that opens the conversation (kept when old turns are dropped).
+        max_new_tokens: Most tokens per reply.
+        temperature: 0 is greedy; higher values sample more freely.
+        top_k: Sample among the k most likely tokens only (None: all).
+        top_p: Sample within the smallest set of tokens whose probability adds up to top_p (1.0: off).
+        min_p: Drop tokens less likely than min_p times the most likely one (0: off).
+        stop: Extra text that ends a reply (EOS and generation_config.json's eos ids always do).
+        seed: Seed for sampling (turn i uses seed + i): the same conversation gives the same replies.
+        style: Fallback prompt format when the checkpoint has no chat template (or to override it): chatml,
+            llama2, llama3, alpaca or plain.
+        precision: "32-true", "bf16-true" or "16-true"; default bf16 on a GPU that supports it, else fp32.
+        quantize: Quantize the weights with bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or bnb.int8.
+        compile: torch.compile the decode step (CUDA graphs on a GPU).
+        device: "auto" (a GPU if there is one), "cpu" or "cuda[:N]".
+    """
+    from litgpt_clone.api import LLM
+    from litgpt_clone.chat_template import ChatTemplateError
+    from litgpt_clone.commands.generate import format_stats
+
+    llm = LLM.load(checkpoint_dir, device=device, precision=precision, quantize=quantize, compile=compile)
+    if llm.tokenizer.chat_template is None and style is None:
+        print("note: this checkpoint has no chat template; messages go in as plain text (pick one with --style)", file=sys.stderr)
+    print(f"Chatting with {llm.checkpoint_dir}. {HELP}", file=sys.stderr, flush=True)
+    sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, stop=stop)
+    history: list[dict] = []
+    turn = 0
+    while True:
+        try:
+            line = input(">> You: ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/exit":
+            return
+        if text == "/reset":
+            history = []
+            print("(new conversation)", file=sys.stderr, flush=True)
+            continue
+        if text.startswith("/"):
+            print(f"unknown command {text.split()[0]}: {HELP}", file=sys.stderr, flush=True)
+            continue
+        history.append({"role": "user", "content": text})
+        try:
+            ids, dropped = fit_history(llm, system, history, max_new_tokens, style)
+        except (GenerationError, ChatTemplateError) as err:  # say why, and keep the conversation going
+            history.pop()
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            continue
+        if dropped:
+            print(f"(dropped the oldest {dropped} message(s): the conversation outgrew the context of {llm.model.max_seq_length} tokens)", file=sys.stderr, flush=True)
+        print(">> Assistant: ", end="", flush=True)
+        reply = ""
+        try:
+            for pieces in llm.stream_ids([ids], seed=None if seed is None else seed + turn, **sampling):
+                reply += pieces[0]
+                print(pieces[0], end="", flush=True)
+        except KeyboardInterrupt:  # Ctrl-C ends the reply, not the chat
+            print(" (interrupted)", end="")
+        print(flush=True)
+        if llm.last_stats:
+            print(format_stats(llm.last_stats, llm.device), file=sys.stderr, flush=True)
+        history.append({"role": "assistant", "content": reply})
+        turn += 1
+
+
+def fit_history(llm, system: Optional[str], history: list[dict], max_new_tokens: int, style: Optional[str]):
+    """The token ids of the conversation, dropping the oldest messages of ``history`` (in place) until it fits the
+    context with ``max_new_tokens`` to spare. Returns (ids, how many messages were dropped)."""
+    context = llm.model.max_seq_length
+    head = [{"role": "system", "content": system}] if system else []
+    dropped = 0
+    while True:
+        ids = llm.encode_chat(head + history, style)
+        if len(ids) + max_new_tokens <= context:
+            return ids, dropped
+        if len(history) == 1:
+            raise GenerationError(
+                f"the message makes a prompt of {len(ids)} tokens; with max_new_tokens {max_new_tokens} that is more than the"
+                f" context of {context} tokens: shorten it (or lower --max_new_tokens)"
+            )
+        # drop the oldest exchange: a user message and the reply to it
+        n = 2 if len(history) > 2 and history[1]["role"] == "assistant" else 1
+        del history[:n]
+        dropped += n

@@ -1,0 +1,379 @@
+"""Text generation through the static KV cache: one prefill, then one fixed-shape decode step per token.
+
+    prefill(prompt) -> sample -> decode_one_token -> sample -> decode_one_token -> ...
+
+- ``sample`` turns next-token logits into tokens: greedy at temperature 0, else temperature, top-k, top-p and
+  min-p (applied in that order, as transformers does) and a draw from an optional ``torch.Generator``.
+- ``stream`` yields the new tokens of every prompt, step by step. Prompts of different lengths run as one
+  left-padded batch: each row gets its own RoPE positions and a key mask that hides its padding, and each row
+  stops on its own stop id. With ``draft_model`` a batch of one is decoded speculatively.
+- ``generate`` collects ``stream``; ``TextStream`` turns one row's growing tokens into text pieces that never
+  split a multi-byte character and end at stop strings (``litgpt_clone.api.LLM`` streams text with it).
+- ``compile=True`` runs the decode step through ``torch.compile`` (inductor on CPU, CUDA graphs via
+  ``mode="reduce-overhead"`` on GPU); the prefill stays eager (SDPA).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterable, Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from litgpt_clone.model import GPT
+
+
+class GenerationError(ValueError):
+    """Generation arguments that cannot work; the message names the problem and the fix."""
+
+
+# ----------------------------------------------------------------------------- sampling
+def logits_to_probs(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[int] = None, top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
+    """Next-token probabilities (B, V) in fp32 from logits (B, V): one-hot on the argmax at temperature 0, else
+    softmax(logits / temperature) restricted to the top-k, then the top-p nucleus, then tokens >= min_p * max."""
+    if temperature == 0:
+        return F.one_hot(logits.argmax(dim=-1), logits.size(-1)).float()
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of the more likely tokens
+        drop = before >= top_p  # the most likely token always stays (its `before` is 0)
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    if min_p > 0.0:
+        probs = logits.softmax(dim=-1)
+        logits = logits.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), float("-inf"))
+    return logits.softmax(dim=-1)
+
+
+def sample(
+    logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[int] = None, top_p: float = 1.0, min_p: float = 0.0,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """One token per row (B,) from logits (B, V); see ``logits_to_probs`` for the filters."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = logits_to_probs(logits, temperature, top_k, top_p, min_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------- model steps
+def prefill(model: GPT, tokens: torch.Tensor, rope_pos: Optional[torch.Tensor] = None, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Write the prompts (B, T) into cache slots 0..T-1; the next-token logits (B, V)."""
+    input_pos = torch.arange(tokens.size(1), device=tokens.device)
+    return model(tokens, input_pos, rope_pos, key_mask, last_only=True)[:, -1]
+
+
+def decode_one_token(
+    model: GPT, token: torch.Tensor, input_pos: torch.Tensor, rope_pos: Optional[torch.Tensor] = None, key_mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """One token per row (B, 1) at cache slot ``input_pos`` (1,); the next-token logits (B, V).
+
+    Every step has the same shapes (the attention reads the whole static cache under a mask), so a compiled
+    step is reused for every token and, on CUDA, replayed as one CUDA graph.
+    """
+    return model(token, input_pos, rope_pos, key_mask)[:, -1]
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_decode(device_type: str):
+    """``decode_one_token`` through ``torch.compile``: CUDA graphs on GPU, inductor on CPU. Callers clone what it
+    returns before the next step (a CUDA graph replay overwrites its outputs)."""
+    return torch.compile(decode_one_token, mode="reduce-overhead" if device_type == "cuda" else None)
+
+
+def run_decode(step, compiled: bool, *args) -> torch.Tensor:
+    if not compiled:
+        return step(*args)
+    if args[1].device.type == "cuda":
+        torch.compiler.cudagraph_mark_step_begin()
+    return step(*args).clone()  # the next replay of a CUDA graph would overwrite it
+
+
+# ----------------------------------------------------------------------------- checks and cache
+def check_request(model: GPT, lengths: Sequence[int], max_new_tokens: int, temperature: float, top_k: Optional[int], top_p: float, min_p: float) -> None:
+    """One-line errors for prompts, lengths and sampling settings that cannot work."""
+    if temperature < 0:
+        raise GenerationError(f"temperature is {temperature}: use 0 (greedy) or more")
+    if top_k is not None and top_k < 1:
+        raise GenerationError(f"top_k is {top_k}: use 1 or more (or leave it unset)")
+    if not 0 < top_p <= 1:
+        raise GenerationError(f"top_p is {top_p}: use a value in (0, 1]")
+    if not 0 <= min_p <= 1:
+        raise GenerationError(f"min_p is {min_p}: use a value in [0, 1]")
+    context = model.max_seq_length
+    if max_new_tokens < 1:
+        raise GenerationError(f"max_new_tokens is {max_new_tokens}: ask for at least 1 new token")
+    for n in lengths:
+        if n == 0:
+            raise GenerationError("the prompt is empty: give some text to continue")
+        if n >= context:
+            raise GenerationError(f"the prompt has {n} tokens but the model's context is {context} tokens: shorten the prompt")
+    longest = max(lengths)
+    if longest + max_new_tokens > context:
+        raise GenerationError(
+            f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = {longest + max_new_tokens} tokens is more than the"
+            f" model's context of {context} tokens: use max_new_tokens <= {context - longest}"
+        )
+
+
+def ensure_kv_cache(model: GPT, batch_size: int, needed: int) -> int:
+    """Give ``model`` a KV cache of ``batch_size`` rows and at least ``needed`` slots (rounded up to a multiple of
+    64, so that a compiled decode step is reused across requests); reuse the current one if it fits. Its length."""
+    length = min(-(-needed // 64) * 64, model.max_seq_length)
+    dtype, device = model.transformer.wte.weight.dtype, model.transformer.wte.weight.device
+    cache = model.transformer.h[0].attn.kv_cache
+    if cache is None or cache.k.shape[0] != batch_size or cache.k.shape[2] != length or cache.k.dtype != dtype or cache.k.device != device:
+        model.set_kv_cache(batch_size, length, device=device, dtype=dtype)
+    return length
+
+
+def pad_left(prompts: Sequence[torch.Tensor], cache_len: int, device) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Prompts of different lengths as one left-padded batch.
+
+    Returns tokens (B, T), pad (B,) (padding of each row), rope_pos (B, T) and key_mask (B, cache_len), the
+    last two None when all rows have the same length (the plain, fastest path).
+    """
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    T = int(lengths.max())
+    pad = T - lengths  # (B,)
+    tokens = torch.zeros(len(prompts), T, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        tokens[i, T - len(p):] = p.to(device)
+    if not bool(pad.any()):
+        return tokens, pad, None, None
+    slots = torch.arange(T, device=device)
+    rope_pos = (slots[None, :] - pad[:, None]).clamp(min=0)  # (B, T): a row's first real token is at position 0
+    key_mask = torch.arange(cache_len, device=device)[None, :] >= pad[:, None]  # (B, cache_len): hides the padding
+    # (slots past the prompt are True from the start: the causal mask hides them until they are written)
+    return tokens, pad, rope_pos, key_mask
+
+
+# ----------------------------------------------------------------------------- the token loop
+@torch.inference_mode()
+def stream(
+    model: GPT,
+    prompts: Sequence[torch.Tensor],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: Optional[int] = None,
+    top_p: float = 1.0,
+    min_p: float = 0.0,
+    stop_ids: Iterable[int] = (),
+    seed: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    compile: bool = False,
+    draft_model: Optional[GPT] = None,
+    speculative_k: int = 4,
+) -> Iterator[list[list[int]]]:
+    """Generate from ``prompts`` (1-D token tensors), yielding after every step a list with each row's new tokens.
+
+    A row ends at its first stop id (not yielded) or after ``max_new_tokens``; an ended row yields ``[]``. The
+    loop ends when every row has ended (or when the caller stops iterating). ``seed`` (or a ``generator``) makes
+    sampling reproducible. With ``draft_model`` (same tokenizer, a batch of one) a step may yield several tokens.
+    """
+    if not prompts:
+        raise GenerationError("no prompts given: pass at least one")
+    check_request(model, [len(p) for p in prompts], max_new_tokens, temperature, top_k, top_p, min_p)
+    device = model.transformer.wte.weight.device
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    stop_ids = set(stop_ids)
+    if draft_model is not None:
+        if len(prompts) != 1:
+            raise GenerationError(f"speculative decoding takes one prompt at a time, got {len(prompts)}")
+        yield from speculative(model, draft_model, prompts[0].to(device), max_new_tokens, sampling, stop_ids, generator, speculative_k)
+        return
+
+    B = len(prompts)
+    cache_len = ensure_kv_cache(model, B, max(len(p) for p in prompts) + max_new_tokens)
+    tokens, pad, rope_pos, key_mask = pad_left(prompts, cache_len, device)
+    T = tokens.size(1)
+    slots = torch.arange(T, T + max_new_tokens, device=device)  # the cache slot of each decode step
+    step_fn = compiled_decode(device.type) if compile else decode_one_token
+    logits = prefill(model, tokens, rope_pos, key_mask)
+    done = [False] * B
+    for i in range(max_new_tokens):
+        token = sample(logits, generator=generator, **sampling)  # (B,)
+        new = token.tolist()
+        done = [d or t in stop_ids for d, t in zip(done, new)]
+        yield [[] if d else [t] for t, d in zip(new, done)]
+        if i == max_new_tokens - 1 or all(done):
+            return
+        input_pos = slots[i : i + 1]  # (1,)
+        row_pos = None if rope_pos is None else (input_pos - pad).view(B, 1)  # (B, 1)
+        logits = run_decode(step_fn, compile, model, token.view(B, 1), input_pos, row_pos, key_mask)
+
+
+def speculative(
+    model: GPT, draft: GPT, prompt: torch.Tensor, max_new_tokens: int, sampling: dict, stop: set[int],
+    generator: Optional[torch.Generator], k: int,
+) -> Iterator[list[list[int]]]:
+    """Speculative decoding (Leviathan et al., 2023) of one prompt: the draft proposes ``k`` tokens one by one,
+    the target scores them in one forward, and each is kept with probability min(1, p/q); the first rejected one
+    is replaced by a draw from max(p - q, 0). The tokens follow the target's distribution exactly; at temperature
+    0 they are the target's greedy tokens.
+
+    Both caches hold stale entries past the accepted tokens; they sit at later slots than any query, so the causal
+    mask hides them until they are overwritten.
+    """
+    if draft.config.vocab_size != model.config.vocab_size:
+        raise GenerationError(
+            f"the draft model's vocabulary ({draft.config.vocab_size}) differs from the model's ({model.config.vocab_size}):"
+            " use a draft model of the same family and tokenizer"
+        )
+    if k < 1:
+        raise GenerationError(f"speculative_k is {k}: propose at least 1 token per step")
+    device = prompt.device
+    L = len(prompt)
+    needed = L + max_new_tokens
+    if needed > draft.max_seq_length:
+        raise GenerationError(f"the draft model's context ({draft.max_seq_length}) is shorter than prompt + max_new_tokens ({needed})")
+    ensure_kv_cache(model, 1, needed)
+    ensure_kv_cache(draft, 1, needed)
+    probs = lambda logits: logits_to_probs(logits, **sampling)  # noqa: E731
+
+    seq = prompt.tolist()
+    prefill(draft, prompt[None])
+    first = int(sample(prefill(model, prompt[None]), generator=generator, **sampling)[0])
+    draft_len = L  # tokens of `seq` in the draft's cache; the target holds all but the last token of `seq`
+    if first in stop:
+        return
+    seq.append(first)
+    yield [[first]]
+    while len(seq) - L < max_new_tokens:
+        n = len(seq)
+        k_now = min(k, max_new_tokens - (n - L))  # never write past the last slot we may need
+        # the draft: catch up on the tokens it has not seen, then propose k_now tokens
+        pending = torch.tensor(seq[draft_len:], device=device)
+        logits = draft(pending[None], torch.arange(draft_len, n, device=device), last_only=True)[0, -1]
+        proposed, q = [], []
+        for j in range(k_now):
+            q.append(probs(logits[None])[0])
+            proposed.append(int(torch.multinomial(q[-1], 1, generator=generator)) if sampling["temperature"] else int(q[-1].argmax()))
+            if j < k_now - 1:
+                logits = draft(torch.tensor([[proposed[-1]]], device=device), torch.tensor([n + j], device=device))[0, -1]
+        # the target scores the last token and all proposals in one forward: p[j] is its distribution for proposal j
+        verify = torch.tensor([seq[-1], *proposed], device=device)
+        p = probs(model(verify[None], torch.arange(n - 1, n + k_now, device=device))[0])  # (k_now + 1, V)
+        new = accept_proposals(proposed, torch.stack(q), p, greedy=not sampling["temperature"], generator=generator)
+        draft_len = n + min(len(new) - 1, k_now - 1)  # the draft saw seq + proposals[:k_now - 1]
+        new = new[: max_new_tokens - (n - L)]
+        ends = next((i for i, t in enumerate(new) if t in stop), None)
+        if ends is not None:
+            if ends:
+                yield [new[:ends]]
+            return
+        seq.extend(new)
+        yield [new]
+
+
+def accept_proposals(proposed: list[int], q: torch.Tensor, p: torch.Tensor, greedy: bool, generator: Optional[torch.Generator] = None) -> list[int]:
+    """Speculative sampling's verification: the proposals kept plus one token of the target's own.
+
+    ``q`` (k, V): the draft's distributions the k ``proposed`` tokens were drawn from; ``p`` (k + 1, V): the
+    target's distributions at the same positions and one more. Proposal j is kept with probability
+    min(1, p[j, x] / q[j, x]); the first one rejected is replaced by a draw from max(p[j] - q[j], 0) (normalized);
+    if all are kept, a last token is drawn from p[k]. The result follows p exactly. ``greedy``: p and q are one-hot
+    and every draw is an argmax, so the result is the target's greedy continuation.
+    """
+    draw = (lambda d: int(d.argmax())) if greedy else (lambda d: int(torch.multinomial(d / d.sum(), 1, generator=generator)))
+    kept = []
+    for j, token in enumerate(proposed):
+        ratio = float(p[j, token] / q[j, token])
+        if ratio >= 1 or (ratio > 0 and float(torch.rand((), generator=generator, device=p.device)) < ratio):
+            kept.append(token)
+            continue
+        return kept + [draw((p[j] - q[j]).clamp(min=0))]
+    return kept + [draw(p[len(proposed)])]
+
+
+def generate(
+    model: GPT,
+    prompts: Sequence[torch.Tensor],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: Optional[int] = None,
+    top_p: float = 1.0,
+    stop_ids: Iterable[int] = (),
+    stop_strings: Optional[Sequence[str]] = None,
+    tokenizer=None,
+    seed: Optional[int] = None,
+    **kwargs,
+) -> list[torch.Tensor]:
+    """The new tokens (1-D tensors) for each prompt, without the stop id that ended it.
+
+    ``stop_strings`` (which need ``tokenizer``) end a row once its text contains one of them; its tokens then
+    run up to the one that completed the stop string. Other keyword arguments go to ``stream``.
+    """
+    if stop_strings and tokenizer is None:
+        raise GenerationError("stop_strings need a tokenizer to read the text: pass tokenizer=")
+    texts = [TextStream(tokenizer, stop_strings) if stop_strings else None for _ in prompts]
+    rows: list[list[int]] = [[] for _ in prompts]
+    steps = stream(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_ids=stop_ids, seed=seed, **kwargs)
+    for step in steps:
+        for row, text, new in zip(rows, texts, step):
+            for token in new:
+                if text is not None and text.stopped:
+                    break
+                row.append(token)
+                if text is not None:
+                    text.add([token])
+        if all(not new or (text is not None and text.stopped) for new, text in zip(step, texts)):
+            steps.close()
+            break
+    return [torch.tensor(row, dtype=torch.long) for row in rows]
+
+
+# ----------------------------------------------------------------------------- text
+class TextStream:
+    """One row's growing tokens as text, handed out in pieces that are safe to print.
+
+    Every call decodes the whole sequence and hands out the new suffix, so a character made of several tokens
+    (UTF-8 bytes of byte-level BPE) comes out whole: a trailing U+FFFD, the mark of an unfinished character, is
+    held back. So is a tail that could be the start of a stop string; once a stop string appears, the text ends
+    just before it (``stopped`` turns True) and later tokens are ignored.
+    """
+
+    def __init__(self, tokenizer, stop_strings: Optional[Sequence[str]] = None) -> None:
+        self.tokenizer = tokenizer
+        self.stop_strings = [s for s in (stop_strings or ()) if s]
+        self.ids: list[int] = []
+        self.text = ""
+        self.sent = 0  # characters of `text` handed out
+        self.stopped = False
+
+    def add(self, ids: Iterable[int]) -> str:
+        """Append token ids; the new text that is safe to show (possibly "")."""
+        if self.stopped:
+            return ""
+        self.ids.extend(ids)
+        self.text = self.tokenizer.decode(self.ids)
+        found = [i for i in (self.text.find(s) for s in self.stop_strings) if i >= 0]
+        if found:
+            self.stopped = True
+            self.text = self.text[: min(found)]
+            return self._emit(len(self.text))
+        safe = len(self.text.rstrip("\ufffd"))
+        return self._emit(safe - self._stop_prefix(self.text[:safe]))
+
+    def flush(self) -> str:
+        """The rest of the text (held-back tails included), at the end of generation."""
+        return self._emit(len(self.text))
+
+    def _stop_prefix(self, text: str) -> int:
+        """Length of the longest tail of ``text`` that some stop string starts with."""
+        for n in range(min(len(text), max((len(s) for s in self.stop_strings), default=0)), 0, -1):
+            if any(s.startswith(text[-n:]) for s in self.stop_strings):
+                return n
+        return 0
+
+    def _emit(self, end: int) -> str:
+        piece = self.text[self.sent : end] if end > self.sent else ""
+        self.sent = max(self.sent, end)
+        return piece

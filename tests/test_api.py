@@ -1,0 +1,105 @@
+"""``from litgpt_clone import LLM``: load, generate (alone and batched), stream, chat, benchmark, quantize, errors,
+against transformers' greedy ``generate`` on the tiny checkpoints of test_generate.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from litgpt_clone import LLM
+from litgpt_clone.generate import GenerationError, generate
+from test_generate import CHATML, FAMILIES, PROMPTS, checkpoint, hf_greedy, models_root  # noqa: F401  (fixture)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_generate_matches_transformers(family, models_root):
+    hf_model, native = checkpoint(models_root, family)
+    llm = LLM.load(native, device="cpu")
+    tok = llm.tokenizer
+    expected = [tok.decode(hf_greedy(hf_model, tok.encode(p), 12, tok.stop_ids)) for p in PROMPTS]
+    assert llm.generate(PROMPTS[1], max_new_tokens=12) == expected[1]
+    assert llm.generate(PROMPTS, max_new_tokens=12) == expected  # one left-padded batch
+
+
+def test_stream_stop_and_seed(models_root):
+    llm = LLM.load(checkpoint(models_root, "llama")[1], device="cpu")
+    full = llm.generate(PROMPTS[0], max_new_tokens=16)
+    pieces = list(llm.stream(PROMPTS[0], max_new_tokens=16))
+    assert len(pieces) > 3 and all(pieces) and "".join(pieces) == full
+    assert llm.last_stats["new_tokens"] == 16 and llm.last_stats["tokens_per_s"] > 0
+    stop = full[len(full) // 2 :][:2]
+    assert llm.generate(PROMPTS[0], max_new_tokens=16, stop=stop) == full[: full.index(stop)]
+    assert "".join(llm.stream(PROMPTS[0], max_new_tokens=16, stop=[stop, "zzz"])) == full[: full.index(stop)]
+    sampled = [llm.generate(PROMPTS[0], max_new_tokens=16, temperature=1.0, top_p=0.9, seed=11) for _ in range(2)]
+    assert sampled[0] == sampled[1] != full
+    assert llm.generate(PROMPTS[0], max_new_tokens=16, temperature=1.0, top_p=0.9, seed=12) != sampled[0]
+
+
+def test_chat_uses_the_checkpoint_template(models_root):
+    hf_model, native = checkpoint(models_root, "llama", chat_template=CHATML)
+    llm = LLM.load(native, device="cpu")
+    hf_tok = AutoTokenizer.from_pretrained(native)
+    messages = [{"role": "user", "content": "Tell me a story"}, {"role": "assistant", "content": "Once upon a time"}, {"role": "user", "content": "More"}]
+    ids = hf_tok(hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"]
+    expected = llm.tokenizer.decode(hf_greedy(hf_model, ids, 10, llm.tokenizer.stop_ids))
+    assert llm.chat(messages, max_new_tokens=10) == expected
+    assert "".join(llm.chat(messages, stream=True, max_new_tokens=10)) == expected
+    # a fallback style overrides the template
+    alpaca = llm.tokenizer.encode("Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\nMore\n\n### Response:\n")
+    assert llm.chat(messages[2:], style="alpaca", max_new_tokens=10) == llm.tokenizer.decode(hf_greedy(hf_model, alpaca, 10, llm.tokenizer.stop_ids))
+
+
+def test_benchmark_reports_speed_and_memory(models_root):
+    llm = LLM.load(checkpoint(models_root, "llama")[1], device="cpu")
+    stats = llm.benchmark(max_new_tokens=16, num_iterations=2)
+    assert 0 < stats["time_to_first_token_s"] < stats["total_s"]
+    assert stats["tokens_per_s"] > 0 and stats["peak_memory_bytes"] > 10 * 2**20
+    assert stats["new_tokens"] == 16 and stats["text"] == llm.generate("A long time ago, in a galaxy far, far away,", 16)
+
+
+def test_quantized_generation(models_root):
+    """bnb.nf4 on CPU: the model's linear layers are 4-bit, and greedy decoding gives the tokens of the same model
+    with bitsandbytes' own dequantization of those weights."""
+    import bitsandbytes as bnb
+
+    native = checkpoint(models_root, "llama")[1]
+    llm = LLM.load(native, device="cpu", quantize="bnb.nf4")
+    layers = [m for m in llm.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(layers) == 2 * 2 + 2 * 3  # qkv, proj and three MLP layers per block; the head is kept
+    reference = LLM.load(native, device="cpu").model
+    with torch.no_grad():
+        for name, module in llm.model.named_modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                dequantized = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+                reference.get_submodule(name).weight.copy_(dequantized)
+    prompt = llm.tokenizer.encode(PROMPTS[1])
+    expected = llm.tokenizer.decode(generate(reference, [prompt], 10, stop_ids=llm.tokenizer.stop_ids)[0])
+    assert llm.generate(PROMPTS[1], max_new_tokens=10) == expected
+
+
+def test_bad_input(models_root):
+    native = checkpoint(models_root, "llama")[1]
+    with pytest.raises(GenerationError, match="unknown quantize mode 'nf4'.*bnb.nf4"):
+        LLM.load(native, device="cpu", quantize="nf4")
+    with pytest.raises(GenerationError, match="precision"):
+        LLM.load(native, device="cpu", precision="bf16")
+    llm = LLM.load(native, device="cpu")
+    with pytest.raises(GenerationError, match="prompt is empty"):
+        llm.generate("")
+    with pytest.raises(GenerationError, match=f"context of {llm.model.max_seq_length} tokens"):
+        llm.generate(PROMPTS[0], max_new_tokens=llm.model.max_seq_length)
+
+
+def test_import_stays_cheap():
+    code = (
+        "import sys, litgpt_clone\n"
+        "assert not {'litgpt_clone.api', 'litgpt_clone.generate', 'transformers'} & set(sys.modules), sorted(sys.modules)\n"
+        "from litgpt_clone import LLM\n"
+        "print(LLM.__module__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "litgpt_clone.api", out.stderr

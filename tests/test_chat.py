@@ -1,0 +1,77 @@
+"""``litgpt-clone chat`` driven through a stdin pipe in a subprocess: every reply must be transformers' greedy reply
+to the conversation so far (rendered by transformers' ``apply_chat_template``), across turns, ``/reset``,
+``/exit``, Ctrl-D and a conversation that outgrows the context."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from test_generate import CHATML, checkpoint, cli, hf_greedy, models_root  # noqa: F401  (fixture)
+
+NEW = 8
+
+
+@pytest.fixture(scope="module")
+def chat_model(models_root):
+    """A Llama whose context is 160 tokens, with a ChatML template."""
+    hf_model, native = checkpoint(models_root, "llama", chat_template=CHATML, max_positions=160)
+    return hf_model, native, AutoTokenizer.from_pretrained(native)
+
+
+def reply(chat_model, messages) -> str:
+    """transformers' greedy reply to ``messages``."""
+    hf_model, _, tok = chat_model
+    ids = tok(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"]
+    stop_ids = {tok.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|im_end|>")}
+    return tok.decode(hf_greedy(hf_model, ids, NEW, stop_ids))
+
+
+def run_chat(native, stdin: str, *args):
+    return cli("chat", native, "--temperature", 0, "--max_new_tokens", NEW, *args, stdin=stdin)
+
+
+def replies(stdout: str) -> list[str]:
+    """The assistant's replies, in order (each ends with a newline before the next prompt)."""
+    return [part.split("\n>> You: ")[0].rstrip("\n") for part in stdout.split(">> Assistant: ")[1:]]
+
+
+def test_two_turns_reset_and_exit(chat_model):
+    _, native, _ = chat_model
+    u1, u2 = "Tell me a story about llamas", "And then?"
+    proc = run_chat(native, f"{u1}\n{u2}\n/reset\n{u1}\n/exit\n{u2}\n", "--system", "You are brief.")
+    system = {"role": "system", "content": "You are brief."}
+    r1 = reply(chat_model, [system, {"role": "user", "content": u1}])
+    r2 = reply(chat_model, [system, {"role": "user", "content": u1}, {"role": "assistant", "content": r1}, {"role": "user", "content": u2}])
+    assert r1 != r2
+    assert replies(proc.stdout) == [r1, r2, r1]  # after /reset the first message gets the first reply; /exit ends it
+    assert "(new conversation)" in proc.stderr and proc.stderr.count("tokens/s") == 3
+
+
+def test_ctrl_d_ends_the_chat(chat_model):
+    _, native, _ = chat_model
+    proc = run_chat(native, "Hello there\n")  # stdin ends: EOF, like Ctrl-D
+    assert replies(proc.stdout) == [reply(chat_model, [{"role": "user", "content": "Hello there"}])]
+    assert proc.stdout.endswith(">> You: \n")
+
+
+def test_history_longer_than_the_context_drops_the_oldest_turns(chat_model):
+    _, native, _ = chat_model
+    turns = [
+        "Once upon a time there was a small model that wanted to generate stories about llamas and their food.",
+        "The quick brown fox jumps over the lazy dog. Language models read tokens and write them back as text.",
+        "for i in range(10): print(i, 'is', 'even' if i % 2 == 0 else 'odd')",
+    ]
+    too_long = "llama " * 200
+    proc = run_chat(native, "\n".join([*turns, too_long, "Hi"]) + "\n")
+    got = replies(proc.stdout)
+    messages = [{"role": "user", "content": turns[0]}]
+    assert got[0] == reply(chat_model, messages)
+    # turn 2 fits with turn 1; turn 3 does not: the first exchange is dropped, and the note says so
+    messages += [{"role": "assistant", "content": got[0]}, {"role": "user", "content": turns[1]}]
+    assert got[1] == reply(chat_model, messages)
+    assert got[2] == reply(chat_model, [{"role": "user", "content": turns[1]}, {"role": "assistant", "content": got[1]}, {"role": "user", "content": turns[2]}])
+    assert "(dropped the oldest 2 message(s): the conversation outgrew the context of 160 tokens)" in proc.stderr
+    # a message that cannot fit even alone is refused with the numbers, and the chat goes on
+    assert "more than the context of 160 tokens: shorten it" in proc.stderr
+    assert len(got) == 4 and proc.returncode == 0

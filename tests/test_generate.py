@@ -1,0 +1,368 @@
+"""``litgpt_clone.generate`` and ``litgpt-clone generate`` against ``transformers``' own ``generate``.
+
+Tiny random models of several families are built with transformers (``parity.build_hf``), converted, and given a
+byte-level BPE tokenizer trained here, so that the real CLI can run on them. Greedy decoding must give
+transformers' greedy tokens (``model.generate(do_sample=False)``) token for token, alone and in a left-padded
+batch; the sampling filters must give transformers' warpers' distributions.
+
+The helpers at the top (``checkpoints``, ``hf_greedy``, ...) are shared with test_api.py and test_chat.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, MixtralConfig,
+    MixtralForCausalLM, Qwen3Config, Qwen3ForCausalLM,
+)
+
+from litgpt_clone.__main__ import main
+from litgpt_clone.checkpoints.convert import convert_hf_checkpoint
+from litgpt_clone.generate import (
+    GenerationError, TextStream, accept_proposals, generate, logits_to_probs, sample, stream,
+)
+from litgpt_clone.model import GPT
+from litgpt_clone.tokenizer import Tokenizer
+from parity import build_hf
+
+CORPUS = """\
+The quick brown fox jumps over the lazy dog. Language models read tokens and write them back as text.
+Once upon a time there was a small model that wanted to generate stories about llamas and their food.
+def add(a, b):
+    return a + b
+for i in range(10):
+    print(i, "is", "even" if i % 2 == 0 else "odd")
+Café, naïve, déjà vu. 日本語のテキスト。中文文本。Emoji: 😀 👍 🚀
+"""
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+PROMPTS = ["Once upon a time", "The quick brown fox jumps over the lazy dog and", "def add"]
+
+
+def write_tokenizer(path: Path, chat_template: str | None = None) -> list[int]:
+    """A byte-level BPE trained on CORPUS, saved as a checkpoint's tokenizer files (EOS <|endoftext|>).
+    Returns its vocabulary size and the ids of <|endoftext|> and <|im_end|>, the stop ids."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=360, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator([CORPUS] * 4, trainer)
+    path.mkdir(parents=True, exist_ok=True)
+    tok.save(str(path / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "bos_token": None}
+    if chat_template:
+        config["chat_template"] = chat_template
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    return tok.get_vocab_size(), [tok.token_to_id(t) for t in ("<|endoftext|>", "<|im_end|>")]
+
+
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+FAMILIES = {
+    "llama": (LlamaForCausalLM, lambda v: LlamaConfig(**TINY, vocab_size=v), "sdpa"),
+    # a window shorter than every prompt + new tokens here
+    "mistral-sliding": (MistralForCausalLM, lambda v: MistralConfig(**TINY, vocab_size=v, sliding_window=6), "sdpa"),
+    "mixtral": (MixtralForCausalLM, lambda v: MixtralConfig(**TINY, vocab_size=v, num_local_experts=4, num_experts_per_tok=2), "sdpa"),
+    # soft-capping makes transformers run Gemma 2 in eager attention; window 6 on every other layer
+    "gemma2": (
+        Gemma2ForCausalLM,
+        lambda v: Gemma2Config(**TINY, vocab_size=v, head_dim=16, sliding_window=6, query_pre_attn_scalar=16,
+                               attn_logit_softcapping=5.0, final_logit_softcapping=3.0),
+        "eager",
+    ),
+    "qwen3": (Qwen3ForCausalLM, lambda v: Qwen3Config(**TINY, vocab_size=v, head_dim=32), "sdpa"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def checkpoint(root: Path, family: str, chat_template: str | None = None, max_positions: int | None = None, seed: int = 0):
+    """(transformers model, native checkpoint folder) of a tiny random ``family`` model with the CORPUS tokenizer."""
+    name = f"{family}-{seed}" + ("-chat" if chat_template else "") + (f"-{max_positions}" if max_positions else "")
+    hf_dir, native_dir = root / name / "hf", root / name / "native"
+    vocab, stop_ids = write_tokenizer(hf_dir, chat_template)
+    model_cls, make_config, attn = FAMILIES[family]
+    config = make_config(vocab)
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = None, stop_ids[0], None
+    if max_positions:
+        config.max_position_embeddings = max_positions
+    hf_model = build_hf(model_cls, config, hf_dir, seed=seed, attn_implementation=attn)
+    # like many instruct checkpoints: generation_config.json stops on more ids than the tokenizer's EOS
+    (hf_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": stop_ids}))
+    convert_hf_checkpoint(hf_dir, native_dir)
+    return hf_model, native_dir
+
+
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.getbasetemp() / "generate_models"
+
+
+@pytest.fixture
+def llama(models_root):
+    """The tiny Llama: (transformers model, checkpoint folder, Tokenizer, our GPT)."""
+    hf_model, native = checkpoint(models_root, "llama")
+    return hf_model, native, Tokenizer(native), GPT.from_checkpoint(native).eval()
+
+
+def hf_greedy(hf_model, ids, max_new_tokens: int, stop_ids=()) -> list[int]:
+    """transformers' greedy continuation of ``ids``, without the stop id that ended it."""
+    ids = torch.as_tensor(ids)[None]
+    with torch.no_grad():
+        out = hf_model.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new_tokens,
+            eos_token_id=sorted(stop_ids) or None, pad_token_id=0,
+        )[0, ids.size(1):].tolist()
+    ends = next((i for i, t in enumerate(out) if t in stop_ids), len(out))
+    return out[:ends]
+
+
+def run_main(capsys, *args) -> str:
+    """``litgpt-clone <args>`` in this process (fast: no interpreter start); its stdout."""
+    capsys.readouterr()
+    main([*map(str, args)])
+    return capsys.readouterr().out
+
+
+def cli(*args, check=True, stdin=None):
+    proc = subprocess.run([sys.executable, "-m", "litgpt_clone", *map(str, args)], capture_output=True, text=True, input=stdin)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+# ----------------------------------------------------------------------------- greedy == transformers
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_greedy_matches_transformers_alone_and_batched(family, models_root):
+    hf_model, native = checkpoint(models_root, family)
+    tokenizer = Tokenizer(native)
+    model = GPT.from_checkpoint(native).eval()
+    prompts = [tokenizer.encode(p) for p in PROMPTS]
+    assert len({len(p) for p in prompts}) == 3  # different lengths: the batch is left-padded
+    expected = [hf_greedy(hf_model, p, 12, tokenizer.stop_ids) for p in prompts]
+    assert sum(map(len, expected)) > 12
+    alone = [generate(model, [p], 12, stop_ids=tokenizer.stop_ids)[0].tolist() for p in prompts]
+    assert alone == expected
+    batched = generate(model, prompts, 12, stop_ids=tokenizer.stop_ids)
+    assert [b.tolist() for b in batched] == expected
+
+
+def test_cli_greedy_matches_transformers(llama):
+    hf_model, native, tokenizer, _ = llama
+    expected = tokenizer.decode(hf_greedy(hf_model, tokenizer.encode(PROMPTS[1]), 16, tokenizer.stop_ids))
+    proc = cli("generate", native, "--prompt", PROMPTS[1], "--max_new_tokens", 16, "--temperature", 0)
+    assert proc.stdout == expected + "\n"
+    assert "Time to first token" in proc.stderr and "tokens/s" in proc.stderr and "peak RSS" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "llama"])
+def test_cli_greedy_matches_transformers_families(family, models_root):
+    hf_model, native = checkpoint(models_root, family)
+    tokenizer = Tokenizer(native)
+    expected = tokenizer.decode(hf_greedy(hf_model, tokenizer.encode(PROMPTS[0]), 16, tokenizer.stop_ids))
+    assert cli("generate", native, "--prompt", PROMPTS[0], "--max_new_tokens", 16, "--temperature", 0).stdout == expected + "\n"
+
+
+def test_cli_applies_chat_template_of_instruct_checkpoints(models_root, capsys):
+    """A tokenizer with a chat_template gets it (the ids of transformers' apply_chat_template); false turns it off."""
+    from transformers import AutoTokenizer
+
+    hf_model, native = checkpoint(models_root, "llama", chat_template=CHATML)
+    tokenizer = Tokenizer(native)
+    hf_tok = AutoTokenizer.from_pretrained(native)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Once upon"}]
+    text = hf_tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = hf_tok(text, add_special_tokens=False)["input_ids"]
+    expected = tokenizer.decode(hf_greedy(hf_model, ids, 10, tokenizer.stop_ids))
+    out = run_main(capsys, "generate", native, "--prompt", "Once upon", "--system", "Be brief.", "--max_new_tokens", 10, "--temperature", 0)
+    assert out == expected + "\n"
+    raw = tokenizer.decode(hf_greedy(hf_model, tokenizer.encode("Once upon"), 10, tokenizer.stop_ids))
+    out = run_main(capsys, "generate", native, "--prompt", "Once upon", "--max_new_tokens", 10, "--temperature", 0, "--chat_template", "false")
+    assert out == raw + "\n" and raw != expected
+
+
+# ----------------------------------------------------------------------------- stopping
+def test_stop_ids_from_generation_config(llama, tmp_path):
+    """Every eos_token_id of generation_config.json stops generation, not only the tokenizer's EOS."""
+    hf_model, native, tokenizer, model = llama
+    prompt = tokenizer.encode(PROMPTS[0])
+    free = generate(model, [prompt], 12)[0].tolist()
+    stopper = free[4]
+    assert stopper not in free[:4]
+    config = json.loads((native / "generation_config.json").read_text())
+    config["eos_token_id"] = [*config["eos_token_id"], stopper]
+    (tmp_path / "tok").mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "tok" / name).write_text((native / name).read_text())
+    (tmp_path / "tok" / "generation_config.json").write_text(json.dumps(config))
+    stop_ids = Tokenizer(tmp_path / "tok").stop_ids
+    assert stop_ids == {tokenizer.eos_id, tokenizer.token_to_id("<|im_end|>"), stopper}
+    assert generate(model, [prompt], 12, stop_ids=stop_ids)[0].tolist() == free[:4]
+    assert hf_greedy(hf_model, prompt, 12, stop_ids) == free[:4]
+    # in a batch, only the row that met it stops
+    other = tokenizer.encode(PROMPTS[2])
+    other_free = generate(model, [other], 12)[0].tolist()
+    rows = generate(model, [prompt, other], 12, stop_ids={stopper})
+    cut = next((i for i, t in enumerate(other_free) if t == stopper), 12)
+    assert [r.tolist() for r in rows] == [free[:4], other_free[:cut]]
+
+
+def test_stop_strings(llama, capsys):
+    _, native, tokenizer, model = llama
+    prompt = tokenizer.encode(PROMPTS[0])
+    free = generate(model, [prompt], 16)[0].tolist()
+    text = tokenizer.decode(free)
+    stop = text[len(tokenizer.decode(free[:6])):][:3]  # text that starts after token 6
+    assert len(stop) == 3 and stop not in tokenizer.decode(free[:6])
+    tokens = generate(model, [prompt], 16, stop_strings=[stop, "never appears"], tokenizer=tokenizer)[0].tolist()
+    assert tokens == free[: len(tokens)] and len(tokens) < 16
+    assert stop in tokenizer.decode(tokens) and stop not in tokenizer.decode(tokens[:-1])
+    out = run_main(capsys, "generate", native, "--prompt", PROMPTS[0], "--max_new_tokens", 16, "--temperature", 0, "--stop", stop)
+    assert out == text[: text.index(stop)] + "\n"
+    with pytest.raises(GenerationError, match="tokenizer"):
+        generate(model, [prompt], 4, stop_strings=["x"])
+
+
+def test_text_stream_keeps_characters_whole_and_holds_back_stop_prefixes(models_root):
+    tokenizer = Tokenizer(checkpoint(models_root, "llama")[1])
+    text = "Café 日本語 😀👍 🚀 déjà vu"
+    ids = tokenizer.encode(text).tolist()
+    assert any("\ufffd" in tokenizer.decode(ids[:i]) for i in range(1, len(ids)))  # some characters span tokens
+    stream_ = TextStream(tokenizer)
+    pieces = [stream_.add([i]) for i in ids] + [stream_.flush()]
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+    # a stop string split over several tokens: nothing of it is ever handed out
+    stream_ = TextStream(tokenizer, stop_strings=["😀👍"])
+    pieces = [stream_.add([i]) for i in ids]
+    assert "".join(pieces) == "Café 日本語 " and stream_.stopped and stream_.flush() == ""
+
+
+# ----------------------------------------------------------------------------- sampling
+def test_sampling_filters_match_transformers_warpers():
+    from transformers.generation.logits_process import (
+        MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper,
+    )
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50) * 3
+    for temperature, top_k, top_p, min_p in [(1.0, None, 1.0, 0.0), (0.7, 10, 1.0, 0.0), (1.3, None, 0.8, 0.0), (0.9, 20, 0.6, 0.0), (1.0, None, 1.0, 0.1), (0.8, 30, 0.9, 0.05)]:
+        scores = TemperatureLogitsWarper(temperature)(None, logits.clone())
+        if top_k:
+            scores = TopKLogitsWarper(top_k)(None, scores)
+        if top_p < 1:
+            scores = TopPLogitsWarper(top_p)(None, scores)
+        if min_p:
+            scores = MinPLogitsWarper(min_p)(None, scores)
+        expected = scores.softmax(-1)
+        got = logits_to_probs(logits, temperature, top_k, top_p, min_p)
+        torch.testing.assert_close(got, expected)
+        if (top_k, top_p, min_p) != (None, 1.0, 0.0):
+            assert (got == 0).any(1).all()  # the filters filtered
+    assert torch.equal(sample(logits), logits.argmax(-1))
+
+
+def test_seed_gives_the_same_text(llama):
+    _, _, tokenizer, model = llama
+    prompt = tokenizer.encode(PROMPTS[0])
+    kwargs = dict(temperature=1.0, top_k=100, top_p=0.95)
+    a, b = (generate(model, [prompt], 20, seed=7, **kwargs)[0] for _ in range(2))
+    c = generate(model, [prompt], 20, seed=8, **kwargs)[0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.equal(a, generate(model, [prompt], 20)[0])  # it really sampled
+
+
+# ----------------------------------------------------------------------------- compile and speculative decoding
+@pytest.mark.slow
+def test_compiled_decode_equals_eager(llama):
+    """torch.compile (inductor on CPU) of the decode step gives the eager tokens, alone and left-padded."""
+    _, _, tokenizer, model = llama
+    prompts = [tokenizer.encode(p) for p in PROMPTS]
+    eager = [generate(model, prompts, 10)] + [generate(model, [p], 10) for p in prompts[:1]]
+    compiled = [generate(model, prompts, 10, compile=True)] + [generate(model, [p], 10, compile=True) for p in prompts[:1]]
+    assert [[t.tolist() for t in rows] for rows in compiled] == [[t.tolist() for t in rows] for rows in eager]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_decode_equals_eager(models_root):
+    """mode="reduce-overhead" (CUDA graphs): the tokens of the eager decode step, over several requests of different
+    shapes, without "accessing tensor output of CUDAGraphs that has been overwritten"."""
+    _, native = checkpoint(models_root, "llama")
+    tokenizer = Tokenizer(native)
+    model = GPT.from_checkpoint(native, device="cuda").eval()
+    prompts = [tokenizer.encode(p).cuda() for p in PROMPTS]
+    for batch in ([prompts[0]], prompts, [prompts[1]], prompts):
+        eager = [t.tolist() for t in generate(model, batch, 24)]
+        assert [t.tolist() for t in generate(model, batch, 24, compile=True)] == eager
+
+
+def test_speculative_decoding_equals_greedy(models_root):
+    _, native = checkpoint(models_root, "llama")
+    _, draft_dir = checkpoint(models_root, "qwen3", seed=1)  # another model over the same vocabulary
+    tokenizer = Tokenizer(native)
+    model, draft = GPT.from_checkpoint(native).eval(), GPT.from_checkpoint(draft_dir).eval()
+    twin = GPT.from_checkpoint(native).eval()
+    for text in PROMPTS[:2]:
+        prompt = tokenizer.encode(text)
+        greedy = generate(model, [prompt], 16, stop_ids=tokenizer.stop_ids)[0].tolist()
+        for k in (1, 4):
+            assert generate(model, [prompt], 16, stop_ids=tokenizer.stop_ids, draft_model=draft, speculative_k=k)[0].tolist() == greedy
+    # a draft that is the model itself: every proposal is accepted, k + 1 tokens per step
+    steps = list(stream(model, [prompt], 16, draft_model=twin, speculative_k=4))
+    assert sum((s[0] for s in steps), []) == generate(model, [prompt], 16)[0].tolist() and len(steps) == 1 + 3
+    sampled = [generate(model, [prompt], 12, temperature=1.0, seed=3, draft_model=draft)[0] for _ in range(2)]
+    assert torch.equal(*sampled)
+
+
+def test_speculative_acceptance_follows_the_target_distribution():
+    """The verification step's first token is distributed as the target's p[0], whatever the draft's q."""
+    gen = torch.Generator().manual_seed(0)
+    p = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.25, 0.25, 0.25, 0.25]])
+    q = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
+    n, counts = 8000, torch.zeros(4)
+    for _ in range(n):
+        proposal = int(torch.multinomial(q[0], 1, generator=gen))
+        counts[accept_proposals([proposal], q, p, greedy=False, generator=gen)[0]] += 1
+    torch.testing.assert_close(counts / n, p[0], atol=0.02, rtol=0)
+    # greedy: one-hot distributions, the target's argmax wins
+    one_hot = lambda i: torch.nn.functional.one_hot(torch.tensor(i), 4).float()  # noqa: E731
+    assert accept_proposals([2, 1], torch.stack([one_hot(2), one_hot(1)]), torch.stack([one_hot(2), one_hot(3), one_hot(0)]), greedy=True) == [2, 3]
+    assert accept_proposals([2], one_hot(2)[None], torch.stack([one_hot(2), one_hot(0)]), greedy=True) == [2, 0]
+
+
+# ----------------------------------------------------------------------------- bad input: one line, with numbers
+def one_line_error(capsys, *args) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", *map(str, args)])
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_bad_input(models_root, capsys):
+    _, native = checkpoint(models_root, "llama")
+    context = GPT.from_checkpoint(native).max_seq_length  # max_position_embeddings of the transformers config
+    assert "prompt is empty" in one_line_error(capsys, native, "--prompt", "")
+    assert "prompt is empty" in one_line_error(capsys, native, "--prompt", "", "--chat_template", "true", "--system", "Hi")
+    long = "llama " * context * 2
+    n = len(Tokenizer(native).encode(long))
+    line = one_line_error(capsys, native, "--prompt", long)
+    assert f"{n} tokens" in line and f"context is {context}" in line
+    n = len(Tokenizer(native).encode(PROMPTS[0]))
+    line = one_line_error(capsys, native, "--prompt", PROMPTS[0], "--max_new_tokens", context)
+    assert f"({n} tokens)" in line and f"({context})" in line and f"max_new_tokens <= {context - n}" in line
+    line = one_line_error(capsys, native, "--quantize", "bnb.nf3")
+    assert "bnb.nf3" in line and "bnb.nf4" in line and "bnb.int8" in line
+    assert "top_p" in one_line_error(capsys, native, "--top_p", 0)
