@@ -370,8 +370,8 @@ class GPT(nn.Module):
 
     def set_kv_cache(self, batch_size: int, max_seq_length: Optional[int] = None, device=None, dtype=None) -> None:
         max_seq = max_seq_length or self.max_seq_length
-        device = device or self.lm_head.weight.device
-        dtype = dtype or self.lm_head.weight.dtype
+        device = device or self.transformer.wte.weight.device
+        dtype = dtype or self.transformer.wte.weight.dtype  # never quantized, unlike a head that may be
         for block in self.transformer.h:
             block.attn.kv_cache = KVCache(batch_size, max_seq, self.config, device=device, dtype=dtype)
 
@@ -424,8 +424,8 @@ class GPT(nn.Module):
         if self.longrope_after is not None and int(rpos.max()) + 1 > self.longrope_after:
             cos, sin = self.cos_long, self.sin_long
         cos, sin = cos[rpos], sin[rpos]  # (T, rope_n_elem) or (B, T, rope_n_elem)
-        # sliding layers rotate with their own table (rope_local_base, never longrope's long factors)
-        cos_l, sin_l = (self.cos_local[rpos], self.sin_local[rpos]) if c.sliding_window is not None else (cos, sin)
+        # sliding layers rotate with their own table where they have their own base (Gemma 3), else like the rest
+        cos_l, sin_l = (self.cos_local[rpos], self.sin_local[rpos]) if c.rope_local_base is not None else (cos, sin)
         if rope_pos is not None:  # (B, 1, T, rope_n_elem): one table per row, broadcast over the heads
             cos, sin, cos_l, sin_l = (t.unsqueeze(1) for t in (cos, sin, cos_l, sin_l))
         needs_mask = input_pos is not None or key_mask is not None  # else SDPA's is_causal does it

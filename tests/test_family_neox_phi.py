@@ -126,3 +126,19 @@ def test_neox_without_attention_bias_is_refused():
     )
     with pytest.raises(ConfigError, match="attention_bias"):
         Config.from_hf_config(hf)
+
+
+def test_phi3_sliding_window_with_longrope_long_sequence(tmp_path):
+    """Phi-3 slides on every layer and uses longrope: past the original context the sliding layers switch to the
+    long factors too, as in transformers."""
+    config = Phi3Config(
+        **PHI3, max_position_embeddings=64, original_max_position_embeddings=16, sliding_window=12,
+        rope_scaling=longrope(HEAD // 2, 16),
+    )
+    hf_model = build_hf(Phi3ForCausalLM, config, tmp_path / "hf")
+    convert_hf_checkpoint(tmp_path / "hf", tmp_path / "native")
+    ours = GPT.from_checkpoint(tmp_path / "native").eval()
+    for length in (10, 30):  # within and past the original context
+        idx = torch.randint(0, config.vocab_size, (1, length), generator=torch.Generator().manual_seed(length))
+        with torch.no_grad():
+            torch.testing.assert_close(ours(idx), hf_model(idx).logits)
