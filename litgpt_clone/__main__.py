@@ -13,7 +13,7 @@ import sys
 from litgpt_clone.commands.chat import chat
 from litgpt_clone.commands.convert import convert_from_hf, convert_to_hf
 from litgpt_clone.commands.download import download
-from litgpt_clone.commands.finetune import finetune_full, finetune_lora, merge_lora
+from litgpt_clone.commands.finetune import finetune_adapter, finetune_full, finetune_lora, merge_lora
 from litgpt_clone.commands.generate import generate
 from litgpt_clone.commands.models import models
 from litgpt_clone.commands.pretrain import pretrain
@@ -24,7 +24,10 @@ COMMANDS = {
     "convert": {"_help": "Convert checkpoints between Hugging Face and native formats.", "from_hf": convert_from_hf, "to_hf": convert_to_hf},
     "models": models,
     "pretrain": pretrain,
-    "finetune": {"_help": "Finetune a checkpoint: lora (the default; QLoRA with --quantize) or full.", "lora": finetune_lora, "full": finetune_full},
+    "finetune": {
+        "_help": "Finetune a checkpoint: lora (the default; QLoRA with --quantize), full or adapter.",
+        "lora": finetune_lora, "full": finetune_full, "adapter": finetune_adapter,
+    },
     "merge_lora": merge_lora,
     "generate": generate,
     "chat": chat,
@@ -32,7 +35,7 @@ COMMANDS = {
 }
 
 OPTIONAL_POSITIONALS = {"pretrain": "--model_name"}
-FINETUNE_METHODS = ("lora", "full")
+FINETUNE_METHODS = ("lora", "full", "adapter")
 """Commands whose first bare word is an optional argument (``pretrain pythia-14m``), which jsonargparse cannot
 express: it is rewritten to the flag."""
 

@@ -148,6 +148,7 @@ class CausalSelfAttention(nn.Module):
             k_size = config.head_size if config.norm_qk_per_head else config.n_query_groups * config.head_size
             self.norm_q, self.norm_k = build_norm(config, q_size), build_norm(config, k_size)
         self.kv_cache: Optional[KVCache] = None
+        self.adapter: Optional[nn.Module] = None  # set by litgpt_clone.adapter.inject_adapter (LLaMA-Adapter)
         scalar = config.attention_scores_scalar or config.head_size
         self.scale = scalar**-0.5
 
@@ -172,6 +173,8 @@ class CausalSelfAttention(nn.Module):
                 raise RuntimeError("input_pos given but no KV cache: call model.set_kv_cache(batch_size) first")
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, n_query_groups, max_seq, hs)
         y = self.attend(q, k, v, mask)  # (B, n_head, T, hs)
+        if self.adapter is not None:
+            y = y + self.adapter(q, self)  # gated attention over learned prefix tokens
         y = y.transpose(1, 2).reshape(B, T, c.n_head * c.head_size)  # (B, T, n_head * hs)
         return self.proj(y)
 
@@ -319,6 +322,10 @@ class GPT(nn.Module):
         checkpoint_dir = resolve_checkpoint(checkpoint_dir)
         with torch.device("meta"):
             model = cls(Config.from_checkpoint(checkpoint_dir))
+            if (Path(checkpoint_dir) / "adapter_config.yaml").is_file():  # finetuned with LLaMA-Adapter
+                from litgpt_clone.adapter import load_adapter_args, inject_adapter
+
+                inject_adapter(model, load_adapter_args(checkpoint_dir), freeze=False)
         load_weights(model, checkpoint_dir, device=device, dtype=dtype)
         return model
 

@@ -170,6 +170,8 @@ def convert_to_hf_checkpoint(checkpoint_dir: Path, out_dir: Path, max_shard_size
     from litgpt_clone.checkpoints.io import load_state, resolve_checkpoint
 
     checkpoint_dir, out_dir = resolve_checkpoint(checkpoint_dir), Path(out_dir)
+    if (checkpoint_dir / "adapter_config.yaml").is_file():
+        raise ConfigError(f"{checkpoint_dir} carries LLaMA-Adapter prefixes, which transformers models have no place for")
     config = Config.from_checkpoint(checkpoint_dir)
     state = load_state(checkpoint_dir / "model.safetensors")
     hf_config = config_to_hf(config)

@@ -1,4 +1,4 @@
-"""``litgpt-clone finetune lora|full`` and ``litgpt-clone merge_lora``.
+"""``litgpt-clone finetune lora|full|adapter`` and ``litgpt-clone merge_lora``.
 
 Each method only says which parameters train and what a checkpoint holds; the loop is ``training.fit``.
 """
@@ -12,6 +12,7 @@ from typing import Literal, Optional, Union
 from litgpt_clone.commands.pretrain import Precision
 from litgpt_clone.config import Config, ConfigError
 from litgpt_clone.data.sft import SFTData
+from litgpt_clone.adapter import AdapterArgs
 from litgpt_clone.lora import LoRAArgs
 from litgpt_clone.parallel import Strategy
 from litgpt_clone.training.args import EvalArgs, TrainArgs
@@ -109,9 +110,56 @@ def finetune_full(
     return run_finetune("full", hparams)
 
 
-def run_finetune(method: str, hparams: dict, lora: Optional[LoRAArgs] = None, quantize: Optional[str] = None, merge: bool = False) -> dict:
+def finetune_adapter(
+    checkpoint_dir: str,
+    data: Optional[SFTData] = None,
+    out_dir: Path = Path("out/finetune/adapter"),
+    devices: int = 1,
+    num_nodes: int = 1,
+    strategy: Strategy = "auto",
+    precision: Optional[Precision] = None,
+    adapter: AdapterArgs = AdapterArgs(),
+    train: TrainArgs = dataclasses.replace(FINETUNE_TRAIN, lr=3e-3, min_lr=3e-4, weight_decay=0.02),
+    eval: EvalArgs = FINETUNE_EVAL,
+    optimizer: Union[str, dict] = "AdamW",
+    resume: Union[bool, Literal["auto"], Path] = False,
+    logger_name: Literal["csv", "tensorboard"] = "csv",
+    seed: int = 1337,
+    compile: bool = False,
+) -> dict:
+    """Finetune with LLaMA-Adapter: learned prefix tokens in the top blocks behind zero-initialized gates.
+
+    Step checkpoints hold the adapters (adapter.safetensors); ``final/`` is a native checkpoint with the adapters
+    inside (model.safetensors + adapter_config.yaml), which generate and serve load as is.
+
+    Args:
+        checkpoint_dir: The base model: a native checkpoint folder or a hub repo id (downloaded and converted once).
+        data: Instruction or chat data: ``alpaca`` (default), ``dolly``, ``json`` or ``chat`` with ``--data.path``.
+        out_dir: Checkpoints and logs go here.
+        devices: Devices per node.
+        num_nodes: Nodes.
+        strategy: ``ddp``, ``fsdp`` or ``auto``.
+        precision: Default: bf16-mixed where the GPU supports it, else 32-true.
+        adapter: Prefix length and the first adapted block.
+        train: Batch sizes, epochs or steps, learning rate schedule, intervals.
+        eval: Validation interval and size.
+        optimizer: A torch.optim class name or ``{"class_path": ..., "init_args": {...}}``.
+        resume: ``auto``, a step folder, or false.
+        logger_name: csv or tensorboard, under out_dir/logs.
+        seed: Data order and prefix initialization.
+        compile: ``torch.compile`` each block.
+    """
+    hparams = dict(locals())
+    return run_finetune("adapter", hparams, adapter=adapter)
+
+
+def run_finetune(
+    method: str, hparams: dict, lora: Optional[LoRAArgs] = None, quantize: Optional[str] = None, merge: bool = False,
+    adapter: Optional[AdapterArgs] = None,
+) -> dict:
     from litgpt_clone.checkpoints.io import load_state, resolve_checkpoint
     from litgpt_clone.data.sft import Alpaca
+    from litgpt_clone.adapter import adapter_state, inject_adapter
     from litgpt_clone.lora import inject_lora, lora_state, merge_into
     from litgpt_clone.model import GPT
     from litgpt_clone.tokenizer import Tokenizer
@@ -147,6 +195,8 @@ def run_finetune(method: str, hparams: dict, lora: Optional[LoRAArgs] = None, qu
         fabric.print(f"{quantize}: base weights {before / 2**20:.1f} MiB -> {model_memory(model) / 2**20:.1f} MiB")
     if method == "lora":
         inject_lora(model, lora)
+    elif method == "adapter":
+        inject_adapter(model, adapter)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     fabric.print(
         f"{config.name}: {method}, {trainable:,} trainable of {sum(p.numel() for p in model.parameters()):,} parameters, "
@@ -159,6 +209,10 @@ def run_finetune(method: str, hparams: dict, lora: Optional[LoRAArgs] = None, qu
         if method == "full":
             write_checkpoint(folder, {"model.safetensors": state}, config, checkpoint_dir, hp, training_state)
             return
+        if method == "adapter":  # final/: the base with the adapters inside, loadable as is
+            weights = {"model.safetensors": {**load_state(checkpoint_dir / "model.safetensors"), **state}} if folder.name == "final" else {"adapter.safetensors": state}
+            write_checkpoint(folder, weights, config, checkpoint_dir, hp, training_state, yamls={"adapter_config.yaml": plain(adapter)})
+            return
         weights = {"lora.safetensors": state}
         if folder.name == "final" and merge:
             weights["model.safetensors"] = merge_into(load_state(checkpoint_dir / "model.safetensors"), state, config, lora)
@@ -166,8 +220,8 @@ def run_finetune(method: str, hparams: dict, lora: Optional[LoRAArgs] = None, qu
 
     return train_and_save(
         fabric, model, train_data, val_data, train, eval, h["optimizer"], h["resume"], h["compile"], out_dir, seq_length,
-        write, select=lora_state if method == "lora" else None,
-        weights_file="lora.safetensors" if method == "lora" else "model.safetensors",
+        write, select={"lora": lora_state, "adapter": adapter_state}.get(method),
+        weights_file={"lora": "lora.safetensors", "adapter": "adapter.safetensors"}.get(method, "model.safetensors"),
     )
 
 
