@@ -81,6 +81,18 @@ def rope_from_hf(hf: dict) -> tuple[float, Optional[dict]]:
     return float(base), scaling
 
 
+def sizes_to_hf(c: Config) -> dict:
+    """The config.json size keys every Llama-style family shares."""
+    return dict(
+        vocab_size=c.vocab_size,
+        hidden_size=c.n_embd,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head,
+        num_key_value_heads=c.n_query_groups,
+    )
+
+
 def rope_to_hf(config: Config) -> dict:
     """The classic keys, which every transformers version reads."""
     out = {"rope_theta": config.rope_base}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from litgpt_clone.checkpoints.arch import Arch, layer_types, register, rope_from_hf, rope_to_hf, sliding_from_layer_types
+from litgpt_clone.checkpoints.arch import (
+    Arch, layer_types, register, rope_from_hf, rope_to_hf, sizes_to_hf, sliding_from_layer_types,
+)
 from litgpt_clone.config import Config, ConfigError
 
 ACTIVATIONS = {"silu": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
@@ -49,12 +51,7 @@ def llama_config_to_hf(c: Config) -> dict:
     if c.attn_bias and not c.bias:
         raise ConfigError("a bias on q/k/v alone (attn_bias) has no Llama equivalent: export as Qwen2ForCausalLM")
     out = dict(
-        vocab_size=c.vocab_size,
-        hidden_size=c.n_embd,
-        intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.n_layer,
-        num_attention_heads=c.n_head,
-        num_key_value_heads=c.n_query_groups,
+        **sizes_to_hf(c),
         head_dim=c.head_size,
         max_position_embeddings=c.block_size,
         rms_norm_eps=c.norm_eps,

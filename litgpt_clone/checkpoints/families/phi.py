@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from litgpt_clone.checkpoints.arch import Arch, register, rope_from_hf, rope_to_hf
+from litgpt_clone.checkpoints.arch import Arch, register, rope_from_hf, rope_to_hf, sizes_to_hf
 from litgpt_clone.checkpoints.families.gpt_neox import HF_ACTIVATIONS, rotary_fraction
 from litgpt_clone.checkpoints.families.llama import IGNORE, activation_from_hf
 from litgpt_clone.config import Config, ConfigError
@@ -55,12 +55,7 @@ def phi_config_to_hf(c: Config) -> dict:
     if not (c.bias and c.lm_head_bias) or c.mlp_class_name != "GeluMLP" or c.sliding_window is not None:
         raise ConfigError("PhiForCausalLM needs bias=True, lm_head_bias=True, GeluMLP and no sliding window")
     return dict(
-        vocab_size=c.vocab_size,
-        hidden_size=c.n_embd,
-        intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.n_layer,
-        num_attention_heads=c.n_head,
-        num_key_value_heads=c.n_query_groups,
+        **sizes_to_hf(c),
         max_position_embeddings=c.block_size,
         layer_norm_eps=c.norm_eps,
         qk_layernorm=c.norm_qk,
@@ -120,12 +115,7 @@ def phi3_config_to_hf(c: Config) -> dict:
     if c.parallel_residual or c.norm_qk or (c.sliding_window is not None and c.sliding_window_pattern != 1):
         raise ConfigError("Phi3ForCausalLM has a sequential block, no QK norm and a sliding window on all layers or none")
     out = dict(
-        vocab_size=c.vocab_size,
-        hidden_size=c.n_embd,
-        intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.n_layer,
-        num_attention_heads=c.n_head,
-        num_key_value_heads=c.n_query_groups,
+        **sizes_to_hf(c),
         max_position_embeddings=c.block_size,
         rms_norm_eps=c.norm_eps,
         hidden_act=HF_ACTIVATIONS[c.mlp_activation],

@@ -3,7 +3,7 @@ bias and parallel residual with one shared norm."""
 
 from __future__ import annotations
 
-from litgpt_clone.checkpoints.arch import Arch, register, rope_from_hf, rope_to_hf
+from litgpt_clone.checkpoints.arch import Arch, register, rope_from_hf, rope_to_hf, sizes_to_hf
 from litgpt_clone.checkpoints.families.gpt_neox import HF_ACTIVATIONS, rotary_fraction
 from litgpt_clone.checkpoints.families.llama import ATTN, IGNORE, MLP, TOP, activation_from_hf
 from litgpt_clone.config import Config, ConfigError
@@ -47,12 +47,7 @@ def stablelm_config_to_hf(c: Config) -> dict:
     if c.head_size * c.n_head != c.n_embd:
         raise ConfigError("StableLmForCausalLM needs head_size = n_embd / n_head")
     return dict(
-        vocab_size=c.vocab_size,
-        hidden_size=c.n_embd,
-        intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.n_layer,
-        num_attention_heads=c.n_head,
-        num_key_value_heads=c.n_query_groups,
+        **sizes_to_hf(c),
         max_position_embeddings=c.block_size,
         layer_norm_eps=c.norm_eps,
         hidden_act=HF_ACTIVATIONS[c.mlp_activation],

@@ -3,7 +3,7 @@ sliding window on every layer."""
 
 from __future__ import annotations
 
-from litgpt_clone.checkpoints.arch import Arch, register, rope_from_hf, rope_to_hf
+from litgpt_clone.checkpoints.arch import Arch, register, rope_from_hf, rope_to_hf, sizes_to_hf
 from litgpt_clone.checkpoints.families.gpt_neox import HF_ACTIVATIONS
 from litgpt_clone.checkpoints.families.llama import ATTN, IGNORE, TOP, activation_from_hf
 from litgpt_clone.config import Config, ConfigError
@@ -42,12 +42,7 @@ def starcoder2_config_to_hf(c: Config) -> dict:
     if c.sliding_window is not None and c.sliding_window_pattern != 1:
         raise ConfigError("Starcoder2ForCausalLM slides on every layer or none")
     out = dict(
-        vocab_size=c.vocab_size,
-        hidden_size=c.n_embd,
-        intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.n_layer,
-        num_attention_heads=c.n_head,
-        num_key_value_heads=c.n_query_groups,
+        **sizes_to_hf(c),
         max_position_embeddings=c.block_size,
         norm_epsilon=c.norm_eps,
         hidden_act=HF_ACTIVATIONS[c.mlp_activation],
