@@ -18,6 +18,7 @@ from litgpt_clone.commands.generate import generate
 from litgpt_clone.commands.models import models
 from litgpt_clone.commands.pretrain import pretrain
 from litgpt_clone.commands.prepare import prepare_code
+from litgpt_clone.commands.serve import serve
 
 COMMANDS = {
     "download": download,
@@ -31,6 +32,7 @@ COMMANDS = {
     "merge_lora": merge_lora,
     "generate": generate,
     "chat": chat,
+    "serve": serve,
     "prepare": {"_help": "Build datasets: `prepare code` makes a versioned code corpus with token shards.", "code": prepare_code},
 }
 
@@ -82,8 +84,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from litgpt_clone.commands.prepare import CorpusError
     from litgpt_clone.corpus.optout import OptOutError
     from litgpt_clone.corpus.sources import SourceError
+    from litgpt_clone.commands.serve import ServeError
 
-    return (ConfigError, CheckpointError, DownloadError, FileNotFoundError, DataError, TrainingError, GenerationError, ChatTemplateError, CorpusError, OptOutError, SourceError)
+    return (ConfigError, CheckpointError, DownloadError, FileNotFoundError, DataError, TrainingError, GenerationError, ChatTemplateError, CorpusError, OptOutError, SourceError, ServeError)
 
 
 def main(argv: list[str] | None = None) -> None:

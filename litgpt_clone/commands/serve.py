@@ -1,0 +1,67 @@
+"""``litgpt-clone serve``: an OpenAI-compatible HTTP server for one checkpoint."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional, Union
+
+
+class ServeError(ValueError):
+    """Server options that cannot work; the message names the problem and the fix."""
+
+
+def serve(
+    checkpoint_dir: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    accelerator: str = "auto",
+    devices: Union[int, str] = 1,
+    workers_per_device: int = 1,
+    precision: Optional[str] = None,
+    quantize: Optional[str] = None,
+    max_batch_size: int = 1,
+    batch_timeout: float = 0.01,
+    max_new_tokens: int = 512,
+    api_key: Optional[str] = None,
+    model_name: Optional[str] = None,
+) -> None:
+    """Serve a model over HTTP with OpenAI's API: /v1/chat/completions, /v1/completions, /v1/models and /health.
+
+    Any OpenAI client works: ``OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="...")``.
+
+    Args:
+        checkpoint_dir: Native checkpoint folder, hub repo id (downloaded and converted on first use) or model name.
+        host: Address to listen on. 127.0.0.1 (the default) accepts local clients only; 0.0.0.0 opens the
+            server to the network (set --api_key then).
+        port: TCP port.
+        accelerator: "auto", "cpu" or "cuda".
+        devices: Number of devices (or "auto"); each runs workers_per_device workers with a copy of the model.
+        workers_per_device: Model copies per device.
+        precision: "32-true", "bf16-true" or "16-true"; default bf16 on a GPU that supports it, else fp32.
+        quantize: Quantize the weights with bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or bnb.int8.
+        max_batch_size: Requests that arrive within batch_timeout seconds are generated as one batch of up to this many.
+        batch_timeout: Seconds to wait for more requests to fill a batch (with max_batch_size > 1).
+        max_new_tokens: Most tokens of one reply (a request's max_tokens is capped to it).
+        api_key: Require "Authorization: Bearer <api_key>" on every /v1 request (default: env LITGPT_CLONE_API_KEY).
+        model_name: The model id clients send and /v1/models lists (default: the checkpoint's last two folder names).
+    """
+    from litgpt_clone.api import PRECISIONS, find_checkpoint
+    from litgpt_clone.serve import build_server, default_model_name
+
+    if max_batch_size < 1 or workers_per_device < 1 or max_new_tokens < 1:
+        raise ServeError("max_batch_size, workers_per_device and max_new_tokens must be 1 or more")
+    if not 0 < port < 65536:
+        raise ServeError(f"port {port} is not a TCP port: use 1-65535")
+    if precision is not None and precision not in PRECISIONS:
+        raise ServeError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    api_key = api_key or os.environ.get("LITGPT_CLONE_API_KEY") or None
+    checkpoint = find_checkpoint(checkpoint_dir)
+    name = model_name or default_model_name(checkpoint)
+    server = build_server(
+        checkpoint, name, max_new_tokens, api_key, accelerator, devices, workers_per_device, precision, quantize, max_batch_size, batch_timeout,
+    )
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        print(f"warning: listening on {host} without --api_key: anyone who can reach this port can use the model", file=sys.stderr)
+    print(f"Serving model {name!r} ({checkpoint}) at http://{host}:{port}/v1 (health: http://{host}:{port}/health)", file=sys.stderr, flush=True)
+    server.run(host=host, port=port, generate_client_file=False)
