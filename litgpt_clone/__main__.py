@@ -13,6 +13,7 @@ import sys
 from litgpt_clone.commands.chat import chat
 from litgpt_clone.commands.convert import convert_from_hf, convert_to_hf
 from litgpt_clone.commands.download import download
+from litgpt_clone.commands.evaluate import evaluate_perplexity, evaluate_tasks
 from litgpt_clone.commands.finetune import finetune_adapter, finetune_full, finetune_lora, merge_lora
 from litgpt_clone.commands.generate import generate
 from litgpt_clone.commands.models import models
@@ -33,6 +34,7 @@ COMMANDS = {
     "generate": generate,
     "chat": chat,
     "serve": serve,
+    "evaluate": {"_help": "Evaluate a checkpoint: `evaluate tasks` runs lm-eval tasks, `evaluate perplexity` scores text files.", "tasks": evaluate_tasks, "perplexity": evaluate_perplexity},
     "prepare": {"_help": "Build datasets: `prepare code` makes a versioned code corpus with token shards.", "code": prepare_code},
 }
 
@@ -84,9 +86,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from litgpt_clone.commands.prepare import CorpusError
     from litgpt_clone.corpus.optout import OptOutError
     from litgpt_clone.corpus.sources import SourceError
+    from litgpt_clone.evaluate import EvaluationError
     from litgpt_clone.commands.serve import ServeError
 
-    return (ConfigError, CheckpointError, DownloadError, FileNotFoundError, DataError, TrainingError, GenerationError, ChatTemplateError, CorpusError, OptOutError, SourceError, ServeError)
+    return (ConfigError, CheckpointError, DownloadError, FileNotFoundError, DataError, TrainingError, GenerationError, ChatTemplateError, CorpusError, OptOutError, SourceError, EvaluationError, ServeError)
 
 
 def main(argv: list[str] | None = None) -> None:

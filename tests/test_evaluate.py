@@ -1,0 +1,173 @@
+"""``litgpt_clone.evaluate`` and ``litgpt-clone evaluate`` against lm-eval's own ``HFLM``.
+
+A tiny random model (test_generate's fixtures) is converted to our format and exported back with
+``convert_to_hf_checkpoint``; lm-eval's ``HFLM`` runs the export through transformers. On the same local tasks
+(tests/eval_tasks: one multiple-choice, one generation task, offline) our ``LitGPTLM`` must give the same
+loglikelihoods (within 1e-4), the same generations and the same metrics; rolling loglikelihoods must equal HFLM's
+(disjoint windows) and the perplexity command's total NLL (overlapping windows).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # before datasets is imported
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lm_eval import simple_evaluate
+from lm_eval.api.instance import Instance
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+
+from litgpt_clone.__main__ import main
+from litgpt_clone.api import LLM
+from litgpt_clone.checkpoints.convert import convert_to_hf_checkpoint
+from litgpt_clone.commands.evaluate import evaluate_perplexity
+from litgpt_clone.evaluate.lm import LitGPTLM
+from test_generate import CORPUS, checkpoint, models_root  # noqa: F401  (models_root is a fixture)
+
+TASKS = Path(__file__).parent / "eval_tasks"
+LONG_TEXT = CORPUS[:400]
+
+
+@pytest.fixture(scope="module")
+def tasks_dir(tmp_path_factory) -> Path:
+    """A copy of tests/eval_tasks whose YAMLs point at their JSONL files by absolute path."""
+    out = tmp_path_factory.mktemp("eval_tasks")
+    for src in TASKS.iterdir():
+        text = src.read_text()
+        if src.suffix == ".yaml":
+            text = text.replace("tests/eval_tasks/", f"{out}/")
+        (out / src.name).write_text(text)
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(models_root, tmp_path_factory):  # noqa: F811
+    """(our LitGPTLM, lm-eval's HFLM on the HF export, native folder) of the tiny Llama."""
+    _, native = checkpoint(models_root, "llama")
+    export = convert_to_hf_checkpoint(native, tmp_path_factory.mktemp("export"))
+    ours = LitGPTLM(llm=LLM.load(native, device="cpu"), batch_size=4)
+    theirs = HFLM(pretrained=str(export), device="cpu", batch_size=4, dtype="float32")
+    return ours, theirs, native
+
+
+def run_tasks(lm, tasks_dir: Path) -> dict:
+    return simple_evaluate(
+        model=lm, tasks=["tiny_mc", "tiny_gen"], task_manager=TaskManager(include_path=str(tasks_dir)), log_samples=True,
+        bootstrap_iters=0, random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
+    )
+
+
+def test_tasks_match_hflm(models, tasks_dir):
+    ours, theirs, _ = models
+    a, b = run_tasks(ours, tasks_dir), run_tasks(theirs, tasks_dir)
+    # multiple choice: every (context, choice) loglikelihood, and whether it is the greedy continuation
+    ll_a = [r for s in a["samples"]["tiny_mc"] for r in s["resps"]]
+    ll_b = [r for s in b["samples"]["tiny_mc"] for r in s["resps"]]
+    assert len(ll_a) == 21  # 6 questions, 21 choices
+    torch.testing.assert_close(torch.tensor([r[0][0] for r in ll_a]), torch.tensor([r[0][0] for r in ll_b]), atol=1e-4, rtol=0)
+    assert [r[0][1] for r in ll_a] == [r[0][1] for r in ll_b]
+    # generation: the same text for every prompt
+    gen_a = [s["resps"][0][0] for s in a["samples"]["tiny_gen"]]
+    gen_b = [s["resps"][0][0] for s in b["samples"]["tiny_gen"]]
+    assert gen_a == gen_b and len(gen_a) == 5
+    for task, metrics in (("tiny_mc", ("acc,none", "acc_norm,none")), ("tiny_gen", ("exact_match,none",))):
+        for m in metrics:
+            assert a["results"][task][m] == b["results"][task][m], (task, m)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "mistral-sliding", "gemma2"])
+def test_loglikelihood_other_families(family, models_root, tmp_path):  # noqa: F811
+    """Batched, right-padded scoring of contexts longer than a sliding window, and Gemma 2's soft-capping."""
+    _, native = checkpoint(models_root, family)
+    export = convert_to_hf_checkpoint(native, tmp_path / "export")
+    ours = LitGPTLM(llm=LLM.load(native, device="cpu"), batch_size=3)
+    theirs = HFLM(pretrained=str(export), device="cpu", batch_size=3, dtype="float32")
+    pairs = [("The quick brown fox", " jumps over the lazy dog"), ("Once upon a time", " there"), ("Once upon a time", " a"),
+             ("def add(a, b):", "\n    return a + b"), ("", "Language models read tokens")]
+    requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+    a, b = ours.loglikelihood(requests, disable_tqdm=True), theirs.loglikelihood(requests, disable_tqdm=True)
+    torch.testing.assert_close(torch.tensor([x[0] for x in a]), torch.tensor([x[0] for x in b]), atol=1e-4, rtol=0)
+    assert [x[1] for x in a] == [x[1] for x in b]
+
+
+def test_loglikelihood_rolling(models, tmp_path):
+    ours, theirs, native = models
+    request = [Instance("loglikelihood_rolling", {}, (LONG_TEXT,), 0)]
+    n_tokens = len(ours.tok_encode(LONG_TEXT))
+    assert n_tokens > 3 * 32  # several windows of 32 tokens
+
+    # disjoint windows (rolling_context=1) are HFLM's
+    disjoint = LitGPTLM(llm=ours.llm, batch_size=3, max_length=32, rolling_context=1)
+    theirs._max_length = 32
+    try:
+        expected = theirs.loglikelihood_rolling(request, disable_tqdm=True)[0]
+    finally:
+        theirs._max_length = None
+    assert abs(disjoint.loglikelihood_rolling(request, disable_tqdm=True)[0] - expected) < 1e-4
+
+    # overlapping windows: the perplexity command's total NLL; more context per token than disjoint windows
+    overlap = LitGPTLM(llm=ours.llm, batch_size=3, max_length=32, rolling_context=16)
+    (tmp_path / "text.txt").write_text(LONG_TEXT)
+    ppl = evaluate_perplexity(str(native), data=tmp_path, max_length=32, stride_context=16, device="cpu")
+    assert ppl["tokens"] == n_tokens
+    assert abs(overlap.loglikelihood_rolling(request, disable_tqdm=True)[0] + ppl["nll"]) < 1e-4
+    assert ppl["nll"] != pytest.approx(-expected, abs=1e-3)
+
+
+def test_perplexity_matches_transformers(models, tmp_path):
+    """A text inside one window: the NLL is transformers' mean loss of the same tokens after the prefix token."""
+    ours, theirs, native = models
+    (tmp_path / "short.txt").write_text("Once upon a time there was a small model.")
+    result = evaluate_perplexity(str(native), data=tmp_path / "short.txt", device="cpu")
+    ids = torch.tensor([[ours.prefix_token_id, *ours.tok_encode("Once upon a time there was a small model.")]])
+    with torch.no_grad():
+        loss = float(theirs.model(ids, labels=ids).loss)
+    assert result["tokens"] == ids.shape[1] - 1
+    assert result["perplexity"] == pytest.approx(math.exp(loss), rel=1e-4)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "litgpt_clone", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+
+
+def test_cli_writes_results(models, tasks_dir, tmp_path):
+    _, _, native = models
+    proc = run_cli("evaluate", "tasks", str(native), "--tasks", "tiny_mc", "--include_path", str(tasks_dir), "--limit", "3",
+                   "--batch_size", "2", "--device", "cpu", "--out_dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    acc = results["results"]["tiny_mc"]["acc,none"]
+    assert acc in (0, 1 / 3, 2 / 3, 1)
+    table = (tmp_path / "results.md").read_text()
+    assert "tiny_mc" in table and f"{acc:.4f}" in table and table.strip() in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tasks", "tiny_mcc"], "error: unknown task 'tiny_mcc': did you mean tiny_mc"),
+        (["--tasks", "tiny_mc", "--limit", "0"], "error: limit is 0: use a count of examples"),
+        (["--tasks", "tiny_mc", "NOT_A_CHECKPOINT"], "is not a checkpoint: expected"),
+    ],
+)
+def test_bad_input_is_one_line(models, tasks_dir, tmp_path, capsys, args, message):
+    _, _, native = models
+    folder = str(native)
+    if "NOT_A_CHECKPOINT" in args:
+        args, folder = args[:-1], str(tmp_path)
+    with pytest.raises(SystemExit) as exit:
+        main(["evaluate", "tasks", folder, *args, "--include_path", str(tasks_dir)])
+    err = capsys.readouterr().err.strip()
+    assert exit.value.code == 2 and message in err and "\n" not in err, err
