@@ -1,27 +1,35 @@
 """The offline end-to-end demo behind the README's first command.
 
-It exercises what exists today, on data every machine has (the Python standard library's source):
-train a byte-level BPE tokenizer, build a registry model shape with that vocabulary, save it as a native
-checkpoint, export it to a Hugging Face folder and convert it back (weights must survive bit for bit), then load
-it and print next-token probabilities. Steps whose output exists are not redone.
+On data every machine has (the Python standard library's source), with no network: train a byte-level BPE
+tokenizer, build a code corpus with ``prepare code`` (licenses, PII, dedup, report, token shards), pretrain a small
+model on the shards for a few minutes, compare its validation loss with the unigram baseline, export it to a
+Hugging Face folder and generate code from a prompt. Each step runs the real ``litgpt-clone`` command and prints
+it; steps whose output exists are not redone.
 
-Run: ``python -m litgpt_clone.demo [--out_dir demo_out] [--model pythia-14m]``.
+Run: ``python -m litgpt_clone.demo [--out_dir demo_out] [--steps 300]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import math
+import shlex
+import subprocess
+import sys
 import sysconfig
 import time
+from collections import Counter
 from pathlib import Path
 
-import torch
+import yaml
 
-from litgpt_clone.checkpoints.convert import convert_hf_checkpoint, convert_to_hf_checkpoint
-from litgpt_clone.checkpoints.io import load_state, model_state, save_weights, write_atomic_text
-from litgpt_clone.config import Config
-from litgpt_clone.model import GPT
-from litgpt_clone.tokenizer import Tokenizer
+from litgpt_clone.checkpoints.io import write_atomic_text
+
+MODEL = dict(
+    name="demo-coder", architecture="LlamaForCausalLM", block_size=256, n_layer=4, n_embd=128, n_head=4, n_query_groups=2,
+    intermediate_size=352, norm_class_name="RMSNorm", mlp_class_name="GatedMLP", mlp_activation="silu",
+)
 
 
 def stdlib_files(limit: int) -> list[Path]:
@@ -48,50 +56,81 @@ def train_tokenizer(out_dir: Path, files: list[Path], vocab_size: int) -> Path:
     return path
 
 
+def run(step: str, *args: str) -> None:
+    cmd = ["litgpt-clone", *args]
+    print(f"\n[{step}] $ {shlex.join(cmd)}", flush=True)
+    subprocess.run([sys.executable, "-m", "litgpt_clone", *args], check=True)
+
+
+def unigram_baseline(corpus: Path) -> float:
+    """Cross-entropy (nats/token) of the validation tokens under the training tokens' unigram distribution."""
+    from litgpt_clone.data.shards import TokenShards
+
+    train, val = TokenShards(corpus, "train"), TokenShards(corpus, "val")
+    counts = Counter(train.read(0, len(train)).tolist())
+    total, vocab = len(train), train.vocab_size
+    val_tokens = val.read(0, len(val)).tolist()
+    return -sum(math.log((counts.get(t, 0) + 1) / (total + vocab)) for t in val_tokens) / len(val_tokens)
+
+
+def last_val_loss(out: Path) -> float:
+    rows = [r for f in sorted(out.glob("logs/version_*/metrics.csv")) for r in csv.DictReader(f.open()) if r.get("val_loss")]
+    return float(rows[-1]["val_loss"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out_dir", type=Path, default=Path("demo_out"))
-    parser.add_argument("--model", default="pythia-14m", help="registry name whose shape the demo model takes")
-    parser.add_argument("--files", type=int, default=120, help="standard-library files to train the tokenizer on")
+    parser.add_argument("--steps", type=int, default=300, help="pretraining steps (about 0.3 s each on 2 CPU cores)")
     args = parser.parse_args()
     out, start = args.out_dir, time.perf_counter()
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
 
-    files = stdlib_files(args.files)
-    tok_path = train_tokenizer(out / "native", files, vocab_size=2048)
-    tokenizer = Tokenizer(out / "native")
-    print(f"[1/4] tokenizer: {tokenizer.vocab_size} tokens trained on {len(files)} stdlib files -> {tok_path}")
+    tokenizer = out / "tokenizer"
+    files = stdlib_files(300)
+    train_tokenizer(tokenizer, files, vocab_size=4096)
+    print(f"[1/5] tokenizer: 4096-token byte-level BPE trained on {len(files)} standard-library files -> {tokenizer}")
 
-    native = out / "native"
-    if not (native / "model.safetensors").is_file():
-        torch.manual_seed(0)
-        config = Config.from_name(args.model, vocab_size=tokenizer.vocab_size, block_size=512)
-        model = GPT(config)
-        model.init_weights()
-        save_weights(model_state(model), native / "model.safetensors")
-        write_atomic_text(native / "model_config.yaml", config.to_yaml())
-    config = Config.from_checkpoint(native)
-    n_params = sum(t.numel() for t in load_state(native / "model.safetensors").values())
-    print(f"[2/4] model: {config.name} shape ({config.architecture}), {n_params / 1e6:.2f}M parameters -> {native}")
+    corpus_root = out / "corpus"
+    versions = sorted(corpus_root.glob("v[0-9]*/manifest.json")) if corpus_root.is_dir() else []
+    if not versions:
+        run("2/5 corpus", "prepare", "code", str(stdlib), "--out_dir", str(corpus_root), "--tokenizer_dir", str(tokenizer),
+            "--languages", "[Python]", "--exclude", '[site-packages, "*__pycache__", "test*", "idlelib", "lib2to3", "ensurepip", "encodings"]',
+            "--val_fraction", "0.02")
+        versions = sorted(corpus_root.glob("v[0-9]*/manifest.json"))
+    corpus = versions[-1].parent
+    print(f"[2/5] corpus: {corpus} (report: {corpus / 'report.md'})")
 
-    hf_dir, back = out / "hf", out / "roundtrip"
-    convert_to_hf_checkpoint(native, hf_dir)
-    convert_hf_checkpoint(hf_dir, back)
-    a, b = load_state(native / "model.safetensors"), load_state(back / "model.safetensors")
-    same = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    print(f"[3/4] convert to_hf -> {hf_dir}, from_hf -> {back}: weights identical = {same}")
-    if not same:
-        raise SystemExit("round trip changed the weights")
+    config = out / "model_config.yaml"
+    if not config.is_file():
+        from litgpt_clone.tokenizer import Tokenizer
 
-    model = GPT.from_checkpoint(back).eval()
-    prompt = "def main():\n    "
-    ids = tokenizer.encode(prompt)[None]  # (1, T)
-    with torch.no_grad():
-        probs = model(ids)[0, -1].softmax(-1)
-    top = probs.topk(5)
-    print(f"[4/4] next-token probabilities after {prompt!r} (random weights, so close to uniform 1/{config.vocab_size}):")
-    for p, i in zip(top.values.tolist(), top.indices.tolist()):
-        print(f"      {tokenizer.decode([i])!r:>14}  {p:.5f}")
-    print(f"done in {time.perf_counter() - start:.1f}s. Next: `litgpt-clone models`, `litgpt-clone convert --help`.")
+        write_atomic_text(config, yaml.safe_dump({**MODEL, "vocab_size": Tokenizer(tokenizer).vocab_size}, sort_keys=False))
+    pretrain_dir = out / "pretrain"
+    if not (pretrain_dir / "final" / "model.safetensors").is_file():
+        run("3/5 pretrain", "pretrain", "--model_config", str(config), "--tokenizer_dir", str(tokenizer), "--data", "shards",
+            "--data.path", str(corpus), "--out_dir", str(pretrain_dir), "--train.max_steps", str(args.steps),
+            "--train.global_batch_size", "16", "--train.micro_batch_size", "16", "--train.max_seq_length", "128",
+            "--train.lr", "3e-3", "--train.warmup_steps", "20", "--train.min_lr", "3e-4", "--train.log_interval", "50",
+            "--train.save_interval", "100", "--eval.interval", "100", "--eval.max_iters", "10", "--resume", "auto")
+    val, baseline = last_val_loss(pretrain_dir), unigram_baseline(corpus)
+    print(f"[3/5] validation loss {val:.3f} nats/token vs the unigram baseline {baseline:.3f} ({baseline - val:+.3f} better)")
+
+    hf_dir = out / "hf"
+    if not (hf_dir / "config.json").is_file():
+        run("4/5 export", "convert", "to_hf", str(pretrain_dir / "final"), "--out_dir", str(hf_dir))
+    print(f"[4/5] Hugging Face export: {hf_dir} (AutoModelForCausalLM.from_pretrained loads it)")
+
+    run("5/5 generate", "generate", str(pretrain_dir / "final"), "--prompt", "def ", "--max_new_tokens", "60",
+        "--temperature", "0.7", "--seed", "1")
+    final = pretrain_dir / "final"
+    print(
+        f"\ndone in {time.perf_counter() - start:.0f}s. Corpus {corpus}, report {corpus / 'report.md'}, checkpoint {final}, "
+        f"logs {pretrain_dir / 'logs'}.\nNext: litgpt-clone chat {final} | litgpt-clone serve {final} | "
+        f"litgpt-clone evaluate perplexity {final} --data {stdlib / 'json'}"
+    )
+    if val >= baseline:
+        raise SystemExit("the model did not beat the unigram baseline")
 
 
 if __name__ == "__main__":
