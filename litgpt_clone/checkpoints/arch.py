@@ -81,6 +81,19 @@ def rope_from_hf(hf: dict) -> tuple[float, Optional[dict]]:
     return float(base), scaling
 
 
+def sizes_from_hf(hf: dict) -> dict:
+    """The ``Config`` sizes every Llama-style config.json spells the same way (``sizes_to_hf`` is the inverse)."""
+    return dict(
+        vocab_size=hf["vocab_size"],
+        n_layer=hf["num_hidden_layers"],
+        n_embd=hf["hidden_size"],
+        n_head=hf["num_attention_heads"],
+        n_query_groups=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        head_size=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+        intermediate_size=hf["intermediate_size"],
+    )
+
+
 def sizes_to_hf(c: Config) -> dict:
     """The config.json size keys every Llama-style family shares."""
     return dict(

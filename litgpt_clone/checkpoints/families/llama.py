@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from litgpt_clone.checkpoints.arch import (
-    Arch, layer_types, register, rope_from_hf, rope_to_hf, sizes_to_hf, sliding_from_layer_types,
+    Arch, layer_types, register, rope_from_hf, rope_to_hf, sizes_from_hf, sizes_to_hf, sliding_from_layer_types,
 )
 from litgpt_clone.config import Config, ConfigError
 
@@ -21,13 +21,7 @@ def llama_config_from_hf(hf: dict) -> dict:
     n_layer = hf["num_hidden_layers"]
     out = dict(
         block_size=hf.get("max_position_embeddings", 4096),
-        vocab_size=hf["vocab_size"],
-        n_layer=n_layer,
-        n_embd=hf["hidden_size"],
-        n_head=hf["num_attention_heads"],
-        n_query_groups=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-        head_size=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
-        intermediate_size=hf["intermediate_size"],
+        **sizes_from_hf(hf),
         norm_class_name="RMSNorm",
         norm_eps=hf.get("rms_norm_eps", 1e-6),
         mlp_class_name="GatedMLP",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from litgpt_clone.checkpoints.arch import Arch, register, rope_from_hf, rope_to_hf, sizes_to_hf
+from litgpt_clone.checkpoints.arch import Arch, register, rope_from_hf, rope_to_hf, sizes_from_hf, sizes_to_hf
 from litgpt_clone.checkpoints.families.gpt_neox import HF_ACTIVATIONS, rotary_fraction
 from litgpt_clone.checkpoints.families.llama import IGNORE, activation_from_hf
 from litgpt_clone.config import Config, ConfigError
@@ -26,13 +26,7 @@ def phi_config_from_hf(hf: dict) -> dict:
     base, scaling = rope_from_hf(hf)
     return dict(
         block_size=hf.get("max_position_embeddings", 2048),
-        vocab_size=hf["vocab_size"],
-        n_layer=hf["num_hidden_layers"],
-        n_embd=hf["hidden_size"],
-        n_head=hf["num_attention_heads"],
-        n_query_groups=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-        head_size=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
-        intermediate_size=hf["intermediate_size"],
+        **sizes_from_hf(hf),
         norm_class_name="LayerNorm",
         norm_eps=hf.get("layer_norm_eps", 1e-5),
         norm_qk=bool(hf.get("qk_layernorm", False)),  # one LayerNorm of head width shared by all heads
@@ -86,13 +80,7 @@ def phi3_config_from_hf(hf: dict) -> dict:
     base, scaling = phi3_rope_from_hf(hf)
     out = dict(
         block_size=hf.get("max_position_embeddings", 4096),
-        vocab_size=hf["vocab_size"],
-        n_layer=hf["num_hidden_layers"],
-        n_embd=hf["hidden_size"],
-        n_head=hf["num_attention_heads"],
-        n_query_groups=hf.get("num_key_value_heads") or hf["num_attention_heads"],
-        head_size=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
-        intermediate_size=hf["intermediate_size"],
+        **sizes_from_hf(hf),
         norm_class_name="RMSNorm",
         norm_eps=hf.get("rms_norm_eps", 1e-5),
         mlp_class_name="GatedMLP",
