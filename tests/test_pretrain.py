@@ -179,6 +179,18 @@ def test_tokenizer_larger_than_model(setup, tmp_path):
     assert "512" in line and "256" in line and "vocab_size" in line
 
 
+@pytest.mark.skipif(Path("/proc/sys/vm/overcommit_memory").read_text().strip() != "0" if Path("/proc/sys/vm/overcommit_memory").exists() else True,
+                    reason="needs Linux's heuristic overcommit (vm.overcommit_memory=0) to refuse an impossible allocation")
+def test_out_of_memory_says_what_to_lower(setup, tmp_path):
+    """A real allocation failure: logits of 128 x 64 tokens over a 4M vocabulary need 131 GB (the weights are 0.3 GB)."""
+    (tmp_path / "wide.yaml").write_text(yaml.safe_dump({**MODEL, "vocab_size": 4_000_000, "n_embd": 8}))
+    proc = pretrain(setup, tmp_path / "o", "--model_config", tmp_path / "wide.yaml", "--train.max_steps", "1",
+                    "--train.global_batch_size", "128", "--train.micro_batch_size", "128", "--eval.interval", "1000", check=False)
+    line = one_line(proc)
+    assert line.startswith("error: out of memory with micro_batch_size 128 x max_seq_length 64"), line
+    assert "--train.micro_batch_size" in line and "--train.max_seq_length" in line and "activation_checkpointing" in line
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(setup, tmp_path):
     out = tmp_path / "out"
     proc = pretrain(setup, out, "--train.max_steps", "50", "--train.global_batch_size", "2", "--train.micro_batch_size", "2",

@@ -153,7 +153,9 @@ def train_and_save(
             fabric, model, opt, train_data, val_data, train, eval, state, seq_length, save,
             flops_per_token=flops, peak_flops=device_peak_flops(fabric.device, str(fabric._precision.precision)),
         )
-    except torch.OutOfMemoryError as err:
+    except (torch.OutOfMemoryError, RuntimeError) as err:
+        if not out_of_memory(err):
+            raise
         raise TrainingError(
             f"out of memory with micro_batch_size {train.micro_batch_size} x max_seq_length {seq_length}: lower "
             "--train.micro_batch_size (the global batch stays the same), --train.max_seq_length, or use "
@@ -161,6 +163,12 @@ def train_and_save(
         ) from err
     summary["checkpoint"] = str(out_dir / "final")
     return summary
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """CUDA raises ``torch.OutOfMemoryError``; the CPU allocator raises a ``RuntimeError`` saying it "can't allocate
+    memory"."""
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
 
 
 def resume_state(fabric, model, optimizer, out_dir: Path, resume, weights_file: str = "model.safetensors") -> FitState:
