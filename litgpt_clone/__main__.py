@@ -42,6 +42,8 @@ OPTIONAL_POSITIONALS = {"pretrain": "--model_name"}
 FINETUNE_METHODS = ("lora", "full", "adapter")
 """Commands whose first bare word is an optional argument (``pretrain pythia-14m``), which jsonargparse cannot
 express: it is rewritten to the flag."""
+REPEATABLE = ("--stop",)
+"""List flags that may be given several times, each adding one item."""
 
 
 def data_aliases(command: str) -> dict[str, str]:
@@ -55,7 +57,7 @@ def data_aliases(command: str) -> dict[str, str]:
 
 def rewrite(argv: list[str]) -> list[str]:
     """Spellings jsonargparse cannot express: ``pretrain <name>``, ``finetune <checkpoint>`` (= ``finetune lora``),
-    ``--data <short name>``."""
+    ``--data <short name>``, a repeated ``--stop``."""
     argv = list(argv)
     if len(argv) >= 2 and argv[0] in OPTIONAL_POSITIONALS and not argv[1].startswith("-"):
         argv[1:2] = [OPTIONAL_POSITIONALS[argv[0]], argv[1]]
@@ -65,6 +67,9 @@ def rewrite(argv: list[str]) -> list[str]:
         n = next((i for i, a in enumerate(argv[2:]) if a.startswith("-")), len(argv) - 2)
         if n > 1:
             argv[2 : 2 + n] = [json.dumps(argv[2 : 2 + n])]
+    for flag in REPEATABLE:  # `--stop A --stop B` appends, as users of other CLIs expect, not "last one wins"
+        if sum(a == flag or a.startswith(flag + "=") for a in argv) > 1:
+            argv = [flag + "+" + a[len(flag):] if a == flag or a.startswith(flag + "=") else a for a in argv]
     aliases = data_aliases(argv[0] if argv else "")
     for i, arg in enumerate(argv):
         if arg == "--data" and i + 1 < len(argv) and argv[i + 1] in aliases:

@@ -230,6 +230,13 @@ def test_stop_strings(llama, capsys):
     assert stop in tokenizer.decode(tokens) and stop not in tokenizer.decode(tokens[:-1])
     out = run_main(capsys, "generate", native, "--prompt", PROMPTS[0], "--max_new_tokens", 16, "--temperature", 0, "--stop", stop)
     assert out == text[: text.index(stop)] + "\n"
+    # `--stop` given twice adds both (the earlier one in the text wins), as `[--stop "..."]*` reads
+    early = text[len(tokenizer.decode(free[:3])):][:2]
+    assert text.index(early) < text.index(stop)
+    for order in ((stop, early), (early, stop)):
+        out = run_main(capsys, "generate", native, "--prompt", PROMPTS[0], "--max_new_tokens", 16, "--temperature", 0,
+                       "--stop", order[0], "--stop", order[1])
+        assert out == text[: text.index(early)] + "\n"
     with pytest.raises(GenerationError, match="tokenizer"):
         generate(model, [prompt], 4, stop_strings=["x"])
 

@@ -38,7 +38,7 @@ def generate(
         top_k: Sample among the k most likely tokens only (None: all).
         top_p: Sample within the smallest set of tokens whose probability adds up to top_p (1.0: off).
         min_p: Drop tokens less likely than min_p times the most likely one (0: off).
-        stop: Stop before this text; several: ``--stop+ "A" --stop+ "B"`` or ``--stop '["A", "B"]'``. Generation
+        stop: Stop before this text; several: ``--stop "A" --stop "B"`` (or ``--stop '["A", "B"]'``). Generation
             also stops at the tokenizer's EOS and at every eos_token_id of generation_config.json.
         seed: Seed for sampling: the same seed gives the same text (sample i uses seed + i).
         num_samples: How many continuations to generate, one after the other.
