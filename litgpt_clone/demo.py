@@ -31,6 +31,9 @@ MODEL = dict(
     intermediate_size=352, norm_class_name="RMSNorm", mlp_class_name="GatedMLP", mlp_activation="silu",
 )
 
+RECIPE = Path(__file__).resolve().parents[1] / "config_hub" / "pretrain" / "demo.yaml"
+"""The training settings (batch, schedule, intervals); the demo passes its own paths on top."""
+
 
 def stdlib_files(limit: int) -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -108,11 +111,8 @@ def main() -> None:
         write_atomic_text(config, yaml.safe_dump({**MODEL, "vocab_size": Tokenizer(tokenizer).vocab_size}, sort_keys=False))
     pretrain_dir = out / "pretrain"
     if not (pretrain_dir / "final" / "model.safetensors").is_file():
-        run("3/5 pretrain", "pretrain", "--model_config", str(config), "--tokenizer_dir", str(tokenizer), "--data", "shards",
-            "--data.path", str(corpus), "--out_dir", str(pretrain_dir), "--train.max_steps", str(args.steps),
-            "--train.global_batch_size", "16", "--train.micro_batch_size", "16", "--train.max_seq_length", "128",
-            "--train.lr", "3e-3", "--train.warmup_steps", "20", "--train.min_lr", "3e-4", "--train.log_interval", "50",
-            "--train.save_interval", "100", "--eval.interval", "100", "--eval.max_iters", "10", "--resume", "auto")
+        run("3/5 pretrain", "pretrain", "--config", str(RECIPE), "--model_config", str(config), "--tokenizer_dir", str(tokenizer),
+            "--data.path", str(corpus), "--out_dir", str(pretrain_dir), "--train.max_steps", str(args.steps))
     val, baseline = last_val_loss(pretrain_dir), unigram_baseline(corpus)
     print(f"[3/5] validation loss {val:.3f} nats/token vs the unigram baseline {baseline:.3f} ({baseline - val:+.3f} better)")
 

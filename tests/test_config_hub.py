@@ -34,7 +34,26 @@ def test_there_are_recipes():
     names = {p.relative_to(HUB).as_posix() for p in RECIPES}
     for model in ("Llama-3.2-1B", "Llama-3-8B", "phi-2", "Qwen2.5-1.5B", "TinyLlama-1.1B"):
         assert {f"finetune/{model}/{m}.yaml" for m in ("lora", "qlora", "full")} <= names
-    assert {"pretrain/pythia-160m.yaml", "pretrain/tinyllama-1.1b.yaml"} <= names
+    assert {"pretrain/demo.yaml", "pretrain/pythia-160m.yaml", "pretrain/tinyllama-1.1b.yaml"} <= names
+
+
+def check_comments(recipe: Path, printed: dict) -> None:
+    """Comments go stale too: the ``# Run:`` line names this file and its command, and a commented-out setting
+    (``# train.lr: 0.001  (default)``) states the value the command really gets."""
+    comments = [line.lstrip("#").strip() for line in recipe.read_text().splitlines() if line.startswith("#")]
+    runs = [c for c in comments if c.startswith("Run:")]
+    assert len(runs) == 1, f"{recipe.name}: one '# Run:' line expected"
+    command = " ".join(command_for(recipe))
+    expected = f"litgpt-clone {command} --config {recipe.relative_to(HUB.parent).as_posix()}"
+    assert runs[0].removeprefix("Run:").strip() == expected, f"{recipe}: the Run line should read {expected!r}"
+    for comment in comments:
+        key, sep, value = comment.partition(":")
+        if sep and "." in key and " " not in key:  # a dotted setting
+            node = printed
+            for part in key.split("."):
+                assert isinstance(node, dict) and part in node, f"{recipe.name}: comment names {key}, not an argument"
+                node = node[part]
+            assert yaml.safe_load(value.split("(")[0]) == node, f"{recipe.name}: comment says {key}: {value}, the command gets {node!r}"
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.relative_to(HUB).as_posix())
@@ -45,11 +64,14 @@ def test_recipe_parses_and_applies(recipe):
     assert exit_.value.code in (0, None), out.getvalue()
     printed = yaml.safe_load(out.getvalue())
     subset(yaml.safe_load(recipe.read_text()), printed, recipe.name)
+    check_comments(recipe, printed)
     if recipe.parent.name != "pretrain":  # the model a recipe names is one we know
         from litgpt_clone.config import find_config
 
         find_config(printed["checkpoint_dir"])
-    else:
+    elif printed["model_name"] is not None:
         from litgpt_clone.config import find_config
 
         find_config(printed["model_name"])
+    else:  # the demo's recipe: a model_config file the demo writes
+        assert printed["model_config"] is not None
