@@ -2,8 +2,9 @@
 
 from litgpt_clone.config import Config
 from litgpt_clone.model import GPT
+from litgpt_clone.tokenizer import Tokenizer
 
-__all__ = ["Config", "GPT", "LLM"]
+__all__ = ["Config", "GPT", "LLM", "Tokenizer"]
 
 
 def __getattr__(name: str):

@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2)
+    except BrokenPipeError:  # `litgpt-clone models | head`: the reader has what it wanted; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's final flush goes nowhere
 
 
 if __name__ == "__main__":

@@ -64,6 +64,27 @@ def test_convert_round_trip_through_cli(hf_llama, tmp_path):
     assert set(load_file(back / "model.safetensors")) == set(load_file(hf_dir / "model.safetensors"))
 
 
+def test_files_are_readable_by_others_and_default_export_sits_beside(hf_llama, tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the files must still get the umask's usual 0644, so a shared
+    checkpoint folder is readable. `convert to_hf` without --out_dir writes <checkpoint>_hf next to the checkpoint."""
+    hf_dir, _ = hf_llama
+    native = tmp_path / "models" / "native"
+    cli("convert", "from_hf", hf_dir, "--out_dir", native)
+    subprocess.run(["bash", "-c", f"umask 022 && cd {tmp_path} && {sys.executable} -m litgpt_clone convert to_hf models/native"], check=True)
+    export = tmp_path / "models" / "native_hf"
+    assert (export / "config.json").is_file() and not (tmp_path / "native_hf").exists()
+    for path in [*native.iterdir(), *export.iterdir()]:
+        assert path.stat().st_mode & 0o777 == 0o644, f"{path.name}: {oct(path.stat().st_mode & 0o777)}"
+
+
+def test_closed_pipe_is_not_an_error():
+    """`litgpt-clone models | head -1`: when the reader goes away, no traceback and exit 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "litgpt_clone", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command has printed anything: its first write hits a closed pipe
+    assert proc.wait(timeout=120) == 0
+    assert proc.stderr.read() == b""
+
+
 def test_config_file_and_print_config(hf_llama, tmp_path):
     hf_dir, _ = hf_llama
     recipe = tmp_path / "recipe.yaml"

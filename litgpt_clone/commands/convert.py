@@ -28,9 +28,11 @@ def convert_to_hf(checkpoint_dir: str, out_dir: Optional[Path] = None, max_shard
         checkpoint_dir: Native checkpoint folder (model_config.yaml + model.safetensors), or a hub repo id
             (downloaded and converted into checkpoints/<repo_id> on first use).
         out_dir: Where to write model.safetensors (+ index when sharded), config.json and tokenizer files;
-            default ``<checkpoint_dir>_hf`` beside the checkpoint.
+            default ``<checkpoint_dir>_hf`` beside the checkpoint (``checkpoints/<repo_id>_hf`` for a repo id).
         max_shard_size: Largest safetensors shard, e.g. "5GB" or "500MB".
     """
-    out_dir = out_dir or Path(f"{Path(checkpoint_dir).name}_hf")
+    if out_dir is None:  # beside the checkpoint; a repo id's checkpoint is checkpoints/<repo_id>
+        folder = Path(checkpoint_dir) if Path(checkpoint_dir).is_dir() else Path("checkpoints") / checkpoint_dir
+        out_dir = folder.parent / f"{folder.name}_hf"
     convert_to_hf_checkpoint(checkpoint_dir, out_dir, max_shard_size=max_shard_size)
     print(f"Hugging Face checkpoint written to {out_dir}")
