@@ -408,6 +408,10 @@ def test_encoded_samples_are_cached(tmp_path, tok, cache, monkeypatch, capsys):
     for changed in (lambda: JSON(path, val_fraction=0.2).datasets(tok, 128, seed=3), lambda: JSON(path, val_fraction=0.1).datasets(tok, 64, seed=3)):
         with pytest.raises(AssertionError, match="read again"):
             changed()
+    renamed = path.with_name("renamed.jsonl")
+    renamed.write_bytes(path.read_bytes())
+    with pytest.raises(AssertionError, match="read again"):  # the summary line names the file: a new name, a new entry
+        JSON(renamed, val_fraction=0.1).datasets(tok, 128, seed=3)
     write_jsonl(path, records[:-1])
     with pytest.raises(AssertionError, match="read again"):
         JSON(path, val_fraction=0.1).datasets(tok, 128, seed=3)

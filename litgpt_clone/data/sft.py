@@ -592,9 +592,11 @@ CACHE_FORMAT = 2
 
 def cache_key(module: FileData, tokenizer: Tokenizer, max_seq_length: int, *files: Optional[Path]) -> str:
     """A hash of everything the encoded samples depend on: the data files' bytes, the tokenizer's files, the
-    module's encoding options and ``max_seq_length`` (packing and the seed are applied after the cache)."""
+    module's encoding options and ``max_seq_length`` (packing and the seed are applied after the cache), and the data
+    files' names, which the cached summary line shows."""
     h = hashlib.sha256(f"{CACHE_FORMAT}|{type(module).__name__}|{max_seq_length}".encode())
     h.update(repr([module.mask_prompt, module.val_fraction, module.prompt_style, module.ignore_index]).encode())
+    h.update(repr([f.name if f is not None else None for f in files]).encode())
     names = [*TOKENIZER_FILES, "config.json"]
     for path in [*files, *(tokenizer.checkpoint_dir / name for name in names)]:
         h.update(b"|")
