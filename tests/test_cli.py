@@ -55,6 +55,10 @@ def test_convert_round_trip_through_cli(hf_llama, tmp_path):
         p.name for p in native.iterdir()
     }
     assert not list(native.glob(".*.tmp")), "temporary files left behind"
+    again = cli("convert", "from_hf", native, "--out_dir", tmp_path / "again", check=False)  # a native folder keeps config.json
+    assert again.returncode == 2 and again.stderr.strip().splitlines()[-1] == (
+        f"error: {native} is already a native checkpoint (model_config.yaml): use it as it is, or export it with `convert to_hf`"
+    )
     cli("convert", "to_hf", native, "--out_dir", back)
     idx = torch.randint(0, 64, (1, 12))
     with torch.no_grad():

@@ -111,7 +111,7 @@ def expect_snapshot(result: dict, hf_home: Path, hub: HubStandin, repo_id: str) 
 def test_select_files_prefers_safetensors_and_skips_other_formats():
     files = [
         "config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-        "special_tokens_map.json", "chat_template.jinja", "README.md", ".gitattributes",
+        "special_tokens_map.json", "chat_template.jinja", "added_tokens.json", "README.md", ".gitattributes",
         "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json",
         "pytorch_model-00001-of-00002.bin", "pytorch_model.bin.index.json", "consolidated.safetensors",
         "original/consolidated.00.pth", "original/params.json", "onnx/model.onnx", "onnx/model.safetensors",
@@ -120,7 +120,7 @@ def test_select_files_prefers_safetensors_and_skips_other_formats():
     assert select_files(files) == sorted(
         [
             "config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-            "special_tokens_map.json", "chat_template.jinja",
+            "special_tokens_map.json", "chat_template.jinja", "added_tokens.json",
             "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json",
         ]
     )  # fmt: skip

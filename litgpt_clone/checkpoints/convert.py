@@ -142,6 +142,8 @@ def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = No
         dtype: Cast the weights to ``float32``, ``bfloat16`` or ``float16``; default keeps the stored dtype.
     """
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    if (hf_dir / "model_config.yaml").is_file() and (hf_dir / "model.safetensors").is_file():
+        raise CheckpointError(f"{hf_dir} is already a native checkpoint (model_config.yaml): use it as it is, or export it with `convert to_hf`")
     config = Config.from_hf_config(hf_dir)
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")

@@ -12,16 +12,9 @@ import re
 from pathlib import Path
 from typing import Iterable, Optional
 
+from litgpt_clone.tokenizer import TOKENIZER_FILES
+
 CONFIG_FILES = ("config.json", "generation_config.json")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "vocab.json",
-    "merges.txt",
-)
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
 # top-level *.bin files that are not model weights (trainer state saved next to checkpoints)
