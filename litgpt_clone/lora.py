@@ -132,6 +132,16 @@ def inject_lora(model: GPT, args: LoRAArgs) -> GPT:
     return model
 
 
+def load_lora_args(folder) -> LoRAArgs:
+    """The ``LoRAArgs`` a ``finetune lora`` checkpoint folder was trained with (its lora_config.yaml)."""
+    from pathlib import Path
+
+    import yaml
+
+    saved = yaml.safe_load((Path(folder) / "lora_config.yaml").read_text())
+    return LoRAArgs(**{**saved, "layers": tuple(saved["layers"]) if saved.get("layers") else None})
+
+
 def lora_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Only the adapter weights of a (full) state dict."""
     return {k: v for k, v in state.items() if ".lora_A." in k or ".lora_B." in k}

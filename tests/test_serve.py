@@ -1,9 +1,17 @@
 """``litgpt-clone serve``: the real LitServe server in a subprocess on a free loopback port, driven with the
-official ``openai`` client and raw HTTP. Greedy answers must equal ``LLM``'s for the same prompts, streamed text
-the non-streamed text, and bad requests must get OpenAI-shaped 4xx errors while the server keeps serving."""
+official ``openai`` client (sync, async, streaming) and raw HTTP. Greedy answers must equal the generate module's
+for the same prompts (alone, and with 32 clients decoded together), streamed text the non-streamed text, usage
+the real token counts; bad and hostile requests must get OpenAI-shaped 4xx errors while the server keeps serving;
+a client that goes away must have its generation cancelled. tests/test_serve_lora_eval.py covers LoRA adapters,
+logprobs/echo and lm-eval's ``local-completions`` model against the server.
+
+``running_server`` (shared with that file) starts the server in its own process group and kills the whole group.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -12,14 +20,16 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import openai
 import pytest
 import requests
+import torch
 
 from litgpt_clone import LLM
 from litgpt_clone.generate import generate
-from test_generate import CHATML, PROMPTS, checkpoint, models_root  # noqa: F401  (fixture)
+from test_generate import CHATML, CORPUS, PROMPTS, checkpoint, models_root  # noqa: F401  (fixture)
 
 KEY = "test-key-123"
 NAME = "tiny/llama"
@@ -31,19 +41,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(models_root):
-    """(base url, LLM on the same checkpoint) with a running server; the server's process group is killed at the end."""
-    _, native = checkpoint(models_root, "llama", chat_template=CHATML)
+@contextlib.contextmanager
+def running_server(checkpoint_dir: Path, log_path: Path, *args: str, env: dict | None = None):
+    """(base url, log file) of ``litgpt-clone serve checkpoint_dir *args`` on a free port; the server's whole process
+    group (uvicorn, inference workers, manager) is killed at the end."""
     port = free_port()
-    cmd = [sys.executable, "-m", "litgpt_clone", "serve", str(native), "--port", str(port), "--accelerator", "cpu",
-           "--max_batch_size", "4", "--max_new_tokens", "64", "--model_name", NAME]
-    env = {**os.environ, "LITGPT_CLONE_API_KEY": KEY}
-    log = open(models_root / f"serve-{port}.log", "w+")
+    cmd = [sys.executable, "-m", "litgpt_clone", "serve", str(checkpoint_dir), "--port", str(port), "--accelerator", "cpu", *args]
+    log = open(log_path, "w+")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}  # one thread: steady on a small shared machine
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(240):  # up to 60 s
+        for _ in range(480):  # up to 120 s on a busy machine
             if proc.poll() is not None:
                 break
             try:
@@ -53,26 +62,48 @@ def server(models_root):
                 pass
             time.sleep(0.25)
         else:
-            pytest.fail("the server did not become healthy in 60 s")
+            pytest.fail("the server did not become healthy in 120 s")
         log.seek(0)
         assert proc.poll() is None, log.read()
-        yield url, LLM.load(native, device="cpu"), log
+        yield url, log
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         log.close()
 
 
+def read_log(log) -> str:
+    log.seek(0)
+    return log.read()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The references (generate, LLM) run on one thread: on a busy 2-core machine, two threads of tiny matmuls wait
+    on each other for milliseconds per op."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def server(models_root):
+    """(base url, LLM on the same checkpoint, log) with a running server."""
+    _, native = checkpoint(models_root, "llama", chat_template=CHATML)
+    args = ["--max_batch_size", "32", "--max_new_tokens", "2000", "--model_name", NAME]
+    with running_server(native, models_root / "serve-main.log", *args, env={"LITGPT_CLONE_API_KEY": KEY}) as (url, log):
+        yield url, LLM.load(native, device="cpu"), log
+
+
 def client(url: str, key: str = KEY) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60)
+    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120)
 
 
 def test_logs_url_and_lists_the_model(server):
     url, _, log = server
-    log.seek(0)
-    assert f"Serving model '{NAME}'" in log.read() and url.endswith(str(int(url.rsplit(":", 1)[1])))
-    models = client(url).models.list()
-    assert [m.id for m in models.data] == [NAME]
+    assert f"Serving model '{NAME}'" in read_log(log) and f"at {url}/v1" in read_log(log)
+    assert [m.id for m in client(url).models.list().data] == [NAME]
 
 
 def test_chat_matches_llm_and_streams_the_same_text(server):
@@ -92,6 +123,9 @@ def test_chat_matches_llm_and_streams_the_same_text(server):
     stop = expected[len(expected) // 2 :][:3]
     out = client(url).chat.completions.create(model=NAME, messages=messages, temperature=0, max_tokens=12, stop=[stop])
     assert out.choices[0].message.content == expected[: expected.index(stop)] and out.choices[0].finish_reason == "stop"
+    # n choices: greedy ones are all the same text
+    out = client(url).chat.completions.create(model=NAME, messages=messages, temperature=0, max_tokens=12, n=3)
+    assert [c.message.content for c in out.choices] == [expected] * 3 and out.usage.completion_tokens == 36
 
 
 def test_completions_match_the_generate_module(server):
@@ -104,21 +138,41 @@ def test_completions_match_the_generate_module(server):
     assert out.usage.prompt_tokens == sum(len(llm.encode(p)) for p in PROMPTS) and out.usage.completion_tokens == 30
     streamed = client(url).completions.create(model=NAME, prompt=PROMPTS[1], temperature=0, max_tokens=10, stream=True)
     assert "".join(c.choices[0].text for c in streamed) == out.choices[1].text
+    # a prompt given as token ids is the same prompt
+    by_ids = client(url).completions.create(model=NAME, prompt=llm.encode(PROMPTS[1]).tolist(), temperature=0, max_tokens=10)
+    assert by_ids.choices[0].text == out.choices[1].text
     # sampling with a seed is reproducible
     a, b = (client(url).completions.create(model=NAME, prompt=PROMPTS[0], temperature=1.0, top_p=0.9, seed=7, max_tokens=12).choices[0].text for _ in range(2))
     assert a == b != out.choices[0].text
 
 
-def test_eight_concurrent_clients(server):
+def test_32_concurrent_async_clients_get_the_greedy_answers(server):
     url, llm, _ = server
-    prompts = [PROMPTS[i % 3] + " " * (i // 3) for i in range(8)]  # different lengths: left-padded batches
-    expected = [llm.generate(p, max_new_tokens=8) for p in prompts]
+    words = CORPUS.split()
+    prompts = [f"{PROMPTS[i % 3]} {' '.join(words[: i % 11])}" for i in range(32)]  # different lengths: ragged joins
+    budgets = [4 + i % 9 for i in range(32)]
+    expected = [llm.generate(p, max_new_tokens=m) for p, m in zip(prompts, budgets)]
+    messages = [[{"role": "user", "content": p}] for p in prompts]
+    expected_chat = [llm.chat(m, max_new_tokens=n) for m, n in zip(messages, budgets)]
 
-    def ask(prompt: str) -> str:
-        return client(url).completions.create(model=NAME, prompt=prompt, temperature=0, max_tokens=8).choices[0].text
+    async def ask(api: openai.AsyncOpenAI, i: int) -> str:
+        chat, stream = i % 4 >= 2, i % 2 == 1
+        if chat:
+            kw = dict(model=NAME, messages=messages[i], temperature=0, max_tokens=budgets[i])
+            if stream:
+                return "".join([c.choices[0].delta.content or "" async for c in await api.chat.completions.create(**kw, stream=True)])
+            return (await api.chat.completions.create(**kw)).choices[0].message.content
+        kw = dict(model=NAME, prompt=prompts[i], temperature=0, max_tokens=budgets[i])
+        if stream:
+            return "".join([c.choices[0].text async for c in await api.completions.create(**kw, stream=True)])
+        return (await api.completions.create(**kw)).choices[0].text
 
-    with ThreadPoolExecutor(8) as pool:
-        assert list(pool.map(ask, prompts)) == expected
+    async def all_clients() -> list[str]:
+        clients = [openai.AsyncOpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120) for _ in range(32)]
+        return await asyncio.gather(*(ask(c, i) for i, c in enumerate(clients)))
+
+    answers = asyncio.run(all_clients())
+    assert answers == [expected_chat[i] if i % 4 >= 2 else expected[i] for i in range(32)]
 
 
 def post(url: str, path: str, body, key: str | None = KEY) -> requests.Response:
@@ -127,29 +181,46 @@ def post(url: str, path: str, body, key: str | None = KEY) -> requests.Response:
     return requests.post(url + path, data=content, headers={**headers, "Content-Type": "application/json"}, timeout=60)
 
 
-def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server):
+def test_bad_and_hostile_requests_get_openai_errors_and_the_server_keeps_serving(server):
     url, llm, _ = server
     context = llm.model.max_seq_length
     chat = lambda **kw: {"model": NAME, "messages": [{"role": "user", "content": "Hi"}], **kw}  # noqa: E731
+    text = lambda **kw: {"model": NAME, "prompt": "Hi", **kw}  # noqa: E731
+    C, T = "/v1/chat/completions", "/v1/completions"
     cases = [
-        ("/v1/chat/completions", "{not json", 400, None),
-        ("/v1/chat/completions", {"model": NAME}, 400, "messages"),
-        ("/v1/completions", {"model": NAME}, 400, "prompt"),
-        ("/v1/chat/completions", chat(model="gpt-4"), 404, "model"),
-        ("/v1/chat/completions", chat(temperature=3), 400, "temperature"),
-        ("/v1/chat/completions", chat(top_p=0), 400, "top_p"),
-        ("/v1/chat/completions", chat(max_tokens=0), 400, "max_tokens"),
-        ("/v1/chat/completions", chat(n=2), 400, "n"),
-        ("/v1/completions", {"model": NAME, "prompt": "fox " * context}, 400, "prompt"),
-        ("/v1/completions", {"model": NAME, "prompt": "Hi", "max_tokens": context}, 400, "max_tokens"),
+        (C, "{not json", 400, None), (C, "[1, 2]", 400, None), (C, "[" * 100_000 + "]" * 100_000, 400, None),
+        (C, '{"messages": [{"role": "user", "content": "Hi"}], "temperature": NaN}', 400, None),
+        (C, '{"messages": [{"role": "user", "content": "Hi"}], "temperature": 1e999}', 400, "temperature"),
+        (C, b"\xff\xfe\x00garbage", 400, None),
+        (C, {"model": NAME}, 400, "messages"), (C, {"model": NAME, "messages": "Hi"}, 400, "messages"),
+        (C, chat(messages=[{"role": "user", "content": 5}]), 400, "messages"), (C, chat(messages=[["user", "Hi"]]), 400, "messages"),
+        (C, chat(model="gpt-4"), 404, "model"), (C, chat(model=["x"]), 404, "model"),
+        (C, chat(temperature=3), 400, "temperature"), (C, chat(temperature=1e308), 400, "temperature"),
+        (C, chat(temperature="hot"), 400, "temperature"), (C, chat(temperature=True), 400, "temperature"),
+        (C, chat(top_p=0), 400, "top_p"), (C, chat(top_p=-1e308), 400, "top_p"),
+        (C, chat(max_tokens=0), 400, "max_tokens"), (C, chat(max_tokens=-5), 400, "max_tokens"),
+        (C, chat(max_tokens=10**30), 400, "max_tokens"), (C, chat(max_tokens=2.5), 400, "max_tokens"),
+        (C, chat(max_completion_tokens="8"), 400, "max_completion_tokens"),
+        (C, chat(n=0), 400, "n"), (C, chat(n=10**6), 400, "n"), (C, chat(seed="x"), 400, "seed"), (C, chat(seed=10**30), 400, "seed"),
+        (C, chat(stop=5), 400, "stop"), (C, chat(stop=["a"] * 5), 400, "stop"), (C, chat(stream="yes"), 400, "stream"),
+        (C, chat(stream_options=5), 400, "stream_options"), (C, chat(logprobs="yes"), 400, "logprobs"),
+        (C, chat(logprobs=True, top_logprobs=100), 400, "top_logprobs"),
+        (T, {"model": NAME}, 400, "prompt"), (T, text(prompt=5), 400, "prompt"), (T, text(prompt=[]), 400, "prompt"),
+        (T, text(prompt=[[-1]]), 400, "prompt"), (T, text(prompt=[[10**9]]), 400, "prompt"), (T, text(prompt=[[1.5]]), 400, "prompt"),
+        (T, text(prompt=["Hi"] * 1000), 400, "prompt"), (T, text(prompt=""), 400, "prompt"),
+        (T, text(logprobs=-1), 400, "logprobs"), (T, text(logprobs=21), 400, "logprobs"), (T, text(echo="x"), 400, "echo"),
+        (T, text(max_tokens=0), 400, "max_tokens"), (T, text(max_tokens=context), 400, "max_tokens"),
+        (T, text(prompt="fox " * context), 400, "prompt"), (T, text(prompt="x" * 2**20), 400, "prompt"),  # a 1 MB prompt
+        (T, "x" * (9 * 2**20), 413, None),  # a 9 MB body
     ]
     for path, body, status, param in cases:
         r = post(url, path, body)
-        assert r.status_code == status, (body, r.text)
+        assert r.status_code == status, (str(body)[:200], r.text[:500])
         error = r.json()["error"]
-        assert set(error) == {"message", "type", "param", "code"} and error["message"] and error["param"] == param
-    long = post(url, "/v1/completions", {"model": NAME, "prompt": "fox " * context}).json()["error"]["message"]
-    assert f"context is {context} tokens" in long and "prompt has" in long  # both numbers
+        assert set(error) == {"message", "type", "param", "code"} and error["message"] and error["param"] == param, (str(body)[:200], error)
+    long = post(url, T, text(prompt="fox " * context)).json()["error"]
+    assert long["code"] == "context_length_exceeded" and f"context is {context} tokens" in long["message"]
+    assert f"the prompt has {len(llm.encode('fox ' * context))} tokens" in long["message"]  # both numbers
     with pytest.raises(openai.BadRequestError):
         client(url).chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], temperature=-1)
     assert requests.get(url + "/health").status_code == 200
@@ -158,9 +229,53 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server):
 
 def test_api_key_is_required(server):
     url, _, _ = server
-    for key in (None, "wrong"):
+    for key in (None, "wrong", KEY + "x"):
         r = post(url, "/v1/completions", {"model": NAME, "prompt": "Hi", "max_tokens": 2}, key=key)
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert requests.get(url + "/v1/models").status_code == 401
     with pytest.raises(openai.AuthenticationError):
         client(url, key="wrong").models.list()
+    assert requests.get(url + "/health").status_code == 200  # health needs no key
+
+
+def wait_for_line(log, text: str, after: int, timeout: float = 20.0) -> str:
+    """The first log line containing ``text`` written after character ``after``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = [line for line in read_log(log)[after:].splitlines() if text in line]
+        if lines:
+            return lines[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no log line with {text!r} in {timeout} s:\n{read_log(log)[after:][-3000:]}")
+
+
+def test_a_client_that_goes_away_has_its_generation_cancelled(server):
+    url, _, log = server
+    body = {"model": NAME, "prompt": "Once upon a time", "max_tokens": 1900, "temperature": 0}
+    # a stream closed after a few chunks
+    start = len(read_log(log))
+    with requests.post(url + "/v1/completions", json={**body, "stream": True}, headers={"Authorization": f"Bearer {KEY}"}, stream=True, timeout=60) as r:
+        chunks = 0
+        for line in r.iter_lines():
+            chunks += line.startswith(b"data: {")
+            if chunks == 3:
+                break
+    line = wait_for_line(log, "cancelled by its client", start)
+    tokens = int(line.split("after ")[1].split(" tokens")[0])
+    assert 3 <= tokens < 1900 and "0 generations running" in line, line
+    # a client that disconnects while waiting for a whole (non-streamed) reply
+    start = len(read_log(log))
+    payload = json.dumps(body).encode()
+    host, port = url.rsplit("/", 1)[1].split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload
+        )
+        time.sleep(0.5)
+    line = wait_for_line(log, "cancelled by its client", start)
+    assert int(line.split("after ")[1].split(" tokens")[0]) < 1900 and "0 generations running" in line, line
+    # the freed rows serve the next requests
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda _: client(url).completions.create(model=NAME, prompt="Hi", max_tokens=3, temperature=0), range(4)))
+    assert all(r.usage.completion_tokens == 3 for r in replies)

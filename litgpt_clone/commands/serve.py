@@ -4,11 +4,31 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Optional, Union
 
 
 class ServeError(ValueError):
     """Server options that cannot work; the message names the problem and the fix."""
+
+
+def parse_adapters(text: Optional[str], base_name: str) -> list[tuple[str, Path]]:
+    """``"a=dir1,b=dir2"`` -> [("a", dir1), ("b", dir2)], each folder checked to be a LoRA checkpoint."""
+    pairs: list[tuple[str, Path]] = []
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, folder = item.partition("=")
+        name, folder = name.strip(), folder.strip()
+        if not sep or not name or not folder:
+            raise ServeError(f"--adapters entry {item!r} is not name=folder: write --adapters sql=out/lora-sql/final,chat=out/lora-chat/final")
+        if name == base_name or name in (n for n, _ in pairs):
+            raise ServeError(f"--adapters: the name {name!r} is used twice (the base model is {base_name!r}): give each adapter its own name")
+        path = Path(folder)
+        if not (path / "lora.safetensors").is_file() or not (path / "lora_config.yaml").is_file():
+            raise ServeError(f"--adapters: {path} is not a LoRA checkpoint (no lora.safetensors + lora_config.yaml): pass a folder written by `finetune lora`")
+        pairs.append((name, path))
+    return pairs
 
 
 def serve(
@@ -20,11 +40,12 @@ def serve(
     workers_per_device: int = 1,
     precision: Optional[str] = None,
     quantize: Optional[str] = None,
-    max_batch_size: int = 1,
-    batch_timeout: float = 0.01,
+    max_batch_size: int = 32,
     max_new_tokens: int = 512,
     api_key: Optional[str] = None,
     model_name: Optional[str] = None,
+    adapters: Optional[str] = None,
+    max_seq_length: Optional[int] = None,
 ) -> None:
     """Serve a model over HTTP with OpenAI's API: /v1/chat/completions, /v1/completions, /v1/models and /health.
 
@@ -40,11 +61,15 @@ def serve(
         workers_per_device: Model copies per device.
         precision: "32-true", "bf16-true" or "16-true"; default bf16 on a GPU that supports it, else fp32.
         quantize: Quantize the weights with bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or bnb.int8.
-        max_batch_size: Requests that arrive within batch_timeout seconds are generated as one batch of up to this many.
-        batch_timeout: Seconds to wait for more requests to fill a batch (with max_batch_size > 1).
+        max_batch_size: Most requests one worker decodes together (continuous batching: a request joins or leaves
+            the batch at any step); more wait in line. Each one holds a KV-cache row of the model's full context.
         max_new_tokens: Most tokens of one reply (a request's max_tokens is capped to it).
         api_key: Require "Authorization: Bearer <api_key>" on every /v1 request (default: env LITGPT_CLONE_API_KEY).
         model_name: The model id clients send and /v1/models lists (default: the checkpoint's last two folder names).
+        adapters: LoRA adapters over the same base, "name=folder,name2=folder2" (folders written by `finetune lora`):
+            a request whose model is "name" uses that adapter; requests for different adapters share a batch.
+        max_seq_length: Longest prompt + reply accepted; default: the model's context, at most 4096 (every one of
+            the max_batch_size rows holds a KV cache this long).
     """
     from litgpt_clone.api import PRECISIONS, find_checkpoint
     from litgpt_clone.serve import build_server, default_model_name
@@ -58,10 +83,23 @@ def serve(
     api_key = api_key or os.environ.get("LITGPT_CLONE_API_KEY") or None
     checkpoint = find_checkpoint(checkpoint_dir)
     name = model_name or default_model_name(checkpoint)
+    from litgpt_clone.config import Config
+
+    block_size = Config.from_checkpoint(checkpoint).block_size
+    context = min(max_seq_length or 4096, block_size)
+    if max_seq_length is not None and not 1 < max_seq_length <= block_size:
+        raise ServeError(f"--max_seq_length {max_seq_length} does not fit the model: use a value in [2, {block_size}]")
+    lora = parse_adapters(adapters, name)
+    if lora:  # fail here, with a one-line message, rather than in the worker
+        from litgpt_clone.serve.multi_lora import check_adapters
+
+        check_adapters(checkpoint, lora)
     server = build_server(
-        checkpoint, name, max_new_tokens, api_key, accelerator, devices, workers_per_device, precision, quantize, max_batch_size, batch_timeout,
+        checkpoint, name, max_new_tokens, api_key, accelerator, devices, workers_per_device, precision, quantize, max_batch_size, lora, context,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: listening on {host} without --api_key: anyone who can reach this port can use the model", file=sys.stderr)
     print(f"Serving model {name!r} ({checkpoint}) at http://{host}:{port}/v1 (health: http://{host}:{port}/health)", file=sys.stderr, flush=True)
+    for adapter, folder in lora:
+        print(f"  LoRA adapter {adapter!r} ({folder})", file=sys.stderr, flush=True)
     server.run(host=host, port=port, generate_client_file=False)

@@ -1,15 +1,16 @@
 """``litgpt-clone serve``: an OpenAI-compatible HTTP server on LitServe.
 
-    build_server(checkpoint_dir, ...).run(host="127.0.0.1", port=8000)
+    build_server(checkpoint_dir, "org/name").run(host="127.0.0.1", port=8000)
 
-``OpenAIServeSpec`` (serve/openai.py) answers the HTTP requests; ``GenerationAPI`` (serve/api.py) workers load
-the model and run the shared generate loop.
+``OpenAIServeSpec`` (serve/openai.py) answers the HTTP requests; ``GenerationAPI`` workers (serve/api.py) load the
+model (and LoRA adapters, serve/multi_lora.py) and decode every running request together (serve/engine.py).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 
 def default_model_name(checkpoint_dir: Path) -> str:
@@ -20,17 +21,27 @@ def default_model_name(checkpoint_dir: Path) -> str:
 def build_server(
     checkpoint_dir: Path, model_name: str, max_new_tokens: int = 512, api_key: Optional[str] = None, accelerator: str = "auto",
     devices: Union[int, str] = 1, workers_per_device: int = 1, precision: Optional[str] = None, quantize: Optional[str] = None,
-    max_batch_size: int = 1, batch_timeout: float = 0.01, timeout: float = 600.0,
+    max_batch_size: int = 32, adapters: Sequence[tuple[str, str]] = (), max_seq_length: Optional[int] = None, timeout: float = 600.0,
 ):
-    """A ``litserve.LitServer`` serving ``checkpoint_dir`` under ``model_name``."""
+    """A ``litserve.LitServer`` serving ``checkpoint_dir`` under ``model_name`` (and each LoRA adapter of
+    ``adapters``, (name, folder) pairs, under its name), decoding up to ``max_batch_size`` requests per worker
+    together, each of at most ``max_seq_length`` tokens (default: the model's context)."""
     import litserve as ls
 
     from litgpt_clone.serve.api import GenerationAPI
     from litgpt_clone.serve.openai import OpenAIServeSpec
 
-    spec = OpenAIServeSpec(str(checkpoint_dir), model_name, max_new_tokens, api_key)
+    from litgpt_clone.config import Config
+
+    context = min(max_seq_length or 10**9, Config.from_checkpoint(checkpoint_dir).block_size)
+    manager = multiprocessing.Manager()  # holds the uids of abandoned generations for all processes
+    spec = OpenAIServeSpec(str(checkpoint_dir), model_name, context, max_new_tokens, api_key, [name for name, _ in adapters], manager.dict())
     api = GenerationAPI(
-        str(checkpoint_dir), precision=precision, quantize=quantize, spec=spec, max_batch_size=max_batch_size,
-        batch_timeout=batch_timeout if max_batch_size > 1 else 0.0,
+        str(checkpoint_dir), precision=precision, quantize=quantize, adapters=tuple((n, str(p)) for n, p in adapters),
+        max_rows=max_batch_size, context=context, spec=spec,
     )
-    return ls.LitServer(api, accelerator=accelerator, devices=devices, workers_per_device=workers_per_device, timeout=timeout)
+    server = ls.LitServer(  # fast_queue: events go from the workers to the HTTP processes over ZeroMQ
+        api, accelerator=accelerator, devices=devices, workers_per_device=workers_per_device, timeout=timeout, fast_queue=True,
+    )
+    server.cancel_manager = manager  # kept alive as long as the server
+    return server

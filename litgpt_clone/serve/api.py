@@ -1,119 +1,118 @@
-"""The inference worker of ``litgpt-clone serve``: a LitServe ``LitAPI`` that turns jobs into text events.
+"""The inference worker of ``litgpt-clone serve``: a LitServe ``LitAPI`` whose loop feeds a continuous-batching
+``Engine`` (serve/engine.py).
 
-A job is a plain dict made by the HTTP side (``litgpt_clone.serve.openai``): ``ids`` (prompt token ids),
-``max_new_tokens``, ``temperature``, ``top_p``, ``stop`` (strings) and ``seed``. ``predict`` yields, step by
-step, one event per job: ``{"text": piece}`` while it runs and, last, ``{"text": rest, "finish_reason":
-"stop" | "length", "completion_tokens": n}``. Decoding is the shared ``litgpt_clone.generate.stream`` (the
-token loop) and ``TextStream`` (text pieces that never split a character and end at stop strings).
-
-With ``max_batch_size > 1`` LitServe hands ``predict`` a list of jobs: those with the same sampling settings
-that fit the context together run as one left-padded batch; the others run one group after another.
+The HTTP side (serve/openai.py) puts jobs on LitServe's request queue as ``(consumer, uid, time, job)``. Every
+iteration the loop takes the jobs it has room for (blocking only when idle), drops the generations whose clients
+went away (their uids appear in the shared ``cancelled`` dict), runs one engine step and sends that step's events
+to each HTTP process as one message, ``[(uid, event), ...]``, under the uid ``EVENTS`` (one message per step
+instead of one per token and client).
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+import sys
+import time
+from queue import Empty
+from typing import Optional
 
 import litserve as ls
-import torch
+from litserve.loops.base import _SENTINEL_VALUE, LitLoop
+from litserve.utils import LitAPIStatus, LoopResponseType
 
-from litgpt_clone.generate import TextStream, stream
-
-
-def sampling_key(job: dict, index: int) -> tuple:
-    """Jobs with equal keys may share a batch; a seeded job runs alone so that its seed reproduces its text."""
-    return (job["temperature"], job["top_p"], job["seed"], index if job["seed"] is not None else None)
-
-
-def group_jobs(jobs: list[dict], context: int) -> list[list[int]]:
-    """Indices of ``jobs`` in groups that share sampling settings and fit the context as one batch
-    (longest prompt + largest ``max_new_tokens`` <= context)."""
-    groups: list[tuple[tuple, list[int]]] = []
-    for i, job in enumerate(jobs):
-        key = sampling_key(job, i)
-        for group_key, rows in groups:
-            longest = max(len(jobs[r]["ids"]) for r in rows + [i])
-            most = max(jobs[r]["max_new_tokens"] for r in rows + [i])
-            if group_key == key and longest + most <= context:
-                rows.append(i)
-                break
-        else:
-            groups.append((key, [i]))
-    return [rows for _, rows in groups]
-
-
-def run_group(llm, jobs: list[dict]) -> Iterator[list[dict]]:
-    """Generate ``jobs`` (same sampling settings) as one batch; per step, one event per job (``{}`` once it ended)."""
-    texts = [TextStream(llm.tokenizer, job["stop"]) for job in jobs]
-    counts = [0] * len(jobs)
-    finish: list[Optional[str]] = [None] * len(jobs)
-    first = jobs[0]
-    steps = stream(
-        llm.model, [torch.tensor(job["ids"], dtype=torch.long) for job in jobs], max(job["max_new_tokens"] for job in jobs),
-        temperature=first["temperature"], top_p=first["top_p"], stop_ids=llm.tokenizer.stop_ids, seed=first["seed"], compile=llm.compile,
-    )
-    for step in steps:
-        events = []
-        for i, (job, text, new) in enumerate(zip(jobs, texts, step)):
-            if finish[i]:
-                events.append({})
-                continue
-            piece = ""
-            if not new:  # a stop id (not part of the text)
-                finish[i] = "stop"
-            else:
-                counts[i] += len(new)
-                piece = text.add(new)
-                if text.stopped:
-                    finish[i] = "stop"
-                elif counts[i] >= job["max_new_tokens"]:
-                    finish[i] = "length"
-            events.append({"text": piece + text.flush(), "finish_reason": finish[i], "completion_tokens": counts[i]} if finish[i] else {"text": piece})
-        yield events
-        if all(finish):
-            steps.close()
-            return
-    # the loop ran out of steps: every row still open reached the longest max_new_tokens
-    yield [{} if f else {"text": t.flush(), "finish_reason": "length", "completion_tokens": c} for f, t, c in zip(finish, texts, counts)]
-
-
-def run_jobs(llm, jobs: list[dict]) -> Iterator[list[dict]]:
-    """Every job's events, group by group (``group_jobs``); a job outside the running group gets ``{}``."""
-    for rows in group_jobs(jobs, llm.model.max_seq_length):
-        for events in run_group(llm, [jobs[r] for r in rows]):
-            out: list[dict] = [{} for _ in jobs]
-            for r, event in zip(rows, events):
-                out[r] = event
-            yield out
+EVENTS = "litgpt-clone-events"
+"""The uid of the per-step message that carries the events of many requests."""
+CANCEL_CHECK_S = 0.02
+"""How often a busy worker looks for generations to cancel."""
+STALE_CANCEL_S = 60.0
+"""Cancellations older than this are forgotten (their generation had ended already)."""
 
 
 class GenerationAPI(ls.LitAPI):
-    """Loads the checkpoint on the device LitServe gives each worker and streams text events for jobs."""
+    """Loads the checkpoint (and LoRA adapters) on the device LitServe gives the worker and builds the engine."""
 
-    def __init__(self, checkpoint_dir: str, precision: Optional[str] = None, quantize: Optional[str] = None, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self, checkpoint_dir: str, precision: Optional[str] = None, quantize: Optional[str] = None,
+        adapters: tuple[tuple[str, str], ...] = (), max_rows: int = 32, context: Optional[int] = None, spec=None,
+    ) -> None:
+        super().__init__(spec=spec, loop=EngineLoop())
         self.checkpoint_dir, self.precision, self.quantize = checkpoint_dir, precision, quantize
+        self.adapters, self.max_rows, self.context = adapters, max_rows, context
 
     def setup(self, device: str) -> None:
         from litgpt_clone.api import LLM
+        from litgpt_clone.serve.engine import Engine
+        from litgpt_clone.serve.multi_lora import attach_adapters
 
-        self.llm = LLM.load(self.checkpoint_dir, device=device, precision=self.precision, quantize=self.quantize)
+        llm = LLM.load(self.checkpoint_dir, device=device, precision=self.precision, quantize=self.quantize)
+        if self.context:
+            llm.model.max_seq_length = self.context
+        rows = attach_adapters(llm.model, self.adapters, self.max_rows) if self.adapters else None
+        self.engine = Engine(llm.model, llm.tokenizer, self.max_rows, adapters=rows)
 
     def decode_request(self, request):
         return request
 
-    def batch(self, inputs):
-        return list(inputs)
-
-    def predict(self, x) -> Iterator:
-        if isinstance(x, list):  # a batch (max_batch_size > 1)
-            yield from run_jobs(self.llm, x)
-        else:
-            for events in run_jobs(self.llm, [x]):
-                yield events[0]
-
-    def unbatch(self, output):
-        return output
-
     def encode_response(self, output):
-        yield from output
+        yield output
+
+
+class EngineLoop(LitLoop):
+    """Requests in, engine steps, events out; see the module docstring."""
+
+    def run(self, lit_api: GenerationAPI, device, worker_id, request_queue, transport, workers_setup_status, callback_runner) -> None:
+        engine, cancelled = lit_api.engine, lit_api.spec.cancelled
+        consumers: dict[str, int] = {}  # uid -> the HTTP process waiting for its events
+        last_check = 0.0
+        while True:
+            while engine.free > 0:  # take new jobs; wait for one only when there is nothing to do
+                try:
+                    item = request_queue.get(timeout=1.0) if not engine.busy else request_queue.get_nowait()
+                except Empty:
+                    break
+                if item == _SENTINEL_VALUE:
+                    return
+                consumer, uid, _, job = item
+                consumers[uid] = consumer
+                try:
+                    engine.submit(uid, job)
+                except ValueError as err:
+                    del consumers[uid]
+                    self.send(transport, {consumer: [(uid, {"error": str(err)})]})
+            if not engine.busy:
+                continue
+            if time.monotonic() - last_check > CANCEL_CHECK_S:
+                last_check = time.monotonic()
+                self.cancel(engine, cancelled, consumers)
+            try:
+                events = engine.step()
+            except Exception as err:  # noqa: BLE001  (e.g. out of memory): fail the running requests, keep serving
+                print(f"litgpt-clone serve: generation failed: {err!r}", file=sys.stderr, flush=True)
+                events = [(uid, {"error": f"{type(err).__name__}: {err}"}) for uid in engine.reset()]
+            by_consumer: dict[int, list] = {}
+            for uid, event in events:
+                by_consumer.setdefault(consumers[uid], []).append((uid, event))
+                if "finish_reason" in event or "error" in event:
+                    del consumers[uid]
+            self.send(transport, by_consumer)
+
+    def send(self, transport, by_consumer: dict[int, list]) -> None:
+        for consumer, events in by_consumer.items():
+            self.put_response(transport, consumer, EVENTS, events, LitAPIStatus.OK, LoopResponseType.STREAMING)
+
+    @staticmethod
+    def cancel(engine, cancelled, consumers: dict[str, int]) -> None:
+        """Drop the generations whose clients went away; forget cancellations nobody here owns once stale."""
+        marked = cancelled.items()
+        if not marked:
+            return
+        now = time.time()
+        for uid, when in marked:
+            tokens = engine.cancel(uid)
+            if tokens is not None:
+                consumers.pop(uid, None)
+                print(
+                    f"litgpt-clone serve: request {uid[:8]} cancelled by its client after {tokens} tokens;"
+                    f" {len(engine.rows)} generations running, {len(engine.waiting)} waiting", file=sys.stderr, flush=True,
+                )
+            if tokens is not None or now - when > STALE_CANCEL_S:
+                cancelled.pop(uid, None)

@@ -1,28 +1,44 @@
 """The HTTP side of ``litgpt-clone serve``: OpenAI's ``/v1/chat/completions``, ``/v1/completions`` and
 ``/v1/models`` as a LitServe spec.
 
-Each request is checked here (JSON, fields, ranges, model name, prompt length against the context), turned into
-token ids (chat messages through the checkpoint's chat template) and put on LitServe's queue as one job per
-prompt; the worker (``litgpt_clone.serve.api``) streams text events back, which become one JSON response or
-server-sent events (``data: {...}`` chunks, then ``data: [DONE]``). Every error is OpenAI's shape,
-``{"error": {"message", "type", "param", "code"}}``, with a 4xx status for a bad request.
+Each request is checked here (size, JSON, fields, types, ranges, model name, prompt length against the context),
+turned into token ids (chat messages through the checkpoint's chat template) and put on LitServe's queue as one job
+per choice; the worker (serve/api.py) streams events back, which become one JSON response or server-sent events
+(``data: {...}`` chunks, then ``data: [DONE]``). Every error is OpenAI's shape, ``{"error": {"message", "type",
+"param", "code"}}``, with a 4xx status for a bad request. A client that goes away (closes its stream, or
+disconnects while waiting for a whole reply) has its generations cancelled, which frees their rows.
+
+``/v1/completions`` also takes token-id prompts, ``logprobs`` (the log-probability of each token and of the top
+alternatives) and ``echo`` (the prompt's tokens first, scored too; ``max_tokens: 0`` then only scores the prompt),
+which is what lm-eval's ``local-completions`` model sends to compute log-likelihoods.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
+import math
 import time
 import uuid
 from collections import deque
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import AsyncIterator, Optional
+from typing import AsyncIterator, Optional, Sequence
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from litserve.specs.base import LitSpec
-from litserve.utils import LitAPIStatus, ResponseBufferItem
+from litserve.utils import ResponseBufferItem
+
+from litgpt_clone.serve.api import EVENTS
+
+MAX_BODY_BYTES = 8 * 2**20
+MAX_CHOICES = 128  # prompts x n in one request
+MAX_LOGPROBS = 20
+MAX_STOP_CHARS = 1000
+DISCONNECT_POLL_S = 0.25
 
 
 class RequestError(Exception):
@@ -39,15 +55,29 @@ class RequestError(Exception):
         return JSONResponse(self.body(), status_code=self.status)
 
 
+# ---------------------------------------------------------------------------------------------- field checks
+def invalid(name: str, message: str) -> RequestError:
+    return RequestError(400, f"{name} {message}", param=name, code="invalid_value")
+
+
 def number(body: dict, name: str, default, low: float, high: float, integer: bool = False, low_open: bool = False):
-    """``body[name]`` checked to be a number in [low, high] ((low, high] with ``low_open``), else ``default``."""
+    """``body[name]`` checked to be a finite number in [low, high] ((low, high] with ``low_open``), else ``default``."""
     value = body.get(name)
     if value is None:
         return default
     kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value < low or value > high or (low_open and value == low):
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or not low <= value <= high or (low_open and value == low):
         bounds = f"{'(' if low_open else '['}{low}, {high}]"
-        raise RequestError(400, f"{name} is {value!r}: use {'an integer' if integer else 'a number'} in {bounds}", param=name, code="invalid_value")
+        raise invalid(name, f"is {value!r:.40}: use {'an integer' if integer else 'a number'} in {bounds}")
+    return value
+
+
+def flag(body: dict, name: str) -> bool:
+    value = body.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise invalid(name, f"is {value!r:.40}: use true or false")
     return value
 
 
@@ -57,8 +87,8 @@ def stop_strings(body: dict) -> list[str]:
         return []
     if isinstance(stop, str):
         stop = [stop]
-    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop) or len(stop) > 4:
-        raise RequestError(400, "stop must be a string or a list of at most 4 strings", param="stop", code="invalid_value")
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and len(s) <= MAX_STOP_CHARS for s in stop):
+        raise invalid("stop", f"must be a string or a list of at most 4 strings of at most {MAX_STOP_CHARS} characters")
     return stop
 
 
@@ -68,16 +98,70 @@ def message_text(content) -> str:
         return content
     if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
         return "".join(p["text"] for p in content)
-    raise RequestError(400, "a message's content must be a string or a list of text parts", param="messages", code="invalid_value")
+    raise invalid("messages", "content must be a string or a list of text parts")
+
+
+def reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class TokenTexts:
+    """Each token's share of a growing decoded text, token by token (the ``tokens`` and ``text_offset`` of
+    logprobs). A token that only starts a multi-byte character adds "" and the one that completes it the whole
+    character (incremental detokenization over a short window, so the cost stays linear)."""
+
+    def __init__(self, tokenizer, offset: int = 0) -> None:
+        self.tokenizer, self.offset = tokenizer, offset
+        self.ids: list[int] = []
+        self.prefix = self.read = 0
+
+    def add(self, ids: Sequence[int]) -> tuple[list[str], list[int]]:
+        """The text of each token (its own decoding where it adds none) and where each starts in the text."""
+        tokens, offsets = [], []
+        for token in ids:
+            self.ids.append(token)
+            before = self.tokenizer.decode(self.ids[self.prefix : self.read])
+            after = self.tokenizer.decode(self.ids[self.prefix :])
+            piece = ""
+            if len(after) > len(before) and not after.endswith("\ufffd"):
+                piece = after[len(before) :]
+                self.prefix, self.read = self.read, len(self.ids)
+            tokens.append(piece or self.tokenizer.decode([token], skip_special_tokens=False))
+            offsets.append(self.offset)
+            self.offset += len(piece)
+        return tokens, offsets
+
+
+@dataclass
+class Choice:
+    """What the events of one generation add up to."""
+
+    text: str = ""
+    finish: Optional[str] = None
+    count: int = 0
+    tokens: list = field(default_factory=list)  # logprobs: token strings, their log-probabilities, top alternatives, offsets
+    logprobs: list = field(default_factory=list)
+    top: list = field(default_factory=list)
+    offsets: list = field(default_factory=list)
 
 
 class OpenAIServeSpec(LitSpec):
-    """OpenAI-compatible endpoints for one model, answered by ``GenerationAPI`` workers."""
+    """OpenAI-compatible endpoints for one model (and its LoRA adapters), answered by ``GenerationAPI`` workers.
 
-    def __init__(self, checkpoint_dir: str, model_name: str, max_new_tokens: int, api_key: Optional[str] = None) -> None:
+    ``context``: the longest prompt + reply accepted (the workers' ``max_seq_length``). ``cancelled``: a dict shared with the workers (a ``multiprocessing`` manager's) where the uids of abandoned
+    generations are written.
+    """
+
+    def __init__(
+        self, checkpoint_dir: str, model_name: str, context: int, max_new_tokens: int, api_key: Optional[str] = None,
+        adapter_names: Sequence[str] = (), cancelled=None,
+    ) -> None:
         super().__init__()
         self.api_path = "/v1/completions"  # LitServe's queue for this API; the routes are the endpoints below
-        self.checkpoint_dir, self.model_name, self.max_new_tokens, self.api_key = checkpoint_dir, model_name, max_new_tokens, api_key
+        self.checkpoint_dir, self.model_name, self.context = checkpoint_dir, model_name, context
+        self.max_new_tokens, self.api_key = max_new_tokens, api_key
+        self.model_ids = {model_name: 0, **{name: i for i, name in enumerate(adapter_names, start=1)}}
+        self.cancelled = cancelled if cancelled is not None else {}
         self.created = int(time.time())
         self.add_endpoint("/v1/chat/completions", self.chat_completions, ["POST"])
         self.add_endpoint("/v1/completions", self.completions, ["POST"])
@@ -87,9 +171,10 @@ class OpenAIServeSpec(LitSpec):
     def stream(self) -> bool:
         return True
 
-    def __getstate__(self) -> dict:  # the tokenizer is loaded again in each process that needs it
+    def __getstate__(self) -> dict:  # per-process state is made again where it is needed
         state = super().__getstate__()
-        state.pop("tokenizer", None)
+        for name in ("tokenizer", "streams", "demux"):
+            state.pop(name, None)
         return state
 
     @cached_property
@@ -99,10 +184,10 @@ class OpenAIServeSpec(LitSpec):
         return Tokenizer(self.checkpoint_dir)
 
     @cached_property
-    def context(self) -> int:
+    def config(self):
         from litgpt_clone.config import Config
 
-        return Config.from_checkpoint(self.checkpoint_dir).block_size
+        return Config.from_checkpoint(self.checkpoint_dir)
 
     def decode_request(self, request, context_kwargs=None):
         return request
@@ -110,7 +195,7 @@ class OpenAIServeSpec(LitSpec):
     def encode_response(self, output, context_kwargs=None):
         yield from output
 
-    # ------------------------------------------------------------------ checks
+    # ------------------------------------------------------------------ requests in
     def authorize(self, request: Request) -> None:
         if self.api_key is None:
             return
@@ -120,73 +205,155 @@ class OpenAIServeSpec(LitSpec):
 
     async def read_body(self, request: Request) -> dict:
         self.authorize(request)
+        declared = request.headers.get("content-length", "")
+        too_big = RequestError(413, f"the request body is larger than {MAX_BODY_BYTES // 2**20} MB", code="request_too_large")
+        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            raise too_big
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY_BYTES:
+                raise too_big
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise RequestError(400, f"the request body is not valid JSON ({err})", code="invalid_json") from None
+            body = json.loads(bytes(raw), parse_constant=reject_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:
+            raise RequestError(400, f"the request body is not valid JSON ({str(err)[:200]})", code="invalid_json") from None
         if not isinstance(body, dict):
             raise RequestError(400, "the request body must be a JSON object", code="invalid_json")
-        model = body.get("model")
-        if model is not None and model != self.model_name:
-            raise RequestError(404, f"the model {model!r} does not exist: this server serves {self.model_name!r}", param="model", code="model_not_found")
-        number(body, "n", 1, 1, 1, integer=True)  # one choice per prompt
-        if not isinstance(body.get("stream", False), bool):
-            raise RequestError(400, "stream must be true or false", param="stream", code="invalid_value")
+        flag(body, "stream")
+        if body.get("stream_options") is not None and not isinstance(body["stream_options"], dict):
+            raise invalid("stream_options", "must be an object such as {\"include_usage\": true}")
         return body
 
-    def job(self, body: dict, ids: list[int]) -> dict:
-        """A worker job for prompt ``ids``, the prompt and token budget checked against the context."""
-        n = len(ids)
+    def adapter(self, body: dict) -> int:
+        """The adapter the request's ``model`` names (0: the base model)."""
+        model = body.get("model")
+        if model is None:
+            return 0
+        if not isinstance(model, str) or model not in self.model_ids:
+            names = ", ".join(repr(m) for m in self.model_ids)
+            raise RequestError(404, f"the model {model!r:.100} does not exist: this server serves {names}", param="model", code="model_not_found")
+        return self.model_ids[model]
+
+    async def encode(self, text: str, bos: Optional[bool] = None) -> list[int]:
+        if len(text) > 20_000:  # a long text is tokenized off the event loop, which keeps the other streams flowing
+            return (await asyncio.to_thread(self.tokenizer.encode, text, bos)).tolist()
+        return self.tokenizer.encode(text, bos).tolist()
+
+    def budget(self, body: dict, n: int, echo: bool = False) -> int:
+        """New tokens for a prompt of ``n`` tokens: the request's max_tokens (or max_completion_tokens), capped by
+        the server's --max_new_tokens and the context."""
+        param = "messages" if "messages" in body else "prompt"
         if n == 0:
-            raise RequestError(400, "the prompt is empty: give some text", param="prompt", code="invalid_value")
+            raise RequestError(400, "the prompt is empty: give some text", param=param, code="invalid_value")
         if n >= self.context:
             raise RequestError(
                 400, f"the prompt has {n} tokens but the model's context is {self.context} tokens: shorten the prompt",
-                param="messages" if "messages" in body else "prompt", code="context_length_exceeded",
+                param=param, code="context_length_exceeded",
             )
         name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-        asked = number(body, name, None, 1, 10**9, integer=True)
+        asked = number(body, name, None, 0 if echo else 1, 10**9, integer=True)
         if asked is not None and n + asked > self.context:
             raise RequestError(
                 400, f"the prompt has {n} tokens and {name} is {asked}: together more than the model's context of {self.context}"
                 f" tokens; use {name} <= {self.context - n}", param=name, code="context_length_exceeded",
             )
-        budget = min(asked or self.max_new_tokens, self.max_new_tokens, self.context - n)
+        return min(self.max_new_tokens if asked is None else asked, self.max_new_tokens, self.context - n)
+
+    def jobs(self, body: dict, prompts: list[list[int]], logprobs: Optional[int] = None, echo: bool = False) -> list[dict]:
+        """One worker job per choice: ``n`` per prompt."""
+        n = number(body, "n", 1, 1, MAX_CHOICES, integer=True)
+        if n * len(prompts) > MAX_CHOICES:
+            raise invalid("n", f"times the number of prompts is {n * len(prompts)}: ask for at most {MAX_CHOICES} choices in one request")
         seed = body.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise RequestError(400, f"seed is {seed!r}: use an integer", param="seed", code="invalid_value")
-        return dict(
-            ids=ids, max_new_tokens=budget, temperature=float(number(body, "temperature", 1.0, 0, 2)),
-            top_p=float(number(body, "top_p", 1.0, 0, 1, low_open=True)), stop=stop_strings(body), seed=seed,
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64):
+            raise invalid("seed", f"is {seed!r:.40}: use an integer")
+        settings = dict(
+            temperature=float(number(body, "temperature", 1.0, 0, 2)), top_p=float(number(body, "top_p", 1.0, 0, 1, low_open=True)),
+            stop=stop_strings(body), logprobs=logprobs, prompt_logprobs=echo and logprobs is not None, adapter=self.adapter(body),
         )
+        jobs = []
+        for ids in prompts:
+            new = self.budget(body, len(ids), echo)
+            jobs += [dict(settings, ids=ids, max_new_tokens=new, seed=None if seed is None else seed + j) for j in range(n)]
+        return jobs
 
-    # ------------------------------------------------------------------ the worker
-    async def events(self, job: dict) -> AsyncIterator[dict]:
-        """Put ``job`` on LitServe's queue and yield the worker's events for it."""
-        uid = uuid.uuid4()
-        queue, ready = deque(), asyncio.Event()
-        self.response_buffer[uid] = ResponseBufferItem(response_queue=queue, event=ready)
-        self.request_queue.put((self.response_queue_id, uid, time.monotonic(), job))
-        async for data, status in self.data_streamer(queue, ready, send_status=True):
-            if status == LitAPIStatus.ERROR:
-                raise RequestError(500, f"generation failed: {getattr(data, 'detail', None) or data}", type="server_error", code="internal_error")
-            if status == LitAPIStatus.OK and data:
-                event = json.loads(data)
-                if event:
-                    yield event
+    # ------------------------------------------------------------------ the workers
+    @cached_property
+    def streams(self) -> dict[str, tuple[asyncio.Queue, int]]:
+        """uid -> (the queue of the request that waits for its events, the choice it is)."""
+        return {}
 
-    async def collect(self, job: dict) -> tuple[str, str, int]:
-        text, finish, count = "", "length", 0
-        async for event in self.events(job):
-            text += event.get("text", "")
-            if "finish_reason" in event:
-                finish, count = event["finish_reason"], event["completion_tokens"]
-        return text, finish, count
+    def start_demux(self) -> None:
+        """Once per HTTP process: a task that hands the events of each worker message to the requests they belong to."""
+        if getattr(self, "demux", None) is not None:
+            return
+        item = self.response_buffer[EVENTS] = ResponseBufferItem(event=asyncio.Event(), response_queue=deque())
 
+        async def route() -> None:
+            while True:
+                await item.event.wait()
+                item.event.clear()
+                while item.response_queue:
+                    events, _ = item.response_queue.popleft()
+                    for uid, event in events:
+                        target = self.streams.get(uid)
+                        if target is not None:
+                            target[0].put_nowait((target[1], event))
+
+        self.demux = asyncio.get_running_loop().create_task(route())
+
+    async def run(self, jobs: list[dict]) -> AsyncIterator[tuple[int, dict]]:
+        """The events of ``jobs`` as ``(job index, event)``, as they come. Generations still running when this
+        stops (the client went away, or an error) are cancelled."""
+        self.start_demux()
+        queue: asyncio.Queue = asyncio.Queue()
+        uids = [uuid.uuid4().hex for _ in jobs]
+        running = set(range(len(jobs)))
+        try:
+            for i, (uid, job) in enumerate(zip(uids, jobs)):
+                self.streams[uid] = (queue, i)
+                self.request_queue.put((self.response_queue_id, uid, time.monotonic(), job))
+            while running:
+                i, event = await queue.get()
+                if "error" in event:
+                    running.discard(i)
+                    raise RequestError(500, f"generation failed: {event['error']}", type="server_error", code="internal_error")
+                if "finish_reason" in event:
+                    running.discard(i)
+                yield i, event
+        finally:
+            for uid in uids:
+                self.streams.pop(uid, None)
+            for i in running:
+                self.cancelled[uids[i]] = time.time()
+
+    def add_event(self, choice: Choice, event: dict, scoring: Optional[TokenTexts]) -> None:
+        """Fold one event into ``choice``; with ``scoring``, the tokens' texts and log-probabilities too."""
+        choice.text += event.get("text", "")
+        if "finish_reason" in event:
+            choice.finish, choice.count = event["finish_reason"], event["completion_tokens"]
+        if scoring is not None and "ids" in event:
+            tokens, offsets = scoring.add(event["ids"])
+            choice.tokens += tokens
+            choice.offsets += offsets
+            choice.logprobs += event["logprobs"]
+            choice.top += [self.top_dict(pairs, token, lp) for pairs, token, lp in zip(event["top"], event["ids"], event["logprobs"])]
+
+    def top_dict(self, pairs: list, token: Optional[int] = None, logprob: Optional[float] = None) -> dict:
+        """{token text: logprob} of the top alternatives, and of the chosen token (OpenAI always includes it).
+        Tokens with the same text (e.g. parts of characters) keep the highest logprob."""
+        top: dict[str, float] = {}
+        for i, lp in [*pairs, *([(token, logprob)] if token is not None else [])]:
+            top.setdefault(self.tokenizer.decode([i], skip_special_tokens=False), lp)
+        return top
+
+    # ------------------------------------------------------------------ responses out
     def envelope(self, kind: str) -> dict:
-        return {"id": f"{'chatcmpl' if kind == 'chat.completion' else 'cmpl'}-{uuid.uuid4().hex[:24]}", "object": kind, "created": int(time.time()), "model": self.model_name}
+        return {"id": f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex[:24]}", "object": kind, "created": int(time.time()), "model": self.model_name}
 
-    def sse(self, chunks: AsyncIterator[dict]) -> StreamingResponse:
+    @staticmethod
+    def sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
         async def lines():
             try:
                 async for chunk in chunks:
@@ -201,7 +368,7 @@ class OpenAIServeSpec(LitSpec):
     def usage(prompt_tokens: int, completion_tokens: int) -> dict:
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
 
-    # ------------------------------------------------------------------ endpoints
+    # ------------------------------------------------------------------ /v1/chat/completions
     async def chat_completions(self, request: Request):
         try:
             body = await self.read_body(request)
@@ -209,83 +376,181 @@ class OpenAIServeSpec(LitSpec):
             if not isinstance(messages, list) or not messages:
                 raise RequestError(400, "messages is required: a non-empty list of {role, content}", param="messages", code="missing_required_parameter")
             if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in messages):
-                raise RequestError(400, "every message needs a role and a content", param="messages", code="invalid_value")
+                raise invalid("messages", "must be objects with a role and a content")
             from litgpt_clone.chat_template import ChatTemplateError, render_for_tokenizer
 
             plain = [{"role": m["role"], "content": message_text(m["content"])} for m in messages]
             try:
                 prompt = render_for_tokenizer(self.tokenizer, plain)
             except ChatTemplateError as err:
-                raise RequestError(400, f"the chat template refused the messages: {err}", param="messages", code="invalid_value") from None
-            ids = self.tokenizer.encode(prompt, bos=False).tolist()
-            job = self.job(body, ids)
+                raise invalid("messages", f"were refused by the chat template: {err}") from None
+            logprobs = flag(body, "logprobs")
+            top = number(body, "top_logprobs", 0, 0, MAX_LOGPROBS, integer=True)
+            ids = await self.encode(prompt, bos=False)
+            jobs = self.jobs(body, [ids], logprobs=top if logprobs else None)
         except RequestError as err:
             return err.response()
-        head = self.envelope("chat.completion.chunk" if body.get("stream") else "chat.completion")
-        if body.get("stream"):
+        stream = body.get("stream")
+        head = self.envelope("chat.completion.chunk" if stream else "chat.completion")
+        if stream:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
             async def chunks():
-                yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-                count = 0
-                async for event in self.events(job):
-                    finish = event.get("finish_reason")
-                    count = event.get("completion_tokens", count)
-                    if event.get("text") or finish:
+                for i in range(len(jobs)):
+                    yield {**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}
+                total = 0
+                async for i, event in self.run(jobs):
+                    total += event.get("completion_tokens", 0)
+                    if event.get("text") or event.get("finish_reason") or "ids" in event:
                         delta = {"content": event["text"]} if event.get("text") else {}
-                        yield {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                        scores = {"content": self.chat_logprobs(event["ids"], event["logprobs"], event["top"])} if "ids" in event else None
+                        yield {**head, "choices": [{"index": i, "delta": delta, "logprobs": scores, "finish_reason": event.get("finish_reason")}]}
                 if include_usage:
-                    yield {**head, "choices": [], "usage": self.usage(len(ids), count)}
+                    yield {**head, "choices": [], "usage": self.usage(len(ids), total)}
 
             return self.sse(chunks())
+        choices = [Choice() for _ in jobs]
+        raw: list[list] = [[] for _ in jobs]
         try:
-            text, finish, count = await self.collect(job)
+            async def consume() -> None:
+                async for i, event in self.run(jobs):
+                    self.add_event(choices[i], event, None)
+                    if "ids" in event:
+                        raw[i].append(event)
+
+            await self.until_disconnected(request, consume())
         except RequestError as err:
             return err.response()
-        return {
-            **head, "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": None}],
-            "usage": self.usage(len(ids), count),
-        }
+        out = []
+        for i, (choice, events) in enumerate(zip(choices, raw)):
+            scores = None
+            if logprobs:
+                scores = {"content": [s for e in events for s in self.chat_logprobs(e["ids"], e["logprobs"], e["top"])]}
+            out.append({"index": i, "message": {"role": "assistant", "content": choice.text}, "logprobs": scores, "finish_reason": choice.finish})
+        return {**head, "choices": out, "usage": self.usage(len(ids), sum(c.count for c in choices))}
+
+    def chat_logprobs(self, ids: list[int], logprobs: list[float], top: list) -> list[dict]:
+        """Chat's logprobs entries: ``{"token", "logprob", "bytes", "top_logprobs": [...]}`` per token."""
+
+        def entry(token_id: int, logprob: float) -> dict:
+            text = self.tokenizer.decode([token_id], skip_special_tokens=False)
+            return {"token": text, "logprob": logprob, "bytes": None if "\ufffd" in text else list(text.encode())}  # None: part of a character
+
+        return [{**entry(t, lp), "top_logprobs": [entry(i, v) for i, v in pairs]} for t, lp, pairs in zip(ids, logprobs, top)]
+
+    @staticmethod
+    async def until_disconnected(request: Request, work) -> None:
+        """Await ``work``; cancel it (and so its generations) if the client disconnects meanwhile."""
+        task = asyncio.ensure_future(work)
+        while not task.done():
+            await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if not task.done() and await request.is_disconnected():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                raise RequestError(499, "the client closed the connection", code="client_disconnected")
+        task.result()
+
+    # ------------------------------------------------------------------ /v1/completions
+    async def prompts(self, body: dict) -> tuple[list[list[int]], list[Optional[str]]]:
+        """The prompts as token ids, and as given when given as text: a string, a list of strings, a list of
+        token ids or a list of such lists."""
+        prompt = body.get("prompt")
+        if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(isinstance(p, int) and not isinstance(p, bool) for p in prompt)):
+            prompt = [prompt]
+        if not isinstance(prompt, list) or not prompt:
+            raise RequestError(400, "prompt is required: a string, a list of strings or a list of token-id lists", param="prompt", code="missing_required_parameter")
+        if len(prompt) > MAX_CHOICES:
+            raise invalid("prompt", f"has {len(prompt)} prompts: send at most {MAX_CHOICES} in one request")
+        ids, texts = [], []
+        vocab = self.config.vocab_size
+        for p in prompt:
+            if isinstance(p, str):
+                ids.append(await self.encode(p) if p else [])
+                texts.append(p)
+            elif isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in p):
+                ids.append(list(p))
+                texts.append(None)
+            else:
+                raise invalid("prompt", f"must hold strings or lists of token ids in [0, {vocab})")
+        return ids, texts
 
     async def completions(self, request: Request):
         try:
             body = await self.read_body(request)
-            prompt = body.get("prompt")
-            prompts = [prompt] if isinstance(prompt, str) else prompt
-            if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
-                raise RequestError(400, "prompt is required: a string or a non-empty list of strings", param="prompt", code="missing_required_parameter")
-            if body.get("logprobs") is not None or body.get("echo"):
-                raise RequestError(400, "logprobs and echo are not supported by this server yet", param="logprobs", code="unsupported_parameter")
-            ids = [self.tokenizer.encode(p).tolist() if p else [] for p in prompts]
-            jobs = [self.job(body, i) for i in ids]
+            ids, texts = await self.prompts(body)
+            logprobs = number(body, "logprobs", None, 0, MAX_LOGPROBS, integer=True)
+            echo = flag(body, "echo")
+            jobs = self.jobs(body, ids, logprobs=logprobs, echo=echo)
         except RequestError as err:
             return err.response()
+        n = len(jobs) // len(ids)
+        prompt_of = [i // n for i in range(len(jobs))]
+        echoed = [texts[p] if texts[p] is not None else self.tokenizer.decode(ids[p]) for p in prompt_of] if echo else None
         prompt_tokens = sum(len(i) for i in ids)
         head = self.envelope("text_completion")
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
             async def chunks():
+                scorers = [TokenTexts(self.tokenizer, len(echoed[i]) if echo else 0) for i in range(len(jobs))]
+                if echo and logprobs is None:  # the prompts first (with logprobs, each comes with its scores)
+                    for i in range(len(jobs)):
+                        yield {**head, "choices": [{"index": i, "text": echoed[i], "logprobs": None, "finish_reason": None}]}
                 total = 0
-                for index, job in enumerate(jobs):
-                    async for event in self.events(job):
-                        total += event.get("completion_tokens", 0)
-                        if event.get("text") or event.get("finish_reason"):
-                            yield {**head, "choices": [{"index": index, "text": event.get("text", ""), "finish_reason": event.get("finish_reason"), "logprobs": None}]}
+                async for i, event in self.run(jobs):
+                    total += event.get("completion_tokens", 0)
+                    text, scores = event.get("text", ""), None
+                    if logprobs is not None:
+                        choice = Choice()
+                        if "prompt_logprobs" in event:
+                            text = echoed[i] + text
+                            self.add_prompt(choice, event, ids[prompt_of[i]])
+                        self.add_event(choice, event, scorers[i])
+                        scores = self.legacy_logprobs(choice) if choice.tokens else None
+                    if text or scores or event.get("finish_reason"):
+                        yield {**head, "choices": [{"index": i, "text": text, "logprobs": scores, "finish_reason": event.get("finish_reason")}]}
                 if include_usage:
                     yield {**head, "choices": [], "usage": self.usage(prompt_tokens, total)}
 
             return self.sse(chunks())
+        choices = [Choice() for _ in jobs]
+        scorers = [TokenTexts(self.tokenizer, len(echoed[i]) if echo else 0) for i in range(len(jobs))] if logprobs is not None else None
         try:
-            results = await asyncio.gather(*(self.collect(job) for job in jobs))
+            async def consume() -> None:
+                async for i, event in self.run(jobs):
+                    if "prompt_logprobs" in event:
+                        self.add_prompt(choices[i], event, ids[prompt_of[i]])
+                    self.add_event(choices[i], event, scorers[i] if scorers else None)
+
+            await self.until_disconnected(request, consume())
         except RequestError as err:
             return err.response()
-        choices = [{"index": i, "text": text, "finish_reason": finish, "logprobs": None} for i, (text, finish, _) in enumerate(results)]
-        return {**head, "choices": choices, "usage": self.usage(prompt_tokens, sum(r[2] for r in results))}
+        out = [
+            {"index": i, "text": (echoed[i] if echo else "") + c.text, "finish_reason": c.finish, "logprobs": self.legacy_logprobs(c) if logprobs is not None else None}
+            for i, c in enumerate(choices)
+        ]
+        return {**head, "choices": out, "usage": self.usage(prompt_tokens, sum(c.count for c in choices))}
 
+    def add_prompt(self, choice: Choice, event: dict, ids: list[int]) -> None:
+        """The echoed prompt's tokens, log-probabilities (None for the first) and top alternatives."""
+        tokens, offsets = TokenTexts(self.tokenizer).add(ids)
+        choice.tokens += tokens
+        choice.offsets += offsets
+        choice.logprobs += event["prompt_logprobs"]
+        choice.top += [None if pairs is None else self.top_dict(pairs, t, lp) for pairs, t, lp in zip(event["prompt_top"], ids, event["prompt_logprobs"])]
+
+    @staticmethod
+    def legacy_logprobs(choice: Choice) -> dict:
+        return {"tokens": choice.tokens, "token_logprobs": choice.logprobs, "top_logprobs": choice.top, "text_offset": choice.offsets}
+
+    # ------------------------------------------------------------------ /v1/models
     async def models(self, request: Request):
         try:
             self.authorize(request)
         except RequestError as err:
             return err.response()
-        return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.created, "owned_by": "litgpt-clone"}]}
+        data = [{"id": name, "object": "model", "created": self.created, "owned_by": "litgpt-clone"} for name in self.model_ids]
+        for entry in data[1:]:
+            entry["parent"] = self.model_name  # a LoRA adapter over the base model
+        return {"object": "list", "data": data}

@@ -1,0 +1,328 @@
+"""Continuous batching for ``litgpt-clone serve``: generations join and leave one shared decode batch at any step.
+
+    engine = Engine(model, tokenizer, max_rows=32)
+    engine.submit("a", job)                      # a job: see ``Engine.submit``
+    while engine.busy:
+        for uid, event in engine.step():         # one forward: a prefill of new requests, or one decode step
+            ...
+
+The KV cache is one static tensor per layer, ``max_rows`` rows x ``slots`` slots (the model's context). Every decode
+step writes all rows at the same slot ``t`` (the model's ``input_pos``). A row's tokens sit in the contiguous slots
+``[start, t)``, its RoPE positions count from 0 at ``start`` (``rope_pos``) and ``key_mask`` hides every slot the row
+did not write, so rows of any length and age share a step. A new request is prefilled together with the other
+requests that join at the same step (one left-padded batch, ``generate.pad_left``, in a scratch cache) and copied
+into slots ``[t - prompt, t)`` of a free row. When there is no room for it before ``t`` (a long prompt) or after it
+(many new tokens), the used slots of every row move together (``shift``): distances between slots, hence attention
+and sliding windows, do not change. A step runs on the first rows only (a power of two covering the highest busy
+row) and the first slots only (a multiple of 64 past ``t``), so a lightly loaded server does little work.
+
+Sampling, stop ids, stop strings and text pieces are the ones of ``litgpt_clone.generate`` (``sample``,
+``TextStream``); each row has its own temperature, top-p, seed, stop strings, token budget and LoRA adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterator, Optional
+
+import torch
+import torch.nn as nn
+
+from litgpt_clone.generate import TextStream, decode_one_token, pad_left, sample
+from litgpt_clone.model import GPT, KVCache
+
+PREFILL_TOKEN_BUDGET = 1024
+"""Most padded prompt tokens prefilled in one forward: a burst of new requests is prefilled in chunks, so the
+first ones get their first token sooner (one prompt longer than this runs alone)."""
+
+
+class CacheView(KVCache):
+    """The first ``rows`` rows and ``slots`` slots of a bigger ``KVCache``; the model's writes land in the bigger one."""
+
+    def __init__(self, cache: KVCache, rows: int, slots: int) -> None:
+        nn.Module.__init__(self)
+        self.register_buffer("k", cache.k[:rows, :, :slots], persistent=False)  # (rows, n_query_groups, slots, hs)
+        self.register_buffer("v", cache.v[:rows, :, :slots], persistent=False)
+
+
+@contextlib.contextmanager
+def kv_caches(model: GPT, caches: list[KVCache]) -> Iterator[None]:
+    """Run ``model`` with ``caches`` (one per block) instead of its own."""
+    own = [block.attn.kv_cache for block in model.transformer.h]
+    for block, cache in zip(model.transformer.h, caches):
+        block.attn.kv_cache = cache
+    try:
+        yield
+    finally:
+        for block, cache in zip(model.transformer.h, own):
+            block.attn.kv_cache = cache
+
+
+def power_of_two(n: int, most: int) -> int:
+    return min(1 << max(n - 1, 0).bit_length(), most)
+
+
+@dataclass(eq=False)
+class Row:
+    """One generation: its job, its place in the cache and its progress."""
+
+    uid: str
+    job: dict
+    text: TextStream
+    generator: Optional[torch.Generator] = None
+    index: int = -1  # row of the KV cache
+    start: int = 0  # slot of its first prompt token
+    pos: int = 0  # tokens in the cache: the RoPE position of the next one
+    token: int = 0  # the last sampled token, the input of the next decode step
+    count: int = 0  # tokens generated (stop ids not counted)
+    extra: dict = field(default_factory=dict)  # what the next event of this row carries besides its text
+
+    @property
+    def end(self) -> int:
+        """One past the last slot this row may need."""
+        return self.start + len(self.job["ids"]) + self.job["max_new_tokens"]
+
+
+class Engine:
+    """Continuous batching over one model (see the module docstring).
+
+    ``adapters``: a ``litgpt_clone.serve.multi_lora.AdapterRows`` when the model carries per-request LoRA adapters.
+    """
+
+    def __init__(self, model: GPT, tokenizer, max_rows: int, adapters=None) -> None:
+        self.model, self.tokenizer, self.max_rows, self.adapters = model, tokenizer, max_rows, adapters
+        self.slots = model.max_seq_length
+        self.device = model.transformer.wte.weight.device
+        model.set_kv_cache(max_rows, self.slots)
+        self.caches = [block.attn.kv_cache for block in model.transformer.h]
+        self.key_mask = torch.zeros(max_rows, self.slots, dtype=torch.bool, device=self.device)  # slots a row wrote
+        self.t = 0  # the slot the next decode step writes
+        self.rows: dict[int, Row] = {}  # cache row -> generation
+        self.waiting: deque[Row] = deque()
+        self.stop_ids = set(tokenizer.stop_ids)
+        self.views: dict[tuple[int, int], list[CacheView]] = {}
+
+    # ------------------------------------------------------------------ requests
+    def submit(self, uid: str, job: dict) -> None:
+        """Queue a generation. ``job``: ``ids`` (prompt token ids), ``max_new_tokens`` (0: score the prompt only),
+        ``temperature``, ``top_p``, ``seed``, ``stop`` (strings), ``logprobs`` (None, or how many alternatives to
+        report with each new token's log-probability), ``prompt_logprobs`` (also score the prompt's tokens: echo) and
+        ``adapter`` (0: the base model)."""
+        n, new = len(job["ids"]), job["max_new_tokens"]
+        if not 0 < n or n + new > self.slots:
+            raise ValueError(f"a job of {n} prompt tokens and {new} new tokens does not fit the context of {self.slots}")
+        seeded = job.get("seed") is not None and job["temperature"] > 0
+        generator = torch.Generator(device=self.device).manual_seed(job["seed"] % 2**63) if seeded else None
+        self.waiting.append(Row(uid, job, TextStream(self.tokenizer, job.get("stop")), generator))
+
+    def cancel(self, uid: str) -> Optional[int]:
+        """Drop a generation (its client went away); the tokens it had generated, or None if it is not here."""
+        for row in self.waiting:
+            if row.uid == uid:
+                self.waiting.remove(row)
+                return 0
+        for index, row in self.rows.items():
+            if row.uid == uid:
+                del self.rows[index]
+                return row.count
+        return None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.rows or self.waiting)
+
+    @property
+    def free(self) -> int:
+        """How many more generations could start now."""
+        return self.max_rows - len(self.rows) - len(self.waiting)
+
+    def uids(self) -> list[str]:
+        return [row.uid for row in self.waiting] + [row.uid for row in self.rows.values()]
+
+    def reset(self) -> list[str]:
+        """Forget every generation (after an error); their uids."""
+        uids = self.uids()
+        self.rows.clear()
+        self.waiting.clear()
+        self.t = 0
+        return uids
+
+    # ------------------------------------------------------------------ steps
+    @torch.inference_mode()
+    def step(self) -> list[tuple[str, dict]]:
+        """One forward: the prefill of the requests that can join now, else one decode step of every row.
+
+        Returns ``(uid, event)`` pairs: ``{"text": piece}`` (with ``ids``, ``logprobs`` and ``top`` for a job that
+        asked for log-probabilities; ``prompt_logprobs`` and ``prompt_top`` once, for a job that scores its
+        prompt), and last ``finish_reason`` ("stop" or "length") and ``completion_tokens``.
+        """
+        events: list[tuple[str, dict]] = []
+        joined = self.admit()
+        if joined:
+            self.prefill(joined, events)
+        elif self.rows:
+            self.decode(events)
+        return events
+
+    def admit(self) -> list[Row]:
+        """Move waiting requests into free rows while there is room (first come, first served)."""
+        joined: list[Row] = []
+        while self.waiting and len(self.rows) < self.max_rows:
+            row = self.waiting[0]
+            n = len(row.job["ids"])
+            if joined and (row.job.get("prompt_logprobs") or joined[0].job.get("prompt_logprobs")):
+                break  # a prompt to score is prefilled alone: its logits at every position can be large
+            if joined and (len(joined) + 1) * max(n, *(len(r.job["ids"]) for r in joined)) > PREFILL_TOKEN_BUDGET:
+                break
+            if not self.make_room(n, row.job["max_new_tokens"]):
+                break
+            self.waiting.popleft()
+            row.index = min(set(range(self.max_rows)) - set(self.rows))
+            row.start, row.pos = self.t - n, n
+            self.rows[row.index] = row
+            joined.append(row)
+        return joined
+
+    def make_room(self, prompt: int, new: int) -> bool:
+        """Shift the used slots (if needed) so that a prompt can end at ``t`` and its new tokens fit after it."""
+        if not self.rows:
+            self.t = prompt
+            return True
+        low = max(prompt - self.t, -min(r.start for r in self.rows.values()))  # shift >= this: room before t
+        high = min(self.slots - new - self.t, self.slots - max(r.end for r in self.rows.values()))  # and after
+        if low > high:
+            return False  # wait until some rows finish
+        shift = min(max(0, low), high)  # the smallest move that works
+        if shift:
+            self.shift(shift)
+        return True
+
+    def shift(self, d: int) -> None:
+        """Move every row's slots by ``d`` (all rows move together, so relative positions are unchanged)."""
+        lo, hi = min(r.start for r in self.rows.values()), max(self.rows) + 1
+        for cache in self.caches:
+            for buf in (cache.k, cache.v):  # (rows, n_query_groups, slots, hs)
+                buf[:hi, :, lo + d : self.t + d] = buf[:hi, :, lo : self.t].clone()
+        written = self.key_mask[:hi, lo : self.t].clone()
+        self.key_mask[:hi] = False
+        self.key_mask[:hi, lo + d : self.t + d] = written
+        self.t += d
+        for row in self.rows.values():
+            row.start += d
+
+    def select_adapters(self, rows: list[Optional[Row]]) -> None:
+        if self.adapters is not None:
+            self.adapters.select([row.job.get("adapter", 0) if row is not None else 0 for row in rows])
+
+    def prefill(self, joined: list[Row], events: list) -> None:
+        """Run the new prompts as one left-padded batch in a scratch cache, copy it into their rows and sample each
+        one's first token."""
+        prompts = [torch.tensor(row.job["ids"], dtype=torch.long) for row in joined]
+        T = max(len(p) for p in prompts)
+        tokens, pad, rope_pos, key_mask = pad_left(prompts, T, self.device)  # (n, T), (n,), (n, T) | None, (n, T) | None
+        scratch = [KVCache(len(joined), T, self.model.config, device=self.device, dtype=c.k.dtype) for c in self.caches]
+        score_prompt = bool(joined[0].job.get("prompt_logprobs"))  # such a row is prefilled alone
+        self.select_adapters(joined)
+        with kv_caches(self.model, scratch):
+            logits = self.model(tokens, torch.arange(T, device=self.device), rope_pos, key_mask, last_only=not score_prompt)  # (n, T | 1, V)
+        index = torch.tensor([row.index for row in joined], device=self.device)
+        for cache, part in zip(self.caches, scratch):
+            cache.k[index, :, self.t - T : self.t] = part.k  # (n, n_query_groups, T, hs)
+            cache.v[index, :, self.t - T : self.t] = part.v
+        self.key_mask[index] = False
+        for row in joined:
+            self.key_mask[row.index, row.start : self.t] = True
+        if score_prompt:
+            self.score_prompt(joined[0], logits[0, int(pad[0]) :])
+        ready = [i for i, row in enumerate(joined) if row.job["max_new_tokens"] > 0]
+        for row in joined:
+            if row.job["max_new_tokens"] == 0:  # the prompt's scores were all it asked for
+                self.finish(row, "length", "", events)
+        if ready:
+            self.advance([joined[i] for i in ready], logits[ready, -1], events)
+
+    def decode(self, events: list) -> None:
+        """One token for every row: all rows write slot ``t``."""
+        lo = min(r.start for r in self.rows.values())
+        if lo >= 64:  # drop the slots no row uses any more, so that steps attend over fewer
+            self.shift(-lo)
+        B = power_of_two(max(self.rows) + 1, self.max_rows)
+        S = min(-(-(self.t + 1) // 64) * 64, self.slots)
+        rows = [self.rows.get(i) for i in range(B)]
+        tokens = torch.tensor([[r.token if r else 0] for r in rows], device=self.device)  # (B, 1)
+        rope_pos = torch.tensor([[r.pos if r else 0] for r in rows], device=self.device)  # (B, 1)
+        if (B, S) not in self.views:
+            self.views[(B, S)] = [CacheView(c, B, S) for c in self.caches]
+        self.select_adapters(rows)
+        with kv_caches(self.model, self.views[(B, S)]):
+            logits = decode_one_token(self.model, tokens, torch.tensor([self.t], device=self.device), rope_pos, self.key_mask[:B, :S])
+        busy = [r for r in rows if r is not None]
+        self.key_mask[[r.index for r in busy], self.t] = True
+        self.t += 1
+        for row in busy:
+            row.pos += 1
+        self.advance(busy, logits[[r.index for r in busy]], events)
+
+    # ------------------------------------------------------------------ tokens
+    def sample(self, rows: list[Row], logits: torch.Tensor) -> list[int]:
+        """One token per row from logits (n, V): rows with the same settings are sampled together; a seeded row
+        draws from its own generator."""
+        tokens = [0] * len(rows)
+        groups: dict[tuple, list[int]] = {}
+        for i, row in enumerate(rows):
+            if row.generator is not None:
+                tokens[i] = int(sample(logits[i : i + 1], row.job["temperature"], top_p=row.job["top_p"], generator=row.generator)[0])
+            else:
+                groups.setdefault((row.job["temperature"], row.job["top_p"]), []).append(i)
+        for (temperature, top_p), members in groups.items():
+            for i, token in zip(members, sample(logits[members], temperature, top_p=top_p).tolist()):
+                tokens[i] = token
+        return tokens
+
+    def advance(self, rows: list[Row], logits: torch.Tensor, events: list) -> None:
+        """Sample the next token of each row from its logits (n, V); emit text, log-probabilities and endings."""
+        tokens = self.sample(rows, logits)
+        scored = [i for i, row in enumerate(rows) if row.job.get("logprobs") is not None]
+        if scored:
+            logprobs = torch.log_softmax(logits[scored].float(), dim=-1)  # (k, V)
+            chosen = logprobs.gather(1, torch.tensor([[tokens[i]] for i in scored], device=logprobs.device)).squeeze(1).tolist()
+            k = max(rows[i].job["logprobs"] for i in scored)
+            top = logprobs.topk(k, dim=-1) if k else None
+            for j, i in enumerate(scored):
+                n = rows[i].job["logprobs"]
+                pairs = list(zip(top.indices[j, :n].tolist(), top.values[j, :n].tolist())) if n else []
+                rows[i].extra.update(ids=[tokens[i]], logprobs=[chosen[j]], top=[pairs])
+        for row, token in zip(rows, tokens):
+            if token in self.stop_ids:
+                self.finish(row, "stop", "", events)
+                continue
+            row.count += 1
+            row.token = token
+            piece = row.text.add([token])
+            if row.text.stopped:
+                self.finish(row, "stop", piece, events)
+            elif row.count >= row.job["max_new_tokens"]:
+                self.finish(row, "length", piece, events)
+            elif piece or row.extra:
+                events.append((row.uid, {"text": piece, **row.extra}))
+                row.extra = {}
+
+    def finish(self, row: Row, reason: str, piece: str, events: list) -> None:
+        events.append((row.uid, {"text": piece + row.text.flush(), **row.extra, "finish_reason": reason, "completion_tokens": row.count}))
+        del self.rows[row.index]
+
+    def score_prompt(self, row: Row, logits: torch.Tensor) -> None:
+        """The log-probability of each prompt token given the ones before it (None for the first) and the top
+        alternatives at each position, from the prefill's logits (n, V) of the row's real positions."""
+        ids = row.job["ids"]
+        logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)  # (n - 1, V): position i predicts token i + 1
+        target = torch.tensor(ids[1:], device=logprobs.device)
+        chosen = logprobs.gather(1, target[:, None]).squeeze(1).tolist() if len(ids) > 1 else []
+        k = row.job.get("logprobs") or 0
+        top: list = [[] for _ in chosen]
+        if k and chosen:
+            values, indices = logprobs.topk(k, dim=-1)
+            top = [list(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist())]
+        row.extra.update(prompt_logprobs=[None, *chosen], prompt_top=[None, *top])
