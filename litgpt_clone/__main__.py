@@ -34,7 +34,7 @@ COMMANDS = {
     "generate": generate,
     "chat": chat,
     "serve": serve,
-    "evaluate": {"_help": "Evaluate a checkpoint: `evaluate tasks` runs lm-eval tasks, `evaluate perplexity` scores text files.", "tasks": evaluate_tasks, "perplexity": evaluate_perplexity},
+    "evaluate": {"_help": "Evaluate a checkpoint: `evaluate [checkpoint] --tasks a,b` (= `evaluate tasks`) runs lm-eval tasks, `evaluate perplexity` scores text files.", "tasks": evaluate_tasks, "perplexity": evaluate_perplexity},
     "prepare": {"_help": "Build datasets: `prepare code` makes a versioned code corpus with token shards.", "code": prepare_code},
 }
 
@@ -57,12 +57,16 @@ def data_aliases(command: str) -> dict[str, str]:
 
 def rewrite(argv: list[str]) -> list[str]:
     """Spellings jsonargparse cannot express: ``pretrain <name>``, ``finetune <checkpoint>`` (= ``finetune lora``),
-    ``--data <short name>``, a repeated ``--stop``."""
+    ``evaluate [checkpoint]`` (= ``evaluate tasks``), ``--data <short name>``, a repeated ``--stop``."""
     argv = list(argv)
     if len(argv) >= 2 and argv[0] in OPTIONAL_POSITIONALS and not argv[1].startswith("-"):
         argv[1:2] = [OPTIONAL_POSITIONALS[argv[0]], argv[1]]
     if len(argv) >= 2 and argv[0] == "finetune" and argv[1] not in FINETUNE_METHODS and argv[1] not in ("-h", "--help"):
         argv.insert(1, "lora")
+    if len(argv) >= 2 and argv[0] == "evaluate" and argv[1] not in ("tasks", "perplexity", "-h", "--help"):
+        argv.insert(1, "tasks")  # `evaluate [checkpoint] --tasks a,b` is `evaluate tasks`, whose checkpoint is optional
+    if argv[:2] == ["evaluate", "tasks"] and len(argv) >= 3 and not argv[2].startswith("-"):
+        argv[2:3] = ["--checkpoint_dir", argv[2]]
     if argv[:2] == ["prepare", "code"]:  # `prepare code a b c`: the bare words before the first flag are the sources
         n = next((i for i, a in enumerate(argv[2:]) if a.startswith("-")), len(argv) - 2)
         if n > 1:

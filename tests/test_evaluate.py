@@ -16,8 +16,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -63,7 +61,7 @@ def models(models_root, tmp_path_factory):  # noqa: F811
 
 def run_tasks(lm, tasks_dir: Path) -> dict:
     return simple_evaluate(
-        model=lm, tasks=["tiny_mc", "tiny_gen"], task_manager=TaskManager(include_path=str(tasks_dir)), log_samples=True,
+        model=lm, tasks=["tiny_mc", "tiny_gen"], task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False), log_samples=True,
         bootstrap_iters=0, random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
     )
 
@@ -88,13 +86,16 @@ def test_tasks_match_hflm(models, tasks_dir):
 
 @pytest.mark.parametrize("family", ["qwen3", "mistral-sliding", "gemma2"])
 def test_loglikelihood_other_families(family, models_root, tmp_path):  # noqa: F811
-    """Batched, right-padded scoring of contexts longer than a sliding window, and Gemma 2's soft-capping."""
+    """Contexts shared by several continuations (read once, left-padded, continued from the KV cache) and single
+    requests (whole sequences, right-padded), with a context longer than the sliding window and Gemma 2's soft-capping."""
     _, native = checkpoint(models_root, family)
     export = convert_to_hf_checkpoint(native, tmp_path / "export")
     ours = LitGPTLM(llm=LLM.load(native, device="cpu"), batch_size=3)
     theirs = HFLM(pretrained=str(export), device="cpu", batch_size=3, dtype="float32")
+    story = "Once upon a time there was a small model that wanted to"  # longer than the sliding window
     pairs = [("The quick brown fox", " jumps over the lazy dog"), ("Once upon a time", " there"), ("Once upon a time", " a"),
-             ("def add(a, b):", "\n    return a + b"), ("", "Language models read tokens")]
+             ("def add(a, b):", "\n    return a + b"), ("", "Language models read tokens"), (story, " generate stories"),
+             (story, " eat"), (story, " read tokens and write them back as text"), (story, " print(i)")]
     requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
     a, b = ours.loglikelihood(requests, disable_tqdm=True), theirs.loglikelihood(requests, disable_tqdm=True)
     torch.testing.assert_close(torch.tensor([x[0] for x in a]), torch.tensor([x[0] for x in b]), atol=1e-4, rtol=0)
@@ -125,7 +126,29 @@ def test_loglikelihood_rolling(models, tmp_path):
     assert ppl["nll"] != pytest.approx(-expected, abs=1e-3)
 
 
-def test_perplexity_matches_transformers(models, tmp_path):
+def test_auto_batch_size(models):
+    """`--batch_size auto` (and lm-eval's `batch_size="auto"`, `max_batch_size`): on CPU the largest power of two up
+    to max_batch_size whose fp32 logits stay within 1 GiB; the scores do not depend on the batch size."""
+    ours, _, native = models
+    auto = LitGPTLM(llm=ours.llm, batch_size="auto")
+    vocab = ours.model.config.vocab_size
+    assert auto.batch_size_for(40) == 64
+    b = auto.batch_size_for(100_000)
+    assert b * 100_000 * vocab * 4 <= 2**30 < 2 * b * 100_000 * vocab * 4
+    pairs = [("The quick brown fox", " jumps over the lazy dog"), ("The quick brown fox", " sleeps"), ("def add(a, b):", " pass")]
+    requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+    one = LitGPTLM(llm=ours.llm, batch_size=1).loglikelihood(requests, disable_tqdm=True)
+    torch.testing.assert_close(torch.tensor(auto.loglikelihood(requests, disable_tqdm=True)), torch.tensor(one), atol=1e-5, rtol=0)
+    # what lm-eval's simple_evaluate(model="litgpt_clone", model_args=..., batch_size="auto", max_batch_size=8) builds
+    from lm_eval.api.registry import get_model
+
+    built = get_model("litgpt_clone").create_from_arg_string(
+        f"checkpoint_dir={native},device=cpu", {"batch_size": "auto", "max_batch_size": 8, "device": None}
+    )
+    assert isinstance(built, LitGPTLM) and built.batch_size_for(40) == 8
+
+
+def test_perplexity_matches_transformers(models, tmp_path, capsys):
     """A text inside one window: the NLL is transformers' mean loss of the same tokens after the prefix token."""
     ours, theirs, native = models
     (tmp_path / "short.txt").write_text("Once upon a time there was a small model.")
@@ -135,23 +158,21 @@ def test_perplexity_matches_transformers(models, tmp_path):
         loss = float(theirs.model(ids, labels=ids).loss)
     assert result["tokens"] == ids.shape[1] - 1
     assert result["perplexity"] == pytest.approx(math.exp(loss), rel=1e-4)
+    main(["evaluate", "perplexity", str(native), "--data", str(tmp_path / "short.txt"), "--device", "cpu"])  # the CLI spelling
+    assert capsys.readouterr().out.strip().endswith(f"perplexity {result['perplexity']:.4f}")
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "litgpt_clone", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
-
-
-def test_cli_writes_results(models, tasks_dir, tmp_path):
+def test_cli_writes_results(models, tasks_dir, tmp_path, capsys):
+    """The issue's spelling `litgpt-clone evaluate <checkpoint> --tasks ...` (in this process: tests/test_evaluate_cli.py
+    runs the CLI in subprocesses)."""
     _, _, native = models
-    proc = run_cli("evaluate", "tasks", str(native), "--tasks", "tiny_mc", "--include_path", str(tasks_dir), "--limit", "3",
-                   "--batch_size", "2", "--device", "cpu", "--out_dir", str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    main(["evaluate", str(native), "--tasks", "tiny_mc", "--include_path", str(tasks_dir), "--limit", "3", "--batch_size", "2",
+          "--device", "cpu", "--out_dir", str(tmp_path)])
     results = json.loads((tmp_path / "results.json").read_text())
     acc = results["results"]["tiny_mc"]["acc,none"]
     assert acc in (0, 1 / 3, 2 / 3, 1)
     table = (tmp_path / "results.md").read_text()
-    assert "tiny_mc" in table and f"{acc:.4f}" in table and table.strip() in proc.stdout
+    assert "tiny_mc" in table and f"{acc:.4f}" in table and table.strip() in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -160,6 +181,8 @@ def test_cli_writes_results(models, tasks_dir, tmp_path):
         (["--tasks", "tiny_mcc"], "error: unknown task 'tiny_mcc': did you mean tiny_mc"),
         (["--tasks", "tiny_mc", "--limit", "0"], "error: limit is 0: use a count of examples"),
         (["--tasks", "tiny_mc", "NOT_A_CHECKPOINT"], "is not a checkpoint: expected"),
+        (["--tasks", "tiny_mc", "--batch_size", "0"], "batch_size is 0 (max_batch_size 64): use a count of sequences (>= 1) or auto"),
+        (["--tasks", ","], "no tasks given: pass --tasks"),
     ],
 )
 def test_bad_input_is_one_line(models, tasks_dir, tmp_path, capsys, args, message):
@@ -167,7 +190,15 @@ def test_bad_input_is_one_line(models, tasks_dir, tmp_path, capsys, args, messag
     folder = str(native)
     if "NOT_A_CHECKPOINT" in args:
         args, folder = args[:-1], str(tmp_path)
+    spelling = ["evaluate", "tasks"] if "--limit" in args else ["evaluate"]  # the older spelling keeps working
     with pytest.raises(SystemExit) as exit:
-        main(["evaluate", "tasks", folder, *args, "--include_path", str(tasks_dir)])
+        main([*spelling, folder, *args, "--include_path", str(tasks_dir)])
     err = capsys.readouterr().err.strip()
     assert exit.value.code == 2 and message in err and "\n" not in err, err
+
+
+def test_tasks_list(tasks_dir, capsys):
+    """`evaluate --tasks list` needs no checkpoint; it lists lm-eval's tasks and those of --include_path."""
+    main(["evaluate", "--tasks", "list", "--include_path", str(tasks_dir)])
+    names = capsys.readouterr().out.split()
+    assert {"tiny_mc", "tiny_gen", "hellaswag", "mmlu", "arc_easy"} <= set(names) and len(names) > 1000

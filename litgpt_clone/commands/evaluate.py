@@ -1,21 +1,25 @@
-"""``litgpt-clone evaluate tasks|perplexity``: lm-eval tasks on a checkpoint, and perplexity over text files."""
+"""``litgpt-clone evaluate [tasks] [checkpoint] --tasks a,b`` (lm-eval tasks on a checkpoint) and
+``litgpt-clone evaluate perplexity`` (perplexity over text files)."""
 
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
+import os
+import re
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional, Union
 
 from litgpt_clone.evaluate import EvaluationError
 
 
 def evaluate_tasks(
-    checkpoint_dir: str,
+    checkpoint_dir: Optional[str] = None,
     tasks: Optional[str] = None,
     num_fewshot: Optional[int] = None,
-    batch_size: int = 8,
+    batch_size: Union[int, Literal["auto"]] = 8,
     limit: Optional[float] = None,
     device: Optional[str] = None,
     precision: Optional[str] = None,
@@ -27,14 +31,16 @@ def evaluate_tasks(
     bootstrap_iters: int = 0,
 ) -> dict:
     """Run lm-evaluation-harness tasks on a checkpoint; print a markdown table and write results.json and
-    results.md into out_dir.
+    results.md into out_dir. ``litgpt-clone evaluate [checkpoint] --tasks a,b`` is this command.
 
     Args:
-        checkpoint_dir: Native checkpoint folder or hub repo id.
+        checkpoint_dir: Native checkpoint folder or hub repo id (the first word after ``evaluate``). Default: the
+            newest checkpoint this tool wrote under ./out (a folder with model_config.yaml and model.safetensors).
         tasks: Comma-separated lm-eval task or group names (``hellaswag,arc_easy``); ``list`` prints them all (the
             checkpoint is then not read).
         num_fewshot: Examples in each prompt (default: each task's own).
-        batch_size: Sequences per forward pass.
+        batch_size: Sequences per forward pass, or "auto": on a GPU the largest of 64, 32, ... whose forward pass on
+            the longest request fits in memory; on CPU at most 64, fewer where the logits of a batch would pass 1 GiB.
         limit: Examples per task: a count (>= 1) or a fraction (< 1). Default: all.
         device: "auto" (a GPU if there is one), "cpu" or "cuda[:N]".
         precision: "32-true", "bf16-true" or "16-true"; default bf16 on a GPU that supports it, else fp32.
@@ -46,31 +52,37 @@ def evaluate_tasks(
         bootstrap_iters: Bootstrap resamples for the standard errors of metrics that need them (0: none; lm-eval's
             own default, 100000, takes minutes).
     """
-    from lm_eval.tasks import TaskManager
-
     from litgpt_clone.api import find_checkpoint
 
     if tasks is None:
         raise EvaluationError("no tasks given: pass --tasks with comma-separated task names (--tasks list shows them)")
     if tasks.strip() == "list":
-        print("\n".join(sorted(TaskManager(include_path=include_path).all_tasks)))
+        print("\n".join(sorted(task_manager(include_path, local_only=False).all_tasks)))
         return {}
     if limit is not None and limit <= 0:
         raise EvaluationError(f"limit is {limit:g}: use a count of examples (>= 1), a fraction in (0, 1), or leave it unset for all")
-    checkpoint = find_checkpoint(checkpoint_dir)  # a CheckpointError line for a folder that is not a checkpoint
-    manager = TaskManager(include_path=include_path)
-    names = check_tasks(tasks, manager.all_tasks)
+    if checkpoint_dir is None:
+        checkpoint = newest_checkpoint(Path("out"), tasks)
+        print(f"Evaluating {checkpoint} (the newest checkpoint under out/)", flush=True)
+    else:
+        checkpoint = find_checkpoint(checkpoint_dir)  # a CheckpointError line for a folder that is not a checkpoint
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    manager = task_manager(include_path, local_only=bool(include_path) and local_tasks(names, include_path))
+    check_tasks(names, manager.all_tasks)
     from lm_eval import simple_evaluate
     from lm_eval.utils import handle_non_serializable, make_table
 
     from litgpt_clone.evaluate.lm import LitGPTLM
 
     lm = LitGPTLM(checkpoint, batch_size=batch_size, device=device or "auto", precision=precision, max_length=max_length)
-    results = simple_evaluate(
-        model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=manager, apply_chat_template=apply_chat_template,
-        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, log_samples=False,
-        bootstrap_iters=bootstrap_iters,
-    )
+    try:
+        results = simple_evaluate(
+            model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=manager, apply_chat_template=apply_chat_template,
+            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, log_samples=False,
+            bootstrap_iters=bootstrap_iters,
+        )
+    except ConnectionError as err:  # what `datasets` raises offline (HF_DATASETS_OFFLINE) for data it has not cached
+        raise EvaluationError(unreachable_data(err)) from err
     table = make_table(results)
     print(table)
     out_dir = Path(out_dir) if out_dir is not None else checkpoint / "evaluate"
@@ -82,9 +94,64 @@ def evaluate_tasks(
     return results
 
 
-def check_tasks(tasks: str, known: list[str]) -> list[str]:
-    """The task names of ``tasks`` (comma-separated); an unknown one is an error that suggests the closest names."""
-    names = [t.strip() for t in tasks.split(",") if t.strip()]
+def newest_checkpoint(root: Path, tasks: str = "...") -> Path:
+    """The checkpoint this tool wrote last under ``root``: folders holding both model_config.yaml and
+    model.safetensors (as pretrain, finetune, merge_lora and convert write them), newest by the later of the two
+    files' modification times. Folders starting with "." (checkpoints being written) and links are skipped."""
+    found = []
+    for folder, dirs, files in os.walk(root):  # never follows links to folders
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        paths = [Path(folder) / name for name in ("model_config.yaml", "model.safetensors")]
+        if all(p.name in files and p.is_file() and not p.is_symlink() for p in paths):
+            found.append((max(p.stat().st_mtime for p in paths), str(folder)))
+    if not found:
+        raise EvaluationError(
+            f"no checkpoint under {root.resolve()} (looked for folders with model_config.yaml and model.safetensors, "
+            f"which pretrain, finetune and convert write): pass one, `litgpt-clone evaluate <checkpoint dir | repo id> --tasks {tasks}`"
+        )
+    return Path(max(found)[1])
+
+
+def task_manager(include_path: Optional[str], local_only: bool = False):
+    """lm-eval's task index (with the tasks of ``include_path``); ``local_only``: of ``include_path`` alone, which
+    takes a second where indexing lm-eval's own ~14,000 tasks takes 5-10 s. Kept in this process until a YAML file
+    of ``include_path`` changes."""
+    stamp = ()
+    if include_path:
+        include_path = str(Path(include_path).resolve())
+        for folder, _, files in os.walk(include_path):  # never follows links to folders
+            yamls = sorted(os.path.join(folder, f) for f in files if f.endswith((".yaml", ".yml")))
+            stamp += tuple((path, os.stat(path).st_mtime_ns) for path in yamls)
+    return cached_task_manager(include_path, local_only, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_task_manager(include_path: Optional[str], local_only: bool, stamp: tuple):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path, include_defaults=not local_only)
+
+
+def local_tasks(names: list[str], include_path: str) -> bool:
+    """Whether every name is a task (not a group or tag, which may refer to lm-eval's own tasks) of include_path."""
+    local = set(task_manager(include_path, local_only=True).all_subtasks)
+    return all(name in local for name in names)
+
+
+def unreachable_data(err: ConnectionError) -> str:
+    """The one-line fix for a task whose dataset is neither cached nor reachable."""
+    match = re.search(r"reach '([^']+)'", str(err))
+    dataset = f"dataset {match.group(1)!r}" if match else f"a task's dataset ({err})"
+    return (
+        f"{dataset} is not in the local cache and the hub cannot be reached"
+        f"{' (HF_DATASETS_OFFLINE is set)' if os.environ.get('HF_DATASETS_OFFLINE') else ''}: run once online to cache it "
+        "(under $HF_HOME/datasets), or copy it and give a task YAML with dataset_path or dataset_kwargs.data_files "
+        "pointing at the local files with --include_path <folder>"
+    )
+
+
+def check_tasks(names: list[str], known: list[str]) -> None:
+    """An unknown task name is an error that suggests the closest known names."""
     if not names:
         raise EvaluationError("no tasks given: pass --tasks with comma-separated task names (--tasks list shows them)")
     known_set = set(known)
@@ -93,7 +160,6 @@ def check_tasks(tasks: str, known: list[str]) -> list[str]:
             close = difflib.get_close_matches(name, known, n=3)
             hint = f"did you mean {', '.join(close)}?" if close else "`--tasks list` shows them"
             raise EvaluationError(f"unknown task {name!r}: {hint} (your own task YAMLs: --include_path <folder>)")
-    return names
 
 
 def text_files(data: Path) -> list[Path]:

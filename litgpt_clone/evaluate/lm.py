@@ -1,9 +1,11 @@
 """A checkpoint as an lm-eval model: ``LitGPTLM``, registered with lm-eval as ``litgpt_clone``.
 
 - ``loglikelihood``: lm-eval's ``TemplateLM`` tokenizes (context, continuation) pairs; ``_loglikelihood_tokens``
-  scores them in right-padded batches sorted longest first (right padding never changes a causal model's earlier
-  positions). Requests whose context + continuation[:-1] match (multiple choice with one-token answers) run once,
-  through lm-eval's ``Collator(group_by="contexts")``, as ``HFLM`` does.
+  reads a context shared by several continuations (multiple choice) once into the KV cache, then scores the
+  continuations from there; other requests run as whole sequences in right-padded batches sorted longest first.
+  Batches end where padding would pass ``MAX_PADDING`` of their tokens (``length_runs``).
+  The output layer and the softmax run only at the positions that predict continuation tokens (``HFLM`` runs
+  both over every position of context + continuation).
 - ``loglikelihood_rolling``: a text longer than the context is scored in windows of ``max_length`` tokens; each
   window after the first re-reads ``rolling_context`` tokens of the one before (the overlap) and scores only the
   tokens after them. ``rolling_context=1`` gives ``HFLM``'s disjoint windows exactly. ``rolling_nll`` is also what
@@ -25,6 +27,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from litgpt_clone.api import LLM
+from litgpt_clone.evaluate import EvaluationError
 
 
 @register_model("litgpt_clone")
@@ -33,7 +36,9 @@ class LitGPTLM(TemplateLM):
 
     Args:
         checkpoint_dir: Native checkpoint folder (or hub repo id).
-        batch_size: Sequences per forward pass.
+        batch_size: Sequences per forward pass (multiple choice: contexts per pass), or "auto" (see
+            ``batch_size_for``).
+        max_batch_size: The largest batch "auto" picks.
         device: "auto", "cpu", "cuda[:N]".
         precision: "32-true", "bf16-true" or "16-true" (default: bf16 on a GPU that has it, else fp32).
         max_length: Longest sequence fed to the model (default: the model's context).
@@ -43,19 +48,23 @@ class LitGPTLM(TemplateLM):
     """
 
     def __init__(
-        self, checkpoint_dir: Union[str, Path, None] = None, batch_size: Union[int, str] = 8, device: str = "auto",
+        self, checkpoint_dir: Union[str, Path, None] = None, batch_size: Union[int, str] = 8, max_batch_size: int = 64, device: str = "auto",
         precision: Optional[str] = None, max_length: Union[int, str, None] = None, rolling_context: Union[int, str, None] = None,
         llm: Optional[LLM] = None,
     ) -> None:
         super().__init__()
+        self.auto_batch = str(batch_size).startswith("auto")  # lm-eval's "auto:N" too: ours is chosen on every call
+        self.batch_size = 1 if self.auto_batch else int(batch_size)
+        self.max_batch_size = int(max_batch_size)
+        if self.batch_size < 1 or self.max_batch_size < 1:
+            raise EvaluationError(f"batch_size is {batch_size} (max_batch_size {max_batch_size}): use a count of sequences (>= 1) or auto")
         self.llm = llm if llm is not None else LLM.load(checkpoint_dir, device=device or "auto", precision=precision)
         self.model, self.tok = self.llm.model, self.llm.tokenizer
         context = self.model.max_seq_length
         self.max_length = int(max_length) if max_length else context
         if not 1 < self.max_length <= context:
-            raise ValueError(f"max_length is {self.max_length}: use a value in [2, {context}] (the model's context)")
+            raise EvaluationError(f"max_length is {self.max_length}: use a value in [2, {context}] (the model's context)")
         self.rolling_context = int(rolling_context) if rolling_context else self.max_length // 2
-        self.batch_size = int(batch_size) if str(batch_size) != "auto" else 8
         self.max_gen_toks = 256
 
     # ------------------------------------------------------------------ tokens
@@ -92,35 +101,135 @@ class LitGPTLM(TemplateLM):
         return render_for_tokenizer(self.tok, chat_history, add_generation_prompt=add_generation_prompt)
 
     # ------------------------------------------------------------------ scoring
-    @torch.inference_mode()
-    def logprobs(self, inputs: Sequence[list[int]]) -> list[torch.Tensor]:
-        """Next-token log-probabilities (T_i, V) in fp32 for each input, from one right-padded forward pass."""
+    def batch_size_for(self, longest: int) -> int:
+        """Sequences per forward pass for inputs of up to ``longest`` tokens: the given batch size, or for "auto" on
+        a GPU the largest of max_batch_size, max_batch_size / 2, ... whose forward pass fits in memory, and on CPU
+        (where running out of memory cannot be caught) the largest power of two up to max_batch_size whose fp32
+        logits stay within 1 GiB."""
+        if not self.auto_batch:
+            return self.batch_size
+        vocab = self.model.config.vocab_size
+        if self.device.type != "cuda":
+            b = self.max_batch_size
+            while b > 1 and b * longest * vocab * 4 > 2**30:
+                b //= 2
+            return b
+        b = self.max_batch_size
+        while b > 1:
+            try:
+                with torch.inference_mode():
+                    self.model(torch.zeros(b, longest, dtype=torch.long, device=self.device))
+                break
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                b //= 2
+        torch.cuda.empty_cache()
+        return b
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        """(log p(continuation | context), whether the continuation is the greedy one) for each
+        ((context, continuation), context ids, continuation ids), in the order given.
+
+        Contexts continued by several requests (multiple choice) are read once (``score_shared``); the rest, and any
+        request longer than max_length (cut from the left, as HFLM does), run as whole sequences (``score_whole``).
+        """
+        results: list = [None] * len(requests)
+        by_context: dict[tuple, list[int]] = {}  # context ids -> the requests that continue it
+        singles: list[int] = []  # requests scored as whole sequences
+        for i, (_, ctx, cont) in enumerate(requests):
+            if not cont:
+                results[i] = (0.0, True)
+            elif len(ctx) + len(cont) - 1 > self.max_length:
+                singles.append(i)
+            else:
+                by_context.setdefault(tuple(ctx), []).append(i)
+        shared = []  # (context, its continuations, their request indices)
+        for ctx, idx in by_context.items():
+            if len(idx) == 1:
+                singles.append(idx[0])
+            else:
+                shared.append((list(ctx), [requests[i][2] for i in idx], idx))
+        longest = max((len(ctx) + len(cont) - 1 for _, ctx, cont in requests if cont), default=1)
+        batch_size = self.batch_size_for(min(longest, self.max_length))
+        progress = tqdm(total=len(requests), disable=disable_tqdm, desc="loglikelihood")
+        shared.sort(key=lambda g: -len(g[0]))  # longest context first: the least padding in each batch
+        for batch in self.shared_batches(shared, batch_size):
+            conts = [(g, cont) for g, (_, group_conts, _) in enumerate(batch) for cont in group_conts]
+            indices = [i for _, _, idx in batch for i in idx]
+            for i, result in zip(indices, self.score_shared([ctx for ctx, _, _ in batch], conts, batch_size)):
+                results[i] = result
+            progress.update(len(indices))
+        length = {i: min(len(requests[i][1]) + len(requests[i][2]) - 1, self.max_length) for i in singles}
+        singles.sort(key=lambda i: -length[i])
+        for run in length_runs([length[i] for i in singles], batch_size):
+            chunk = [singles[j] for j in run]
+            for i, result in zip(chunk, self.score_whole([(requests[i][1], requests[i][2]) for i in chunk])):
+                results[i] = result
+            progress.update(len(chunk))
+        progress.close()
+        return results
+
+    def shared_batches(self, groups: list, batch_size: int):
+        """Runs of consecutive groups (``length_runs`` of their contexts) whose longest context + longest
+        continuation fit in the model's cache."""
+        for run in length_runs([len(ctx) for ctx, _, _ in groups], batch_size):
+            batch, cont_max = [], 0
+            for group in (groups[i] for i in run):
+                cont_len = max(len(c) for c in group[1]) - 1
+                if batch and len(batch[0][0]) + max(cont_max, cont_len) > self.model.max_seq_length:
+                    yield batch
+                    batch, cont_max = [], 0
+                batch.append(group)
+                cont_max = max(cont_max, cont_len)
+            yield batch
+
+    def score_whole(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """Each (context, continuation) as one sequence (its last max_length + 1 tokens), in one right-padded
+        forward pass (right padding never changes a causal model's earlier positions)."""
+        inputs = [(ctx + cont)[-(self.max_length + 1):][:-1] for ctx, cont in pairs]
         T = max(len(x) for x in inputs)
         batch = torch.zeros(len(inputs), T, dtype=torch.long, device=self.device)  # (B, T), right-padded
         for i, x in enumerate(inputs):
             batch[i, : len(x)] = torch.tensor(x, device=self.device)
-        logprobs = F.log_softmax(self.model(batch).float(), dim=-1)  # (B, T, V)
-        return [lp[: len(x)] for lp, x in zip(logprobs, inputs)]
+        with torch.inference_mode():
+            logits = self.model(batch)  # (B, T, V)
+        return [score(logits[i, len(x) - len(cont) : len(x)], cont) for i, (x, (_, cont)) in enumerate(zip(inputs, pairs))]
 
-    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
-        """(log p(continuation | context), whether the continuation is the greedy one) for each
-        ((context, continuation), context ids, continuation ids), in the order given."""
-        collator = Collator(
-            requests, sort_fn=lambda r: (-len(r[1] + r[2]), tuple(r[1] + r[2])), group_by="contexts",
-            group_fn=lambda r: r[1] + r[2][:-1],
-        )
-        results = []
-        for chunk in tqdm(collator.get_batched(n=self.batch_size), disable=disable_tqdm, desc="loglikelihood"):
-            # the last max_length + 1 tokens of context + continuation, without the last: the model's input
-            inputs = [(ctx + cont)[-(self.max_length + 1):][:-1] for _, ctx, cont in chunk]
-            for (request, ctx, cont), lp in zip(chunk, self.logprobs(inputs)):
-                lp = lp[-len(cont):][None]  # (1, len(cont), V): the positions that predict the continuation
-                greedy = lp.argmax(dim=-1)  # (1, len(cont))
-                for _, cont_toks, lp_one in collator.get_cache(req_str=request, cxt_toks=ctx, cont_toks=cont, logits=lp):
-                    target = torch.tensor(cont_toks, device=self.device)[None]  # (1, n)
-                    picked = lp_one[:, -target.size(1):].gather(2, target[..., None])  # (1, n, 1)
-                    results.append((float(picked.sum()), bool((greedy[:, -target.size(1):] == target).all())))
-        return collator.get_original(results)
+    def score_shared(self, contexts: list[list[int]], conts: list[tuple[int, list[int]]], batch_size: int) -> list[tuple[float, bool]]:
+        """Continuations (index of their context, ids) of a few contexts. The contexts are read once into the KV
+        cache (left-padded: generation's ``prefill``); then the continuations, longest first, in ``length_runs``, each on a
+        copy of its context's cache rows, at the slots after the contexts."""
+        from litgpt_clone.generate import ensure_kv_cache, pad_left, prefill
+
+        C = max(len(c) for c in contexts)
+        cache_len = ensure_kv_cache(self.model, len(contexts), C + max(len(x) for _, x in conts) - 1)
+        tokens, pad, rope_pos, key_mask = pad_left([torch.tensor(c) for c in contexts], cache_len, self.device)
+        caches = [block.attn.kv_cache for block in self.model.transformer.h]
+        results: list = [None] * len(conts)
+        with torch.inference_mode():
+            first = prefill(self.model, tokens, rope_pos, key_mask)  # (G, V): the logits after each context
+            prefilled = [(cache.k, cache.v) for cache in caches]  # (G, n_query_groups, cache_len, hs) each
+            order = sorted(range(len(conts)), key=lambda i: -len(conts[i][1]))
+            for run in length_runs([len(conts[i][1]) - 1 for i in order], batch_size):
+                chunk = [order[j] for j in run]
+                rows = torch.tensor([conts[i][0] for i in chunk], device=self.device)  # (R,): each row's context
+                T = len(conts[chunk[0]][1]) - 1  # the inputs are continuation[:-1]
+                logits = first[rows][:, None]  # (R, 1, V)
+                if T > 0:
+                    for cache, (k, v) in zip(caches, prefilled):  # the slots this chunk reads: (R, n_query_groups, C + T, hs)
+                        cache.k, cache.v = k[:, :, : C + T][rows], v[:, :, : C + T][rows]
+                    batch = torch.zeros(len(chunk), T, dtype=torch.long, device=self.device)  # (R, T), right-padded
+                    for r, i in enumerate(chunk):
+                        batch[r, : len(conts[i][1]) - 1] = torch.tensor(conts[i][1][:-1], device=self.device)
+                    input_pos = torch.arange(C, C + T, device=self.device)
+                    rope = None if rope_pos is None else input_pos[None, :] - pad[rows][:, None]  # (R, T)
+                    mask = None if key_mask is None else key_mask[rows, : C + T]  # (R, C + T)
+                    logits = torch.cat([logits, self.model(batch, input_pos, rope, mask)], dim=1)  # (R, 1 + T, V)
+                for r, i in enumerate(chunk):
+                    results[i] = score(logits[r, : len(conts[i][1])], conts[i][1])
+            for cache, (k, v) in zip(caches, prefilled):  # the next batch of as many contexts reuses them
+                cache.k, cache.v = k, v
+        return results
 
     def rolling_windows(self, tokens: list[int]) -> list[tuple[list[int], list[int]]]:
         """(context, continuation) windows that together score every token of ``tokens`` once."""
@@ -145,7 +254,7 @@ class LitGPTLM(TemplateLM):
         )
         eos = None if self.tok.eos_id is None else self.tok.decode([self.tok.eos_id], skip_special_tokens=False)
         results = []
-        for chunk in tqdm(collator.get_batched(n=self.batch_size), disable=disable_tqdm, desc="generate_until"):
+        for chunk in tqdm(collator.get_batched(n=self.batch_size_for(self.max_length)), disable=disable_tqdm, desc="generate_until"):
             contexts, all_kwargs = zip(*chunk)
             kwargs = normalize_gen_kwargs(all_kwargs[0], self.max_gen_toks)
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
@@ -160,3 +269,29 @@ class LitGPTLM(TemplateLM):
                 texts = [t + p for t, p in zip(texts, pieces)]
             results.extend(postprocess_generated_text(t, until, None) for t in texts)
         return collator.get_original(results)
+
+
+MAX_PADDING = 0.25
+"""A batch of sequences sorted longest first ends before padding would pass this share of its tokens."""
+
+
+def length_runs(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """The positions of ``lengths`` (sorted longest first) cut into runs of at most ``batch_size`` in which padding
+    every sequence to the first (longest) adds at most MAX_PADDING of the run's tokens."""
+    runs, run, total = [], [], 0
+    for i, n in enumerate(lengths):
+        if run and (len(run) == batch_size or (len(run) + 1) * lengths[run[0]] > (1 + MAX_PADDING) * (total + n)):
+            runs.append(run)
+            run, total = [], 0
+        run.append(i)
+        total += n
+    return runs + [run] if run else runs
+
+
+def score(logits: torch.Tensor, target: list[int]) -> tuple[float, bool]:
+    """(sum of the log-probabilities of ``target``, whether it is the greedy continuation) from the logits (n, V)
+    of the n positions that predict it: the softmax runs over these positions only, in fp32."""
+    logprobs = F.log_softmax(logits.float(), dim=-1)  # (n, V)
+    target_t = torch.tensor(target, device=logits.device)
+    picked = logprobs.gather(1, target_t[:, None])  # (n, 1)
+    return float(picked.sum()), bool((logprobs.argmax(dim=-1) == target_t).all())

@@ -1,0 +1,110 @@
+"""``litgpt-clone evaluate`` as a user types it: ``evaluate --tasks x`` without a checkpoint (the newest one this
+tool wrote under ./out) and a task whose hub dataset is not cached while offline run the real CLI in subprocesses; no
+checkpoint at all runs ``main`` in this process. Each error is one line on stderr, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from litgpt_clone.__main__ import main, rewrite
+from litgpt_clone.commands.evaluate import newest_checkpoint
+from litgpt_clone.evaluate import EvaluationError
+from test_evaluate import tasks_dir  # noqa: F401  (fixture: tests/eval_tasks with absolute data paths)
+from test_generate import checkpoint, models_root  # noqa: F401  (models_root is a fixture)
+
+
+def run_cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run([sys.executable, "-m", "litgpt_clone", *args], capture_output=True, text=True, timeout=180, cwd=cwd, env=env)
+
+
+def assert_one_error_line(proc: subprocess.CompletedProcess, *parts: str) -> str:
+    """Exit status 2, no traceback, and the last stderr line is the error (lm-eval may log warnings before it)."""
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert line.startswith("error: ") and all(p in line for p in parts), line
+    return line
+
+
+def test_spellings():
+    """`evaluate [checkpoint] --tasks` is `evaluate tasks`; `evaluate tasks|perplexity ...` and --help are untouched."""
+    assert rewrite(["evaluate", "ckpt", "--tasks", "a"]) == ["evaluate", "tasks", "--checkpoint_dir", "ckpt", "--tasks", "a"]
+    assert rewrite(["evaluate", "--tasks", "a"]) == ["evaluate", "tasks", "--tasks", "a"]
+    assert rewrite(["evaluate", "tasks", "ckpt", "--tasks", "a"]) == ["evaluate", "tasks", "--checkpoint_dir", "ckpt", "--tasks", "a"]
+    assert rewrite(["evaluate", "perplexity", "ckpt", "--data", "t.txt"]) == ["evaluate", "perplexity", "ckpt", "--data", "t.txt"]
+    assert rewrite(["evaluate", "--help"]) == ["evaluate", "--help"]
+
+
+def test_newest_checkpoint_under_out(models_root, tasks_dir, tmp_path):  # noqa: F811
+    _, native = checkpoint(models_root, "llama")
+    out = tmp_path / "out"
+    for name in ("old/final", "new/step-00000020", "new/.step-00000040.tmp", "export", "lora/final"):
+        shutil.copytree(native, out / name)
+    (out / "export" / "model_config.yaml").unlink()  # a Hugging Face export: config.json, not ours
+    (out / "export" / "config.json").write_text("{}")
+    (out / "lora" / "final" / "model.safetensors").rename(out / "lora" / "final" / "lora.safetensors")  # LoRA weights only
+    now = time.time()
+    ages = {"old/final": 300, "new/step-00000020": 200, "new/.step-00000040.tmp": 0, "export": 0, "lora/final": 0}
+    for name, age in ages.items():  # a checkpoint being written, the export and the LoRA folder are the newest
+        for f in (out / name).iterdir():
+            os.utime(f, (now - age, now - age))
+
+    proc = run_cli(tmp_path, "evaluate", "--tasks", "tiny_mc", "--include_path", str(tasks_dir), "--limit", "2",
+                   "--batch_size", "auto", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Evaluating out/new/step-00000020 (the newest checkpoint under out/)" in proc.stdout.splitlines()[0]
+    results = json.loads((out / "new" / "step-00000020" / "evaluate" / "results.json").read_text())
+    assert results["results"]["tiny_mc"]["acc,none"] in (0, 0.5, 1)
+
+    for f in (out / "old" / "final").iterdir():  # writing to the old one makes it the newest
+        os.utime(f, (now + 10, now + 10))
+    assert newest_checkpoint(out) == out / "old" / "final"
+
+
+def test_no_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
+    """(In this process: the error comes before anything is loaded.)"""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out" / "hf").mkdir(parents=True)  # a folder that is not one of ours does not count
+    (tmp_path / "out" / "hf" / "config.json").write_text("{}")
+    (tmp_path / "out" / "hf" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(SystemExit) as exit:
+        main(["evaluate", "--tasks", "tiny_mc"])
+    err = capsys.readouterr().err.strip()
+    assert exit.value.code == 2 and "\n" not in err, err
+    assert err.startswith(f"error: no checkpoint under {tmp_path.resolve() / 'out'}") and "model_config.yaml and model.safetensors" in err
+    assert err.endswith("pass one, `litgpt-clone evaluate <checkpoint dir | repo id> --tasks tiny_mc`"), err
+
+
+def test_offline_uncached_dataset_is_one_line(models_root, tmp_path):  # noqa: F811
+    """A task on a hub dataset (the one lm-eval's hellaswag reads) with an empty cache and HF_DATASETS_OFFLINE=1."""
+    _, native = checkpoint(models_root, "llama")
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "hub_task.yaml").write_text(
+        "task: hub_task\ndataset_path: Rowan/hellaswag\nvalidation_split: validation\noutput_type: multiple_choice\n"
+        "doc_to_text: '{{ctx}}'\ndoc_to_choice: '{{endings}}'\ndoc_to_target: '{{label}}'\nmetric_list:\n  - metric: acc\n"
+    )
+    proc = run_cli(tmp_path, "evaluate", str(native), "--tasks", "hub_task", "--include_path", str(tmp_path / "tasks"),
+                   "--device", "cpu", HF_HOME=str(tmp_path / "empty_hf_home"))
+    assert_one_error_line(proc, "dataset 'Rowan/hellaswag' is not in the local cache", "HF_DATASETS_OFFLINE is set",
+                          "dataset_path or dataset_kwargs.data_files", "--include_path")
+
+
+def test_task_index_follows_edited_yamls(tmp_path):
+    """The task index is kept within a process, but a new or edited YAML in --include_path is seen."""
+    from litgpt_clone.commands.evaluate import task_manager
+
+    yaml = "task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: x.jsonl\ntest_split: test\n" \
+           "output_type: multiple_choice\ndoc_to_text: q\ndoc_to_choice: ['a', 'b']\ndoc_to_target: 0\n"
+    (tmp_path / "one.yaml").write_text(yaml.format(name="task_one"))
+    first = task_manager(str(tmp_path), local_only=True)
+    assert first.all_tasks == ["task_one"] and task_manager(str(tmp_path), local_only=True) is first
+    (tmp_path / "two.yaml").write_text(yaml.format(name="task_two"))
+    assert task_manager(str(tmp_path), local_only=True).all_tasks == ["task_one", "task_two"]
