@@ -12,6 +12,8 @@ It implements just what `huggingface_hub` (2.x) needs for `snapshot_download`, `
   ``X-Linked-Size``, ``X-Repo-Commit`` and a ``Location`` on a second port (the "CDN"), like the real hub.
   The CDN is another origin, so huggingface_hub does not follow the redirect on HEAD and drops the
   ``Authorization`` header before downloading from it.
+- Datasets (:meth:`HubStandin.add_dataset`): ``GET /api/datasets/<repo>[...]`` and ``/datasets/<repo>/resolve/...``
+  answer like the model routes above (``hf_hub_download(..., repo_type="dataset")``).
 - ``GET /api/agent-harnesses``: the (empty) registry huggingface_hub's agent detection fetches once a day.
 - Errors carry ``X-Error-Code`` (``RepoNotFound``, ``GatedRepo``, ``RevisionNotFound``, ``EntryNotFound``),
   ``X-Error-Message`` and a ``{"error": ...}`` JSON body, which is what ``hf_raise_for_status`` dispatches on.
@@ -71,6 +73,10 @@ class HubStandin:
     # ------------------------------------------------------------------ content
     def add_repo(self, repo_id: str, files: dict[str, bytes]) -> None:
         self.repos[repo_id] = dict(files)
+
+    def add_dataset(self, repo_id: str, files: dict[str, bytes]) -> None:
+        """A hub dataset repo; stored under ``datasets/<repo_id>``, the prefix its URLs carry."""
+        self.repos[f"datasets/{repo_id}"] = dict(files)
 
     def gate(self, repo_id: str, token: str) -> None:
         self.gated[repo_id] = token
@@ -172,6 +178,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._json({"standardEnvVars": [], "harnesses": {}})
             if path.startswith("/api/models/"):
                 return self._api(path[len("/api/models/") :], parse_qs(split.query))
+            if path.startswith("/api/datasets/"):
+                return self._api("datasets/" + path[len("/api/datasets/") :], parse_qs(split.query))
             if "/resolve/" in path:
                 return self._resolve(path)
             self._error(404, None, "Not Found")
@@ -252,12 +260,13 @@ class _Handler(BaseHTTPRequestHandler):
         if files is None or not self._check_revision(repo_id, revision):
             return
         sha = self.standin.commit_sha(repo_id)
+        public_id = repo_id.removeprefix("datasets/")  # a dataset's own id has no prefix
         self._json(
             {
                 "_id": hashlib.md5(repo_id.encode()).hexdigest()[:24],
-                "id": repo_id,
-                "modelId": repo_id,
-                "author": repo_id.split("/")[0] if "/" in repo_id else None,
+                "id": public_id,
+                "modelId": public_id,
+                "author": public_id.split("/")[0] if "/" in public_id else None,
                 "sha": sha,
                 "lastModified": _CREATED,
                 "createdAt": _CREATED,
