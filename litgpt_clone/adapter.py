@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-from litgpt_clone.config import Config
+from litgpt_clone.config import Config, ConfigError
 
 
 @dataclass
@@ -55,7 +55,7 @@ class PrefixAdapter(nn.Module):
 def inject_adapter(model: nn.Module, args: AdapterArgs, freeze: bool = True) -> nn.Module:
     """Attach prefix adapters to blocks ``start_layer..`` of a built GPT; with ``freeze``, only they train."""
     if not 0 <= args.start_layer < model.config.n_layer:
-        raise ValueError(f"--adapter.start_layer {args.start_layer} is outside the model's {model.config.n_layer} blocks")
+        raise ConfigError(f"--adapter.start_layer {args.start_layer} is outside the model's {model.config.n_layer} blocks: use 0 to {model.config.n_layer - 1}")
     if freeze:
         for p in model.parameters():
             p.requires_grad = False

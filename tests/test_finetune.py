@@ -197,6 +197,10 @@ def test_adapter_starts_from_the_unchanged_model():
     torch.manual_seed(0)
     model = GPT(Config(n_layer=2, n_embd=32, n_head=4, n_query_groups=2, vocab_size=50, block_size=16, mlp_class_name="GatedMLP", intermediate_size=64))
     idx = torch.randint(0, 50, (2, 16))
+    from litgpt_clone.config import ConfigError
+
+    with pytest.raises(ConfigError, match="start_layer 2 is outside the model's 2 blocks: use 0 to 1"):  # one CLI line
+        inject_adapter(model, AdapterArgs(prompt_length=3, start_layer=2))
     with torch.no_grad():
         before = model(idx)
         inject_adapter(model, AdapterArgs(prompt_length=3, start_layer=0))
