@@ -72,19 +72,30 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        h = self.dropout(x).to(next(iter(self.lora_A.values())).dtype)
-        if len(self.slices) == 1 and next(iter(self.slices.values())) == (0, self.out_features):
-            (name,) = self.slices
-            return y + ((h @ self.lora_A[name].T) @ self.lora_B[name].T * self.scale).to(y.dtype)
-        parts, pos = [], 0
-        for name, (start, end) in sorted(self.slices.items(), key=lambda kv: kv[1]):
+        parts = sorted(self.slices, key=self.slices.get)
+        a = torch.cat([self.lora_A[k] for k in parts]) if len(parts) > 1 else self.lora_A[parts[0]]  # (parts * r, in)
+        h = self.dropout(x).to(a.dtype) @ a.T  # (..., parts * r): every part's A in one matmul
+        b = self.stacked_B(parts).to(y.dtype)  # (out, parts * r)
+        # y + h @ b.T in one call: no full-width zero padding, concatenation or separate add of activations
+        return torch.addmm(y.reshape(-1, self.out_features), h.reshape(-1, h.size(-1)).to(y.dtype), b.T).view(y.shape)
+
+    def stacked_B(self, parts: list[str]) -> torch.Tensor:
+        """The scaled ``B`` of every part as one (out_features, parts * r) matrix: part ``i``'s ``B`` in its output rows
+        and columns ``i * r .. (i + 1) * r``, zeros elsewhere (rows without an adapter, other parts' columns)."""
+        if len(parts) == 1 and self.slices[parts[0]] == (0, self.out_features):
+            return self.lora_B[parts[0]] * self.scale
+        blocks, pos = [], 0
+        r = self.lora_B[parts[0]].size(1)
+        for i, name in enumerate(parts):
+            start, end = self.slices[name]
+            b = self.lora_B[name] * self.scale
             if start > pos:
-                parts.append(y.new_zeros(*y.shape[:-1], start - pos))
-            parts.append(((h @ self.lora_A[name].T) @ self.lora_B[name].T * self.scale).to(y.dtype))
+                blocks.append(b.new_zeros(start - pos, r * len(parts)))
+            blocks.append(nn.functional.pad(b, (i * r, (len(parts) - 1 - i) * r)))  # (end - start, parts * r)
             pos = end
         if pos < self.out_features:
-            parts.append(y.new_zeros(*y.shape[:-1], self.out_features - pos))
-        return y + torch.cat(parts, dim=-1)
+            blocks.append(blocks[-1].new_zeros(self.out_features - pos, r * len(parts)))
+        return torch.cat(blocks)
 
     def delta_weight(self) -> torch.Tensor:
         """The (out, in) update that merging adds to the base weight."""

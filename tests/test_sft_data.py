@@ -480,3 +480,24 @@ def test_modules_are_cli_flags(capsys):
         parser.parse_args(["--data.help", "Chat"])
     help_text = capsys.readouterr().out
     assert "OpenAI-style" in help_text and "Learn only the assistant turns" in help_text
+
+
+def test_sort_groups_trains_the_same_samples_per_step_shortest_first():
+    """``finetune`` sorts each optimizer step's samples by length (less padding per micro-batch): every step still
+    trains on exactly the samples it would have, across epoch boundaries too."""
+    import numpy as np
+
+    from litgpt_clone.data.sft import SFTDataset
+
+    lengths = [7, 3, 12, 5, 9, 2, 11, 4, 8, 6]
+    samples = [(np.arange(n) + 100 * i, np.arange(n)) for i, n in enumerate(lengths)]
+    plain = SFTDataset(samples, seed=1, shuffle=True, stats={})
+    grouped = SFTDataset(samples, seed=1, shuffle=True, stats={})
+    grouped.sort_groups(4)
+    for step in range(6):  # 24 samples: the 10-sample epoch wraps inside steps 2 and 4
+        indices = range(step * 4, step * 4 + 4)
+        before = [plain.sample(i)[0][0] // 100 if len(plain.sample(i)[0]) else None for i in indices]
+        after = [grouped.sample(i) for i in indices]
+        assert sorted(before) == sorted(int(t[0]) // 100 for t, _ in after)  # the same samples
+        assert [len(t) for t, _ in after] == sorted(len(t) for t, _ in after)  # shortest first
+    assert [len(plain.sample(i)[0]) for i in range(4)] != sorted(len(plain.sample(i)[0]) for i in range(4))  # sorting did something

@@ -183,6 +183,7 @@ def run_finetune(
     data = h["data"] or Alpaca()
     with fabric.rank_zero_first():
         train_data, val_data = data.datasets(tokenizer, seq_length, h["seed"])
+    train_data.sort_groups(train.global_batch_size)  # each step's samples, shortest first: less padding per micro-batch
 
     fabric.seed_everything(h["seed"])
     model = GPT.from_checkpoint(checkpoint_dir)
@@ -222,6 +223,7 @@ def run_finetune(
         fabric, model, train_data, val_data, train, eval, h["optimizer"], h["resume"], h["compile"], out_dir, seq_length,
         write, select={"lora": lora_state, "adapter": adapter_state}.get(method),
         weights_file={"lora": "lora.safetensors", "adapter": "adapter.safetensors"}.get(method, "model.safetensors"),
+        learned_only=True,
     )
 
 

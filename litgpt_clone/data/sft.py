@@ -34,6 +34,8 @@ file; ``--data.val_path`` (json, chat) gives a separate validation file instead.
 
 Order: training rows are visited in ``np.random.default_rng([seed, epoch]).permutation`` order, a new order each
 epoch, so the sample at any global index is known without state; validation rows are visited in file order.
+``finetune`` also sorts the samples of each optimizer step by length (``SFTDataset.sort_groups``): a step trains on
+the same samples, and its micro-batches pad less.
 
 Cache: the encoded samples of a (data files, tokenizer files, options, ``max_seq_length``) combination are kept under
 ``$LITGPT_CLONE_CACHE/sft`` (default ``~/.cache/litgpt_clone/sft``), so a second run starts at once.
@@ -82,16 +84,33 @@ class SFTDataset:
         self.samples, self.seed, self.shuffle, self.ignore_index = samples, seed, shuffle, ignore_index
         self.count = len(samples)
         self.stats = {**stats, "rows": self.count, "longest": max((len(t) - 1 for t, _ in samples), default=0)}
-        self._epoch, self._order = -1, None
+        self.group_size = 1
+        self._epoch, self._order, self._group = -1, None, (-1, [])
+
+    def sort_groups(self, size: int) -> None:
+        """Visit the global indices ``k * size .. (k + 1) * size`` (one optimizer step's samples, when ``size`` is the
+        global batch size) shortest first: each step trains on the same samples as without sorting, but its
+        micro-batches hold rows of similar length, so they carry less padding."""
+        self.group_size = size
 
     def sample(self, index: int) -> Sample:
         """The sample at global ``index`` (wrapping into later epochs, each with its own order when shuffling)."""
+        if self.group_size == 1:
+            return self.samples[self.position(index)]
+        start = index - index % self.group_size
+        if self._group[0] != start:
+            members = [self.position(i) for i in range(start, start + self.group_size)]
+            self._group = (start, sorted(members, key=lambda pos: len(self.samples[pos][0])))  # stable: ties keep order
+        return self.samples[self._group[1][index - start]]
+
+    def position(self, index: int) -> int:
+        """Where the sample at global ``index`` is in ``samples``, before ``sort_groups``."""
         epoch, pos = divmod(index, self.count)
         if self.shuffle:
             if epoch != self._epoch:
                 self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.count)
             pos = int(self._order[pos])
-        return self.samples[pos]
+        return pos
 
     def batch(self, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets (size, L) for samples ``start .. start + size``, L = the longest row among them;

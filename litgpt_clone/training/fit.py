@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional, Protocol
 
@@ -52,6 +53,32 @@ def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
 
 
+@contextmanager
+def head_only_at(model, rows: torch.Tensor):
+    """Inside the block, ``model(x)`` runs its output head only on the flattened positions ``rows`` (N,) of ``x``
+    (B, T) and returns their logits (N, vocab_size): a forward pre-hook on ``lm_head`` picks those hidden states."""
+    head = getattr(model, "module", model).lm_head  # through Fabric's wrapper to the GPT
+    handle = head.register_forward_pre_hook(lambda _, args: (args[0].flatten(0, 1).index_select(0, rows),))  # (N, C)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def batch_loss(fabric, model, x: torch.Tensor, y: torch.Tensor, learned_only: bool) -> torch.Tensor:
+    """The mean token cross-entropy of one host batch, run on the device. With ``learned_only`` the output head and
+    the cross-entropy run only at the positions whose target is not -100 (prompt and padding in finetuning): the same
+    loss, without the logits nothing learns from. Those positions are found on the host, so the device never syncs."""
+    if not learned_only:
+        x, y = fabric.to_device((x, y))
+        return loss_fn(model(x), y)
+    rows = (y.flatten() != -100).nonzero().squeeze(1)  # (N,) positions of the flattened (B, T) batch
+    x, y, rows = fabric.to_device((x, y.flatten()[rows], rows))
+    with head_only_at(model, rows):
+        logits = model(x)  # (N, vocab_size)
+    return F.cross_entropy(logits.float(), y)
+
+
 def max_steps_for(args: TrainArgs, seq_length: int, samples: Optional[int]) -> int:
     if args.max_steps is not None:
         return args.max_steps
@@ -71,14 +98,13 @@ def memory_gb(device: torch.device) -> float:
 
 
 @torch.no_grad()
-def validate(fabric, model, data: Batches, args: TrainArgs, eval_args: EvalArgs) -> float:
+def validate(fabric, model, data: Batches, args: TrainArgs, eval_args: EvalArgs, learned_only: bool = False) -> float:
     model.eval()
     losses = []
     for i in range(eval_args.max_iters):
         start = (i * fabric.world_size + fabric.global_rank) * args.micro_batch_size
         x, y = data.batch(start, args.micro_batch_size)
-        x, y = fabric.to_device((x, y))
-        losses.append(loss_fn(model(x), y))
+        losses.append(batch_loss(fabric, model, x, y, learned_only))
     model.train()
     return fabric.all_reduce(torch.stack(losses).mean(), reduce_op="mean").item()
 
@@ -96,14 +122,16 @@ def fit(
     save: Callable[[FitState, bool], None],
     flops_per_token: Optional[float] = None,
     peak_flops: Optional[float] = None,
+    learned_only: bool = False,
 ) -> dict:
-    """Train until ``max_steps``; returns a summary. ``save(state, final)`` is called on every rank."""
+    """Train until ``max_steps``; returns a summary. ``save(state, final)`` is called on every rank.
+    ``learned_only``: compute logits only where targets are not -100 (see ``batch_loss``)."""
     accum = args.gradient_accumulation_steps(fabric.world_size)
     max_steps = max_steps_for(args, seq_length, getattr(train, "count", None))
     mbs, world, rank = args.micro_batch_size, fabric.world_size, fabric.global_rank
     history: list[dict] = []
     if val is not None and eval_args.initial_validation:
-        fabric.print(f"step {state.step}: val loss {validate(fabric, model, val, args, eval_args):.4f}")
+        fabric.print(f"step {state.step}: val loss {validate(fabric, model, val, args, eval_args, learned_only):.4f}")
 
     model.train()
     start_time, start_tokens = time.perf_counter(), state.tokens
@@ -116,9 +144,8 @@ def fit(
         totals = torch.zeros(2, device=fabric.device)  # summed loss, tokens
         for micro in range(accum):
             x, y = train.batch(state.samples + (micro * world + rank) * mbs, mbs)
-            x, y = fabric.to_device((x, y))
             with fabric.no_backward_sync(model, enabled=micro < accum - 1):
-                loss = loss_fn(model(x), y)
+                loss = batch_loss(fabric, model, x, y, learned_only)
                 fabric.backward(loss / accum)
             totals += torch.stack([loss.detach().float(), torch.tensor(float(x.numel()), device=totals.device)])
         totals = fabric.all_reduce(totals, reduce_op="sum")
@@ -154,7 +181,7 @@ def fit(
             bar.write(line) if rank == 0 else None
             bar.set_postfix(loss=f"{loss:.3f}")
         if val is not None and (state.step % eval_args.interval == 0 or (state.step == max_steps and eval_args.final_validation)):
-            metrics["val_loss"] = validate(fabric, model, val, args, eval_args)
+            metrics["val_loss"] = validate(fabric, model, val, args, eval_args, learned_only)
             metrics["val_ppl"] = math.exp(min(metrics["val_loss"], 50))
             bar.write(f"step {state.step}: val loss {metrics['val_loss']:.4f}, perplexity {metrics['val_ppl']:.2f}") if rank == 0 else None
         fabric.log_dict(metrics, step=state.step)

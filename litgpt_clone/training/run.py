@@ -135,10 +135,12 @@ def run_training(
 def train_and_save(
     fabric, model: GPT, train_data, val_data, train: TrainArgs, eval: EvalArgs, optimizer: Union[str, dict], resume,
     compile: bool, out_dir: Path, seq_length: int, write, select=None, weights_file: str = "model.safetensors",
+    learned_only: bool = False,
 ) -> dict:
     """Shared by pretrain and every finetune method: memory savers, Fabric setup, optimizer over the parameters that
     require grad, resume, ``fit``, and saving through ``write(folder, state, training_state)`` on rank 0, where
-    ``state`` is ``select(full model state)`` (all of it by default)."""
+    ``state`` is ``select(full model state)`` (all of it by default). ``learned_only``: logits only where targets
+    are not -100 (finetuning data, whose prompts and padding have none)."""
     flops = flops_per_token(model, seq_length)
     if train.activation_checkpointing:
         checkpoint_blocks(model)
@@ -152,6 +154,7 @@ def train_and_save(
         summary = fit(
             fabric, model, opt, train_data, val_data, train, eval, state, seq_length, save,
             flops_per_token=flops, peak_flops=device_peak_flops(fabric.device, str(fabric._precision.precision)),
+            learned_only=learned_only,
         )
     except (torch.OutOfMemoryError, RuntimeError) as err:
         if not out_of_memory(err):
