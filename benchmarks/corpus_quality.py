@@ -2,7 +2,7 @@
 
 Measured in one run, one process, on the same corpus (every file under ``sysconfig.get_paths()["stdlib"]``
 outside ``site-packages`` and ``__pycache__``): ``decode`` (bytes -> text), ``drop_reason`` (filters),
-``redact`` (PII), ``near_duplicate_clusters`` (dedup) and ``Decontaminator.contaminated`` (against
+``redact`` (PII), ``find_near_duplicates`` (dedup) and ``Decontaminator.contaminated`` (against
 ``--benchmark-strings`` synthetic strings). MB/s is megabytes of input (UTF-8 bytes for the text stages) per
 second of wall time, the best of ``--repeat`` rounds; CPU seconds are reported too, since the machine may be
 shared.
@@ -48,7 +48,7 @@ def _timed(fn, repeat: int):
 
 def stages(repeat: int, n_strings: int) -> None:
     from litgpt_clone.corpus.decontam import Decontaminator
-    from litgpt_clone.corpus.dedup import near_duplicate_clusters
+    from litgpt_clone.corpus.dedup import find_near_duplicates
     from litgpt_clone.corpus.filters import FilterConfig, decode, drop_reason
     from litgpt_clone.corpus.pii import redact
 
@@ -71,9 +71,9 @@ def stages(repeat: int, n_strings: int) -> None:
     total = sum(redacted, start=collections.Counter())
     print(f"| PII (redact) | {text_mb / wall:.1f} | {text_mb / cpu:.1f} | {wall:.2f} | {cpu:.2f} | {dict(total)} |")
 
-    clusters, wall, cpu = _timed(lambda: near_duplicate_clusters(texts), repeat)
-    print(f"| near-dup (near_duplicate_clusters) | {text_mb / wall:.1f} | {text_mb / cpu:.1f} | {wall:.2f} | {cpu:.2f} | "
-          f"{len(clusters)} clusters, {sum(len(c) for c in clusters)} files |")
+    twins, wall, cpu = _timed(lambda: find_near_duplicates(texts), repeat)
+    print(f"| near-dup (find_near_duplicates) | {text_mb / wall:.1f} | {text_mb / cpu:.1f} | {wall:.2f} | {cpu:.2f} | "
+          f"{len(twins)} files removed, near duplicates of {len(set(twins.values()))} kept ones |")
 
     rng = random.Random(0)
     word = lambda: "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randrange(3, 9)))

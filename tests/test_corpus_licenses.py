@@ -5,6 +5,7 @@ by their Debian short names, mapped to SPDX below) and the single license file o
 whose METADATA has a PEP 639 ``License-Expression`` (labelled by that expression).
 """
 
+import multiprocessing
 import re
 from importlib.metadata import distributions
 from pathlib import Path
@@ -100,3 +101,8 @@ def test_propagation_readme_headers_and_cache(tmp_path):
     cache.save()
     again = licenses.DetectionCache(tmp_path / "cache.json")
     assert again.entries == cache.entries and again.categories["GPL-2.0-or-later"] == "Copyleft"
+    # detect_all: the same detections, computed up front in 2 forked processes (what prepare code --workers 2 does)
+    parallel = licenses.DetectionCache(None)
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        parallel.detect_all(licenses.license_parts(texts).values(), mapper=pool.map)
+    assert parallel.entries == cache.entries and parallel.categories == cache.categories

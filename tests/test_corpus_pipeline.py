@@ -157,6 +157,7 @@ def test_redaction_and_shards_decode_to_kept_texts(built, fixture):
         docs = np.split(ids, ends + 1)[:-1]
         expected = [t["text"] for t in texts if t["split"] == split]
         assert [tokenizer.decode(d[:-1].tolist()) for d in docs] == expected
+        assert [d[:-1].tolist() for d in docs] == [tokenizer.encode(t).tolist() for t in expected]  # the ids Tokenizer gives
         assert sum(records[(t["repo"], t["path"])]["tokens"] for t in texts if t["split"] == split) == len(stream)
     assert manifest["totals"]["tokens"] == sum(s["tokens"] for s in manifest["shards"])
 
@@ -280,3 +281,24 @@ def test_one_build_at_a_time(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_token_ids_match_tokenizer_encode_with_and_without_bos(fixture, tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    from litgpt_clone.corpus.pipeline import token_ids
+
+    _, _, tokenizer_dir = fixture
+    hf = HFTokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    hf.post_processor = TemplateProcessing(single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", 0)])
+    hf.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"}))
+    texts = [cf.APP, cf.GO, "  leading spaces\n\tand tabs ünïcödé\r\n", ""]
+    for folder, bos in ((tokenizer_dir, False), (tmp_path, True)):
+        tokenizer = Tokenizer(folder)
+        assert tokenizer.add_bos is bos
+        for text in texts:
+            ids = token_ids(tokenizer, text)
+            assert ids.dtype == np.uint32 and ids.tolist() == tokenizer.encode(text).tolist()
+        assert token_ids(tokenizer, "x").tolist()[:1] == ([tokenizer.bos_id] if bos else [tokenizer.token_to_id("x")])

@@ -34,7 +34,8 @@ def prepare_code(
 
     Stages: read → decode/binary → identity (blob_id, content_id) → language (Linguist via enry) → licenses
     (ScanCode) and policy → opt-out → filters → decontamination → PII redaction → exact dedup → near dedup
-    (MinHash-LSH) → tokenize → token shards. An interrupted run resumes when started again with the same options.
+    (MinHash-LSH, verified by exact Jaccard; a file is dropped only as the near duplicate of a kept one) → tokenize
+    → token shards. An interrupted run resumes when started again with the same options.
 
     Args:
         sources: A git repository (its HEAD commit), a folder or a tar/zip archive; several as a list:
@@ -58,7 +59,8 @@ def prepare_code(
         keep_generated: Keep files Linguist calls generated (minified, protobuf output, lock files, ...).
         near_dedup_threshold: Jaccard similarity above which files are near duplicates.
         shard_tokens: Tokens per shard file.
-        workers: Processes for the per-file stages.
+        workers: Processes for license detection, the per-file stages, MinHash sketches and tokenization (the
+            output does not depend on it).
         filters: Thresholds of the content filters (e.g. ``--filters.max_line_length 1000``).
     """
     from dataclasses import asdict

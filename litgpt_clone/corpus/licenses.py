@@ -21,13 +21,14 @@ SPDX expressions (``license-expression``, which ScanCode uses for that) or compa
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import re
 import warnings
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Literal, Optional
+from typing import Callable, Iterable, Literal, Optional
 
 from litgpt_clone.checkpoints.io import write_atomic_text
 
@@ -52,6 +53,12 @@ def license_text(path: str, text: str) -> Optional[str]:
     if README_FILE.match(name):
         return "\n".join(text.splitlines()[:README_HEADER_LINES])
     return None
+
+
+def license_parts(texts: dict[str, str]) -> dict[str, str]:
+    """``license_text`` of each ``path -> text`` that has one with something in it (the texts ScanCode sees)."""
+    parts = {path: license_text(path, text) for path, text in texts.items()}
+    return {path: part for path, part in sorted(parts.items()) if part is not None and part.strip()}
 
 
 def _scancode():
@@ -94,13 +101,26 @@ def category(spdx_id: str) -> Optional[str]:
     return _categories().get(spdx_id)
 
 
-def detect(text: str) -> list[str]:
-    """The SPDX ids ScanCode detects in ``text``, sorted; [] when none."""
-    cache, detect_licenses = _scancode()
+@lru_cache(maxsize=1)  # once per process
+def load_index() -> None:
+    """Load ScanCode's license index now (seconds; ``detect`` otherwise loads it on first use), e.g. before forking
+    worker processes so that they share it.
+
+    Then ``gc.freeze()``: the index is ~1.4M Python objects that live as long as the process; left to the garbage
+    collector, every full collection walks them (~1.3 s each) and, in forked workers, writes to their pages, which
+    copies the 1.4 GB index into each worker."""
+    cache, _ = _scancode()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        index = cache.get_index()
-    licensing, db = cache.get_licensing(), cache.get_licenses_db()
+        cache.get_index()
+    gc.freeze()
+
+
+def detect(text: str) -> list[str]:
+    """The SPDX ids ScanCode detects in ``text``, sorted; [] when none."""
+    load_index()
+    cache, detect_licenses = _scancode()
+    index, licensing, db = cache.get_index(), cache.get_licensing(), cache.get_licenses_db()
     detections = [d for d in detect_licenses(index=index, query_string=text) if d.license_expression]
     strong = [d for d in detections if max(m.rule.length for m in d.matches) >= MIN_RULE_TOKENS]
     ids: set[str] = set()
@@ -143,13 +163,31 @@ class DetectionCache:
         self.categories: dict[str, Optional[str]] = data.get("categories", {}) if fresh else {}
         self.dirty = False
 
+    @staticmethod
+    def _key(text: str) -> str:
+        return hashlib.sha1(text.encode("utf-8", errors="surrogatepass")).hexdigest()
+
     def detect(self, text: str) -> list[str]:
-        digest = hashlib.sha1(text.encode("utf-8", errors="surrogatepass")).hexdigest()
-        if digest not in self.entries:
-            self.entries[digest] = detect(text)
-            self.categories.update({i: category(i) for i in self.entries[digest]})
-            self.dirty = True
-        return self.entries[digest]
+        key = self._key(text)
+        if key not in self.entries:
+            self._add(key, detect(text))
+        return self.entries[key]
+
+    def _add(self, key: str, ids: list[str]) -> None:
+        self.entries[key] = ids
+        self.categories.update({i: category(i) for i in ids})
+        self.dirty = True
+
+    def detect_all(self, texts: Iterable[str], mapper: Optional[Callable] = None) -> None:
+        """Detect and cache every text not cached yet, ``mapper(fn, items)`` spreading them over processes (default:
+        this one). The index is loaded here first, so that the processes of a pool forked after it share it."""
+        missing = sorted({key: text for text in texts if (key := self._key(text)) not in self.entries}.items())
+        if not missing:
+            return
+        load_index()
+        by_length = sorted(missing, key=lambda item: -len(item[1]))  # longest first: the processes finish together
+        for (key, _), ids in zip(by_length, (mapper or map)(detect, [text for _, text in by_length])):
+            self._add(key, ids)
 
     def save(self) -> None:
         if self.path and self.dirty:
@@ -172,10 +210,7 @@ class RepositoryLicenses:
         """``texts``: path → decoded text of the repository's license and README files."""
         by_folder: dict[str, set[str]] = {}
         files = {}
-        for path in sorted(texts):
-            part = license_text(path, texts[path])
-            if part is None or not part.strip():
-                continue
+        for path, part in license_parts(texts).items():
             files[path] = cache.detect(part)
             folder = str(PurePosixPath(path).parent)
             by_folder.setdefault("" if folder == "." else folder, set()).update(files[path])

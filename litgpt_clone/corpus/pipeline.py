@@ -16,7 +16,8 @@ so a run that is killed resumes where it stopped when started again with the sam
 - ``stages/shards.json``: the token shards' own manifest and each file's split and token count.
 
 Every output is sorted and carries no timestamps: same inputs and configuration give byte-identical
-``manifest.json``, shards, ``files.jsonl`` and ``text.jsonl``.
+``manifest.json``, shards, ``files.jsonl`` and ``text.jsonl``, with any number of workers: ``workers`` forked
+processes run the license detections, the per-file stages, the MinHash sketches and the tokenizer (``Workers``).
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ import hashlib
 import json
 import multiprocessing
 import shutil
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
+
+import numpy as np
 
 from litgpt_clone.checkpoints.io import write_atomic_text
 from litgpt_clone.corpus import identity, language, licenses
@@ -116,9 +120,11 @@ _WORKER: dict = {}
 
 
 def _init_worker(config: CorpusConfig) -> None:
-    """Per process: the configuration, the filter thresholds and the decontamination index."""
+    """Per process: the configuration, the filter thresholds and the decontamination index (the tokenizer is
+    loaded on first use)."""
     from litgpt_clone.corpus.filters import FilterConfig
 
+    _WORKER.clear()  # nothing from an earlier run in this process, e.g. another run's tokenizer
     _WORKER["config"] = config
     _WORKER["filters"] = FilterConfig(**config.filters)
     _WORKER["decontaminator"] = None
@@ -229,7 +235,8 @@ def repo_key(name: str) -> str:
     return hashlib.sha1(name.encode()).hexdigest()[:16]
 
 
-def _repo_context(repo: Repository, optout: Optional[OptOut], cache: licenses.DetectionCache) -> RepoContext:
+def _license_texts(repo: Repository) -> dict[str, str]:
+    """The decoded texts of the repository's license and README files, by path."""
     from litgpt_clone.corpus.filters import decode
 
     wanted = [e for e in repo.entries if not e.skip and licenses.license_text(e.path, "") is not None]
@@ -237,30 +244,54 @@ def _repo_context(repo: Repository, optout: Optional[OptOut], cache: licenses.De
     for entry, data in zip(wanted, repo.read(wanted)):
         if isinstance(data, bytes) and (text := decode(data)[0]) is not None:
             texts[entry.path] = text
-    found = licenses.RepositoryLicenses.detect(texts, cache)
+    return texts
+
+
+def _repo_context(repo: Repository, optout: Optional[OptOut], cache: licenses.DetectionCache,
+                  texts: Optional[dict[str, str]] = None) -> RepoContext:
+    """The repository's licenses (from ``texts``, default: its license files) and opt-out verdict."""
+    found = licenses.RepositoryLicenses.detect(_license_texts(repo) if texts is None else texts, cache)
     cache.save()
     reason = optout.reason(repo.name) if optout else None
     return RepoContext(repo.name, repo.kind, repo.commit, repo.commit_time, found.by_folder, found.categories, reason)
 
 
 def read_stage(repos: list[Repository], config: CorpusConfig, stage_dir: Path, cache: licenses.DetectionCache,
-               mapper: Callable, progress=None) -> None:
-    """Run the per-file stages over every repository, one checkpoint file per chunk of files."""
+               workers: "Workers", progress=None) -> None:
+    """Run the per-file stages over every repository, one checkpoint file per chunk of files.
+
+    First the license texts of every repository still to do are detected, spread over the worker processes
+    (ScanCode takes ~0.1-10 s a text; the cache answers the ones seen before)."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     optout = OptOut.from_file(config.optout) if config.optout else None
+    pending = []
     for repo in repos:
         chunks = [(i, c) for i, c in _chunks(repo.entries, CHUNK_FILES) if not (stage_dir / f"{repo_key(repo.name)}-{i:05d}.jsonl").exists()]
-        if not chunks:
-            continue
-        context = _repo_context(repo, optout, cache)
+        if chunks:
+            pending.append((repo, chunks, _license_texts(repo)))
+    cache.detect_all((part for *_, texts in pending for part in licenses.license_parts(texts).values()),
+                     workers.mapper(chunksize=1))
+    cache.save()
+
+    def write(name: str, size: int, results: Callable[[], list]) -> None:
+        lines = [json.dumps({"record": r, "text": t}, sort_keys=True, ensure_ascii=False) for r, t in results()]
+        write_atomic_text(stage_dir / name, "".join(line + "\n" for line in lines))
+        if progress is not None:
+            progress.update(size)
+
+    working = None  # the chunk the workers are on: while they are, this process reads the next one
+    for repo, chunks, license_texts in pending:
+        context = _repo_context(repo, optout, cache, license_texts)
         for index, chunk in chunks:
             readable = [e for e in chunk if not e.skip]
             data = dict(zip((e.path for e in readable), repo.read(readable)))
-            results = mapper(process_file, [(context, e, data.get(e.path)) for e in chunk])
-            lines = [json.dumps({"record": r, "text": t}, sort_keys=True, ensure_ascii=False) for r, t in results]
-            write_atomic_text(stage_dir / f"{repo_key(repo.name)}-{index:05d}.jsonl", "".join(line + "\n" for line in lines))
-            if progress is not None:
-                progress.update(len(chunk))
+            started = (f"{repo_key(repo.name)}-{index:05d}.jsonl", len(chunk),
+                       workers.submit(process_file, [(context, e, data.get(e.path)) for e in chunk]))
+            if working is not None:
+                write(*working)
+            working = started
+    if working is not None:
+        write(*working)
 
 
 def load_read_stage(repos: list[Repository], stage_dir: Path) -> tuple[list[dict], list[Optional[str]]]:
@@ -300,28 +331,29 @@ def exact_duplicates(records: list[dict], alive: list[int]) -> tuple[dict[int, s
     return dropped, sorted(sizes)
 
 
-def near_duplicates(records: list[dict], texts: list[str], alive: list[int], threshold: float, seed: int) -> tuple[dict[int, str], list[int]]:
-    """Among ``alive`` (in order): near duplicates by MinHash-LSH on the texts, verified by exact Jaccard, as
-    ``({dropped index: kept copy's name}, cluster sizes)``; each cluster keeps its first by ``keep_rank``."""
-    from litgpt_clone.corpus.dedup import choose_keepers, near_duplicate_clusters
+def near_duplicates(records: list[dict], texts: list[str], alive: list[int], threshold: float, seed: int,
+                    mapper: Optional[Callable] = None) -> tuple[dict[int, str], list[int]]:
+    """Among ``alive``: near duplicates by MinHash-LSH on the texts, verified by exact Jaccard, as
+    ``({dropped index: kept twin's name}, group sizes)``. Files are taken in ``keep_rank`` order and one is dropped
+    when a file kept before it has Jaccard >= ``threshold`` with it (not transitive: see ``corpus.dedup``); a
+    group is a kept file and the files dropped as its near duplicates. ``mapper`` spreads the MinHash sketches
+    over processes."""
+    from litgpt_clone.corpus.dedup import find_near_duplicates
 
-    docs = ((str(i), texts[i]) for i in alive)  # keys are the records' positions, as strings
-    clusters = near_duplicate_clusters(docs, threshold=threshold, seed=seed)
-    keepers = choose_keepers(clusters, lambda key: keep_rank(records[int(key)]))
-    dropped = {}
-    for cluster in clusters:
-        keeper = next(int(k) for k in cluster if k in keepers)
-        dropped.update({int(k): _name(records[keeper]) for k in cluster if int(k) != keeper})
-    return dropped, sorted(len(c) for c in clusters)
+    order = sorted(alive, key=lambda i: keep_rank(records[i]))
+    docs = ((str(i), texts[i]) for i in order)  # keys are the records' positions, as strings
+    twins = find_near_duplicates(docs, threshold=threshold, seed=seed, mapper=mapper)
+    dropped = {int(k): _name(records[int(twin)]) for k, twin in twins.items()}
+    return dropped, sorted(n + 1 for n in Counter(twins.values()).values())
 
 
-def dedup_stage(records: list[dict], texts: list[Optional[str]], config: CorpusConfig) -> dict:
+def dedup_stage(records: list[dict], texts: list[Optional[str]], config: CorpusConfig, mapper: Optional[Callable] = None) -> dict:
     """Exact duplicates, then near duplicates among the rest, over the whole corpus; returns the decisions
-    ``{"dropped": {index: [stage, kept copy]}, "exact_clusters": [sizes], "near_clusters": [sizes]}``."""
+    ``{"dropped": {index: [stage, kept copy]}, "exact_clusters": [sizes], "near_clusters": [group sizes]}``."""
     alive = [i for i, r in enumerate(records) if r["drop_stage"] is None]
     exact, exact_sizes = exact_duplicates(records, alive)
     alive = [i for i in alive if i not in exact]
-    near, near_sizes = near_duplicates(records, texts, alive, config.near_dedup_threshold, config.seed)
+    near, near_sizes = near_duplicates(records, texts, alive, config.near_dedup_threshold, config.seed, mapper)
     dropped = {**{i: ["exact_dedup", k] for i, k in exact.items()}, **{i: ["near_dedup", k] for i, k in near.items()}}
     return {"dropped": {str(i): dropped[i] for i in sorted(dropped)}, "exact_clusters": exact_sizes, "near_clusters": near_sizes}
 
@@ -333,19 +365,33 @@ def split_of(blob_id: str, val_fraction: float, seed: int) -> str:
     return "val" if h < val_fraction * 2**64 else "train"
 
 
-def encode(text: str):
-    """Token ids of ``text`` with the configured tokenizer (loaded once per process), as an int64 array."""
+def token_ids(tokenizer, text: str) -> np.ndarray:
+    """``tokenizer.encode(text)`` (BOS as the checkpoint says, no EOS) as a uint32 array, faster for tokenizer.json.
+
+    For a tokenizer.json it calls ``tokenizers``' ``encode_batch_fast`` on the one text: the same ids as
+    ``encode`` without computing character offsets, ~20% less time on code (benchmarks/RESULTS.md); one text per
+    call keeps the work on one core (parallelism comes from ``--workers``)."""
+    if tokenizer.backend != "huggingface":
+        return tokenizer.encode(text).numpy().astype(np.uint32)
+    ids = tokenizer._hf.encode_batch_fast([text], add_special_tokens=False)[0].ids  # what Tokenizer.encode runs, less offsets
+    if tokenizer.add_bos:
+        ids = [tokenizer.bos_id, *ids]
+    return np.asarray(ids, dtype=np.uint32)
+
+
+def encode(text: str) -> np.ndarray:
+    """Token ids of ``text`` with the configured tokenizer (loaded once per process), as a uint32 array."""
     from litgpt_clone.tokenizer import Tokenizer
 
     if "tokenizer" not in _WORKER:
         _WORKER["tokenizer"] = Tokenizer(_WORKER["config"].tokenizer_dir)
-    return _WORKER["tokenizer"].encode(text).numpy()
+    return token_ids(_WORKER["tokenizer"], text)
 
 
 def shard_stage(kept: list[int], records: list[dict], texts: list[Optional[str]], config: CorpusConfig, out_dir: Path,
-                mapper: Callable) -> dict:
-    """Tokenize the kept files (in ``mapper``'s processes, results in order) and write them as token shards into
-    ``out_dir``; returns the shards' manifest and ``{index: tokens}``."""
+                imap: Callable) -> dict:
+    """Tokenize the kept files (``imap(fn, tasks)``: results in order, e.g. from worker processes) and write them as
+    token shards into ``out_dir``; returns the shards' manifest and ``{index: tokens}``."""
     from tqdm import tqdm
 
     from litgpt_clone.data.shards import ShardWriter
@@ -357,11 +403,10 @@ def shard_stage(kept: list[int], records: list[dict], texts: list[Optional[str]]
     tokens = {}
     writer = ShardWriter(out_dir, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id, shard_tokens=config.shard_tokens)
     with tqdm(total=len(kept), desc="tokenize", unit="file", disable=None) as progress:
-        for _, chunk in _chunks(kept, CHUNK_FILES):
-            for i, ids in zip(chunk, mapper(encode, [texts[i] for i in chunk])):
-                writer.add(ids, split=records[i]["split"])
-                tokens[str(i)] = len(ids) + 1  # with the EOS that ends the document
-            progress.update(len(chunk))
+        for i, ids in zip(kept, imap(encode, (texts[i] for i in kept))):
+            writer.add(ids, split=records[i]["split"])
+            tokens[str(i)] = len(ids) + 1  # with the EOS that ends the document
+            progress.update()
     manifest = writer.close()
     (out_dir / "manifest.json").unlink()  # the version's manifest.json is written last, with these shards in it
     return {"shards": manifest, "tokens": tokens}
@@ -375,25 +420,62 @@ class Result:
     report: Path
 
 
-def _mapper(workers: int, config: CorpusConfig):
-    if workers <= 1:
-        _init_worker(config)
-        return (lambda fn, tasks: [fn(t) for t in tasks]), None
-    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(config,))
-    return (lambda fn, tasks: pool.map(fn, tasks, chunksize=8)), pool
+class Workers:
+    """``map``/``imap`` of a function over tasks: in this process (``workers <= 1``), or in a pool of ``workers``
+    forked processes started on first use, so that what this process loaded before (ScanCode's license index) is
+    shared with them."""
+
+    def __init__(self, workers: int, config: CorpusConfig) -> None:
+        self.workers, self.config, self.pool = workers, config, None
+        if workers <= 1:
+            _init_worker(config)
+
+    def map(self, fn: Callable, tasks: list, chunksize: int = 8) -> list:
+        if self.workers <= 1:
+            return [fn(t) for t in tasks]
+        return self._pool().map(fn, tasks, chunksize=chunksize)
+
+    def submit(self, fn: Callable, tasks: list, chunksize: int = 8) -> Callable[[], list]:
+        """Start ``map(fn, tasks)``; returns the function that waits for its results."""
+        if self.workers <= 1:
+            results = [fn(t) for t in tasks]
+            return lambda: results
+        return self._pool().map_async(fn, tasks, chunksize=chunksize).get
+
+    def imap(self, fn: Callable, tasks: Iterable, chunksize: int = 4) -> Iterator:
+        """``map`` that yields the results in order as they come, the processes working ahead."""
+        if self.workers <= 1:
+            return map(fn, tasks)
+        return self._pool().imap(fn, tasks, chunksize=chunksize)
+
+    def mapper(self, chunksize: int) -> Callable:
+        """``map`` with this ``chunksize``, as a ``mapper(fn, tasks)``."""
+        return lambda fn, tasks: self.map(fn, tasks, chunksize)
+
+    def _pool(self):
+        if self.pool is None:
+            from litgpt_clone.corpus import dedup, filters, pii  # noqa: F401  imported once here, not in every worker
+
+            self.pool = multiprocessing.get_context("fork").Pool(self.workers, initializer=_init_worker, initargs=(self.config,))
+        return self.pool
+
+    def close(self, finished: bool) -> None:
+        if self.pool is not None:
+            self.pool.close() if finished else self.pool.terminate()  # Ctrl-C: stop the workers too; the checkpoints stay
+            self.pool.join()
 
 
-def _stages(repos: list[Repository], config: CorpusConfig, partial: Path, cache: licenses.DetectionCache, mapper: Callable):
+def _stages(repos: list[Repository], config: CorpusConfig, partial: Path, cache: licenses.DetectionCache, workers: Workers):
     """read … pii per file, dedup over the corpus, split, tokens: each step skipped when its checkpoint exists."""
     from tqdm import tqdm
 
     with tqdm(total=sum(len(r.entries) for r in repos), desc="read+annotate", unit="file", disable=None) as progress:
-        read_stage(repos, config, partial / "stages" / "read", cache, mapper, progress)
+        read_stage(repos, config, partial / "stages" / "read", cache, workers, progress)
     records, texts = load_read_stage(repos, partial / "stages" / "read")
 
     dedup_file = partial / "stages" / "dedup.json"
     if not dedup_file.is_file():
-        write_atomic_text(dedup_file, json.dumps(dedup_stage(records, texts, config), sort_keys=True) + "\n")
+        write_atomic_text(dedup_file, json.dumps(dedup_stage(records, texts, config, workers.mapper(chunksize=1)), sort_keys=True) + "\n")
     dedup = json.loads(dedup_file.read_text())
     for index, (stage, keeper) in dedup["dropped"].items():
         record = records[int(index)]
@@ -407,7 +489,7 @@ def _stages(repos: list[Repository], config: CorpusConfig, partial: Path, cache:
     if config.tokenizer_dir:
         shards_file = partial / "stages" / "shards.json"
         if not shards_file.is_file():
-            result = shard_stage(kept, records, texts, config, partial, mapper)
+            result = shard_stage(kept, records, texts, config, partial, workers.imap)
             write_atomic_text(shards_file, json.dumps(result, sort_keys=True) + "\n")
         shards = json.loads(shards_file.read_text())
         for index, count in shards["tokens"].items():
@@ -448,15 +530,13 @@ def _run_locked(config: CorpusConfig, out_dir: Path, workers: int, log: Callable
 
     repos = open_sources(config.sources, config.layout, config.max_file_size, config.exclude)
     cache = licenses.DetectionCache(out_dir / "cache" / "license_detections.json")
-    mapper, pool = _mapper(workers, config)
+    pool = Workers(workers, config)
     finished = False
     try:
-        records, texts, dedup, shards = _stages(repos, config, partial, cache, mapper)
+        records, texts, dedup, shards = _stages(repos, config, partial, cache, pool)
         finished = True
     finally:
-        if pool is not None:
-            pool.close() if finished else pool.terminate()  # Ctrl-C: stop the workers too; the checkpoints stay
-            pool.join()
+        pool.close(finished)
     kept = [i for i, r in enumerate(records) if r["drop_stage"] is None]
 
     files_text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records)

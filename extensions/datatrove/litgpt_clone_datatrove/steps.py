@@ -244,7 +244,7 @@ class TokenShardWriter(PipelineStep):
             record = _record(doc)
             with self.track_time():
                 record["split"] = corpus.split_of(record["blob_id"], self.val_fraction, self.seed)
-                ids = tokenizer.encode(doc.text).tolist()
+                ids = corpus.token_ids(tokenizer, doc.text)
                 writer.add(ids, split=record["split"])
             record["tokens"] = len(ids) + 1
             self.stat_update("tokens", value=record["tokens"])
