@@ -6,7 +6,7 @@ model on the shards for a few minutes, compare its validation loss with the unig
 Hugging Face folder and generate code from a prompt. Each step runs the real ``litgpt-clone`` command and prints
 it; steps whose output exists are not redone.
 
-Run: ``python -m litgpt_clone.demo [--out_dir demo_out] [--steps 300]``.
+Run: ``python -m litgpt_clone.demo [--out_dir demo_out] [--steps 300] [--source FOLDER]``.
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ def train_tokenizer(out_dir: Path, files: list[Path], vocab_size: int) -> Path:
 def run(step: str, *args: str) -> None:
     cmd = ["litgpt-clone", *args]
     print(f"\n[{step}] $ {shlex.join(cmd)}", flush=True)
-    subprocess.run([sys.executable, "-m", "litgpt_clone", *args], check=True)
+    code = subprocess.run([sys.executable, "-m", "litgpt_clone", *args]).returncode
+    if code:
+        raise SystemExit(f"error: demo step {step} failed (exit status {code}); its message is above")
 
 
 def unigram_baseline(corpus: Path) -> float:
@@ -85,9 +87,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out_dir", type=Path, default=Path("demo_out"))
     parser.add_argument("--steps", type=int, default=300, help="pretraining steps (about 0.3 s each on 2 CPU cores)")
+    parser.add_argument("--source", type=Path, default=None,
+                        help="folder of Python code to build the corpus from (default: the standard library's source)")
     args = parser.parse_args()
     out, start = args.out_dir, time.perf_counter()
     stdlib = Path(sysconfig.get_paths()["stdlib"])
+    source = args.source or stdlib
+    if not source.is_dir():
+        raise SystemExit(f"error: --source {source} is not a folder; pass a folder of Python files")
+    # ~2% of the files hold out for validation, but at least ~4 of them on a small source
+    val_fraction = max(0.02, min(0.5, 4 / max(1, sum(1 for _ in source.rglob("*.py")))))
 
     tokenizer = out / "tokenizer"
     files = stdlib_files(300)
@@ -97,9 +106,9 @@ def main() -> None:
     corpus_root = out / "corpus"
     versions = sorted(corpus_root.glob("v[0-9]*/manifest.json")) if corpus_root.is_dir() else []
     if not versions:
-        run("2/5 corpus", "prepare", "code", str(stdlib), "--out_dir", str(corpus_root), "--tokenizer_dir", str(tokenizer),
+        run("2/5 corpus", "prepare", "code", str(source), "--out_dir", str(corpus_root), "--tokenizer_dir", str(tokenizer),
             "--languages", "[Python]", "--exclude", '[site-packages, "*__pycache__", "test*", "idlelib", "lib2to3", "ensurepip", "encodings"]',
-            "--val_fraction", "0.02")
+            "--val_fraction", f"{val_fraction:g}")
         versions = sorted(corpus_root.glob("v[0-9]*/manifest.json"))
     corpus = versions[-1].parent
     print(f"[2/5] corpus: {corpus} (report: {corpus / 'report.md'})")

@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/venv.sh test 2>&1 | { grep -v "^WARNING: Location" || true; }
-exec .venv/bin/python -m pytest -q "$@"
+# pytest-xdist: one test process per core, at most 4 (PYTEST_WORKERS overrides; "$@" may pass -n too)
+cores=$(nproc 2>/dev/null || echo 2)
+exec .venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}" "$@"
