@@ -25,7 +25,7 @@ from litgpt_clone.data.shards import FORMAT, VERSION, sha256_file
 
 CORPUS_FORMAT = "litgpt_clone.code_corpus"
 TOOLS = ("litgpt_clone", "enry-python", "license-expression", "detect-secrets", "charset-normalizer", "datasketch",
-         "rensa", "pyahocorasick", "tokenizers", "sentencepiece", "numpy")
+         "rensa", "pyahocorasick", "tokenizers", "tiktoken", "sentencepiece", "numpy")
 
 
 def next_version(out_dir: Path) -> tuple[int, Optional[int]]:
