@@ -68,9 +68,24 @@ def test_spdx_detection_accuracy_on_labelled_texts():
     (["LGPL-2.1-only"], "non_permissive"), (["MPL-2.0"], "non_permissive"), (["AGPL-3.0-only"], "non_permissive"),
     (["LicenseRef-scancode-proprietary-license"], "non_permissive"),
     (["LicenseRef-scancode-unknown-license-reference"], "non_permissive"), ([], "no_license"),
+    # ScanCode says Copyleft Limited / Copyleft / Free Restricted, the Blue Oak Council lists them as permissive
+    (["Artistic-2.0"], "permissive"), (["Ruby"], "permissive"), (["Vim", "MIT"], "permissive"),
+    (["BSD-3-Clause-No-Nuclear-Warranty"], "permissive"), (["Artistic-2.0", "GPL-2.0-only"], "non_permissive"),
 ])
-def test_license_type_from_scancode_categories(ids, expected):
+def test_license_type_from_scancode_categories_and_blue_oak(ids, expected):
     assert licenses.license_type(ids) == expected
+
+
+def test_blue_oak_list_is_the_published_one():
+    import hashlib
+
+    path = Path(licenses.__file__).parent / "blueoak_list.json"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == licenses.BLUE_OAK_SHA256
+    ratings = licenses.blue_oak()
+    assert len(ratings) == 224 and ratings["BlueOak-1.0.0"] == "Model" and ratings["Apache-2.0"] == "Silver"
+    assert ratings["MIT"] == "Silver" and not {"GPL-2.0-only", "LGPL-2.1-only", "MPL-2.0", "AGPL-3.0-only"} & set(ratings)
+    added = sorted(i for i in ratings if licenses.category(i) not in licenses.PERMISSIVE_CATEGORIES)
+    assert len(added) == 21 and "Artistic-2.0" in added  # what the list adds to ScanCode's permissive categories
 
 
 def test_policy():

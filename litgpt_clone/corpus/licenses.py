@@ -9,8 +9,12 @@ exists (``MIN_RULE_TOKENS``). Files get the union of the licenses found in
 their own folder and every folder above it (The Stack v2's propagation).
 
 Classification (``license_type``): "no_license" when nothing was detected, "permissive" when every detected license
-is in ScanCode's categories "Permissive" or "Public Domain", else "non_permissive" (copyleft, proprietary,
-source-available, and licenses ScanCode cannot name, such as ``unknown-license-reference``).
+is permissive, else "non_permissive" (copyleft, proprietary, source-available, and licenses ScanCode cannot name,
+such as ``unknown-license-reference``). A license is permissive, as in The Stack v2, when ScanCode's category is
+"Permissive" or "Public Domain" or the Blue Oak Council lists it (any rating): that list adds 21 ids ScanCode files
+elsewhere, e.g. Artistic-2.0 and Ruby ("Copyleft Limited"), Vim ("Copyleft"), the BSD-3-Clause no-nuclear variants.
+``blueoak_list.json`` is the Blue Oak Council's list as published in the npm package ``@blueoak/list`` 15.0.0
+(CC0-1.0), unmodified (``BLUE_OAK_SHA256``; the test checks it).
 
 Why ScanCode: it is the maintained, offline, text-matching detector that BigCode's license work is built on, and
 its license database carries the category used for the permissive decision; lighter options either only parse
@@ -35,6 +39,8 @@ from litgpt_clone.checkpoints.io import write_atomic_text
 LicenseType = Literal["permissive", "no_license", "non_permissive"]
 LicensePolicy = Literal["permissive", "strict", "all"]
 PERMISSIVE_CATEGORIES = ("Permissive", "Public Domain")
+BLUE_OAK_VERSION = "15.0.0"
+BLUE_OAK_SHA256 = "367264f5d58d7e2988cb6380538e03e439d30c2e738322f853ed4e9cad2d15be"
 LICENSE_FILE = re.compile(r"^(licen[cs]e|copying|notice|unlicense|copyright)([._-].*)?$", re.IGNORECASE)
 README_FILE = re.compile(r"^readme([._-].*)?$", re.IGNORECASE)
 README_HEADER_LINES = 100
@@ -131,14 +137,26 @@ def detect(text: str) -> list[str]:
     return sorted(ids)
 
 
+@lru_cache(maxsize=1)
+def blue_oak() -> dict[str, str]:
+    """SPDX id -> Blue Oak Council rating ("Model", "Gold", "Silver", "Bronze", "Lead") of every listed license."""
+    ratings = json.loads((Path(__file__).parent / "blueoak_list.json").read_text(encoding="utf-8"))
+    return {lic["id"]: rating["name"] for rating in ratings for lic in rating["licenses"]}
+
+
+def is_permissive(spdx_id: str, scancode_category: Optional[str]) -> bool:
+    """ScanCode calls it Permissive or Public Domain, or the Blue Oak Council lists it."""
+    return scancode_category in PERMISSIVE_CATEGORIES or spdx_id in blue_oak()
+
+
 def license_type(ids: Iterable[str], categories: Optional[dict] = None) -> LicenseType:
-    """"no_license" for no ids, "permissive" when all are Permissive/Public Domain, else "non_permissive".
+    """"no_license" for no ids, "permissive" when all are permissive (``is_permissive``), else "non_permissive".
     ``categories`` maps ids to ScanCode categories (default: ask ScanCode's database)."""
     ids = list(ids)
     if not ids:
         return "no_license"
     lookup = categories.get if categories is not None else category
-    return "permissive" if all(lookup(i) in PERMISSIVE_CATEGORIES for i in ids) else "non_permissive"
+    return "permissive" if all(is_permissive(i, lookup(i)) for i in ids) else "non_permissive"
 
 
 def allowed(kind: LicenseType, policy: LicensePolicy) -> bool:

@@ -80,13 +80,14 @@ def build(config, digest: str, version: int, previous: Optional[int], repos, rec
           shards: Optional[dict], folder: Path) -> dict:
     """The manifest of the version being written in ``folder`` (its files.jsonl, text.jsonl, CHANGELOG.md exist)."""
     from litgpt_clone.corpus.pipeline import file_inputs
-    from litgpt_clone.corpus.licenses import scancode_version
+    from litgpt_clone.corpus.licenses import BLUE_OAK_VERSION, scancode_version
 
     kept = [r for r in records if r["drop_stage"] is None]
     languages = Counter(r["language"] for r in kept)
     manifest = dict(shards["shards"]) if shards else dict(format=CORPUS_FORMAT, shards=[], note="no --tokenizer_dir: no token shards")
     tools = tool_versions()
     tools["scancode"] = scancode_version()
+    tools["blueoak-list"] = BLUE_OAK_VERSION  # the Blue Oak Council license list bundled as blueoak_list.json
     manifest.update(
         corpus_version=version,
         previous_version=previous,
