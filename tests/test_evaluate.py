@@ -96,8 +96,18 @@ def test_loglikelihood_other_families(family, models_root, tmp_path):  # noqa: F
     pairs = [("The quick brown fox", " jumps over the lazy dog"), ("Once upon a time", " there"), ("Once upon a time", " a"),
              ("def add(a, b):", "\n    return a + b"), ("", "Language models read tokens"), (story, " generate stories"),
              (story, " eat"), (story, " read tokens and write them back as text"), (story, " print(i)")]
+    # continuations that share their first tokens (folded into the context: scored once, from the prefill)
+    lazy, letters = "Which animal is lazy?\nAnswer:", "Pick a letter:"
+    pairs += [(lazy, " the lazy dog"), (lazy, " the lazy cat"), (lazy, " the lazy"), (lazy, " the lazy dog sleeps"),
+              (letters, " A"), (letters, " B"), (letters, " C"), (story, " read tokens and write"), (story, " read text"),
+              ("Which pet?", " the lazy dog"), ("Which pet?", " the lazy cat")]
     requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+    prefix_lens, last_token_lens, score_shared, score_last_tokens = [], [], ours.score_shared, ours.score_last_tokens
+    ours.score_shared = lambda contexts, lens, *rest: prefix_lens.extend(lens) or score_shared(contexts, lens, *rest)
+    ours.score_last_tokens = lambda groups: last_token_lens.extend(g[1] for g in groups) or score_last_tokens(groups)
     a, b = ours.loglikelihood(requests, disable_tqdm=True), theirs.loglikelihood(requests, disable_tqdm=True)
+    assert max(prefix_lens) >= 2 and 0 in prefix_lens  # " the lazy": 2+ shared tokens; the story's endings: none
+    assert max(last_token_lens) >= 1  # answers that differ in their last token only, after shared ones
     torch.testing.assert_close(torch.tensor([x[0] for x in a]), torch.tensor([x[0] for x in b]), atol=1e-4, rtol=0)
     assert [x[1] for x in a] == [x[1] for x in b]
 

@@ -45,7 +45,9 @@ def write_adapter(base: Path, out: Path, args: LoRAArgs, seed: int) -> Path:
     """A LoRA checkpoint as ``finetune lora`` writes it (lora.safetensors, lora_config.yaml, hyperparameters.yaml),
     with random nonzero B so that the adapter changes the model's answers."""
     model = GPT.from_checkpoint(base)
-    inject_lora(model, args)
+    with torch.random.fork_rng():  # A's random init from the seed, not from whatever ran before in this process
+        torch.manual_seed(seed)
+        inject_lora(model, args)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -143,20 +143,32 @@ class LitGPTLM(TemplateLM):
                 singles.append(i)
             else:
                 by_context.setdefault(tuple(ctx), []).append(i)
-        shared = []  # (context, its continuations, their request indices)
+        shared = []  # (context + the continuations' common prefix, that prefix's length, the rest of each, indices)
+        last_token = []  # the same, for groups whose continuations differ in their last token only
         for ctx, idx in by_context.items():
             if len(idx) == 1:
                 singles.append(idx[0])
             else:
-                shared.append((list(ctx), [requests[i][2] for i in idx], idx))
+                conts = [requests[i][2] for i in idx]
+                n = common_prefix(conts)
+                group = (list(ctx) + conts[0][:n], n, [c[n:] for c in conts], idx)
+                (last_token if all(len(c) == n + 1 for c in conts) else shared).append(group)
         longest = max((len(ctx) + len(cont) - 1 for _, ctx, cont in requests if cont), default=1)
         batch_size = self.batch_size_for(min(longest, self.max_length))
         progress = tqdm(total=len(requests), disable=disable_tqdm, desc="loglikelihood")
         shared.sort(key=lambda g: -len(g[0]))  # longest context first: the least padding in each batch
+        last_token.sort(key=lambda g: -len(g[0]))
+        for run in length_runs([len(ctx) for ctx, *_ in last_token], batch_size):
+            batch = [last_token[j] for j in run]
+            for (*_, idx), scored in zip(batch, self.score_last_tokens(batch)):
+                for i, result in zip(idx, scored):
+                    results[i] = result
+            progress.update(sum(len(idx) for *_, idx in batch))
         for batch in self.shared_batches(shared, batch_size):
-            conts = [(g, cont) for g, (_, group_conts, _) in enumerate(batch) for cont in group_conts]
-            indices = [i for _, _, idx in batch for i in idx]
-            for i, result in zip(indices, self.score_shared([ctx for ctx, _, _ in batch], conts, batch_size)):
+            conts = [(g, cont) for g, (_, _, group_conts, _) in enumerate(batch) for cont in group_conts]
+            indices = [i for *_, idx in batch for i in idx]
+            scored = self.score_shared([ctx for ctx, *_ in batch], [n for _, n, _, _ in batch], conts, batch_size)
+            for i, result in zip(indices, scored):
                 results[i] = result
             progress.update(len(indices))
         length = {i: min(len(requests[i][1]) + len(requests[i][2]) - 1, self.max_length) for i in singles}
@@ -172,10 +184,10 @@ class LitGPTLM(TemplateLM):
     def shared_batches(self, groups: list, batch_size: int):
         """Runs of consecutive groups (``length_runs`` of their contexts) whose longest context + longest
         continuation fit in the model's cache."""
-        for run in length_runs([len(ctx) for ctx, _, _ in groups], batch_size):
+        for run in length_runs([len(ctx) for ctx, *_ in groups], batch_size):
             batch, cont_max = [], 0
             for group in (groups[i] for i in run):
-                cont_len = max(len(c) for c in group[1]) - 1
+                cont_len = max(len(c) for c in group[2]) - 1
                 if batch and len(batch[0][0]) + max(cont_max, cont_len) > self.model.max_seq_length:
                     yield batch
                     batch, cont_max = [], 0
@@ -183,31 +195,64 @@ class LitGPTLM(TemplateLM):
                 cont_max = max(cont_max, cont_len)
             yield batch
 
-    def score_whole(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
-        """Each (context, continuation) as one sequence (its last max_length + 1 tokens), in one right-padded
-        forward pass (right padding never changes a causal model's earlier positions)."""
-        inputs = [(ctx + cont)[-(self.max_length + 1):][:-1] for ctx, cont in pairs]
+    def forward_at(self, inputs: list[list[int]], positions: list[range]) -> list[torch.Tensor]:
+        """One right-padded forward pass of ``inputs`` (right padding never changes a causal model's earlier
+        positions), with the output layer only at each input's ``positions``: their logits (len(positions), V)."""
+        from litgpt_clone.training.fit import head_only_at
+
         T = max(len(x) for x in inputs)
-        batch = torch.zeros(len(inputs), T, dtype=torch.long, device=self.device)  # (B, T), right-padded
+        batch = torch.zeros(len(inputs), T, dtype=torch.long, device=self.device)  # (B, T)
         for i, x in enumerate(inputs):
             batch[i, : len(x)] = torch.tensor(x, device=self.device)
-        with torch.inference_mode():
-            logits = self.model(batch)  # (B, T, V)
-        return [score(logits[i, len(x) - len(cont) : len(x)], cont) for i, (x, (_, cont)) in enumerate(zip(inputs, pairs))]
+        rows = torch.tensor([i * T + j for i, span in enumerate(positions) for j in span], device=self.device)
+        with torch.inference_mode(), head_only_at(self.model, rows):
+            logits = self.model(batch)  # (sum of len(positions), V)
+        return list(logits.split([len(span) for span in positions]))
 
-    def score_shared(self, contexts: list[list[int]], conts: list[tuple[int, list[int]]], batch_size: int) -> list[tuple[float, bool]]:
-        """Continuations (index of their context, ids) of a few contexts. The contexts are read once into the KV
-        cache (left-padded: generation's ``prefill``); then the continuations, longest first, in ``length_runs``, each on a
-        copy of its context's cache rows, at the slots after the contexts."""
-        from litgpt_clone.generate import ensure_kv_cache, pad_left, prefill
+    def score_whole(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+        """Each (context, continuation) as one sequence (its last max_length + 1 tokens) in one forward pass."""
+        inputs = [(ctx + cont)[-(self.max_length + 1):][:-1] for ctx, cont in pairs]
+        logits = self.forward_at(inputs, [range(len(x) - len(cont), len(x)) for x, (_, cont) in zip(inputs, pairs)])
+        return [score(rows, cont) for rows, (_, cont) in zip(logits, pairs)]
+
+    def score_last_tokens(self, groups: list) -> list[list[tuple[float, bool]]]:
+        """Groups (context ending with the n tokens every continuation starts with, n, the one-token rest of each
+        continuation, indices), e.g. MMLU's answers " A" ... " D": one forward pass of the contexts, no KV cache;
+        the logits of a context's last n + 1 positions score the shared tokens and every continuation's last."""
+        logits = self.forward_at([ctx for ctx, *_ in groups], [range(len(ctx) - n - 1, len(ctx)) for ctx, n, _, _ in groups])
+        out = []
+        for rows, (ctx, n, conts, _) in zip(logits, groups):
+            prefix_logprob, prefix_greedy = score(rows[:n], ctx[len(ctx) - n:]) if n else (0.0, True)
+            logprobs = F.log_softmax(rows[n].float(), dim=-1)  # (V,): after the whole context
+            best = int(logprobs.argmax())
+            out.append([(prefix_logprob + float(logprobs[c[0]]), prefix_greedy and c[0] == best) for c in conts])
+        return out
+
+    def score_shared(self, contexts: list[list[int]], prefix_lens: list[int], conts: list[tuple[int, list[int]]],
+                     batch_size: int) -> list[tuple[float, bool]]:
+        """Continuations (index of their context, ids) of a few contexts. Each context ends with the ``prefix_lens``
+        tokens that all its continuations start with (folded in by ``_loglikelihood_tokens``: a continuation's
+        score adds theirs). The contexts are read once into the KV cache (left-padded, as generation's ``prefill``),
+        with the output layer only at each one's last prefix + 1 positions; then the continuations' other tokens,
+        longest first, in ``length_runs``, each on a copy of its context's cache rows, at the slots after the
+        contexts. Answers " A" ... " D" that share their first token (MMLU-style) need no forward of their own."""
+        from litgpt_clone.generate import ensure_kv_cache, pad_left
+        from litgpt_clone.training.fit import head_only_at
 
         C = max(len(c) for c in contexts)
         cache_len = ensure_kv_cache(self.model, len(contexts), C + max(len(x) for _, x in conts) - 1)
         tokens, pad, rope_pos, key_mask = pad_left([torch.tensor(c) for c in contexts], cache_len, self.device)
         caches = [block.attn.kv_cache for block in self.model.transformer.h]
         results: list = [None] * len(conts)
+        # flattened (G, C) positions whose logits are needed: the last prefix_len + 1 of each row, in order
+        rows = torch.tensor([g * C + C - 1 - n + j for g, n in enumerate(prefix_lens) for j in range(n + 1)], device=self.device)
+        with torch.inference_mode(), head_only_at(self.model, rows):
+            picked = self.model(tokens, torch.arange(C, device=self.device), rope_pos, key_mask)  # (sum(n + 1), V)
+        ends = torch.tensor(prefix_lens, device=self.device).add(1).cumsum(0)
+        prefix_scores = [score(picked[end - 1 - n : end - 1], contexts[g][-n:]) if n else (0.0, True)
+                         for g, (n, end) in enumerate(zip(prefix_lens, ends.tolist()))]
         with torch.inference_mode():
-            first = prefill(self.model, tokens, rope_pos, key_mask)  # (G, V): the logits after each context
+            first = picked[ends - 1]  # (G, V): the logits after each context
             prefilled = [(cache.k, cache.v) for cache in caches]  # (G, n_query_groups, cache_len, hs) each
             order = sorted(range(len(conts)), key=lambda i: -len(conts[i][1]))
             for run in length_runs([len(conts[i][1]) - 1 for i in order], batch_size):
@@ -226,7 +271,9 @@ class LitGPTLM(TemplateLM):
                     mask = None if key_mask is None else key_mask[rows, : C + T]  # (R, C + T)
                     logits = torch.cat([logits, self.model(batch, input_pos, rope, mask)], dim=1)  # (R, 1 + T, V)
                 for r, i in enumerate(chunk):
-                    results[i] = score(logits[r, : len(conts[i][1])], conts[i][1])
+                    logprob, greedy = score(logits[r, : len(conts[i][1])], conts[i][1])
+                    prefix_logprob, prefix_greedy = prefix_scores[conts[i][0]]
+                    results[i] = (prefix_logprob + logprob, prefix_greedy and greedy)
             for cache, (k, v) in zip(caches, prefilled):  # the next batch of as many contexts reuses them
                 cache.k, cache.v = k, v
         return results
@@ -286,6 +333,14 @@ def length_runs(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
         run.append(i)
         total += n
     return runs + [run] if run else runs
+
+
+def common_prefix(seqs: list[list[int]]) -> int:
+    """How many first tokens all of ``seqs`` share, leaving each at least one of its own."""
+    n = 0
+    while n < min(len(x) for x in seqs) - 1 and all(x[n] == seqs[0][n] for x in seqs):
+        n += 1
+    return n
 
 
 def score(logits: torch.Tensor, target: list[int]) -> tuple[float, bool]:
