@@ -89,7 +89,9 @@ def test_lora_trains_saves_adapters_and_merges(base, tmp_path):
     live.load_state_dict(load_file(out / "final" / "lora.safetensors"), strict=False)
     idx = torch.randint(0, merged.config.vocab_size, (2, 16))
     with torch.no_grad():
-        torch.testing.assert_close(merged(idx), live(idx), atol=1e-5, rtol=1e-5)
+        # fp32 rounding of the merged weights: measured up to 7.5e-5 on logits of magnitude ~6 after these 40 steps at
+        # lr 1e-2 (a wrong merge scale or a missing adapter is off by more than 1e-2)
+        torch.testing.assert_close(merged(idx), live(idx), atol=2e-4, rtol=1e-5)
         assert not torch.allclose(merged(idx), GPT.from_checkpoint(base / "base")(idx), atol=1e-3)
 
     # generate takes the merged output as it is
@@ -123,6 +125,38 @@ def test_only_adapters_change():
     assert changed == set(lora_state(before)) and changed
     merged = merge_lora(model)
     assert not any(".lora_" in k or ".base." in k for k in merged.state_dict())
+
+
+def test_ragged_batches_run_unpadded_with_the_padded_loss_and_gradients():
+    """On one process a finetuning batch runs as sub-batches of similar lengths (``length_groups``), each cut to its
+    longest row: the loss and gradients must be those of the whole right-padded batch under -100 targets."""
+    from lightning.fabric import Fabric
+
+    from litgpt_clone import Config
+    from litgpt_clone.training.fit import batch_loss, length_groups, loss_fn
+
+    torch.manual_seed(0)
+    model = GPT(Config(n_layer=2, n_embd=32, n_head=4, n_query_groups=2, vocab_size=50, block_size=64, mlp_class_name="GatedMLP", intermediate_size=64))
+    x = torch.randint(0, 50, (6, 64))
+    y = torch.randint(0, 50, (6, 64))
+    for row, (prompt, length) in enumerate([(5, 64), (10, 60), (3, 20), (0, 18), (8, 40), (64, 64)]):
+        y[row, :prompt] = -100  # the prompt: no loss
+        y[row, length:] = -100  # right padding (row 5: nothing learned at all)
+    lengths = [64, 60, 20, 18, 40, 0]
+    assert length_groups(lengths) == [[0, 1], [4], [2, 3]]  # 4 groups' worth of padding avoided, row 5 skipped
+
+    def loss_and_grads(fn):
+        model.zero_grad()
+        loss = fn()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    fabric = Fabric(accelerator="cpu", devices=1)
+    ours, ours_grads = loss_and_grads(lambda: batch_loss(fabric, model, x, y, learned_only=True))
+    padded, padded_grads = loss_and_grads(lambda: loss_fn(model(x), y))
+    torch.testing.assert_close(ours, padded, atol=1e-6, rtol=1e-5)
+    for a, b in zip(ours_grads, padded_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
 def test_full_finetune_changes_everything(base, tmp_path):

@@ -65,18 +65,50 @@ def head_only_at(model, rows: torch.Tensor):
         handle.remove()
 
 
+MAX_PADDING = 0.1
+"""``learned_only`` on one process: a right-padded batch runs as sub-batches of rows of similar length, each cut
+to its longest row, so that padding stays under this share of the positions computed (``length_groups``)."""
+
+
 def batch_loss(fabric, model, x: torch.Tensor, y: torch.Tensor, learned_only: bool) -> torch.Tensor:
-    """The mean token cross-entropy of one host batch, run on the device. With ``learned_only`` the output head and
-    the cross-entropy run only at the positions whose target is not -100 (prompt and padding in finetuning): the same
-    loss, without the logits nothing learns from. Those positions are found on the host, so the device never syncs."""
+    """The mean token cross-entropy of one host batch, run on the device. With ``learned_only`` (finetuning: the
+    targets are -100 at prompt and padding positions) the output head and the cross-entropy run only where targets
+    are not -100, and on one process the rows run in ``length_groups`` cut to their own length: the same loss (the
+    sum over groups of their token cross-entropy sums, over the batch's learned tokens), without the padding and
+    the logits nothing learns from. Everything is decided on the host, so the device never syncs. (Several forward
+    passes before one backward are not for DDP/FSDP wrappers: there the batch runs whole.)"""
     if not learned_only:
         x, y = fabric.to_device((x, y))
         return loss_fn(model(x), y)
-    rows = (y.flatten() != -100).nonzero().squeeze(1)  # (N,) positions of the flattened (B, T) batch
-    x, y, rows = fabric.to_device((x, y.flatten()[rows], rows))
-    with head_only_at(model, rows):
-        logits = model(x)  # (N, vocab_size)
-    return F.cross_entropy(logits.float(), y)
+    learned = y != -100  # (B, T)
+    total = int(learned.sum())
+    lengths = torch.where(learned.any(1), learned.shape[1] - learned.flip(1).int().argmax(1), 0).tolist()  # up to the last learned
+    groups = length_groups(lengths) if fabric.world_size == 1 and total else [list(range(len(lengths)))]
+    loss = None
+    for group in groups:
+        T = max(lengths[i] for i in group) or y.shape[1]
+        xg, yg = x[group, :T], y[group, :T].flatten()
+        rows = (yg != -100).nonzero().squeeze(1)  # (N,) positions of the flattened (len(group), T) sub-batch
+        xg, yg, rows = fabric.to_device((xg, yg[rows], rows))
+        with head_only_at(model, rows):
+            logits = model(xg)  # (N, vocab_size)
+        part = F.cross_entropy(logits.float(), yg, reduction="sum") / total if total else F.cross_entropy(logits.float(), yg)
+        loss = part if loss is None else loss + part
+    return loss
+
+
+def length_groups(lengths: list[int]) -> list[list[int]]:
+    """The rows with a nonzero length, longest first, in runs where padding to the run's longest row adds at most
+    ``MAX_PADDING`` of its positions."""
+    order = sorted((i for i, n in enumerate(lengths) if n), key=lambda i: -lengths[i])
+    groups, group, tokens = [], [], 0
+    for i in order:
+        if group and (len(group) + 1) * lengths[group[0]] * (1 - MAX_PADDING) > tokens + lengths[i]:
+            groups.append(group)
+            group, tokens = [], 0
+        group.append(i)
+        tokens += lengths[i]
+    return groups + [group] if group else groups
 
 
 def max_steps_for(args: TrainArgs, seq_length: int, samples: Optional[int]) -> int:
