@@ -212,3 +212,16 @@ def test_tasks_list(tasks_dir, capsys):
     main(["evaluate", "--tasks", "list", "--include_path", str(tasks_dir)])
     names = capsys.readouterr().out.split()
     assert {"tiny_mc", "tiny_gen", "hellaswag", "mmlu", "arc_easy"} <= set(names) and len(names) > 1000
+
+
+def test_a_continuation_longer_than_max_length_scores_its_last_tokens(models):
+    ours, _, _ = models
+    short = LitGPTLM(llm=ours.llm, batch_size=2, max_length=8)
+    ctx, cont = short.tok_encode("Once upon a time"), short.tok_encode(" there was a small model that wanted to read")
+    assert len(cont) > 8
+    [(logprob, _)] = short._loglikelihood_tokens([(("", ""), ctx, cont)])
+    tokens = torch.tensor([(ctx + cont)[-9:]])  # the last max_length + 1 tokens: 8 inputs predicting 8 targets
+    with torch.no_grad():
+        logprobs = torch.log_softmax(ours.model(tokens[:, :-1]).float(), dim=-1)[0]  # (8, V)
+    expected = logprobs.gather(1, tokens[0, 1:, None]).sum()
+    assert logprob == pytest.approx(float(expected), abs=1e-4)

@@ -210,10 +210,12 @@ class LitGPTLM(TemplateLM):
         return list(logits.split([len(span) for span in positions]))
 
     def score_whole(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
-        """Each (context, continuation) as one sequence (its last max_length + 1 tokens) in one forward pass."""
+        """Each (context, continuation) as one sequence (its last max_length + 1 tokens) in one forward pass; a
+        continuation longer than that is scored on its last max_length tokens."""
         inputs = [(ctx + cont)[-(self.max_length + 1):][:-1] for ctx, cont in pairs]
-        logits = self.forward_at(inputs, [range(len(x) - len(cont), len(x)) for x, (_, cont) in zip(inputs, pairs)])
-        return [score(rows, cont) for rows, (_, cont) in zip(logits, pairs)]
+        targets = [cont[-len(x):] for x, (_, cont) in zip(inputs, pairs)]
+        logits = self.forward_at(inputs, [range(len(x) - len(t), len(x)) for x, t in zip(inputs, targets)])
+        return [score(rows, t) for rows, t in zip(logits, targets)]
 
     def score_last_tokens(self, groups: list) -> list[list[tuple[float, bool]]]:
         """Groups (context ending with the n tokens every continuation starts with, n, the one-token rest of each
