@@ -6,6 +6,7 @@ Every switch is a field of ``Config``; nothing here looks at a model's name.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -453,3 +454,15 @@ class GPT(nn.Module):
         if c.final_logit_softcapping is not None:
             logits = torch.tanh(logits / c.final_logit_softcapping) * c.final_logit_softcapping
         return logits
+
+
+@contextmanager
+def head_only_at(model, rows: torch.Tensor):
+    """Inside the block, ``model(x)`` runs its output head only on the flattened positions ``rows`` (N,) of ``x``
+    (B, T) and returns their logits (N, vocab_size): a forward pre-hook on ``lm_head`` picks those hidden states."""
+    head = getattr(model, "module", model).lm_head  # through a wrapper (Fabric's) to the GPT
+    handle = head.register_forward_pre_hook(lambda _, args: (args[0].flatten(0, 1).index_select(0, rows),))  # (N, C)
+    try:
+        yield
+    finally:
+        handle.remove()

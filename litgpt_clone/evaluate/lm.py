@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from litgpt_clone.api import LLM
 from litgpt_clone.evaluate import EvaluationError
+from litgpt_clone.model import head_only_at
 
 
 @register_model("litgpt_clone")
@@ -198,8 +199,6 @@ class LitGPTLM(TemplateLM):
     def forward_at(self, inputs: list[list[int]], positions: list[range]) -> list[torch.Tensor]:
         """One right-padded forward pass of ``inputs`` (right padding never changes a causal model's earlier
         positions), with the output layer only at each input's ``positions``: their logits (len(positions), V)."""
-        from litgpt_clone.training.fit import head_only_at
-
         T = max(len(x) for x in inputs)
         batch = torch.zeros(len(inputs), T, dtype=torch.long, device=self.device)  # (B, T)
         for i, x in enumerate(inputs):
@@ -239,8 +238,6 @@ class LitGPTLM(TemplateLM):
         longest first, in ``length_runs``, each on a copy of its context's cache rows, at the slots after the
         contexts. Answers " A" ... " D" that share their first token (MMLU-style) need no forward of their own."""
         from litgpt_clone.generate import ensure_kv_cache, pad_left
-        from litgpt_clone.training.fit import head_only_at
-
         C = max(len(c) for c in contexts)
         cache_len = ensure_kv_cache(self.model, len(contexts), C + max(len(x) for _, x in conts) - 1)
         tokens, pad, rope_pos, key_mask = pad_left([torch.tensor(c) for c in contexts], cache_len, self.device)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional, Protocol
 
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from litgpt_clone.config import ConfigError
+from litgpt_clone.model import head_only_at
 from litgpt_clone.training.args import EvalArgs, TrainArgs
 
 
@@ -51,18 +51,6 @@ def lr_at(step: int, args: TrainArgs, max_steps: int) -> float:
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean token cross-entropy; targets of -100 (prompt or padding in finetuning) do not count."""
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-
-
-@contextmanager
-def head_only_at(model, rows: torch.Tensor):
-    """Inside the block, ``model(x)`` runs its output head only on the flattened positions ``rows`` (N,) of ``x``
-    (B, T) and returns their logits (N, vocab_size): a forward pre-hook on ``lm_head`` picks those hidden states."""
-    head = getattr(model, "module", model).lm_head  # through Fabric's wrapper to the GPT
-    handle = head.register_forward_pre_hook(lambda _, args: (args[0].flatten(0, 1).index_select(0, rows),))  # (N, C)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 MAX_PADDING = 0.1
