@@ -27,6 +27,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from litgpt_clone.api import LLM
+from litgpt_clone.data.batching import length_runs
 from litgpt_clone.evaluate import EvaluationError
 from litgpt_clone.model import head_only_at
 
@@ -159,7 +160,7 @@ class LitGPTLM(TemplateLM):
         progress = tqdm(total=len(requests), disable=disable_tqdm, desc="loglikelihood")
         shared.sort(key=lambda g: -len(g[0]))  # longest context first: the least padding in each batch
         last_token.sort(key=lambda g: -len(g[0]))
-        for run in length_runs([len(ctx) for ctx, *_ in last_token], batch_size):
+        for run in length_runs([len(ctx) for ctx, *_ in last_token], batch_size, MAX_PADDING):
             batch = [last_token[j] for j in run]
             for (*_, idx), scored in zip(batch, self.score_last_tokens(batch)):
                 for i, result in zip(idx, scored):
@@ -174,7 +175,7 @@ class LitGPTLM(TemplateLM):
             progress.update(len(indices))
         length = {i: min(len(requests[i][1]) + len(requests[i][2]) - 1, self.max_length) for i in singles}
         singles.sort(key=lambda i: -length[i])
-        for run in length_runs([length[i] for i in singles], batch_size):
+        for run in length_runs([length[i] for i in singles], batch_size, MAX_PADDING):
             chunk = [singles[j] for j in run]
             for i, result in zip(chunk, self.score_whole([(requests[i][1], requests[i][2]) for i in chunk])):
                 results[i] = result
@@ -185,7 +186,7 @@ class LitGPTLM(TemplateLM):
     def shared_batches(self, groups: list, batch_size: int):
         """Runs of consecutive groups (``length_runs`` of their contexts) whose longest context + longest
         continuation fit in the model's cache."""
-        for run in length_runs([len(ctx) for ctx, *_ in groups], batch_size):
+        for run in length_runs([len(ctx) for ctx, *_ in groups], batch_size, MAX_PADDING):
             batch, cont_max = [], 0
             for group in (groups[i] for i in run):
                 cont_len = max(len(c) for c in group[2]) - 1
@@ -254,7 +255,7 @@ class LitGPTLM(TemplateLM):
             first = picked[ends - 1]  # (G, V): the logits after each context
             prefilled = [(cache.k, cache.v) for cache in caches]  # (G, n_query_groups, cache_len, hs) each
             order = sorted(range(len(conts)), key=lambda i: -len(conts[i][1]))
-            for run in length_runs([len(conts[i][1]) - 1 for i in order], batch_size):
+            for run in length_runs([len(conts[i][1]) - 1 for i in order], batch_size, MAX_PADDING):
                 chunk = [order[j] for j in run]
                 rows = torch.tensor([conts[i][0] for i in chunk], device=self.device)  # (R,): each row's context
                 T = len(conts[chunk[0]][1]) - 1  # the inputs are continuation[:-1]
@@ -319,19 +320,6 @@ class LitGPTLM(TemplateLM):
 
 MAX_PADDING = 0.25
 """A batch of sequences sorted longest first ends before padding would pass this share of its tokens."""
-
-
-def length_runs(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """The positions of ``lengths`` (sorted longest first) cut into runs of at most ``batch_size`` in which padding
-    every sequence to the first (longest) adds at most MAX_PADDING of the run's tokens."""
-    runs, run, total = [], [], 0
-    for i, n in enumerate(lengths):
-        if run and (len(run) == batch_size or (len(run) + 1) * lengths[run[0]] > (1 + MAX_PADDING) * (total + n)):
-            runs.append(run)
-            run, total = [], 0
-        run.append(i)
-        total += n
-    return runs + [run] if run else runs
 
 
 def common_prefix(seqs: list[list[int]]) -> int:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from litgpt_clone.config import ConfigError
+from litgpt_clone.data.batching import length_runs
 from litgpt_clone.model import head_only_at
 from litgpt_clone.training.args import EvalArgs, TrainArgs
 
@@ -55,7 +56,7 @@ def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 MAX_PADDING = 0.1
 """``learned_only`` on one process: a right-padded batch runs as sub-batches of rows of similar length, each cut
-to its longest row, so that padding stays under this share of the positions computed (``length_groups``)."""
+to its longest row, so that padding stays within this share of the sub-batch's tokens (``length_groups``)."""
 
 
 def batch_loss(fabric, model, x: torch.Tensor, y: torch.Tensor, learned_only: bool) -> torch.Tensor:
@@ -86,17 +87,10 @@ def batch_loss(fabric, model, x: torch.Tensor, y: torch.Tensor, learned_only: bo
 
 
 def length_groups(lengths: list[int]) -> list[list[int]]:
-    """The rows with a nonzero length, longest first, in runs where padding to the run's longest row adds at most
-    ``MAX_PADDING`` of its positions."""
+    """The rows with a nonzero length, longest first, in ``length_runs`` whose padding to the run's longest row
+    stays within ``MAX_PADDING`` of its tokens."""
     order = sorted((i for i, n in enumerate(lengths) if n), key=lambda i: -lengths[i])
-    groups, group, tokens = [], [], 0
-    for i in order:
-        if group and (len(group) + 1) * lengths[group[0]] * (1 - MAX_PADDING) > tokens + lengths[i]:
-            groups.append(group)
-            group, tokens = [], 0
-        group.append(i)
-        tokens += lengths[i]
-    return groups + [group] if group else groups
+    return [[order[j] for j in run] for run in length_runs([lengths[i] for i in order], len(order), MAX_PADDING)]
 
 
 def max_steps_for(args: TrainArgs, seq_length: int, samples: Optional[int]) -> int:

@@ -1,0 +1,24 @@
+"""Batches of sequences of different lengths with little padding: shared by evaluation (``evaluate/lm.py``) and
+finetuning (``training/fit.py``).
+
+Interface::
+
+    length_runs(lengths, batch_size, max_padding) -> list[list[int]]
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def length_runs(lengths: Sequence[int], batch_size: int, max_padding: float) -> list[list[int]]:
+    """The positions of ``lengths`` (sorted longest first) cut into runs of at most ``batch_size`` in which padding
+    every sequence to the first (longest) adds at most ``max_padding`` of the run's tokens."""
+    runs, run, total = [], [], 0
+    for i, n in enumerate(lengths):
+        if run and (len(run) == batch_size or (len(run) + 1) * lengths[run[0]] > (1 + max_padding) * (total + n)):
+            runs.append(run)
+            run, total = [], 0
+        run.append(i)
+        total += n
+    return runs + [run] if run else runs
