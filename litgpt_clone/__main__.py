@@ -104,6 +104,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
+    from litgpt_clone.host_memory import keep_freed_memory
+
+    keep_freed_memory()  # reuse freed host memory instead of faulting in fresh pages every step (see host_memory.py)
     try:
         CLI(COMMANDS, args=rewrite(sys.argv[1:] if argv is None else argv), prog="litgpt-clone")
     except user_errors() as err:

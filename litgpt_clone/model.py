@@ -111,13 +111,15 @@ def build_rope_cache(config: Config, base: float, scaling: Optional[dict], seq_l
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first ``cos.size(-1)`` channels of x (B, n_head, T, hs) by the "rotate half" convention."""
+    """Rotate the first n = ``cos.size(-1)`` channels of x (B, n_head, T, hs) by the "rotate half" convention:
+    x * cos + (-x2, x1) * sin, computed as x * cos + (x2, x1) * (-sin, sin) with one flip (no slices, negation or
+    concatenation of x, whose backward passes cost as much as the forward ones)."""
     n = cos.size(-1)
-    rot, rest = x[..., :n], x[..., n:]
-    x1, x2 = rot[..., : n // 2], rot[..., n // 2 :]
-    rotated = torch.cat((-x2, x1), dim=-1)
-    out = rot * cos.to(x.dtype) + rotated * sin.to(x.dtype)
-    return torch.cat((out, rest), dim=-1) if rest.numel() else out
+    rot = x if n == x.size(-1) else x[..., :n]
+    signed_sin = torch.cat((-sin[..., : n // 2], sin[..., n // 2 :]), dim=-1).to(x.dtype)  # (T, n): small
+    swapped = rot.unflatten(-1, (2, n // 2)).flip(-2).flatten(-2)  # (x2, x1)
+    out = rot * cos.to(x.dtype) + swapped * signed_sin
+    return out if n == x.size(-1) else torch.cat((out, x[..., n:]), dim=-1)
 
 
 # ----------------------------------------------------------------------------- KV cache
@@ -405,7 +407,7 @@ class GPT(nn.Module):
     # ---- forward
     def forward(
         self, idx: torch.Tensor, input_pos: Optional[torch.Tensor] = None, rope_pos: Optional[torch.Tensor] = None,
-        key_mask: Optional[torch.Tensor] = None, last_only: bool = False,
+        key_mask: Optional[torch.Tensor] = None, last_only: bool = False, hidden: bool = False,
     ) -> torch.Tensor:
         """idx (B, T) token ids -> logits (B, T, vocab_size).
 
@@ -415,7 +417,8 @@ class GPT(nn.Module):
         Left-padded batches (rows of different lengths) add two tensors: ``rope_pos`` (B, T), each row's own RoPE
         positions (slot minus the row's padding), and ``key_mask`` (B, k_len), True where a cache slot (or, without
         a cache, a position) holds a real token. ``last_only`` computes the logits of the last position only
-        (B, 1, vocab_size), which is all generation needs.
+        (B, 1, vocab_size), which is all generation needs. ``hidden`` returns the final-normed hidden states
+        (B, T, n_embd) instead of logits, for a loss that applies the head itself (``training.loss``).
         """
         c = self.config
         B, T = idx.shape
@@ -450,7 +453,10 @@ class GPT(nn.Module):
                 x = block(x, cos, sin, full_mask, input_pos)
         if last_only:
             x = x[:, -1:]  # (B, 1, n_embd)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
+        x = self.transformer.ln_f(x)
+        if hidden:
+            return x
+        logits = self.lm_head(x)  # (B, T, vocab_size)
         if c.final_logit_softcapping is not None:
             logits = torch.tanh(logits / c.final_logit_softcapping) * c.final_logit_softcapping
         return logits

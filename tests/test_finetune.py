@@ -133,7 +133,8 @@ def test_ragged_batches_run_unpadded_with_the_padded_loss_and_gradients():
     from lightning.fabric import Fabric
 
     from litgpt_clone import Config
-    from litgpt_clone.training.fit import batch_loss, length_groups, loss_fn
+    from litgpt_clone.training.fit import batch_loss, length_groups
+    from litgpt_clone.training.loss import loss_fn
 
     torch.manual_seed(0)
     model = GPT(Config(n_layer=2, n_embd=32, n_head=4, n_query_groups=2, vocab_size=50, block_size=64, mlp_class_name="GatedMLP", intermediate_size=64))

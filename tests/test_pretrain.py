@@ -182,8 +182,8 @@ def test_tokenizer_larger_than_model(setup, tmp_path):
 @pytest.mark.skipif(Path("/proc/sys/vm/overcommit_memory").read_text().strip() != "0" if Path("/proc/sys/vm/overcommit_memory").exists() else True,
                     reason="needs Linux's heuristic overcommit (vm.overcommit_memory=0) to refuse an impossible allocation")
 def test_out_of_memory_says_what_to_lower(setup, tmp_path):
-    """A real allocation failure: logits of 128 x 64 tokens over a 4M vocabulary need 131 GB (the weights are 0.3 GB)."""
-    (tmp_path / "wide.yaml").write_text(yaml.safe_dump({**MODEL, "vocab_size": 4_000_000, "n_embd": 8}))
+    """A real allocation failure: MLP activations of 128 x 64 tokens x 4M channels need 131 GB (the weights 0.8 GB)."""
+    (tmp_path / "wide.yaml").write_text(yaml.safe_dump({**MODEL, "intermediate_size": 4_000_000, "n_embd": 8, "n_layer": 1}))
     proc = pretrain(setup, tmp_path / "o", "--model_config", tmp_path / "wide.yaml", "--train.max_steps", "1",
                     "--train.global_batch_size", "128", "--train.micro_batch_size", "128", "--eval.interval", "1000", check=False)
     line = one_line(proc)

@@ -21,6 +21,7 @@ from litgpt_clone.config import ConfigError
 from litgpt_clone.data.batching import length_runs
 from litgpt_clone.model import head_only_at
 from litgpt_clone.training.args import EvalArgs, TrainArgs
+from litgpt_clone.training.loss import fusable_head, linear_cross_entropy, loss_fn
 
 
 class Batches(Protocol):
@@ -49,26 +50,26 @@ def lr_at(step: int, args: TrainArgs, max_steps: int) -> float:
     return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean token cross-entropy; targets of -100 (prompt or padding in finetuning) do not count."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-
-
 MAX_PADDING = 0.1
 """``learned_only`` on one process: a right-padded batch runs as sub-batches of rows of similar length, each cut
 to its longest row, so that padding stays within this share of the sub-batch's tokens (``length_groups``)."""
 
 
 def batch_loss(fabric, model, x: torch.Tensor, y: torch.Tensor, learned_only: bool) -> torch.Tensor:
-    """The mean token cross-entropy of one host batch, run on the device. With ``learned_only`` (finetuning: the
-    targets are -100 at prompt and padding positions) the output head and the cross-entropy run only where targets
-    are not -100, and on one process the rows run in ``length_groups`` cut to their own length: the same loss (the
-    sum over groups of their token cross-entropy sums, over the batch's learned tokens), without the padding and
-    the logits nothing learns from. Everything is decided on the host, so the device never syncs. (Several forward
-    passes before one backward are not for DDP/FSDP wrappers: there the batch runs whole.)"""
+    """The mean token cross-entropy of one host batch, run on the device; the output head and the loss run fused
+    (``linear_cross_entropy``) wherever the head allows it. With ``learned_only`` (finetuning: the targets are -100
+    at prompt and padding positions) the output head and the cross-entropy run only where targets are not -100,
+    and on one process the rows run in ``length_groups`` cut to their own length: the same loss (the sum over
+    groups of their token cross-entropy sums, over the batch's learned tokens), without the padding and the logits
+    nothing learns from. Everything is decided on the host, so the device never syncs. (Several forward passes
+    before one backward are not for DDP/FSDP wrappers: there the batch runs whole.)"""
+    head = fusable_head(model)
+    softcap = getattr(model, "module", model).config.final_logit_softcapping
     if not learned_only:
         x, y = fabric.to_device((x, y))
-        return loss_fn(model(x), y)
+        if head is None:
+            return loss_fn(model(x), y)
+        return linear_cross_entropy(model(x, hidden=True).flatten(0, 1), head, y.flatten(), softcap)
     learned = y != -100  # (B, T)
     total = int(learned.sum())
     lengths = torch.where(learned.any(1), learned.shape[1] - learned.flip(1).int().argmax(1), 0).tolist()  # up to the last learned
@@ -79,9 +80,14 @@ def batch_loss(fabric, model, x: torch.Tensor, y: torch.Tensor, learned_only: bo
         xg, yg = x[group, :T], y[group, :T].flatten()
         rows = (yg != -100).nonzero().squeeze(1)  # (N,) positions of the flattened (len(group), T) sub-batch
         xg, yg, rows = fabric.to_device((xg, yg[rows], rows))
-        with head_only_at(model, rows):
-            logits = model(xg)  # (N, vocab_size)
-        part = F.cross_entropy(logits.float(), yg, reduction="sum") / total if total else F.cross_entropy(logits.float(), yg)
+        if head is None:
+            with head_only_at(model, rows):
+                logits = model(xg)  # (N, vocab_size)
+            part = F.cross_entropy(logits.float(), yg, reduction="sum" if total else "mean")
+        else:
+            states = model(xg, hidden=True).flatten(0, 1).index_select(0, rows)  # (N, n_embd)
+            part = linear_cross_entropy(states, head, yg, softcap, reduction="sum" if total else "mean")
+        part = part / total if total else part
         loss = part if loss is None else loss + part
     return loss
 
