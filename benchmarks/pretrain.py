@@ -2,7 +2,8 @@
 
 Both tools are run through their real command lines, each in a fresh process, on CPU in fp32:
 
-- ours: ``python -m litgpt_clone pretrain --model_config <yaml> --data text ... [--compile true]`` (this venv);
+- ours: ``python -m litgpt_clone pretrain --model_config <yaml> --data text ... [--compile model]`` (this venv; in compiled
+  mode the whole model in one graph, as LitGPT compiles it);
 - LitGPT: ``litgpt pretrain bench --model_config <json> --data TextFiles ...`` (the venv made by
   ``benchmarks/setup_litgpt_venv.sh``; ``TORCH_COMPILE_DISABLE=1`` turns off the ``torch.compile`` it always applies).
 
@@ -218,7 +219,7 @@ def command(impl: str, mode: str, work: Path, run_dir: Path, inputs: dict, args,
             "--train.warmup_steps", str(args.warmup), "--train.min_lr", str(args.lr / 10), "--train.weight_decay", "0.1",
             "--train.beta1", "0.9", "--train.beta2", "0.95", "--train.max_norm", "1.0", "--train.log_interval", "1",
             "--train.save_interval", "null", "--eval.interval", "1000000", "--eval.final_validation", "false",
-            "--logger_name", "csv", "--seed", "42", "--compile", "true" if mode == "compile" else "false",
+            "--logger_name", "csv", "--seed", "42", "--compile", "model" if mode == "compile" else "false",
         ]
     optimizer = {"class_path": "torch.optim.AdamW", "init_args": {"lr": args.lr, "weight_decay": 0.1, "betas": [0.9, 0.95]}}
     return head + [

@@ -3,7 +3,8 @@
 - ``fabric_strategy``: Fabric's strategy for ``--strategy auto|ddp|fsdp``. ``fsdp`` is FSDP2 through Fabric's
   ``ModelParallelStrategy``: ``parallelize`` shards every Block with ``fully_shard``, then the root.
 - ``checkpoint_blocks``: activation checkpointing of every Block.
-- ``compile_blocks``: ``torch.compile`` per Block (in place, so checkpoint keys do not change).
+- ``compile_model``: ``torch.compile`` per Block (``compile_blocks``) or of the whole GPT, in place (checkpoint keys
+  do not change).
 
 Multi-node runs use Fabric's launchers: ``torchrun --nnodes N --nproc-per-node G -m litgpt_clone pretrain ...
 --devices G --num_nodes N``, or ``srun`` under SLURM (Fabric reads the SLURM environment).
@@ -11,7 +12,7 @@ Multi-node runs use Fabric's launchers: ``torchrun --nnodes N --nproc-per-node G
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Union
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ from torch import nn
 from litgpt_clone.model import GPT
 
 Strategy = Literal["auto", "ddp", "fsdp"]
+Compile = Union[bool, Literal["blocks", "model"]]
 
 
 def parallelize(model: GPT, device_mesh) -> GPT:
@@ -53,6 +55,16 @@ def checkpoint_blocks(model: GPT) -> None:
             return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
 
         block.forward = checkpointed
+
+
+def compile_model(model: GPT, how: Compile) -> None:
+    """``true``/``blocks``: one compiled graph per Block, shared by all layers (fastest to compile; composes with
+    FSDP2's per-Block sharding). ``model``: the whole GPT in one graph (embedding, blocks, final norm: faster steps
+    where the code between blocks counts; the pretrain command refuses it with FSDP2)."""
+    if how == "model":
+        model.compile()
+    elif how:
+        compile_blocks(model)
 
 
 def compile_blocks(model: nn.Module) -> None:

@@ -104,6 +104,27 @@ def test_ddp_and_fsdp_match_one_process(setup, tmp_path):
 
 
 @pytest.mark.slow
+def test_compiled_training_matches_eager(setup, tmp_path):
+    """--compile true (per block) and --compile model (whole model) train the same losses as eager, validation
+    included (its no-grad graph), and leave checkpoints with the usual keys."""
+    args = ["--train.max_steps", "4", "--train.global_batch_size", "4", "--train.micro_batch_size", "4", "--eval.interval", "2"]
+    pretrain(setup, tmp_path / "eager", *args)
+    eager = losses(tmp_path / "eager")
+    for how in ("true", "model"):
+        pretrain(setup, tmp_path / how, *args, "--compile", how)
+        compiled = losses(tmp_path / how)
+        for step, loss in eager.items():  # measured: equal to the digits the log keeps
+            assert abs(compiled[step] - loss) < 1e-4, (how, step, compiled[step], loss)
+        assert val_losses(tmp_path / how) == pytest.approx(val_losses(tmp_path / "eager"), abs=1e-4)
+        GPT.from_checkpoint(tmp_path / how / "final")
+
+
+def test_whole_model_compile_is_refused_with_fsdp(setup, tmp_path):
+    proc = pretrain(setup, tmp_path / "o", "--strategy", "fsdp", "--compile", "model", devices=2, check=False)
+    assert proc.returncode == 2 and one_line(proc).startswith("error: --compile model") and "--compile true" in one_line(proc)
+
+
+@pytest.mark.slow
 def test_sigkill_and_resume_reproduce_the_uninterrupted_run(setup, tmp_path):
     args = ["--train.max_steps", "30", "--train.global_batch_size", "4", "--train.micro_batch_size", "2", "--eval.interval", "100",
             "--train.save_interval", "5"]

@@ -8,7 +8,7 @@ from typing import Literal, Optional, Union
 
 from litgpt_clone.config import Config, ConfigError
 from litgpt_clone.data.pretrain import DataModule, Text
-from litgpt_clone.parallel import Strategy
+from litgpt_clone.parallel import Compile, Strategy
 from litgpt_clone.tokenizer import Tokenizer
 from litgpt_clone.training.args import EvalArgs, TrainArgs
 
@@ -32,7 +32,7 @@ def pretrain(
     initial_checkpoint_dir: Optional[Path] = None,
     logger_name: Literal["csv", "tensorboard"] = "csv",
     seed: int = 42,
-    compile: bool = False,
+    compile: Compile = False,
 ) -> dict:
     """Pretrain a model on text or token shards, on one device or many (DDP, FSDP2), one node or many.
 
@@ -56,7 +56,9 @@ def pretrain(
         initial_checkpoint_dir: Start from these weights (continued pretraining of a converted checkpoint).
         logger_name: Where metrics go besides the console: csv or tensorboard, under out_dir/logs.
         seed: Same on every rank: initialization and data order.
-        compile: ``torch.compile`` each block.
+        compile: ``torch.compile``: ``true`` (= ``blocks``) compiles each block, one graph shared by all layers
+            (fastest to compile, works with every strategy); ``model`` compiles the whole model in one graph (faster
+            steps, slower to compile; not with --strategy fsdp).
     """
     from litgpt_clone.training.run import build_fabric, run_training
 
@@ -65,6 +67,8 @@ def pretrain(
         raise ConfigError("pretrain needs a model: a registry name, --model_config <yaml> or --initial_checkpoint_dir")
     if tokenizer_dir is None and initial_checkpoint_dir is None:
         raise ConfigError("pretrain needs --tokenizer_dir (a folder with tokenizer.json or tokenizer.model)")
+    if compile == "model" and strategy == "fsdp":
+        raise ConfigError("--compile model (one graph for the whole model) is not set up with --strategy fsdp: use --compile true, which compiles each block")
     fabric = build_fabric(devices, num_nodes, strategy, precision, out_dir, logger_name)
     fabric.launch()
     tokenizer = Tokenizer(tokenizer_dir or initial_checkpoint_dir)

@@ -16,7 +16,7 @@ import torch
 from litgpt_clone.config import Config
 from litgpt_clone.data.pretrain import DataError, DataModule, Windows
 from litgpt_clone.model import GPT
-from litgpt_clone.parallel import checkpoint_blocks, compile_blocks, device_peak_flops, fabric_strategy
+from litgpt_clone.parallel import Compile, checkpoint_blocks, compile_model, device_peak_flops, fabric_strategy
 from litgpt_clone.tokenizer import Tokenizer
 from litgpt_clone.training.args import EvalArgs, TrainArgs
 from litgpt_clone.training.checkpoint import (
@@ -92,7 +92,7 @@ def run_training(
     optimizer: Union[str, dict],
     resume: Union[bool, Literal["auto"], Path],
     seed: int,
-    compile: bool,
+    compile: Compile,
     initial_checkpoint_dir: Optional[Path],
     hparams: dict,
 ) -> dict:
@@ -135,7 +135,7 @@ def run_training(
 
 def train_and_save(
     fabric, model: GPT, train_data, val_data, train: TrainArgs, eval: EvalArgs, optimizer: Union[str, dict], resume,
-    compile: bool, out_dir: Path, seq_length: int, write, select=None, weights_file: str = "model.safetensors",
+    compile: Compile, out_dir: Path, seq_length: int, write, select=None, weights_file: str = "model.safetensors",
     learned_only: bool = False,
 ) -> dict:
     """Shared by pretrain and every finetune method: memory savers, Fabric setup, optimizer over the parameters that
@@ -145,8 +145,7 @@ def train_and_save(
     flops = flops_per_token(model, seq_length)
     if train.activation_checkpointing:
         checkpoint_blocks(model)
-    if compile:
-        compile_blocks(model)
+    compile_model(model, compile)
     model = fabric.setup(model)
     opt = fabric.setup_optimizers(build_optimizer(model, optimizer, train, fused=True))
     state = resume_state(fabric, model, opt, out_dir, resume, weights_file)
