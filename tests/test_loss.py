@@ -90,3 +90,16 @@ def test_lora_and_quantized_heads_are_not_fused():
     model = GPT(Config(n_layer=1, n_embd=32, n_head=4, vocab_size=64, block_size=16))
     inject_lora(model, LoRAArgs(r=2, head=True))
     assert fusable_head(model) is None
+
+
+def test_frozen_head_gets_no_weight_gradient():
+    """LoRA finetuning freezes the head: the fused loss skips its weight gradient and still gives the hidden one."""
+    torch.manual_seed(0)
+    head = nn.Linear(16, 40)
+    head.requires_grad_(False)
+    hidden = torch.randn(30, 16, requires_grad=True)
+    targets = torch.randint(0, 40, (30,))
+    linear_cross_entropy(hidden, head, targets, rows=8).backward()
+    expected = torch.autograd.grad(F.cross_entropy(head(hidden), targets), hidden)[0]
+    torch.testing.assert_close(hidden.grad, expected, atol=1e-6, rtol=1e-5)
+    assert head.weight.grad is None and head.bias.grad is None

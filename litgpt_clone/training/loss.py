@@ -62,12 +62,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         valid = targets != -100
         safe = targets.clamp(min=0)
         scale = 1 / valid.sum().clamp(min=1).to(wide) if mean else torch.ones((), dtype=wide, device=hidden.device)
-        grads = any(ctx.needs_input_grad[:3])
-        grad_hidden = torch.empty_like(hidden) if grads else None
-        grad_weight = torch.zeros_like(weight, dtype=wide) if grads else None
-        grad_bias = torch.zeros_like(bias, dtype=wide) if grads and bias is not None else None
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]  # a frozen head (LoRA) needs no weight gradient
+        grads = need_hidden or need_weight or need_bias
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=wide) if need_weight else None
+        grad_bias = torch.zeros_like(bias, dtype=wide) if need_bias else None
         total = torch.zeros((), dtype=wide, device=hidden.device)
-        in_place = grads and hidden.dtype == weight.dtype == wide and not torch.is_autocast_enabled(hidden.device.type)
+        in_place = hidden.dtype == weight.dtype == wide and not torch.is_autocast_enabled(hidden.device.type)
         for start in range(0, hidden.shape[0], rows):
             h, t, keep = hidden[start : start + rows], safe[start : start + rows, None], valid[start : start + rows]
             z = F.linear(h, weight, bias).to(wide)  # (rows, vocab)
@@ -86,17 +87,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if softcap is not None:
                 g.mul_(1 - capped * capped)  # through tanh
             g = g.to(h.dtype)
-            if in_place:  # no (vocab x C) temporary per chunk
-                torch.mm(g, weight, out=grad_hidden[start : start + rows])
-                grad_weight.addmm_(g.t(), h)
+            if in_place:  # no (rows x C) or (vocab x C) temporary per chunk
+                if need_hidden:
+                    torch.mm(g, weight, out=grad_hidden[start : start + rows])
+                if need_weight:
+                    grad_weight.addmm_(g.t(), h)
             else:  # autocast picks the matmuls' dtype, or the sums are wider than the weights
-                grad_hidden[start : start + rows] = g @ weight.to(g.dtype)
-                grad_weight.add_(g.t() @ h)
-            if grad_bias is not None:
+                if need_hidden:
+                    grad_hidden[start : start + rows] = g @ weight.to(g.dtype)
+                if need_weight:
+                    grad_weight.add_(g.t() @ h)
+            if need_bias:
                 grad_bias.add_(g.sum(0))
-        if grads:
-            grad_weight = grad_weight.to(weight.dtype)
-            grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
+        grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
+        grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         return total * scale
 
