@@ -8,8 +8,9 @@ Two model shapes, each trained for a fixed number of optimizer steps, bf16-mixed
 Every (implementation, model) pair runs in a fresh child process of this script (``--worker``):
 
 - ``ours``: the real ``litgpt_clone.training`` path: ``build_fabric`` (Fabric, bf16-mixed, CSV logger),
-  ``GPT.init_weights``, ``compile_blocks`` (``--compile``), ``build_optimizer(fused=True)`` and ``fit`` (the loop that
-  ``pretrain`` runs: lr schedule, clip 1.0, step, per-step log); the data is a random-token ``Batches`` object;
+  ``GPT.init_weights``, ``compile_model`` (``--compile model``: the whole model, as LitGPT compiles it, or ``blocks``),
+  ``build_optimizer(fused=True)`` and ``fit`` (the loop that ``pretrain`` runs: the fused head + loss, lr schedule,
+  clip 1.0, step, per-step log); the data is a random-token ``Batches`` object;
 - ``litgpt``: ``litgpt.model.GPT`` (``Config.from_name``) in the loop ``litgpt pretrain`` runs: Fabric bf16-mixed,
   ``torch.compile(model)``, fused ``AdamW``, ``chunked_cross_entropy``, ``fabric.clip_gradients(max_norm=1.0)``, one
   ``.item()`` per step. It needs ``import litgpt``: the interpreter of ``--litgpt-python`` (default
@@ -106,7 +107,7 @@ def worker_ours(name: str, args) -> dict:
     sys.path.insert(0, str(REPO_ROOT))
     from litgpt_clone.config import Config
     from litgpt_clone.model import GPT
-    from litgpt_clone.parallel import compile_blocks, device_peak_flops
+    from litgpt_clone.parallel import compile_model, device_peak_flops
     from litgpt_clone.training.args import EvalArgs, TrainArgs
     from litgpt_clone.training.fit import FitState, fit
     from litgpt_clone.training.run import build_fabric, build_optimizer, flops_per_token as ours_flops
@@ -125,7 +126,7 @@ def worker_ours(name: str, args) -> dict:
     flops = ours_flops(model, T)
     n_params = sum(p.numel() for p in model.parameters())
     if args.compile:
-        compile_blocks(model)
+        compile_model(model, args.ours_compile)
     model = fabric.setup(model)
     train = TrainArgs(global_batch_size=B, micro_batch_size=B, max_steps=steps, max_seq_length=T, lr=3e-4,
                       warmup_steps=5, save_interval=None, log_interval=1, max_norm=1.0)
@@ -229,7 +230,7 @@ def litgpt_interpreter(path: str) -> tuple[str | None, str]:
 def run_worker(python: str, impl: str, name: str, args, timeout: float) -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--worker", impl, name, "--precision", args.precision]
     cmd += ["--smoke"] if args.smoke else []
-    cmd += [] if args.compile else ["--no-compile"]
+    cmd += ["--ours-compile", args.ours_compile] if args.compile else ["--no-compile"]
     env = {**os.environ, **QUIET_ENV}
     t0 = time.perf_counter()
     try:
@@ -253,6 +254,7 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny shapes, 8 steps, runs on CPU (proves the script works)")
     p.add_argument("--precision", default="bf16-mixed", help="Fabric precision (default bf16-mixed)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
+    p.add_argument("--ours-compile", default="model", choices=("model", "blocks"), help="ours: whole model (default) or per block")
     p.add_argument("--budget", type=float, default=450.0, help="seconds for all workers together; later ones are skipped")
     p.add_argument("--worker-timeout", type=float, default=170.0, help="seconds one worker may take")
     p.add_argument("--litgpt-python", default=str(DEFAULT_LITGPT_PYTHON), help="python that can import litgpt 0.5.13")
