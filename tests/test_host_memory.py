@@ -21,14 +21,14 @@ def step():
 for _ in range(4):
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(6):
+for _ in range(10):
     step()
 print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
 def page_faults(mode: str, env=None) -> tuple[str, int]:
-    """(whether keep_freed_memory applied, minor page faults over 6 training steps after 4 warm-up steps)."""
+    """(whether keep_freed_memory applied, minor page faults over 10 training steps after 4 warm-up steps)."""
     proc = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     applied, faults = proc.stdout.split()
     return applied, int(faults)
@@ -38,8 +38,8 @@ def test_training_steps_reuse_freed_memory_instead_of_faulting_pages_in():
     applied, kept = page_faults("keep")
     _, default = page_faults("default")
     assert applied == "True"
-    # glibc's defaults: 16K faults (64 MB of fresh pages) in most steps; kept: the pages of the warm-up steps are reused
-    assert default > 6 * 4096, default  # measured 34K-80K
+    # glibc's defaults: up to 16K faults (64 MB of fresh pages) per step; kept: the warm-up steps' pages are reused
+    assert default > 3 * 4096, default  # measured 12K-80K over 6 steps (fewer when other tests run beside it)
     assert kept <= 4096 + 64, kept  # measured 1 or 4,096 (one 16 MB block)
 
 
