@@ -225,3 +225,24 @@ def test_a_continuation_longer_than_max_length_scores_its_last_tokens(models):
         logprobs = torch.log_softmax(ours.model(tokens[:, :-1]).float(), dim=-1)[0]  # (8, V)
     expected = logprobs.gather(1, tokens[0, 1:, None]).sum()
     assert logprob == pytest.approx(float(expected), abs=1e-4)
+
+
+def test_repeated_texts_are_encoded_once_and_callers_get_their_own_lists(models):
+    """lm-eval encodes a multiple-choice context once per continuation; ours encodes it once (a recent-text memo)."""
+    ours, theirs, _ = models
+    lm = LitGPTLM(llm=ours.llm, batch_size=4)
+    calls = []
+    encode = lm.tok.encode
+    lm.tok.encode = lambda *a, **k: calls.append(a) or encode(*a, **k)
+    try:
+        pairs = [("Question: which module parses JSON?\nAnswer:", f" {c}") for c in "ABCD"]
+        requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
+        scores = lm.loglikelihood(requests, disable_tqdm=True)
+    finally:
+        lm.tok.encode = encode
+    assert len(calls) == 5  # 4 context + continuation texts and the context once (lm-eval asks for 8)
+    for (got, _), (expected, _) in zip(scores, theirs.loglikelihood(requests, disable_tqdm=True)):
+        assert abs(got - expected) < 1e-4
+    first = lm.tok_encode("def add(a, b):")
+    first.append(-1)
+    assert lm.tok_encode("def add(a, b):") == first[:-1]

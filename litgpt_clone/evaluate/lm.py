@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -30,6 +31,9 @@ from litgpt_clone.api import LLM
 from litgpt_clone.data.batching import length_runs
 from litgpt_clone.evaluate import EvaluationError
 from litgpt_clone.model import head_only_at
+
+ENCODED_TEXTS = 64
+"""How many recently encoded texts ``LitGPTLM.tok_encode`` remembers (a document's requests come one after another)."""
 
 
 @register_model("litgpt_clone")
@@ -68,6 +72,7 @@ class LitGPTLM(TemplateLM):
             raise EvaluationError(f"max_length is {self.max_length}: use a value in [2, {context}] (the model's context)")
         self.rolling_context = int(rolling_context) if rolling_context else self.max_length // 2
         self.max_gen_toks = 256
+        self._encode = functools.lru_cache(maxsize=ENCODED_TEXTS)(self._encode_text)  # per object, freed with it
 
     # ------------------------------------------------------------------ tokens
     @property
@@ -88,11 +93,16 @@ class LitGPTLM(TemplateLM):
         return str(self.tok.checkpoint_dir).replace("/", "__")
 
     def tok_encode(self, string: str, add_special_tokens: Optional[bool] = None, **kwargs) -> list[int]:
-        """Token ids; BOS as the checkpoint adds it, but never a second one in front of a text that starts with it."""
+        """Token ids; BOS as the checkpoint adds it, but never a second one in front of a text that starts with it.
+        The last ``ENCODED_TEXTS`` texts are remembered: lm-eval encodes a context once per continuation (4 times
+        for a multiple-choice question), and a small model's MMLU-shaped run spent a quarter of its time there."""
+        return list(self._encode(string, add_special_tokens))  # a copy: callers may change their list
+
+    def _encode_text(self, string: str, add_special_tokens: Optional[bool]) -> tuple[int, ...]:
         bos = None if add_special_tokens in (None, True) else False
         if add_special_tokens is None and self.tok.bos_id is not None and string.startswith(self.tok.decode([self.tok.bos_id], skip_special_tokens=False)):
             bos = False
-        return self.tok.encode(string, bos=bos).tolist()
+        return tuple(self.tok.encode(string, bos=bos).tolist())
 
     def chat_template(self, chat_template: Union[bool, str] = False) -> Optional[str]:
         return self.tok.chat_template or "" if chat_template else None
