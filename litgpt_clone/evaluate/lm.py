@@ -328,8 +328,9 @@ class LitGPTLM(TemplateLM):
         return collator.get_original(results)
 
 
-MAX_PADDING = 0.25
-"""A batch of sequences sorted longest first ends before padding would pass this share of its tokens."""
+MAX_PADDING = 0.1
+"""A batch of sequences sorted longest first ends before padding would pass this share of its tokens (0.25 before
+2026-11-27: 0.1 ran the 134M MMLU-shaped benchmark 1.15x faster, the same bound as finetuning's sub-batches)."""
 
 
 def common_prefix(seqs: list[list[int]]) -> int:
