@@ -18,17 +18,17 @@ def step():
     torch.nn.functional.cross_entropy(model(x).flatten(0, 1), x.flatten()).backward()
     opt.step()
     opt.zero_grad()
-for _ in range(4):
+for _ in range(6):
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
+for _ in range(16):
     step()
 print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
 def page_faults(mode: str, env=None) -> tuple[str, int]:
-    """(whether keep_freed_memory applied, minor page faults over 10 training steps after 4 warm-up steps)."""
+    """(whether keep_freed_memory applied, minor page faults over 16 training steps after 6 warm-up steps)."""
     proc = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
     applied, faults = proc.stdout.split()
     return applied, int(faults)
@@ -38,9 +38,10 @@ def test_training_steps_reuse_freed_memory_instead_of_faulting_pages_in():
     applied, kept = page_faults("keep")
     _, default = page_faults("default")
     assert applied == "True"
-    # glibc's defaults: up to 16K faults (64 MB of fresh pages) per step; kept: the warm-up steps' pages are reused
-    assert default > 3 * 4096, default  # measured 12K-80K over 6 steps (fewer when other tests run beside it)
-    assert kept <= 4096 + 64, kept  # measured 1 or 4,096 (one 16 MB block)
+    # glibc's defaults: 0-19K faults (up to 76 MB of fresh pages) in each step, unevenly; kept: after the first 3-4
+    # steps the heap has its size and the pages are reused (measured 0-1 faults per step from then on)
+    assert kept <= 2 * 4096 + 64, kept  # at most two stray 16 MB blocks (measured 0-4,097)
+    assert default > max(2 * kept, 4 * 4096), (default, kept)  # measured 26K-115K
 
 
 def test_an_allocator_tuned_by_the_environment_is_left_alone():
