@@ -3,15 +3,19 @@ finetuning (``training/fit.py``).
 
 Interface::
 
-    length_runs(lengths, batch_size, max_padding) -> list[list[int]]
+    length_runs(lengths, batch_size, max_padding=MAX_PADDING) -> list[list[int]]
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+MAX_PADDING = 0.1
+"""The share of a run's tokens that padding may add (evaluation used 0.25 before 2026-11-27: 0.1 ran the 134M
+MMLU-shaped benchmark 1.15x faster)."""
 
-def length_runs(lengths: Sequence[int], batch_size: int, max_padding: float) -> list[list[int]]:
+
+def length_runs(lengths: Sequence[int], batch_size: int, max_padding: float = MAX_PADDING) -> list[list[int]]:
     """The positions of ``lengths`` (sorted longest first) cut into runs of at most ``batch_size`` in which padding
     every sequence to the first (longest) adds at most ``max_padding`` of the run's tokens."""
     runs, run, total = [], [], 0

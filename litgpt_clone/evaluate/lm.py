@@ -3,7 +3,7 @@
 - ``loglikelihood``: lm-eval's ``TemplateLM`` tokenizes (context, continuation) pairs; ``_loglikelihood_tokens``
   reads a context shared by several continuations (multiple choice) once into the KV cache, then scores the
   continuations from there; other requests run as whole sequences in right-padded batches sorted longest first.
-  Batches end where padding would pass ``MAX_PADDING`` of their tokens (``length_runs``).
+  Batches end where padding would pass ``data.batching.MAX_PADDING`` of their tokens (``length_runs``).
   The output layer and the softmax run only at the positions that predict continuation tokens (``HFLM`` runs
   both over every position of context + continuation).
 - ``loglikelihood_rolling``: a text longer than the context is scored in windows of ``max_length`` tokens; each
@@ -170,7 +170,7 @@ class LitGPTLM(TemplateLM):
         progress = tqdm(total=len(requests), disable=disable_tqdm, desc="loglikelihood")
         shared.sort(key=lambda g: -len(g[0]))  # longest context first: the least padding in each batch
         last_token.sort(key=lambda g: -len(g[0]))
-        for run in length_runs([len(ctx) for ctx, *_ in last_token], batch_size, MAX_PADDING):
+        for run in length_runs([len(ctx) for ctx, *_ in last_token], batch_size):
             batch = [last_token[j] for j in run]
             for (*_, idx), scored in zip(batch, self.score_last_tokens(batch)):
                 for i, result in zip(idx, scored):
@@ -185,7 +185,7 @@ class LitGPTLM(TemplateLM):
             progress.update(len(indices))
         length = {i: min(len(requests[i][1]) + len(requests[i][2]) - 1, self.max_length) for i in singles}
         singles.sort(key=lambda i: -length[i])
-        for run in length_runs([length[i] for i in singles], batch_size, MAX_PADDING):
+        for run in length_runs([length[i] for i in singles], batch_size):
             chunk = [singles[j] for j in run]
             for i, result in zip(chunk, self.score_whole([(requests[i][1], requests[i][2]) for i in chunk])):
                 results[i] = result
@@ -196,7 +196,7 @@ class LitGPTLM(TemplateLM):
     def shared_batches(self, groups: list, batch_size: int):
         """Runs of consecutive groups (``length_runs`` of their contexts) whose longest context + longest
         continuation fit in the model's cache."""
-        for run in length_runs([len(ctx) for ctx, *_ in groups], batch_size, MAX_PADDING):
+        for run in length_runs([len(ctx) for ctx, *_ in groups], batch_size):
             batch, cont_max = [], 0
             for group in (groups[i] for i in run):
                 cont_len = max(len(c) for c in group[2]) - 1
@@ -265,7 +265,7 @@ class LitGPTLM(TemplateLM):
             first = picked[ends - 1]  # (G, V): the logits after each context
             prefilled = [(cache.k, cache.v) for cache in caches]  # (G, n_query_groups, cache_len, hs) each
             order = sorted(range(len(conts)), key=lambda i: -len(conts[i][1]))
-            for run in length_runs([len(conts[i][1]) - 1 for i in order], batch_size, MAX_PADDING):
+            for run in length_runs([len(conts[i][1]) - 1 for i in order], batch_size):
                 chunk = [order[j] for j in run]
                 rows = torch.tensor([conts[i][0] for i in chunk], device=self.device)  # (R,): each row's context
                 T = len(conts[chunk[0]][1]) - 1  # the inputs are continuation[:-1]
@@ -326,11 +326,6 @@ class LitGPTLM(TemplateLM):
                 texts = [t + p for t, p in zip(texts, pieces)]
             results.extend(postprocess_generated_text(t, until, None) for t in texts)
         return collator.get_original(results)
-
-
-MAX_PADDING = 0.1
-"""A batch of sequences sorted longest first ends before padding would pass this share of its tokens (0.25 before
-2026-11-27: 0.1 ran the 134M MMLU-shaped benchmark 1.15x faster, the same bound as finetuning's sub-batches)."""
 
 
 def common_prefix(seqs: list[list[int]]) -> int:

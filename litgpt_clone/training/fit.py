@@ -50,11 +50,6 @@ def lr_at(step: int, args: TrainArgs, max_steps: int) -> float:
     return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-MAX_PADDING = 0.1
-"""``learned_only`` on one process: a right-padded batch runs as sub-batches of rows of similar length, each cut
-to its longest row, so that padding stays within this share of the sub-batch's tokens (``length_groups``)."""
-
-
 def batch_loss(fabric, model, x: torch.Tensor, y: torch.Tensor, learned_only: bool) -> torch.Tensor:
     """The mean token cross-entropy of one host batch, run on the device; the output head and the loss run fused
     (``linear_cross_entropy``) wherever the head allows it. With ``learned_only`` (finetuning: the targets are -100
@@ -74,6 +69,7 @@ def batch_loss(fabric, model, x: torch.Tensor, y: torch.Tensor, learned_only: bo
     total = int(learned.sum())
     lengths = torch.where(learned.any(1), learned.shape[1] - learned.flip(1).int().argmax(1), 0).tolist()  # up to the last learned
     groups = length_groups(lengths) if fabric.world_size == 1 and total else [list(range(len(lengths)))]
+    reduction = "sum" if total else "mean"  # sums over the groups, divided by the batch's learned tokens
     loss = None
     for group in groups:
         T = max(lengths[i] for i in group) or y.shape[1]
@@ -83,10 +79,10 @@ def batch_loss(fabric, model, x: torch.Tensor, y: torch.Tensor, learned_only: bo
         if head is None:
             with head_only_at(model, rows):
                 logits = model(xg)  # (N, vocab_size)
-            part = F.cross_entropy(logits.float(), yg, reduction="sum" if total else "mean")
+            part = F.cross_entropy(logits.float(), yg, reduction=reduction)
         else:
             states = model(xg, hidden=True).flatten(0, 1).index_select(0, rows)  # (N, n_embd)
-            part = linear_cross_entropy(states, head, yg, softcap, reduction="sum" if total else "mean")
+            part = linear_cross_entropy(states, head, yg, softcap, reduction=reduction)
         part = part / total if total else part
         loss = part if loss is None else loss + part
     return loss
@@ -94,9 +90,9 @@ def batch_loss(fabric, model, x: torch.Tensor, y: torch.Tensor, learned_only: bo
 
 def length_groups(lengths: list[int]) -> list[list[int]]:
     """The rows with a nonzero length, longest first, in ``length_runs`` whose padding to the run's longest row
-    stays within ``MAX_PADDING`` of its tokens."""
+    stays within ``data.batching.MAX_PADDING`` of its tokens."""
     order = sorted((i for i, n in enumerate(lengths) if n), key=lambda i: -lengths[i])
-    return [[order[j] for j in run] for run in length_runs([lengths[i] for i in order], len(order), MAX_PADDING)]
+    return [[order[j] for j in run] for run in length_runs([lengths[i] for i in order], len(order))]
 
 
 def max_steps_for(args: TrainArgs, seq_length: int, samples: Optional[int]) -> int:
