@@ -41,23 +41,40 @@ CONFIGS = ("tiny-llama", "llama-134m")
 
 
 # ----------------------------------------------------------------------------- one generation per implementation
-def run_ours(model, prompt, new: int, compiled: bool) -> list[tuple[float, float]]:
+SYNC = False  # CUDA (gpu_decode.py): wait for the device before each time mark
+
+
+def mark() -> tuple[float, float]:
+    if SYNC:
+        import torch
+
+        torch.cuda.synchronize()
+    return time.perf_counter(), time.process_time()
+
+
+def run_ours(model, prompts, new: int, compiled: bool) -> list[tuple[float, float]]:
+    """``prompts``: (B, T) token ids; one mark before the call and one per step (all rows' tokens out)."""
     from litgpt_clone.generate import stream
 
-    marks = [(time.perf_counter(), time.process_time())]
-    for _ in stream(model, [prompt], new, compile=compiled):
-        marks.append((time.perf_counter(), time.process_time()))
+    marks = [mark()]
+    for _ in stream(model, list(prompts), new, compile=compiled):
+        marks.append(mark())
     return marks
 
 
-def run_litgpt(model, prompt, new: int, compiled: bool) -> list[tuple[float, float]]:
-    from litgpt.generate.base import generate_fn
+def run_litgpt(model, prompts, new: int, compiled: bool) -> list[tuple[float, float]]:
+    from litgpt.generate.base import batched_generate_fn, generate_fn
 
     for block in model.transformer.h:  # as `litgpt generate` does between samples
         block.attn.kv_cache.reset_parameters()
-    marks = [(time.perf_counter(), time.process_time())]
-    for _ in generate_fn(model, prompt, prompt.size(0) + new, temperature=0.0, include_prompt=False, include_eos=True):
-        marks.append((time.perf_counter(), time.process_time()))
+    total = prompts.size(1) + new
+    marks = [mark()]
+    if prompts.size(0) == 1:
+        tokens = generate_fn(model, prompts[0], total, temperature=0.0, include_prompt=False, include_eos=True)
+    else:
+        tokens = batched_generate_fn(model, prompts, total, sample_args=dict(temperature=0.0), include_prompt=False, include_eos=True)
+    for _ in tokens:
+        marks.append(mark())
     return marks
 
 
@@ -70,33 +87,33 @@ class _Clock:
 
     def put(self, value) -> None:
         if self.prompt_seen:
-            self.marks.append((time.perf_counter(), time.process_time()))
+            self.marks.append(mark())
         self.prompt_seen = True
 
     def end(self) -> None:
         pass
 
 
-def run_transformers(model, prompt, new: int, compiled: bool) -> list[tuple[float, float]]:
+def run_transformers(model, prompts, new: int, compiled: bool) -> list[tuple[float, float]]:
     import torch
 
     clock = _Clock()
-    start = (time.perf_counter(), time.process_time())
-    ids = prompt[None]
+    start = mark()
     model.generate(
-        ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=True,
+        prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=True,
         streamer=clock, pad_token_id=0, eos_token_id=None,
     )
     return [start, *clock.marks]
 
 
-def prepare(impl: str, model, total: int, compiled: bool):
+def prepare(impl: str, model, total: int, compiled: bool, batch: int = 1):
     """Per-implementation setup before the first generation: KV cache (litgpt), compilation switches."""
     import torch
 
     if impl == "litgpt":
         model.max_seq_length = total  # litgpt generate: max_returned_tokens
-        model.set_kv_cache(batch_size=1)
+        param = next(model.parameters())
+        model.set_kv_cache(batch_size=batch, device=param.device, dtype=param.dtype)
         if compiled:
             import litgpt.generate.base as base
 
@@ -123,7 +140,7 @@ def worker(impl: str, config_name: str, mode: str, args: argparse.Namespace) -> 
     base_rss = fb.current_rss_bytes()
     model = prepare(impl, make().eval(), total, mode == "compiled")
     n_params = sum(p.numel() for p in model.parameters())
-    prompt = torch.randint(0, spec["vocab_size"], (args.prompt,))
+    prompt = torch.randint(0, spec["vocab_size"], (1, args.prompt))
     runs = []
     with torch.inference_mode():
         for i in range(args.warmup + args.reps):

@@ -8,7 +8,8 @@ The checkpoint is written once (22 layers, n_embd 2048, 32 heads / 4 KV groups, 
 context 2048; a word-level tokenizer of 32000 tokens) and both servers load it. Clients (``benchmarks/serve.py``'s
 ``level``) stream ``/v1/completions`` of random 128-token prompts (token ids), greedy, between half and 1.5x
 ``--max-tokens`` new tokens each, and report aggregate output tokens/s and p50/p95 time to first token at 1, 8, 32
-and 64 concurrent clients.
+and 64 concurrent clients. The one-at-a-time server runs at 1 and 8 clients: its aggregate rate is its single-stream
+rate whatever the number waiting, and 64 clients would take minutes for no new figure.
 
     python benchmarks/gpu_serve.py                 # on a CUDA machine
     .venv/bin/python benchmarks/gpu_serve.py --smoke   # a tiny model on CPU: checks the script end to end
@@ -94,7 +95,7 @@ def main() -> None:
         raise SystemExit("gpu_serve.py needs a CUDA GPU (use --smoke to check the script on CPU)")
     shape = SMOKE if args.smoke else TINYLLAMA
     clients = args.clients or ([1, 4] if args.smoke else [1, 8, 32, 64])
-    baseline_clients = args.baseline_clients or ([1, 4] if args.smoke else [1, 64])
+    baseline_clients = args.baseline_clients or ([1, 4] if args.smoke else [1, 8])
     max_tokens = args.max_tokens or (16 if args.smoke else 64)
     accelerator, precision = ("cpu", "32-true") if args.smoke else ("cuda", "bf16-true")
     work = Path(tempfile.mkdtemp(prefix="gpu-serve-bench-"))
@@ -137,8 +138,11 @@ def main() -> None:
     top = max(clients)
     if ("batched", 1) in by and ("batched", top) in by:
         print(f"batched: p50 TTFT at {top} clients / at 1 client = {by[('batched', top)]['ttft_p50'] / by[('batched', 1)]['ttft_p50']:.2f}x (target <= 2x)")
-    if ("batched", top) in by and ("one-at-a-time", top) in by:
-        print(f"aggregate tok/s at {top} clients, batched / one at a time = {by[('batched', top)]['tokens_per_s'] / by[('one-at-a-time', top)]['tokens_per_s']:.1f}x")
+    # one at a time, the aggregate rate does not depend on how many clients wait: compare with its largest level
+    base = max((n for server, n in by if server == "one-at-a-time"), default=None)
+    if ("batched", top) in by and base is not None:
+        print(f"aggregate tok/s, batched at {top} clients / one at a time at {base} = "
+              f"{by[('batched', top)]['tokens_per_s'] / by[('one-at-a-time', base)]['tokens_per_s']:.1f}x (target >= 10x)")
     print(f"total wall time {time.perf_counter() - t0:.0f}s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
