@@ -175,12 +175,28 @@ def bench_config(name: str, args: argparse.Namespace, words: list[str], root: Pa
                 wall, cpu, outputs[impl] = timed(lms[impl], requests)
                 best[impl] = (min(best[impl][0], wall), min(best[impl][1], cpu))
                 print(f"  {name} {kind} round {r} {impl}: {len(requests) / wall:.1f} req/s ({wall:.2f} s wall, {cpu:.2f} s CPU)", flush=True)
+        if args.profile:
+            profile_call(lambda: timed(lms["ours"], requests), f"{name} {kind} ours")
         diff = max(abs(a[0] - b[0]) for a, b in zip(outputs["ours"], outputs["hflm"]))
         for impl in lms:
             wall, cpu = best[impl]
             rows.append(dict(config=name, params_m=n_params / 1e6, task=kind, requests=len(requests), tokens=n_tokens, impl=impl,
                              req_s=len(requests) / wall, cpu_req_s=len(requests) / cpu, wall_s=wall, max_abs_diff=diff))
     return rows
+
+
+def profile_call(call, label: str) -> None:
+    """Print the functions that take the most time in ``call()``, by own time and by time with their callees."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.runcall(call)
+    for key in ("tottime", "cumulative"):
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats(key).print_stats(25)
+        print(f"--- profile of {label}, by {key}\n" + "\n".join(text.getvalue().strip().splitlines()[3:]), flush=True)
 
 
 def print_table(rows: list[dict]) -> None:
@@ -211,6 +227,7 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("--profile", action="store_true", help="after the rounds, where ours spends its time (cProfile, top 25)")
     return parser
 
 

@@ -1,5 +1,7 @@
 """The fused output head + cross-entropy gives the loss and gradients of the unfused ``F.cross_entropy(head(h))``."""
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -103,3 +105,41 @@ def test_frozen_head_gets_no_weight_gradient():
     expected = torch.autograd.grad(F.cross_entropy(head(hidden), targets), hidden)[0]
     torch.testing.assert_close(hidden.grad, expected, atol=1e-6, rtol=1e-5)
     assert head.weight.grad is None and head.bias.grad is None
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+@pytest.mark.parametrize("learned_only", [False, True])
+def test_fit_runs_the_fused_head_in_bf16(precision, learned_only):
+    """Under bf16-mixed the loss runs outside the model's autocast and under bf16-true Fabric hands the hidden states
+    back in fp32: either way the head's matmuls (vocab-sized) must run in bf16, as the model's own layers do, not in
+    fp32 (on a GPU that was 2-3x slower pretraining) or on mismatched dtypes (bf16-true finetuning failed)."""
+    from lightning.fabric import Fabric
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from litgpt_clone.training.fit import batch_loss
+
+    vocab = 101  # no other layer has this width
+    seen = []
+
+    class VocabMatmuls(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.mm.out):
+                mats = [a for a in args if isinstance(a, torch.Tensor) and a.dim() == 2]
+                if any(vocab in m.shape for m in mats):
+                    seen.append({m.dtype for m in mats})
+            return func(*args, **(kwargs or {}))
+
+    fabric = Fabric(accelerator="cpu", devices=1, precision=precision)
+    torch.manual_seed(0)
+    with fabric.init_module():
+        model = GPT(Config(n_layer=1, n_embd=32, n_head=4, vocab_size=vocab, block_size=16))
+    model.init_weights()
+    model = fabric.setup(model)
+    x, y = torch.randint(0, vocab, (2, 16)), torch.randint(0, vocab, (2, 16))
+    y[:, :5] = -100  # a prompt
+    with VocabMatmuls():
+        loss = batch_loss(fabric, model, x, y, learned_only)
+        fabric.backward(loss)
+    assert seen and all(dtypes == {torch.bfloat16} for dtypes in seen), seen
+    assert len(seen) == 3  # forward logits, hidden gradient, weight gradient: one chunk each
+    assert abs(loss.item() - math.log(vocab)) < 0.5  # random init: about log(vocab)

@@ -64,7 +64,8 @@ def batch_loss(fabric, model, x: torch.Tensor, y: torch.Tensor, learned_only: bo
         x, y = fabric.to_device((x, y))
         if head is None:
             return loss_fn(model(x), y)
-        return linear_cross_entropy(model(x, hidden=True).flatten(0, 1), head, y.flatten(), softcap)
+        with fabric.autocast():  # bf16-mixed: the head's matmuls in bf16, as they would run inside the model
+            return linear_cross_entropy(model(x, hidden=True).flatten(0, 1), head, y.flatten(), softcap)
     learned = y != -100  # (B, T)
     total = int(learned.sum())
     lengths = torch.where(learned.any(1), learned.shape[1] - learned.flip(1).int().argmax(1), 0).tolist()  # up to the last learned
@@ -82,7 +83,8 @@ def batch_loss(fabric, model, x: torch.Tensor, y: torch.Tensor, learned_only: bo
             part = F.cross_entropy(logits.float(), yg, reduction=reduction)
         else:
             states = model(xg, hidden=True).flatten(0, 1).index_select(0, rows)  # (N, n_embd)
-            part = linear_cross_entropy(states, head, yg, softcap, reduction=reduction)
+            with fabric.autocast():
+                part = linear_cross_entropy(states, head, yg, softcap, reduction=reduction)
         part = part / total if total else part
         loss = part if loss is None else loss + part
     return loss

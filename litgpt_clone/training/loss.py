@@ -52,6 +52,8 @@ def linear_cross_entropy(
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
     rows = rows or chunk_rows(head.out_features, hidden.device)
+    if not torch.is_autocast_enabled(hidden.device.type) and hidden.dtype != head.weight.dtype:
+        hidden = hidden.to(head.weight.dtype)  # e.g. bf16-true: Fabric hands the model's output back in fp32
     return _LinearCrossEntropy.apply(hidden, head.weight, head.bias, targets, softcap, reduction == "mean", rows)
 
 
@@ -59,6 +61,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, softcap, mean, rows):
         wide = torch.promote_types(weight.dtype, torch.float32)  # logits and sums over chunks in fp32 at least
+        device = hidden.device.type  # the matmuls run in autocast's dtype under autocast (bf16-mixed), else the weights'
+        compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        w = weight.to(compute)  # cast once, not per chunk (a no-op unless autocast narrows fp32 weights)
+        b = None if bias is None else bias.to(compute)
         valid = targets != -100
         safe = targets.clamp(min=0)
         scale = 1 / valid.sum().clamp(min=1).to(wide) if mean else torch.ones((), dtype=wide, device=hidden.device)
@@ -68,10 +74,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=wide) if need_weight else None
         grad_bias = torch.zeros_like(bias, dtype=wide) if need_bias else None
         total = torch.zeros((), dtype=wide, device=hidden.device)
-        in_place = hidden.dtype == weight.dtype == wide and not torch.is_autocast_enabled(hidden.device.type)
+        in_place = hidden.dtype == compute == wide
         for start in range(0, hidden.shape[0], rows):
-            h, t, keep = hidden[start : start + rows], safe[start : start + rows, None], valid[start : start + rows]
-            z = F.linear(h, weight, bias).to(wide)  # (rows, vocab)
+            h, t, keep = hidden[start : start + rows].to(compute), safe[start : start + rows, None], valid[start : start + rows]
+            z = F.linear(h, w, b).to(wide)  # (rows, vocab)
             if softcap is not None:
                 capped = torch.tanh(z / softcap)
                 z = capped * softcap
@@ -86,15 +92,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             g.mul_(weight_of_row / norm).scatter_add_(1, t, -weight_of_row)  # (softmax - one-hot) * weight: d loss / d z
             if softcap is not None:
                 g.mul_(1 - capped * capped)  # through tanh
-            g = g.to(h.dtype)
+            g = g.to(compute)
             if in_place:  # no (rows x C) or (vocab x C) temporary per chunk
                 if need_hidden:
-                    torch.mm(g, weight, out=grad_hidden[start : start + rows])
+                    torch.mm(g, w, out=grad_hidden[start : start + rows])
                 if need_weight:
                     grad_weight.addmm_(g.t(), h)
-            else:  # autocast picks the matmuls' dtype, or the sums are wider than the weights
+            else:  # narrower matmuls (bf16) than the hidden states or the sums of the weight gradient (fp32)
                 if need_hidden:
-                    grad_hidden[start : start + rows] = g @ weight.to(g.dtype)
+                    grad_hidden[start : start + rows] = g @ w
                 if need_weight:
                     grad_weight.add_(g.t() @ h)
             if need_bias:
