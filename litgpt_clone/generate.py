@@ -196,18 +196,42 @@ def stream(
     T = tokens.size(1)
     slots = torch.arange(T, T + max_new_tokens, device=device)  # the cache slot of each decode step
     step_fn = compiled_decode(device.type) if compile else decode_one_token
-    logits = prefill(model, tokens, rope_pos, key_mask)
+    token = sample(prefill(model, tokens, rope_pos, key_mask), generator=generator, **sampling)  # (B,)
     done = [False] * B
     for i in range(max_new_tokens):
-        token = sample(logits, generator=generator, **sampling)  # (B,)
-        new = token.tolist()
+        on_host = HostTokens(token)
+        if i < max_new_tokens - 1:  # queue the next step before waiting for this one's tokens (see HostTokens)
+            input_pos = slots[i : i + 1]  # (1,)
+            row_pos = None if rope_pos is None else (input_pos - pad).view(B, 1)  # (B, 1)
+            logits = run_decode(step_fn, compile, model, token.view(B, 1), input_pos, row_pos, key_mask)
+            token = sample(logits, generator=generator, **sampling)
+        new = on_host.tolist()
         done = [d or t in stop_ids for d, t in zip(done, new)]
         yield [[] if d else [t] for t, d in zip(new, done)]
-        if i == max_new_tokens - 1 or all(done):
+        if all(done):
             return
-        input_pos = slots[i : i + 1]  # (1,)
-        row_pos = None if rope_pos is None else (input_pos - pad).view(B, 1)  # (B, 1)
-        logits = run_decode(step_fn, compile, model, token.view(B, 1), input_pos, row_pos, key_mask)
+
+
+class HostTokens:
+    """A step's sampled tokens on their way to the host. On CUDA the copy goes to pinned memory behind an event, so
+    the loop can queue the next decode step (which needs only the tokens on the device) before it waits: the GPU
+    runs step i + 1 while the host reads step i's tokens, checks stop ids and yields, instead of idling through all
+    of that host work every token. After a row stops, at most one step was queued for nothing."""
+
+    def __init__(self, token: torch.Tensor) -> None:
+        self.event = None
+        if token.device.type == "cuda":
+            self.host = torch.empty(token.shape, dtype=token.dtype, pin_memory=True)
+            self.host.copy_(token, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = token
+
+    def tolist(self) -> list[int]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.tolist()
 
 
 def speculative(
