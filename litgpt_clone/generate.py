@@ -9,8 +9,9 @@
   stops on its own stop id. With ``draft_model`` a batch of one is decoded speculatively.
 - ``generate`` collects ``stream``; ``TextStream`` turns one row's growing tokens into text pieces that never
   split a multi-byte character and end at stop strings (``litgpt_clone.api.LLM`` streams text with it).
-- ``compile=True`` runs the decode step through ``torch.compile`` (inductor on CPU, CUDA graphs via
-  ``mode="reduce-overhead"`` on GPU); the prefill stays eager (SDPA).
+- ``compile=True`` runs the decode step through ``torch.compile`` (inductor with its C++ wrapper on CPU, CUDA
+  graphs via ``mode="reduce-overhead"`` on GPU); the prefill stays eager (SDPA). On a GPU the loop queues the
+  next step before it reads this step's tokens on the host (``HostTokens``).
 """
 
 from __future__ import annotations
