@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (the device tool's `run`, from the repo root, with `carry: ["gpu_wheels"]`): install the
 # wheels made here by `benchmarks/gpu_wheels.py` (the machine has no network) and this repo once, then run GPU
-# benchmarks one after another. Each job is "SECONDS:script.py [args]": it is stopped after SECONDS (0: no cap) and
-# the next one runs anyway; its output also lands in $OUT/<script>.log, which the device tool brings back.
+# benchmarks one after another. Each job is "SECONDS:script.py [args]" (a script in benchmarks/) or "SECONDS:command
+# [args]" (e.g. "120:python3 -m pytest -q -m gpu tests/"): it is stopped after SECONDS (0: no cap) and the next one
+# runs anyway; its output also lands in $OUT/<script or command>.log, which the device tool brings back.
 #   bash benchmarks/gpu_run.sh "0:gpu_pretrain.py"
 #   bash benchmarks/gpu_run.sh "120:gpu_finetune.py --budget 110" "240:gpu_pretrain.py --budget 230" "100:gpu_serve.py"
 set -uo pipefail
@@ -19,11 +20,13 @@ echo "installed in $((SECONDS - start))s"
 for job in "$@"; do
   cap="${job%%:*}"; read -r -a cmd <<< "${job#*:}"
   script="${cmd[0]}"; began=$SECONDS
-  echo "=== $script ${cmd[*]:1} (cap ${cap}s, at ${began}s)"
+  if [[ "$script" == *.py ]]; then cmd=(python3 "benchmarks/$script" "${cmd[@]:1}"); fi  # else a command, e.g. "python3 -m pytest -m gpu"
+  log="$out/$(basename "${script%.py}").log"
+  echo "=== ${cmd[*]} (cap ${cap}s, at ${began}s)"
   if [ "$cap" -gt 0 ]; then
-    timeout --kill-after=10 "$cap" python3 "benchmarks/$script" "${cmd[@]:1}" 2>&1 | tee "$out/${script%.py}.log"
+    timeout --kill-after=10 "$cap" "${cmd[@]}" 2>&1 | tee "$log"
   else
-    python3 "benchmarks/$script" "${cmd[@]:1}" 2>&1 | tee "$out/${script%.py}.log"
+    "${cmd[@]}" 2>&1 | tee "$log"
   fi
   echo "=== $script: exit ${PIPESTATUS[0]} after $((SECONDS - began))s"
 done
