@@ -12,7 +12,7 @@ Multi-node runs use Fabric's launchers: ``torchrun --nnodes N --nproc-per-node G
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal, Optional, Union
 
 import torch
 from torch import nn
@@ -60,17 +60,24 @@ def checkpoint_blocks(model: GPT) -> None:
 def compile_model(model: GPT, how: Compile) -> None:
     """``true``/``blocks``: one compiled graph per Block, shared by all layers (fastest to compile; composes with
     FSDP2's per-Block sharding). ``model``: the whole GPT in one graph (embedding, blocks, final norm: faster steps
-    where the code between blocks counts; the pretrain command refuses it with FSDP2)."""
+    where the code between blocks counts; the pretrain command refuses it with FSDP2). On CPU, inductor builds
+    each graph's wrapper in C++ (``cpp_wrapper``): the per-call Python around the kernels counts there."""
+    options = compile_options(model)
     if how == "model":
-        model.compile()
+        model.compile(options=options)
     elif how:
-        compile_blocks(model)
+        compile_blocks(model, options)
 
 
-def compile_blocks(model: nn.Module) -> None:
+def compile_options(model: nn.Module) -> dict:
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    return {"cpp_wrapper": True} if on_cpu else {}
+
+
+def compile_blocks(model: nn.Module, options: Optional[dict] = None) -> None:
     """Compile each Block in place (``nn.Module.compile``): repeated blocks share one compiled graph."""
     for block in model.transformer.h:
-        block.compile()
+        block.compile(options=options or compile_options(block))
 
 
 def device_peak_flops(device: torch.device, precision: str) -> float | None:
