@@ -204,20 +204,33 @@ def stream(
     T = tokens.size(1)
     slots = torch.arange(T, T + max_new_tokens, device=device)  # the cache slot of each decode step
     step_fn = compiled_decode(device.type) if compile else decode_one_token
+
+    def next_token(i: int, token: torch.Tensor) -> torch.Tensor:  # step i: the tokens of step i in, step i + 1's out
+        input_pos = slots[i : i + 1]  # (1,)
+        row_pos = None if rope_pos is None else (input_pos - pad).view(B, 1)  # (B, 1)
+        logits = run_decode(step_fn, compile, model, token.view(B, 1), input_pos, row_pos, key_mask, same_as_last=i > 0)
+        return sample(logits, generator=generator, **sampling)
+
+    # On a GPU, from the second token on, step i + 1 is queued before the host waits for step i's tokens (see
+    # HostTokens); the first token goes out as soon as the prefill is done. On a CPU nothing would overlap.
+    ahead = device.type in QUEUE_AHEAD
     token = sample(prefill(model, tokens, rope_pos, key_mask), generator=generator, **sampling)  # (B,)
     done = [False] * B
     for i in range(max_new_tokens):
-        on_host = HostTokens(token)
-        if i < max_new_tokens - 1:  # queue the next step before waiting for this one's tokens (see HostTokens)
-            input_pos = slots[i : i + 1]  # (1,)
-            row_pos = None if rope_pos is None else (input_pos - pad).view(B, 1)  # (B, 1)
-            logits = run_decode(step_fn, compile, model, token.view(B, 1), input_pos, row_pos, key_mask, same_as_last=i > 0)
-            token = sample(logits, generator=generator, **sampling)
+        on_host, more = HostTokens(token), i < max_new_tokens - 1
+        if more and ahead and i > 0:
+            token = next_token(i, token)
         new = on_host.tolist()
         done = [d or t in stop_ids for d, t in zip(done, new)]
         yield [[] if d else [t] for t, d in zip(new, done)]
         if all(done):
             return
+        if more and not (ahead and i > 0):
+            token = next_token(i, token)
+
+
+QUEUE_AHEAD = {"cuda"}
+"""Device types on which ``stream`` queues the next decode step before it reads the current one's tokens."""
 
 
 class HostTokens:

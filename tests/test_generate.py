@@ -289,6 +289,28 @@ def test_seed_gives_the_same_text(llama):
     assert not torch.equal(a, generate(model, [prompt], 20)[0])  # it really sampled
 
 
+def test_queueing_the_next_step_ahead_gives_the_same_tokens(llama, monkeypatch):
+    """On a GPU ``stream`` queues step i + 1 before reading step i's tokens; forced on here, the tokens (greedy with
+    rows stopping at different steps, and seeded sampling) are the ones of the step-by-step loop."""
+    import litgpt_clone.generate as gen
+
+    _, _, tokenizer, model = llama
+    prompts = [tokenizer.encode(p) for p in PROMPTS]
+    stops = set(tokenizer.stop_ids)
+
+    def runs():
+        greedy = [t.tolist() for t in generate(model, prompts, 12)]
+        stop_at = {greedy[0][3], greedy[2][6]}  # row 0 ends after 3 tokens, row 2 after 6, row 1 runs to 12
+        return (greedy, [t.tolist() for t in generate(model, prompts, 12, stop_ids=stops | stop_at)],
+                [t.tolist() for t in generate(model, prompts, 12, temperature=1.0, top_k=20, seed=7)])
+
+    step_by_step = runs()
+    monkeypatch.setattr(gen, "QUEUE_AHEAD", {"cpu", "cuda"})
+    ahead = runs()
+    assert ahead == step_by_step
+    assert [len(row) for row in ahead[1]] == [3, len(ahead[1][1]), 6] and len(ahead[0][1]) == 12
+
+
 # ----------------------------------------------------------------------------- compile and speculative decoding
 @pytest.mark.slow
 def test_compiled_decode_equals_eager(llama):
