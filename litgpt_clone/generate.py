@@ -379,16 +379,22 @@ def generate(
 class TextStream:
     """One row's growing tokens as text, handed out in pieces that are safe to print.
 
-    Every call decodes the whole sequence and hands out the new suffix, so a character made of several tokens
-    (UTF-8 bytes of byte-level BPE) comes out whole: a trailing U+FFFD, the mark of an unfinished character, is
-    held back. So is a tail that could be the start of a stop string; once a stop string appears, the text ends
-    just before it (``stopped`` turns True) and later tokens are ignored.
+    Each call decodes only a short window of the latest tokens: the ids since the last point where the text was
+    complete, with a few tokens before it for context (a decoder may treat the first token of a call differently,
+    e.g. SentencePiece drops its leading space), and appends the window's new text. So a call costs the same at
+    token 10 and at token 10,000 (decoding the whole sequence every time made a long generation quadratic). A
+    character made of several tokens (UTF-8 bytes of byte-level BPE) comes out whole: while the window's text ends
+    in U+FFFD, the mark of an unfinished character, it is held back. So is a tail that could be the start of a stop
+    string; once a stop string appears, the text ends just before it (``stopped`` turns True) and later tokens are
+    ignored.
     """
 
     def __init__(self, tokenizer, stop_strings: Optional[Sequence[str]] = None) -> None:
         self.tokenizer = tokenizer
         self.stop_strings = [s for s in (stop_strings or ()) if s]
         self.ids: list[int] = []
+        self.done = ""  # the text of ids[:read]: complete characters
+        self.context = self.read = 0  # ids[context:read] are decoded again with each window, for context
         self.text = ""
         self.sent = 0  # characters of `text` handed out
         self.stopped = False
@@ -398,8 +404,15 @@ class TextStream:
         if self.stopped:
             return ""
         self.ids.extend(ids)
-        self.text = self.tokenizer.decode(self.ids)
-        found = [i for i in (self.text.find(s) for s in self.stop_strings) if i >= 0]
+        before = self.tokenizer.decode(self.ids[self.context : self.read])
+        window = self.tokenizer.decode(self.ids[self.context :])
+        if window.startswith(before):  # the new ids' text is what the window adds
+            self.text = self.done + window[len(before) :]
+        else:  # a decoder whose earlier text changed with the new ids: the whole sequence decides (rare)
+            self.text = self.tokenizer.decode(self.ids)
+        if not self.text.endswith("\ufffd"):  # complete characters: later windows start here
+            self.done, self.context, self.read = self.text, self.read, len(self.ids)
+        found = [i for i in (self.text.find(s, max(0, self.sent - len(s))) for s in self.stop_strings) if i >= 0]
         if found:
             self.stopped = True
             self.text = self.text[: min(found)]

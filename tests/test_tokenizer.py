@@ -374,3 +374,37 @@ def test_tokenizer_files():
     needed = {"tokenizer.json", "tokenizer.model", "tokenizer_config.json", "generation_config.json"}
     assert needed <= set(TOKENIZER_FILES)
     assert len(set(TOKENIZER_FILES)) == len(TOKENIZER_FILES)
+
+
+@pytest.mark.parametrize("kind", ["hf", "sp", "sp_nfkc"])
+def test_text_stream_pieces_add_up_to_the_whole_decode_at_a_constant_cost(dirs, kind):
+    """Streamed text (one token at a time, or a few) is exactly ``decode`` of all the ids, for byte-level BPE and
+    SentencePiece (leading spaces, byte fallback), real text and random ids alike; and each step decodes a short
+    window, not the whole sequence (a 2,000-token stream decodes about 4 ids per token, not 1,000)."""
+    import random
+
+    from litgpt_clone.generate import TextStream
+
+    tokenizer = Tokenizer(dirs[kind])
+    rng = random.Random(0)
+    texts = [CORPUS, "Café 日本語 😀👍 déjà vu\n\n  two  spaces, then a tab\tend."]
+    sequences = [tokenizer.encode(t, bos=False).tolist() for t in texts]
+    sequences += [[rng.randrange(tokenizer.vocab_size) for _ in range(300)] for _ in range(3)]  # special, partial bytes
+    for ids in sequences:
+        for chunk in (1, 3):
+            stream_ = TextStream(tokenizer)
+            pieces = [stream_.add(ids[i : i + chunk]) for i in range(0, len(ids), chunk)] + [stream_.flush()]
+            assert "".join(pieces) == tokenizer.decode(ids)
+
+    class Counting:  # the same tokenizer, counting the ids each decode call is given
+        decoded = 0
+
+        def decode(self, ids):
+            Counting.decoded += len(ids)
+            return tokenizer.decode(ids)
+
+    ids = (tokenizer.encode(CORPUS, bos=False).tolist() * 40)[:2000]
+    stream_ = TextStream(Counting())
+    text = "".join(stream_.add([i]) for i in ids) + stream_.flush()
+    assert text == tokenizer.decode(ids)
+    assert Counting.decoded < 8 * len(ids), Counting.decoded
