@@ -52,8 +52,6 @@ def linear_cross_entropy(
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', not {reduction!r}")
     rows = rows or chunk_rows(head.out_features, hidden.device)
-    if not torch.is_autocast_enabled(hidden.device.type) and hidden.dtype != head.weight.dtype:
-        hidden = hidden.to(head.weight.dtype)  # e.g. bf16-true: Fabric hands the model's output back in fp32
     return _LinearCrossEntropy.apply(hidden, head.weight, head.bias, targets, softcap, reduction == "mean", rows)
 
 
@@ -61,7 +59,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, softcap, mean, rows):
         wide = torch.promote_types(weight.dtype, torch.float32)  # logits and sums over chunks in fp32 at least
-        device = hidden.device.type  # the matmuls run in autocast's dtype under autocast (bf16-mixed), else the weights'
+        # the matmuls run in autocast's dtype under autocast (bf16-mixed), else the weights' (bf16-true, where Fabric
+        # hands the hidden states back in fp32): each chunk of hidden states is cast to it
+        device = hidden.device.type
         compute = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
         w = weight.to(compute)  # cast once, not per chunk (a no-op unless autocast narrows fp32 weights)
         b = None if bias is None else bias.to(compute)
