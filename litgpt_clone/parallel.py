@@ -12,7 +12,7 @@ Multi-node runs use Fabric's launchers: ``torchrun --nnodes N --nproc-per-node G
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Literal, Union
 
 import torch
 from torch import nn
@@ -74,10 +74,10 @@ def compile_options(model: nn.Module) -> dict:
     return {"cpp_wrapper": True} if on_cpu else {}
 
 
-def compile_blocks(model: nn.Module, options: Optional[dict] = None) -> None:
+def compile_blocks(model: nn.Module, options: dict) -> None:
     """Compile each Block in place (``nn.Module.compile``): repeated blocks share one compiled graph."""
     for block in model.transformer.h:
-        block.compile(options=options or compile_options(block))
+        block.compile(options=options)
 
 
 def device_peak_flops(device: torch.device, precision: str) -> float | None:
