@@ -7,7 +7,7 @@ process of this script (``--worker``), in the order ours-lora, ours-qlora, litgp
 
 - ``ours``: the path ``litgpt_clone finetune lora [--quantize bnb.nf4]`` takes: ``build_fabric`` (bf16-true),
   ``GPT`` built under ``fabric.init_module``, ``quantize`` (QLoRA), ``inject_lora``, ``build_optimizer`` (torch
-  AdamW over the adapters, fused on CUDA) and the shared ``fit`` loop with ``learned_only=True``, as finetune runs it;
+  AdamW over the adapters, fused, as train_and_save builds it) and the shared ``fit`` loop with ``learned_only=True``, as finetune runs it;
 - ``litgpt``: what ``litgpt finetune_lora [--quantize bnb.nf4]`` does: ``litgpt.lora.GPT`` built under
   ``fabric.init_module`` (QLoRA: Fabric's ``BitsandbytesPrecision("nf4", bfloat16)`` plugin, ``bnb.optim.PagedAdamW``
   and the ``StableEmbedding`` swap; LoRA: bf16-true and torch ``AdamW``), ``mark_only_lora_as_trainable`` and its
@@ -129,7 +129,7 @@ def worker_ours(method: str, args) -> dict:
     model = fabric.setup(model)
     train = TrainArgs(global_batch_size=B, micro_batch_size=B, max_steps=steps, max_seq_length=T, lr=2e-4, warmup_steps=2,
                       min_lr=0.0, weight_decay=0.0, save_interval=None, log_interval=1, max_norm=None)
-    optimizer = fabric.setup_optimizers(build_optimizer(model, "AdamW", train, fused=fabric.device.type == "cuda"))
+    optimizer = fabric.setup_optimizers(build_optimizer(model, "AdamW", train, fused=True))
     setup_s = time.perf_counter() - t0
 
     class Rows:
