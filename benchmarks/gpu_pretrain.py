@@ -19,7 +19,7 @@ Every (implementation, model) pair runs in a fresh child process of this script 
 Tokens/s is steady state: the tokens of the steps after ``--skip`` over their wall time (each step ends with a host
 sync: the loss ``.item()``). MFU = tokens/s x (6 N + 12 L d T) / peak, with N the parameters without the input
 embedding, L layers, d the attention width, T the sequence length; peak = 989 TFLOP/s bf16 dense on H100/H200 (the
-table in ``litgpt_clone.parallel.device_peak_flops``). Peak memory: ``torch.cuda.max_memory_allocated``.
+table in ``litgpt_clone.parallel.gpu_peak_flops``). Peak memory: ``torch.cuda.max_memory_allocated``.
 
     python benchmarks/gpu_pretrain.py                   # on a GPU: both models, both implementations (< 8 min)
     python benchmarks/gpu_pretrain.py --smoke           # anywhere: tiny shapes, a few steps, CPU if no GPU
@@ -202,15 +202,6 @@ def device_name(device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
 
 
-def peak_flops_for(device: str, precision: str) -> float | None:
-    """Dense bf16 peak FLOP/s by GPU name (H100/H200: 989 TFLOP/s), as ``litgpt_clone.parallel.device_peak_flops``."""
-    table = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12, "4090": 165e12}
-    peak = next((v for k, v in table.items() if k in device), None)
-    if peak is not None and "32" in precision:
-        peak /= 2
-    return peak
-
-
 # ----------------------------------------------------------------------------- orchestrator
 def litgpt_interpreter(path: str) -> tuple[str | None, str]:
     """An interpreter that can ``import litgpt``, or None and why not."""
@@ -271,6 +262,9 @@ def main() -> None:
         print(RESULT_TAG + json.dumps(result), flush=True)
         return
 
+    sys.path.insert(0, str(REPO_ROOT))
+    from litgpt_clone.parallel import gpu_peak_flops  # the table the pretrain command's MFU uses
+
     pythons = {"ours": sys.executable}
     impls = list(args.impls)
     if "litgpt" in impls:
@@ -299,7 +293,7 @@ def main() -> None:
                 continue
             timed = r["step_times"][r["skip"]:]
             r["tokens_per_sec"] = len(timed) * r["B"] * r["T"] / sum(timed)
-            peak = peak_flops_for(r["device"], args.precision)
+            peak = gpu_peak_flops(r["device"], args.precision)
             r["mfu"] = r["tokens_per_sec"] * r["flops_per_token"] / peak if peak else None
             print(f"  {name:15s} {impl:6s} {r['tokens_per_sec']:10,.0f} tok/s  MFU {fmt_pct(r['mfu'])}  first step "
                   f"{r['step_times'][0]:6.1f}s  peak {r['peak_gb']:6.2f} GB  loss {r['final_loss']:.3f}  worker {r['wall_s']:.0f}s  "

@@ -82,9 +82,11 @@ def compile_blocks(model: nn.Module, options: dict) -> None:
 
 def device_peak_flops(device: torch.device, precision: str) -> float | None:
     """Dense bf16/fp16 peak FLOP/s of the GPU (for MFU); None where unknown (CPU)."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
+    return gpu_peak_flops(torch.cuda.get_device_name(device), precision) if device.type == "cuda" else None
+
+
+def gpu_peak_flops(name: str, precision: str) -> float | None:
+    """Dense peak FLOP/s of the GPU called ``name`` (as ``torch.cuda.get_device_name`` gives it) at ``precision``."""
     table = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12, "4090": 165e12}
     peak = next((v for k, v in table.items() if k in name), None)
     if peak is not None and "32" in precision:
