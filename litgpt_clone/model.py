@@ -209,6 +209,36 @@ ACTIVATIONS = {
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "silu": F.silu,
 }
+ACTIVATION_GRADS = {  # d act(a) / d a, applied to the incoming gradient: the kernels autograd itself runs
+    "gelu": lambda grad, a: torch.ops.aten.gelu_backward(grad, a),
+    "gelu_tanh": lambda grad, a: torch.ops.aten.gelu_backward(grad, a, approximate="tanh"),
+    "silu": torch.ops.aten.silu_backward,
+}
+
+
+class GatedActivation(torch.autograd.Function):
+    """act(a) * b, keeping only a and b for the backward pass and computing act(a) again there: autograd would also
+    keep act(a), one more (tokens x intermediate size) tensor per layer. Same kernels, so the same gradients."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, act: str) -> torch.Tensor:
+        ctx.save_for_backward(a, b)
+        ctx.act = act
+        return ACTIVATIONS[act](a) * b
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        a, b = ctx.saved_tensors
+        grad_a = ACTIVATION_GRADS[ctx.act](grad * b, a) if ctx.needs_input_grad[0] else None
+        grad_b = grad * ACTIVATIONS[ctx.act](a) if ctx.needs_input_grad[1] else None
+        return grad_a, grad_b, None
+
+
+def gated_activation(a: torch.Tensor, b: torch.Tensor, act: str) -> torch.Tensor:
+    """act(a) * b; through ``GatedActivation`` only when a gradient will be needed (no autograd overhead when decoding)."""
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return GatedActivation.apply(a, b, act)
+    return ACTIVATIONS[act](a) * b
 
 
 class GeluMLP(nn.Module):
@@ -233,10 +263,10 @@ class GatedMLP(nn.Module):
         self.fc_1 = nn.Linear(config.n_embd, size, bias=config.bias)
         self.fc_2 = nn.Linear(config.n_embd, size, bias=config.bias)
         self.proj = nn.Linear(size, config.n_embd, bias=config.bias)
-        self.act = ACTIVATIONS[config.mlp_activation]
+        self.act = config.mlp_activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.act(self.fc_1(x)) * self.fc_2(x))
+        return self.proj(gated_activation(self.fc_1(x), self.fc_2(x), self.act))
 
 
 class MoE(nn.Module):

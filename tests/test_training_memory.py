@@ -1,0 +1,89 @@
+"""What a training step keeps in memory: the gated MLP keeps two of its three (tokens x intermediate) tensors for the
+backward pass, and the fused loss holds one chunk of logits at a time. Counted with ``LiveTensorBytes`` (live tensor
+storage, the CPU stand-in for ``torch.cuda.memory_allocated``)."""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from litgpt_clone import Config
+from litgpt_clone.model import ACTIVATIONS, GatedMLP
+from litgpt_clone.training.loss import linear_cross_entropy
+from litgpt_clone.training.tensor_memory import LiveTensorBytes
+
+
+def test_live_tensor_bytes_counts_storages_once_until_freed():
+    a = torch.zeros(1000)  # made before: counted only when added
+    with LiveTensorBytes([a]) as memory:
+        assert memory.now == 4000
+        b = torch.ones(250, 4, dtype=torch.float64)  # 8,000 bytes
+        view = b[:10]  # shares b's storage
+        assert memory.now == 12_000
+        del b, view
+        assert memory.now == 4000
+        c = torch.empty(10, dtype=torch.bfloat16)
+    assert (memory.now, memory.peak) == (4020, 12_000)
+    del c
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gated_mlp_gradients_equal_autograd_and_it_keeps_one_tensor_less(activation, dtype):
+    torch.manual_seed(0)
+    config = Config(n_embd=32, intermediate_size=96, bias=True, mlp_activation=activation, mlp_class_name="GatedMLP")
+    mlp = GatedMLP(config).to(dtype)
+    x = torch.randn(2, 7, 32, dtype=dtype, requires_grad=True)
+    grad_out = torch.randn(2, 7, 32, dtype=dtype)
+    weights = {p.untyped_storage()._cdata for p in mlp.parameters()}
+
+    def run(forward):
+        kept: dict[int, int] = {}  # storages saved for the backward pass (weights excluded): id -> bytes
+
+        def pack(t):
+            if t.untyped_storage()._cdata not in weights:
+                kept[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+            return t
+
+        for t in [x, *mlp.parameters()]:
+            t.grad = None
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = forward()
+        out.backward(grad_out)
+        return out, [t.grad for t in [x, *mlp.parameters()]], sum(kept.values())
+
+    act = ACTIVATIONS[activation]
+    expected, expected_grads, autograd_kept = run(lambda: mlp.proj(act(mlp.fc_1(x)) * mlp.fc_2(x)))
+    out, grads, kept = run(lambda: mlp(x))
+    assert torch.equal(out, expected)
+    for g, e in zip(grads, expected_grads):  # the same kernels: bit for bit
+        assert torch.equal(g, e)
+    size = dtype.itemsize
+    assert kept == (14 * 32 + 3 * 14 * 96) * size  # x, fc_1(x), fc_2(x) and the product (proj's input)
+    assert autograd_kept - kept == 14 * 96 * size  # autograd also kept act(fc_1(x))
+
+
+def test_mlp_without_gradients_runs_plain():
+    config = Config(n_embd=16, n_head=2, intermediate_size=48, mlp_class_name="GatedMLP", mlp_activation="silu")
+    mlp = GatedMLP(config)
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        out = mlp(x)
+    assert out.grad_fn is None
+    torch.testing.assert_close(out, mlp.proj(F.silu(mlp.fc_1(x)) * mlp.fc_2(x)), rtol=0, atol=0)
+
+
+def test_fused_loss_holds_one_chunk_of_logits_at_a_time():
+    torch.manual_seed(0)
+    n, width, vocab, rows = 70, 24, 1000, 16
+    head = nn.Linear(width, vocab, bias=False)
+    hidden = torch.randn(n, width, requires_grad=True)
+    targets = torch.randint(0, vocab, (n,))
+    chunk = rows * vocab * 4  # one chunk's fp32 logits (the fp32 path works on them in place)
+    results = (n * width + vocab * width) * 4  # the gradients of the hidden states and the head, made up front
+    with LiveTensorBytes([hidden, targets, head.weight]) as memory:  # made before: their views are not new memory
+        before = memory.now
+        loss = linear_cross_entropy(hidden, head, targets, rows=rows)
+    assert loss.item() == pytest.approx(F.cross_entropy(head(hidden), targets).item(), rel=1e-6)
+    # before: the last chunk's logits stayed alive while the next chunk's were made, 2 chunks at once
+    assert results + chunk <= memory.peak - before < results + 1.25 * chunk
