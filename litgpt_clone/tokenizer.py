@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -149,18 +149,8 @@ class Tokenizer:
         eos: add EOS at the end.
         max_length: keep only the first ``max_length`` ids (BOS/EOS included); -1 keeps all.
         """
-        if self.backend == "huggingface":
-            ids = self._hf.encode(text, add_special_tokens=False).ids
-        else:
-            if self._dummy_prefix and text.startswith(" "):
-                # transformers' Metaspace pre-tokenizer puts "▁" in front only if the text does not start with one:
-                # " Hi" is "▁Hi", where sentencepiece makes "▁▁Hi"; " " is "▁", where sentencepiece of "" is []
-                ids = self._sp.encode(text[1:]) if text != " " else [self._sp.piece_to_id("▁")]
-            else:
-                ids = self._sp.encode(text)
-        if self.add_bos if bos is None else bos:
-            if self.bos_id is None:
-                raise ValueError(f"the tokenizer in {self.checkpoint_dir} has no BOS token; call encode with bos=False")
+        ids = self._hf.encode(text, add_special_tokens=False).ids if self.backend == "huggingface" else self._sp_ids(text)
+        if self._bos(bos):
             ids = [self.bos_id, *ids]
         if eos:
             if self.eos_id is None:
@@ -169,6 +159,30 @@ class Tokenizer:
         if max_length > 0:
             ids = ids[:max_length]
         return torch.tensor(ids, dtype=torch.long)
+
+    def encode_batch(self, texts: Sequence[str], bos: Optional[bool] = None) -> list[list[int]]:
+        """The ids of each text, as ``encode(text, bos=bos)`` gives them, as lists. A Hugging Face tokenizer encodes the
+        texts in one call, on several threads (unless ``TOKENIZERS_PARALLELISM=false``)."""
+        if self.backend == "huggingface":
+            rows = [e.ids for e in self._hf.encode_batch(list(texts), add_special_tokens=False)]
+        else:
+            rows = [self._sp_ids(text) for text in texts]
+        return [[self.bos_id, *ids] for ids in rows] if self._bos(bos) else rows
+
+    def _sp_ids(self, text: str) -> list[int]:
+        if self._dummy_prefix and text.startswith(" "):
+            # transformers' Metaspace pre-tokenizer puts "▁" in front only if the text does not start with one:
+            # " Hi" is "▁Hi", where sentencepiece makes "▁▁Hi"; " " is "▁", where sentencepiece of "" is []
+            return self._sp.encode(text[1:]) if text != " " else [self._sp.piece_to_id("▁")]
+        return self._sp.encode(text)
+
+    def _bos(self, bos: Optional[bool]) -> bool:
+        """Whether to put BOS in front (None: as the checkpoint does)."""
+        if not (self.add_bos if bos is None else bos):
+            return False
+        if self.bos_id is None:
+            raise ValueError(f"the tokenizer in {self.checkpoint_dir} has no BOS token; call encode with bos=False")
+        return True
 
     def decode(self, ids: Union[torch.Tensor, list[int]], skip_special_tokens: bool = True) -> str:
         """The text of ``ids``; special tokens (BOS, EOS, ...) are left out unless ``skip_special_tokens=False``,

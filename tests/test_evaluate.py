@@ -227,22 +227,29 @@ def test_a_continuation_longer_than_max_length_scores_its_last_tokens(models):
     assert logprob == pytest.approx(float(expected), abs=1e-4)
 
 
-def test_repeated_texts_are_encoded_once_and_callers_get_their_own_lists(models):
-    """lm-eval encodes a multiple-choice context once per continuation; ours encodes it once (a recent-text memo)."""
+def test_loglikelihood_texts_are_encoded_once_in_one_batch_and_callers_get_their_own_lists(models):
+    """lm-eval encodes a multiple-choice context once per continuation; ours encodes each distinct text once, all of
+    them in one ``encode_batch`` call before lm-eval asks (trailing spaces moved as lm-eval moves them, an empty
+    context as the prefix token), and scores as HFLM does."""
     ours, theirs, _ = models
     lm = LitGPTLM(llm=ours.llm, batch_size=4)
-    calls = []
-    encode = lm.tok.encode
-    lm.tok.encode = lambda *a, **k: calls.append(a) or encode(*a, **k)
+    single, batches = [], []
+    encode, encode_batch = lm.tok.encode, lm.tok.encode_batch
+    lm.tok.encode = lambda *a, **k: single.append(a) or encode(*a, **k)
+    lm.tok.encode_batch = lambda texts, **k: batches.append(list(texts)) or encode_batch(texts, **k)
     try:
         pairs = [("Question: which module parses JSON?\nAnswer:", f" {c}") for c in "ABCD"]
+        pairs += [("Once upon a time ", "there was"), ("", "A story with no context")]
         requests = [Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)]
         scores = lm.loglikelihood(requests, disable_tqdm=True)
     finally:
-        lm.tok.encode = encode
-    assert len(calls) == 5  # 4 context + continuation texts and the context once (lm-eval asks for 8)
+        lm.tok.encode, lm.tok.encode_batch = encode, encode_batch
+    assert single == []
+    assert sorted(len(b) for b in batches) == [1, 7]  # 4 + 1 + 2 texts with the checkpoint's BOS, 1 without
+    assert "Once upon a time there was" in batches[0] + batches[1]
     for (got, _), (expected, _) in zip(scores, theirs.loglikelihood(requests, disable_tqdm=True)):
         assert abs(got - expected) < 1e-4
+    assert lm._prefetched == {}  # nothing kept after the call
     first = lm.tok_encode("def add(a, b):")
     first.append(-1)
     assert lm.tok_encode("def add(a, b):") == first[:-1]

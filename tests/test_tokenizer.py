@@ -236,6 +236,18 @@ def test_ids_equal_autotokenizer(dirs, auto, name):
     assert tokenizer.bos_id == reference.bos_token_id and tokenizer.eos_id == reference.eos_token_id
 
 
+@pytest.mark.parametrize("name", ["hf", "sp", "sp_nfkc", "hf_no_post", "sp_no_add_bos"])
+def test_encode_batch_equals_encode_and_autotokenizer(dirs, auto, name):
+    tokenizer = Tokenizer(dirs[name])
+    texts = [*TEXTS, "", " ", SAMPLE]
+    for bos in (None, False, True):
+        assert tokenizer.encode_batch(texts, bos=bos) == [tokenizer.encode(t, bos=bos).tolist() for t in texts]
+    if name != "sp_nfkc":  # transformers 5 skips that model's normalizer (see below)
+        reference = auto(name)
+        assert tokenizer.encode_batch(texts) == [reference(t)["input_ids"] for t in texts]
+        assert tokenizer.encode_batch(texts, bos=False) == [reference(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
 def test_sample_token_counts(dirs):
     """The numbers behind the equality above: BOS first, then well under one id per byte (the BPE merged something),
     and the unseen flamingo falls back to its 4 UTF-8 bytes in SentencePiece."""
