@@ -163,6 +163,8 @@ def bench_config(name: str, args: argparse.Namespace, words: list[str], root: Pa
         "ours": LitGPTLM(native, batch_size=args.batch_size, device=args.device, precision=dtype[0]),
         "hflm": HFLM(pretrained=str(export), device=args.device, batch_size=args.batch_size, dtype=dtype[1]),
     }
+    if args.ours_free_tokens is not None:  # A/B of FREE_TOKENS_GPU (default: the device's own)
+        lms["ours"].free_tokens = args.ours_free_tokens
     n_params = sum(p.numel() for p in lms["ours"].model.parameters())
     rows = []
     for kind, n_docs in zip(TASKS, args.docs or spec["docs"]):
@@ -230,6 +232,8 @@ def parser(description: str = __doc__) -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument("--profile", action="store_true", help="after the rounds, where ours spends its time (cProfile, top 25)")
+    parser.add_argument("--ours-free-tokens", type=int, default=None,
+                        help="ours' batches of at most this many padded tokens are not cut (default: 0 on CPU, FREE_TOKENS_GPU / n_embd^2 on a GPU)")
     return parser
 
 

@@ -253,3 +253,26 @@ def test_loglikelihood_texts_are_encoded_once_in_one_batch_and_callers_get_their
     first = lm.tok_encode("def add(a, b):")
     first.append(-1)
     assert lm.tok_encode("def add(a, b):") == first[:-1]
+
+
+def test_gpu_batching_without_padding_cuts_gives_the_same_scores(models):
+    """On a GPU small passes are not cut for padding or batch size (``FREE_TOKENS_GPU``); forced here on the CPU:
+    fewer, fuller forward passes, the same log-likelihoods as HFLM's."""
+    ours, theirs, _ = models
+    contexts = ["Once upon a time", "The model read the file and", "def add(a, b):\n   ", "Question: 2 + 2 =\nAnswer:"]
+    endings = [" there was a tiny model", " it", " returned the sum of both numbers, carefully", " A", "\n    return a + b", " 4"]
+    requests = [Instance("loglikelihood", {}, (c, e), i) for i, (c, e) in enumerate((c, e) for c in contexts for e in endings)]
+    passes = {}
+    for free in (0, 4096):
+        lm = LitGPTLM(llm=ours.llm, batch_size=4)
+        lm.free_tokens = free
+        calls = []
+        hook = lm.model.register_forward_pre_hook(lambda module, args: calls.append(1))
+        try:
+            scores = lm.loglikelihood(requests, disable_tqdm=True)
+        finally:
+            hook.remove()
+        passes[free] = len(calls)
+        for (got, greedy), (expected, expected_greedy) in zip(scores, theirs.loglikelihood(requests, disable_tqdm=True)):
+            assert abs(got - expected) < 1e-4 and greedy == expected_greedy
+    assert passes[4096] == 2 < passes[0]  # the 4 contexts in one pass, all 24 continuations in another

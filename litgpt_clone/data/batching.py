@@ -3,7 +3,7 @@ finetuning (``training/fit.py``).
 
 Interface::
 
-    length_runs(lengths, batch_size, max_padding=MAX_PADDING) -> list[list[int]]
+    length_runs(lengths, batch_size, max_padding=MAX_PADDING, free_tokens=0) -> list[list[int]]
 """
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ MAX_PADDING = 0.1
 MMLU-shaped benchmark 1.15x faster)."""
 
 
-def length_runs(lengths: Sequence[int], batch_size: int, max_padding: float = MAX_PADDING) -> list[list[int]]:
+def length_runs(lengths: Sequence[int], batch_size: int, max_padding: float = MAX_PADDING, free_tokens: int = 0) -> list[list[int]]:
     """The positions of ``lengths`` (sorted longest first) cut into runs of at most ``batch_size`` in which padding
-    every sequence to the first (longest) adds at most ``max_padding`` of the run's tokens."""
+    every sequence to the first (longest) adds at most ``max_padding`` of the run's tokens. A run of at most
+    ``free_tokens`` tokens once padded is not cut at all (on a GPU, a pass that small costs its kernel launches
+    however many sequences and padding it holds)."""
     runs, run, total = [], [], 0
     for i, n in enumerate(lengths):
-        if run and (len(run) == batch_size or (len(run) + 1) * lengths[run[0]] > (1 + max_padding) * (total + n)):
+        padded = (len(run) + 1) * lengths[run[0]] if run else 0
+        if run and padded > free_tokens and (len(run) >= batch_size or padded > (1 + max_padding) * (total + n)):
             runs.append(run)
             run, total = [], 0
         run.append(i)

@@ -3,7 +3,8 @@
 - ``loglikelihood``: lm-eval's ``TemplateLM`` tokenizes (context, continuation) pairs; ``_loglikelihood_tokens``
   reads a context shared by several continuations (multiple choice) once into the KV cache, then scores the
   continuations from there; other requests run as whole sequences in right-padded batches sorted longest first.
-  Batches end where padding would pass ``data.batching.MAX_PADDING`` of their tokens (``length_runs``).
+  Batches end where padding would pass ``data.batching.MAX_PADDING`` of their tokens (``length_runs``), except
+  on a GPU for batches small enough that padding costs nothing there (``FREE_TOKENS_GPU``).
   The output layer and the softmax run only at the positions that predict continuation tokens (``HFLM`` runs
   both over every position of context + continuation).
 - ``loglikelihood_rolling``: a text longer than the context is scored in windows of ``max_length`` tokens; each
@@ -33,6 +34,12 @@ from litgpt_clone.data.batching import length_runs
 from litgpt_clone.evaluate import EvaluationError
 from litgpt_clone.model import head_only_at
 
+FREE_TOKENS_GPU = 2**33
+"""On a GPU, a forward pass of up to ``FREE_TOKENS_GPU / n_embd**2`` tokens (2,048 for TinyLlama's 2,048 channels)
+is taken to cost what its kernel launches and Python cost, however many of them are padding: such batches are not
+cut for padding (``length_runs``'s ``free_tokens``). The H200 run of 2026-11-27 spent 1.6 s of 2.1 s in 106
+launch-bound forward passes of a hellaswag-shaped task; the compute per token grows with n_embd**2, the launches
+do not. 0 on a CPU, where every token costs."""
 ENCODED_TEXTS = 64
 """How many recently encoded texts ``LitGPTLM.tok_encode`` remembers (a document's requests come one after another)."""
 
@@ -74,6 +81,7 @@ class LitGPTLM(TemplateLM):
         self.rolling_context = int(rolling_context) if rolling_context else self.max_length // 2
         self.max_gen_toks = 256
         self._encode = functools.lru_cache(maxsize=ENCODED_TEXTS)(self._encode_text)  # per object, freed with it
+        self.free_tokens = FREE_TOKENS_GPU // self.model.config.n_embd**2 if self.device.type == "cuda" else 0
         self._prefetched: dict[tuple[str, Optional[bool]], array.array] = {}  # (text, add_special_tokens) -> ids
         self._bos_text = "" if self.tok.bos_id is None else self.tok.decode([self.tok.bos_id], skip_special_tokens=False)
 
@@ -211,7 +219,7 @@ class LitGPTLM(TemplateLM):
         progress = tqdm(total=len(requests), disable=disable_tqdm, desc="loglikelihood")
         shared.sort(key=lambda g: -len(g[0]))  # longest context first: the least padding in each batch
         last_token.sort(key=lambda g: -len(g[0]))
-        for run in length_runs([len(ctx) for ctx, *_ in last_token], batch_size):
+        for run in length_runs([len(ctx) for ctx, *_ in last_token], batch_size, free_tokens=self.free_tokens):
             batch = [last_token[j] for j in run]
             for (*_, idx), scored in zip(batch, self.score_last_tokens(batch)):
                 for i, result in zip(idx, scored):
@@ -226,7 +234,7 @@ class LitGPTLM(TemplateLM):
             progress.update(len(indices))
         length = {i: min(len(requests[i][1]) + len(requests[i][2]) - 1, self.max_length) for i in singles}
         singles.sort(key=lambda i: -length[i])
-        for run in length_runs([length[i] for i in singles], batch_size):
+        for run in length_runs([length[i] for i in singles], batch_size, free_tokens=self.free_tokens):
             chunk = [singles[j] for j in run]
             for i, result in zip(chunk, self.score_whole([(requests[i][1], requests[i][2]) for i in chunk])):
                 results[i] = result
@@ -237,7 +245,7 @@ class LitGPTLM(TemplateLM):
     def shared_batches(self, groups: list, batch_size: int):
         """Runs of consecutive groups (``length_runs`` of their contexts) whose longest context + longest
         continuation fit in the model's cache."""
-        for run in length_runs([len(ctx) for ctx, *_ in groups], batch_size):
+        for run in length_runs([len(ctx) for ctx, *_ in groups], batch_size, free_tokens=self.free_tokens):
             batch, cont_max = [], 0
             for group in (groups[i] for i in run):
                 cont_len = max(len(c) for c in group[2]) - 1
@@ -306,7 +314,7 @@ class LitGPTLM(TemplateLM):
             first = picked[ends - 1]  # (G, V): the logits after each context
             prefilled = [(cache.k, cache.v) for cache in caches]  # (G, n_query_groups, cache_len, hs) each
             order = sorted(range(len(conts)), key=lambda i: -len(conts[i][1]))
-            for run in length_runs([len(conts[i][1]) - 1 for i in order], batch_size):
+            for run in length_runs([len(conts[i][1]) - 1 for i in order], batch_size, free_tokens=self.free_tokens):
                 chunk = [order[j] for j in run]
                 rows = torch.tensor([conts[i][0] for i in chunk], device=self.device)  # (R,): each row's context
                 T = len(conts[chunk[0]][1]) - 1  # the inputs are continuation[:-1]
