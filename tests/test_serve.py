@@ -279,3 +279,34 @@ def test_a_client_that_goes_away_has_its_generation_cancelled(server):
     with ThreadPoolExecutor(4) as pool:
         replies = list(pool.map(lambda _: client(url).completions.create(model=NAME, prompt="Hi", max_tokens=3, temperature=0), range(4)))
     assert all(r.usage.completion_tokens == 3 for r in replies)
+
+
+def test_a_burst_is_prefilled_in_chunks_of_the_token_budget_with_the_same_answers(models_root):  # noqa: F811
+    """The engine prefills waiting requests together up to ``prefill_tokens`` padded tokens a pass (1,024 on a CPU; on
+    a GPU at least ``data.batching.free_tokens``); chunked or not, each request gets the greedy answer of ``generate``."""
+    from litgpt_clone.data.batching import free_tokens
+    from litgpt_clone.serve.engine import PREFILL_TOKEN_BUDGET, Engine
+
+    _, native = checkpoint(models_root, "llama")
+    llm = LLM.load(native, device="cpu")
+    prompts = [(CORPUS * 4)[i * 7 : i * 7 + 1500] for i in range(6)]
+    ids = [llm.tokenizer.encode(p).tolist()[:300] for p in prompts]  # 300 tokens each
+    expected = [generate(llm.model, [torch.tensor(x)], 5)[0].tolist() for x in ids]
+    assert free_tokens(llm.model.config.n_embd, torch.device("cpu")) == 0
+    assert free_tokens(2048, torch.device("cuda")) == 2048 and free_tokens(4096, torch.device("cuda")) == 512
+    for budget, per_pass in ((PREFILL_TOKEN_BUDGET, [3, 3]), (2048, [6])):
+        engine = Engine(llm.model, llm.tokenizer, max_rows=8)
+        assert engine.prefill_tokens == PREFILL_TOKEN_BUDGET  # on a CPU
+        engine.prefill_tokens = budget  # what a GPU sets for a 1.1B model
+        for i, x in enumerate(ids):
+            engine.submit(str(i), dict(ids=x, max_new_tokens=5, temperature=0, top_p=1.0))
+        joined, tokens = [], {str(i): [] for i in range(len(ids))}
+        prefill = engine.prefill
+        engine.prefill = lambda rows, events: joined.append(len(rows)) or prefill(rows, events)
+        while engine.busy:
+            for uid, event in engine.step():
+                tokens[uid].append(event)
+        assert joined == per_pass
+        for i, x in enumerate(ids):
+            text = "".join(e["text"] for e in tokens[str(i)])
+            assert text == llm.tokenizer.decode(expected[i])

@@ -4,7 +4,7 @@
   reads a context shared by several continuations (multiple choice) once into the KV cache, then scores the
   continuations from there; other requests run as whole sequences in right-padded batches sorted longest first.
   Batches end where padding would pass ``data.batching.MAX_PADDING`` of their tokens (``length_runs``), except
-  on a GPU for batches small enough that padding costs nothing there (``FREE_TOKENS_GPU``).
+  on a GPU for batches small enough that padding costs nothing there (``data.batching.free_tokens``).
   The output layer and the softmax run only at the positions that predict continuation tokens (``HFLM`` runs
   both over every position of context + continuation).
 - ``loglikelihood_rolling``: a text longer than the context is scored in windows of ``max_length`` tokens; each
@@ -30,16 +30,10 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from litgpt_clone.api import LLM
-from litgpt_clone.data.batching import length_runs
+from litgpt_clone.data.batching import free_tokens, length_runs
 from litgpt_clone.evaluate import EvaluationError
 from litgpt_clone.model import head_only_at
 
-FREE_TOKENS_GPU = 2**33
-"""On a GPU, a forward pass of up to ``FREE_TOKENS_GPU / n_embd**2`` tokens (2,048 for TinyLlama's 2,048 channels)
-is taken to cost what its kernel launches and Python cost, however many of them are padding: such batches are not
-cut for padding (``length_runs``'s ``free_tokens``). The H200 run of 2026-11-27 spent 1.6 s of 2.1 s in 106
-launch-bound forward passes of a hellaswag-shaped task; the compute per token grows with n_embd**2, the launches
-do not. 0 on a CPU, where every token costs."""
 ENCODED_TEXTS = 64
 """How many recently encoded texts ``LitGPTLM.tok_encode`` remembers (a document's requests come one after another)."""
 
@@ -81,7 +75,7 @@ class LitGPTLM(TemplateLM):
         self.rolling_context = int(rolling_context) if rolling_context else self.max_length // 2
         self.max_gen_toks = 256
         self._encode = functools.lru_cache(maxsize=ENCODED_TEXTS)(self._encode_text)  # per object, freed with it
-        self.free_tokens = FREE_TOKENS_GPU // self.model.config.n_embd**2 if self.device.type == "cuda" else 0
+        self.free_tokens = free_tokens(self.model.config.n_embd, self.device)  # batches this small are not cut (GPU)
         self._prefetched: dict[tuple[str, Optional[bool]], array.array] = {}  # (text, add_special_tokens) -> ids
         self._bos_text = "" if self.tok.bos_id is None else self.tok.decode([self.tok.bos_id], skip_special_tokens=False)
 
