@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import Collator, handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
@@ -250,17 +249,17 @@ class LitGPTLM(TemplateLM):
                 cont_max = max(cont_max, cont_len)
             yield batch
 
-    def forward_at(self, inputs: list[list[int]], positions: list[range]) -> list[torch.Tensor]:
+    def forward_at(self, inputs: list[list[int]], positions: list[range]) -> torch.Tensor:
         """One right-padded forward pass of ``inputs`` (right padding never changes a causal model's earlier
-        positions), with the output layer only at each input's ``positions``: their logits (len(positions), V)."""
+        positions), with the output layer only at each input's ``positions``: their logits (sum of their lengths, V),
+        input after input."""
         T = max(len(x) for x in inputs)
-        batch = torch.zeros(len(inputs), T, dtype=torch.long, device=self.device)  # (B, T)
+        batch = torch.zeros(len(inputs), T, dtype=torch.long)  # (B, T), made on the host and copied once
         for i, x in enumerate(inputs):
-            batch[i, : len(x)] = torch.tensor(x, device=self.device)
-        rows = torch.tensor([i * T + j for i, span in enumerate(positions) for j in span], device=self.device)
-        with torch.inference_mode(), head_only_at(self.model, rows):
-            logits = self.model(batch)  # (sum of len(positions), V)
-        return list(logits.split([len(span) for span in positions]))
+            batch[i, : len(x)] = torch.tensor(x)
+        rows = torch.tensor([i * T + j for i, span in enumerate(positions) for j in span])
+        with torch.inference_mode(), head_only_at(self.model, rows.to(self.device)):
+            return self.model(batch.to(self.device))
 
     def score_whole(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """Each (context, continuation) as one sequence (its last max_length + 1 tokens) in one forward pass; a
@@ -268,19 +267,25 @@ class LitGPTLM(TemplateLM):
         inputs = [(ctx + cont)[-(self.max_length + 1):][:-1] for ctx, cont in pairs]
         targets = [cont[-len(x):] for x, (_, cont) in zip(inputs, pairs)]
         logits = self.forward_at(inputs, [range(len(x) - len(t), len(x)) for x, t in zip(inputs, targets)])
-        return [score(rows, t) for rows, t in zip(logits, targets)]
+        logprobs, greedy = token_scores(logits, range(len(logits)), [t for ts in targets for t in ts])
+        return sum_spans(logprobs, greedy, [len(t) for t in targets])
 
     def score_last_tokens(self, groups: list) -> list[list[tuple[float, bool]]]:
         """Groups (context ending with the n tokens every continuation starts with, n, the one-token rest of each
         continuation, indices), e.g. MMLU's answers " A" ... " D": one forward pass of the contexts, no KV cache;
         the logits of a context's last n + 1 positions score the shared tokens and every continuation's last."""
         logits = self.forward_at([ctx for ctx, *_ in groups], [range(len(ctx) - n - 1, len(ctx)) for ctx, n, _, _ in groups])
-        out = []
-        for rows, (ctx, n, conts, _) in zip(logits, groups):
-            prefix_logprob, prefix_greedy = score(rows[:n], ctx[len(ctx) - n:]) if n else (0.0, True)
-            logprobs = F.log_softmax(rows[n].float(), dim=-1)  # (V,): after the whole context
-            best = int(logprobs.argmax())
-            out.append([(prefix_logprob + float(logprobs[c[0]]), prefix_greedy and c[0] == best) for c in conts])
+        rows, ids, start = [], [], 0  # (logits row, token) pairs: each group's n shared tokens, then its continuations
+        for ctx, n, conts, _ in groups:
+            rows += [*range(start, start + n), *([start + n] * len(conts))]
+            ids += [*ctx[len(ctx) - n:], *(c[0] for c in conts)]
+            start += n + 1
+        logprobs, greedy = token_scores(logits, rows, ids)
+        out, at = [], 0
+        for _, n, conts, _ in groups:
+            prefix_logprob, prefix_greedy = sum(logprobs[at : at + n]), all(greedy[at : at + n])
+            out.append([(prefix_logprob + logprobs[j], prefix_greedy and greedy[j]) for j in range(at + n, at + n + len(conts))])
+            at += n + len(conts)
         return out
 
     def score_shared(self, contexts: list[list[int]], prefix_lens: list[int], conts: list[tuple[int, list[int]]],
@@ -301,11 +306,12 @@ class LitGPTLM(TemplateLM):
         rows = torch.tensor([g * C + C - 1 - n + j for g, n in enumerate(prefix_lens) for j in range(n + 1)], device=self.device)
         with torch.inference_mode(), head_only_at(self.model, rows):
             picked = self.model(tokens, torch.arange(C, device=self.device), rope_pos, key_mask)  # (sum(n + 1), V)
-        ends = torch.tensor(prefix_lens, device=self.device).add(1).cumsum(0)
-        prefix_scores = [score(picked[end - 1 - n : end - 1], contexts[g][-n:]) if n else (0.0, True)
-                         for g, (n, end) in enumerate(zip(prefix_lens, ends.tolist()))]
+        ends = [sum(prefix_lens[: g + 1]) + g + 1 for g in range(len(prefix_lens))]  # one past each context's rows
+        rows = [r for n, end in zip(prefix_lens, ends) for r in range(end - 1 - n, end - 1)]
+        logprobs, greedy = token_scores(picked, rows, [t for c, n in zip(contexts, prefix_lens) for t in c[len(c) - n:]])
+        prefix_scores = sum_spans(logprobs, greedy, prefix_lens)
         with torch.inference_mode():
-            first = picked[ends - 1]  # (G, V): the logits after each context
+            first = picked[torch.tensor(ends, device=self.device) - 1]  # (G, V): the logits after each context
             prefilled = [(cache.k, cache.v) for cache in caches]  # (G, n_query_groups, cache_len, hs) each
             order = sorted(range(len(conts)), key=lambda i: -len(conts[i][1]))
             for run in length_runs([len(conts[i][1]) - 1 for i in order], batch_size, free_tokens=self.free_tokens):
@@ -316,17 +322,20 @@ class LitGPTLM(TemplateLM):
                 if T > 0:
                     for cache, (k, v) in zip(caches, prefilled):  # the slots this chunk reads: (R, n_query_groups, C + T, hs)
                         cache.k, cache.v = k[:, :, : C + T][rows], v[:, :, : C + T][rows]
-                    batch = torch.zeros(len(chunk), T, dtype=torch.long, device=self.device)  # (R, T), right-padded
+                    batch = torch.zeros(len(chunk), T, dtype=torch.long)  # (R, T), right-padded, made on the host
                     for r, i in enumerate(chunk):
-                        batch[r, : len(conts[i][1]) - 1] = torch.tensor(conts[i][1][:-1], device=self.device)
+                        batch[r, : len(conts[i][1]) - 1] = torch.tensor(conts[i][1][:-1])
+                    batch = batch.to(self.device)
                     input_pos = torch.arange(C, C + T, device=self.device)
                     rope = None if rope_pos is None else input_pos[None, :] - pad[rows][:, None]  # (R, T)
                     mask = None if key_mask is None else key_mask[rows, : C + T]  # (R, C + T)
                     logits = torch.cat([logits, self.model(batch, input_pos, rope, mask)], dim=1)  # (R, 1 + T, V)
-                for r, i in enumerate(chunk):
-                    logprob, greedy = score(logits[r, : len(conts[i][1])], conts[i][1])
+                width = logits.size(1)
+                rows = [r * width + j for r, i in enumerate(chunk) for j in range(len(conts[i][1]))]
+                logprobs, greedy = token_scores(logits.flatten(0, 1), rows, [t for i in chunk for t in conts[i][1]])
+                for i, (logprob, all_greedy) in zip(chunk, sum_spans(logprobs, greedy, [len(conts[i][1]) for i in chunk])):
                     prefix_logprob, prefix_greedy = prefix_scores[conts[i][0]]
-                    results[i] = (prefix_logprob + logprob, prefix_greedy and greedy)
+                    results[i] = (prefix_logprob + logprob, prefix_greedy and all_greedy)
             for cache, (k, v) in zip(caches, prefilled):  # the next batch of as many contexts reuses them
                 cache.k, cache.v = k, v
         return results
@@ -379,10 +388,24 @@ def common_prefix(seqs: list[list[int]]) -> int:
     return n
 
 
-def score(logits: torch.Tensor, target: list[int]) -> tuple[float, bool]:
-    """(sum of the log-probabilities of ``target``, whether it is the greedy continuation) from the logits (n, V)
-    of the n positions that predict it: the softmax runs over these positions only, in fp32."""
-    logprobs = F.log_softmax(logits.float(), dim=-1)  # (n, V)
-    target_t = torch.tensor(target, device=logits.device)
-    picked = logprobs.gather(1, target_t[:, None])  # (n, 1)
-    return float(picked.sum()), bool((logprobs.argmax(dim=-1) == target_t).all())
+def token_scores(logits: torch.Tensor, rows: Sequence[int], ids: Sequence[int]) -> tuple[list[float], list[bool]]:
+    """For each (row, id) pair: log p(id) under the softmax of ``logits[row]`` (logits (N, V), normalized in fp32)
+    and whether id is that row's argmax. One normalizer per row and two copies to the host for all pairs (a GPU
+    syncs twice per batch, not twice per request); a row may be asked about several ids."""
+    if not len(rows):
+        return [], []
+    with torch.inference_mode():
+        z = logits.float()
+        index = torch.tensor(list(rows), dtype=torch.long, device=z.device)
+        target = torch.tensor(list(ids), dtype=torch.long, device=z.device)
+        logprob = z[index, target] - torch.logsumexp(z, dim=-1)[index]
+        return logprob.tolist(), (z.argmax(dim=-1)[index] == target).tolist()
+
+
+def sum_spans(logprobs: list[float], greedy: list[bool], lengths: Sequence[int]) -> list[tuple[float, bool]]:
+    """(sum, all) over consecutive spans of ``lengths`` pairs: the score of each continuation from its tokens'."""
+    out, at = [], 0
+    for n in lengths:
+        out.append((sum(logprobs[at : at + n]), all(greedy[at : at + n])))
+        at += n
+    return out
