@@ -276,3 +276,19 @@ def test_gpu_batching_without_padding_cuts_gives_the_same_scores(models):
         for (got, greedy), (expected, expected_greedy) in zip(scores, theirs.loglikelihood(requests, disable_tqdm=True)):
             assert abs(got - expected) < 1e-4 and greedy == expected_greedy
     assert passes[4096] == 2 < passes[0]  # the 4 contexts in one pass, all 24 continuations in another
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_batching_and_scoring_equal_the_cpu(models):
+    """On CUDA (fp32) batches within ``free_tokens`` are not cut: the same log-likelihoods as on the CPU."""
+    ours, _, native = models
+    gpu = LitGPTLM(llm=LLM.load(native, device="cuda", precision="32-true"), batch_size=4)
+    assert gpu.free_tokens > 0 == ours.free_tokens
+    contexts = ["Once upon a time", "The model read the file and", "Question: 2 + 2 =\nAnswer:"]
+    endings = [" there was a tiny model", " it", " A", " 4", "\n    return a + b"]
+    requests = [Instance("loglikelihood", {}, (c, e), i) for i, (c, e) in enumerate((c, e) for c in contexts for e in endings)]
+    requests += [Instance("loglikelihood", {}, ("", "A story with no context"), len(requests))]
+    for (got, greedy), (expected, expected_greedy) in zip(gpu.loglikelihood(requests, disable_tqdm=True),
+                                                          ours.loglikelihood(requests, disable_tqdm=True)):
+        assert abs(got - expected) < 1e-4 and greedy == expected_greedy

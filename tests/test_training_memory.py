@@ -87,3 +87,30 @@ def test_fused_loss_holds_one_chunk_of_logits_at_a_time():
     assert loss.item() == pytest.approx(F.cross_entropy(head(hidden), targets).item(), rel=1e-6)
     # before: the last chunk's logits stayed alive while the next chunk's were made, 2 chunks at once
     assert results + chunk <= memory.peak - before < results + 1.25 * chunk
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_live_tensor_bytes_tracks_the_cuda_allocator():
+    """The CPU stand-in counts what CUDA's allocator reports, less its rounding and library workspaces: a training
+    step of a small Llama (fwd + bwd, bf16), resident and peak."""
+    from litgpt_clone import GPT
+
+    torch.manual_seed(0)
+    config = Config(n_layer=4, n_embd=1024, n_head=8, n_query_groups=4, intermediate_size=2816, vocab_size=32000,
+                    block_size=512, mlp_class_name="GatedMLP", mlp_activation="silu", norm_class_name="RMSNorm", bias=False)
+    model = GPT(config).to(device="cuda", dtype=torch.bfloat16)
+    x = torch.randint(0, 32000, (4, 512), device="cuda")
+    model(x).float().logsumexp(-1).mean().backward()  # cuBLAS / kernel warm-up: workspaces exist before counting
+    model.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    resident = torch.cuda.memory_allocated()
+    with LiveTensorBytes([*model.parameters(), x]) as memory:
+        before = memory.now
+        model(x).float().logsumexp(-1).mean().backward()
+    torch.cuda.synchronize()
+    cuda_peak = torch.cuda.max_memory_allocated() - resident
+    live_peak = memory.peak - before
+    print(f"step peak above resident: live {live_peak / 2**20:.1f} MiB, CUDA {cuda_peak / 2**20:.1f} MiB")
+    assert 0.85 * cuda_peak <= live_peak <= 1.01 * cuda_peak
