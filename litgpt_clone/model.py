@@ -27,15 +27,47 @@ class RMSNorm(nn.Module):
         self.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.unit_offset:  # Gemma scales in fp32 by (1 + w)
-            return (x * (1.0 + self.weight.float())).to(dtype)
-        return self.weight * x.to(dtype)
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return RMSNormFunction.apply(x, self.weight, self.eps, self.unit_offset)
+        return rms_norm(x, self.weight, self.eps, self.unit_offset)[0]
 
     def reset_parameters(self) -> None:
         nn.init.zeros_(self.weight) if self.unit_offset else nn.init.ones_(self.weight)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(output, x / rms(x) in fp32, 1 / rms(x) in fp32) of an RMSNorm, computed in fp32 as transformers does: the
+    weight multiplies after the cast back to x's dtype (Gemma: by (1 + w) in fp32, before the cast)."""
+    xf = x.float()
+    inv = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    xhat = xf * inv
+    if unit_offset:
+        return (xhat * (1.0 + weight.float())).to(x.dtype), xhat, inv
+    return weight * xhat.to(x.dtype), xhat, inv
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """``rms_norm`` keeping only x (in its dtype) and 1 / rms(x) for the backward pass; autograd kept an fp32 copy
+    of x and x / rms(x) besides (6 bytes per element of a bf16 x, now 2)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: bool) -> torch.Tensor:
+        out, _, inv = rms_norm(x, weight, eps, unit_offset)
+        ctx.save_for_backward(x, weight, inv)
+        ctx.unit_offset = unit_offset
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, inv = ctx.saved_tensors
+        xhat = x.float() * inv
+        if ctx.unit_offset:
+            grad_xhat, grad_weight = grad.float() * (1.0 + weight.float()), grad.float() * xhat
+        else:
+            grad_xhat, grad_weight = (grad * weight).float(), grad * xhat.to(x.dtype)
+        grad_x = inv * (grad_xhat - xhat * (grad_xhat * xhat).mean(-1, keepdim=True))  # through x / rms(x)
+        grad_weight = grad_weight.flatten(0, -2).sum(0).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        return grad_x.to(x.dtype), grad_weight, None, None
 
 
 def build_norm(config: Config, size: Optional[int] = None) -> nn.Module:

@@ -1,5 +1,6 @@
 """What a training step keeps in memory: the gated MLP keeps two of its three (tokens x intermediate) tensors for the
-backward pass, and the fused loss holds one chunk of logits at a time. Counted with ``LiveTensorBytes`` (live tensor
+backward pass, RMSNorm keeps its input in its own dtype (not an fp32 copy and the normalized x), and the fused loss
+holds one chunk of logits at a time. Counted with ``LiveTensorBytes`` (live tensor
 storage, the CPU stand-in for ``torch.cuda.memory_allocated``)."""
 
 import pytest
@@ -8,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from litgpt_clone import Config
-from litgpt_clone.model import ACTIVATIONS, GatedMLP
+from litgpt_clone.model import ACTIVATIONS, GatedMLP, RMSNorm
 from litgpt_clone.training.loss import linear_cross_entropy
 from litgpt_clone.training.tensor_memory import LiveTensorBytes
 
@@ -61,6 +62,55 @@ def test_gated_mlp_gradients_equal_autograd_and_it_keeps_one_tensor_less(activat
     size = dtype.itemsize
     assert kept == (14 * 32 + 3 * 14 * 96) * size  # x, fc_1(x), fc_2(x) and the product (proj's input)
     assert autograd_kept - kept == 14 * 96 * size  # autograd also kept act(fc_1(x))
+
+
+@pytest.mark.parametrize("unit_offset", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_rms_norm_gradients_equal_autograd_and_it_keeps_only_its_input(unit_offset, dtype, frozen):
+    torch.manual_seed(0)
+    norm = RMSNorm(64, eps=1e-5, unit_offset=unit_offset).to(dtype)
+    with torch.no_grad():
+        norm.weight.normal_()
+    norm.weight.requires_grad_(not frozen)
+    x = torch.randn(3, 5, 64, dtype=dtype, requires_grad=True)
+    grad_out = torch.randn(3, 5, 64, dtype=dtype)
+
+    def autograd_norm():  # the ops of the forward pass, differentiated by autograd
+        xf = x.float()
+        xhat = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)
+        if unit_offset:
+            return (xhat * (1.0 + norm.weight.float())).to(dtype)
+        return norm.weight * xhat.to(dtype)
+
+    def run(forward):
+        kept: dict[int, int] = {}
+        weight = norm.weight.untyped_storage()._cdata
+
+        def pack(t):
+            if t.untyped_storage()._cdata != weight:
+                kept[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+            return t
+
+        x.grad = norm.weight.grad = None
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = forward()
+        out.backward(grad_out)
+        return out, x.grad, norm.weight.grad, sum(kept.values())
+
+    expected, expected_x, expected_w, autograd_kept = run(autograd_norm)
+    out, grad_x, grad_w, kept = run(lambda: norm(x))
+    assert torch.equal(out, expected)
+    # fp32: rounding; bf16: at most 1 ulp of the largest gradients (the formula's subtraction cancels near 0)
+    torch.testing.assert_close(grad_x, expected_x, **({"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 0.016, "atol": 0.02}))
+    if frozen:
+        assert grad_w is None and expected_w is None
+    else:
+        torch.testing.assert_close(grad_w, expected_w, **({"rtol": 1e-6, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 0.016, "atol": 0.02}))
+    assert kept == 15 * 64 * dtype.itemsize + 15 * 4  # x and one fp32 inverse norm per row
+    # autograd kept x too (as the fp32 copy of a bf16 x), and x / rms(x) for a weight that learns
+    extra = (15 * 64 * 2 if dtype == torch.bfloat16 else 0) + (0 if frozen else 15 * 64 * (4 if unit_offset else dtype.itemsize))
+    assert autograd_kept - kept == extra + (64 * 4 if unit_offset else 0)  # and Gemma's (1 + w)
 
 
 def test_mlp_without_gradients_runs_plain():
