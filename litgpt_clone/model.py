@@ -61,12 +61,12 @@ class RMSNormFunction(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         x, weight, inv = ctx.saved_tensors
         xhat = x.float() * inv
-        if ctx.unit_offset:
-            grad_xhat, grad_weight = grad.float() * (1.0 + weight.float()), grad.float() * xhat
-        else:
-            grad_xhat, grad_weight = (grad * weight).float(), grad * xhat.to(x.dtype)
+        grad_xhat = grad.float() * (1.0 + weight.float()) if ctx.unit_offset else (grad * weight).float()
         grad_x = inv * (grad_xhat - xhat * (grad_xhat * xhat).mean(-1, keepdim=True))  # through x / rms(x)
-        grad_weight = grad_weight.flatten(0, -2).sum(0).to(weight.dtype) if ctx.needs_input_grad[1] else None
+        grad_weight = None
+        if ctx.needs_input_grad[1]:  # a frozen weight (LoRA) needs none
+            grad_weight = grad.float() * xhat if ctx.unit_offset else grad * xhat.to(x.dtype)
+            grad_weight = grad_weight.reshape(-1, grad_weight.size(-1)).sum(0).to(weight.dtype)
         return grad_x.to(x.dtype), grad_weight, None, None
 
 

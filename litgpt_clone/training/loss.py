@@ -36,7 +36,7 @@ def chunk_rows(vocab_size: int, device: torch.device) -> int:
     """Rows of logits per chunk: about 4 MB of fp32 logits and at least 256 rows on a CPU (measured there: 2,048 rows
     x 32K vocab run 7% faster than unfused in chunks of 256, 1.4x faster with a 2K vocab); about 64 MB and at least
     128 rows (one tile of a GPU matmul) on a GPU. A chunk's temporaries (its logits in the matmuls' dtype and in fp32)
-    add to the activations at the peak of a step: 226 MB for 308 rows of a 128K vocabulary in one chunk, 94 MB in
+    add to the activations at the peak of a step: 226 MiB for 308 rows of a 128K vocabulary in one chunk, 94 MiB in
     chunks of 130 (live tensor bytes of a Llama-3.2-1B LoRA step, counted on the CPU)."""
     if device.type == "cpu":
         return max(256, 2**20 // vocab_size)

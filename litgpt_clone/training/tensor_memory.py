@@ -7,7 +7,7 @@
 Every storage an op makes inside the block is counted once (views share it) from the op that makes it until it is
 freed. It sees what a caching allocator would hand out, without the allocator's rounding and library workspaces:
 for the Llama-3.2-1B LoRA step of ``benchmarks/gpu_finetune.py`` it counts 2.30 GiB resident and 3.19 GiB peak where
-an H200 reported 2.30 and 3.26 (``benchmarks/finetune_memory.py`` runs that step on the CPU).
+an H200 reported 2.30 and 3.26 (``benchmarks/gpu_finetune.py --live-bytes`` runs that step on the CPU).
 """
 
 from __future__ import annotations
