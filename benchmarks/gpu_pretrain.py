@@ -2,7 +2,8 @@
 
 Two model shapes, each trained for a fixed number of optimizer steps, bf16-mixed, compiled, fused AdamW:
 
-- ``pythia-160m`` (GPT-NeoX, 12 layers, 768 wide, vocab 50304) at T=2048, batch 8;
+- ``pythia-160m`` (GPT-NeoX, 12 layers, 768 wide, vocab 50304) at T=2048, batch 8 (``--batches pythia-160m=16``
+  changes it for both tools);
 - ``tinyllama-1.1b`` (Llama, 22 layers, 2048 wide, 4 KV groups, vocab 32000) at T=2048, batch 4.
 
 Every (implementation, model) pair runs in a fresh child process of this script (``--worker``):
@@ -36,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Optional
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -63,13 +65,13 @@ ANCHORS = {"pythia-160m": "LitGPT 0.5.13 on an H100, torch 2.11, same shape/batc
 
 
 # ----------------------------------------------------------------------------- worker side
-def shapes(spec: dict, smoke: bool) -> tuple[dict, int, int, int, int]:
-    """Config overrides, batch, sequence length, steps and skipped steps for this run."""
+def shapes(spec: dict, smoke: bool, batch: Optional[int] = None) -> tuple[dict, int, int, int, int]:
+    """Config overrides, batch (``batch`` replaces the model's own), sequence length, steps and skipped steps."""
     if not smoke:
-        return {}, spec["B"], spec["T"], spec["steps"], spec["skip"]
+        return {}, batch or spec["B"], spec["T"], spec["steps"], spec["skip"]
     s = dict(spec["smoke"])
     vocab = s.pop("vocab")
-    return dict(s, vocab_size=vocab, block_size=64), 2, 64, 8, 3
+    return dict(s, vocab_size=vocab, block_size=64), batch or 2, 64, 8, 3
 
 
 def random_batches(vocab: int, T: int):
@@ -113,7 +115,7 @@ def worker_ours(name: str, args) -> dict:
     from litgpt_clone.training.run import build_fabric, build_optimizer, flops_per_token as ours_flops
 
     spec = MODELS[name]
-    overrides, B, T, steps, skip = shapes(spec, args.smoke)
+    overrides, B, T, steps, skip = shapes(spec, args.smoke, args.batch)
     config = Config.from_name(spec["ours"], **overrides)
     out_dir = Path(tempfile.mkdtemp(prefix="gpu_pretrain_ours_"))
     fabric = build_fabric(1, 1, "auto", args.precision, out_dir, "csv")
@@ -155,7 +157,7 @@ def worker_litgpt(name: str, args) -> dict:
     from litgpt.utils import chunked_cross_entropy
 
     spec = MODELS[name]
-    overrides, B, T, steps, skip = shapes(spec, args.smoke)
+    overrides, B, T, steps, skip = shapes(spec, args.smoke, args.batch)
     if "vocab_size" in overrides:
         overrides["padded_vocab_size"] = overrides["vocab_size"]
     config = Config.from_name(spec["litgpt"], **overrides)
@@ -222,6 +224,7 @@ def run_worker(python: str, impl: str, name: str, args, timeout: float) -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--worker", impl, name, "--precision", args.precision]
     cmd += ["--smoke"] if args.smoke else []
     cmd += ["--ours-compile", args.ours_compile] if args.compile else ["--no-compile"]
+    cmd += ["--batch", str(args.batches[name])] if name in args.batches else []
     env = {**os.environ, **QUIET_ENV}
     t0 = time.perf_counter()
     try:
@@ -246,11 +249,20 @@ def main() -> None:
     p.add_argument("--precision", default="bf16-mixed", help="Fabric precision (default bf16-mixed)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
     p.add_argument("--ours-compile", default="model", choices=("model", "blocks"), help="ours: whole model (default) or per block")
+    p.add_argument("--batches", nargs="*", default=[], metavar="MODEL=B",
+                   help="sequences per step for a model, both tools (default: pythia-160m=8, tinyllama-1.1b=4)")
+    p.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)  # a worker's batch (from --batches)
     p.add_argument("--budget", type=float, default=450.0, help="seconds for all workers together; later ones are skipped")
     p.add_argument("--worker-timeout", type=float, default=170.0, help="seconds one worker may take")
     p.add_argument("--litgpt-python", default=str(DEFAULT_LITGPT_PYTHON), help="python that can import litgpt 0.5.13")
     p.add_argument("--json", default=None, help="also write the raw results here")
     args = p.parse_args()
+    try:
+        args.batches = {name: int(b) for name, b in (item.split("=") for item in args.batches)}
+    except ValueError:
+        raise SystemExit(f"--batches takes MODEL=B pairs (e.g. pythia-160m=16), got {args.batches}")
+    if set(args.batches) - set(MODELS):
+        raise SystemExit(f"--batches: unknown model(s) {sorted(set(args.batches) - set(MODELS))}; use {sorted(MODELS)}")
 
     if args.worker:
         impl, name = args.worker
