@@ -199,6 +199,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, c.n_head, c.head_size).transpose(1, 2)  # (B, n_head, T, hs)
         k = k.view(B, T, c.n_query_groups, c.head_size).transpose(1, 2)  # (B, n_query_groups, T, hs)
         v = v.view(B, T, c.n_query_groups, c.head_size).transpose(1, 2)  # (B, n_query_groups, T, hs)
+        if v.requires_grad and torch.is_grad_enabled() and (c.rope_n_elem > 0 or c.norm_qk):
+            v = v.contiguous()  # q and k are new tensors: attention keeps v for backward, not the whole qkv output
         if c.norm_qk and c.norm_qk_per_head:
             q, k = self.norm_q(q), self.norm_k(k)
         if c.rope_n_elem > 0:

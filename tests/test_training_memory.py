@@ -164,3 +164,28 @@ def test_live_tensor_bytes_tracks_the_cuda_allocator():
     live_peak = memory.peak - before
     print(f"step peak above resident: live {live_peak / 2**20:.1f} MiB, CUDA {cuda_peak / 2**20:.1f} MiB")
     assert 0.85 * cuda_peak <= live_peak <= 1.01 * cuda_peak
+
+
+@pytest.mark.parametrize("rope", [True, False])
+def test_attention_does_not_keep_the_whole_qkv_output_for_backward(rope):
+    """q and k are new tensors after RoPE; v was a view of the fused qkv output, so keeping it for the backward pass
+    kept all of q, k and v (Llama-3.2-1B: 6x what v needs). Without RoPE (or q/k norms) q and k are views too and
+    the whole output is needed anyway: v is left a view."""
+    from litgpt_clone import GPT
+
+    config = Config(n_layer=1, n_embd=64, n_head=8, n_query_groups=2, intermediate_size=128, vocab_size=50, block_size=16,
+                    mlp_class_name="GatedMLP", mlp_activation="silu", norm_class_name="RMSNorm", rotary_percentage=1.0 if rope else 0.0)
+    model = GPT(config)
+    x = torch.randint(0, 50, (2, 16))
+    qkv_bytes = 2 * 16 * config.qkv_size * 4
+    kept: list[int] = []
+
+    def pack(t):
+        kept.append(t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(x).sum()
+    loss.backward()
+    v_bytes = 2 * 16 * 16 * 4  # (2, 2 groups, 16, 8) fp32
+    assert (qkv_bytes not in kept and v_bytes in kept) if rope else (qkv_bytes in kept and v_bytes not in kept)
