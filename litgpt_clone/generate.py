@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from litgpt_clone.model import GPT
+from litgpt_clone.parallel import compile_options
 
 
 class GenerationError(ValueError):
@@ -86,7 +87,7 @@ def compiled_decode(device_type: str):
     returns before the next step (a CUDA graph replay overwrites its outputs)."""
     if device_type == "cuda":
         return torch.compile(decode_one_token, mode="reduce-overhead")
-    return torch.compile(decode_one_token, options={"cpp_wrapper": True})
+    return torch.compile(decode_one_token, options=compile_options(device_type))
 
 
 def run_decode(step, compiled: bool, *args, same_as_last: bool = False) -> torch.Tensor:
@@ -218,14 +219,15 @@ def stream(
     done = [False] * B
     for i in range(max_new_tokens):
         on_host, more = HostTokens(token), i < max_new_tokens - 1
-        if more and ahead and i > 0:
+        early = ahead and i > 0  # queue step i + 1 before reading step i's tokens
+        if more and early:
             token = next_token(i, token)
         new = on_host.tolist()
         done = [d or t in stop_ids for d, t in zip(done, new)]
         yield [[] if d else [t] for t, d in zip(new, done)]
         if all(done):
             return
-        if more and not (ahead and i > 0):
+        if more and not early:
             token = next_token(i, token)
 
 

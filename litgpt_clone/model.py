@@ -35,15 +35,15 @@ class RMSNorm(nn.Module):
         nn.init.zeros_(self.weight) if self.unit_offset else nn.init.ones_(self.weight)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(output, x / rms(x) in fp32, 1 / rms(x) in fp32) of an RMSNorm, computed in fp32 as transformers does: the
-    weight multiplies after the cast back to x's dtype (Gemma: by (1 + w) in fp32, before the cast)."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, 1 / rms(x) in fp32) of an RMSNorm, computed in fp32 as transformers does: the weight multiplies after
+    the cast back to x's dtype (Gemma: by (1 + w) in fp32, before the cast)."""
     xf = x.float()
     inv = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     xhat = xf * inv
     if unit_offset:
-        return (xhat * (1.0 + weight.float())).to(x.dtype), xhat, inv
-    return weight * xhat.to(x.dtype), xhat, inv
+        return (xhat * (1.0 + weight.float())).to(x.dtype), inv
+    return weight * xhat.to(x.dtype), inv
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -52,7 +52,7 @@ class RMSNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: bool) -> torch.Tensor:
-        out, _, inv = rms_norm(x, weight, eps, unit_offset)
+        out, inv = rms_norm(x, weight, eps, unit_offset)
         ctx.save_for_backward(x, weight, inv)
         ctx.unit_offset = unit_offset
         return out

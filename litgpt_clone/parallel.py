@@ -62,16 +62,17 @@ def compile_model(model: GPT, how: Compile) -> None:
     FSDP2's per-Block sharding). ``model``: the whole GPT in one graph (embedding, blocks, final norm: faster steps
     where the code between blocks counts; the pretrain command refuses it with FSDP2). On CPU, inductor builds
     each graph's wrapper in C++ (``cpp_wrapper``): the per-call Python around the kernels counts there."""
-    options = compile_options(model)
+    options = compile_options(next(model.parameters()).device.type)
     if how == "model":
         model.compile(options=options)
     elif how:
         compile_blocks(model, options)
 
 
-def compile_options(model: nn.Module) -> dict:
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    return {"cpp_wrapper": True} if on_cpu else {}
+def compile_options(device_type: str) -> dict:
+    """Inductor options for a graph that runs on ``device_type``: on CPU its wrapper is built in C++ (the per-call
+    Python around the kernels counts there). Shared by training (``compile_model``) and generation's decode step."""
+    return {"cpp_wrapper": True} if device_type == "cpu" else {}
 
 
 def compile_blocks(model: nn.Module, options: dict) -> None:

@@ -14,6 +14,25 @@ from litgpt_clone.training.loss import linear_cross_entropy
 from litgpt_clone.training.tensor_memory import LiveTensorBytes
 
 
+def run_and_count_kept(forward, grad_out, inputs, weights):
+    """Run ``forward`` (gradients of ``inputs`` reset first) and its backward pass; the output, the inputs' gradients
+    and what autograd kept for the backward pass: storage id -> bytes, ``weights``' storages left out."""
+    skip = {w.untyped_storage()._cdata for w in weights}
+    kept: dict[int, int] = {}
+
+    def pack(t):
+        if t.untyped_storage()._cdata not in skip:
+            kept[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+        return t
+
+    for t in inputs:
+        t.grad = None
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = forward()
+    out.backward(grad_out)
+    return out, [t.grad for t in inputs], kept
+
+
 def test_live_tensor_bytes_counts_storages_once_until_freed():
     a = torch.zeros(1000)  # made before: counted only when added
     with LiveTensorBytes([a]) as memory:
@@ -36,22 +55,10 @@ def test_gated_mlp_gradients_equal_autograd_and_it_keeps_one_tensor_less(activat
     mlp = GatedMLP(config).to(dtype)
     x = torch.randn(2, 7, 32, dtype=dtype, requires_grad=True)
     grad_out = torch.randn(2, 7, 32, dtype=dtype)
-    weights = {p.untyped_storage()._cdata for p in mlp.parameters()}
 
     def run(forward):
-        kept: dict[int, int] = {}  # storages saved for the backward pass (weights excluded): id -> bytes
-
-        def pack(t):
-            if t.untyped_storage()._cdata not in weights:
-                kept[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
-            return t
-
-        for t in [x, *mlp.parameters()]:
-            t.grad = None
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = forward()
-        out.backward(grad_out)
-        return out, [t.grad for t in [x, *mlp.parameters()]], sum(kept.values())
+        out, grads, kept = run_and_count_kept(forward, grad_out, [x, *mlp.parameters()], mlp.parameters())
+        return out, grads, sum(kept.values())
 
     act = ACTIVATIONS[activation]
     expected, expected_grads, autograd_kept = run(lambda: mlp.proj(act(mlp.fc_1(x)) * mlp.fc_2(x)))
@@ -84,19 +91,8 @@ def test_rms_norm_gradients_equal_autograd_and_it_keeps_only_its_input(unit_offs
         return norm.weight * xhat.to(dtype)
 
     def run(forward):
-        kept: dict[int, int] = {}
-        weight = norm.weight.untyped_storage()._cdata
-
-        def pack(t):
-            if t.untyped_storage()._cdata != weight:
-                kept[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
-            return t
-
-        x.grad = norm.weight.grad = None
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = forward()
-        out.backward(grad_out)
-        return out, x.grad, norm.weight.grad, sum(kept.values())
+        out, (grad_x, grad_w), kept = run_and_count_kept(forward, grad_out, [x, norm.weight], [norm.weight])
+        return out, grad_x, grad_w, sum(kept.values())
 
     expected, expected_x, expected_w, autograd_kept = run(autograd_norm)
     out, grad_x, grad_w, kept = run(lambda: norm(x))
@@ -178,14 +174,7 @@ def test_attention_does_not_keep_the_whole_qkv_output_for_backward(rope):
     model = GPT(config)
     x = torch.randint(0, 50, (2, 16))
     qkv_bytes = 2 * 16 * config.qkv_size * 4
-    kept: list[int] = []
-
-    def pack(t):
-        kept.append(t.untyped_storage().nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(x).sum()
-    loss.backward()
+    _, _, saved = run_and_count_kept(lambda: model(x).sum(), None, [], [])
+    kept = list(saved.values())
     v_bytes = 2 * 16 * 16 * 4  # (2, 2 groups, 16, 8) fp32
     assert (qkv_bytes not in kept and v_bytes in kept) if rope else (qkv_bytes in kept and v_bytes not in kept)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import array
 import functools
+import itertools
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -306,7 +307,7 @@ class LitGPTLM(TemplateLM):
         rows = torch.tensor([g * C + C - 1 - n + j for g, n in enumerate(prefix_lens) for j in range(n + 1)], device=self.device)
         with torch.inference_mode(), head_only_at(self.model, rows):
             picked = self.model(tokens, torch.arange(C, device=self.device), rope_pos, key_mask)  # (sum(n + 1), V)
-        ends = [sum(prefix_lens[: g + 1]) + g + 1 for g in range(len(prefix_lens))]  # one past each context's rows
+        ends = list(itertools.accumulate(n + 1 for n in prefix_lens))  # one past each context's rows
         rows = [r for n, end in zip(prefix_lens, ends) for r in range(end - 1 - n, end - 1)]
         logprobs, greedy = token_scores(picked, rows, [t for c, n in zip(contexts, prefix_lens) for t in c[len(c) - n:]])
         prefix_scores = sum_spans(logprobs, greedy, prefix_lens)
