@@ -10,7 +10,9 @@ random prompt tokens and ``--new`` (256) new tokens.
 - batch 1, eager and compiled, every implementation: decode tokens/s (new tokens after the first over the time
   after the first) and time to first token; each token is synced to the host as it comes out (a streaming client
   needs it there);
-- batch ``--batches`` (8 and 32), ours eager and compiled and transformers eager: aggregate decode tokens/s.
+- batch ``--batches`` (8 and 32), ours eager and compiled and transformers eager: aggregate decode tokens/s;
+- ours: the decode step alone, called back to back (what the token loop around it costs is the difference), and the
+  eager step replayed as a plain CUDA graph (``generate.GraphedStep``, as ``serve`` decodes on a GPU).
 
 Every (implementation, mode, batch) runs in a fresh child process with a time cap; the run has a budget.
 Memory-bandwidth bound for batch 1 on an H100: ~1,450 tok/s (2.2 GB of weights read per token at ~3.3 TB/s).
@@ -87,10 +89,41 @@ def worker(impl: str, mode: str, batch: int, args) -> dict:
                 continue
             (w0, _), (w1, _), (wn, _) = marks[0], marks[1], marks[-1]
             timed.append((w1 - w0, batch * (args.new - 1) / (wn - w1)))
-    return dict(impl=impl, mode=mode, batch=batch, ttft=statistics.median(t for t, _ in timed),
+        steps = step_rates(model, batch, args.prompt, compiled, device) if impl == "ours" else {}
+    return dict(impl=impl, mode=mode, batch=batch, ttft=statistics.median(t for t, _ in timed), **steps,
                 tps=statistics.median(s for _, s in timed), warmup_s=sum(warmup_s),
                 peak_gb=torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
                 device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__, version=fb.impl_version(impl))
+
+
+def step_rates(model, batch: int, slot: int, compiled: bool, device) -> dict:
+    """Ours only: tokens/s of the decode step alone, called back to back with no host read in between (the most the
+    token loop could reach; what it loses to sampling, host copies and yields is the difference), and, eager, the same
+    step replayed as a CUDA graph (``generate.GraphedStep``, what ``serve`` runs on a GPU)."""
+    import torch
+
+    from litgpt_clone.generate import GraphedStep, compiled_decode, decode_one_token, run_decode
+
+    token = torch.zeros(batch, 1, dtype=torch.long, device=device)
+    pos = torch.tensor([slot], device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def rate(call, n: int = 100) -> float:
+        for _ in range(3):
+            call()
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            call()
+        sync()
+        return batch * n / (time.perf_counter() - t0)
+
+    step = compiled_decode(device.type) if compiled else decode_one_token
+    rates = dict(step_tps=rate(lambda: run_decode(step, compiled, model, token, pos, None, None, same_as_last=True)))
+    if not compiled:
+        graphed = GraphedStep(lambda t, p: decode_one_token(model, t, p), [token, pos])
+        rates["graphed_step_tps"] = rate(lambda: graphed(token, pos))
+    return rates
 
 
 def run_worker(python: str, key: tuple[str, str, int], args, timeout: float) -> dict:
@@ -153,6 +186,9 @@ def main() -> None:
         else:
             print(f"  {label} TTFT {r['ttft'] * 1e3:7.1f} ms  decode {r['tps']:8.1f} tok/s  warm-up {r['warmup_s']:5.1f}s  "
                   f"worker {r['wall_s']:.0f}s  [{r['device']}, torch {r['torch']}, {key[0]} {r['version']}]", flush=True)
+            if "step_tps" in r:
+                graphed = f", through GraphedStep (a CUDA graph on a GPU) {r['graphed_step_tps']:,.1f} tok/s" if "graphed_step_tps" in r else ""
+                print(f"    the step alone, back to back: {r['step_tps']:,.1f} tok/s{graphed}", flush=True)
     ok = {k: r for k, r in rows if "error" not in r}
     print("\n| impl | mode | batch | TTFT ms | decode tok/s (all rows) | peak GB |\n|---|---|---:|---:|---:|---:|")
     for (impl, mode, batch), r in rows:

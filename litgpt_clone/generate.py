@@ -103,6 +103,38 @@ def run_decode(step, compiled: bool, *args, same_as_last: bool = False) -> torch
     return out.clone()  # the next replay of a CUDA graph would overwrite it
 
 
+class GraphedStep:
+    """A function of fixed-shape tensors, run on persistent copies of its inputs. On CUDA it is captured once as a
+    CUDA graph and then replayed: all of its kernels in one launch, so a small decode step of an eager model costs
+    what its kernels take on the GPU rather than what Python takes to launch them one by one (vLLM captures its
+    decode steps the same way). Without ``capture`` (and off CUDA) ``fn`` is called on the copies.
+
+    ``fn`` must give the same result when it runs twice on the same inputs (the capture runs it once first, to warm
+    up): a decode step writes the same K/V into the same cache slots. The output of a replay lives in the graph's
+    memory ``pool`` and the next replay of any graph of that pool may overwrite it: use it before then.
+    """
+
+    def __init__(self, fn, inputs: Sequence[torch.Tensor], capture: bool = True, pool=None) -> None:
+        self.fn, self.inputs, self.graph = fn, [x.clone() for x in inputs], None
+        if capture and self.inputs[0].device.type == "cuda":
+            side = torch.cuda.Stream()  # warm up off the capture (lazy initializations such as cuBLAS workspaces)
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fn(*self.inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, pool=pool):
+                self.output = fn(*self.inputs)
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        for buffer, x in zip(self.inputs, inputs):
+            buffer.copy_(x)
+        if self.graph is None:
+            return self.fn(*self.inputs)
+        self.graph.replay()
+        return self.output
+
+
 # ----------------------------------------------------------------------------- checks and cache
 def check_request(model: GPT, lengths: Sequence[int], max_new_tokens: int, temperature: float, top_k: Optional[int], top_p: float, min_p: float) -> None:
     """One-line errors for prompts, lengths and sampling settings that cannot work."""

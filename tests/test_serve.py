@@ -310,3 +310,48 @@ def test_a_burst_is_prefilled_in_chunks_of_the_token_budget_with_the_same_answer
         for i, x in enumerate(ids):
             text = "".join(e["text"] for e in tokens[str(i)])
             assert text == llm.tokenizer.decode(expected[i])
+
+
+def run_engine(engine, jobs: list[list[int]], new: int, late: int = 3) -> dict[str, str]:
+    """Greedy texts of ``jobs`` through ``engine``: all but the last ``late`` submitted first, those after 3 steps."""
+    texts = {str(i): "" for i in range(len(jobs))}
+    for i, ids in enumerate(jobs):
+        if i == len(jobs) - late:
+            for _ in range(3):
+                for uid, event in engine.step():
+                    texts[uid] += event["text"]
+        engine.submit(str(i), dict(ids=ids, max_new_tokens=new, temperature=0, top_p=1.0))
+    while engine.busy:
+        for uid, event in engine.step():
+            texts[uid] += event["text"]
+    return texts
+
+
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_decode_steps_give_the_tokens_of_generate_as_requests_come_and_go(models_root, device):  # noqa: F811
+    """Requests of different lengths, some joining mid-way (so the batch and cache-length shapes change), get
+    ``generate``'s greedy text. On a GPU each decode shape is replayed as a CUDA graph, and the eager engine
+    (``cuda_graphs=False``) gives the same text."""
+    from litgpt_clone.serve.engine import Engine
+
+    _, native = checkpoint(models_root, "llama")
+    llm = LLM.load(native, device=device, precision="32-true")
+    jobs = [llm.tokenizer.encode(p).tolist() for p in PROMPTS * 2]
+    jobs[1] = (jobs[1] * 20)[:90]  # past one block of 64 slots
+    expected = {
+        str(i): llm.tokenizer.decode(generate(llm.model, [torch.tensor(x, device=device)], 40, stop_ids=llm.tokenizer.stop_ids)[0])
+        for i, x in enumerate(jobs)
+    }
+    graphed = Engine(llm.model, llm.tokenizer, max_rows=8)
+    assert run_engine(graphed, jobs, 40) == expected
+    assert len(graphed.steps) >= 3  # (rows, slots, adapters) shapes met
+    if device == "cuda":
+        assert graphed.graphs and all(step.graph is not None for step in graphed.steps.values())
+        assert {S for _, S, _ in graphed.steps} <= {64, 128, 256}  # a power of two of 64-slot blocks
+        eager = Engine(llm.model, llm.tokenizer, max_rows=8, cuda_graphs=False)
+        assert run_engine(eager, jobs, 40) == expected and not eager.graphs
+    else:
+        assert not graphed.graphs and all(step.graph is None for step in graphed.steps.values())

@@ -46,6 +46,7 @@ def serve(
     model_name: Optional[str] = None,
     adapters: Optional[str] = None,
     max_seq_length: Optional[int] = None,
+    cuda_graphs: bool = True,
 ) -> None:
     """Serve a model over HTTP with OpenAI's API: /v1/chat/completions, /v1/completions, /v1/models and /health.
 
@@ -70,6 +71,9 @@ def serve(
             a request whose model is "name" uses that adapter; requests for different adapters share a batch.
         max_seq_length: Longest prompt + reply accepted; default: the model's context, at most 4096 (every one of
             the max_batch_size rows holds a KV cache this long).
+        cuda_graphs: On a GPU, replay each decode step as a CUDA graph (one per batch size and cache length, captured
+            the first time it runs: a 1.1B model's small steps cost their kernels, not Python's launches). False
+            decodes eagerly (vLLM's --enforce-eager).
     """
     from litgpt_clone.api import PRECISIONS, find_checkpoint
     from litgpt_clone.serve import build_server, default_model_name
@@ -96,6 +100,7 @@ def serve(
         check_adapters(checkpoint, lora)
     server = build_server(
         checkpoint, name, max_new_tokens, api_key, accelerator, devices, workers_per_device, precision, quantize, max_batch_size, lora, context,
+        cuda_graphs=cuda_graphs,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: listening on {host} without --api_key: anyone who can reach this port can use the model", file=sys.stderr)

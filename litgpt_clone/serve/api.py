@@ -33,10 +33,11 @@ class GenerationAPI(ls.LitAPI):
     def __init__(
         self, checkpoint_dir: str, precision: Optional[str] = None, quantize: Optional[str] = None,
         adapters: tuple[tuple[str, str], ...] = (), max_rows: int = 32, context: Optional[int] = None, spec=None,
+        cuda_graphs: bool = True,
     ) -> None:
         super().__init__(spec=spec, loop=EngineLoop())
         self.checkpoint_dir, self.precision, self.quantize = checkpoint_dir, precision, quantize
-        self.adapters, self.max_rows, self.context = adapters, max_rows, context
+        self.adapters, self.max_rows, self.context, self.cuda_graphs = adapters, max_rows, context, cuda_graphs
 
     def setup(self, device: str) -> None:
         from litgpt_clone.api import LLM
@@ -47,7 +48,7 @@ class GenerationAPI(ls.LitAPI):
         if self.context:
             llm.model.max_seq_length = self.context
         rows = attach_adapters(llm.model, self.adapters, self.max_rows) if self.adapters else None
-        self.engine = Engine(llm.model, llm.tokenizer, self.max_rows, adapters=rows)
+        self.engine = Engine(llm.model, llm.tokenizer, self.max_rows, adapters=rows, cuda_graphs=self.cuda_graphs)
 
     def decode_request(self, request):
         return request
