@@ -150,7 +150,7 @@ def worker_ours(method: str, args) -> dict:
         from litgpt_clone.training.tensor_memory import LiveTensorBytes
 
         gpu_rows = loss.chunk_rows
-        loss.chunk_rows = lambda vocab_size, device: gpu_rows(vocab_size, torch.device("cuda"))
+        loss.chunk_rows = lambda vocab_size, device, weight_grad=False: gpu_rows(vocab_size, torch.device("cuda"), weight_grad)
         memory = LiveTensorBytes([*model.parameters(), *model.buffers()])
     resident = memory.now if args.live_bytes else reset_peak(fabric.device)
     with memory:

@@ -135,6 +135,18 @@ def test_fused_loss_holds_one_chunk_of_logits_at_a_time():
     assert results + chunk <= memory.peak - before < results + 1.25 * chunk
 
 
+
+def test_gpu_chunks_are_small_for_a_frozen_head_and_large_for_one_that_trains():
+    """A frozen head (LoRA) keeps the peak low with ~16M logits a chunk; a head that trains adds a (vocab x n_embd)
+    weight-gradient sum per chunk, so it takes ~64M (pythia-160m: 1,334 rows, as in the H200 pretraining run)."""
+    from litgpt_clone.training.loss import chunk_rows
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert chunk_rows(50304, cuda) == 333 and chunk_rows(50304, cuda, weight_grad=True) == 1334
+    assert chunk_rows(128256, cuda) == 130 and chunk_rows(128256, cuda, weight_grad=True) == 523
+    assert chunk_rows(256000, cuda) == 128  # never below one matmul tile
+    assert chunk_rows(32000, cpu) == chunk_rows(32000, cpu, weight_grad=True) == 256
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_live_tensor_bytes_tracks_the_cuda_allocator():
