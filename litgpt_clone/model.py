@@ -142,15 +142,22 @@ def build_rope_cache(config: Config, base: float, scaling: Optional[dict], seq_l
     return emb.cos() * attention, emb.sin() * attention
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rope_tables(cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """What ``apply_rope`` multiplies by: cos and (-sin, sin) over the two halves of the rotated channels, in ``dtype``.
+    Made once per forward pass, not once per layer and per q and k (4 fewer kernels a call)."""
+    n = cos.size(-1)
+    return cos.to(dtype), torch.cat((-sin[..., : n // 2], sin[..., n // 2 :]), dim=-1).to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """Rotate the first n = ``cos.size(-1)`` channels of x (B, n_head, T, hs) by the "rotate half" convention:
     x * cos + (-x2, x1) * sin, computed as x * cos + (x2, x1) * (-sin, sin) with one flip (no slices, negation or
-    concatenation of x, whose backward passes cost as much as the forward ones)."""
+    concatenation of x, whose backward passes cost as much as the forward ones). ``cos``, ``signed_sin``: from
+    ``rope_tables`` (cast here if they are not in x's dtype)."""
     n = cos.size(-1)
     rot = x if n == x.size(-1) else x[..., :n]
-    signed_sin = torch.cat((-sin[..., : n // 2], sin[..., n // 2 :]), dim=-1).to(x.dtype)  # (T, n): small
     swapped = rot.unflatten(-1, (2, n // 2)).flip(-2).flatten(-2)  # (x2, x1)
-    out = rot * cos.to(x.dtype) + swapped * signed_sin
+    out = rot * cos.to(x.dtype) + swapped * signed_sin.to(x.dtype)
     return out if n == x.size(-1) else torch.cat((out, x[..., n:]), dim=-1)
 
 
@@ -498,9 +505,12 @@ class GPT(nn.Module):
         cos, sin = self.cos, self.sin
         if self.longrope_after is not None and int(rpos.max()) + 1 > self.longrope_after:
             cos, sin = self.cos_long, self.sin_long
-        cos, sin = cos[rpos], sin[rpos]  # (T, rope_n_elem) or (B, T, rope_n_elem)
+        # in the dtype of q and k (autocast's, else the weights'): one cast here, none in the layers
+        device = idx.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.transformer.wte.weight.dtype
+        cos, sin = rope_tables(cos[rpos], sin[rpos], dtype)  # (T, rope_n_elem) or (B, T, rope_n_elem)
         # sliding layers rotate with their own table where they have their own base (Gemma 3), else like the rest
-        cos_l, sin_l = (self.cos_local[rpos], self.sin_local[rpos]) if c.rope_local_base is not None else (cos, sin)
+        cos_l, sin_l = rope_tables(self.cos_local[rpos], self.sin_local[rpos], dtype) if c.rope_local_base is not None else (cos, sin)
         if rope_pos is not None:  # (B, 1, T, rope_n_elem): one table per row, broadcast over the heads
             cos, sin, cos_l, sin_l = (t.unsqueeze(1) for t in (cos, sin, cos_l, sin_l))
         needs_mask = input_pos is not None or key_mask is not None  # else SDPA's is_causal does it
