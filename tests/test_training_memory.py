@@ -149,6 +149,25 @@ def test_gpu_chunks_are_small_for_a_frozen_head_and_large_for_one_that_trains():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_inference_norm_is_one_fused_kernel_within_one_bf16_ulp():
+    """Without gradients on CUDA, RMSNorm runs aten._fused_rms_norm (a kernel, not 8, for launch-bound steps): fp32
+    equal to ``rms_norm`` to rounding, bf16 within one ulp (it multiplies by the weight before the cast)."""
+    from litgpt_clone.model import rms_norm
+
+    torch.manual_seed(0)
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 2**-7)):
+        norm = RMSNorm(2048, eps=1e-5).to("cuda", dtype)
+        nn.init.normal_(norm.weight)
+        x = torch.randn(4, 16, 2048, device="cuda", dtype=dtype)
+        with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            out = norm(x)
+            torch.cuda.synchronize()
+        assert len([e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]) <= 2  # unfused: 8
+        expected = rms_norm(x, norm.weight, 1e-5, False)[0]
+        torch.testing.assert_close(out.float(), expected.float(), rtol=tol, atol=tol * expected.float().abs().max().item())
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_live_tensor_bytes_tracks_the_cuda_allocator():
     """The CPU stand-in counts what CUDA's allocator reports, less its rounding and library workspaces: a training
     step of a small Llama (fwd + bwd, bf16), resident and peak."""
