@@ -154,7 +154,7 @@ def rope_tables(cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> tup
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first n = ``cos.size(-1)`` channels of x (B, n_head, T, hs) by the "rotate half" convention:
+    """Rotate the first n = ``cos.size(-1)`` channels of x (B, T, n_head, hs) by the "rotate half" convention:
     x * cos + (-x2, x1) * sin, computed as x * cos + (x2, x1) * (-sin, sin) with one flip (no slices, negation or
     concatenation of x, whose backward passes cost as much as the forward ones). ``cos``, ``signed_sin``: from
     ``rope_tables`` (cast here if they are not in x's dtype)."""
@@ -204,18 +204,20 @@ class CausalSelfAttention(nn.Module):
         qkv = self.qkv(x)  # (B, T, (n_head + 2 * n_query_groups) * hs)
         if c.clip_qkv is not None:
             qkv = qkv.clamp(-c.clip_qkv, c.clip_qkv)
-        q, k, v = qkv.split((c.n_head * c.head_size, c.n_query_groups * c.head_size, c.n_query_groups * c.head_size), dim=-1)
+        H, G, hs = c.n_head, c.n_query_groups, c.head_size
+        q, k, v = qkv.split((H * hs, G * hs, G * hs), dim=-1)
         if c.norm_qk and not c.norm_qk_per_head:
             q, k = self.norm_q(q), self.norm_k(k)
-        q = q.view(B, T, c.n_head, c.head_size).transpose(1, 2)  # (B, n_head, T, hs)
-        k = k.view(B, T, c.n_query_groups, c.head_size).transpose(1, 2)  # (B, n_query_groups, T, hs)
-        v = v.view(B, T, c.n_query_groups, c.head_size).transpose(1, 2)  # (B, n_query_groups, T, hs)
-        if v.requires_grad and torch.is_grad_enabled() and (c.rope_n_elem > 0 or c.norm_qk):
-            v = v.contiguous()  # q and k are new tensors: attention keeps v for backward, not the whole qkv output
+        q, k, v = q.view(B, T, H, hs), k.view(B, T, G, hs), v.view(B, T, G, hs)  # (B, T, heads, hs)
         if c.norm_qk and c.norm_qk_per_head:
             q, k = self.norm_q(q), self.norm_k(k)
-        if c.rope_n_elem > 0:
+        if c.rope_n_elem > 0 and c.norm_qk:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        elif c.rope_n_elem > 0:  # q and k side by side in qkv: rotated together, half the kernels
+            q, k = apply_rope(qkv[..., : (H + G) * hs].view(B, T, H + G, hs), cos, sin).split((H, G), dim=2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hs)
+        if v.requires_grad and torch.is_grad_enabled() and (c.rope_n_elem > 0 or c.norm_qk):
+            v = v.contiguous()  # q and k are new tensors: attention keeps v for backward, not the whole qkv output
         if input_pos is not None:
             if self.kv_cache is None:
                 raise RuntimeError("input_pos given but no KV cache: call model.set_kv_cache(batch_size) first")
@@ -515,8 +517,8 @@ class GPT(nn.Module):
         cos, sin = rope_tables(cos[rpos], sin[rpos], dtype)  # (T, rope_n_elem) or (B, T, rope_n_elem)
         # sliding layers rotate with their own table where they have their own base (Gemma 3), else like the rest
         cos_l, sin_l = rope_tables(self.cos_local[rpos], self.sin_local[rpos], dtype) if c.rope_local_base is not None else (cos, sin)
-        if rope_pos is not None:  # (B, 1, T, rope_n_elem): one table per row, broadcast over the heads
-            cos, sin, cos_l, sin_l = (t.unsqueeze(1) for t in (cos, sin, cos_l, sin_l))
+        # (T, 1, rope_n_elem), or (B, T, 1, rope_n_elem) with one table per row: broadcast over the heads of (B, T, heads, hs)
+        cos, sin, cos_l, sin_l = (t.unsqueeze(-2) for t in (cos, sin, cos_l, sin_l))
         needs_mask = input_pos is not None or key_mask is not None  # else SDPA's is_causal does it
         full_mask = self.build_mask(pos, k_len, None, key_mask) if needs_mask else None
         slide_mask = self.build_mask(pos, k_len, c.sliding_window, key_mask) if c.sliding_window is not None else full_mask
