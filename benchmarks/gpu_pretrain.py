@@ -142,11 +142,50 @@ def worker_ours(name: str, args) -> dict:
     with open(out_dir / "logs" / "version_0" / "metrics.csv") as f:
         tps = {int(r["step"]): float(r["tokens_per_sec"]) for r in csv.DictReader(f) if r.get("tokens_per_sec")}
     step_times = [B * T / tps[s] for s in range(1, steps + 1)]
-    return dict(
+    result = dict(
         n_params=n_params, flops_per_token=flops, B=B, T=T, steps=steps, skip=skip, setup_s=setup_s, step_times=step_times,
         final_loss=summary["final_loss"], peak_gb=peak_memory_gb(fabric.device), device=device_name(fabric.device),
         torch=torch.__version__,
     )
+    if args.profile:  # a few more steps under the profiler: where the GPU time goes, and how much of the wall it fills
+        from torch.profiler import ProfilerActivity, profile
+
+        more = TrainArgs(**{**train.__dict__, "max_steps": 3, "warmup_steps": 0})
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA] if torch.cuda.is_available() else [ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            fit(fabric, model, optimizer, random_batches(config.vocab_size, T), None, more, EvalArgs(final_validation=False),
+                FitState(), T, save=lambda state, final: None)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - t0
+        result["profile"] = kernel_table(prof, wall)
+    return result
+
+
+KERNEL_KINDS = {  # kernel name fragments -> what they are (first match wins)
+    "attention": ("flash", "fmha", "attention", "attn"),
+    "matmul": ("gemm", "nvjet", "cutlass", "sm90_", "sm100_", "matmul", "cublas"),
+    "optimizer": ("adam", "multi_tensor", "foreach"),
+    "triton (fused by inductor)": ("triton_",),
+}
+
+
+def kernel_table(prof, wall_s: float, rows: int = 14) -> str:
+    """The profiled kernels by GPU time: a share per kind, the top ``rows`` by name, and the GPU's busy share of the
+    wall time (kernels summed: below 100% the GPU waited for the host)."""
+    kernels = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    total = sum(e.self_device_time_total for e in kernels) / 1e6  # seconds
+    if not kernels:
+        return f"no device kernels profiled (wall {wall_s:.2f}s)"
+    kinds: dict[str, float] = {}
+    for e in kernels:
+        kind = next((k for k, frags in KERNEL_KINDS.items() if any(f in e.key.lower() for f in frags)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + e.self_device_time_total / 1e6
+    lines = [f"GPU kernels {total:.3f}s in {wall_s:.3f}s wall: busy {total / wall_s:.0%}",
+             "by kind: " + ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))]
+    for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:rows]:
+        lines.append(f"  {e.self_device_time_total / 1e6 / total:6.1%} {e.count:6d}x  {e.key[:110]}")
+    return "\n".join(lines)
 
 
 def worker_litgpt(name: str, args) -> dict:
@@ -225,6 +264,7 @@ def run_worker(python: str, impl: str, name: str, args, timeout: float) -> dict:
     cmd += ["--smoke"] if args.smoke else []
     cmd += ["--ours-compile", args.ours_compile] if args.compile else ["--no-compile"]
     cmd += ["--batch", str(args.batches[name])] if name in args.batches else []
+    cmd += ["--profile"] if args.profile and impl == "ours" else []
     env = {**os.environ, **QUIET_ENV}
     t0 = time.perf_counter()
     try:
@@ -255,6 +295,7 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=450.0, help="seconds for all workers together; later ones are skipped")
     p.add_argument("--worker-timeout", type=float, default=170.0, help="seconds one worker may take")
     p.add_argument("--litgpt-python", default=str(DEFAULT_LITGPT_PYTHON), help="python that can import litgpt 0.5.13")
+    p.add_argument("--profile", action="store_true", help="ours: 3 more steps under torch.profiler, kernels by GPU time")
     p.add_argument("--json", default=None, help="also write the raw results here")
     args = p.parse_args()
     try:
@@ -310,6 +351,8 @@ def main() -> None:
             print(f"  {name:15s} {impl:6s} {r['tokens_per_sec']:10,.0f} tok/s  MFU {fmt_pct(r['mfu'])}  first step "
                   f"{r['step_times'][0]:6.1f}s  peak {r['peak_gb']:6.2f} GB  loss {r['final_loss']:.3f}  worker {r['wall_s']:.0f}s  "
                   f"[{r['device']}, torch {r['torch']}]", flush=True)
+            if "profile" in r:
+                print("\n".join("    " + line for line in r["profile"].splitlines()), flush=True)
 
     print()
     print("| model | impl | params | B x T | tokens/s | MFU | first step s (compile) | peak GB | device |")
