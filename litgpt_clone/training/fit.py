@@ -167,16 +167,18 @@ def fit(
                 fabric.backward(loss / accum)
             totals += torch.stack([loss.detach().float(), torch.tensor(float(x.numel()), device=totals.device)])
         totals = fabric.all_reduce(totals, reduce_op="sum")
-        loss, step_tokens = totals[0].item() / (accum * world), int(totals[1].item())
+        if args.max_norm is not None:  # no host check of the norm (a sync): a non-finite loss stops training below
+            fabric.clip_gradients(model, optimizer, max_norm=args.max_norm, error_if_nonfinite=False)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        # the step's one host sync, once the optimizer step is queued: a GPU does not sit idle while the host launches it
+        loss_sum, token_count = totals.tolist()
+        loss, step_tokens = loss_sum / (accum * world), int(token_count)
         if not math.isfinite(loss):
             raise TrainingError(
                 f"loss is {loss} at step {state.step + 1}: the last good checkpoint is kept in the output folder; "
                 "lower --train.lr, raise --train.warmup_steps or set --train.max_norm"
             )
-        if args.max_norm is not None:
-            fabric.clip_gradients(model, optimizer, max_norm=args.max_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
         state.step += 1
         state.samples += args.global_batch_size
         state.tokens += step_tokens
