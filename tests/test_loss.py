@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from litgpt_clone import GPT, Config
-from litgpt_clone.training.loss import fusable_head, linear_cross_entropy, loss_fn
+from litgpt_clone.training.loss import chunk_loss_and_grad, fusable_head, linear_cross_entropy, loss_fn
 
 
 def grads_of(loss_fn_, tensors):
@@ -42,6 +42,43 @@ def test_fused_loss_and_gradients_equal_unfused(softcap, reduction, bias):
         torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
         for a, b in zip(got_grads, expected_grads):
             torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_the_chunk_step_compiles_to_the_eager_results():
+    """On a GPU each chunk's loss-and-gradient step runs through torch.compile (the passes over its logits fused);
+    compiled (inductor, here for the CPU) it gives the eager function's loss and gradient, in the logits' dtype."""
+    torch.manual_seed(0)
+    compiled = torch.compile(chunk_loss_and_grad)
+    for dtype, softcap, tol in ((torch.bfloat16, 30.0, 2**-7), (torch.float32, None, 1e-5)):
+        z = (torch.randn(48, 1000) * 4).to(dtype)
+        t, keep, scale = torch.randint(0, 1000, (48, 1)), torch.rand(48) > 0.2, torch.tensor(1 / 40)
+        expected, expected_grad = chunk_loss_and_grad(z.clone(), t, keep, scale, softcap, True)
+        got, grad = compiled(z.clone(), t, keep, scale, softcap, True)
+        assert grad.dtype == dtype and expected.dtype == got.dtype == torch.float32
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(grad.float(), expected_grad.float(), rtol=tol, atol=1e-6)
+        reference = F.cross_entropy(z.float()[keep] if softcap is None else (torch.tanh(z.float() / softcap) * softcap)[keep], t[keep, 0], reduction="sum")
+        torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fused_loss_on_cuda_equals_the_cpu():
+    """On CUDA the chunk step is compiled: loss and gradients equal the CPU's eager ones (fp32), and under bf16
+    autocast stay within bf16 rounding of them."""
+    torch.manual_seed(0)
+    head = nn.Linear(64, 5000, bias=False)
+    hidden = torch.randn(700, 64, requires_grad=True)
+    targets = torch.randint(0, 5000, (700,))
+    targets[::7] = -100
+    expected, expected_grads = grads_of(lambda: linear_cross_entropy(hidden, head, targets), [hidden, head.weight])
+    head_gpu, hidden_gpu = head.cuda(), hidden.detach().cuda().requires_grad_()
+    for autocast, tol in ((False, 1e-5), (True, 2e-2)):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            got, got_grads = grads_of(lambda: linear_cross_entropy(hidden_gpu, head_gpu, targets.cuda()), [hidden_gpu, head_gpu.weight])
+        torch.testing.assert_close(got.cpu(), expected, rtol=tol, atol=tol)
+        for a, b in zip(got_grads, expected_grads):
+            torch.testing.assert_close(a.cpu(), b, rtol=tol, atol=tol * b.abs().max().item())
 
 
 def test_fused_loss_without_grad_and_all_ignored():

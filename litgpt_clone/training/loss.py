@@ -11,6 +11,7 @@ the full logits never exist and the chunk's logits stay in cache. Same loss and 
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -63,6 +64,58 @@ def linear_cross_entropy(
     return _LinearCrossEntropy.apply(hidden, head.weight, head.bias, targets, softcap, reduction == "mean", rows)
 
 
+def chunk_loss_and_grad(z: torch.Tensor, t: torch.Tensor, keep: torch.Tensor, scale: torch.Tensor, softcap: Optional[float], grads: bool):
+    """One chunk of ``linear_cross_entropy``: from its logits z (rows, vocab), the summed cross-entropy of the rows
+    that count (``keep``) and, with ``grads``, d loss / d z = (softmax - one-hot) * ``scale`` per kept row, in z's
+    dtype. The arithmetic runs in fp32 (at least), in place on one (rows, vocab) buffer."""
+    wide = torch.promote_types(z.dtype, torch.float32)
+    compute = z.dtype
+    z = z.to(wide)
+    capped = None
+    if softcap is not None:
+        capped = torch.tanh(z / softcap)
+        z = capped * softcap
+    picked = z.gather(1, t).squeeze(1)  # (rows,) the targets' logits
+    top = z.amax(dim=-1, keepdim=True)
+    g = z.sub_(top).exp_()  # (rows, vocab) exp(z - max), in place of the logits
+    norm = g.sum(dim=-1, keepdim=True)
+    total = ((top.squeeze(1) + norm.squeeze(1).log() - picked) * keep).sum()  # logsumexp - target logit
+    if not grads:
+        return total, None
+    weight_of_row = (keep * scale)[:, None]  # (rows, 1) d loss / d (row's cross-entropy)
+    g.mul_(weight_of_row / norm).scatter_add_(1, t, -weight_of_row)  # (softmax - one-hot) * weight: d loss / d z
+    if softcap is not None:
+        g.mul_(1 - capped * capped)  # through tanh
+    return total, g.to(compute)
+
+
+_compiled_chunk = None
+
+
+def chunk_function(device: torch.device):
+    """``chunk_loss_and_grad`` as it runs on ``device``: eager on a CPU; compiled on a GPU, where its eight passes over
+    a chunk's logits (about 46 bytes of memory traffic per logit with bf16 matmuls) fuse into a couple of kernels that
+    read the bf16 logits and write the bf16 gradient (pythia-160m on an H200: about a sixth of a step's time went to
+    those passes, by the arithmetic in benchmarks/RESULTS.md). If inductor fails, the eager function, with a warning."""
+    global _compiled_chunk
+    if device.type != "cuda" or _compiled_chunk is False:
+        return chunk_loss_and_grad
+    if _compiled_chunk is None:
+        compiled = torch.compile(chunk_loss_and_grad)
+
+        def guarded(*args):
+            global _compiled_chunk
+            try:
+                return compiled(*args)
+            except Exception as err:  # noqa: BLE001  (a compiler failure: the loss still has to run)
+                warnings.warn(f"the fused loss runs uncompiled: torch.compile failed on it ({type(err).__name__}: {err})")
+                _compiled_chunk = False
+                return chunk_loss_and_grad(*args)
+
+        _compiled_chunk = guarded
+    return _compiled_chunk
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, softcap, mean, rows):
@@ -83,25 +136,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_bias = torch.zeros_like(bias, dtype=wide) if need_bias else None
         total = torch.zeros((), dtype=wide, device=hidden.device)
         in_place = hidden.dtype == compute == wide
+        softmax_grad = chunk_function(hidden.device)
         for start in range(0, hidden.shape[0], rows):
-            z = g = capped = None  # free the last chunk's (rows x vocab) temporaries before making this chunk's
+            z = g = None  # free the last chunk's (rows x vocab) temporaries before making this chunk's
             h, t, keep = hidden[start : start + rows].to(compute), safe[start : start + rows, None], valid[start : start + rows]
-            z = F.linear(h, w, b).to(wide)  # (rows, vocab)
-            if softcap is not None:
-                capped = torch.tanh(z / softcap)
-                z = capped * softcap
-            picked = z.gather(1, t).squeeze(1)  # (rows,) the targets' logits
-            top = z.amax(dim=-1, keepdim=True)
-            g = z.sub_(top).exp_()  # (rows, vocab) exp(z - max), in place of the logits
-            norm = g.sum(dim=-1, keepdim=True)
-            total += ((top.squeeze(1) + norm.squeeze(1).log() - picked) * keep).sum()  # logsumexp - target logit
+            z = F.linear(h, w, b)  # (rows, vocab)
+            part, g = softmax_grad(z, t, keep, scale, softcap, grads)
+            total += part
             if not grads:
                 continue
-            weight_of_row = (keep * scale)[:, None]  # (rows, 1) d loss / d (row's cross-entropy)
-            g.mul_(weight_of_row / norm).scatter_add_(1, t, -weight_of_row)  # (softmax - one-hot) * weight: d loss / d z
-            if softcap is not None:
-                g.mul_(1 - capped * capped)  # through tanh
-            g = g.to(compute)
             if in_place:  # no (rows x C) or (vocab x C) temporary per chunk
                 if need_hidden:
                     torch.mm(g, w, out=grad_hidden[start : start + rows])
