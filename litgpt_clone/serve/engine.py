@@ -98,7 +98,7 @@ class Engine:
 
     ``adapters``: a ``litgpt_clone.serve.multi_lora.AdapterRows`` when the model carries per-request LoRA adapters.
     ``cuda_graphs``: on a GPU, replay each decode shape as a CUDA graph (``generate.GraphedStep``), captured the first
-    time the shape runs; a model whose step cannot be captured (e.g. bitsandbytes int8) decodes eagerly.
+    time the shape runs; MoE and LongRoPE models, and any whose capture fails (bitsandbytes int8, say), decode eagerly.
     """
 
     def __init__(self, model: GPT, tokenizer, max_rows: int, adapters=None, cuda_graphs: bool = True) -> None:
@@ -113,7 +113,9 @@ class Engine:
         self.waiting: deque[Row] = deque()
         self.stop_ids = set(tokenizer.stop_ids)
         self.steps: dict[tuple[int, int, bool], GraphedStep] = {}  # (rows, slots, adapters in use) -> decode step
-        self.graphs = cuda_graphs and self.device.type == "cuda" and model.longrope_after is None  # that reads positions
+        # not for steps that read values on the host: LongRoPE's switch of tables, MoE routing (which tokens per expert)
+        capturable = model.longrope_after is None and model.config.mlp_class_name != "MoE"
+        self.graphs = cuda_graphs and self.device.type == "cuda" and capturable
         self.pool = torch.cuda.graph_pool_handle() if self.graphs else None  # memory shared by all the graphs
         self.prefill_tokens = max(PREFILL_TOKEN_BUDGET, free_tokens(model.config.n_embd, self.device))
 
