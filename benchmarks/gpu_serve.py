@@ -9,7 +9,9 @@ context 2048; a word-level tokenizer of 32000 tokens) and both servers load it. 
 ``level``) stream ``/v1/completions`` of random 128-token prompts (token ids), greedy, between half and 1.5x
 ``--max-tokens`` new tokens each, and report aggregate output tokens/s and p50/p95 time to first token at 1, 8, 32
 and 64 concurrent clients. The one-at-a-time server runs at 1 and 8 clients: its aggregate rate is its single-stream
-rate whatever the number waiting, and 64 clients would take minutes for no new figure.
+rate whatever the number waiting, and 64 clients would take minutes for no new figure. Both replay their decode
+steps as CUDA graphs (the server's default on a GPU); ``--eager-clients 1 64`` adds the batched server with
+``--cuda_graphs false`` at those levels, to measure what the graphs bring.
 
     python benchmarks/gpu_serve.py                 # on a CUDA machine
     .venv/bin/python benchmarks/gpu_serve.py --smoke   # a tiny model on CPU: checks the script end to end
@@ -86,6 +88,7 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--requests-per-client", type=int, default=2)
     p.add_argument("--baseline-clients", nargs="+", type=int, default=None, help="levels for the one-at-a-time server (slow)")
+    p.add_argument("--eager-clients", nargs="*", type=int, default=[], help="levels for the batched server with --cuda_graphs false (A/B)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
 
@@ -112,10 +115,13 @@ def main() -> None:
         if args.smoke:
             env["OMP_NUM_THREADS"] = "1"
         make = completion_request(shape["vocab_size"], args.prompt_tokens, max_tokens)
-        for name, batch, levels in (("batched", max(clients), clients), ("one-at-a-time", 1, baseline_clients)):
+        servers = [("batched", max(clients), clients), ("one-at-a-time", 1, baseline_clients)]
+        servers += [("batched eager", max(clients), args.eager_clients)] if args.eager_clients else []
+        for name, batch, levels in servers:
             port = bench.free_port()
             cmd = [sys.executable, "-m", "litgpt_clone", "serve", str(work / "model"), "--port", str(port), "--accelerator", accelerator,
                    "--precision", precision, "--max_batch_size", str(batch), "--max_new_tokens", str(2 * max_tokens), "--model_name", "bench"]
+            cmd += ["--cuda_graphs", "false"] if name == "batched eager" else []
             started = time.perf_counter()
             proc = bench.start_server(cmd, port, work / f"{name}.log", env, timeout=600)
             print(f"{name}: server up in {time.perf_counter() - started:.0f}s", flush=True)
@@ -124,7 +130,7 @@ def main() -> None:
                 asyncio.run(bench.level(url, 2, 2, make, True))  # warm-up
                 for n in levels:
                     # at least 8 requests per level (4 for the slow baseline, whose clients send one each)
-                    per = max(args.requests_per_client, math.ceil(8 / n)) if name == "batched" else math.ceil(4 / n)
+                    per = max(args.requests_per_client, math.ceil(8 / n)) if name != "one-at-a-time" else math.ceil(4 / n)
                     r = dict(bench.measure(url, n, per, make, True, rounds=1), server=name)
                     results.append(r)
                     bench.report(name, r)
