@@ -234,6 +234,11 @@ class CausalSelfAttention(nn.Module):
             gqa = c.n_query_groups != c.n_head
             if mask is None:
                 return F.scaled_dot_product_attention(q, k, v, is_causal=q.size(2) > 1, scale=self.scale, enable_gqa=gqa)
+            if gqa and q.size(2) == 1:  # a decode step: a group's query heads become its queries over the shared K/V
+                # (SDPA runs a GQA broadcast with a mask only in its slowest kernel: 2x this on a CPU, "math" on CUDA)
+                B, H, _, hs = q.shape
+                y = F.scaled_dot_product_attention(q.view(B, c.n_query_groups, H // c.n_query_groups, hs), k, v, attn_mask=mask, scale=self.scale)
+                return y.view(B, H, 1, hs)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
         # SDPA cannot softcap the scores: group the query heads by their K/V head instead of copying K/V.
         B, H, T, hs = q.shape
