@@ -155,12 +155,12 @@ def rope_tables(cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype) -> tup
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """Rotate the first n = ``cos.size(-1)`` channels of x (B, T, n_head, hs) by the "rotate half" convention:
-    x * cos + (-x2, x1) * sin, computed as x * cos + (x2, x1) * (-sin, sin) with one flip (no slices, negation or
-    concatenation of x, whose backward passes cost as much as the forward ones). ``cos``, ``signed_sin``: from
-    ``rope_tables`` (cast here if they are not in x's dtype)."""
+    x * cos + (-x2, x1) * sin, computed as x * cos + (x2, x1) * (-sin, sin) with one roll by half the channels (no
+    slices, negation or concatenation of x, whose backward passes cost as much as the forward ones). ``cos``,
+    ``signed_sin``: from ``rope_tables`` (cast here if they are not in x's dtype)."""
     n = cos.size(-1)
     rot = x if n == x.size(-1) else x[..., :n]
-    swapped = rot.unflatten(-1, (2, n // 2)).flip(-2).flatten(-2)  # (x2, x1)
+    swapped = torch.roll(rot, n // 2, dims=-1)  # (x2, x1)
     out = rot * cos.to(x.dtype) + swapped * signed_sin.to(x.dtype)
     return out if n == x.size(-1) else torch.cat((out, x[..., n:]), dim=-1)
 
