@@ -355,3 +355,8 @@ def test_decode_steps_give_the_tokens_of_generate_as_requests_come_and_go(models
         assert run_engine(eager, jobs, 40) == expected and not eager.graphs
     else:
         assert not graphed.graphs and all(step.graph is None for step in graphed.steps.values())
+        assert {S for _, S, _ in graphed.steps} == {64, 128, 192}  # a multiple of 64 past the written slots
+        bucketed = Engine(llm.model, llm.tokenizer, max_rows=8)
+        bucketed.graphs = True  # the GPU's shapes (on a CPU nothing is captured): slots in powers of two of 64
+        assert run_engine(bucketed, jobs, 40) == expected
+        assert {S for _, S, _ in bucketed.steps} == {64, 128, 256}

@@ -265,7 +265,9 @@ class Engine:
             self.shift(-lo)
         B = power_of_two(max(self.rows) + 1, self.max_rows)
         blocks = -(-(self.t + 1) // 64)  # slots in use, in blocks of 64
-        S = min(64 * (power_of_two(blocks, blocks) if self.graphs else blocks), self.slots)  # fewer shapes to capture
+        if self.graphs:  # a power of two of blocks: fewer shapes to capture
+            blocks = power_of_two(blocks, -(-self.slots // 64))
+        S = min(64 * blocks, self.slots)
         rows = [self.rows.get(i) for i in range(B)]
         tokens = torch.tensor([[r.token if r else 0] for r in rows], device=self.device)  # (B, 1)
         rope_pos = torch.tensor([[r.pos if r else 0] for r in rows], device=self.device)  # (B, 1)
