@@ -282,11 +282,11 @@ class LitGPTLM(TemplateLM):
             ids += [*ctx[len(ctx) - n:], *(c[0] for c in conts)]
             start += n + 1
         logprobs, greedy = token_scores(logits, rows, ids)
-        out, at = [], 0
-        for _, n, conts, _ in groups:
-            prefix_logprob, prefix_greedy = sum(logprobs[at : at + n]), all(greedy[at : at + n])
-            out.append([(prefix_logprob + logprobs[j], prefix_greedy and greedy[j]) for j in range(at + n, at + n + len(conts))])
-            at += n + len(conts)
+        spans = iter(sum_spans(logprobs, greedy, [m for _, n, conts, _ in groups for m in (n, *[1] * len(conts))]))
+        out = []
+        for _, _, conts, _ in groups:
+            prefix_logprob, prefix_greedy = next(spans)
+            out.append([(prefix_logprob + logprob, prefix_greedy and last) for logprob, last in itertools.islice(spans, len(conts))])
         return out
 
     def score_shared(self, contexts: list[list[int]], prefix_lens: list[int], conts: list[tuple[int, list[int]]],
