@@ -238,7 +238,7 @@ class CausalSelfAttention(nn.Module):
                 # (SDPA runs a GQA broadcast with a mask only in its slowest kernel: 2x this on a CPU, "math" on CUDA)
                 B, H, _, hs = q.shape
                 y = F.scaled_dot_product_attention(q.view(B, c.n_query_groups, H // c.n_query_groups, hs), k, v, attn_mask=mask, scale=self.scale)
-                return y.view(B, H, 1, hs)
+                return y.reshape(B, H, 1, hs)
             if gqa and q.is_cuda:  # K/V copied per query head (as transformers does): memory-efficient attention then
                 k, v = (t.repeat_interleave(c.n_head // c.n_query_groups, dim=1) for t in (k, v))  # takes the mask; the
                 gqa = False  # math kernel would copy them too and also write out every attention score
