@@ -1,0 +1,102 @@
+"""The serve engine without a server: continuous batching's prefill chunks and decode steps (CUDA graphs on a GPU)
+give ``generate``'s greedy tokens as requests come and go. No ``openai`` import here, so ``pytest -m gpu`` collects
+the CUDA case on a machine that has only the serve dependencies."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from litgpt_clone import LLM
+from litgpt_clone.generate import generate
+from test_generate import CORPUS, PROMPTS, checkpoint, models_root  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The references run on one thread (see test_serve.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_burst_is_prefilled_in_chunks_of_the_token_budget_with_the_same_answers(models_root):  # noqa: F811
+    """The engine prefills waiting requests together up to ``prefill_tokens`` padded tokens a pass (1,024 on a CPU; on
+    a GPU at least ``data.batching.free_tokens``); chunked or not, each request gets the greedy answer of ``generate``."""
+    from litgpt_clone.data.batching import free_tokens
+    from litgpt_clone.serve.engine import PREFILL_TOKEN_BUDGET, Engine
+
+    _, native = checkpoint(models_root, "llama")
+    llm = LLM.load(native, device="cpu")
+    prompts = [(CORPUS * 4)[i * 7 : i * 7 + 1500] for i in range(6)]
+    ids = [llm.tokenizer.encode(p).tolist()[:300] for p in prompts]  # 300 tokens each
+    expected = [generate(llm.model, [torch.tensor(x)], 5)[0].tolist() for x in ids]
+    assert free_tokens(llm.model.config.n_embd, torch.device("cpu")) == 0
+    assert free_tokens(2048, torch.device("cuda")) == 2048 and free_tokens(4096, torch.device("cuda")) == 512
+    for budget, per_pass in ((PREFILL_TOKEN_BUDGET, [3, 3]), (2048, [6])):
+        engine = Engine(llm.model, llm.tokenizer, max_rows=8)
+        assert engine.prefill_tokens == PREFILL_TOKEN_BUDGET  # on a CPU
+        engine.prefill_tokens = budget  # what a GPU sets for a 1.1B model
+        for i, x in enumerate(ids):
+            engine.submit(str(i), dict(ids=x, max_new_tokens=5, temperature=0, top_p=1.0))
+        joined, tokens = [], {str(i): [] for i in range(len(ids))}
+        prefill = engine.prefill
+        engine.prefill = lambda rows, events: joined.append(len(rows)) or prefill(rows, events)
+        while engine.busy:
+            for uid, event in engine.step():
+                tokens[uid].append(event)
+        assert joined == per_pass
+        for i, x in enumerate(ids):
+            text = "".join(e["text"] for e in tokens[str(i)])
+            assert text == llm.tokenizer.decode(expected[i])
+
+
+def run_engine(engine, jobs: list[list[int]], new: int, late: int = 3) -> dict[str, str]:
+    """Greedy texts of ``jobs`` through ``engine``: all but the last ``late`` submitted first, those after 3 steps."""
+    texts = {str(i): "" for i in range(len(jobs))}
+    for i, ids in enumerate(jobs):
+        if i == len(jobs) - late:
+            for _ in range(3):
+                for uid, event in engine.step():
+                    texts[uid] += event["text"]
+        engine.submit(str(i), dict(ids=ids, max_new_tokens=new, temperature=0, top_p=1.0))
+    while engine.busy:
+        for uid, event in engine.step():
+            texts[uid] += event["text"]
+    return texts
+
+
+CUDA = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_decode_steps_give_the_tokens_of_generate_as_requests_come_and_go(models_root, device):  # noqa: F811
+    """Requests of different lengths, some joining mid-way (so the batch and cache-length shapes change), get
+    ``generate``'s greedy text. On a GPU each decode shape is replayed as a CUDA graph, and the eager engine
+    (``cuda_graphs=False``) gives the same text."""
+    from litgpt_clone.serve.engine import Engine
+
+    _, native = checkpoint(models_root, "llama")
+    llm = LLM.load(native, device=device, precision="32-true")
+    jobs = [llm.tokenizer.encode(p).tolist() for p in PROMPTS * 2]
+    jobs[1] = (jobs[1] * 20)[:90]  # past one block of 64 slots
+    expected = {
+        str(i): llm.tokenizer.decode(generate(llm.model, [torch.tensor(x, device=device)], 40, stop_ids=llm.tokenizer.stop_ids)[0])
+        for i, x in enumerate(jobs)
+    }
+    graphed = Engine(llm.model, llm.tokenizer, max_rows=8)
+    assert run_engine(graphed, jobs, 40) == expected
+    assert len(graphed.steps) >= 3  # (rows, slots, adapters) shapes met
+    if device == "cuda":
+        assert graphed.graphs and all(step.graph is not None for step in graphed.steps.values())
+        assert {S for _, S, _ in graphed.steps} <= {64, 128, 256}  # a power of two of 64-slot blocks
+        eager = Engine(llm.model, llm.tokenizer, max_rows=8, cuda_graphs=False)
+        assert run_engine(eager, jobs, 40) == expected and not eager.graphs
+    else:
+        assert not graphed.graphs and all(step.graph is None for step in graphed.steps.values())
+        assert {S for _, S, _ in graphed.steps} == {64, 128, 192}  # a multiple of 64 past the written slots
+        bucketed = Engine(llm.model, llm.tokenizer, max_rows=8)
+        bucketed.graphs = True  # the GPU's shapes (on a CPU nothing is captured): slots in powers of two of 64
+        assert run_engine(bucketed, jobs, 40) == expected
+        assert {S for _, S, _ in bucketed.steps} == {64, 128, 256}
