@@ -120,14 +120,17 @@ def main() -> None:
         for name, batch, levels in servers:
             port = bench.free_port()
             cmd = [sys.executable, "-m", "litgpt_clone", "serve", str(work / "model"), "--port", str(port), "--accelerator", accelerator,
-                   "--precision", precision, "--max_batch_size", str(batch), "--max_new_tokens", str(2 * max_tokens), "--model_name", "bench"]
+                   "--precision", precision, "--max_batch_size", str(batch), "--max_new_tokens", str(2 * max_tokens), "--model_name", "bench", "--stats_interval", "1"]
             cmd += ["--cuda_graphs", "false"] if name == "batched eager" else []
             started = time.perf_counter()
             proc = bench.start_server(cmd, port, work / f"{name}.log", env, timeout=600)
             print(f"{name}: server up in {time.perf_counter() - started:.0f}s", flush=True)
             try:
                 url = f"http://127.0.0.1:{port}"
-                asyncio.run(bench.level(url, 2, 2, make, True))  # warm-up
+                # warm-up at the largest level, one request per client: the measured requests meet no shape for the first
+                # time (cuBLAS picking kernels for a new prefill shape, a decode step captured late: the server captures
+                # its decode steps when it starts, but the H200 run of 2026-11-27 warmed up at 2 clients only)
+                asyncio.run(bench.level(url, max(levels), 1, make, True))
                 for n in levels:
                     # at least 8 requests per level (4 for the slow baseline, whose clients send one each)
                     per = max(args.requests_per_client, math.ceil(8 / n)) if name != "one-at-a-time" else math.ceil(4 / n)
@@ -136,6 +139,10 @@ def main() -> None:
                     bench.report(name, r)
             finally:
                 bench.stop_server(proc)
+                # the server's own account: graphs captured at start, and per 10 s prefills, decode steps, their times
+                for line in (work / f"{name}.log").read_text(errors="replace").splitlines():
+                    if line.startswith("litgpt-clone serve: "):
+                        print(f"  [{name} log] {line.removeprefix('litgpt-clone serve: ')}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print()

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -91,7 +92,7 @@ def one_thread():
 def server(models_root):
     """(base url, LLM on the same checkpoint, log) with a running server."""
     _, native = checkpoint(models_root, "llama", chat_template=CHATML)
-    args = ["--max_batch_size", "32", "--max_new_tokens", "2000", "--model_name", NAME]
+    args = ["--max_batch_size", "32", "--max_new_tokens", "2000", "--model_name", NAME, "--stats_interval", "0.5"]
     with running_server(native, models_root / "serve-main.log", *args, env={"LITGPT_CLONE_API_KEY": KEY}) as (url, log):
         yield url, LLM.load(native, device="cpu"), log
 
@@ -279,3 +280,27 @@ def test_a_client_that_goes_away_has_its_generation_cancelled(server):
     with ThreadPoolExecutor(4) as pool:
         replies = list(pool.map(lambda _: client(url).completions.create(model=NAME, prompt="Hi", max_tokens=3, temperature=0), range(4)))
     assert all(r.usage.completion_tokens == 3 for r in replies)
+
+
+STATS = re.compile(r"litgpt-clone serve: last [\d.]+ s: ([\d,]+) prompt tokens in (\d+) prefills .*?(\d+) decode steps .*?([\d,.]+) tokens/s generated")
+
+
+def test_the_log_says_what_the_engine_did(server):
+    """Every --stats_interval seconds of work, one line: prompt tokens, prefills, decode steps, tokens generated. Over
+    a known workload the lines add up to the prompt and completion tokens the replies report."""
+    url, _, log = server
+    time.sleep(2.0)  # the lines of earlier tests' work are written
+    start = len(read_log(log))
+    replies = [
+        client(url).completions.create(model=NAME, prompt=p, max_tokens=n, temperature=0, stop=None)
+        for p, n in (("Once upon a time", 30), ("The river", 12), ("A llama", 20))
+    ]
+    time.sleep(2.0)  # an interval, and an idle loop's wait for requests (1 s)
+    lines = [m for m in STATS.finditer(read_log(log)[start:])]
+    assert lines, read_log(log)[start:][-2000:]
+    prompt_tokens = sum(int(m.group(1).replace(",", "")) for m in lines)
+    assert prompt_tokens == sum(r.usage.prompt_tokens for r in replies)
+    assert sum(int(m.group(2)) for m in lines) == 3  # one prefill a request (they came one after the other)
+    completion = sum(r.usage.completion_tokens for r in replies)
+    # a decode step per token after the first (which the prefill samples); a stop token is sampled but not reported
+    assert completion - 3 <= sum(int(m.group(3)) for m in lines) <= completion

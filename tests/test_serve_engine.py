@@ -91,6 +91,10 @@ def test_decode_steps_give_the_tokens_of_generate_as_requests_come_and_go(models
     if device == "cuda":
         assert graphed.graphs and all(step.graph is not None for step in graphed.steps.values())
         assert {S for _, S, _ in graphed.steps} <= {64, 128, 256}  # a power of two of 64-slot blocks
+        upfront = Engine(llm.model, llm.tokenizer, max_rows=8)
+        assert upfront.capture() == 4 * len(upfront_slots(upfront.slots))  # rows 1, 2, 4, 8
+        shapes = set(upfront.steps)
+        assert run_engine(upfront, jobs, 40) == expected and set(upfront.steps) == shapes  # nothing captured late
         eager = Engine(llm.model, llm.tokenizer, max_rows=8, cuda_graphs=False)
         assert run_engine(eager, jobs, 40) == expected and not eager.graphs
     else:
@@ -100,3 +104,17 @@ def test_decode_steps_give_the_tokens_of_generate_as_requests_come_and_go(models
         bucketed.graphs = True  # the GPU's shapes (on a CPU nothing is captured): slots in powers of two of 64
         assert run_engine(bucketed, jobs, 40) == expected
         assert {S for _, S, _ in bucketed.steps} == {64, 128, 256}
+        assert graphed.capture() == 0  # steps are not graphs here: nothing to capture up front
+        upfront = Engine(llm.model, llm.tokenizer, max_rows=6)
+        upfront.graphs = True
+        assert upfront.capture(most_slots=300) == 4 * 4  # rows 1, 2, 4, 6 x slots 64, 128, 256, 512 (the cap's block)
+        assert {(B, S) for B, S, _ in upfront.steps} == {(B, S) for B in (1, 2, 4, 6) for S in (64, 128, 256, 512)}
+        shapes = set(upfront.steps)
+        assert run_engine(upfront, jobs, 40) == expected and set(upfront.steps) == shapes  # every shape was there
+        upfront.submit("busy", dict(ids=jobs[0], max_new_tokens=4, temperature=0, top_p=1.0))
+        assert upfront.capture() == 0  # never while requests wait or run
+
+
+def upfront_slots(slots: int) -> list[int]:
+    """The cache lengths ``Engine.capture`` covers: powers of two of 64-slot blocks up to the cache (and 4,096)."""
+    return sorted({min(64 * 2 ** k, slots) for k in range(7) if 64 * 2 ** (k - 1) < min(slots, 4096)})

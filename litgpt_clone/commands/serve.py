@@ -47,6 +47,7 @@ def serve(
     adapters: Optional[str] = None,
     max_seq_length: Optional[int] = None,
     cuda_graphs: bool = True,
+    stats_interval: float = 10.0,
 ) -> None:
     """Serve a model over HTTP with OpenAI's API: /v1/chat/completions, /v1/completions, /v1/models and /health.
 
@@ -71,13 +72,17 @@ def serve(
             a request whose model is "name" uses that adapter; requests for different adapters share a batch.
         max_seq_length: Longest prompt + reply accepted; default: the model's context, at most 4096 (every one of
             the max_batch_size rows holds a KV cache this long).
-        cuda_graphs: On a GPU, replay each decode step as a CUDA graph (one per batch size and cache length, captured
-            the first time it runs: a 1.1B model's small steps cost their kernels, not Python's launches). False
-            decodes eagerly (vLLM's --enforce-eager).
+        cuda_graphs: On a GPU, replay each decode step as a CUDA graph (one per batch size and cache length, those of
+            up to 4,096 cache slots captured when the server starts: a 1.1B model's small steps cost their kernels,
+            not Python's launches). False decodes eagerly (vLLM's --enforce-eager).
+        stats_interval: Seconds between the log lines on what the server did while busy (prompt tokens and
+            prefills, decode steps and their time, tokens/s, running and waiting requests); 0 logs none.
     """
     from litgpt_clone.api import PRECISIONS, find_checkpoint
     from litgpt_clone.serve import build_server, default_model_name
 
+    if stats_interval < 0:
+        raise ServeError(f"--stats_interval {stats_interval} is negative: give seconds between log lines, or 0 for none")
     if max_batch_size < 1 or workers_per_device < 1 or max_new_tokens < 1:
         raise ServeError("max_batch_size, workers_per_device and max_new_tokens must be 1 or more")
     if not 0 < port < 65536:
@@ -100,7 +105,7 @@ def serve(
         check_adapters(checkpoint, lora)
     server = build_server(
         checkpoint, name, max_new_tokens, api_key, accelerator, devices, workers_per_device, precision, quantize, max_batch_size, lora, context,
-        cuda_graphs=cuda_graphs,
+        cuda_graphs=cuda_graphs, stats_interval=stats_interval,
     )
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         print(f"warning: listening on {host} without --api_key: anyone who can reach this port can use the model", file=sys.stderr)

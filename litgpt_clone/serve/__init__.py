@@ -22,12 +22,13 @@ def build_server(
     checkpoint_dir: Path, model_name: str, max_new_tokens: int = 512, api_key: Optional[str] = None, accelerator: str = "auto",
     devices: Union[int, str] = 1, workers_per_device: int = 1, precision: Optional[str] = None, quantize: Optional[str] = None,
     max_batch_size: int = 32, adapters: Sequence[tuple[str, str]] = (), max_seq_length: Optional[int] = None, timeout: float = 600.0,
-    cuda_graphs: bool = True,
+    cuda_graphs: bool = True, stats_interval: float = 10.0,
 ):
     """A ``litserve.LitServer`` serving ``checkpoint_dir`` under ``model_name`` (and each LoRA adapter of
     ``adapters``, (name, folder) pairs, under its name), decoding up to ``max_batch_size`` requests per worker
     together, each of at most ``max_seq_length`` tokens (default: the model's context); ``cuda_graphs``: replay the
-    decode steps as CUDA graphs on a GPU."""
+    decode steps as CUDA graphs on a GPU; ``stats_interval``: seconds between the log lines on what the engine did
+    (0: none)."""
     import litserve as ls
 
     from litgpt_clone.serve.api import GenerationAPI
@@ -40,7 +41,7 @@ def build_server(
     spec = OpenAIServeSpec(str(checkpoint_dir), model_name, context, max_new_tokens, api_key, [name for name, _ in adapters], manager.dict())
     api = GenerationAPI(
         str(checkpoint_dir), precision=precision, quantize=quantize, adapters=tuple((n, str(p)) for n, p in adapters),
-        max_rows=max_batch_size, context=context, spec=spec, cuda_graphs=cuda_graphs,
+        max_rows=max_batch_size, context=context, spec=spec, cuda_graphs=cuda_graphs, stats_interval=stats_interval,
     )
     server = ls.LitServer(  # fast_queue: events go from the workers to the HTTP processes over ZeroMQ
         api, accelerator=accelerator, devices=devices, workers_per_device=workers_per_device, timeout=timeout, fast_queue=True,

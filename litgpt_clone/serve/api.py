@@ -21,6 +21,8 @@ from litserve.utils import LitAPIStatus, LoopResponseType
 
 EVENTS = "litgpt-clone-events"
 """The uid of the per-step message that carries the events of many requests."""
+STATS_INTERVAL_S = 10.0
+"""Seconds between the log lines on what the engine did (prompt tokens, steps, their times, tokens/s, rows)."""
 CANCEL_CHECK_S = 0.02
 """How often a busy worker looks for generations to cancel."""
 STALE_CANCEL_S = 60.0
@@ -33,9 +35,9 @@ class GenerationAPI(ls.LitAPI):
     def __init__(
         self, checkpoint_dir: str, precision: Optional[str] = None, quantize: Optional[str] = None,
         adapters: tuple[tuple[str, str], ...] = (), max_rows: int = 32, context: Optional[int] = None, spec=None,
-        cuda_graphs: bool = True,
+        cuda_graphs: bool = True, stats_interval: float = STATS_INTERVAL_S,
     ) -> None:
-        super().__init__(spec=spec, loop=EngineLoop())
+        super().__init__(spec=spec, loop=EngineLoop(stats_interval))
         self.checkpoint_dir, self.precision, self.quantize = checkpoint_dir, precision, quantize
         self.adapters, self.max_rows, self.context, self.cuda_graphs = adapters, max_rows, context, cuda_graphs
 
@@ -49,6 +51,9 @@ class GenerationAPI(ls.LitAPI):
             llm.model.max_seq_length = self.context
         rows = attach_adapters(llm.model, self.adapters, self.max_rows) if self.adapters else None
         self.engine = Engine(llm.model, llm.tokenizer, self.max_rows, adapters=rows, cuda_graphs=self.cuda_graphs)
+        started = time.perf_counter()
+        if shapes := self.engine.capture():  # on a GPU: before the first request, so that none waits for a capture
+            print(f"litgpt-clone serve: captured {shapes} CUDA graphs of the decode step in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
 
     def decode_request(self, request):
         return request
@@ -58,7 +63,12 @@ class GenerationAPI(ls.LitAPI):
 
 
 class EngineLoop(LitLoop):
-    """Requests in, engine steps, events out; see the module docstring."""
+    """Requests in, engine steps, events out; see the module docstring. Every ``stats_interval`` seconds in which
+    the engine worked, one log line says what it did (``engine.Stats``; 0: never)."""
+
+    def __init__(self, stats_interval: float = STATS_INTERVAL_S) -> None:
+        super().__init__()
+        self.stats_interval = stats_interval
 
     def run(self, lit_api: GenerationAPI, device, worker_id, request_queue, transport, workers_setup_status, callback_runner) -> None:
         engine, cancelled = lit_api.engine, lit_api.spec.cancelled
@@ -79,6 +89,10 @@ class EngineLoop(LitLoop):
                 except ValueError as err:
                     del consumers[uid]
                     self.send(transport, {consumer: [(uid, {"error": str(err)})]})
+            if self.stats_interval and time.perf_counter() - engine.stats.since >= self.stats_interval:
+                if engine.stats.prefills or engine.stats.steps:
+                    print(f"litgpt-clone serve: {engine.stats.report(len(engine.rows), len(engine.waiting))}", file=sys.stderr, flush=True)
+                engine.stats = type(engine.stats)()
             if not engine.busy:
                 continue
             if time.monotonic() - last_check > CANCEL_CHECK_S:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
@@ -44,6 +45,11 @@ the first ones get their first token sooner (one prompt longer than this runs al
 a forward pass holds for the cost of its launches (``data.batching.free_tokens``: 2,048 for TinyLlama): the H200 run
 of 2026-11-27 prefilled a burst of 64 prompts of 128 tokens in 8 launch-bound passes (p50 time to first token 3.1x
 the single-client one)."""
+
+
+CAPTURE_SLOTS = 4096
+"""``Engine.capture`` captures the decode steps of up to this many cache slots when the server starts (7 slot counts x 7
+row counts at 64 rows); steps over longer caches are captured the first time they run."""
 
 
 class CacheView(KVCache):
@@ -70,6 +76,29 @@ def kv_caches(model: GPT, caches: list[KVCache]) -> Iterator[None]:
 
 def power_of_two(n: int, most: int) -> int:
     return min(1 << max(n - 1, 0).bit_length(), most)
+
+
+@dataclass
+class Stats:
+    """What the engine did since the last ``report``: the server logs it every few seconds while it works."""
+
+    prefills: int = 0
+    prompt_tokens: int = 0
+    prefill_s: float = 0.0
+    steps: int = 0
+    rows: int = 0  # generations in the decode steps, summed over the steps
+    decode_s: float = 0.0
+    tokens: int = 0  # sampled, by prefills and decode steps
+    since: float = field(default_factory=time.perf_counter)
+
+    def report(self, running: int, waiting: int) -> str:
+        """One log line (the time of a step includes its host work: admitting, sampling, detokenizing)."""
+        elapsed = time.perf_counter() - self.since
+        busy = (self.prefill_s + self.decode_s) / max(elapsed, 1e-9)
+        prefill = f"{self.prompt_tokens:,} prompt tokens in {self.prefills} prefills ({1e3 * self.prefill_s / max(self.prefills, 1):.1f} ms each)"
+        decode = f"{self.steps} decode steps ({1e3 * self.decode_s / max(self.steps, 1):.1f} ms each, {self.rows / max(self.steps, 1):.1f} rows)"
+        return (f"last {elapsed:.1f} s: {prefill}, {decode}, {self.tokens / elapsed:,.1f} tokens/s generated; engine busy {busy:.0%};"
+                f" {running} running, {waiting} waiting")
 
 
 @dataclass(eq=False)
@@ -118,6 +147,7 @@ class Engine:
         self.graphs = cuda_graphs and self.device.type == "cuda" and capturable
         self.pool = torch.cuda.graph_pool_handle() if self.graphs else None  # memory shared by all the graphs
         self.prefill_tokens = max(PREFILL_TOKEN_BUDGET, free_tokens(model.config.n_embd, self.device))
+        self.stats = Stats()
 
     # ------------------------------------------------------------------ requests
     def submit(self, uid: str, job: dict) -> None:
@@ -174,11 +204,18 @@ class Engine:
         prompt), and last ``finish_reason`` ("stop" or "length") and ``completion_tokens``.
         """
         events: list[tuple[str, dict]] = []
+        started = time.perf_counter()
         joined = self.admit()
         if joined:
             self.prefill(joined, events)
+            self.stats.prefills += 1
+            self.stats.prompt_tokens += sum(len(row.job["ids"]) for row in joined)
+            self.stats.prefill_s += time.perf_counter() - started
         elif self.rows:
+            self.stats.rows += len(self.rows)
             self.decode(events)
+            self.stats.steps += 1
+            self.stats.decode_s += time.perf_counter() - started
         return events
 
     def admit(self) -> list[Row]:
@@ -264,10 +301,7 @@ class Engine:
         if lo >= 64:  # drop the slots no row uses any more, so that steps attend over fewer
             self.shift(-lo)
         B = power_of_two(max(self.rows) + 1, self.max_rows)
-        blocks = -(-(self.t + 1) // 64)  # slots in use, in blocks of 64
-        if self.graphs:  # a power of two of blocks: fewer shapes to capture
-            blocks = power_of_two(blocks, -(-self.slots // 64))
-        S = min(64 * blocks, self.slots)
+        S = self.slots_for(self.t)
         rows = [self.rows.get(i) for i in range(B)]
         tokens = torch.tensor([[r.token if r else 0] for r in rows], device=self.device)  # (B, 1)
         rope_pos = torch.tensor([[r.pos if r else 0] for r in rows], device=self.device)  # (B, 1)
@@ -283,6 +317,32 @@ class Engine:
         for row in busy:
             row.pos += 1
         self.advance(busy, logits[[r.index for r in busy]], events)
+
+    def slots_for(self, t: int) -> int:
+        """The cache slots a decode step writing slot ``t`` attends over: a multiple of 64 past ``t``; when steps are
+        CUDA graphs a power of two of 64-slot blocks (fewer shapes to capture)."""
+        blocks = -(-(t + 1) // 64)
+        if self.graphs:
+            blocks = power_of_two(blocks, -(-self.slots // 64))
+        return min(64 * blocks, self.slots)
+
+    def capture(self, most_slots: int = CAPTURE_SLOTS) -> int:
+        """Capture the decode step of every shape up front, as vLLM does when it starts, so that no request waits
+        for a capture: rows a power of two up to ``max_rows``, slots a power of two of 64-slot blocks up to
+        ``most_slots`` (longer ones are captured the first time they run). Only while idle and when steps are CUDA
+        graphs; returns how many shapes were added."""
+        if not self.graphs or self.busy:
+            return 0
+        added = 0
+        for B in sorted({power_of_two(n, self.max_rows) for n in range(1, self.max_rows + 1)}):
+            for S in sorted({self.slots_for(t) for t in range(min(self.slots, most_slots))}):
+                key = (B, S, False)
+                if key not in self.steps:  # dummy inputs: the step writes slot 0 of idle rows, which a prefill rewrites
+                    zeros = torch.zeros(B, 1, dtype=torch.long, device=self.device)
+                    self.select_adapters([None] * B)
+                    self.steps[key] = self.decode_step(B, S, (zeros, torch.zeros(1, dtype=torch.long, device=self.device), zeros, self.key_mask[:B, :S]))
+                    added += 1
+        return added
 
     def decode_step(self, B: int, S: int, inputs: tuple) -> GraphedStep:
         """The decode step of the first ``B`` rows over the first ``S`` cache slots (a CUDA graph on a GPU)."""
@@ -319,6 +379,7 @@ class Engine:
     def advance(self, rows: list[Row], logits: torch.Tensor, events: list) -> None:
         """Sample the next token of each row from its logits (n, V); emit text, log-probabilities and endings."""
         tokens = self.sample(rows, logits)
+        self.stats.tokens += len(tokens)
         scored = [i for i, row in enumerate(rows) if row.job.get("logprobs") is not None]
         if scored:
             logprobs = torch.log_softmax(logits[scored].float(), dim=-1)  # (k, V)
