@@ -89,14 +89,14 @@ def worker(impl: str, mode: str, batch: int, args) -> dict:
                 continue
             (w0, _), (w1, _), (wn, _) = marks[0], marks[1], marks[-1]
             timed.append((w1 - w0, batch * (args.new - 1) / (wn - w1)))
-        steps = step_rates(model, batch, args.prompt, compiled, device) if impl == "ours" else {}
+        steps = step_rates(model, batch, args.prompt, compiled, device, args.profile) if impl == "ours" else {}
     return dict(impl=impl, mode=mode, batch=batch, ttft=statistics.median(t for t, _ in timed), **steps,
                 tps=statistics.median(s for _, s in timed), warmup_s=sum(warmup_s),
                 peak_gb=torch.cuda.max_memory_allocated() / 1e9 if cuda else None,
                 device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__, version=fb.impl_version(impl))
 
 
-def step_rates(model, batch: int, slot: int, compiled: bool, device) -> dict:
+def step_rates(model, batch: int, slot: int, compiled: bool, device, profile: bool = False) -> dict:
     """Ours only: tokens/s of the decode step alone, called back to back with no host read in between (the most the
     token loop could reach; what it loses to sampling, host copies and yields is the difference), and, eager, the same
     step replayed as a CUDA graph (``generate.GraphedStep``, what ``serve`` runs on a GPU)."""
@@ -120,6 +120,16 @@ def step_rates(model, batch: int, slot: int, compiled: bool, device) -> dict:
 
     step = compiled_decode(device.type) if compiled else decode_one_token
     rates = dict(step_tps=rate(lambda: run_decode(step, compiled, model, token, pos, None, None, same_as_last=True)))
+    if profile:  # where the step's GPU time goes: 20 steps, kernels by kind and name
+        from gpu_pretrain import kernel_table
+
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with torch.profiler.profile(activities=activities) as prof:
+            t0 = time.perf_counter()
+            for _ in range(20):
+                run_decode(step, compiled, model, token, pos, None, None, same_as_last=True)
+            sync()
+        rates["profile"] = kernel_table(prof, time.perf_counter() - t0)
     if not compiled:
         graphed = GraphedStep(lambda t, p: decode_one_token(model, t, p), [token, pos])
         rates["graphed_step_tps"] = rate(lambda: graphed(token, pos))
@@ -130,6 +140,7 @@ def run_worker(python: str, key: tuple[str, str, int], args, timeout: float) -> 
     impl, mode, batch = key
     cmd = [python, str(Path(__file__).resolve()), "--worker", impl, mode, str(batch), "--prompt", str(args.prompt),
            "--new", str(args.new), "--warmup", str(args.warmup), "--reps", str(args.reps)] + (["--smoke"] if args.smoke else [])
+    cmd += ["--profile"] if args.profile else []
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **fb.QUIET_ENV, "PYTHONPATH": str(fb.REPO_ROOT)},
@@ -153,6 +164,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--smoke", action="store_true", help="tiny shape on CPU, 16 new tokens (checks the script)")
+    p.add_argument("--profile", action="store_true", help="ours: a kernel table of 20 decode steps (GPU time by kind and name)")
     p.add_argument("--budget", type=float, default=420.0, help="seconds for all workers; later ones are skipped")
     p.add_argument("--worker-timeout", type=float, default=150.0)
     p.add_argument("--litgpt-python", default=str(fb.DEFAULT_LITGPT_PYTHON))
@@ -189,6 +201,8 @@ def main() -> None:
             if "step_tps" in r:
                 graphed = f", through GraphedStep (a CUDA graph on a GPU) {r['graphed_step_tps']:,.1f} tok/s" if "graphed_step_tps" in r else ""
                 print(f"    the step alone, back to back: {r['step_tps']:,.1f} tok/s{graphed}", flush=True)
+            if "profile" in r:
+                print("    " + r["profile"].replace("\n", "\n    "), flush=True)
     ok = {k: r for k, r in rows if "error" not in r}
     print("\n| impl | mode | batch | TTFT ms | decode tok/s (all rows) | peak GB |\n|---|---|---:|---:|---:|---:|")
     for (impl, mode, batch), r in rows:

@@ -173,7 +173,11 @@ KERNEL_KINDS = {  # kernel name fragments -> what they are (first match wins)
 def kernel_table(prof, wall_s: float, rows: int = 14) -> str:
     """The profiled kernels by GPU time: a share per kind, the top ``rows`` by name, and the GPU's busy share of the
     wall time (kernels summed: below 100% the GPU waited for the host)."""
-    kernels = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    from torch.autograd import DeviceType
+
+    # the kernels only: an operator's self device time is its kernels' time again (the H200 table of 2026-11-27
+    # counted both and showed the GPU busy 159-189% of the wall time)
+    kernels = [e for e in prof.key_averages() if e.device_type != DeviceType.CPU and e.self_device_time_total > 0]
     total = sum(e.self_device_time_total for e in kernels) / 1e6  # seconds
     if not kernels:
         return f"no device kernels profiled (wall {wall_s:.2f}s)"

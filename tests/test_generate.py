@@ -325,8 +325,8 @@ def test_compiled_decode_equals_eager(llama):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_decode_equals_eager(models_root):
-    """mode="reduce-overhead" (CUDA graphs): the tokens of the eager decode step, over several requests of different
-    shapes, without "accessing tensor output of CUDAGraphs that has been overwritten"."""
+    """Compiled with CUDA graphs (and coordinate-descent tuning): the tokens of the eager decode step, over several
+    requests of different shapes, without "accessing tensor output of CUDAGraphs that has been overwritten"."""
     _, native = checkpoint(models_root, "llama")
     tokenizer = Tokenizer(native)
     model = GPT.from_checkpoint(native, device="cuda").eval()
