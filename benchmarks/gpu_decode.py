@@ -8,8 +8,9 @@ n_embd 2048, 32 heads / 4 KV groups, intermediate 5632, vocab 32000) built on th
 random prompt tokens and ``--new`` (256) new tokens.
 
 - batch 1, eager and compiled, every implementation: decode tokens/s (new tokens after the first over the time
-  after the first) and time to first token; each token is synced to the host as it comes out (a streaming client
-  needs it there);
+  after the first) and time to first token; each token is on the host when it is counted (a streaming client
+  needs it there): LitGPT's and transformers' device tensors through a device sync, ours' Python ints as
+  ``stream`` yields them (it reads a step's tokens after it has queued the next step);
 - batch ``--batches`` (8 and 32), ours eager and compiled and transformers eager: aggregate decode tokens/s;
 - ours: the decode step alone, called back to back (what the token loop around it costs is the difference), and the
   eager step replayed as a plain CUDA graph (``generate.GraphedStep``, as ``serve`` decodes on a GPU).
