@@ -118,3 +118,29 @@ def test_decode_steps_give_the_tokens_of_generate_as_requests_come_and_go(models
 def upfront_slots(slots: int) -> list[int]:
     """The cache lengths ``Engine.capture`` covers: powers of two of 64-slot blocks up to the cache (and 4,096)."""
     return sorted({min(64 * 2 ** k, slots) for k in range(7) if 64 * 2 ** (k - 1) < min(slots, 4096)})
+
+
+def test_a_step_that_cannot_be_captured_decodes_eagerly(models_root, monkeypatch, capsys):  # noqa: F811
+    """When a capture fails (on a GPU: an operation a CUDA graph cannot hold, as bitsandbytes int8 has), the engine
+    logs why, stops capturing (also up front) and decodes eagerly with the same tokens. The failure is simulated:
+    this machine has no CUDA graphs."""
+    from litgpt_clone.serve import engine as engine_module
+    from litgpt_clone.serve.engine import Engine
+
+    class Failing(engine_module.GraphedStep):
+        def __init__(self, fn, inputs, capture: bool = True, pool=None) -> None:
+            if capture:
+                raise RuntimeError("operation not permitted when stream is capturing")
+            super().__init__(fn, inputs, capture=False)
+
+    _, native = checkpoint(models_root, "llama")
+    llm = LLM.load(native, device="cpu", precision="32-true")
+    jobs = [llm.tokenizer.encode(p).tolist() for p in PROMPTS]
+    expected = {str(i): llm.tokenizer.decode(generate(llm.model, [torch.tensor(x)], 12, stop_ids=llm.tokenizer.stop_ids)[0]) for i, x in enumerate(jobs)}
+    engine = Engine(llm.model, llm.tokenizer, max_rows=4)
+    engine.graphs = True
+    monkeypatch.setattr(engine_module, "GraphedStep", Failing)
+    assert engine.capture() == 0 and not engine.graphs and not engine.steps
+    assert "decoding without CUDA graphs" in capsys.readouterr().err
+    assert run_engine(engine, jobs, 12, late=1) == expected
+    assert engine.steps and all(step.graph is None for step in engine.steps.values())

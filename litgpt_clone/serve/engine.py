@@ -340,7 +340,10 @@ class Engine:
                 if key not in self.steps:  # dummy inputs: the step writes slot 0 of idle rows, which a prefill rewrites
                     zeros = torch.zeros(B, 1, dtype=torch.long, device=self.device)
                     self.select_adapters([None] * B)
-                    self.steps[key] = self.decode_step(B, S, (zeros, torch.zeros(1, dtype=torch.long, device=self.device), zeros, self.key_mask[:B, :S]))
+                    step = self.decode_step(B, S, (zeros, torch.zeros(1, dtype=torch.long, device=self.device), zeros, self.key_mask[:B, :S]))
+                    if not self.graphs:  # the capture failed (decode_step logged why): steps run eagerly from now on
+                        return added
+                    self.steps[key] = step
                     added += 1
         return added
 
