@@ -326,6 +326,7 @@ class Engine:
             blocks = power_of_two(blocks, -(-self.slots // 64))
         return min(64 * blocks, self.slots)
 
+    @torch.inference_mode()  # as ``step``: the graphs are captured and replayed without autograd
     def capture(self, most_slots: int = CAPTURE_SLOTS) -> int:
         """Capture the decode step of every shape up front, as vLLM does when it starts, so that no request waits
         for a capture: rows a power of two up to ``max_rows``, slots a power of two of 64-slot blocks up to
