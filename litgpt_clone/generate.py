@@ -179,19 +179,21 @@ def ensure_kv_cache(model: GPT, batch_size: int, needed: int) -> int:
     return length
 
 
-def pad_left(prompts: Sequence[torch.Tensor], cache_len: int, device) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """Prompts of different lengths as one left-padded batch.
+def pad_left(
+    prompts: Sequence[torch.Tensor], cache_len: int, device, length: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Prompts of different lengths as one left-padded batch of T = max(longest prompt, ``length``) tokens.
 
     Returns tokens (B, T), pad (B,) (padding of each row), rope_pos (B, T) and key_mask (B, cache_len), the
-    last two None when all rows have the same length (the plain, fastest path).
+    last two None when no row is padded (the plain, fastest path).
     """
-    lengths = torch.tensor([len(p) for p in prompts], device=device)
-    T = int(lengths.max())
-    pad = T - lengths  # (B,)
-    tokens = torch.zeros(len(prompts), T, dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        tokens[i, T - len(p):] = p.to(device)
-    if not bool(pad.any()):
+    sizes = [len(p) for p in prompts]
+    T = max(max(sizes), length)
+    tokens = torch.zeros(len(prompts), T, dtype=torch.long)
+    for i, p in enumerate(prompts):  # on the host, then one copy to the device
+        tokens[i, T - sizes[i] :] = p
+    tokens, pad = tokens.to(device), T - torch.tensor(sizes, device=device)  # (B, T), (B,)
+    if T == min(sizes):
         return tokens, pad, None, None
     slots = torch.arange(T, device=device)
     rope_pos = (slots[None, :] - pad[:, None]).clamp(min=0)  # (B, T): a row's first real token is at position 0

@@ -15,9 +15,13 @@ into slots ``[t - prompt, t)`` of a free row. When there is no room for it befor
 (many new tokens), the used slots of every row move together (``shift``): distances between slots, hence attention
 and sliding windows, do not change. A step runs on the first rows only (a power of two covering the highest busy
 row) and the first slots only (a multiple of 64 past ``t``; on a GPU a power of two of them), so a lightly loaded
-server does little work. On a GPU each such shape of the decode step is captured as a CUDA graph the first time it
-runs and replayed after that (``generate.GraphedStep``): an eager 1.1B model spends most of a small step launching
-kernels (the H200 run of 2026-11-27 decoded one TinyLlama stream at 44-56 tokens/s eagerly).
+server does little work. On a GPU each such shape of the decode step is a CUDA graph (``generate.GraphedStep``),
+captured when the server starts (``capture``) or the first time the shape runs, and replayed: an eager 1.1B model
+spends most of a small step launching kernels (the H200 run of 2026-11-27 decoded one TinyLlama stream at 44-56
+tokens/s eagerly, 336 with graphs). So is a prefill of at most ``graph_tokens`` padded tokens (as many as a forward
+pass holds for the cost of its launches): its rows padded to a power of two (repeating the last prompt), its
+prompts left-padded to a multiple of 64 tokens, its K/V in scratch caches all such graphs share; under load every
+arriving request costs a prefill, which eagerly took as long as several decode steps.
 
 Sampling, stop ids, stop strings and text pieces are the ones of ``litgpt_clone.generate`` (``sample``,
 ``TextStream``); each row has its own temperature, top-p, seed, stop strings, token budget and LoRA adapter.
@@ -53,12 +57,13 @@ row counts at 64 rows); steps over longer caches are captured the first time the
 
 
 class CacheView(KVCache):
-    """The first ``rows`` rows and ``slots`` slots of a bigger ``KVCache``; the model's writes land in the bigger one."""
+    """A ``KVCache`` over views ``k`` and ``v`` (rows, n_query_groups, slots, hs) of bigger tensors: the model's
+    writes land in those."""
 
-    def __init__(self, cache: KVCache, rows: int, slots: int) -> None:
+    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
         nn.Module.__init__(self)
-        self.register_buffer("k", cache.k[:rows, :, :slots], persistent=False)  # (rows, n_query_groups, slots, hs)
-        self.register_buffer("v", cache.v[:rows, :, :slots], persistent=False)
+        self.register_buffer("k", k, persistent=False)
+        self.register_buffer("v", v, persistent=False)
 
 
 @contextlib.contextmanager
@@ -147,6 +152,10 @@ class Engine:
         self.graphs = cuda_graphs and self.device.type == "cuda" and capturable
         self.pool = torch.cuda.graph_pool_handle() if self.graphs else None  # memory shared by all the graphs
         self.prefill_tokens = max(PREFILL_TOKEN_BUDGET, free_tokens(model.config.n_embd, self.device))
+        # prefills of at most this many padded tokens replay CUDA graphs: a pass this small costs its launches
+        self.graph_tokens = free_tokens(model.config.n_embd, self.device)
+        self.prefills: dict[tuple[int, int], tuple[GraphedStep, list[KVCache]]] = {}  # (rows, length) -> graph, caches
+        self.scratch: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None  # what those caches view
         self.stats = Stats()
 
     # ------------------------------------------------------------------ requests
@@ -228,7 +237,9 @@ class Engine:
                 break  # a prompt to score is prefilled alone: its logits at every position can be large
             if joined and (len(joined) + 1) * max(n, *(len(r.job["ids"]) for r in joined)) > self.prefill_tokens:
                 break
-            if not self.make_room(n, row.job["max_new_tokens"]):
+            # room before t for the prompt padded to a multiple of 64 (a prefill graph's length) where it fits
+            bucket = -(-n // 64) * 64 if self.graphs else n
+            if not self.make_room(bucket, row.job["max_new_tokens"]) and not self.make_room(n, row.job["max_new_tokens"]):
                 break
             self.waiting.popleft()
             row.index = min(set(range(self.max_rows)) - set(self.rows))
@@ -240,6 +251,8 @@ class Engine:
     def make_room(self, prompt: int, new: int) -> bool:
         """Shift the used slots (if needed) so that a prompt can end at ``t`` and its new tokens fit after it."""
         if not self.rows:
+            if prompt + new > self.slots:
+                return False
             self.t = prompt
             return True
         low = max(prompt - self.t, -min(r.start for r in self.rows.values()))  # shift >= this: room before t
@@ -272,17 +285,22 @@ class Engine:
         """Run the new prompts as one left-padded batch in a scratch cache, copy it into their rows and sample each
         one's first token."""
         prompts = [torch.tensor(row.job["ids"], dtype=torch.long) for row in joined]
-        T = max(len(p) for p in prompts)
-        tokens, pad, rope_pos, key_mask = pad_left(prompts, T, self.device)  # (n, T), (n,), (n, T) | None, (n, T) | None
-        scratch = [KVCache(len(joined), T, self.model.config, device=self.device, dtype=c.k.dtype) for c in self.caches]
+        n, T = len(joined), max(len(p) for p in prompts)
         score_prompt = bool(joined[0].job.get("prompt_logprobs"))  # such a row is prefilled alone
         self.select_adapters(joined)
-        with kv_caches(self.model, scratch):
-            logits = self.model(tokens, torch.arange(T, device=self.device), rope_pos, key_mask, last_only=not score_prompt)  # (n, T | 1, V)
+        rows, length = power_of_two(n, self.max_rows), min(-(-T // 64) * 64, self.t)  # the graph's shape (t >= T)
+        if self.graphs and rows * length <= self.graph_tokens and not score_prompt and not (self.adapters is not None and self.adapters.any):
+            logits, scratch = self.graphed_prefill(prompts, rows, length)
+            T = length
+        else:
+            tokens, pad, rope_pos, key_mask = pad_left(prompts, T, self.device)  # (n, T), (n,), (n, T) | None, (n, T) | None
+            scratch = [KVCache(n, T, self.model.config, device=self.device, dtype=c.k.dtype) for c in self.caches]
+            with kv_caches(self.model, scratch):
+                logits = self.model(tokens, torch.arange(T, device=self.device), rope_pos, key_mask, last_only=not score_prompt)  # (n, T | 1, V)
         index = torch.tensor([row.index for row in joined], device=self.device)
         for cache, part in zip(self.caches, scratch):
-            cache.k[index, :, self.t - T : self.t] = part.k  # (n, n_query_groups, T, hs)
-            cache.v[index, :, self.t - T : self.t] = part.v
+            cache.k[index, :, self.t - T : self.t] = part.k[:n]  # (n, n_query_groups, T, hs)
+            cache.v[index, :, self.t - T : self.t] = part.v[:n]
         self.key_mask[index] = False
         for row in joined:
             self.key_mask[row.index, row.start : self.t] = True
@@ -350,19 +368,50 @@ class Engine:
 
     def decode_step(self, B: int, S: int, inputs: tuple) -> GraphedStep:
         """The decode step of the first ``B`` rows over the first ``S`` cache slots (a CUDA graph on a GPU)."""
-        views = [CacheView(c, B, S) for c in self.caches]
+        views = [CacheView(c.k[:B, :, :S], c.v[:B, :, :S]) for c in self.caches]  # the first B rows and S slots
 
         def step(tokens, input_pos, rope_pos, key_mask):
             with kv_caches(self.model, views):
                 return decode_one_token(self.model, tokens, input_pos, rope_pos, key_mask)
 
+        return self.graph(step, inputs)
+
+    def graph(self, fn, inputs: tuple) -> GraphedStep:
+        """``fn`` on persistent copies of ``inputs``: captured as a CUDA graph while ``self.graphs`` holds."""
         if self.graphs:
             try:
-                return GraphedStep(step, inputs, capture=True, pool=self.pool)
+                return GraphedStep(fn, inputs, capture=True, pool=self.pool)
             except RuntimeError as err:  # an operation a CUDA graph cannot hold (a host sync)
                 self.graphs = False
                 print(f"litgpt-clone serve: decoding without CUDA graphs, this model's step cannot be captured ({err})", file=sys.stderr, flush=True)
-        return GraphedStep(step, inputs, capture=False)
+        return GraphedStep(fn, inputs, capture=False)
+
+    def graphed_prefill(self, prompts: list[torch.Tensor], rows: int, length: int) -> tuple[torch.Tensor, list[KVCache]]:
+        """Prefill ``prompts`` as ``rows`` rows (a power of two; rows past the prompts repeat the last one) of
+        ``length`` tokens (a multiple of 64), replaying the CUDA graph of that shape (captured the first time it
+        comes up) over scratch caches that every such graph shares. Returns the last position's logits (rows, 1, V)
+        and the scratch caches (rows, n_query_groups, length, hs)."""
+        padded = prompts + [prompts[-1]] * (rows - len(prompts))
+        tokens, pad, rope_pos, key_mask = pad_left(padded, length, self.device, length=length)
+        if rope_pos is None:  # no row padded: the same inputs as a padded batch, so one graph serves both
+            rope_pos = torch.arange(length, device=self.device).expand(rows, length)
+            key_mask = torch.ones(rows, length, dtype=torch.bool, device=self.device)
+        if (rows, length) not in self.prefills:
+            if self.scratch is None:  # flat K and V buffers per layer, the size of the largest graphed prefill
+                self.scratch = [(torch.empty(self.graph_tokens * c.k[0, :, 0].numel(), dtype=c.k.dtype, device=self.device),
+                                 torch.empty(self.graph_tokens * c.v[0, :, 0].numel(), dtype=c.v.dtype, device=self.device)) for c in self.caches]
+            shape = (rows, self.caches[0].k.size(1), length, self.caches[0].k.size(3))
+            n = rows * shape[1] * length * shape[3]
+            views = [CacheView(k[:n].view(shape), v[:n].view(shape)) for k, v in self.scratch]
+            positions = torch.arange(length, device=self.device)
+
+            def run(tokens, rope_pos, key_mask):
+                with kv_caches(self.model, views):
+                    return self.model(tokens, positions, rope_pos, key_mask, last_only=True)  # (rows, 1, V)
+
+            self.prefills[(rows, length)] = (self.graph(run, (tokens, rope_pos, key_mask)), views)
+        step, views = self.prefills[(rows, length)]
+        return step(tokens, rope_pos, key_mask), views
 
     # ------------------------------------------------------------------ tokens
     def sample(self, rows: list[Row], logits: torch.Tensor) -> list[int]:
