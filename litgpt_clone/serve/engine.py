@@ -153,7 +153,7 @@ class Engine:
         self.pool = torch.cuda.graph_pool_handle() if self.graphs else None  # memory shared by all the graphs
         self.prefill_tokens = max(PREFILL_TOKEN_BUDGET, free_tokens(model.config.n_embd, self.device))
         # prefills of at most this many padded tokens replay CUDA graphs: a pass this small costs its launches
-        self.graph_tokens = free_tokens(model.config.n_embd, self.device)
+        self.graph_tokens = min(free_tokens(model.config.n_embd, self.device), max_rows * self.slots)  # (sizes the scratch)
         self.prefills: dict[tuple[int, int], tuple[GraphedStep, list[KVCache]]] = {}  # (rows, length) -> graph, caches
         self.scratch: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None  # what those caches view
         self.stats = Stats()
