@@ -90,6 +90,7 @@ class Stats:
     prefills: int = 0
     prompt_tokens: int = 0
     prefill_s: float = 0.0
+    graphed: int = 0  # prefills that replayed a CUDA graph
     steps: int = 0
     rows: int = 0  # generations in the decode steps, summed over the steps
     decode_s: float = 0.0
@@ -100,7 +101,8 @@ class Stats:
         """One log line (the time of a step includes its host work: admitting, sampling, detokenizing)."""
         elapsed = time.perf_counter() - self.since
         busy = (self.prefill_s + self.decode_s) / max(elapsed, 1e-9)
-        prefill = f"{self.prompt_tokens:,} prompt tokens in {self.prefills} prefills ({1e3 * self.prefill_s / max(self.prefills, 1):.1f} ms each)"
+        graphed = f", {self.graphed} as graphs" if self.graphed else ""
+        prefill = f"{self.prompt_tokens:,} prompt tokens in {self.prefills} prefills ({1e3 * self.prefill_s / max(self.prefills, 1):.1f} ms each{graphed})"
         decode = f"{self.steps} decode steps ({1e3 * self.decode_s / max(self.steps, 1):.1f} ms each, {self.rows / max(self.steps, 1):.1f} rows)"
         return (f"last {elapsed:.1f} s: {prefill}, {decode}, {self.tokens / elapsed:,.1f} tokens/s generated; engine busy {busy:.0%};"
                 f" {running} running, {waiting} waiting")
@@ -292,6 +294,7 @@ class Engine:
         if self.graphs and rows * length <= self.graph_tokens and not score_prompt and not (self.adapters is not None and self.adapters.any):
             logits, scratch = self.graphed_prefill(prompts, rows, length)
             T = length
+            self.stats.graphed += self.prefills[(rows, length)][0].graph is not None
         else:
             tokens, pad, rope_pos, key_mask = pad_left(prompts, T, self.device)  # (n, T), (n,), (n, T) | None, (n, T) | None
             scratch = [KVCache(n, T, self.model.config, device=self.device, dtype=c.k.dtype) for c in self.caches]
