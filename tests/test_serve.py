@@ -304,20 +304,3 @@ def test_the_log_says_what_the_engine_did(server):
     completion = sum(r.usage.completion_tokens for r in replies)
     # a decode step per token after the first (which the prefill samples); a stop token is sampled but not reported
     assert completion - 3 <= sum(int(m.group(3)) for m in lines) <= completion
-
-
-def test_events_travel_over_zeromq(models_root):
-    """``build_server`` makes LitServe's ``fast_queue=True`` real (LitServe 0.2.19 ignored it, Lightning-AI/LitServe#751):
-    the transport is ZeroMQ, wired with the broker's addresses the right way round. (The server tests above run
-    through it.)"""
-    from litserve.transport.factory import create_transport_from_config
-
-    from litgpt_clone.serve import build_server
-
-    _, native = checkpoint(models_root, "llama")
-    server = build_server(native, NAME)
-    assert server.transport_config.transport_type == "zmq"
-    transport = create_transport_from_config(server.transport_config)
-    assert type(transport).__name__ == "ZMQTransport"
-    assert (transport.backend_address, transport.frontend_address) == (server.transport_config.backend_address, server.transport_config.frontend_address)
-    assert transport.backend_address != transport.frontend_address
