@@ -124,7 +124,13 @@ def wide_mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, accumulate: boo
     sums the products straight into ``out`` (``addmm`` with ``out_dtype``): no bf16 product tensor, rounded and then
     added; for pythia-160m's head that temporary was 77 MB written, read and added into 155 MB per chunk. Elsewhere
     the product, then a widening add or copy."""
-    if out.is_cuda and _WIDE_OUT[0]:
+    if out.dtype == a.dtype:  # nothing to widen
+        if accumulate:
+            out.addmm_(a, b)
+        else:
+            torch.mm(a, b, out=out)
+        return
+    if out.is_cuda and _WIDE_OUT[0]:  # bf16 / fp16 products summed in fp32
         try:
             torch.addmm(out, a, b, out.dtype, beta=1 if accumulate else 0, out=out)
             return
