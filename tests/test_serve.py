@@ -26,11 +26,11 @@ from pathlib import Path
 import openai
 import pytest
 import requests
-import torch
 
 from litgpt_clone import LLM
 from litgpt_clone.generate import generate
 from test_generate import CHATML, CORPUS, PROMPTS, checkpoint, models_root  # noqa: F401  (fixture)
+from test_serve_engine import one_thread  # noqa: F401  (fixture: the references run on one thread)
 
 KEY = "test-key-123"
 NAME = "tiny/llama"
@@ -76,16 +76,6 @@ def running_server(checkpoint_dir: Path, log_path: Path, *args: str, env: dict |
 def read_log(log) -> str:
     log.seek(0)
     return log.read()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The references (generate, LLM) run on one thread: on a busy 2-core machine, two threads of tiny matmuls wait
-    on each other for milliseconds per op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

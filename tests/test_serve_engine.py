@@ -14,7 +14,8 @@ from test_generate import CORPUS, PROMPTS, checkpoint, models_root  # noqa: F401
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """The references run on one thread (see test_serve.py)."""
+    """The references (generate, LLM) run on one thread: on a busy 2-core machine, two threads of tiny matmuls wait
+    on each other for milliseconds per op. (test_serve.py and test_serve_lora_eval.py use it too.)"""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -90,9 +90,8 @@ class EngineLoop(LitLoop):
                     del consumers[uid]
                     self.send(transport, {consumer: [(uid, {"error": str(err)})]})
             if self.stats_interval and time.perf_counter() - engine.stats.since >= self.stats_interval:
-                if engine.stats.prefills or engine.stats.steps:
-                    print(f"litgpt-clone serve: {engine.stats.report(len(engine.rows), len(engine.waiting))}", file=sys.stderr, flush=True)
-                engine.stats = type(engine.stats)()
+                if line := engine.take_stats():
+                    print(f"litgpt-clone serve: {line}", file=sys.stderr, flush=True)
             if not engine.busy:
                 continue
             if time.monotonic() - last_check > CANCEL_CHECK_S:

@@ -205,6 +205,11 @@ class Engine:
         self.t = 0
         return uids
 
+    def take_stats(self) -> Optional[str]:
+        """The log line on what the engine did since the last call (None if it did nothing); counting starts again."""
+        stats, self.stats = self.stats, Stats()
+        return stats.report(len(self.rows), len(self.waiting)) if stats.prefills or stats.steps else None
+
     # ------------------------------------------------------------------ steps
     @torch.inference_mode()
     def step(self) -> list[tuple[str, dict]]:
