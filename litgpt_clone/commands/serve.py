@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Union
 
+from litgpt_clone.serve import STATS_INTERVAL_S
+
 
 class ServeError(ValueError):
     """Server options that cannot work; the message names the problem and the fix."""
@@ -47,7 +49,7 @@ def serve(
     adapters: Optional[str] = None,
     max_seq_length: Optional[int] = None,
     cuda_graphs: bool = True,
-    stats_interval: float = 10.0,
+    stats_interval: float = STATS_INTERVAL_S,
 ) -> None:
     """Serve a model over HTTP with OpenAI's API: /v1/chat/completions, /v1/completions, /v1/models and /health.
 

@@ -12,6 +12,9 @@ import multiprocessing
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+STATS_INTERVAL_S = 10.0
+"""Seconds between the server's log lines on what the engine did (prompt tokens, steps, their times, tokens/s, rows)."""
+
 
 def default_model_name(checkpoint_dir: Path) -> str:
     """``checkpoints/org/name`` -> ``org/name``: the id clients send as ``model``."""
@@ -22,7 +25,7 @@ def build_server(
     checkpoint_dir: Path, model_name: str, max_new_tokens: int = 512, api_key: Optional[str] = None, accelerator: str = "auto",
     devices: Union[int, str] = 1, workers_per_device: int = 1, precision: Optional[str] = None, quantize: Optional[str] = None,
     max_batch_size: int = 32, adapters: Sequence[tuple[str, str]] = (), max_seq_length: Optional[int] = None, timeout: float = 600.0,
-    cuda_graphs: bool = True, stats_interval: float = 10.0,
+    cuda_graphs: bool = True, stats_interval: float = STATS_INTERVAL_S,
 ):
     """A ``litserve.LitServer`` serving ``checkpoint_dir`` under ``model_name`` (and each LoRA adapter of
     ``adapters``, (name, folder) pairs, under its name), decoding up to ``max_batch_size`` requests per worker

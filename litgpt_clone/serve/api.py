@@ -19,10 +19,10 @@ import litserve as ls
 from litserve.loops.base import _SENTINEL_VALUE, LitLoop
 from litserve.utils import LitAPIStatus, LoopResponseType
 
+from litgpt_clone.serve import STATS_INTERVAL_S
+
 EVENTS = "litgpt-clone-events"
 """The uid of the per-step message that carries the events of many requests."""
-STATS_INTERVAL_S = 10.0
-"""Seconds between the log lines on what the engine did (prompt tokens, steps, their times, tokens/s, rows)."""
 CANCEL_CHECK_S = 0.02
 """How often a busy worker looks for generations to cancel."""
 STALE_CANCEL_S = 60.0

@@ -51,6 +51,15 @@ of 2026-11-27 prefilled a burst of 64 prompts of 128 tokens in 8 launch-bound pa
 the single-client one)."""
 
 
+SLOT_BLOCK = 64
+"""Cache slots come in blocks of this many: decode steps attend over whole blocks and graphed prefills are padded to
+them, so a few shapes cover every length."""
+
+
+def round_up(n: int, block: int = SLOT_BLOCK) -> int:
+    return -(-n // block) * block
+
+
 CAPTURE_SLOTS = 4096
 """``Engine.capture`` captures the decode steps of up to this many cache slots when the server starts (7 slot counts x 7
 row counts at 64 rows); steps over longer caches are captured the first time they run."""
@@ -245,7 +254,7 @@ class Engine:
             if joined and (len(joined) + 1) * max(n, *(len(r.job["ids"]) for r in joined)) > self.prefill_tokens:
                 break
             # room before t for the prompt padded to a multiple of 64 (a prefill graph's length) where it fits
-            bucket = -(-n // 64) * 64 if self.graphs else n
+            bucket = round_up(n) if self.graphs else n
             if not self.make_room(bucket, row.job["max_new_tokens"]) and not self.make_room(n, row.job["max_new_tokens"]):
                 break
             self.waiting.popleft()
@@ -284,6 +293,11 @@ class Engine:
         for row in self.rows.values():
             row.start += d
 
+    @property
+    def adapters_in_use(self) -> bool:
+        """Whether the rows of the next forward chose any LoRA adapter (``select_adapters``)."""
+        return self.adapters is not None and self.adapters.any
+
     def select_adapters(self, rows: list[Optional[Row]]) -> None:
         if self.adapters is not None:
             self.adapters.select([row.job.get("adapter", 0) if row is not None else 0 for row in rows])
@@ -295,8 +309,8 @@ class Engine:
         n, T = len(joined), max(len(p) for p in prompts)
         score_prompt = bool(joined[0].job.get("prompt_logprobs"))  # such a row is prefilled alone
         self.select_adapters(joined)
-        rows, length = power_of_two(n, self.max_rows), min(-(-T // 64) * 64, self.t)  # the graph's shape (t >= T)
-        if self.graphs and rows * length <= self.graph_tokens and not score_prompt and not (self.adapters is not None and self.adapters.any):
+        rows, length = power_of_two(n, self.max_rows), min(round_up(T), self.t)  # the graph's shape (t >= T)
+        if self.graphs and rows * length <= self.graph_tokens and not score_prompt and not self.adapters_in_use:
             logits, scratch = self.graphed_prefill(prompts, rows, length)
             T = length
             self.stats.graphed += self.prefills[(rows, length)][0].graph is not None
@@ -324,7 +338,7 @@ class Engine:
     def decode(self, events: list) -> None:
         """One token for every row: all rows write slot ``t``."""
         lo = min(r.start for r in self.rows.values())
-        if lo >= 64:  # drop the slots no row uses any more, so that steps attend over fewer
+        if lo >= SLOT_BLOCK:  # drop the slots no row uses any more, so that steps attend over fewer
             self.shift(-lo)
         B = power_of_two(max(self.rows) + 1, self.max_rows)
         S = self.slots_for(self.t)
@@ -333,7 +347,7 @@ class Engine:
         rope_pos = torch.tensor([[r.pos if r else 0] for r in rows], device=self.device)  # (B, 1)
         self.select_adapters(rows)
         inputs = (tokens, torch.tensor([self.t], device=self.device), rope_pos, self.key_mask[:B, :S])
-        key = (B, S, self.adapters is not None and self.adapters.any)
+        key = (B, S, self.adapters_in_use)
         if key not in self.steps:
             self.steps[key] = self.decode_step(B, S, inputs)
         logits = self.steps[key](*inputs)  # (B, V)
@@ -347,10 +361,10 @@ class Engine:
     def slots_for(self, t: int) -> int:
         """The cache slots a decode step writing slot ``t`` attends over: a multiple of 64 past ``t``; when steps are
         CUDA graphs a power of two of 64-slot blocks (fewer shapes to capture)."""
-        blocks = -(-(t + 1) // 64)
+        blocks = round_up(t + 1) // SLOT_BLOCK
         if self.graphs:
-            blocks = power_of_two(blocks, -(-self.slots // 64))
-        return min(64 * blocks, self.slots)
+            blocks = power_of_two(blocks, round_up(self.slots) // SLOT_BLOCK)
+        return min(SLOT_BLOCK * blocks, self.slots)
 
     @torch.inference_mode()  # as ``step``: the graphs are captured and replayed without autograd
     def capture(self, most_slots: int = CAPTURE_SLOTS) -> int:
