@@ -57,7 +57,7 @@ def run_ours(model, prompts, new: int, compiled: bool) -> list[tuple[float, floa
 
     ``stream`` yields Python ints, so each step's tokens are on the host when it yields: its marks need no device
     sync. A sync there would also wait for the next step, which ``stream`` queues before it reads this one's tokens
-    (``HostTokens``), and so take away the overlap a streaming client gets (the H200 run of 2026-11-27 measured that
+    (``ToHost``), and so take away the overlap a streaming client gets (the H200 run of 2026-11-27 measured that
     way: 505-575 tok/s through the loop, 689 for the step alone)."""
     from litgpt_clone.generate import stream
 

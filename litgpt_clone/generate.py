@@ -11,7 +11,7 @@
   split a multi-byte character and end at stop strings (``litgpt_clone.api.LLM`` streams text with it).
 - ``compile=True`` runs the decode step through ``torch.compile`` (inductor with its C++ wrapper on CPU, CUDA
   graphs and coordinate-descent tuning on GPU); the prefill stays eager (SDPA). On a GPU the loop queues the
-  next step before it reads this step's tokens on the host (``HostTokens``).
+  next step before it reads this step's tokens on the host (``ToHost``).
 """
 
 from __future__ import annotations
@@ -179,6 +179,14 @@ def ensure_kv_cache(model: GPT, batch_size: int, needed: int) -> int:
     return length
 
 
+def to_device(x: torch.Tensor, device) -> torch.Tensor:
+    """``x`` (on the host) copied to ``device`` without waiting for the work queued there: on CUDA through pinned
+    memory (a copy from pageable memory first waits for the device to finish everything queued before it)."""
+    if torch.device(device).type != "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
+
+
 def pad_left(
     prompts: Sequence[torch.Tensor], cache_len: int, device, length: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -192,7 +200,7 @@ def pad_left(
     tokens = torch.zeros(len(prompts), T, dtype=torch.long)
     for i, p in enumerate(prompts):  # on the host, then one copy to the device
         tokens[i, T - sizes[i] :] = p
-    tokens, pad = tokens.to(device), T - torch.tensor(sizes, device=device)  # (B, T), (B,)
+    tokens, pad = to_device(tokens, device), T - to_device(torch.tensor(sizes), device)  # (B, T), (B,)
     if T == min(sizes):
         return tokens, pad, None, None
     slots = torch.arange(T, device=device)
@@ -253,12 +261,12 @@ def stream(
         return sample(logits, generator=generator, **sampling)
 
     # On a GPU, from the second token on, step i + 1 is queued before the host waits for step i's tokens (see
-    # HostTokens); the first token goes out as soon as the prefill is done. On a CPU nothing would overlap.
+    # ToHost); the first token goes out as soon as the prefill is done. On a CPU nothing would overlap.
     ahead = device.type in QUEUE_AHEAD
     token = sample(prefill(model, tokens, rope_pos, key_mask), generator=generator, **sampling)  # (B,)
     done = [False] * B
     for i in range(max_new_tokens):
-        on_host, more = HostTokens(token), i < max_new_tokens - 1
+        on_host, more = ToHost(token), i < max_new_tokens - 1
         early = ahead and i > 0  # queue step i + 1 before reading step i's tokens
         if more and early:
             token = next_token(i, token)
@@ -272,26 +280,26 @@ def stream(
 
 
 QUEUE_AHEAD = {"cuda"}
-"""Device types on which ``stream`` queues the next decode step before it reads the current one's tokens."""
+"""Device types on which ``stream`` (and the serve engine) queue the next decode step before reading the current one's tokens."""
 
 
-class HostTokens:
-    """A step's sampled tokens on their way to the host. On CUDA the copy goes to pinned memory behind an event, so
-    the loop can queue the next decode step (which needs only the tokens on the device) before it waits: the GPU
-    runs step i + 1 while the host reads step i's tokens, checks stop ids and yields, instead of idling through all
-    of that host work every token. After a row stops, at most one step was queued for nothing."""
+class ToHost:
+    """A tensor (a step's sampled tokens, say) on its way to the host. On CUDA the copy goes to pinned memory behind
+    an event, so the loop can queue the next decode step (which needs only the tokens on the device) before it
+    waits: the GPU runs step i + 1 while the host reads step i's tokens, checks stop ids and yields, instead of idling
+    through all of that host work every token. After a row stops, at most one step was queued for nothing."""
 
-    def __init__(self, token: torch.Tensor) -> None:
+    def __init__(self, x: torch.Tensor) -> None:
         self.event = None
-        if token.device.type == "cuda":
-            self.host = torch.empty(token.shape, dtype=token.dtype, pin_memory=True)
-            self.host.copy_(token, non_blocking=True)
+        if x.device.type == "cuda":
+            self.host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+            self.host.copy_(x, non_blocking=True)
             self.event = torch.cuda.Event()
             self.event.record()
         else:
-            self.host = token
+            self.host = x
 
-    def tolist(self) -> list[int]:
+    def tolist(self) -> list:
         if self.event is not None:
             self.event.synchronize()
         return self.host.tolist()

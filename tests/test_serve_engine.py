@@ -177,3 +177,66 @@ def test_small_prefills_run_through_one_graph_per_bucketed_shape(models_root):  
     engine.graph_tokens = 512
     want = llm.tokenizer.decode(generate(llm.model, [torch.tensor(exact)], 30, stop_ids=llm.tokenizer.stop_ids)[0])
     assert run_engine(engine, [exact], 30, late=0) == {"0": want} and (1, 64) in engine.prefills
+
+
+def test_reading_each_step_after_queuing_the_next_gives_the_same_events(models_root, monkeypatch):  # noqa: F811
+    """On a GPU the engine reads a forward's tokens on the host only after it has queued the next forward (``ahead``):
+    the device runs step i + 1 while the host detokenizes step i. Here on a CPU the same order of work, with every
+    forward's outputs spoiled when the next one runs (a CUDA graph's replay overwrites its outputs), gives the events
+    of reading each forward at once, for rows that stop on a string, run out of tokens, ask for log-probabilities or
+    sample with a seed; a row cancelled while a step of it is in flight sends nothing more."""
+    from litgpt_clone.serve import engine as engine_module
+    from litgpt_clone.serve.engine import Engine
+
+    outputs: list[torch.Tensor] = []
+
+    class Overwritten(engine_module.GraphedStep):  # what replays do to earlier outputs of any graph of the pool
+        def __call__(self, *inputs):
+            for out in outputs:
+                out.fill_(float("nan"))
+            outputs.clear()
+            out = super().__call__(*inputs).clone()
+            outputs.append(out)
+            return out
+
+    _, native = checkpoint(models_root, "llama")
+    llm = LLM.load(native, device="cpu", precision="32-true")
+    ids = [llm.tokenizer.encode(p).tolist() for p in PROMPTS * 3]
+    greedy = dict(temperature=0, top_p=1.0)
+    jobs = [dict(ids=x, max_new_tokens=6 + 5 * i, **greedy) for i, x in enumerate(ids)]
+    jobs[1]["stop"] = [llm.tokenizer.decode(generate(llm.model, [torch.tensor(ids[1])], 8)[0][5:7])]  # ends early
+    jobs[2]["logprobs"] = 2
+    jobs[4].update(temperature=0.9, top_p=0.9, seed=7)
+
+    def events_of(engine, cancel: str = "") -> dict[str, list[dict]]:
+        got: dict[str, list[dict]] = {str(i): [] for i in range(len(jobs))}
+        for i, job in enumerate(jobs):
+            engine.submit(str(i), dict(job))
+        steps = 0
+        while engine.busy:
+            for uid, event in engine.step():
+                got[uid].append(event)
+            steps += 1
+            if steps == 4 and cancel:
+                engine.cancel(cancel)
+        return got
+
+    def engine(graphs: bool, ahead: bool, rows: int = 4) -> Engine:
+        built = Engine(llm.model, llm.tokenizer, max_rows=rows)
+        built.ahead, built.graphs, built.graph_tokens = ahead, graphs, 512 if graphs else 0  # graphs: prefills too
+        return built
+
+    monkeypatch.setattr(engine_module, "GraphedStep", Overwritten)
+    for graphs, rows in ((False, 4), (True, 4), (False, 16)):  # 16 rows: all join at once, so no prefill comes
+        reference = engine(graphs, ahead=False, rows=rows)  # between the step a row stops at and the next one
+        expected = events_of(reference)
+        assert expected["1"][-1]["finish_reason"] == "stop" and expected["0"][-1]["completion_tokens"] == 6
+        assert all(len(e["top"][0]) == 2 for e in expected["2"]) and expected["4"][-1]["completion_tokens"] == 26
+        ahead = engine(graphs, ahead=True, rows=rows)
+        assert events_of(ahead) == expected
+        assert ahead.steps and (ahead.prefills or not graphs) and not ahead.busy
+        # no decoding for a row whose last token is in flight; one step more at most for the row that stops on a string
+        assert reference.stats.rows <= ahead.stats.rows <= reference.stats.rows + 1
+    cancelled = events_of(engine(False, ahead=True, rows=16), cancel="3")
+    assert 0 < len(cancelled["3"]) < len(expected["3"]) and "finish_reason" not in cancelled["3"][-1]
+    assert {uid: e for uid, e in cancelled.items() if uid != "3"} == {uid: e for uid, e in expected.items() if uid != "3"}

@@ -24,7 +24,12 @@ prompts left-padded to a multiple of 64 tokens, its K/V in scratch caches all su
 arriving request costs a prefill, which eagerly took as long as several decode steps.
 
 Sampling, stop ids, stop strings and text pieces are the ones of ``litgpt_clone.generate`` (``sample``,
-``TextStream``); each row has its own temperature, top-p, seed, stop strings, token budget and LoRA adapter.
+``TextStream``); each row has its own temperature, top-p, seed, stop strings, token budget and LoRA adapter. A forward's
+tokens are sampled on the device and become the rows' inputs to the next step there (``launch``); the host reads them
+(``receive``: text, stops, events) after it has queued the next forward, on a GPU (``ahead``), as ``generate.stream``
+does: the device runs step i + 1 while the host detokenizes step i, instead of idling through that host work every
+step (so no input of a step is copied from pageable host memory, which would wait for the device). A row that ends in
+step i was queued into step i + 1 too, whose token for it is dropped; a row whose last token is in flight is not.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import torch
 import torch.nn as nn
 
 from litgpt_clone.data.batching import free_tokens
-from litgpt_clone.generate import GraphedStep, TextStream, decode_one_token, pad_left, sample
+from litgpt_clone.generate import QUEUE_AHEAD, GraphedStep, TextStream, ToHost, decode_one_token, pad_left, sample, to_device
 from litgpt_clone.model import GPT, KVCache
 
 PREFILL_TOKEN_BUDGET = 1024
@@ -128,14 +133,29 @@ class Row:
     index: int = -1  # row of the KV cache
     start: int = 0  # slot of its first prompt token
     pos: int = 0  # tokens in the cache: the RoPE position of the next one
-    token: int = 0  # the last sampled token, the input of the next decode step
-    count: int = 0  # tokens generated (stop ids not counted)
+    count: int = 0  # tokens generated and read on the host (stop ids not counted)
+    sampled: int = 0  # tokens sampled on the device and not read on the host yet
     extra: dict = field(default_factory=dict)  # what the next event of this row carries besides its text
 
     @property
     def end(self) -> int:
         """One past the last slot this row may need."""
         return self.start + len(self.job["ids"]) + self.job["max_new_tokens"]
+
+    @property
+    def wants_more(self) -> bool:
+        """Whether a next token may still be needed (after the ones in flight, unless one of those ends the row)."""
+        return self.count + self.sampled < self.job["max_new_tokens"]
+
+
+@dataclass
+class Launched:
+    """A forward's sampled tokens (and the log-probabilities its rows asked for) on their way to the host."""
+
+    rows: list[Row]
+    tokens: ToHost  # (n,)
+    scored: list[int] = field(default_factory=list)  # positions in ``rows`` of the rows that asked for log-probabilities
+    logprobs: Optional[tuple[ToHost, ToHost, ToHost]] = None  # chosen (k,), top values and ids (k, most)
 
 
 class Engine:
@@ -154,6 +174,7 @@ class Engine:
         self.caches = [block.attn.kv_cache for block in model.transformer.h]
         self.key_mask = torch.zeros(max_rows, self.slots, dtype=torch.bool, device=self.device)  # slots a row wrote
         self.t = 0  # the slot the next decode step writes
+        self.tokens = torch.zeros(max_rows, dtype=torch.long, device=self.device)  # each row's input to the next step
         self.rows: dict[int, Row] = {}  # cache row -> generation
         self.waiting: deque[Row] = deque()
         self.stop_ids = set(tokenizer.stop_ids)
@@ -168,6 +189,8 @@ class Engine:
         self.prefills: dict[tuple[int, int], tuple[GraphedStep, list[KVCache]]] = {}  # (rows, length) -> graph, caches
         self.scratch: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None  # what those caches view
         self.stats = Stats()
+        self.ahead = self.device.type in QUEUE_AHEAD  # read a step's tokens after queuing the next step
+        self.in_flight: Optional[Launched] = None
 
     # ------------------------------------------------------------------ requests
     def submit(self, uid: str, job: dict) -> None:
@@ -196,7 +219,7 @@ class Engine:
 
     @property
     def busy(self) -> bool:
-        return bool(self.rows or self.waiting)
+        return bool(self.rows or self.waiting or self.in_flight)
 
     @property
     def free(self) -> int:
@@ -211,6 +234,7 @@ class Engine:
         uids = self.uids()
         self.rows.clear()
         self.waiting.clear()
+        self.in_flight = None
         self.t = 0
         return uids
 
@@ -230,16 +254,23 @@ class Engine:
         """
         events: list[tuple[str, dict]] = []
         started = time.perf_counter()
-        joined = self.admit()
+        joined, launched = self.admit(), None
+        decoding = [row for row in self.rows.values() if row.wants_more]
         if joined:
-            self.prefill(joined, events)
+            launched = self.prefill(joined, events)
             self.stats.prefills += 1
             self.stats.prompt_tokens += sum(len(row.job["ids"]) for row in joined)
-            self.stats.prefill_s += time.perf_counter() - started
-        elif self.rows:
-            self.stats.rows += len(self.rows)
-            self.decode(events)
+        elif decoding:
+            launched = self.decode(decoding)
             self.stats.steps += 1
+            self.stats.rows += len(decoding)
+        # with ``ahead`` (on a GPU) the previous forward's tokens are read now, while this one runs
+        previous, self.in_flight = (self.in_flight, launched) if self.ahead else (launched, None)
+        if previous is not None:
+            self.receive(previous, events)
+        if joined:
+            self.stats.prefill_s += time.perf_counter() - started
+        elif decoding:
             self.stats.decode_s += time.perf_counter() - started
         return events
 
@@ -302,9 +333,9 @@ class Engine:
         if self.adapters is not None:
             self.adapters.select([row.job.get("adapter", 0) if row is not None else 0 for row in rows])
 
-    def prefill(self, joined: list[Row], events: list) -> None:
+    def prefill(self, joined: list[Row], events: list) -> Optional[Launched]:
         """Run the new prompts as one left-padded batch in a scratch cache, copy it into their rows and sample each
-        one's first token."""
+        one's first token (None when every one of them only scores its prompt)."""
         prompts = [torch.tensor(row.job["ids"], dtype=torch.long) for row in joined]
         n, T = len(joined), max(len(p) for p in prompts)
         score_prompt = bool(joined[0].job.get("prompt_logprobs"))  # such a row is prefilled alone
@@ -319,7 +350,7 @@ class Engine:
             scratch = [KVCache(n, T, self.model.config, device=self.device, dtype=c.k.dtype) for c in self.caches]
             with kv_caches(self.model, scratch):
                 logits = self.model(tokens, torch.arange(T, device=self.device), rope_pos, key_mask, last_only=not score_prompt)  # (n, T | 1, V)
-        index = torch.tensor([row.index for row in joined], device=self.device)
+        index = self.on_device([row.index for row in joined])
         for cache, part in zip(self.caches, scratch):
             cache.k[index, :, self.t - T : self.t] = part.k[:n]  # (n, n_query_groups, T, hs)
             cache.v[index, :, self.t - T : self.t] = part.v[:n]
@@ -328,35 +359,41 @@ class Engine:
             self.key_mask[row.index, row.start : self.t] = True
         if score_prompt:
             self.score_prompt(joined[0], logits[0, int(pad[0]) :])
-        ready = [i for i, row in enumerate(joined) if row.job["max_new_tokens"] > 0]
         for row in joined:
             if row.job["max_new_tokens"] == 0:  # the prompt's scores were all it asked for
                 self.finish(row, "length", "", events)
-        if ready:
-            self.advance([joined[i] for i in ready], logits[ready, -1], events)
+        ready = [i for i, row in enumerate(joined) if row.job["max_new_tokens"] > 0]
+        if not ready:
+            return None
+        return self.launch([joined[i] for i in ready], logits[:n, -1] if len(ready) == n else logits[self.on_device(ready), -1])
 
-    def decode(self, events: list) -> None:
-        """One token for every row: all rows write slot ``t``."""
+    def decode(self, rows: list[Row]) -> Launched:
+        """The next token of ``rows``: one step of the first rows of the cache (the other rows' outputs are not
+        used), all writing slot ``t``."""
         lo = min(r.start for r in self.rows.values())
         if lo >= SLOT_BLOCK:  # drop the slots no row uses any more, so that steps attend over fewer
             self.shift(-lo)
         B = power_of_two(max(self.rows) + 1, self.max_rows)
         S = self.slots_for(self.t)
-        rows = [self.rows.get(i) for i in range(B)]
-        tokens = torch.tensor([[r.token if r else 0] for r in rows], device=self.device)  # (B, 1)
-        rope_pos = torch.tensor([[r.pos if r else 0] for r in rows], device=self.device)  # (B, 1)
-        self.select_adapters(rows)
-        inputs = (tokens, torch.tensor([self.t], device=self.device), rope_pos, self.key_mask[:B, :S])
+        positions = [0] * B
+        for row in rows:
+            positions[row.index] = row.pos
+        self.select_adapters([self.rows.get(i) for i in range(B)])
+        inputs = (self.tokens[:B, None], self.on_device([self.t]), self.on_device(positions)[:, None], self.key_mask[:B, :S])
         key = (B, S, self.adapters_in_use)
         if key not in self.steps:
             self.steps[key] = self.decode_step(B, S, inputs)
         logits = self.steps[key](*inputs)  # (B, V)
-        busy = [r for r in rows if r is not None]
-        self.key_mask[[r.index for r in busy], self.t] = True
+        index = self.on_device([row.index for row in rows])
+        self.key_mask[index, self.t] = True
         self.t += 1
-        for row in busy:
+        for row in rows:
             row.pos += 1
-        self.advance(busy, logits[[r.index for r in busy]], events)
+        return self.launch(rows, logits[index])
+
+    def on_device(self, values: list[int]) -> torch.Tensor:
+        """Integers as a tensor on the device, without waiting for the work queued there (``generate.to_device``)."""
+        return to_device(torch.tensor(values, dtype=torch.long), self.device)
 
     def slots_for(self, t: int) -> int:
         """The cache slots a decode step writing slot ``t`` attends over: a multiple of 64 past ``t``; when steps are
@@ -436,41 +473,53 @@ class Engine:
         return step(tokens, rope_pos, key_mask), views
 
     # ------------------------------------------------------------------ tokens
-    def sample(self, rows: list[Row], logits: torch.Tensor) -> list[int]:
-        """One token per row from logits (n, V): rows with the same settings are sampled together; a seeded row
-        draws from its own generator."""
-        tokens = [0] * len(rows)
+    def launch(self, rows: list[Row], logits: torch.Tensor) -> Launched:
+        """Sample the next token of each row from its logits (n, V) on the device, as each row's input to the next
+        step, and start copying the tokens (and the log-probabilities rows asked for) to the host. Rows with the same
+        settings are sampled together; a seeded row draws from its own generator. Nothing here waits for the device,
+        and nothing reads ``logits`` later (a graph's next replay may overwrite them)."""
         groups: dict[tuple, list[int]] = {}
         for i, row in enumerate(rows):
-            if row.generator is not None:
-                tokens[i] = int(sample(logits[i : i + 1], row.job["temperature"], top_p=row.job["top_p"], generator=row.generator)[0])
-            else:
-                groups.setdefault((row.job["temperature"], row.job["top_p"]), []).append(i)
-        for (temperature, top_p), members in groups.items():
-            for i, token in zip(members, sample(logits[members], temperature, top_p=top_p).tolist()):
-                tokens[i] = token
-        return tokens
+            groups.setdefault((row.job["temperature"], row.job["top_p"], id(row.generator) if row.generator else 0), []).append(i)
+        if len(groups) == 1:
+            temperature, top_p = rows[0].job["temperature"], rows[0].job["top_p"]
+            tokens = sample(logits, temperature, top_p=top_p, generator=rows[0].generator)  # (n,)
+        else:
+            tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+            for members in groups.values():
+                row, index = rows[members[0]], self.on_device(members)
+                tokens[index] = sample(logits[index], row.job["temperature"], top_p=row.job["top_p"], generator=row.generator)
+        self.tokens[self.on_device([row.index for row in rows])] = tokens
+        for row in rows:
+            row.sampled += 1
+        launched = Launched(rows, ToHost(tokens))
+        launched.scored = [i for i, row in enumerate(rows) if row.job.get("logprobs") is not None]
+        if launched.scored:
+            index = self.on_device(launched.scored)
+            logprobs = torch.log_softmax(logits[index].float(), dim=-1)  # (k, V)
+            chosen = logprobs.gather(1, tokens[index, None]).squeeze(1)  # (k,)
+            top = logprobs.topk(max(1, max(rows[i].job["logprobs"] for i in launched.scored)), dim=-1)
+            launched.logprobs = ToHost(chosen), ToHost(top.values), ToHost(top.indices)
+        return launched
 
-    def advance(self, rows: list[Row], logits: torch.Tensor, events: list) -> None:
-        """Sample the next token of each row from its logits (n, V); emit text, log-probabilities and endings."""
-        tokens = self.sample(rows, logits)
+    def receive(self, launched: Launched, events: list) -> None:
+        """Read a forward's tokens on the host: emit text, log-probabilities and endings. Rows that ended or were
+        cancelled since the forward was queued are skipped."""
+        tokens = launched.tokens.tolist()
         self.stats.tokens += len(tokens)
-        scored = [i for i, row in enumerate(rows) if row.job.get("logprobs") is not None]
-        if scored:
-            logprobs = torch.log_softmax(logits[scored].float(), dim=-1)  # (k, V)
-            chosen = logprobs.gather(1, torch.tensor([[tokens[i]] for i in scored], device=logprobs.device)).squeeze(1).tolist()
-            k = max(rows[i].job["logprobs"] for i in scored)
-            top = logprobs.topk(k, dim=-1) if k else None
-            for j, i in enumerate(scored):
-                n = rows[i].job["logprobs"]
-                pairs = list(zip(top.indices[j, :n].tolist(), top.values[j, :n].tolist())) if n else []
-                rows[i].extra.update(ids=[tokens[i]], logprobs=[chosen[j]], top=[pairs])
-        for row, token in zip(rows, tokens):
+        if launched.logprobs is not None:
+            chosen, values, ids = (part.tolist() for part in launched.logprobs)
+            for j, i in enumerate(launched.scored):
+                n = launched.rows[i].job["logprobs"]
+                launched.rows[i].extra.update(ids=[tokens[i]], logprobs=[chosen[j]], top=[list(zip(ids[j][:n], values[j][:n]))])
+        for row, token in zip(launched.rows, tokens):
+            row.sampled -= 1
+            if self.rows.get(row.index) is not row:
+                continue
             if token in self.stop_ids:
                 self.finish(row, "stop", "", events)
                 continue
             row.count += 1
-            row.token = token
             piece = row.text.add([token])
             if row.text.stopped:
                 self.finish(row, "stop", piece, events)

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from litgpt_clone.checkpoints.io import CheckpointError, load_state
+from litgpt_clone.generate import to_device
 from litgpt_clone.lora import load_lora_args, targets
 from litgpt_clone.model import GPT
 
@@ -33,7 +34,7 @@ class AdapterRows:
     def select(self, ids: Sequence[int]) -> None:
         self.any = any(ids)
         if self.any:
-            self.ids[: len(ids)] = torch.tensor(list(ids), device=self.ids.device)
+            self.ids[: len(ids)] = to_device(torch.tensor(list(ids)), self.ids.device)
 
 
 class MultiLoRALinear(nn.Module):
