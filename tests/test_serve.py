@@ -294,3 +294,31 @@ def test_the_log_says_what_the_engine_did(server):
     completion = sum(r.usage.completion_tokens for r in replies)
     # a decode step per token after the first (which the prefill samples); a stop token is sampled but not reported
     assert completion - 3 <= sum(int(m.group(3)) for m in lines) <= completion
+
+
+def test_sigterm_to_the_main_process_stops_every_process_of_the_server(models_root, tmp_path):  # noqa: F811
+    """``kill <pid>`` (SIGTERM, as service managers stop a service) shuts the server down as Ctrl-C does: the HTTP
+    process, the managers and the model's worker all exit and the port is free again (LitServe alone left them running
+    and answering)."""
+    _, native = checkpoint(models_root, "llama")
+    with running_server(native, tmp_path / "serve.log", "--stats_interval", "0") as (url, log):
+        group = os.getpgid(int(re.search(r"MainProcess\[(\d+)\]", read_log(log)).group(1)))
+        members = [pid for pid in os.listdir("/proc") if pid.isdigit() and pgid_of(pid) == group]
+        assert len(members) >= 4  # main, uvicorn, two managers, the inference worker
+        os.kill(group, signal.SIGTERM)  # the main process only (it leads the group)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(pgid_of(pid) == group for pid in members):
+            time.sleep(0.25)
+        assert not [pid for pid in members if pgid_of(pid) == group], read_log(log)[-3000:]
+        with pytest.raises(requests.ConnectionError):
+            requests.get(url + "/health", timeout=2)
+
+
+def pgid_of(pid: str) -> int | None:
+    """The process group of a running process (None once it has exited; a zombie counts as exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else int(fields[2])

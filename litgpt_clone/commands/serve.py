@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Optional, Union
@@ -31,6 +32,22 @@ def parse_adapters(text: Optional[str], base_name: str) -> list[tuple[str, Path]
             raise ServeError(f"--adapters: {path} is not a LoRA checkpoint (no lora.safetensors + lora_config.yaml): pass a folder written by `finetune lora`")
         pairs.append((name, path))
     return pairs
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``kill <pid>``, a service manager stopping the server) shut the server down as Ctrl-C does.
+    LitServe stops its HTTP, manager and model processes on KeyboardInterrupt only: after a SIGTERM to its main process
+    they kept running, answering on the port and holding the model's memory."""
+    main = os.getpid()
+
+    def handler(signum, frame) -> None:
+        if os.getpid() != main:  # a process forked from this one inherited the handler: end as it would have
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def serve(
@@ -114,4 +131,5 @@ def serve(
     print(f"Serving model {name!r} ({checkpoint}) at http://{host}:{port}/v1 (health: http://{host}:{port}/health)", file=sys.stderr, flush=True)
     for adapter, folder in lora:
         print(f"  LoRA adapter {adapter!r} ({folder})", file=sys.stderr, flush=True)
+    stop_on_sigterm()
     server.run(host=host, port=port, generate_client_file=False)
