@@ -3,8 +3,8 @@
     engine = Engine(model, tokenizer, max_rows=32)
     engine.submit("a", job)                      # a job: see ``Engine.submit``
     while engine.busy:
-        for uid, event in engine.step():         # one forward: a prefill of new requests, or one decode step
-            ...
+        for uid, event in engine.step():         # one forward (a prefill of new requests, or a decode step); the
+            ...                                  # events of the forward it read (on a GPU the one before)
 
 The KV cache is one static tensor per layer, ``max_rows`` rows x ``slots`` slots (the model's context). Every decode
 step writes all rows at the same slot ``t`` (the model's ``input_pos``). A row's tokens sit in the contiguous slots
@@ -246,7 +246,8 @@ class Engine:
     # ------------------------------------------------------------------ steps
     @torch.inference_mode()
     def step(self) -> list[tuple[str, dict]]:
-        """One forward: the prefill of the requests that can join now, else one decode step of every row.
+        """One forward: the prefill of the requests that can join now, else one decode step of every row; and the
+        events of a forward read on the host (this one, or with ``ahead`` the one before, read after this one is queued).
 
         Returns ``(uid, event)`` pairs: ``{"text": piece}`` (with ``ids``, ``logprobs`` and ``top`` for a job that
         asked for log-probabilities; ``prompt_logprobs`` and ``prompt_top`` once, for a job that scores its
