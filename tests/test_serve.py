@@ -322,3 +322,29 @@ def pgid_of(pid: str) -> int | None:
         return None
     fields = stat.rsplit(")", 1)[1].split()
     return None if fields[0] == "Z" else int(fields[2])
+
+
+def test_a_host_it_cannot_bind_or_a_taken_port_is_one_line_before_the_model_loads(models_root, capsys):  # noqa: F811
+    """``--host`` takes what LitServe can bind (``localhost`` is 127.0.0.1; anything else was a traceback from inside
+    LitServe), and a port another process listens on is named with the fix instead of uvicorn's "[Errno 98]" after
+    the model had loaded."""
+    from litgpt_clone.__main__ import main
+
+    _, native = checkpoint(models_root, "llama")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = [
+            (["--host", "10.1.2.3", "--port", str(free_port())], "--host 10.1.2.3: the server listens on 127.0.0.1 (this machine only), 0.0.0.0"),
+            (["--port", str(port)], f"cannot listen on 127.0.0.1 port {port}: Address already in use; pass a free --port"),
+            (["--host", "localhost", "--port", str(port)], f"cannot listen on 127.0.0.1 port {port}"),
+        ]
+        capsys.readouterr()
+        for args, message in cases:
+            started = time.monotonic()
+            with pytest.raises(SystemExit) as err:
+                main(["serve", str(native), *args])
+            lines = capsys.readouterr().err.strip().splitlines()
+            assert err.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+            assert time.monotonic() - started < 10  # no model loaded, no server started

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Optional, Union
@@ -32,6 +33,25 @@ def parse_adapters(text: Optional[str], base_name: str) -> list[tuple[str, Path]
             raise ServeError(f"--adapters: {path} is not a LoRA checkpoint (no lora.safetensors + lora_config.yaml): pass a folder written by `finetune lora`")
         pairs.append((name, path))
     return pairs
+
+
+HOSTS = {"127.0.0.1": "127.0.0.1", "localhost": "127.0.0.1", "0.0.0.0": "0.0.0.0", "::": "::"}
+"""--host values -> the address LitServe binds (it takes these three only)."""
+
+
+def check_address(host: str, port: int) -> str:
+    """The address to bind for ``--host``, once it is known that ``port`` is free there (else ``ServeError``, before
+    the model loads)."""
+    if host not in HOSTS:
+        raise ServeError(f"--host {host}: the server listens on 127.0.0.1 (this machine only), 0.0.0.0 (every IPv4 interface) or :: (every IPv6 interface): use one of those")
+    address = HOSTS[host]
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: only a listening socket is in the way
+        try:
+            probe.bind((address, port))
+        except OSError as err:
+            raise ServeError(f"cannot listen on {address} port {port}: {err.strerror}; pass a free --port, or stop the server that has it") from None
+    return address
 
 
 def stop_on_sigterm() -> None:
@@ -74,8 +94,8 @@ def serve(
 
     Args:
         checkpoint_dir: Native checkpoint folder, hub repo id (downloaded and converted on first use) or model name.
-        host: Address to listen on. 127.0.0.1 (the default) accepts local clients only; 0.0.0.0 opens the
-            server to the network (set --api_key then).
+        host: Address to listen on: 127.0.0.1 (the default; also "localhost") accepts local clients only; 0.0.0.0
+            (IPv4) or :: (IPv6) opens the server to the network (set --api_key then).
         port: TCP port.
         accelerator: "auto", "cpu" or "cuda".
         devices: Number of devices (or "auto"); each runs workers_per_device workers with a copy of the model.
@@ -106,6 +126,7 @@ def serve(
         raise ServeError("max_batch_size, workers_per_device and max_new_tokens must be 1 or more")
     if not 0 < port < 65536:
         raise ServeError(f"port {port} is not a TCP port: use 1-65535")
+    host = check_address(host, port)
     if precision is not None and precision not in PRECISIONS:
         raise ServeError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     api_key = api_key or os.environ.get("LITGPT_CLONE_API_KEY") or None
@@ -126,9 +147,10 @@ def serve(
         checkpoint, name, max_new_tokens, api_key, accelerator, devices, workers_per_device, precision, quantize, max_batch_size, lora, context,
         cuda_graphs=cuda_graphs, stats_interval=stats_interval,
     )
-    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+    if host != "127.0.0.1" and api_key is None:
         print(f"warning: listening on {host} without --api_key: anyone who can reach this port can use the model", file=sys.stderr)
-    print(f"Serving model {name!r} ({checkpoint}) at http://{host}:{port}/v1 (health: http://{host}:{port}/health)", file=sys.stderr, flush=True)
+    where = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    print(f"Serving model {name!r} ({checkpoint}) at {where}/v1 (health: {where}/health)", file=sys.stderr, flush=True)
     for adapter, folder in lora:
         print(f"  LoRA adapter {adapter!r} ({folder})", file=sys.stderr, flush=True)
     stop_on_sigterm()
