@@ -32,7 +32,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise GenerationError(f"device {device!r} asked for but no CUDA GPU is visible: use --device cpu")
+        raise GenerationError(f"device {device!r} asked for but no CUDA GPU is visible: use cpu (--device cpu; LLM.load(..., device='cpu'))")
     return torch.device(device)
 
 

@@ -348,3 +348,22 @@ def test_a_host_it_cannot_bind_or_a_taken_port_is_one_line_before_the_model_load
             lines = capsys.readouterr().err.strip().splitlines()
             assert err.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
             assert time.monotonic() - started < 10  # no model loaded, no server started
+
+
+def test_an_accelerator_the_machine_lacks_is_one_line_before_the_model_loads(models_root, capsys):  # noqa: F811
+    """``--accelerator cuda`` without a GPU (or one LitServe does not know) is one line naming the fix, where the
+    workers used to fail to start behind two tracebacks (and told serve's user to pass --device, generate's flag)."""
+    import torch
+
+    from litgpt_clone.__main__ import main
+
+    _, native = checkpoint(models_root, "llama")
+    cases = [(["--accelerator", "tpu"], "--accelerator tpu: use auto, cpu or cuda")]
+    if not torch.cuda.is_available():
+        cases.append((["--accelerator", "cuda"], "--accelerator cuda: no CUDA GPU is visible here: use --accelerator cpu (or auto)"))
+    capsys.readouterr()
+    for args, message in cases:
+        with pytest.raises(SystemExit) as err:
+            main(["serve", str(native), "--port", str(free_port()), *args])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert err.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines

@@ -54,6 +54,20 @@ def check_address(host: str, port: int) -> str:
     return address
 
 
+def check_accelerator(accelerator: str, devices: Union[int, str]) -> None:
+    """``ServeError`` for an accelerator or device count this machine does not have (LitServe found out only once its
+    workers failed to start, behind their tracebacks)."""
+    if accelerator not in ("auto", "cpu", "cuda", "gpu"):
+        raise ServeError(f"--accelerator {accelerator}: use auto, cpu or cuda")
+    if accelerator in ("cuda", "gpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ServeError(f"--accelerator {accelerator}: no CUDA GPU is visible here: use --accelerator cpu (or auto)")
+        if isinstance(devices, int) and devices > torch.cuda.device_count():
+            raise ServeError(f"--devices {devices}: this machine has {torch.cuda.device_count()} CUDA GPU(s): use at most that many")
+
+
 def stop_on_sigterm() -> None:
     """Make SIGTERM (``kill <pid>``, a service manager stopping the server) shut the server down as Ctrl-C does.
     LitServe stops its HTTP, manager and model processes on KeyboardInterrupt only: after a SIGTERM to its main process
@@ -127,6 +141,7 @@ def serve(
     if not 0 < port < 65536:
         raise ServeError(f"port {port} is not a TCP port: use 1-65535")
     host = check_address(host, port)
+    check_accelerator(accelerator, devices)
     if precision is not None and precision not in PRECISIONS:
         raise ServeError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     api_key = api_key or os.environ.get("LITGPT_CLONE_API_KEY") or None
