@@ -382,6 +382,7 @@ def one_line_error(capsys, *args) -> str:
 
 def test_bad_input(models_root, capsys):
     _, native = checkpoint(models_root, "llama")
+    capsys.readouterr()  # what writing the checkpoint printed, when this test is the first to need it
     context = GPT.from_checkpoint(native).max_seq_length  # max_position_embeddings of the transformers config
     assert "prompt is empty" in one_line_error(capsys, native, "--prompt", "")
     assert "prompt is empty" in one_line_error(capsys, native, "--prompt", "", "--chat_template", "true", "--system", "Hi")
@@ -395,3 +396,8 @@ def test_bad_input(models_root, capsys):
     line = one_line_error(capsys, native, "--quantize", "bnb.nf3")
     assert "bnb.nf3" in line and "bnb.nf4" in line and "bnb.int8" in line
     assert "top_p" in one_line_error(capsys, native, "--top_p", 0)
+    assert "--num_samples 0: ask for at least 1 sample" in one_line_error(capsys, native, "--prompt", "Hi", "--num_samples", 0)
+    missing = models_root / "no-such-run" / "final"  # a folder path, not a model name: say so, not "unknown model"
+    line = one_line_error(capsys, missing, "--prompt", "Hi")
+    assert line == (f"error: no checkpoint folder at {missing}: pass a folder with model_config.yaml and model.safetensors"
+                    " (`litgpt-clone download <org/name>` writes one), a hub repo id or a model name")

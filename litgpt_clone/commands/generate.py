@@ -56,6 +56,8 @@ def generate(
 
     if not prompt:
         raise GenerationError("the prompt is empty: pass --prompt with some text")
+    if num_samples < 1:
+        raise GenerationError(f"--num_samples {num_samples}: ask for at least 1 sample")
     llm = LLM.load(checkpoint_dir, device=device, precision=precision, quantize=quantize, compile=compile, draft_model=draft_model)
     use_template = bool(llm.tokenizer.chat_template) if chat_template is None else chat_template
     if use_template:
