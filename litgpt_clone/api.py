@@ -50,13 +50,9 @@ def find_checkpoint(model: Union[str, Path]) -> Path:
     from litgpt_clone.checkpoints.io import REPO_ID, resolve_checkpoint
 
     path = Path(model)
-    if path.exists() or REPO_ID.match(str(model)):
-        return resolve_checkpoint(model)
-    if path.is_absolute() or str(model).startswith((".", "~")) or str(model).count("/") > 1:  # a folder, not a name
-        raise GenerationError(
-            f"no checkpoint folder at {model}: pass a folder with model_config.yaml and model.safetensors"
-            " (`litgpt-clone download <org/name>` writes one), a hub repo id or a model name"
-        )
+    folder = path.is_absolute() or str(model).startswith((".", "~")) or str(model).count("/") > 1  # not a name
+    if path.exists() or REPO_ID.match(str(model)) or folder:
+        return resolve_checkpoint(model)  # (a folder that is not there: an error naming what it should hold)
     from litgpt_clone.config import find_config
 
     hf = find_config(str(model)).get("hf_config") or {}

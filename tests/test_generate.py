@@ -399,5 +399,4 @@ def test_bad_input(models_root, capsys):
     assert "--num_samples 0: ask for at least 1 sample" in one_line_error(capsys, native, "--prompt", "Hi", "--num_samples", 0)
     missing = models_root / "no-such-run" / "final"  # a folder path, not a model name: say so, not "unknown model"
     line = one_line_error(capsys, missing, "--prompt", "Hi")
-    assert line == (f"error: no checkpoint folder at {missing}: pass a folder with model_config.yaml and model.safetensors"
-                    " (`litgpt-clone download <org/name>` writes one), a hub repo id or a model name")
+    assert line == f"error: no checkpoint at {missing}: pass a folder with model_config.yaml and model.safetensors, or a hub repo id (org/name)"

@@ -257,3 +257,20 @@ def test_hub_datasets_offline_say_how_to_use_a_local_copy(setup, tmp_path):
         proc = subprocess.run(list(map(str, cmd)), env=env, capture_output=True, text=True, timeout=300)
         line = one_line(proc)
         assert name in line and "--data.path" in line, line
+
+
+def test_the_model_is_checked_before_the_tokenizer_and_the_launch(tmp_path, capsys):
+    """An unknown model name or a model file that is not there is the first error (it used to be "pretrain needs
+    --tokenizer_dir" for both), before Fabric launches anything."""
+    from litgpt_clone.__main__ import main
+
+    cases = [
+        (["pythia-14x"], "error: unknown model 'pythia-14x'. Closest: pythia-14m"),
+        (["--model_config", str(tmp_path / "nope.yaml")], f"error: no model config at {tmp_path / 'nope.yaml'}"),
+        (["pythia-14m"], "error: pretrain needs --tokenizer_dir (a folder with tokenizer.json or tokenizer.model)"),
+    ]
+    for args, start in cases:
+        with pytest.raises(SystemExit) as err:
+            main(["pretrain", *args, "--out_dir", str(tmp_path / "out")])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert err.value.code == 2 and len(lines) == 1 and lines[0].startswith(start), lines

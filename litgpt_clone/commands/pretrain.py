@@ -65,6 +65,12 @@ def pretrain(
     hparams = {k: v for k, v in locals().items() if k not in ("build_fabric", "run_training")}
     if model_name is None and model_config is None and initial_checkpoint_dir is None:
         raise ConfigError("pretrain needs a model: a registry name, --model_config <yaml> or --initial_checkpoint_dir")
+    if initial_checkpoint_dir is not None:  # the model first: an unknown name or a missing file is the first error
+        config = Config.from_checkpoint(initial_checkpoint_dir)
+    elif model_config is not None:
+        config = Config.from_file(model_config)
+    else:
+        config = Config.from_name(model_name)
     if tokenizer_dir is None and initial_checkpoint_dir is None:
         raise ConfigError("pretrain needs --tokenizer_dir (a folder with tokenizer.json or tokenizer.model)")
     if compile == "model" and strategy == "fsdp":
@@ -72,12 +78,6 @@ def pretrain(
     fabric = build_fabric(devices, num_nodes, strategy, precision, out_dir, logger_name)
     fabric.launch()
     tokenizer = Tokenizer(tokenizer_dir or initial_checkpoint_dir)
-    if initial_checkpoint_dir is not None:
-        config = Config.from_checkpoint(initial_checkpoint_dir)
-    elif model_config is not None:
-        config = Config.from_file(model_config)
-    else:
-        config = Config.from_name(model_name)
     if train.tie_embeddings is not None:
         config = dataclasses.replace(config, tie_embeddings=train.tie_embeddings)
     return run_training(
