@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from litgpt_clone.config import ConfigError
 from litgpt_clone.model import GPT
 
 
@@ -44,9 +45,9 @@ class LoRAArgs:
 
     def __post_init__(self) -> None:
         if self.r <= 0:
-            raise ValueError(f"--lora.r must be positive, got {self.r}")
+            raise ConfigError(f"--lora.r is {self.r}: the rank of the adapters must be 1 or more (8-64 are usual)")
         if not any((self.query, self.key, self.value, self.projection, self.mlp, self.head)):
-            raise ValueError("LoRA has no target: enable at least one of --lora.query/key/value/projection/mlp/head")
+            raise ConfigError("LoRA has no target: enable at least one of --lora.query/key/value/projection/mlp/head")
 
 
 class LoRALinear(nn.Module):

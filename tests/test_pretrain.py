@@ -274,3 +274,22 @@ def test_the_model_is_checked_before_the_tokenizer_and_the_launch(tmp_path, caps
             main(["pretrain", *args, "--out_dir", str(tmp_path / "out")])
         lines = capsys.readouterr().err.strip().splitlines()
         assert err.value.code == 2 and len(lines) == 1 and lines[0].startswith(start), lines
+
+
+def test_impossible_training_numbers_are_one_line(tmp_path, capsys):
+    """A zero micro batch divided by zero, a rank-0 LoRA raised a ValueError: both were tracebacks. Every count,
+    interval and rate of --train, --eval and --lora is checked when it is parsed, with the flag and its bound."""
+    from litgpt_clone.__main__ import main
+
+    cases = [
+        (["pretrain", "pythia-14m", "--train.micro_batch_size", "0"], "error: --train.micro_batch_size is 0: it must be 1 or more"),
+        (["pretrain", "pythia-14m", "--train.lr", "-0.1"], "error: --train.lr is -0.1: it must be above 0"),
+        (["pretrain", "pythia-14m", "--train.max_seq_length", "1"], "error: --train.max_seq_length is 1: it must be 2 or more"),
+        (["pretrain", "pythia-14m", "--eval.interval", "0"], "error: --eval.interval is 0: it must be 1 or more"),
+        (["finetune", "lora", str(tmp_path), "--lora.r", "0"], "error: --lora.r is 0: the rank of the adapters must be 1 or more"),
+    ]
+    for args, start in cases:
+        with pytest.raises(SystemExit) as err:
+            main([*args, "--out_dir", str(tmp_path / "out")])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert err.value.code == 2 and len(lines) == 1 and lines[0].startswith(start), lines
