@@ -6,8 +6,10 @@ Each function's signature is its command line and its docstring is its ``--help`
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import sys
 
 from litgpt_clone.commands.chat import chat
@@ -101,14 +103,38 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, CheckpointError, DownloadError, FileNotFoundError, DataError, TrainingError, GenerationError, ChatTemplateError, CorpusError, OptOutError, SourceError, EvaluationError, ServeError)
 
 
+def parser_message(message: str) -> str:
+    """jsonargparse's message on a value it rejected, often several lines, as one: the flag, the value and what the
+    flag takes (the whole message, joined, where it has another shape)."""
+    key = re.match(r'Parser key "([^"]+)":', message)
+    value = re.search(r"(?:Got value|Given value): (.*)", message)
+    if key and value:
+        flag = f"--{key.group(1)} {value.group(1).strip()}"
+        if choices := re.search(r"Literal\[([^\]]*)\]", message):
+            return f"{flag}: use one of {', '.join(c.strip().strip(chr(39) + chr(34)) for c in choices.group(1).split(','))}"
+        if expected := re.search(r"Expected a <class '(\w+)'>", message):
+            return f"{flag}: expected {'an' if expected.group(1)[0] in 'aeiou' else 'a'} {expected.group(1)}"
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
     from litgpt_clone.host_memory import keep_freed_memory
 
     keep_freed_memory()  # reuse freed host memory instead of faulting in fresh pages every step (see host_memory.py)
+    args = rewrite(sys.argv[1:] if argv is None else argv)
     try:
-        CLI(COMMANDS, args=rewrite(sys.argv[1:] if argv is None else argv), prog="litgpt-clone")
+        CLI(COMMANDS, args=args, prog="litgpt-clone", exit_on_error=False)
+    except argparse.ArgumentError as err:  # jsonargparse's verdict on the command line, on one line with the way out
+        command, level = ["litgpt-clone"], COMMANDS
+        for word in args:  # the (sub)command the error is about, for the pointer to its --help
+            if not isinstance(level, dict) or word not in level:
+                break
+            command.append(word)
+            level = level[word]
+        print(f"error: {parser_message(str(err))} (`{' '.join(command)} --help` lists the options)", file=sys.stderr)
+        raise SystemExit(2)
     except user_errors() as err:
         if os.environ.get("LITGPT_CLONE_TRACEBACK"):
             raise

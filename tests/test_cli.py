@@ -170,3 +170,28 @@ def test_missing_checkpoint_names_expected_files(tmp_path):
         GPT.from_checkpoint(tmp_path / "nowhere")
     line = one_line_error(cli("convert", "to_hf", tmp_path / "nowhere", "--out_dir", tmp_path / "x", check=False))
     assert "model_config.yaml" in line
+
+
+def test_values_the_parser_rejects_are_one_line_naming_the_flag_and_what_it_takes(tmp_path, capsys):
+    """jsonargparse's own verdicts (a value outside a Literal, a word for a number, a missing argument, an unknown
+    flag) were a page of usage and a message over several lines; now one line with the flag, the value, what it
+    takes and which --help lists the options."""
+    from litgpt_clone.__main__ import main
+
+    cases = [
+        (["finetune", "lora", str(tmp_path), "--strategy", "foo"],
+         "error: --strategy foo: use one of auto, ddp, fsdp (`litgpt-clone finetune lora --help` lists the options)"),
+        (["pretrain", "pythia-14m", "--precision", "8-true"],  # Optional[Literal]: jsonargparse lists the Union's errors
+         "error: --precision 8-true: use one of bf16-mixed, bf16-true, 16-mixed, 32-true (`litgpt-clone pretrain --help` lists the options)"),
+        (["generate", str(tmp_path), "--max_new_tokens", "many"],
+         "error: --max_new_tokens many: expected an int (`litgpt-clone generate --help` lists the options)"),
+        (["download"], "error: the following arguments are required: download.repo_id (`litgpt-clone download --help` lists the options)"),
+        (["models", "--family", "x"], "error: unrecognized arguments: --family x (`litgpt-clone models --help` lists the options)"),
+    ]
+    for args, expected in cases:
+        with pytest.raises(SystemExit) as err:
+            main(args)
+        assert err.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [expected]
+    with pytest.raises(SystemExit) as err:
+        main(["finetune", "lora", "--help"])
+    assert err.value.code == 0 and "--lora.r" in capsys.readouterr().out
