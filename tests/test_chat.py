@@ -75,3 +75,13 @@ def test_history_longer_than_the_context_drops_the_oldest_turns(chat_model):
     # a message that cannot fit even alone is refused with the numbers, and the chat goes on
     assert "more than the context of 160 tokens: shorten it" in proc.stderr
     assert len(got) == 4 and proc.returncode == 0
+
+
+def test_impossible_sampling_settings_stop_before_the_first_turn(chat_model):
+    """Sampling settings that cannot work end the command with one line before the prompt appears (they used to end
+    it after the user had typed a first message)."""
+    _, native, _ = chat_model
+    for args, message in ((["--max_new_tokens", 0], "max_new_tokens is 0"), (["--temperature", -1], "temperature is -1.0")):
+        proc = cli("chat", native, *args, stdin="Hello there\n", check=False)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()] and message in proc.stderr
+        assert ">> You:" not in proc.stdout + proc.stderr

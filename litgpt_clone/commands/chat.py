@@ -51,8 +51,10 @@ def chat(
     from litgpt_clone.api import LLM
     from litgpt_clone.chat_template import ChatTemplateError
     from litgpt_clone.commands.generate import format_stats
+    from litgpt_clone.generate import check_request
 
     llm = LLM.load(checkpoint_dir, device=device, precision=precision, quantize=quantize, compile=compile)
+    check_request(llm.model, [1], max_new_tokens, temperature, top_k, top_p, min_p)  # before the first turn, not after it
     if llm.tokenizer.chat_template is None and style is None:
         print("note: this checkpoint has no chat template; messages go in as plain text (pick one with --style)", file=sys.stderr)
     print(f"Chatting with {llm.checkpoint_dir}. {HELP}", file=sys.stderr, flush=True)
