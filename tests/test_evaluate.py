@@ -190,6 +190,7 @@ def test_cli_writes_results(models, tasks_dir, tmp_path, capsys):
     [
         (["--tasks", "tiny_mcc"], "error: unknown task 'tiny_mcc': did you mean tiny_mc"),
         (["--tasks", "tiny_mc", "--limit", "0"], "error: limit is 0: use a count of examples"),
+        (["--tasks", "tiny_mc", "--num_fewshot", "-2"], "error: num_fewshot is -2: use 0 (zero-shot) or more"),
         (["--tasks", "tiny_mc", "NOT_A_CHECKPOINT"], "is not a checkpoint: expected"),
         (["--tasks", "tiny_mc", "--batch_size", "0"], "batch_size is 0 (max_batch_size 64): use a count of sequences (>= 1) or auto"),
         (["--tasks", ","], "no tasks given: pass --tasks"),

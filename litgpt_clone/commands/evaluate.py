@@ -61,6 +61,8 @@ def evaluate_tasks(
         return {}
     if limit is not None and limit <= 0:
         raise EvaluationError(f"limit is {limit:g}: use a count of examples (>= 1), a fraction in (0, 1), or leave it unset for all")
+    if num_fewshot is not None and num_fewshot < 0:
+        raise EvaluationError(f"num_fewshot is {num_fewshot}: use 0 (zero-shot) or more, or leave it unset for each task's own")
     if checkpoint_dir is None:
         checkpoint = newest_checkpoint(Path("out"), tasks)
         print(f"Evaluating {checkpoint} (the newest checkpoint under out/)", flush=True)
