@@ -302,3 +302,21 @@ def test_token_ids_match_tokenizer_encode_with_and_without_bos(fixture, tmp_path
             ids = token_ids(tokenizer, text)
             assert ids.dtype == np.uint32 and ids.tolist() == tokenizer.encode(text).tolist()
         assert token_ids(tokenizer, "x").tolist()[:1] == ([tokenizer.bos_id] if bos else [tokenizer.token_to_id("x")])
+
+
+def test_impossible_thresholds_and_worker_counts_are_one_line(tmp_path, capsys):
+    """A negative line length or a fraction above 1 used to run (dropping every file, or none); 0 workers too."""
+    from litgpt_clone.__main__ import main
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("print(1)\n")
+    cases = [
+        (["--filters.max_line_length", "-1"], "error: --filters.max_line_length is -1: it must be 1 or more"),
+        (["--filters.min_alpha_fraction", "2"], "error: --filters.min_alpha_fraction is 2.0: it is a fraction, in [0, 1]"),
+        (["--workers", "0"], "error: --workers 0: use 1 or more processes"),
+    ]
+    for args, expected in cases:
+        with pytest.raises(SystemExit) as err:
+            main(["prepare", "code", str(tmp_path / "src"), "--out_dir", str(tmp_path / "out"), *args])
+        assert err.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [expected]
+    assert not (tmp_path / "out").exists()

@@ -351,3 +351,14 @@ def test_repo_id_where_a_checkpoint_dir_goes(hf_env, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "torch.Size([1, 3, 128])"
     assert len(hub.requests) == downloads
+
+
+def test_a_name_that_is_not_a_repo_id_is_one_line_before_any_request(tmp_path):
+    """``download phi`` (a bare name, or a path) is not looked up on the hub at all: one line says what a repo id is."""
+    from litgpt_clone.checkpoints.download import DownloadError, download
+
+    for wrong in ("phi-2", "checkpoints/acme/tiny", "acme/"):
+        with pytest.raises(DownloadError) as err:
+            download(wrong, out_dir=tmp_path / "out")
+        assert str(err.value) == f"{wrong!r} is not a hub repo id: use <org>/<name>, e.g. meta-llama/Llama-3.2-1B"
+    assert not (tmp_path / "out").exists()

@@ -287,6 +287,10 @@ def download(
     Raises:
         DownloadError: one line saying what went wrong (gated, not found, offline with a cold cache, no weights).
     """
+    from litgpt_clone.checkpoints.io import REPO_ID
+
+    if not REPO_ID.match(repo_id):
+        raise DownloadError(f"{repo_id!r} is not a hub repo id: use <org>/<name>, e.g. meta-llama/Llama-3.2-1B")
     snapshot = _download_snapshot(repo_id, access_token, revision)
     if not convert:
         return snapshot

@@ -75,6 +75,8 @@ def prepare_code(
             raise CorpusError(f"source {source} does not exist: give a git repository, folder or tar/zip archive")
     if tokenizer_dir is not None and not Path(tokenizer_dir).is_dir():
         raise CorpusError(f"--tokenizer_dir {tokenizer_dir} is not a folder: give a checkpoint or tokenizer folder")
+    if workers < 1:
+        raise CorpusError(f"--workers {workers}: use 1 or more processes")
     if not 0 <= val_fraction < 1:
         raise CorpusError(f"--val_fraction {val_fraction} must be in [0, 1)")
     config = CorpusConfig(
