@@ -106,10 +106,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def parser_message(message: str) -> str:
     """jsonargparse's message on a value it rejected, often several lines, as one: the flag, the value and what the
     flag takes (the whole message, joined, where it has another shape)."""
-    key = re.match(r'Parser key "([^"]+)":', message)
+    keys = re.findall(r'Parser key "([^"]+)":', message)  # nested for a class's own arguments: data, val_fraction
     value = re.search(r"(?:Got value|Given value): (.*)", message)
-    if key and value:
-        flag = f"--{key.group(1)} {value.group(1).strip()}"
+    if keys and value:
+        flag = f"--{'.'.join(keys)} {value.group(1).strip()}"
         if choices := re.search(r"Literal\[([^\]]*)\]", message):
             return f"{flag}: use one of {', '.join(c.strip().strip(chr(39) + chr(34)) for c in choices.group(1).split(','))}"
         if expected := re.search(r"Expected a <class '(\w+)'>", message):
@@ -140,6 +140,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2)
+    except ValueError as err:  # jsonargparse wraps what a --data (Union-typed) class raised while it was built
+        first = re.search(r"Union subtypes.*?Errors:\s*\n\s*- ([^\n]+)", str(err), re.DOTALL)
+        if first is None or os.environ.get("LITGPT_CLONE_TRACEBACK"):
+            raise
+        print(f"error: {first.group(1).strip()}", file=sys.stderr)
+        raise SystemExit(2) from None
     except BrokenPipeError:  # `litgpt-clone models | head`: the reader has what it wanted; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's final flush goes nowhere
 

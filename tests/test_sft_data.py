@@ -328,6 +328,36 @@ def test_nothing_usable_is_one_line(tmp_path, tok):
         JSON(write_jsonl(tmp_path / "broken.json", [b"[{x"]), val_fraction=0).datasets(tok, 64, seed=0)
     with pytest.raises(DataError, match="no file at"):
         JSON(tmp_path / "missing.json").datasets(tok, 64, seed=0)
+    empty = write_jsonl(tmp_path / "empty.json", [b"[]"])  # these three were "found keys: none"
+    with pytest.raises(DataError) as err:
+        JSON(empty, val_fraction=0).datasets(tok, 64, seed=0)
+    assert str(err.value) == f"{empty} holds no records: give a JSON list of objects, or one JSON object per line (.jsonl)"
+    garbled = write_jsonl(tmp_path / "garbled.jsonl", [b'{"instruction": "x', b"not json"])
+    with pytest.raises(DataError) as err:
+        JSON(garbled, val_fraction=0).datasets(tok, 64, seed=0)
+    assert str(err.value).startswith(f"{garbled}: none of its 2 lines is valid JSON: write one")
+    with pytest.raises(DataError, match="none of its records is a JSON object"):
+        JSON(write_jsonl(tmp_path / "ints.json", [b"[1, 2]"]), val_fraction=0).datasets(tok, 64, seed=0)
+    with pytest.raises(DataError, match=r"--data.val_fraction 1.5: use a share of the records in \[0, 1\)"):
+        JSON(garbled, val_fraction=1.5)
+
+
+def test_a_bad_data_option_is_one_line_through_the_cli(tmp_path, capsys):
+    """An error raised while jsonargparse builds the --data object came out as its multi-line ValueError (a
+    traceback); the CLI prints the error itself, on one line."""
+    from litgpt_clone.__main__ import main
+
+    path = write_jsonl(tmp_path / "data.jsonl", [{"instruction": "x", "output": "y"}])
+    cases = [
+        (["--data.prompt_style", "bogus"], "error: unknown --data.prompt_style 'bogus': use one of auto, alpaca"),
+        (["--data.val_fraction", "2"], "error: --data.val_fraction 2.0: use a share of the records in [0, 1)"),
+        (["--data.val_fraction", "abc"], "error: --data.val_fraction abc: expected a float"),
+    ]
+    for args, start in cases:
+        with pytest.raises(SystemExit) as err:
+            main(["finetune", "lora", str(tmp_path), "--data", "json", "--data.path", str(path), *args, "--out_dir", str(tmp_path / "out")])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert err.value.code == 2 and len(lines) == 1 and lines[0].startswith(start), lines
 
 
 # ------------------------------------------------------------------------------------------- packing, order, split

@@ -143,6 +143,8 @@ class FileData(SFTData):
 
     def __init__(self, mask_prompt: bool, val_fraction: float, prompt_style: str, packing: bool, ignore_index: int) -> None:
         check_style(prompt_style)
+        if not 0 <= val_fraction < 1:
+            raise DataError(f"--data.val_fraction {val_fraction}: use a share of the records in [0, 1)")
         self.mask_prompt, self.val_fraction, self.prompt_style = mask_prompt, val_fraction, prompt_style
         self.packing, self.ignore_index = packing, ignore_index
 
@@ -293,7 +295,14 @@ class JSON(InstructionData):
 
     def detect(self, records: list, path: Path) -> str:
         """Which FIELD_SETS name the records of ``path`` use; a DataError listing the keys found if neither."""
-        keys = set().union(*(r.keys() for r in records if isinstance(r, dict)))
+        if not records:
+            raise DataError(f"{path} holds no records: give a JSON list of objects, or one JSON object per line (.jsonl)")
+        dicts = [r for r in records if isinstance(r, dict)]
+        if not dicts:
+            skipped = sum(isinstance(r, Skip) for r in records)
+            why = f"none of its {len(records)} lines is valid JSON" if skipped == len(records) else "none of its records is a JSON object"
+            raise DataError(f"{path}: {why}: write one {{\"instruction\": ..., \"output\": ...}} object per line, or a JSON list of them")
+        keys = set().union(*(r.keys() for r in dicts))
         for name, (prompt, _, response) in FIELD_SETS.items():
             if prompt in keys and response in keys:
                 return name
