@@ -133,6 +133,13 @@ def copy_aux_files(src: Path, dst: Path) -> None:
             shutil.copyfile(src / name, dst / name)
 
 
+def refuse_in_place(source: Path, out_dir: Path, command: str) -> None:
+    """Both formats name their weights model.safetensors: converting into the folder being read would write over the
+    weights it converts (a file copy failed first, with a SameFileError traceback)."""
+    if out_dir.resolve() == source.resolve():
+        raise CheckpointError(f"{command} would write into {source}, the folder it reads: give --out_dir another folder")
+
+
 def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = None) -> Path:
     """Convert a Hugging Face checkpoint folder into a native one.
 
@@ -142,6 +149,7 @@ def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = No
         dtype: Cast the weights to ``float32``, ``bfloat16`` or ``float16``; default keeps the stored dtype.
     """
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    refuse_in_place(hf_dir, out_dir, "convert from_hf")
     if (hf_dir / "model_config.yaml").is_file() and (hf_dir / "model.safetensors").is_file():
         raise CheckpointError(f"{hf_dir} is already a native checkpoint (model_config.yaml): use it as it is, or export it with `convert to_hf`")
     config = Config.from_hf_config(hf_dir)
@@ -172,6 +180,7 @@ def convert_to_hf_checkpoint(checkpoint_dir: Path, out_dir: Path, max_shard_size
     from litgpt_clone.checkpoints.io import load_state, resolve_checkpoint
 
     checkpoint_dir, out_dir = resolve_checkpoint(checkpoint_dir), Path(out_dir)
+    refuse_in_place(checkpoint_dir, out_dir, "convert to_hf")
     if (checkpoint_dir / "adapter_config.yaml").is_file():
         raise ConfigError(f"{checkpoint_dir} carries LLaMA-Adapter prefixes, which transformers models have no place for")
     config = Config.from_checkpoint(checkpoint_dir)
