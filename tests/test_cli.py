@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from litgpt_clone import GPT, Config
 from litgpt_clone.checkpoints.io import CheckpointError
 from litgpt_clone.config import ConfigError
+from test_generate import cli_error
 
 
 def cli(*args, cwd=None, check=True):
@@ -189,9 +190,7 @@ def test_values_the_parser_rejects_are_one_line_naming_the_flag_and_what_it_take
         (["models", "--family", "x"], "error: unrecognized arguments: --family x (`litgpt-clone models --help` lists the options)"),
     ]
     for args, expected in cases:
-        with pytest.raises(SystemExit) as err:
-            main(args)
-        assert err.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [expected]
+        assert cli_error(capsys, *args) == expected
     with pytest.raises(SystemExit) as err:
         main(["finetune", "lora", "--help"])
     assert err.value.code == 0 and "--lora.r" in capsys.readouterr().out
@@ -202,15 +201,11 @@ def test_converting_into_the_folder_it_reads_is_refused_and_changes_nothing(hf_l
     the weights it converts; both commands stopped half-way on a SameFileError traceback from a file copy instead."""
     import shutil
 
-    from litgpt_clone.__main__ import main
-
     hf_dir = tmp_path / "hf"
     shutil.copytree(hf_llama[0], hf_dir)
     cli("convert", "from_hf", hf_dir, "--out_dir", tmp_path / "native")
     for command, folder in (("from_hf", hf_dir), ("to_hf", tmp_path / "native")):
         before = {p.name: p.read_bytes() for p in folder.iterdir()}
-        with pytest.raises(SystemExit) as err:
-            main(["convert", command, str(folder), "--out_dir", f"{folder}/"])
-        assert err.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [
-            f"error: convert {command} would write into {folder}, the folder it reads: give --out_dir another folder"]
+        assert cli_error(capsys, "convert", command, folder, "--out_dir", f"{folder}/") == (
+            f"error: convert {command} would write into {folder}, the folder it reads: give --out_dir another folder")
         assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

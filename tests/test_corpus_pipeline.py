@@ -306,7 +306,7 @@ def test_token_ids_match_tokenizer_encode_with_and_without_bos(fixture, tmp_path
 
 def test_impossible_thresholds_and_worker_counts_are_one_line(tmp_path, capsys):
     """A negative line length or a fraction above 1 used to run (dropping every file, or none); 0 workers too."""
-    from litgpt_clone.__main__ import main
+    from test_generate import cli_error
 
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.py").write_text("print(1)\n")
@@ -316,7 +316,5 @@ def test_impossible_thresholds_and_worker_counts_are_one_line(tmp_path, capsys):
         (["--workers", "0"], "error: --workers 0: use 1 or more processes"),
     ]
     for args, expected in cases:
-        with pytest.raises(SystemExit) as err:
-            main(["prepare", "code", str(tmp_path / "src"), "--out_dir", str(tmp_path / "out"), *args])
-        assert err.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [expected]
+        assert cli_error(capsys, "prepare", "code", tmp_path / "src", "--out_dir", tmp_path / "out", *args) == expected
     assert not (tmp_path / "out").exists()

@@ -371,13 +371,18 @@ def test_speculative_acceptance_follows_the_target_distribution():
 
 
 # ----------------------------------------------------------------------------- bad input: one line, with numbers
-def one_line_error(capsys, *args) -> str:
+def cli_error(capsys, *argv) -> str:
+    """The one line ``litgpt-clone *argv`` (run in this process) prints for bad input, exiting with 2."""
     with pytest.raises(SystemExit) as exit_:
-        main(["generate", *map(str, args)])
+        main([*map(str, argv)])
     assert exit_.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     return lines[0]
+
+
+def one_line_error(capsys, *args) -> str:
+    return cli_error(capsys, "generate", *args)
 
 
 def test_bad_input(models_root, capsys):

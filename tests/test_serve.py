@@ -29,7 +29,7 @@ import requests
 
 from litgpt_clone import LLM
 from litgpt_clone.generate import generate
-from test_generate import CHATML, CORPUS, PROMPTS, checkpoint, models_root  # noqa: F401  (fixture)
+from test_generate import CHATML, CORPUS, PROMPTS, checkpoint, cli_error, models_root  # noqa: F401  (fixture)
 from test_serve_engine import one_thread  # noqa: F401  (fixture: the references run on one thread)
 
 KEY = "test-key-123"
@@ -328,8 +328,6 @@ def test_a_host_it_cannot_bind_or_a_taken_port_is_one_line_before_the_model_load
     """``--host`` takes what LitServe can bind (``localhost`` is 127.0.0.1; anything else was a traceback from inside
     LitServe), and a port another process listens on is named with the fix instead of uvicorn's "[Errno 98]" after
     the model had loaded."""
-    from litgpt_clone.__main__ import main
-
     _, native = checkpoint(models_root, "llama")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -343,10 +341,7 @@ def test_a_host_it_cannot_bind_or_a_taken_port_is_one_line_before_the_model_load
         capsys.readouterr()
         for args, message in cases:
             started = time.monotonic()
-            with pytest.raises(SystemExit) as err:
-                main(["serve", str(native), *args])
-            lines = capsys.readouterr().err.strip().splitlines()
-            assert err.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+            assert message in cli_error(capsys, "serve", native, *args)
             assert time.monotonic() - started < 10  # no model loaded, no server started
 
 
@@ -355,15 +350,10 @@ def test_an_accelerator_the_machine_lacks_is_one_line_before_the_model_loads(mod
     workers used to fail to start behind two tracebacks (and told serve's user to pass --device, generate's flag)."""
     import torch
 
-    from litgpt_clone.__main__ import main
-
     _, native = checkpoint(models_root, "llama")
     cases = [(["--accelerator", "tpu"], "--accelerator tpu: use auto, cpu or cuda")]
     if not torch.cuda.is_available():
         cases.append((["--accelerator", "cuda"], "--accelerator cuda: no CUDA GPU is visible here: use --accelerator cpu (or auto)"))
     capsys.readouterr()
     for args, message in cases:
-        with pytest.raises(SystemExit) as err:
-            main(["serve", str(native), "--port", str(free_port()), *args])
-        lines = capsys.readouterr().err.strip().splitlines()
-        assert err.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+        assert message in cli_error(capsys, "serve", native, "--port", free_port(), *args)
