@@ -22,6 +22,14 @@ class ConfigError(ValueError):
     """A config that cannot be built; the message names the problem and the fix."""
 
 
+def at_least(low: float, group: str, above: bool = False, **values: Optional[float]) -> None:
+    """``ConfigError`` naming the first of ``values`` (those set, not None) below ``low`` (with ``above``: not above
+    it), as the flag ``--{group}.{name}``."""
+    for name, value in values.items():
+        if value is not None and (value <= low if above else value < low):
+            raise ConfigError(f"--{group}.{name} is {value}: it must be {f'above {low}' if above else f'{low} or more'}")
+
+
 @dataclass
 class Config:
     name: str = ""

@@ -26,7 +26,7 @@ from typing import Optional
 
 import charset_normalizer
 
-from litgpt_clone.config import ConfigError
+from litgpt_clone.config import ConfigError, at_least
 
 # StarCoder2's encoded-data expressions (a run counts once it reaches the minimum length the pattern demands).
 # The hex one also accepts ", " between bytes (``0x1f, 0x2e``, the usual C array): StarCoder2's ``(?:,|\b\s*)``
@@ -87,14 +87,13 @@ class FilterConfig:
     """File extensions (lowercase, with the dot) not subject to the line-length rules."""
 
     def __post_init__(self) -> None:
-        for name in ("max_line_length", "max_lines", "max_base64_run", "max_hex_run", "max_unicode_escape_run"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--filters.{name} is {getattr(self, name)}: it must be 1 or more")
+        at_least(1, "filters", max_line_length=self.max_line_length, max_lines=self.max_lines, max_base64_run=self.max_base64_run,
+                 max_hex_run=self.max_hex_run, max_unicode_escape_run=self.max_unicode_escape_run)
+        at_least(0, "filters", above=True, max_mean_line_length=self.max_mean_line_length)
+        at_least(0, "filters", autogen_lines=self.autogen_lines)
         for name in ("min_alpha_fraction", "max_encoded_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"--filters.{name} is {getattr(self, name)}: it is a fraction, in [0, 1]")
-        if not self.max_mean_line_length > 0 or self.autogen_lines < 0:
-            raise ConfigError("--filters.max_mean_line_length must be above 0 and --filters.autogen_lines 0 or more")
 
 
 def decode(data: bytes) -> tuple[Optional[str], str]:

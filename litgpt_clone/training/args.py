@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from litgpt_clone.config import ConfigError
+from litgpt_clone.config import ConfigError, at_least
 
 
 @dataclass
@@ -46,13 +46,11 @@ class TrainArgs:
     """Recompute each block's activations in backward: less memory, about a third more compute."""
 
     def __post_init__(self) -> None:
-        at_least(1, global_batch_size=self.global_batch_size, micro_batch_size=self.micro_batch_size, log_interval=self.log_interval,
-                 max_tokens=self.max_tokens, max_steps=self.max_steps, save_interval=self.save_interval)
-        at_least(2, max_seq_length=self.max_seq_length)
-        at_least(0, warmup_steps=self.warmup_steps, min_lr=self.min_lr, weight_decay=self.weight_decay)
-        for name, value in (("lr", self.lr), ("epochs", self.epochs), ("max_norm", self.max_norm)):
-            if value is not None and not value > 0:
-                raise ConfigError(f"--train.{name} is {value}: it must be above 0")
+        at_least(1, "train", global_batch_size=self.global_batch_size, micro_batch_size=self.micro_batch_size,
+                 log_interval=self.log_interval, max_tokens=self.max_tokens, max_steps=self.max_steps, save_interval=self.save_interval)
+        at_least(2, "train", max_seq_length=self.max_seq_length)
+        at_least(0, "train", warmup_steps=self.warmup_steps, min_lr=self.min_lr, weight_decay=self.weight_decay)
+        at_least(0, "train", above=True, lr=self.lr, epochs=self.epochs, max_norm=self.max_norm)
 
     def gradient_accumulation_steps(self, world_size: int) -> int:
         per_step = self.micro_batch_size * world_size
@@ -69,13 +67,6 @@ class TrainArgs:
         return self.global_batch_size // per_step
 
 
-def at_least(low: float, group: str = "train", **values: Optional[float]) -> None:
-    """``ConfigError`` naming the first of ``values`` (set, that is not None) below ``low``."""
-    for name, value in values.items():
-        if value is not None and value < low:
-            raise ConfigError(f"--{group}.{name} is {value}: it must be {low} or more")
-
-
 @dataclass
 class EvalArgs:
     interval: int = 100
@@ -88,4 +79,4 @@ class EvalArgs:
     """Validate once after training."""
 
     def __post_init__(self) -> None:
-        at_least(1, group="eval", interval=self.interval, max_iters=self.max_iters)
+        at_least(1, "eval", interval=self.interval, max_iters=self.max_iters)
