@@ -111,6 +111,18 @@ class Stats:
     tokens: int = 0  # sampled, by prefills and decode steps
     since: float = field(default_factory=time.perf_counter)
 
+    def book(self, joined: list[Row], decoded: int, seconds: float) -> None:
+        """Count one ``Engine.step``: the prefill of ``joined``, else a decode step of ``decoded`` rows (else nothing
+        ran but the reading of a forward in flight)."""
+        if joined:
+            self.prefills += 1
+            self.prompt_tokens += sum(len(row.job["ids"]) for row in joined)
+            self.prefill_s += seconds
+        elif decoded:
+            self.steps += 1
+            self.rows += decoded
+            self.decode_s += seconds
+
     def report(self, running: int, waiting: int) -> str:
         """One log line (the time of a step includes its host work: admitting, sampling, detokenizing)."""
         elapsed = time.perf_counter() - self.since
@@ -255,24 +267,14 @@ class Engine:
         """
         events: list[tuple[str, dict]] = []
         started = time.perf_counter()
-        joined, launched = self.admit(), None
-        decoding = [row for row in self.rows.values() if row.wants_more]
-        if joined:
-            launched = self.prefill(joined, events)
-            self.stats.prefills += 1
-            self.stats.prompt_tokens += sum(len(row.job["ids"]) for row in joined)
-        elif decoding:
-            launched = self.decode(decoding)
-            self.stats.steps += 1
-            self.stats.rows += len(decoding)
+        joined = self.admit()
+        decoding = [] if joined else [row for row in self.rows.values() if row.wants_more]
+        launched = self.prefill(joined, events) if joined else self.decode(decoding) if decoding else None
         # with ``ahead`` (on a GPU) the previous forward's tokens are read now, while this one runs
         previous, self.in_flight = (self.in_flight, launched) if self.ahead else (launched, None)
         if previous is not None:
             self.receive(previous, events)
-        if joined:
-            self.stats.prefill_s += time.perf_counter() - started
-        elif decoding:
-            self.stats.decode_s += time.perf_counter() - started
+        self.stats.book(joined, len(decoding), time.perf_counter() - started)
         return events
 
     def admit(self) -> list[Row]:
