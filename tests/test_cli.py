@@ -116,6 +116,62 @@ def test_sharded_export_loads_in_transformers(hf_llama, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_export_over_an_earlier_export_leaves_only_the_new_weights(hf_llama, tmp_path):
+    """`convert to_hf` into a folder that holds an earlier export: the earlier weight files go (as with
+    `save_pretrained`), so transformers and `convert from_hf` load the new model whichever of the two was sharded."""
+    from litgpt_clone.checkpoints.convert import convert_hf_checkpoint, convert_to_hf_checkpoint
+
+    hf_dir, hf_model = hf_llama
+    first, second = convert_hf_checkpoint(hf_dir, tmp_path / "a"), tmp_path / "b"
+    state = load_file(first / "model.safetensors")
+    (second).mkdir()
+    for name in ("model_config.yaml", "tokenizer_config.json", "generation_config.json"):
+        (second / name).write_bytes((first / name).read_bytes())
+    from safetensors.torch import save_file
+
+    save_file({k: v * 0.5 for k, v in state.items()}, second / "model.safetensors")  # another model of the same shape
+    idx = torch.randint(0, 64, (1, 8))
+    out = tmp_path / "export"
+    for model, shard in ((first, "5GB"), (second, "20KB"), (first, "5GB")):
+        convert_to_hf_checkpoint(model, out, max_shard_size=shard)
+        weights = sorted(p.name for p in out.iterdir() if p.name.startswith("model"))
+        if shard == "5GB":
+            assert weights == ["model.safetensors"]
+        else:
+            assert "model.safetensors" not in weights and len(weights) > 2 and "model.safetensors.index.json" in weights
+        with torch.no_grad():
+            torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(out)(idx).logits, GPT.from_checkpoint(model)(idx))
+    assert not torch.allclose(GPT.from_checkpoint(first)(idx), GPT.from_checkpoint(second)(idx))
+
+
+def test_snapshot_with_consolidated_weights_converts_through_its_index(hf_llama, tmp_path):
+    """A full hub snapshot (Mistral v0.3 keeps consolidated.safetensors beside its shards): the index says which files
+    are the model's, as transformers reads it."""
+    from safetensors.torch import save_file
+
+    hf_dir, hf_model = hf_llama
+    cli("convert", "from_hf", hf_dir, "--out_dir", tmp_path / "native")
+    cli("convert", "to_hf", tmp_path / "native", "--out_dir", tmp_path / "snapshot", "--max_shard_size", "20KB")
+    save_file({"layers.0.attention.wq.weight": torch.zeros(32, 32)}, tmp_path / "snapshot" / "consolidated.safetensors")
+    cli("convert", "from_hf", tmp_path / "snapshot", "--out_dir", tmp_path / "back")
+    idx = torch.randint(0, 64, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(GPT.from_checkpoint(tmp_path / "back")(idx), hf_model(idx).logits)
+    (tmp_path / "snapshot" / "model-00002-of-{:05d}.safetensors".format(len(list((tmp_path / "snapshot").glob("model-*"))))).unlink()
+    with pytest.raises(CheckpointError, match=r"model-00002-of-\d+\.safetensors is missing \(model.safetensors.index.json names it\)"):
+        from litgpt_clone.checkpoints.io import read_hf_weights
+
+        read_hf_weights(tmp_path / "snapshot")
+
+
+def test_bad_shard_size_is_one_line_and_writes_nothing(hf_llama, tmp_path):
+    hf_dir, _ = hf_llama
+    cli("convert", "from_hf", hf_dir, "--out_dir", tmp_path / "native")
+    line = one_line_error(cli("convert", "to_hf", tmp_path / "native", "--out_dir", tmp_path / "out", "--max_shard_size", "lots", check=False))
+    assert line.startswith("error: max_shard_size 'lots' is not a size (") and line.endswith("): use one such as 5GB or 500MB")
+    assert not (tmp_path / "out").exists()
+
+
 def test_bin_checkpoint_converts(hf_llama, tmp_path):
     hf_dir, hf_model = hf_llama
     (tmp_path / "bin").mkdir()  # transformers 5 writes only safetensors: write the older .bin format ourselves

@@ -188,9 +188,8 @@ def convert_to_hf_checkpoint(checkpoint_dir: Path, out_dir: Path, max_shard_size
     hf_config = config_to_hf(config)
     dtype = next(iter(state.values())).dtype
     hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    save_hf_weights(native_to_hf_weights(state, config), out_dir, max_shard_size)  # first: it checks max_shard_size
     copy_aux_files(checkpoint_dir, out_dir)
-    save_hf_weights(native_to_hf_weights(state, config), out_dir, max_shard_size)
     write_atomic_text(out_dir / "config.json", json.dumps(hf_config, indent=2) + "\n")
     return out_dir
 

@@ -68,15 +68,33 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_hf_weights(state: dict[str, torch.Tensor], out_dir: Path, max_shard_size: str = "5GB") -> None:
+def hf_shards(state: dict[str, torch.Tensor], max_shard_size: str | int = "5GB"):
+    """How ``state`` splits into safetensors files of at most ``max_shard_size`` (``huggingface_hub``'s plan)."""
     from huggingface_hub import split_torch_state_dict_into_shards
 
-    split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size)
+    try:
+        return split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size)
+    except ValueError as err:
+        raise CheckpointError(f"max_shard_size {max_shard_size!r} is not a size ({err}): use one such as 5GB or 500MB") from None
+
+
+HF_SHARD = re.compile(r"^model(-\d+-of-\d+)?\.safetensors$")
+
+
+def save_hf_weights(state: dict[str, torch.Tensor], out_dir: Path, max_shard_size: str | int = "5GB") -> None:
+    """``model.safetensors``, or shards and their index above ``max_shard_size``; then, as ``save_pretrained`` does, the
+    weight files and index of an earlier export into ``out_dir`` are removed (transformers would load those instead)."""
+    split = hf_shards(state, max_shard_size)
     for filename, names in split.filename_to_tensors.items():
         save_weights({n: state[n] for n in names}, out_dir / filename)
+    index = out_dir / "model.safetensors.index.json"
     if split.is_sharded:
-        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
-        write_atomic_text(out_dir / "model.safetensors.index.json", json.dumps(index, indent=2) + "\n")
+        write_atomic_text(index, json.dumps({"metadata": split.metadata, "weight_map": split.tensor_to_filename}, indent=2) + "\n")
+    else:
+        index.unlink(missing_ok=True)
+    for old in out_dir.iterdir():
+        if HF_SHARD.match(old.name) and old.name not in split.filename_to_tensors:
+            old.unlink()
 
 
 # --------------------------------------------------------------------------- reading
@@ -92,20 +110,42 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is corrupt or truncated ({err}): convert or download it again") from err
 
 
+HF_WEIGHTS = (("model.safetensors", "model.safetensors.index.json"), ("pytorch_model.bin", "pytorch_model.bin.index.json"))
+"""A Hugging Face folder's weights, in the order transformers looks for them: (single file, index of shards)."""
+
+
+def hf_weight_files(hf_dir: Path) -> list[Path]:
+    """The weight files of a Hugging Face folder, as ``from_pretrained`` picks them: the single file, else the files the
+    index names; without either, the top-level files ``download`` would fetch (never ``consolidated*`` or trainer state)."""
+    for single, index in HF_WEIGHTS:
+        if (hf_dir / single).is_file():
+            return [hf_dir / single]
+        if (hf_dir / index).is_file():
+            try:
+                names = sorted(set(json.loads((hf_dir / index).read_text())["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                raise CheckpointError(f"{hf_dir / index} is not a weight index ({type(err).__name__}: {err}): download the checkpoint again") from None
+            missing = [n for n in names if not (hf_dir / n).is_file()]
+            if missing:
+                raise CheckpointError(f"{hf_dir / missing[0]} is missing ({index} names it): download the checkpoint again")
+            return [hf_dir / n for n in names]
+    from litgpt_clone.checkpoints.download import weight_files
+
+    names = weight_files(p.name for p in hf_dir.iterdir() if p.is_file())
+    return [hf_dir / n for n in names if not n.endswith(".json")]
+
+
 def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a Hugging Face folder: ``*.safetensors`` (single or sharded), else ``*.bin``."""
+    """All tensors of a Hugging Face folder (``hf_weight_files``): safetensors, else ``.bin`` read with ``weights_only``."""
     hf_dir = Path(hf_dir)
-    files = sorted(hf_dir.glob("*.safetensors"))
-    if files:
-        state = {}
-        for f in files:
-            state.update(load_state(f))
-        return state
-    files = sorted(hf_dir.glob("*.bin"))
+    files = hf_weight_files(hf_dir)
     if not files:
         raise CheckpointError(f"no weights in {hf_dir}: expected model.safetensors, model-*.safetensors or pytorch_model*.bin")
     state = {}
     for f in files:
+        if f.suffix == ".safetensors":
+            state.update(load_state(f))
+            continue
         try:
             state.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
         except Exception as err:  # torch raises many kinds for a bad pickle or zip
