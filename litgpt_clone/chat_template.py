@@ -283,9 +283,7 @@ def render_chat(
     The text already holds the template's special tokens (BOS included when the template writes it): encode it
     with ``Tokenizer.encode(text, bos=False)``.
     """
-    style = style or "auto"
-    if style not in available_styles():
-        raise ChatTemplateError(f"unknown chat style {style!r}: use one of {', '.join(available_styles())}")
+    style = check_style(style)
     messages = _prepare(messages)
     if style == "auto" and template:
         variables = {"tools": None, "documents": None, **_plain(extra)}
@@ -295,6 +293,14 @@ def render_chat(
         raise ChatTemplateError("every message needs a 'role' (system, user or assistant) for the fallback chat styles")
     render = STYLES["plain" if style == "auto" else style]
     return render(messages, add_generation_prompt, bos_token or "", eos_token or "", **extra)
+
+
+def check_style(style: Optional[str]) -> str:
+    """``style``, "auto" for None; a one-line error for a name that is not a style."""
+    style = style or "auto"
+    if style not in available_styles():
+        raise ChatTemplateError(f"unknown chat style {style!r}: use one of {', '.join(available_styles())}")
+    return style
 
 
 def render_for_tokenizer(

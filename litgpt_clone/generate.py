@@ -144,14 +144,7 @@ class GraphedStep:
 # ----------------------------------------------------------------------------- checks and cache
 def check_request(model: GPT, lengths: Sequence[int], max_new_tokens: int, temperature: float, top_k: Optional[int], top_p: float, min_p: float) -> None:
     """One-line errors for prompts, lengths and sampling settings that cannot work."""
-    if temperature < 0:
-        raise GenerationError(f"temperature is {temperature}: use 0 (greedy) or more")
-    if top_k is not None and top_k < 1:
-        raise GenerationError(f"top_k is {top_k}: use 1 or more (or leave it unset)")
-    if not 0 < top_p <= 1:
-        raise GenerationError(f"top_p is {top_p}: use a value in (0, 1]")
-    if not 0 <= min_p <= 1:
-        raise GenerationError(f"min_p is {min_p}: use a value in [0, 1]")
+    check_sampling(temperature, top_k, top_p, min_p)
     context = model.max_seq_length
     if max_new_tokens < 1:
         raise GenerationError(f"max_new_tokens is {max_new_tokens}: ask for at least 1 new token")
@@ -166,6 +159,17 @@ def check_request(model: GPT, lengths: Sequence[int], max_new_tokens: int, tempe
             f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) = {longest + max_new_tokens} tokens is more than the"
             f" model's context of {context} tokens: use max_new_tokens <= {context - longest}"
         )
+
+
+def check_sampling(temperature: float, top_k: Optional[int], top_p: float, min_p: float) -> None:
+    if temperature < 0:
+        raise GenerationError(f"temperature is {temperature}: use 0 (greedy) or more")
+    if top_k is not None and top_k < 1:
+        raise GenerationError(f"top_k is {top_k}: use 1 or more (or leave it unset)")
+    if not 0 < top_p <= 1:
+        raise GenerationError(f"top_p is {top_p}: use a value in (0, 1]")
+    if not 0 <= min_p <= 1:
+        raise GenerationError(f"min_p is {min_p}: use a value in [0, 1]")
 
 
 def ensure_kv_cache(model: GPT, batch_size: int, needed: int) -> int:

@@ -72,16 +72,38 @@ def test_history_longer_than_the_context_drops_the_oldest_turns(chat_model):
     assert got[1] == reply(chat_model, messages)
     assert got[2] == reply(chat_model, [{"role": "user", "content": turns[1]}, {"role": "assistant", "content": got[1]}, {"role": "user", "content": turns[2]}])
     assert "(dropped the oldest 2 message(s): the conversation outgrew the context of 160 tokens)" in proc.stderr
-    # a message that cannot fit even alone is refused with the numbers, and the chat goes on
+    # a message that cannot fit even alone is refused with the numbers, and the chat goes on where it was
     assert "more than the context of 160 tokens: shorten it" in proc.stderr
     assert len(got) == 4 and proc.returncode == 0
+    history = [{"role": "user", "content": turns[1]}, {"role": "assistant", "content": got[1]}, {"role": "user", "content": turns[2]},
+               {"role": "assistant", "content": got[2]}, {"role": "user", "content": "Hi"}]
+    _, _, tok = chat_model
+    while len(tok.apply_chat_template(history, add_generation_prompt=True, tokenize=False)) and len(
+        tok(tok.apply_chat_template(history, add_generation_prompt=True, tokenize=False), add_special_tokens=False)["input_ids"]
+    ) + NEW > 160:
+        history = history[2:]
+    assert len(history) > 1  # the earlier conversation is still there
+    assert got[3] == reply(chat_model, history)
 
 
 def test_impossible_sampling_settings_stop_before_the_first_turn(chat_model):
     """Sampling settings that cannot work end the command with one line before the prompt appears (they used to end
     it after the user had typed a first message)."""
     _, native, _ = chat_model
-    for args, message in ((["--max_new_tokens", 0], "max_new_tokens is 0"), (["--temperature", -1], "temperature is -1.0")):
+    for args, message in (
+        (["--max_new_tokens", 0], "max_new_tokens is 0"), (["--temperature", -1], "temperature is -1.0"),
+        (["--max_new_tokens", 160], "--max_new_tokens 160 leaves no room for a message in the model's context of 160 tokens"),
+        (["--style", "bogus"], "unknown chat style 'bogus': use one of auto, alpaca, chatml"),
+    ):
         proc = cli("chat", native, *args, stdin="Hello there\n", check=False)
         assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()] and message in proc.stderr
         assert ">> You:" not in proc.stdout + proc.stderr
+
+
+def test_reset_with_a_seed_gives_the_same_conversation_again(chat_model):
+    """Turn i samples with seed + i, counted from the start of the conversation: after /reset the same message gets
+    the same sampled reply."""
+    _, native, _ = chat_model
+    proc = cli("chat", native, "--temperature", 1.0, "--max_new_tokens", NEW, "--seed", 7, stdin="Hi\nMore\n/reset\nHi\nMore\n")
+    got = replies(proc.stdout)
+    assert len(got) == 4 and got[:2] == got[2:] and got[0] != got[1]

@@ -42,19 +42,26 @@ def chat(
         stop: Extra text that ends a reply (EOS and generation_config.json's eos ids always do).
         seed: Seed for sampling (turn i uses seed + i): the same conversation gives the same replies.
         style: Fallback prompt format when the checkpoint has no chat template (or to override it): chatml,
-            llama2, llama3, alpaca or plain.
+            llama2, llama3, alpaca or plain (auto, the default: the template, else plain).
         precision: "32-true", "bf16-true" or "16-true"; default bf16 on a GPU that supports it, else fp32.
         quantize: Quantize the weights with bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or bnb.int8.
         compile: torch.compile the decode step (CUDA graphs on a GPU).
         device: "auto" (a GPU if there is one), "cpu" or "cuda[:N]".
     """
     from litgpt_clone.api import LLM
-    from litgpt_clone.chat_template import ChatTemplateError
+    from litgpt_clone.chat_template import ChatTemplateError, check_style
     from litgpt_clone.commands.generate import format_stats
-    from litgpt_clone.generate import check_request
+    from litgpt_clone.generate import check_sampling
 
+    check_style(style)  # the settings are checked before the first turn, not after it
+    check_sampling(temperature, top_k, top_p, min_p)
+    if max_new_tokens < 1:
+        raise GenerationError(f"max_new_tokens is {max_new_tokens}: ask for at least 1 new token")
     llm = LLM.load(checkpoint_dir, device=device, precision=precision, quantize=quantize, compile=compile)
-    check_request(llm.model, [1], max_new_tokens, temperature, top_k, top_p, min_p)  # before the first turn, not after it
+    if max_new_tokens >= llm.model.max_seq_length:
+        raise GenerationError(
+            f"--max_new_tokens {max_new_tokens} leaves no room for a message in the model's context of {llm.model.max_seq_length} tokens: use less"
+        )
     if llm.tokenizer.chat_template is None and style is None:
         print("note: this checkpoint has no chat template; messages go in as plain text (pick one with --style)", file=sys.stderr)
     print(f"Chatting with {llm.checkpoint_dir}. {HELP}", file=sys.stderr, flush=True)
@@ -72,20 +79,19 @@ def chat(
             continue
         if text == "/exit":
             return
-        if text == "/reset":
-            history = []
+        if text == "/reset":  # the same conversation again gives the same replies (turn i samples with seed + i)
+            history, turn = [], 0
             print("(new conversation)", file=sys.stderr, flush=True)
             continue
         if text.startswith("/"):
             print(f"unknown command {text.split()[0]}: {HELP}", file=sys.stderr, flush=True)
             continue
-        history.append({"role": "user", "content": text})
         try:
-            ids, dropped = fit_history(llm, system, history, max_new_tokens, style)
-        except (GenerationError, ChatTemplateError) as err:  # say why, and keep the conversation going
-            history.pop()
+            ids, dropped = fit_history(llm, system, history + [{"role": "user", "content": text}], max_new_tokens, style)
+        except (GenerationError, ChatTemplateError) as err:  # say why, and keep the conversation as it was
             print(f"error: {err}", file=sys.stderr, flush=True)
             continue
+        history = history[dropped:] + [{"role": "user", "content": text}]
         if dropped:
             print(f"(dropped the oldest {dropped} message(s): the conversation outgrew the context of {llm.model.max_seq_length} tokens)", file=sys.stderr, flush=True)
         print(">> Assistant: ", end="", flush=True)
@@ -104,21 +110,19 @@ def chat(
 
 
 def fit_history(llm, system: Optional[str], history: list[dict], max_new_tokens: int, style: Optional[str]):
-    """The token ids of the conversation, dropping the oldest messages of ``history`` (in place) until it fits the
-    context with ``max_new_tokens`` to spare. Returns (ids, how many messages were dropped)."""
+    """The token ids of the conversation without its oldest messages, as few dropped as it takes to fit the context
+    with ``max_new_tokens`` to spare (``history`` itself is not changed). Returns (ids, how many were dropped)."""
     context = llm.model.max_seq_length
     head = [{"role": "system", "content": system}] if system else []
     dropped = 0
     while True:
-        ids = llm.encode_chat(head + history, style)
+        ids = llm.encode_chat(head + history[dropped:], style)
         if len(ids) + max_new_tokens <= context:
             return ids, dropped
-        if len(history) == 1:
+        if len(history) - dropped == 1:
             raise GenerationError(
                 f"the message makes a prompt of {len(ids)} tokens; with max_new_tokens {max_new_tokens} that is more than the"
                 f" context of {context} tokens: shorten it (or lower --max_new_tokens)"
             )
         # drop the oldest exchange: a user message and the reply to it
-        n = 2 if len(history) > 2 and history[1]["role"] == "assistant" else 1
-        del history[:n]
-        dropped += n
+        dropped += 2 if len(history) - dropped > 2 and history[dropped + 1]["role"] == "assistant" else 1
