@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import re
+
 import resource
 import sys
 import time
@@ -31,8 +33,12 @@ PRECISIONS = {"32-true": torch.float32, "bf16-true": torch.bfloat16, "16-true": 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise GenerationError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise GenerationError(f"device {device!r} asked for but no CUDA GPU is visible: use cpu (--device cpu; LLM.load(..., device='cpu'))")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise GenerationError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
     return torch.device(device)
 
 
@@ -61,17 +67,20 @@ def find_checkpoint(model: Union[str, Path]) -> Path:
     return resolve_checkpoint(f"{hf['org']}/{hf['name']}")
 
 
-def load_model(checkpoint_dir: Path, device: torch.device, dtype: torch.dtype, quantize: Optional[str]) -> GPT:
-    if quantize is not None:
-        from litgpt_clone.quantize import QUANTIZE_MODES
+def check_quantize(quantize: Optional[str]) -> None:
+    from litgpt_clone.quantize import QUANTIZE_MODES
 
-        if quantize not in QUANTIZE_MODES:
-            raise GenerationError(f"unknown quantize mode {quantize!r}: use one of {', '.join(QUANTIZE_MODES)}")
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise GenerationError(f"unknown quantize mode {quantize!r}: use one of {', '.join(QUANTIZE_MODES)}")
+
+
+def load_model(checkpoint_dir: Path, device: torch.device, dtype: torch.dtype, quantize: Optional[str]) -> GPT:
+    check_quantize(quantize)
     model = GPT.from_checkpoint(checkpoint_dir, device=device, dtype=dtype).eval()
     if quantize is not None:
         from litgpt_clone.quantize import quantize as quantize_model
 
-        quantize_model(model, quantize)
+        quantize_model(model, quantize, compute_dtype=dtype)  # 4-bit matmuls in the model's dtype, not fp32
     return model
 
 
@@ -132,6 +141,8 @@ class LLM:
         the assistant's reply, as token ids."""
         from litgpt_clone.chat_template import render_for_tokenizer
 
+        if isinstance(messages, (str, bytes)) or not all(isinstance(m, dict) for m in messages):
+            raise GenerationError('messages must be a list of {"role": ..., "content": ...} dicts: for a plain prompt use generate()')
         if not messages or not any(m.get("content") for m in messages):
             raise GenerationError("the conversation is empty: give a message with some text")
         return self.tokenizer.encode(render_for_tokenizer(self.tokenizer, list(messages), style=style), bos=False)
@@ -202,6 +213,8 @@ class LLM:
     def benchmark(self, prompt: str = "A long time ago, in a galaxy far, far away,", max_new_tokens: int = 64, num_iterations: int = 3, **kwargs) -> dict:
         """Generate ``num_iterations`` times (after one warm-up) and report the medians of time to first token
         (s), decode tokens/s and total time, the new tokens of the last run and peak memory (bytes)."""
+        if num_iterations < 1:
+            raise GenerationError(f"num_iterations is {num_iterations}: time at least 1 run")
         runs = []
         for i in range(num_iterations + 1):
             text = self.generate(prompt, max_new_tokens, **kwargs)

@@ -3,6 +3,7 @@ against transformers' greedy ``generate`` on the tiny checkpoints of test_genera
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -79,6 +80,8 @@ def test_quantized_generation(models_root):
     prompt = llm.tokenizer.encode(PROMPTS[1])
     expected = llm.tokenizer.decode(generate(reference, [prompt], 10, stop_ids=llm.tokenizer.stop_ids)[0])
     assert llm.generate(PROMPTS[1], max_new_tokens=10) == expected
+    half = LLM.load(native, device="cpu", precision="bf16-true", quantize="bnb.nf4")  # 4-bit matmuls in the model's dtype
+    assert {m.compute_dtype for m in half.model.modules() if isinstance(m, bnb.nn.Linear4bit)} == {torch.bfloat16}
 
 
 def test_bad_input(models_root):
@@ -87,9 +90,17 @@ def test_bad_input(models_root):
         LLM.load(native, device="cpu", quantize="nf4")
     with pytest.raises(GenerationError, match="precision"):
         LLM.load(native, device="cpu", precision="bf16")
+    for device, message in (("tpu", "unknown device 'tpu': use auto, cpu, cuda or cuda:N"), ("cpu:abc", "unknown device 'cpu:abc'")):
+        with pytest.raises(GenerationError, match=re.escape(message)):
+            LLM.load(native, device=device)
     llm = LLM.load(native, device="cpu")
     with pytest.raises(GenerationError, match="prompt is empty"):
         llm.generate("")
+    for messages in ("Hi", ["Hi"]):
+        with pytest.raises(GenerationError, match="messages must be a list of"):
+            llm.chat(messages)
+    with pytest.raises(GenerationError, match="num_iterations is 0: time at least 1 run"):
+        llm.benchmark(num_iterations=0)
     with pytest.raises(GenerationError, match=f"context of {llm.model.max_seq_length} tokens"):
         llm.generate(PROMPTS[0], max_new_tokens=llm.model.max_seq_length)
 

@@ -351,7 +351,7 @@ def test_an_accelerator_the_machine_lacks_is_one_line_before_the_model_loads(mod
     import torch
 
     _, native = checkpoint(models_root, "llama")
-    cases = [(["--accelerator", "tpu"], "--accelerator tpu: use auto, cpu or cuda")]
+    cases = [(["--accelerator", "tpu"], "--accelerator tpu: use auto, cpu or cuda"), (["--quantize", "bnb.nf3"], "unknown quantize mode 'bnb.nf3': use one of bnb.nf4")]
     if not torch.cuda.is_available():
         cases.append((["--accelerator", "cuda"], "--accelerator cuda: no CUDA GPU is visible here: use --accelerator cpu (or auto)"))
     capsys.readouterr()

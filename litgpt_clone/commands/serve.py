@@ -131,7 +131,7 @@ def serve(
         stats_interval: Seconds between the log lines on what the server did while busy (prompt tokens and
             prefills, decode steps and their time, tokens/s, running and waiting requests); 0 logs none.
     """
-    from litgpt_clone.api import PRECISIONS, find_checkpoint
+    from litgpt_clone.api import PRECISIONS, check_quantize, find_checkpoint
     from litgpt_clone.serve import build_server, default_model_name
 
     if stats_interval < 0:
@@ -144,6 +144,7 @@ def serve(
     check_accelerator(accelerator, devices)
     if precision is not None and precision not in PRECISIONS:
         raise ServeError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    check_quantize(quantize)
     api_key = api_key or os.environ.get("LITGPT_CLONE_API_KEY") or None
     checkpoint = find_checkpoint(checkpoint_dir)
     name = model_name or default_model_name(checkpoint)
