@@ -175,7 +175,14 @@ class Config:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"no model config at {path}: expected a model_config.yaml written by convert or pretrain")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+            reason = f"line {mark.line + 1}: {problem}" if mark is not None and problem else " ".join(str(err).split())
+            raise ConfigError(f"{path} is not valid YAML ({reason}): convert or download the checkpoint again") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} holds a {type(data).__name__}, not the fields of a model config: convert or download the checkpoint again")
         return cls.from_dict({**data, **overrides})
 
     @classmethod

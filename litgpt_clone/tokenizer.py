@@ -50,8 +50,32 @@ TOKENIZER_FILES = (
 checkpoint (``config.json``, where ``Tokenizer`` also looks for ``bos_token_id``/``eos_token_id``, is the model's)."""
 
 
+def _corrupt(path: Path, err: Exception):
+    from litgpt_clone.checkpoints.io import CheckpointError
+
+    reason = " ".join(str(err).split())
+    return CheckpointError(f"{path} is corrupt ({type(err).__name__}: {reason}): download the checkpoint again (or copy the file from its repo)")
+
+
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    """A JSON object from ``path`` ({} when there is no such file)."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise _corrupt(path, err) from None
+    if not isinstance(data, dict):
+        raise _corrupt(path, ValueError(f"a JSON {type(data).__name__} where an object belongs"))
+    return data
+
+
+def _token_ids(value, path: Path) -> list[int]:
+    """``eos_token_id``/``bos_token_id`` as a list of ints (files write one int, a list of them, or null)."""
+    ids = value if isinstance(value, list) else [value]
+    if not all(i is None or (isinstance(i, int) and not isinstance(i, bool)) for i in ids):
+        raise _corrupt(path, ValueError(f"token ids {value!r} are not integers"))
+    return [i for i in ids if i is not None]
 
 
 def _token_content(token: Union[str, dict, None]) -> Optional[str]:
@@ -76,7 +100,10 @@ class Tokenizer:
             from tokenizers import Tokenizer as HFTokenizer
 
             self.backend = "huggingface"
-            self._hf = HFTokenizer.from_file(str(checkpoint_dir / "tokenizer.json"))
+            try:
+                self._hf = HFTokenizer.from_file(str(checkpoint_dir / "tokenizer.json"))
+            except Exception as err:  # tokenizers raises a bare Exception for a file it cannot parse
+                raise _corrupt(checkpoint_dir / "tokenizer.json", err) from None
             self._hf.no_padding()  # a file may carry padding/truncation settings; transformers does not apply
             self._hf.no_truncation()  # them unless asked to, and neither do we
             self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
@@ -84,7 +111,10 @@ class Tokenizer:
             import sentencepiece
 
             self.backend = "sentencepiece"
-            self._sp = sentencepiece.SentencePieceProcessor(model_file=str(checkpoint_dir / "tokenizer.model"))
+            try:
+                self._sp = sentencepiece.SentencePieceProcessor(model_file=str(checkpoint_dir / "tokenizer.model"))
+            except (RuntimeError, OSError) as err:
+                raise _corrupt(checkpoint_dir / "tokenizer.model", err) from None
             self.vocab_size = self._sp.vocab_size()
             self._dummy_prefix = self._sp.normalize("a").startswith("▁")  # the model puts "▁" before every text
         else:
@@ -101,9 +131,8 @@ class Tokenizer:
         else:
             self.add_bos = self.bos_id is not None and bool(config.get("add_bos_token", False))
 
-        generation_eos = _read_json(checkpoint_dir / "generation_config.json").get("eos_token_id")
-        if not isinstance(generation_eos, list):
-            generation_eos = [generation_eos]
+        generation = checkpoint_dir / "generation_config.json"
+        generation_eos = _token_ids(_read_json(generation).get("eos_token_id"), generation)
         self.stop_ids: set[int] = {i for i in [self.eos_id, *generation_eos] if i is not None}
 
         # transformers reads chat_template.jinja first, then tokenizer_config.json's "chat_template", which some
@@ -121,11 +150,10 @@ class Tokenizer:
         token = _token_content(config.get(f"{kind}_token"))
         if token is not None and (token_id := self.token_to_id(token)) is not None:
             return token_id
-        token_id = _read_json(self.checkpoint_dir / "config.json").get(f"{kind}_token_id")
-        if isinstance(token_id, list):
-            token_id = token_id[0] if token_id else None
-        if token_id is not None:
-            return token_id
+        config_json = self.checkpoint_dir / "config.json"
+        token_ids = _token_ids(_read_json(config_json).get(f"{kind}_token_id"), config_json)
+        if token_ids:
+            return token_ids[0]
         token = _token_content(_read_json(self.checkpoint_dir / "special_tokens_map.json").get(f"{kind}_token"))
         if token is not None and (token_id := self.token_to_id(token)) is not None:
             return token_id

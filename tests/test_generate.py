@@ -405,3 +405,26 @@ def test_bad_input(models_root, capsys):
     missing = models_root / "no-such-run" / "final"  # a folder path, not a model name: say so, not "unknown model"
     line = one_line_error(capsys, missing, "--prompt", "Hi")
     assert line == f"error: no checkpoint at {missing}: pass a folder with model_config.yaml and model.safetensors, or a hub repo id (org/name)"
+
+
+def test_corrupt_checkpoint_files_are_one_line_naming_the_file(models_root, tmp_path, capsys):
+    """A checkpoint whose model_config.yaml, tokenizer.json, tokenizer_config.json or generation_config.json is
+    damaged: one line naming the file, as for a truncated model.safetensors (these gave YAML, JSON and tokenizers
+    tracebacks)."""
+    import shutil
+
+    _, native = checkpoint(models_root, "llama")
+    capsys.readouterr()
+    damage = {
+        "model_config.yaml": ("n_layer: [oops\n", "is not valid YAML (line "),
+        "tokenizer.json": ('{"broken\n', "tokenizer.json is corrupt (Exception: "),
+        "tokenizer_config.json": ("[1, 2]\n", "tokenizer_config.json is corrupt (ValueError: a JSON list where an object belongs)"),
+        "generation_config.json": ('{"eos_token_id": "x"}\n', "generation_config.json is corrupt (ValueError: token ids 'x' are not integers)"),
+    }
+    for name, (text, message) in damage.items():
+        bad = tmp_path / name
+        shutil.copytree(native, bad)
+        with open(bad / name, "a" if name.endswith(".yaml") else "w") as f:
+            f.write(text)
+        line = one_line_error(capsys, bad, "--prompt", "Hi", "--max_new_tokens", 2)
+        assert message in line and str(bad / name) in line, line
