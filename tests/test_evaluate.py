@@ -208,6 +208,25 @@ def test_bad_input_is_one_line(models, tasks_dir, tmp_path, capsys, args, messag
     assert exit.value.code == 2 and message in err and "\n" not in err, err
 
 
+def test_bad_folders_and_windows_are_one_line(models, tasks_dir, tmp_path, capsys):
+    """A missing --include_path is named as such (it read as an unknown task); perplexity's window settings out of
+    range are refused (0 silently became the default, a negative stride failed an assertion inside lm-eval)."""
+    _, _, native = models
+    (tmp_path / "t.txt").write_text("some text to score " * 20)
+    cases = [
+        (["evaluate", str(native), "--tasks", "tiny_mc", "--include_path", str(tmp_path / "nope")], f"error: --include_path {tmp_path / 'nope'}: no such folder"),
+        (["evaluate", "perplexity", str(native), "--data", str(tmp_path / "t.txt"), "--max_length", "16", "--stride_context", "-5"],
+         "error: stride_context is -5: use a value in [1, 16] (at most max_length)"),
+        (["evaluate", "perplexity", str(native), "--data", str(tmp_path / "t.txt"), "--stride_context", "0"], "error: stride_context is 0: use a value in [1, "),
+        (["evaluate", "perplexity", str(native), "--data", str(tmp_path / "t.txt"), "--max_length", "0"], "error: max_length is 0: use a value in [2, "),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit:
+            main([*argv, "--device", "cpu"])
+        err = capsys.readouterr().err.strip()
+        assert exit.value.code == 2 and err.startswith(message) and "\n" not in err, err
+
+
 def test_tasks_list(tasks_dir, capsys):
     """`evaluate --tasks list` needs no checkpoint; it lists lm-eval's tasks and those of --include_path."""
     main(["evaluate", "--tasks", "list", "--include_path", str(tasks_dir)])

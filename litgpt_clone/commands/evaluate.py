@@ -120,6 +120,8 @@ def task_manager(include_path: Optional[str], local_only: bool = False):
     of ``include_path`` changes."""
     stamp = ()
     if include_path:
+        if not Path(include_path).is_dir():
+            raise EvaluationError(f"--include_path {include_path}: no such folder: pass the folder that holds your task YAMLs")
         include_path = str(Path(include_path).resolve())
         for folder, _, files in os.walk(include_path):  # never follows links to folders
             yamls = sorted(os.path.join(folder, f) for f in files if f.endswith((".yaml", ".yml")))

@@ -69,10 +69,12 @@ class LitGPTLM(TemplateLM):
         self.llm = llm if llm is not None else LLM.load(checkpoint_dir, device=device or "auto", precision=precision)
         self.model, self.tok = self.llm.model, self.llm.tokenizer
         context = self.model.max_seq_length
-        self.max_length = int(max_length) if max_length else context
+        self.max_length = int(max_length) if max_length not in (None, "") else context  # (lm-eval passes strings)
         if not 1 < self.max_length <= context:
             raise EvaluationError(f"max_length is {self.max_length}: use a value in [2, {context}] (the model's context)")
-        self.rolling_context = int(rolling_context) if rolling_context else self.max_length // 2
+        self.rolling_context = int(rolling_context) if rolling_context not in (None, "") else self.max_length // 2
+        if not 1 <= self.rolling_context <= self.max_length:
+            raise EvaluationError(f"stride_context is {self.rolling_context}: use a value in [1, {self.max_length}] (at most max_length)")
         self.max_gen_toks = 256
         self._encode = functools.lru_cache(maxsize=ENCODED_TEXTS)(self._encode_text)  # per object, freed with it
         self.free_tokens = free_tokens(self.model.config.n_embd, self.device)  # batches this small are not cut (GPU)
@@ -343,7 +345,7 @@ class LitGPTLM(TemplateLM):
 
     def rolling_windows(self, tokens: list[int]) -> list[tuple[list[int], list[int]]]:
         """(context, continuation) windows that together score every token of ``tokens`` once."""
-        windows = get_rolling_token_windows(tokens, self.prefix_token_id, self.max_length, min(self.rolling_context, self.max_length))
+        windows = get_rolling_token_windows(tokens, self.prefix_token_id, self.max_length, self.rolling_context)
         return [make_disjoint_window(w) for w in windows]
 
     def rolling_nll(self, tokens: list[int]) -> float:
