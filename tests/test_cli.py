@@ -51,7 +51,8 @@ def test_models_filter():
 def test_convert_round_trip_through_cli(hf_llama, tmp_path):
     hf_dir, hf_model = hf_llama
     native, back = tmp_path / "native", tmp_path / "back"
-    cli("convert", "from_hf", hf_dir, "--out_dir", native)
+    proc = cli("convert", "from_hf", hf_dir, "--out_dir", native)
+    assert f"note: {hf_dir} has no tokenizer (tokenizer.json or tokenizer.model): copy the model's tokenizer files into {native}" in proc.stderr
     assert {"model.safetensors", "model_config.yaml", "config.json", "generation_config.json", "tokenizer_config.json"} <= {
         p.name for p in native.iterdir()
     }

@@ -231,6 +231,20 @@ def test_missing_repo_through_the_cli_when_the_hub_says_401(hf_env, tmp_path):
     assert any(r.path.startswith("/api/models/acme/tiny-lama") for r in hub.requests)
 
 
+def test_a_mistyped_local_folder_says_which_folders_are_there(hf_env, tmp_path):
+    """`generate out/lorra` (meaning out/lora) reads as a repo id too: when the hub has no such repo and out/ is a
+    local folder, the line says what out/ holds, not only that the hub lacks it."""
+    (tmp_path / "out" / "lora").mkdir(parents=True)
+    with HubStandin() as hub:
+        hf_env(endpoint=hub.endpoint)
+        proc = subprocess.run([sys.executable, "-m", "litgpt_clone", "generate", "out/lorra", "--prompt", "Hi"], cwd=tmp_path,
+                              env=dict(os.environ), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr == (
+        "error: no folder out/lorra (out holds lora), and out/lorra was not found on the hub (check the spelling; private repos"
+        " need --access_token)\n"
+    ), proc.stderr
+
+
 # ---------------------------------------------------------------------- (3) gated
 def test_gated_repo_needs_the_token(hf_env, tmp_path):
     files = {"config.json": b"{}", **TOKENIZER, "model.safetensors": _weights("gated")}
@@ -351,6 +365,11 @@ def test_repo_id_where_a_checkpoint_dir_goes(hf_env, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "torch.Size([1, 3, 128])"
     assert len(hub.requests) == downloads
+    # a conversion that lost its weights is converted again (from the cache: still offline), not reported as broken
+    (work / "checkpoints" / "acme" / "tiny-llama" / "model.safetensors").unlink()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=work, env=dict(os.environ), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "torch.Size([1, 3, 128])", proc.stderr
+    assert (work / "checkpoints" / "acme" / "tiny-llama" / "model.safetensors").is_file()
 
 
 def test_a_name_that_is_not_a_repo_id_is_one_line_before_any_request(tmp_path):

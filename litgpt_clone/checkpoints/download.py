@@ -26,6 +26,10 @@ class DownloadError(Exception):
     """A download failed for a reason the user can fix; the message is one line, printed without a traceback."""
 
 
+class RepoNotFound(DownloadError):
+    """The hub has no such repo (or it is private and no token was given)."""
+
+
 # ---------------------------------------------------------------------- file selection
 def weight_files(repo_files: Iterable[str]) -> list[str]:
     """The weight files to fetch: top-level ``*.safetensors`` (+ index) if any, else ``*.bin`` (+ index)."""
@@ -136,7 +140,7 @@ def _hub_error(repo_id: str, revision: Optional[str], error: BaseException) -> D
     if isinstance(error, RevisionNotFoundError):
         return DownloadError(f"{repo_id} has no revision {revision!r} on the hub (use a branch, tag or commit hash)")
     if isinstance(error, RepositoryNotFoundError):
-        return DownloadError(
+        return RepoNotFound(
             f"{repo_id} was not found on the hub (check the spelling; private repos need --access_token)"
             + _closest_names(repo_id)
         )

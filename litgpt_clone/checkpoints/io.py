@@ -186,11 +186,17 @@ def resolve_checkpoint(path_or_repo: str | Path, checkpoints_root: Path = Path("
     repo = str(path_or_repo)
     if REPO_ID.match(repo):
         local = checkpoints_root / repo
-        if (local / "model_config.yaml").is_file():
-            return local
-        from litgpt_clone.checkpoints.download import download
+        if (local / "model_config.yaml").is_file() and (local / "model.safetensors").is_file():
+            return local  # (a conversion that lost its weights is downloaded and converted again)
+        from litgpt_clone.checkpoints.download import RepoNotFound, download
 
-        return download(repo, out_dir=local)
+        try:
+            return download(repo, out_dir=local)
+        except RepoNotFound as err:
+            if not path.parent.is_dir():
+                raise
+            here = sorted(p.name for p in path.parent.iterdir() if p.is_dir())  # a mistyped folder (out/lorra), likely
+            raise CheckpointError(f"no folder {path} ({path.parent} holds {', '.join(here[:8]) or 'no folders'}), and {err}") from None
     raise CheckpointError(
         f"no checkpoint at {path}: pass a folder with model_config.yaml and model.safetensors, or a hub repo id (org/name)"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -19,6 +20,9 @@ def convert_from_hf(hf_dir: Path, out_dir: Optional[Path] = None, dtype: Optiona
     out_dir = out_dir or Path("checkpoints") / Path(hf_dir).name
     convert_hf_checkpoint(hf_dir, out_dir, dtype=dtype)
     print(f"native checkpoint written to {out_dir}")
+    if not any((Path(out_dir) / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        print(f"note: {hf_dir} has no tokenizer (tokenizer.json or tokenizer.model): copy the model's tokenizer files into"
+              f" {out_dir} before generating with it", file=sys.stderr)
 
 
 def convert_to_hf(checkpoint_dir: str, out_dir: Optional[Path] = None, max_shard_size: str = "5GB") -> None:
