@@ -196,6 +196,8 @@ def test_bad_and_hostile_requests_get_openai_errors_and_the_server_keeps_serving
         (C, chat(stop=5), 400, "stop"), (C, chat(stop=["a"] * 5), 400, "stop"), (C, chat(stream="yes"), 400, "stream"),
         (C, chat(stream_options=5), 400, "stream_options"), (C, chat(logprobs="yes"), 400, "logprobs"),
         (C, chat(logprobs=True, top_logprobs=100), 400, "top_logprobs"),
+        (C, chat(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools"), (C, chat(tool_choice="required"), 400, "tool_choice"),
+        (C, chat(response_format={"type": "json_object"}), 400, "response_format"), (T, text(logit_bias={"5": 100}), 400, "logit_bias"),
         (T, {"model": NAME}, 400, "prompt"), (T, text(prompt=5), 400, "prompt"), (T, text(prompt=[]), 400, "prompt"),
         (T, text(prompt=[[-1]]), 400, "prompt"), (T, text(prompt=[[10**9]]), 400, "prompt"), (T, text(prompt=[[1.5]]), 400, "prompt"),
         (T, text(prompt=["Hi"] * 1000), 400, "prompt"), (T, text(prompt=""), 400, "prompt"),
@@ -216,6 +218,9 @@ def test_bad_and_hostile_requests_get_openai_errors_and_the_server_keeps_serving
         client(url).chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], temperature=-1)
     assert requests.get(url + "/health").status_code == 200
     assert client(url).completions.create(model=NAME, prompt="Hi", max_tokens=2, temperature=0).usage.completion_tokens == 2
+    # the values that ask for nothing are what some clients always send: they pass
+    nothing = dict(tools=[], tool_choice="none", response_format={"type": "text"}, logit_bias={})
+    assert post(url, C, chat(max_tokens=2, **nothing)).json()["usage"]["completion_tokens"] == 2
 
 
 def test_api_key_is_required(server):

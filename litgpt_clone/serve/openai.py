@@ -92,6 +92,21 @@ def stop_strings(body: dict) -> list[str]:
     return stop
 
 
+def refuse_unsupported(body: dict) -> None:
+    """400 for a request that asks for what this server does not do (tools, a JSON or schema response format, token
+    biases), rather than a plain-text reply the client would take for an answer; the values that ask for nothing
+    (``tools: []``, ``tool_choice: "none"``, ``response_format: {"type": "text"}``, ``logit_bias: {}``) pass."""
+    for name in ("tools", "functions"):
+        if body.get(name):
+            raise invalid(name, "are not supported by this server (no tool or function calling): leave them out")
+    if body.get("tool_choice") not in (None, "none", "auto"):
+        raise invalid("tool_choice", "is not supported by this server (no tool calling): leave it out")
+    if body.get("response_format") not in (None, {"type": "text"}):
+        raise invalid("response_format", "is not supported by this server (no JSON mode or schemas): leave it out, or use {\"type\": \"text\"}")
+    if body.get("logit_bias"):
+        raise invalid("logit_bias", "is not supported by this server: leave it out")
+
+
 def message_text(content) -> str:
     """A message's content: a string, or a list of ``{"type": "text", "text": ...}`` parts."""
     if isinstance(content, str):
@@ -262,6 +277,7 @@ class OpenAIServeSpec(LitSpec):
 
     def jobs(self, body: dict, prompts: list[list[int]], logprobs: Optional[int] = None, echo: bool = False) -> list[dict]:
         """One worker job per choice: ``n`` per prompt."""
+        refuse_unsupported(body)
         n = number(body, "n", 1, 1, MAX_CHOICES, integer=True)
         if n * len(prompts) > MAX_CHOICES:
             raise invalid("n", f"times the number of prompts is {n * len(prompts)}: ask for at most {MAX_CHOICES} choices in one request")
