@@ -190,6 +190,12 @@ def test_cli_applies_chat_template_of_instruct_checkpoints(models_root, capsys):
     raw = tokenizer.decode(hf_greedy(hf_model, tokenizer.encode("Once upon"), 10, tokenizer.stop_ids))
     out = run_main(capsys, "generate", native, "--prompt", "Once upon", "--max_new_tokens", 10, "--temperature", 0, "--chat_template", "false")
     assert out == raw + "\n" and raw != expected
+    # a system message without a template, or a template asked of a checkpoint without one: a note says what happens
+    main(["generate", str(native), "--prompt", "Once upon", "--max_new_tokens", "2", "--chat_template", "false", "--system", "Be brief."])
+    assert "note: --system is not used: it goes into a chat template, and the prompt is sent as it is here" in capsys.readouterr().err
+    _, base = checkpoint(models_root, "llama")
+    main(["generate", str(base), "--prompt", "Once upon", "--max_new_tokens", "2", "--chat_template", "true"])
+    assert "note: this checkpoint has no chat template: the messages go in as plain text" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- stopping

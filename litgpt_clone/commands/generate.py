@@ -60,6 +60,10 @@ def generate(
         raise GenerationError(f"--num_samples {num_samples}: ask for at least 1 sample")
     llm = LLM.load(checkpoint_dir, device=device, precision=precision, quantize=quantize, compile=compile, draft_model=draft_model)
     use_template = bool(llm.tokenizer.chat_template) if chat_template is None else chat_template
+    if use_template and not llm.tokenizer.chat_template:
+        print("note: this checkpoint has no chat template: the messages go in as plain text (the 'plain' style)", file=sys.stderr)
+    if system and not use_template:
+        print("note: --system is not used: it goes into a chat template, and the prompt is sent as it is here", file=sys.stderr)
     if use_template:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         ids = llm.encode_chat(messages)
