@@ -146,7 +146,10 @@ class Tokenizer:
     def _special_id(self, kind: str, config: dict) -> Optional[int]:
         """The id of the ``kind`` ("bos" or "eos") token: tokenizer_config.json's ``<kind>_token``, else config.json's
         ``<kind>_token_id`` (the first one if a list), else special_tokens_map.json's ``<kind>_token``, else the
-        SentencePiece model's own."""
+        SentencePiece model's own. An explicit null in tokenizer_config.json means none, as transformers reads it (Qwen
+        writes ``"bos_token": null`` and a ``bos_token_id`` in config.json)."""
+        if f"{kind}_token" in config and config[f"{kind}_token"] is None:
+            return None
         token = _token_content(config.get(f"{kind}_token"))
         if token is not None and (token_id := self.token_to_id(token)) is not None:
             return token_id

@@ -207,6 +207,13 @@ def dirs(tmp_path_factory) -> dict[str, Path]:
         special_tokens_map__json={"bos_token": {"content": "<s>"}, "eos_token": "<|eot|>"},
         generation_config__json=None,
     )
+    # Qwen's way: no BOS in tokenizer_config.json (an explicit null), a bos_token_id in config.json all the same
+    d["hf_null_bos"] = _variant(
+        d["hf"],
+        root / "hf_null_bos",
+        tokenizer_config__json={"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": None, "eos_token": "</s>"},
+        config__json={"bos_token_id": 0, "eos_token_id": 1},
+    )
     return d
 
 
@@ -354,6 +361,11 @@ def test_special_token_fallbacks(dirs):
     assert (from_config.bos_id, from_config.eos_id, from_config.stop_ids) == (0, 3, {3})
     from_map = Tokenizer(dirs["hf_special_map"])  # special_tokens_map.json: <s>, <|eot|>
     assert (from_map.bos_id, from_map.eos_id, from_map.stop_ids) == (0, 3, {3})
+    from transformers import AutoTokenizer
+
+    null_bos = Tokenizer(dirs["hf_null_bos"])  # tokenizer_config.json says none: config.json's id does not count
+    reference = AutoTokenizer.from_pretrained(dirs["hf_null_bos"])
+    assert (null_bos.bos_id, null_bos.eos_id) == (reference.bos_token_id, reference.eos_token_id) == (None, 1)
 
 
 @pytest.mark.parametrize("name", ["hf", "sp"])
