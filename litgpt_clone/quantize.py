@@ -31,7 +31,8 @@ out_features to be a multiple of 32; smaller layers (e.g. an MoE router over 8 e
 
 
 def quantize(
-    model: nn.Module, mode: str, skip: tuple[str, ...] = ("lm_head",), compute_dtype: Optional[torch.dtype] = None
+    model: nn.Module, mode: str, skip: tuple[str, ...] = ("lm_head",), compute_dtype: Optional[torch.dtype] = None,
+    training: bool = False,
 ) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` (weights already loaded) by its bitsandbytes version; returns ``model``.
 
@@ -44,6 +45,10 @@ def quantize(
         compute_dtype: 4-bit modes: the dtype the matmul runs in (default: the input's). int8 ignores it: its
             matmul takes float16 inputs (others are cast, and bitsandbytes says so once) and returns the input's
             dtype.
+        training: The model will train around these layers (QLoRA): 4-bit weights keep one layout on a CPU. (With
+            AVX512-BF16, bitsandbytes repacks them in place at the first call without gradients, for a faster
+            inference kernel; a validation pass did it mid-run, and the training steps after it computed other numbers
+            than a run without that validation, so a resumed run did not repeat the uninterrupted one.)
     """
     if mode not in QUANTIZE_MODES:
         raise ValueError(f"unknown quantization mode {mode!r}: use one of {', '.join(QUANTIZE_MODES)}")
@@ -64,12 +69,12 @@ def quantize(
             raise ValueError(f"{name} has no weights yet (meta device): load the checkpoint before quantizing")
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        quantized = _int8_linear(linear) if mode == "bnb.int8" else _4bit_linear(linear, mode, compute_dtype)
+        quantized = _int8_linear(linear) if mode == "bnb.int8" else _4bit_linear(linear, mode, compute_dtype, training)
         setattr(parent, child, quantized)
     return model
 
 
-def _4bit_linear(linear: nn.Linear, mode: str, compute_dtype: Optional[torch.dtype]) -> nn.Module:
+def _4bit_linear(linear: nn.Linear, mode: str, compute_dtype: Optional[torch.dtype], training: bool = False) -> nn.Module:
     import bitsandbytes as bnb
 
     quant_type, double = mode.removeprefix("bnb.").removesuffix("-dq"), mode.endswith("-dq")
@@ -82,7 +87,7 @@ def _4bit_linear(linear: nn.Linear, mode: str, compute_dtype: Optional[torch.dty
         linear.weight.data, requires_grad=False, compress_statistics=double, quant_type=quant_type, module=q
     ).to(linear.weight.device)
     q.bias = linear.bias
-    if linear.out_features % _CPU_PACK_BLOCK:
+    if training or linear.out_features % _CPU_PACK_BLOCK:
         q.support_avx512bf16_for_cpu = False
     return q.train(linear.training)
 

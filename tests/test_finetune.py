@@ -180,6 +180,28 @@ def test_qlora_on_cpu(base, tmp_path):
     assert merged.transformer.h[0].attn.qkv.weight.dtype == torch.float32
 
 
+def test_int8_qlora_saves_and_qlora_resumes_exactly_across_a_validation(base, tmp_path):
+    """int8 QLoRA writes its checkpoints (saving failed on bitsandbytes' int8 state-dict keys, and the run was lost);
+    a 4-bit QLoRA run that validated before its checkpoint resumes to the uninterrupted losses (on a CPU with
+    AVX512-BF16 the validation repacked the 4-bit weights in place, and the steps after it computed other numbers)."""
+    import shutil
+
+    finetune(base, tmp_path / "int8", "--quantize", "bnb.int8", "--train.max_steps", "2", "--lora.r", "4")
+    saved = load_file(tmp_path / "int8" / "final" / "lora.safetensors")
+    assert saved and all(".lora_" in k for k in saved)
+    args = ["--quantize", "bnb.nf4", "--train.max_steps", "8", "--train.save_interval", "4", "--eval.interval", "4",
+            "--train.lr", "1e-2", "--lora.r", "4"]
+    straight, out = tmp_path / "straight", tmp_path / "resumed"
+    finetune(base, straight, *args)
+    shutil.copytree(straight, out)  # as if the run had died after step 4: its later checkpoints gone
+    shutil.rmtree(out / "step-00000008")
+    shutil.rmtree(out / "final")
+    finetune(base, out, *args, "--resume", "auto")
+    expected, got = losses(straight), losses(out)  # steps 5-8 of the resumed run override the copied log's
+    assert len(list(out.glob("logs/version_*"))) == 2
+    assert [got[s] for s in range(5, 9)] == [expected[s] for s in range(5, 9)]
+
+
 def test_qlora_refuses_several_devices(base, tmp_path):
     proc = finetune(base, tmp_path, "--quantize", "bnb.nf4", "--devices", "2", "--train.max_steps", "1", check=False)
     assert proc.returncode == 2 and "QLoRA" in proc.stderr.strip().splitlines()[-1]

@@ -192,7 +192,7 @@ def run_finetune(
         from litgpt_clone.quantize import model_memory, quantize as quantize_model
 
         before = model_memory(model)
-        quantize_model(model, quantize)
+        quantize_model(model, quantize, training=True)
         fabric.print(f"{quantize}: base weights {before / 2**20:.1f} MiB -> {model_memory(model) / 2**20:.1f} MiB")
     if method == "lora":
         inject_lora(model, lora)

@@ -32,17 +32,22 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
 
 
-def full_state(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer]) -> tuple[dict, dict]:
-    """Full (unsharded, CPU) model and optimizer state dicts on every rank, for plain, DDP and FSDP2 models alike."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+def full_state(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer], learned_only: bool = False) -> tuple[dict, dict]:
+    """Full (unsharded, CPU) model and optimizer state dicts on every rank, for plain, DDP and FSDP2 models alike.
+    ``learned_only``: of the model, only the parameters that train (LoRA's, an adapter's)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+    from torch.distributed.tensor import DTensor
 
     model = unwrap(model)
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    if optimizer is None:
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-        return get_model_state_dict(model, options=options), {}
-    return get_state_dict(model, optimizer, options=options)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=learned_only)
+    learned = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if learned_only and not any(isinstance(p, DTensor) for _, p in learned):
+        # not sharded: the parameters as they are. (get_model_state_dict maps every key of model.state_dict() to a module
+        # attribute, and a QLoRA model's bitsandbytes int8 layers write keys, SCB and weight_format, that are not.)
+        model_sd = {name: p.detach().to("cpu", copy=True) for name, p in learned}
+    else:
+        model_sd = get_model_state_dict(model, options=options)
+    return model_sd, get_optimizer_state_dict(model, optimizer, options=options) if optimizer is not None else {}
 
 
 def load_full_state(

@@ -196,7 +196,7 @@ def make_saver(fabric, model, optimizer, out_dir: Path, write, select=None):
     """``save(state, final)``: every rank gathers the full state, rank 0 writes ``step-N/`` (and ``final/``)."""
 
     def save(state: FitState, final: bool) -> None:
-        model_sd, optim_sd = full_state(model, optimizer)
+        model_sd, optim_sd = full_state(model, optimizer, learned_only=select is not None)
         if not all(torch.isfinite(t).all() for t in model_sd.values()):
             raise TrainingError(
                 f"weights are no longer finite at step {state.step}: the last good checkpoint is kept in {out_dir}; "
