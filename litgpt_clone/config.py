@@ -30,6 +30,12 @@ def at_least(low: float, group: str, above: bool = False, **values: Optional[flo
             raise ConfigError(f"--{group}.{name} is {value}: it must be {f'above {low}' if above else f'{low} or more'}")
 
 
+def check_out_dir(out_dir, flag: str = "--out_dir") -> None:
+    """``ConfigError`` when the folder a command writes into is a file (it is created when missing)."""
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ConfigError(f"{flag} {out_dir} is a file: give a folder (it is created when missing)")
+
+
 @dataclass
 class Config:
     name: str = ""

@@ -284,3 +284,30 @@ def test_impossible_training_numbers_are_one_line(tmp_path, capsys):
     ]
     for args, start in cases:
         assert cli_error(capsys, *args, "--out_dir", tmp_path / "out").startswith(start)
+
+
+def test_out_dir_devices_val_fraction_and_resume_mistakes_are_one_line(setup, tmp_path, capsys):
+    """Each of these was a traceback: an --out_dir that is a file (after a training step), --devices 0, a validation
+    share of 1 or below 0, --resume true (LitGPT's spelling), and resuming a checkpoint of another model shape."""
+    (tmp_path / "afile").write_text("")
+    base = ["pretrain", "--model_config", setup / "model.yaml", "--tokenizer_dir", setup / "tok", "--data", "text", "--data.path", setup / "text",
+            "--train.max_steps", "1", "--out_dir"]
+    cases = [
+        ([*base, tmp_path / "afile"], f"error: --out_dir {tmp_path / 'afile'} is a file: give a folder (it is created when missing)"),
+        ([*base, tmp_path / "o", "--devices", "0"], "error: --devices 0 --num_nodes 1: use 1 or more of each"),
+        ([*base, tmp_path / "o", "--data.val_fraction", "1"], "error: --data.val_fraction 1.0: use a share of the tokens in [0, 1)"),
+        ([*base, tmp_path / "o", "--data.val_fraction", "-0.5"], "error: --data.val_fraction -0.5: use a share of the tokens in [0, 1)"),
+        (["prepare", "code", str(setup / "text"), "--out_dir", tmp_path / "afile"], f"error: --out_dir {tmp_path / 'afile'} is a file"),
+    ]
+    for args, start in cases:
+        assert cli_error(capsys, *args).startswith(start)
+    assert not (tmp_path / "o").exists()
+    out = tmp_path / "run"
+    none = pretrain(setup, out, "--train.max_steps", "2", "--resume", "true", check=False)
+    assert one_line(none) == f"error: --resume true: no checkpoint in {out} to resume from: use --resume auto to start fresh when there is none"
+    pretrain(setup, out, "--train.max_steps", "2", "--train.save_interval", "2")
+    assert "resumed from" in pretrain(setup, out, "--train.max_steps", "3", "--resume", "true").stdout  # the newest one
+    other = yaml.safe_load((setup / "model.yaml").read_text()) | {"n_layer": 1}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    line = one_line(pretrain(setup, out, "--model_config", tmp_path / "other.yaml", "--train.max_steps", "4", "--resume", "auto", check=False))
+    assert line.startswith(f"error: {out / 'step-00000003'} holds another model (n_layer 2 there, 1 here): resume with the model"), line

@@ -29,8 +29,9 @@ def prepare_code(
     workers: int = 1,
     filters: FilterConfig = FilterConfig(),
 ) -> None:
-    """Build the next version ``out_dir/vN`` of a code corpus: per-file metadata, redacted text, token shards,
-    manifest, CHANGELOG and report.
+    """Build the next version ``out_dir/vN`` of a code corpus: metadata, redacted text, token shards and a report.
+
+    Each version also holds its manifest and CHANGELOG.
 
     Stages: read → decode/binary → identity (blob_id, content_id) → language (Linguist via enry) → licenses
     (ScanCode) and policy → opt-out → filters → decontamination → PII redaction → exact dedup → near dedup
@@ -65,6 +66,7 @@ def prepare_code(
     """
     from dataclasses import asdict
 
+    from litgpt_clone.config import check_out_dir
     from litgpt_clone.corpus.pipeline import CorpusConfig, run
 
     source_list = [sources] if isinstance(sources, str) else list(sources)
@@ -77,6 +79,7 @@ def prepare_code(
         raise CorpusError(f"--tokenizer_dir {tokenizer_dir} is not a folder: give a checkpoint or tokenizer folder")
     if workers < 1:
         raise CorpusError(f"--workers {workers}: use 1 or more processes")
+    check_out_dir(out_dir)
     if not 0 <= val_fraction < 1:
         raise CorpusError(f"--val_fraction {val_fraction} must be in [0, 1)")
     config = CorpusConfig(

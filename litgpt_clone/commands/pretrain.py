@@ -44,7 +44,7 @@ def pretrain(
         tokenizer_dir: Folder with the tokenizer (tokenizer.json or tokenizer.model); copied into every checkpoint.
         out_dir: Checkpoints (``step-*/``, ``final/``) and logs (``logs/``) go here.
         devices: Devices per node.
-        num_nodes: Nodes; launch with torchrun or srun (see README "Multi-GPU and multi-node").
+        num_nodes: Nodes; launch with torchrun or srun (see README "Several GPUs and nodes").
         strategy: ``ddp`` replicates the model; ``fsdp`` shards it (FSDP2, one unit per block); ``auto`` picks DDP
             for several devices.
         precision: Default: bf16-mixed where the GPU supports it, else 32-true.

@@ -52,6 +52,8 @@ class Text(DataModule):
             path: A text file or a folder of text files (.txt, .md, .py, ... searched recursively).
             val_fraction: Share of the tokens (the last ones) held out for validation.
         """
+        if not 0 <= val_fraction < 1:
+            raise DataError(f"--data.val_fraction {val_fraction}: use a share of the tokens in [0, 1)")
         self.path = Path(path) if path is not None else None
         self.val_fraction = val_fraction
 
@@ -134,6 +136,8 @@ class OpenWebText(DataModule):
             path: A local folder of OpenWebText text files; default: download from the hub with ``datasets``.
             val_fraction: Share of the tokens held out for validation.
         """
+        if not 0 <= val_fraction < 1:
+            raise DataError(f"--data.val_fraction {val_fraction}: use a share of the tokens in [0, 1)")
         self.path = Path(path) if path is not None else None
         self.val_fraction = val_fraction
 

@@ -25,6 +25,7 @@ from litgpt_clone.training.checkpoint import (
     load_full_state,
     read_training_state,
     step_dir,
+    unwrap,
     write_checkpoint,
 )
 from litgpt_clone.training.fit import FitState, TrainingError, fit
@@ -34,6 +35,11 @@ def build_fabric(devices: int, num_nodes: int, strategy: str, precision: Optiona
     import lightning as L
     from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
 
+    from litgpt_clone.config import ConfigError, check_out_dir
+
+    if devices < 1 or num_nodes < 1:
+        raise ConfigError(f"--devices {devices} --num_nodes {num_nodes}: use 1 or more of each")
+    check_out_dir(out_dir)
     if precision is None:
         precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
     if strategy == "auto" and devices * num_nodes > 1:
@@ -177,7 +183,9 @@ def out_of_memory(err: BaseException) -> bool:
 def resume_state(fabric, model, optimizer, out_dir: Path, resume, weights_file: str = "model.safetensors") -> FitState:
     if resume is False or resume is None:
         return FitState()
-    folder = latest_checkpoint(out_dir) if resume == "auto" else Path(resume)
+    folder = latest_checkpoint(out_dir) if resume in ("auto", True) else Path(resume)
+    if folder is None and resume is True:  # LitGPT's --resume true: the newest checkpoint, which must be there
+        raise TrainingError(f"--resume true: no checkpoint in {out_dir} to resume from: use --resume auto to start fresh when there is none")
     if folder is None:
         fabric.print(f"no checkpoint to resume in {out_dir}: starting fresh")
         return FitState()
@@ -186,10 +194,23 @@ def resume_state(fabric, model, optimizer, out_dir: Path, resume, weights_file: 
     from litgpt_clone.checkpoints.io import load_state
 
     saved = read_training_state(folder)
+    check_same_model(folder, unwrap(model).config)
     load_full_state(model, optimizer, load_state(folder / weights_file), saved["optimizer"], strict=weights_file == "model.safetensors")
     torch.set_rng_state(saved["rng"])
     fabric.print(f"resumed from {folder} at step {saved['fit']['step']}")
     return FitState(**saved["fit"])
+
+
+def check_same_model(folder: Path, config) -> None:
+    """``TrainingError`` when the checkpoint to resume was written for a model of another shape (the run's
+    --model_config changed, or --out_dir holds another run)."""
+    from litgpt_clone.config import Config
+
+    saved = Config.from_file(folder / "model_config.yaml")
+    shape = ("n_layer", "n_embd", "n_head", "n_query_groups", "head_size", "intermediate_size", "vocab_size", "mlp_class_name", "n_expert")
+    differ = [f"{name} {getattr(saved, name)} there, {getattr(config, name)} here" for name in shape if getattr(saved, name, None) != getattr(config, name, None)]
+    if differ:
+        raise TrainingError(f"{folder} holds another model ({'; '.join(differ)}): resume with the model it was trained with, or give another --out_dir")
 
 
 def make_saver(fabric, model, optimizer, out_dir: Path, write, select=None):
