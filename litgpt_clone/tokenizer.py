@@ -29,6 +29,7 @@ Where transformers 5 does something else, and we do not follow:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -164,6 +165,15 @@ class Tokenizer:
             token_id = self._sp.bos_id() if kind == "bos" else self._sp.eos_id()
             return token_id if token_id >= 0 else None
         return None
+
+    def vocabulary_digest(self) -> str:
+        """SHA-256 of the vocabulary (each id's token, in id order): tokenizers with the same digest give every id the
+        same meaning, so token shards written with one train a model that decodes with the other."""
+        h = hashlib.sha256()
+        for i in range(self.vocab_size):
+            piece = self._hf.id_to_token(i) if self.backend == "huggingface" else self._sp.id_to_piece(i)
+            h.update((piece or "").encode("utf-8", "surrogatepass") + b"\0")
+        return h.hexdigest()
 
     def token_to_id(self, token: str) -> Optional[int]:
         """The id of ``token`` (a vocabulary entry, e.g. ``"<s>"``), or None if it is not in the vocabulary."""

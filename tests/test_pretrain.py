@@ -311,3 +311,24 @@ def test_out_dir_devices_val_fraction_and_resume_mistakes_are_one_line(setup, tm
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
     line = one_line(pretrain(setup, out, "--model_config", tmp_path / "other.yaml", "--train.max_steps", "4", "--resume", "auto", check=False))
     assert line.startswith(f"error: {out / 'step-00000003'} holds another model (n_layer 2 there, 1 here): resume with the model"), line
+
+
+def test_shards_of_another_vocabulary_of_the_same_size_are_refused(setup, tmp_path, capsys):
+    """Shards record their tokenizer's vocabulary digest: a tokenizer of the same size and EOS but other tokens (which
+    would train on ids that mean something else, and copy the wrong tokenizer into every checkpoint) is refused."""
+    import sysconfig
+
+    from litgpt_clone.data.pretrain import Shards
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    train_tokenizer(tmp_path / "other", [stdlib / "calendar.py", stdlib / "base64.py"], vocab_size=512)
+    ours, other = Tokenizer(setup / "tok"), Tokenizer(tmp_path / "other")
+    assert (ours.vocab_size, ours.eos_id) == (other.vocab_size, other.eos_id) and ours.vocabulary_digest() != other.vocabulary_digest()
+    main_args = ["prepare", "code", str(setup / "text"), "--out_dir", str(tmp_path / "corpus"), "--tokenizer_dir", str(setup / "tok")]
+    from litgpt_clone.__main__ import main
+
+    main(main_args)
+    Shards(tmp_path / "corpus" / "v1").streams(ours)  # the same tokenizer (or a copy of it) reads them
+    line = cli_error(capsys, "pretrain", "--model_config", setup / "model.yaml", "--tokenizer_dir", tmp_path / "other", "--data", "shards",
+                     "--data.path", tmp_path / "corpus" / "v1", "--out_dir", tmp_path / "out", "--train.max_steps", "1")
+    assert line.startswith(f"error: the shards in {tmp_path / 'corpus' / 'v1'} were made with another tokenizer (vocab 512, EOS") and line.endswith("pass the same --tokenizer_dir")

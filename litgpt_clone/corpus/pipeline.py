@@ -414,7 +414,8 @@ def shard_stage(kept: list[int], records: list[dict], texts: list[Optional[str]]
     if tokenizer.eos_id is None:
         raise ValueError(f"the tokenizer in {config.tokenizer_dir} has no EOS token to end documents: give one that has")
     tokens = {}
-    writer = ShardWriter(out_dir, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id, shard_tokens=config.shard_tokens)
+    writer = ShardWriter(out_dir, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id, shard_tokens=config.shard_tokens,
+                         extra={"vocabulary_sha256": tokenizer.vocabulary_digest()})
     with tqdm(total=len(kept), desc="tokenize", unit="file", disable=None) as progress:
         for i, ids in zip(kept, imap(encode, (texts[i] for i in kept))):
             writer.add(ids, split=records[i]["split"])

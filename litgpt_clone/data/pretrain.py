@@ -99,10 +99,12 @@ class Shards(DataModule):
         if self.path is None:
             raise DataError("--data shards needs --data.path <folder with manifest.json>")
         train, val = open_streams(self.path)
-        if train.eos_id not in tokenizer.stop_ids or train.vocab_size > tokenizer.vocab_size:
+        vocabulary = train.manifest.get("vocabulary_sha256")  # (older shards lack it: their vocab size and EOS must do)
+        if train.eos_id not in tokenizer.stop_ids or train.vocab_size > tokenizer.vocab_size or vocabulary not in (None, tokenizer.vocabulary_digest()):
             raise DataError(
-                f"the shards in {self.path} were made with another tokenizer (vocab {train.vocab_size}, EOS {train.eos_id}) "
-                f"than {tokenizer.checkpoint_dir} (vocab {tokenizer.vocab_size}, EOS {tokenizer.eos_id}): pass the same --tokenizer_dir"
+                f"the shards in {self.path} were made with another tokenizer (vocab {train.vocab_size}, EOS {train.eos_id}"
+                f"{f', vocabulary {vocabulary[:12]}' if vocabulary else ''}) than {tokenizer.checkpoint_dir} (vocab {tokenizer.vocab_size},"
+                f" EOS {tokenizer.eos_id}, vocabulary {tokenizer.vocabulary_digest()[:12]}): pass the same --tokenizer_dir"
             )
         return train, val
 
@@ -194,7 +196,7 @@ def tokenize_documents(docs, tokenizer: Tokenizer, out: Path, val_fraction: floa
     stream = np.concatenate(parts)
     n_val = int(round(stream.size * val_fraction))
     tmp = out.with_name(out.name + ".partial")
-    with ShardWriter(tmp, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id, extra={"source": "text"}) as writer:
+    with ShardWriter(tmp, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id, extra={"source": "text", "vocabulary_sha256": tokenizer.vocabulary_digest()}) as writer:
         writer.add(stream[: stream.size - n_val], split="train", eos=False)  # the stream carries its own EOS ids
         if n_val:
             writer.add(stream[stream.size - n_val :], split="val", eos=False)

@@ -3,7 +3,8 @@
 A dataset folder holds ``manifest.json`` and flat binary shards of token ids (``uint16`` when the vocabulary fits,
 else ``uint32``), little-endian. Each document is its tokens followed by the EOS id, so a shard is a plain
 concatenation readable with ``numpy.memmap``. The manifest lists each shard with its split, token and document
-counts and SHA-256, plus the tokenizer facts a reader must agree with (vocab size, EOS id)::
+counts and SHA-256, plus the tokenizer facts a reader must agree with (vocab size, EOS id and, from the writers
+here, ``vocabulary_sha256``: ``Tokenizer.vocabulary_digest``)::
 
     {"format": "litgpt_clone.token_shards", "version": 1, "dtype": "uint16", "eos_id": 0, "vocab_size": 2048,
      "shards": [{"file": "train-00000.bin", "split": "train", "tokens": 1048576, "documents": 812,
