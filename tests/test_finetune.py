@@ -265,3 +265,14 @@ def test_adapter_starts_from_the_unchanged_model():
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
         f"transformer.h.{i}.attn.adapter.{p}" for i in (0, 1) for p in ("prefix", "gate")
     }
+
+
+def test_file_data_without_a_path_is_one_line(base, tmp_path, capsys):
+    """`--data json` or `--data chat` without --data.path: the flag to add (it was jsonargparse's dump of the
+    data class's arguments, "expected a NoneType")."""
+    from test_generate import cli_error
+
+    for name in ("json", "chat"):
+        style = ["--data.prompt_style", "chatml"] if name == "chat" else []  # (the base has no chat template)
+        line = cli_error(capsys, "finetune", "lora", base / "base", "--data", name, *style, "--out_dir", tmp_path / name)
+        assert line == f"error: --data {name} needs --data.path <file.json or file.jsonl>"

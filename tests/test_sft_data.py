@@ -324,7 +324,15 @@ def test_nothing_usable_is_one_line(tmp_path, tok):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "x", "output": ""}, {"instruction": "y"}])
     with pytest.raises(DataError) as err:
         JSON(path, val_fraction=0).datasets(tok, 64, seed=0)
-    assert str(err.value) == f"no usable training samples in {path}: 2 skipped (1 empty response, 1 missing field)"
+    assert str(err.value) == f"no usable training samples in {path}: 2 skipped (1 empty response, 1 missing field) of the training records"
+    from litgpt_clone.data.sft import validation_indices
+
+    (held,) = validation_indices(2, 0.5)  # the one usable record is the one held out: say so
+    records = [{"instruction": "x", "output": "y"} if i == held else {"instruction": "y"} for i in range(2)]
+    with pytest.raises(DataError) as err:
+        JSON(write_jsonl(tmp_path / "one.jsonl", records), val_fraction=0.5).datasets(tok, 64, seed=0)
+    assert str(err.value).endswith("1 skipped (missing field) of the training records; the 1 usable one(s) went to validation:"
+                                   " lower --data.val_fraction, or give more records"), str(err.value)
     with pytest.raises(DataError, match=r"is not valid JSON \(line 1, column 3"):
         JSON(write_jsonl(tmp_path / "broken.json", [b"[{x"]), val_fraction=0).datasets(tok, 64, seed=0)
     with pytest.raises(DataError, match="no file at"):

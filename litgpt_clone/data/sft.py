@@ -256,6 +256,12 @@ class Dolly(InstructionData):
 FIELD_SETS = {"instruction/input/output": ("instruction", "input", "output"), "prompt/response": ("prompt", None, "response")}
 
 
+def given_path(name: str, path: Optional[Path]) -> Path:
+    if path is None:
+        raise DataError(f"--data {name} needs --data.path <file.json or file.jsonl>")
+    return path
+
+
 class JSON(InstructionData):
     """Your own instruction data: a .json list or .jsonl lines of {instruction, input, output} or {prompt, response}."""
 
@@ -263,7 +269,7 @@ class JSON(InstructionData):
 
     def __init__(
         self,
-        path: Path,
+        path: Optional[Path] = None,
         val_path: Optional[Path] = None,
         mask_prompt: bool = True,
         val_fraction: float = 0.05,
@@ -286,12 +292,12 @@ class JSON(InstructionData):
             ignore_index: The target value of tokens without loss; must be the loss's ignore_index (fit uses -100).
         """
         super().__init__(mask_prompt, val_fraction, prompt_style, packing, ignore_index)
-        self.path = Path(path)
+        self.path = Path(path) if path is not None else None
         self.val_path = Path(val_path) if val_path is not None else None
         self.field_sets: dict[Path, str] = {}  # file -> the FIELD_SETS name its records use
 
     def files(self) -> tuple[Path, Optional[Path]]:
-        return self.path, self.val_path
+        return given_path(self.name, self.path), self.val_path
 
     def detect(self, records: list, path: Path) -> str:
         """Which FIELD_SETS name the records of ``path`` use; a DataError listing the keys found if neither."""
@@ -331,7 +337,7 @@ class Chat(FileData):
 
     def __init__(
         self,
-        path: Path,
+        path: Optional[Path] = None,
         val_path: Optional[Path] = None,
         mask_prompt: bool = True,
         val_fraction: float = 0.05,
@@ -359,11 +365,11 @@ class Chat(FileData):
                 "pick chatml, llama2, llama3, alpaca or auto"
             )
         super().__init__(mask_prompt, val_fraction, prompt_style, packing, ignore_index)
-        self.path = Path(path)
+        self.path = Path(path) if path is not None else None
         self.val_path = Path(val_path) if val_path is not None else None
 
     def files(self) -> tuple[Path, Optional[Path]]:
-        return self.path, self.val_path
+        return given_path(self.name, self.path), self.val_path
 
     def datasets(self, tokenizer: Tokenizer, max_seq_length: int, seed: int) -> tuple[SFTDataset, Optional[SFTDataset]]:
         encoder = ChatEncoder(tokenizer, self.prompt_style, self.mask_prompt, max_seq_length, self.ignore_index)
@@ -603,7 +609,11 @@ def build(module: FileData, encode: Callable, tokenizer: Tokenizer, max_seq_leng
             save_samples(cache, label, module.ignore_index, (train, train_stats), (val, val_stats))
     log(summary(label, train_stats, val_stats, max_seq_length))
     if not train:
-        raise DataError(f"no usable training samples in {train_path}: {skip_text(train_stats) or 'it has no records'}")
+        skipped = skip_text(train_stats)  # (the summary line above counts the validation records' too)
+        why = f"{skipped} of the training records" if skipped else "it has no records"
+        if val:  # the records held out were the usable ones
+            why += f"; the {len(val)} usable one(s) went to validation: lower --data.val_fraction, or give more records"
+        raise DataError(f"no usable training samples in {train_path}: {why}")
     if module.packing:
         train, val = pack(train, max_seq_length), pack(val, max_seq_length)
     ignore = module.ignore_index
