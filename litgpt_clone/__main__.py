@@ -76,6 +76,7 @@ def rewrite(argv: list[str]) -> list[str]:
     for flag in REPEATABLE:  # `--stop A --stop B` appends, as users of other CLIs expect, not "last one wins"
         if sum(a == flag or a.startswith(flag + "=") for a in argv) > 1:
             argv = [flag + "+" + a[len(flag):] if a == flag or a.startswith(flag + "=") else a for a in argv]
+    argv = config_first(argv)
     aliases = data_aliases(argv[0] if argv else "")
     for i, arg in enumerate(argv):
         if arg == "--data" and i + 1 < len(argv) and argv[i + 1] in aliases:
@@ -83,6 +84,37 @@ def rewrite(argv: list[str]) -> list[str]:
         elif arg.startswith("--data=") and arg[7:] in aliases:
             argv[i] = "--data=" + aliases[arg[7:]]
     return argv
+
+
+def config_first(argv: list[str]) -> list[str]:
+    """``--config`` files go first, whatever their place: the command line overrides the recipe (a checkpoint typed
+    before ``--config`` lost to the recipe's ``checkpoint_dir``). A positional ``checkpoint_dir`` may also be given as
+    ``--checkpoint_dir``, the key ``--print_config`` writes."""
+    import inspect
+
+    depth, level = 0, COMMANDS
+    while isinstance(level, dict) and depth < len(argv) and argv[depth] in level:
+        level, depth = level[argv[depth]], depth + 1
+    configs, positional, rest, i = [], [], [], depth
+    while i < len(argv):
+        word = argv[i]
+        name, _, value = word.partition("=")
+        takes = not value and i + 1 < len(argv)  # `--flag value` (else `--flag=value`)
+        if name in ("--config", "--checkpoint_dir") and (value or takes):
+            value = value or argv[i + 1]
+            i += 1 if word != name else 2
+            if name == "--config":
+                configs += ["--config", value]
+                continue
+            parameter = inspect.signature(level).parameters.get("checkpoint_dir") if callable(level) else None
+            if parameter is not None and parameter.default is inspect.Parameter.empty:
+                positional.append(value)
+                continue
+            rest += [name, value]
+            continue
+        rest.append(word)
+        i += 1
+    return argv[:depth] + configs + positional + rest
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -75,3 +75,25 @@ def test_recipe_parses_and_applies(recipe):
         find_config(printed["model_name"])
     else:  # the demo's recipe: a model_config file the demo writes
         assert printed["model_config"] is not None
+
+
+def test_the_command_line_overrides_a_recipe_wherever_it_stands():
+    """`finetune lora <checkpoint> --config recipe.yaml` trains <checkpoint>, not the recipe's (the recipe, read where
+    it stood, replaced it); `--checkpoint_dir`, the key --print_config writes, works as a flag too; and so for
+    pretrain's model name and any flag typed before --config."""
+    recipe = str(HUB / "finetune" / "Qwen2.5-1.5B" / "lora.yaml")
+
+    def printed(*argv) -> dict:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+            main([*argv, "--print_config"])
+        return yaml.safe_load(out.getvalue())
+
+    assert yaml.safe_load(Path(recipe).read_text())["checkpoint_dir"] == "Qwen/Qwen2.5-1.5B"
+    for argv in (["finetune", "lora", "Qwen/Qwen2.5-0.5B", "--config", recipe], ["finetune", "lora", "--config", recipe, "Qwen/Qwen2.5-0.5B"],
+                 ["finetune", "lora", "--config", recipe, "--checkpoint_dir", "Qwen/Qwen2.5-0.5B"], ["finetune", "--checkpoint_dir=Qwen/Qwen2.5-0.5B", "--config", recipe]):
+        assert printed(*argv)["checkpoint_dir"] == "Qwen/Qwen2.5-0.5B", argv
+    got = printed("finetune", "lora", "--train.lr", "0.5", "--config", recipe)
+    assert got["train"]["lr"] == 0.5 and got["checkpoint_dir"] == "Qwen/Qwen2.5-1.5B"
+    pythia = str(HUB / "pretrain" / "pythia-160m.yaml")
+    assert printed("pretrain", "pythia-14m", "--config", pythia)["model_name"] == "pythia-14m"
