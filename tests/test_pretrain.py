@@ -332,3 +332,16 @@ def test_shards_of_another_vocabulary_of_the_same_size_are_refused(setup, tmp_pa
     line = cli_error(capsys, "pretrain", "--model_config", setup / "model.yaml", "--tokenizer_dir", tmp_path / "other", "--data", "shards",
                      "--data.path", tmp_path / "corpus" / "v1", "--out_dir", tmp_path / "out", "--train.max_steps", "1")
     assert line.startswith(f"error: the shards in {tmp_path / 'corpus' / 'v1'} were made with another tokenizer (vocab 512, EOS") and line.endswith("pass the same --tokenizer_dir")
+
+
+def test_ctrl_c_is_one_line_and_the_run_resumes(setup, tmp_path):
+    """Ctrl-C (SIGINT) during training ends with a line, not a KeyboardInterrupt traceback, and exit status 130."""
+    out = tmp_path / "run"
+    proc = pretrain(setup, out, "--train.max_steps", "400", "--train.save_interval", "2", wait=False)
+    deadline = time.time() + 120
+    while not (out / "step-00000002").is_dir() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and stderr.decode().strip().splitlines()[-1] == "interrupted", stderr.decode()[-2000:]
+    assert "Traceback" not in stderr.decode() and latest_checkpoint(out) is not None

@@ -148,6 +148,8 @@ def fit(
     max_steps = max_steps_for(args, seq_length, getattr(train, "count", None))
     mbs, world, rank = args.micro_batch_size, fabric.world_size, fabric.global_rank
     history: list[dict] = []
+    if val is None:
+        fabric.print("note: no validation data (a validation share of 0, or too little data held out for one sequence): no val loss is logged")
     if val is not None and eval_args.initial_validation:
         fabric.print(f"step {state.step}: val loss {validate(fabric, model, val, args, eval_args, learned_only):.4f}")
 
