@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import re
-
 import resource
 import sys
 import time
