@@ -10,7 +10,9 @@ Every behaviour of the model comes from an explicit field here, never from the m
 from __future__ import annotations
 
 import difflib
+import functools
 import json
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -34,6 +36,46 @@ def check_out_dir(out_dir, flag: str = "--out_dir") -> None:
     """``ConfigError`` when the folder a command writes into is a file (it is created when missing)."""
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ConfigError(f"{flag} {out_dir} is a file: give a folder (it is created when missing)")
+
+
+ROPE_TYPES = ("default", "linear", "llama3", "yarn", "longrope")
+POSITIVE = ("block_size", "vocab_size", "n_layer", "n_embd", "n_head", "n_query_groups", "head_size", "intermediate_size",
+            "sliding_window", "sliding_window_pattern", "moe_intermediate_size")
+"""Fields that count something: 1 or more (or unset, where None is allowed)."""
+
+
+@functools.lru_cache(maxsize=None)
+def field_types() -> dict[str, Any]:
+    return typing.get_type_hints(Config)
+
+
+def check_values(config: "Config") -> None:
+    """``ConfigError`` naming the field for a value no model can have: a name outside a field's choices (a typo of
+    ``RMSNorm`` built a LayerNorm), a count below 1, a word where a number belongs, an unknown RoPE type. A number
+    written as text (YAML reads ``1e-5`` as a string) becomes the number."""
+    for name, hint in field_types().items():
+        value = getattr(config, name)
+        kinds = {t for t in typing.get_args(hint) if t is not type(None)} if typing.get_origin(hint) is typing.Union else {hint}
+        if value is None and type(None) in typing.get_args(hint):
+            continue
+        if typing.get_origin(hint) is Literal:
+            if value not in typing.get_args(hint):
+                raise ConfigError(f"{name} is {value!r}: use one of {', '.join(map(repr, typing.get_args(hint)))}")
+        elif float in kinds and isinstance(value, str):
+            try:
+                setattr(config, name, value := float(value))
+            except ValueError:
+                raise ConfigError(f"{name} is {value!r}: expected a number") from None
+        if (int in kinds or float in kinds) and (isinstance(value, bool) or not isinstance(value, (int, float)) or (float not in kinds and not isinstance(value, int))):
+            raise ConfigError(f"{name} is {value!r}: expected {'an integer' if float not in kinds else 'a number'}")
+        if name in POSITIVE and value < 1:
+            raise ConfigError(f"{name} is {value}: it must be 1 or more")
+    if not 0 <= config.rotary_percentage <= 1:
+        raise ConfigError(f"rotary_percentage is {config.rotary_percentage}: use a fraction of each head in [0, 1]")
+    scaling = config.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind not in ROPE_TYPES:
+        raise ConfigError(f"rope_scaling type {kind!r} is not supported: use one of {', '.join(ROPE_TYPES)} (or none)")
 
 
 @dataclass
@@ -131,6 +173,7 @@ class Config:
     """Renormalize the selected experts' routing weights to sum to 1 (Mixtral; Qwen3-MoE's ``norm_topk_prob``)."""
 
     def __post_init__(self) -> None:
+        check_values(self)
         if not self.name:
             self.name = self.hf_config.get("name", "")
         if self.n_query_groups is None:
@@ -174,7 +217,7 @@ class Config:
     def from_name(cls, name: str, **overrides: Any) -> "Config":
         """Our registry name or a Hugging Face repo id (``meta-llama/Llama-3.2-1B``)."""
         entry = find_config(name)
-        return cls(**{**entry, **overrides})
+        return cls.from_dict({**entry, **overrides})
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> "Config":
@@ -196,7 +239,9 @@ class Config:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"unknown model config keys {unknown}; valid keys are the fields of litgpt_clone.Config")
+            close = [m for key in unknown for m in difflib.get_close_matches(key, known, n=1)]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"unknown model config keys {unknown}{hint}; valid keys are the fields of litgpt_clone.Config")
         return cls(**data)
 
     @classmethod
@@ -217,7 +262,7 @@ class Config:
             if not path.is_file():
                 raise ConfigError(f"no config.json at {path}: point at a Hugging Face checkpoint folder")
             hf = json.loads(path.read_text())
-        return cls(**{**config_from_hf(hf), **overrides})
+        return cls.from_dict({**config_from_hf(hf), **overrides})
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -154,3 +154,31 @@ def test_hf_config_round_trip(arch):
     expected = {k: v for k, v in config.to_dict().items() if k not in ("name", "hf_config")}
     actual = {k: v for k, v in back.to_dict().items() if k not in ("name", "hf_config")}
     assert actual == expected
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (dict(norm_class_name="RmsNorm"), "norm_class_name is 'RmsNorm': use one of 'LayerNorm', 'RMSNorm'"),  # was a LayerNorm
+        (dict(mlp_activation="relu"), "mlp_activation is 'relu': use one of 'gelu', 'gelu_tanh', 'silu'"),
+        (dict(n_layer=-1), "n_layer is -1: it must be 1 or more"),
+        (dict(n_head=0), "n_head is 0: it must be 1 or more"),
+        (dict(sliding_window=0), "sliding_window is 0: it must be 1 or more"),
+        (dict(sliding_window_pattern=0), "sliding_window_pattern is 0: it must be 1 or more"),
+        (dict(n_layer="2"), "n_layer is '2': expected an integer"),
+        (dict(norm_eps="abc"), "norm_eps is 'abc': expected a number"),
+        (dict(rotary_percentage=1.5), "rotary_percentage is 1.5: use a fraction of each head in [0, 1]"),
+        (dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}), "rope_scaling type 'dynamic' is not supported"),
+        (dict(n_layers=2), "unknown model config keys ['n_layers'] (did you mean n_layer?)"),
+    ],
+)
+def test_values_no_model_can_have_are_named(override, message):
+    """A value outside a field's choices, a count below 1, text where a number belongs, an unknown RoPE type or an
+    unknown key: a ConfigError naming the field, from every way of making a config (they were a silent LayerNorm,
+    ZeroDivisionError, KeyError or TypeError tracebacks at build or forward time)."""
+    with pytest.raises(ConfigError) as err:
+        Config.from_name("pythia-14m", **override)
+    assert str(err.value).startswith(message)
+    with pytest.raises(ConfigError):
+        Config.from_dict({**Config.from_name("pythia-14m").to_dict(), **override})
+    assert Config.from_name("pythia-14m", norm_eps="1e-5").norm_eps == 1e-5  # YAML reads 1e-5 as text: it is a number
