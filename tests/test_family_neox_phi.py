@@ -38,6 +38,8 @@ CASES = {
     # Phi-2: head 80 with 40% rotated; here head 20 with 8 channels rotated
     "phi-2": (PhiForCausalLM, PhiConfig(**{**TINY, "hidden_size": 80}, partial_rotary_factor=0.4)),
     "phi-qk-layernorm": (PhiForCausalLM, PhiConfig(**TINY, num_key_value_heads=2, qk_layernorm=True)),
+    # tied: only the head's weight is the embedding; its bias stays its own (and was refused by the converter)
+    "phi-tied": (PhiForCausalLM, PhiConfig(**TINY, partial_rotary_factor=0.5, tie_word_embeddings=True)),
     "phi3": (Phi3ForCausalLM, Phi3Config(**PHI3, num_key_value_heads=2)),
     # transformers 5 applies Phi-3's sliding_window (2047 in phi-3-mini) with SDPA and eager attention too
     "phi3-sliding-window": (Phi3ForCausalLM, Phi3Config(**PHI3, sliding_window=6)),

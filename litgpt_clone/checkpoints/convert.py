@@ -45,8 +45,6 @@ def config_to_hf(config: Config) -> dict:
 def weight_pairs(arch: Arch, config: Config) -> Iterator[tuple[tuple[str, ...], tuple[str, ...]]]:
     """Concrete (native modules, HF modules) pairs for every layer and expert."""
     for native, hf in arch.top.items():
-        if native == "lm_head" and config.tie_embeddings:
-            continue
         yield (native,), (hf,)
     table = arch.layer(config) if callable(arch.layer) else arch.layer
     for l in range(config.n_layer):
@@ -56,6 +54,12 @@ def weight_pairs(arch: Arch, config: Config) -> Iterator[tuple[tuple[str, ...], 
                     tuple(f"transformer.h.{l}." + n.format(e=e) for n in natives),
                     tuple(arch.layer_prefix.format(l=l) + h.format(e=e) for h in hfs),
                 )
+
+
+def suffixes(natives: tuple[str, ...], config: Config) -> tuple[str, ...]:
+    """The tensors of a module pair that convert: a tied head's weight is the embedding's (Phi keeps the head's own
+    bias even then)."""
+    return ("bias",) if natives == ("lm_head",) and config.tie_embeddings else ("weight", "bias")
 
 
 def split_parts(t: torch.Tensor, n: int, config: Config) -> tuple[torch.Tensor, ...]:
@@ -89,7 +93,7 @@ def hf_to_native_weights(hf: dict[str, torch.Tensor], config: Config, arch: Arch
     """Native state dict from the tensors of an ``arch`` checkpoint (the architecture named in its config.json)."""
     out, used = {}, set()
     for natives, hfs in weight_pairs(arch, config):
-        for suffix in ("weight", "bias"):
+        for suffix in suffixes(natives, config):
             keys = [f"{h}.{suffix}" for h in hfs]
             present = [k in hf for k in keys]
             if not any(present):
@@ -113,7 +117,7 @@ def native_to_hf_weights(state: dict[str, torch.Tensor], config: Config) -> dict
     arch = get_arch(config.architecture)
     out = {}
     for natives, hfs in weight_pairs(arch, config):
-        for suffix in ("weight", "bias"):
+        for suffix in suffixes(natives, config):
             keys = [f"{n}.{suffix}" for n in natives]
             if keys[0] not in state:
                 continue
