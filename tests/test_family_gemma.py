@@ -39,6 +39,12 @@ CASES = {
         ),
         "sdpa",
     ),
+    # transformers' Gemma 3 stores attn_logit_softcapping and never applies it: neither do we
+    "gemma3-attn-cap-ignored": (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig(**TINY, head_dim=16, num_key_value_heads=2, sliding_window=6, attn_logit_softcapping=0.05, final_logit_softcapping=0.3),
+        "eager",
+    ),
 }
 
 

@@ -20,6 +20,8 @@ CASES = {
     ),
     "llama-linear-rope": (LlamaForCausalLM, LlamaConfig(**TINY, rope_scaling=dict(rope_type="linear", factor=2.0))),
     "llama-bias": (LlamaForCausalLM, LlamaConfig(**TINY, attention_bias=True, mlp_bias=True)),
+    # transformers' Llama rotates whole heads whatever partial_rotary_factor says: so do we
+    "llama-partial-rotary-ignored": (LlamaForCausalLM, LlamaConfig(**TINY, partial_rotary_factor=0.5)),
     "mistral-sliding": (MistralForCausalLM, MistralConfig(**TINY, num_key_value_heads=2, sliding_window=6)),
     "mixtral": (MixtralForCausalLM, MixtralConfig(**TINY, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2)),
     "qwen2": (Qwen2ForCausalLM, Qwen2Config(**TINY, num_key_value_heads=2, tie_word_embeddings=True)),

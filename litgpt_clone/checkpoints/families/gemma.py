@@ -86,6 +86,7 @@ def gemma3_config_from_hf(hf: dict) -> dict:
         **gemma2_config_from_hf(hf),
         "norm_qk": True,
         "rope_local_base": float(local.get("rope_theta", hf["rope_local_base_freq"])),
+        "attention_logit_softcapping": None,  # transformers' Gemma 3 keeps attn_logit_softcapping but never applies it
     }
 
 
@@ -143,6 +144,8 @@ def gemma3_config_to_hf(c: Config) -> dict:
         raise ConfigError("Gemma 3 normalizes queries and keys per head (norm_qk, norm_qk_per_head)")
     if c.rope_local_base is None and c.rope_scaling:
         raise ConfigError("Gemma 3 scales RoPE on the global layers only: set rope_local_base for the sliding layers")
+    if c.attention_logit_softcapping is not None:
+        raise ConfigError("transformers' Gemma 3 does not cap attention scores (attention_logit_softcapping): export as Gemma 2, or without it")
     local_base = c.rope_base if c.rope_local_base is None else c.rope_local_base
     return {**gemma2_keys_to_hf(c), "rope_local_base_freq": local_base}
 

@@ -30,8 +30,7 @@ def llama_config_from_hf(hf: dict) -> dict:
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         rope_base=base,
         rope_scaling=scaling,
-        rotary_percentage=(hf.get("rope_parameters") or {}).get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0)),
-    )
+    )  # (no rotary fraction: transformers' Llama, Mistral, Qwen and OLMo rotate whole heads, whatever partial_rotary_factor says)
     if bool(hf.get("mlp_bias", False)) != bool(hf.get("attention_bias", False)):
         raise ConfigError("checkpoints whose attention_bias differs from mlp_bias are not supported")
     window = hf.get("sliding_window")
@@ -42,6 +41,8 @@ def llama_config_from_hf(hf: dict) -> dict:
 
 
 def llama_config_to_hf(c: Config) -> dict:
+    if c.rotary_percentage != 1.0:
+        raise ConfigError(f"rotary_percentage {c.rotary_percentage}: transformers' {c.architecture} rotates whole heads; export a model that does")
     if c.attn_bias and not c.bias:
         raise ConfigError("a bias on q/k/v alone (attn_bias) has no Llama equivalent: export as Qwen2ForCausalLM")
     out = dict(
