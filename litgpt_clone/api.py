@@ -183,6 +183,8 @@ class LLM:
     def stream(self, prompt: str, **kwargs) -> Iterator[str]:
         """Yield the continuation of ``prompt`` piece by piece as it is generated (keyword arguments as in
         ``generate``)."""
+        if not isinstance(prompt, str):
+            raise GenerationError(f"stream takes one prompt (a string), not a {type(prompt).__name__}: generate() takes a list")
         for pieces in self.stream_ids([self.encode(prompt)], **kwargs):
             if pieces[0]:
                 yield pieces[0]

@@ -101,6 +101,12 @@ def test_bad_input(models_root):
             llm.chat(messages)
     with pytest.raises(GenerationError, match="num_iterations is 0: time at least 1 run"):
         llm.benchmark(num_iterations=0)
+    with pytest.raises(GenerationError, match=r"stream takes one prompt \(a string\), not a list: generate\(\) takes a list"):
+        next(llm.stream(["Hi", "Ho"]))
+    from litgpt_clone.checkpoints.io import CheckpointError
+
+    with pytest.raises(CheckpointError, match="no checkpoint at ../no-such-model: pass a folder"):  # a path, not a repo id
+        LLM.load("../no-such-model")
     with pytest.raises(GenerationError, match=f"context of {llm.model.max_seq_length} tokens"):
         llm.generate(PROMPTS[0], max_new_tokens=llm.model.max_seq_length)
 

@@ -182,3 +182,8 @@ def test_values_no_model_can_have_are_named(override, message):
     with pytest.raises(ConfigError):
         Config.from_dict({**Config.from_name("pythia-14m").to_dict(), **override})
     assert Config.from_name("pythia-14m", norm_eps="1e-5").norm_eps == 1e-5  # YAML reads 1e-5 as text: it is a number
+
+
+def test_a_config_json_missing_a_size_names_it():
+    with pytest.raises(ConfigError, match="config.json has no 'hidden_size', which every LlamaForCausalLM config has"):
+        Config.from_hf_config({"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 64})

@@ -33,7 +33,11 @@ def config_from_hf(hf: dict) -> dict:
     if arch.check:
         arch.check(hf)
     name = (hf.get("_name_or_path") or "").rstrip("/").split("/")[-1] or hf.get("model_type", "")
-    return {**arch.config_from_hf(hf), "architecture": arch.native_architecture or arch.name, "name": name}
+    try:
+        mapped = arch.config_from_hf(hf)
+    except KeyError as err:  # a key every checkpoint of this architecture has
+        raise ConfigError(f"config.json has no {err.args[0]!r}, which every {arch.name} config has: is it the checkpoint's own config.json?") from None
+    return {**mapped, "architecture": arch.native_architecture or arch.name, "name": name}
 
 
 def config_to_hf(config: Config) -> dict:

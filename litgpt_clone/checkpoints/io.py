@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 
 
 
-REPO_ID = re.compile(r"^[\w.\-]+/[\w.\-]+$")
+REPO_ID = re.compile(r"^(?![.~])[\w.\-]+/[\w.\-]+$")
+"""``org/name``; ``./x`` and ``../x`` are paths."""
 
 
 class CheckpointError(RuntimeError):
