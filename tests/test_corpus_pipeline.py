@@ -252,6 +252,15 @@ def test_optout_removes_exactly_the_listed_names(built, tmp_path):
                 ["octo/x", "OCTO/y", "octo2/x", "xocto/x", "acme/secret", "acme/secret-sauce", "acme/secre", "acme/x", "solo", "octo"]}
     assert verdicts == {"octo/x": "owner", "OCTO/y": "owner", "octo2/x": None, "xocto/x": None, "acme/secret": "repo",
                         "acme/secret-sauce": None, "acme/secre": None, "acme/x": None, "solo": "repo", "octo": None}
+    # a registry whose keys are misspelt would opt out nothing: refused, naming the line and what it has
+    from litgpt_clone.corpus.optout import OptOutError
+
+    registry.write_text('{"optout_owner": ["octo"]}\n')
+    with pytest.raises(OptOutError, match=r"o.jsonl:1 is not an opt-out record \(it has keys \['optout_owner'\] but neither optout_owners nor optout_repos\)"):
+        OptOut.from_file(registry)
+    registry.write_text('{"optout_owners": [], "optout_repos": []}\n')
+    with pytest.raises(OptOutError, match="opts out nothing"):
+        OptOut.from_file(registry)
 
 
 def test_cli_help_and_one_line_errors(tmp_path, capsys):

@@ -35,6 +35,8 @@ class OptOut:
                 continue
             try:
                 record = json.loads(line)
+                if not {"optout_owners", "optout_repos"} & set(record):  # a misspelt key would opt out nothing
+                    raise ValueError(f"it has keys {sorted(record)[:5]} but neither optout_owners nor optout_repos")
                 owners, repos = record.get("optout_owners", []), record.get("optout_repos", [])
                 if not isinstance(owners, list) or not isinstance(repos, list):
                     raise ValueError("optout_owners and optout_repos must be lists")
@@ -42,6 +44,8 @@ class OptOut:
                 raise OptOutError(f"{path}:{number} is not an opt-out record ({err}): fix or remove the line") from err
             optout.owners.update(str(o).casefold() for o in owners)
             optout.repos.update(str(r).casefold().strip("/") for r in repos)
+        if not optout:
+            raise OptOutError(f"{path} opts out nothing (no owners or repos in it): give records with optout_owners/optout_repos lists")
         return optout
 
     def reason(self, repo: str) -> Optional[str]:
