@@ -179,8 +179,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {first.group(1).strip()}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback (training resumes from its last checkpoint with --resume auto)
-        print("\ninterrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+        print("\ninterrupted", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)  # now: a SystemExit would wait for worker threads (a download's went on to the end of its files)
     except BrokenPipeError:  # `litgpt-clone models | head`: the reader has what it wanted; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's final flush goes nowhere
 

@@ -179,6 +179,7 @@ def test_cli_writes_results(models, tasks_dir, tmp_path, capsys):
     main(["evaluate", str(native), "--tasks", "tiny_mc", "--include_path", str(tasks_dir), "--limit", "3", "--batch_size", "2",
           "--device", "cpu", "--out_dir", str(tmp_path)])
     results = json.loads((tmp_path / "results.json").read_text())
+    assert results["config"]["model_args"] == f"checkpoint_dir={native}" and results["config"]["batch_size"] == 2  # which model
     acc = results["results"]["tiny_mc"]["acc,none"]
     assert acc in (0, 1 / 3, 2 / 3, 1)
     table = (tmp_path / "results.md").read_text()
@@ -225,6 +226,32 @@ def test_bad_folders_and_windows_are_one_line(models, tasks_dir, tmp_path, capsy
             main([*argv, "--device", "cpu"])
         err = capsys.readouterr().err.strip()
         assert exit.value.code == 2 and err.startswith(message) and "\n" not in err, err
+
+
+def test_broken_task_yamls_and_a_fractional_count_are_one_line(models, tasks_dir, tmp_path, capsys):
+    """A task YAML lm-eval refuses (a misspelt output_type, a template field the data lacks) or cannot parse, and
+    --limit 1.5: one line each (tracebacks from inside lm-eval, an "unknown task" that hid the YAML error, and a
+    silent single example)."""
+    _, _, native = models
+    mc = (tasks_dir / "tiny_mc.yaml").read_text()
+    cases = {
+        "output_type": (mc.replace("output_type: multiple_choice", "output_type: multiple_choise"), "tiny_mc",
+                        "do not run (ValueError: Got invalid output_type 'multiple_choise'"),
+        "template": (mc.replace("{{question}}", "{{questionz}}"), "tiny_mc", "do not run (UndefinedError: 'questionz' is undefined"),
+        "syntax": (mc + "\nbroken: [oops\n", "bad", "unknown task 'bad', and "),
+    }
+    for name, (text, task, message) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "task.yaml").write_text(text)
+        with pytest.raises(SystemExit) as exit:
+            main(["evaluate", str(native), "--tasks", task, "--include_path", str(folder), "--limit", "2", "--device", "cpu", "--out_dir", str(tmp_path)])
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # (after `datasets`' progress lines when it reads the data)
+        assert exit.value.code == 2 and err.startswith("error: ") and message in err, (name, err)
+        assert name != "syntax" or f"{folder / 'task.yaml'} is not valid YAML: fix it" in err
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(native), "--tasks", "tiny_mc", "--include_path", str(tasks_dir), "--limit", "1.5"])
+    assert "error: limit is 1.5: use a count of examples (>= 1), a fraction in (0, 1)" in capsys.readouterr().err
 
 
 def test_tasks_list(tasks_dir, capsys):

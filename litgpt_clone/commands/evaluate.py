@@ -59,7 +59,7 @@ def evaluate_tasks(
     if tasks.strip() == "list":
         print("\n".join(sorted(task_manager(include_path, local_only=False).all_tasks)))
         return {}
-    if limit is not None and limit <= 0:
+    if limit is not None and (limit <= 0 or (limit > 1 and limit != int(limit))):
         raise EvaluationError(f"limit is {limit:g}: use a count of examples (>= 1), a fraction in (0, 1), or leave it unset for all")
     if num_fewshot is not None and num_fewshot < 0:
         raise EvaluationError(f"num_fewshot is {num_fewshot}: use 0 (zero-shot) or more, or leave it unset for each task's own")
@@ -70,7 +70,8 @@ def evaluate_tasks(
         checkpoint = find_checkpoint(checkpoint_dir)  # a CheckpointError line for a folder that is not a checkpoint
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     manager = task_manager(include_path, local_only=bool(include_path) and local_tasks(names, include_path))
-    check_tasks(names, manager.all_tasks)
+    check_tasks(names, manager.all_tasks, include_path)
+    import jinja2
     from lm_eval import simple_evaluate
     from lm_eval.utils import handle_non_serializable, make_table
 
@@ -85,6 +86,12 @@ def evaluate_tasks(
         )
     except ConnectionError as err:  # what `datasets` raises offline (HF_DATASETS_OFFLINE) for data it has not cached
         raise EvaluationError(unreachable_data(err)) from err
+    except (ValueError, KeyError, TypeError, jinja2.TemplateError) as err:
+        if not (include_path and local_tasks(names, include_path)):
+            raise
+        reason = " ".join(str(err).split())[:300]  # lm-eval's verdict on a task YAML: a bad output_type, a template field
+        raise EvaluationError(f"the task YAMLs of --include_path {include_path} do not run ({type(err).__name__}: {reason}): fix them") from err
+    results["config"].update(model="litgpt_clone", model_args=f"checkpoint_dir={checkpoint}", batch_size=batch_size, device=str(lm.device))
     table = make_table(results)
     print(table)
     out_dir = Path(out_dir) if out_dir is not None else checkpoint / "evaluate"
@@ -154,8 +161,9 @@ def unreachable_data(err: ConnectionError) -> str:
     )
 
 
-def check_tasks(names: list[str], known: list[str]) -> None:
-    """An unknown task name is an error that suggests the closest known names."""
+def check_tasks(names: list[str], known: list[str], include_path: Optional[str] = None) -> None:
+    """An unknown task name is an error that suggests the closest known names (and names the YAML files of
+    ``include_path`` that do not parse, which lm-eval skips with a log line)."""
     if not names:
         raise EvaluationError("no tasks given: pass --tasks with comma-separated task names (--tasks list shows them)")
     known_set = set(known)
@@ -163,7 +171,28 @@ def check_tasks(names: list[str], known: list[str]) -> None:
         if name not in known_set:
             close = difflib.get_close_matches(name, known, n=3)
             hint = f"did you mean {', '.join(close)}?" if close else "`--tasks list` shows them"
+            broken = unparsable_yamls(include_path) if include_path else []
+            if broken:
+                raise EvaluationError(f"unknown task {name!r}, and {broken[0]} is not valid YAML: fix it ({hint})")
             raise EvaluationError(f"unknown task {name!r}: {hint} (your own task YAMLs: --include_path <folder>)")
+
+
+def unparsable_yamls(folder: str) -> list[str]:
+    """The YAML files under ``folder`` that do not parse (lm-eval's ``!function`` tags and the like are accepted)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("", lambda loader, suffix, node: None)  # any tag
+    broken = []
+    for root, _, files in os.walk(folder):  # never follows links to folders
+        for name in sorted(f for f in files if f.endswith((".yaml", ".yml"))):
+            try:
+                yaml.load(Path(root, name).read_text(encoding="utf-8"), Loader=Loader)
+            except (yaml.YAMLError, UnicodeDecodeError, OSError):
+                broken.append(os.path.join(root, name))
+    return sorted(broken)
 
 
 def text_files(data: Path) -> list[Path]:
