@@ -275,6 +275,23 @@ def test_cli_help_and_one_line_errors(tmp_path, capsys):
         main(["prepare", "code", str(tmp_path / "nope"), "--out_dir", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert exit_bad.value.code == 2 and err.startswith("error: source") and len(err.splitlines()) == 1
+    # settings that would drop every file, fail after the whole pipeline, or name a missing file: one line at start
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.py").write_text("print('hi')\n")
+    cases = [
+        (["--languages", "[Pyhton]"], "error: --languages: 'Pyhton' is not a language GitHub Linguist knows (every file would be dropped)"),
+        (["--languages", "[python]"], "error: --languages: 'python' is not a language GitHub Linguist knows (every file would be dropped): did you mean Python?"),
+        (["--near_dedup_threshold", "1.5"], "error: --near_dedup_threshold 1.5: use a Jaccard similarity in [0, 1]"),
+        (["--decontaminate", "[nonexist.jsonl]"], "error: --decontaminate: no file at nonexist.jsonl"),
+        (["--layout", "owner/repo"], f"error: source {src} has no <owner>/<repo>/ folders, which --layout owner/repo reads"),
+    ]
+    for args, start in cases:
+        with pytest.raises(SystemExit) as exit_bad:
+            main(["prepare", "code", str(src), "--out_dir", str(tmp_path / "out"), *args])
+        err = capsys.readouterr().err.strip()
+        assert exit_bad.value.code == 2 and err.startswith(start) and len(err.splitlines()) == 1, err
+    assert not list((tmp_path / "out").glob("v*"))  # nothing started
 
 
 def test_one_build_at_a_time(tmp_path):

@@ -68,6 +68,7 @@ def prepare_code(
 
     from litgpt_clone.config import check_out_dir
     from litgpt_clone.corpus.pipeline import CorpusConfig, run
+    from litgpt_clone.corpus.sources import check_layout
 
     source_list = [sources] if isinstance(sources, str) else list(sources)
     if not source_list:
@@ -75,6 +76,7 @@ def prepare_code(
     for source in source_list:
         if not Path(source).exists():
             raise CorpusError(f"source {source} does not exist: give a git repository, folder or tar/zip archive")
+        check_layout(source, layout)
     if tokenizer_dir is not None and not Path(tokenizer_dir).is_dir():
         raise CorpusError(f"--tokenizer_dir {tokenizer_dir} is not a folder: give a checkpoint or tokenizer folder")
     if workers < 1:
@@ -82,6 +84,19 @@ def prepare_code(
     check_out_dir(out_dir)
     if not 0 <= val_fraction < 1:
         raise CorpusError(f"--val_fraction {val_fraction} must be in [0, 1)")
+    if not 0 <= near_dedup_threshold <= 1:
+        raise CorpusError(f"--near_dedup_threshold {near_dedup_threshold}: use a Jaccard similarity in [0, 1]")
+    for path in [*(decontaminate or []), *([optout] if optout else [])]:
+        if not Path(path).is_file():
+            flag = "--optout" if optout is not None and path == optout else "--decontaminate"
+            raise CorpusError(f"{flag}: no file at {path}")
+    from litgpt_clone.corpus import language
+
+    for name in languages or []:
+        if not language.known(name):
+            fixed = next((n for n in (name.capitalize(), name.upper(), name.title()) if language.known(n)), None)
+            hint = f"did you mean {fixed}?" if fixed else "use Linguist's names, e.g. Python, C++, JavaScript, Jupyter Notebook"
+            raise CorpusError(f"--languages: {name!r} is not a language GitHub Linguist knows (every file would be dropped): {hint}")
     config = CorpusConfig(
         sources=[str(s) for s in source_list], layout=layout, exclude=list(exclude or []), tokenizer_dir=str(tokenizer_dir) if tokenizer_dir else None,
         optout=str(optout) if optout else None, license_policy=license_policy,

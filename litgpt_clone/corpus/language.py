@@ -45,3 +45,8 @@ def version() -> str:
     from importlib.metadata import version as package_version
 
     return package_version("enry-python")
+
+
+def known(name: str) -> bool:
+    """Whether ``name`` is a language Linguist knows, spelt as Linguist spells it (``Python``, ``C++``)."""
+    return _enry().get_language_type(name) not in ("", "unknown", None)

@@ -357,14 +357,26 @@ def open_source(source: Union[str, Path], layout: Layout, max_file_size: int, ex
             return [git_repository(path, max_file_size)]
         return [folder_repository(path, path.resolve().name, max_file_size, exclude)]
     repos = []
-    for owner in sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink() and p.name not in SKIP_DIRS):
-        for repo in sorted(p for p in owner.iterdir() if p.is_dir() and not p.is_symlink()):
-            name = f"{owner.name}/{repo.name}"
-            if is_git_repository(repo):
-                repos.append(git_repository(repo, max_file_size, name))
-            else:
-                repos.append(folder_repository(repo, name, max_file_size, exclude))
+    for repo in owner_repo_folders(path):
+        name = f"{repo.parent.name}/{repo.name}"
+        if is_git_repository(repo):
+            repos.append(git_repository(repo, max_file_size, name))
+        else:
+            repos.append(folder_repository(repo, name, max_file_size, exclude))
     return repos
+
+
+def owner_repo_folders(path: Path) -> list[Path]:
+    """The ``<owner>/<repo>/`` folders of a folder read with ``layout="owner/repo"`` (links not followed)."""
+    owners = sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink() and p.name not in SKIP_DIRS)
+    return [repo for owner in owners for repo in sorted(p for p in owner.iterdir() if p.is_dir() and not p.is_symlink())]
+
+
+def check_layout(source: Union[str, Path], layout: Layout) -> None:
+    """``SourceError`` for a folder that has nothing ``layout`` reads (a folder of files under ``owner/repo``)."""
+    path = Path(source)
+    if layout == "owner/repo" and path.is_dir() and not is_archive(path) and not owner_repo_folders(path):
+        raise SourceError(f"source {source} has no <owner>/<repo>/ folders, which --layout owner/repo reads: use --layout repo for one repository")
 
 
 def open_sources(sources: list[Union[str, Path]], layout: Layout, max_file_size: int, exclude: Sequence[str] = ()) -> list[Repository]:
