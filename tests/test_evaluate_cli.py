@@ -95,6 +95,13 @@ def test_offline_uncached_dataset_is_one_line(models_root, tmp_path):  # noqa: F
                    "--device", "cpu", HF_HOME=str(tmp_path / "empty_hf_home"))
     assert_one_error_line(proc, "dataset 'Rowan/hellaswag' is not in the local cache", "HF_DATASETS_OFFLINE is set",
                           "dataset_path or dataset_kwargs.data_files", "--include_path")
+    # no offline setting, and the hub out of reach: the same line at once (it took ~30 s of retries and ten log lines)
+    started = time.monotonic()
+    proc = run_cli(tmp_path, "evaluate", str(native), "--tasks", "hub_task", "--include_path", str(tmp_path / "tasks"), "--device", "cpu",
+                   HF_HOME=str(tmp_path / "empty_hf_home"), HF_DATASETS_OFFLINE="", HF_HUB_OFFLINE="", HF_ENDPOINT="http://127.0.0.1:9")
+    assert_one_error_line(proc, "dataset 'Rowan/hellaswag' is not in the local cache")
+    assert "note: the Hugging Face hub (http://127.0.0.1:9) cannot be reached" in proc.stderr and "Retrying" not in proc.stderr
+    assert time.monotonic() - started < 60
 
 
 def test_task_index_follows_edited_yamls(tmp_path):

@@ -72,6 +72,8 @@ def evaluate_tasks(
     manager = task_manager(include_path, local_only=bool(include_path) and local_tasks(names, include_path))
     check_tasks(names, manager.all_tasks, include_path)
     import jinja2
+
+    offline_if_unreachable()
     from lm_eval import simple_evaluate
     from lm_eval.utils import handle_non_serializable, make_table
 
@@ -147,6 +149,32 @@ def local_tasks(names: list[str], include_path: str) -> bool:
     """Whether every name is a task (not a group or tag, which may refer to lm-eval's own tasks) of include_path."""
     local = set(task_manager(include_path, local_only=True).all_subtasks)
     return all(name in local for name in names)
+
+
+def offline_if_unreachable(timeout: float = 3.0) -> None:
+    """With the hub out of reach and no offline setting, switch ``datasets`` and ``huggingface_hub`` to offline mode
+    first: they would retry each request with growing pauses (about 30 s and ten log lines) before failing, where
+    offline they read the cache at once or fail with ``unreachable_data``'s one line."""
+    if os.environ.get("HF_DATASETS_OFFLINE") or os.environ.get("HF_HUB_OFFLINE"):
+        return
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    try:
+        urllib.request.urlopen(constants.ENDPOINT, timeout=timeout).close()
+        return
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (urllib.error.URLError, OSError):
+        pass
+    os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+    if "datasets" in sys.modules:  # read at import: set where it was read
+        sys.modules["datasets"].config.HF_HUB_OFFLINE = True
+    print(f"note: the Hugging Face hub ({constants.ENDPOINT}) cannot be reached: task datasets come from the local cache only", file=sys.stderr)
 
 
 def unreachable_data(err: ConnectionError) -> str:
