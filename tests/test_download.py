@@ -231,6 +231,16 @@ def test_missing_repo_through_the_cli_when_the_hub_says_401(hf_env, tmp_path):
     assert any(r.path.startswith("/api/models/acme/tiny-lama") for r in hub.requests)
 
 
+def test_repo_without_config_is_refused_before_its_weights_download(hf_env, tmp_path):
+    with HubStandin() as hub:
+        hub.add_repo("acme/weights-only", {**TOKENIZER, "model.safetensors": _weights("w")})
+        hf_env(endpoint=hub.endpoint)
+        (result,) = results(start_downloads(tmp_path, dict(repo_id="acme/weights-only", convert=False)))
+        assert result["error"] == ("acme/weights-only has no config.json at the top level: it is not a transformers checkpoint,"
+                                   " which is what litgpt-clone converts")
+        assert hub.requested_files("acme/weights-only") == set()
+
+
 def test_a_mistyped_local_folder_says_which_folders_are_there(hf_env, tmp_path):
     """`generate out/lorra` (meaning out/lora) reads as a repo id too: when the hub has no such repo and out/ is a
     local folder, the line says what out/ holds, not only that the hub lacks it."""

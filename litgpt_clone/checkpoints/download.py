@@ -240,6 +240,8 @@ def _download_snapshot(repo_id: str, access_token: Optional[str], revision: Opti
         raise _hub_error(repo_id, revision, e) from None
 
     wanted = select_files(repo_files)
+    if "config.json" not in repo_files:  # (checked before fetching gigabytes of weights that could not be used)
+        raise DownloadError(f"{repo_id} has no config.json at the top level: it is not a transformers checkpoint, which is what litgpt-clone converts")
     if not weight_files(wanted):
         others = sorted(f for f in repo_files if f.endswith((".safetensors", ".bin", ".pth", ".pt", ".gguf", ".onnx")))
         found = f" (only {', '.join(others[:4])}{', ...' if len(others) > 4 else ''})" if others else ""
