@@ -67,6 +67,7 @@ def prepare_code(
     from dataclasses import asdict
 
     from litgpt_clone.config import check_out_dir
+    from litgpt_clone.corpus.optout import OptOut
     from litgpt_clone.corpus.pipeline import CorpusConfig, run
     from litgpt_clone.corpus.sources import check_layout
 
@@ -86,10 +87,11 @@ def prepare_code(
         raise CorpusError(f"--val_fraction {val_fraction} must be in [0, 1)")
     if not 0 <= near_dedup_threshold <= 1:
         raise CorpusError(f"--near_dedup_threshold {near_dedup_threshold}: use a Jaccard similarity in [0, 1]")
-    for path in [*(decontaminate or []), *([optout] if optout else [])]:
+    for path in decontaminate or []:
         if not Path(path).is_file():
-            flag = "--optout" if optout is not None and path == optout else "--decontaminate"
-            raise CorpusError(f"{flag}: no file at {path}")
+            raise CorpusError(f"--decontaminate: no file at {path}")
+    if optout is not None:
+        OptOut.from_file(optout)  # read now: a missing or unusable registry stops the build before it starts
     from litgpt_clone.corpus import language
 
     for name in languages or []:

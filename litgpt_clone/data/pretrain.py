@@ -27,6 +27,11 @@ class DataError(RuntimeError):
     """Missing, empty or unusable data; the message names the path and the fix."""
 
 
+def check_val_fraction(val_fraction: float, of: str = "tokens") -> None:
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"--data.val_fraction {val_fraction}: use a share of the {of} in [0, 1)")
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("LITGPT_CLONE_CACHE", Path.home() / ".cache" / "litgpt_clone"))
 
@@ -52,8 +57,7 @@ class Text(DataModule):
             path: A text file or a folder of text files (.txt, .md, .py, ... searched recursively).
             val_fraction: Share of the tokens (the last ones) held out for validation.
         """
-        if not 0 <= val_fraction < 1:
-            raise DataError(f"--data.val_fraction {val_fraction}: use a share of the tokens in [0, 1)")
+        check_val_fraction(val_fraction)
         self.path = Path(path) if path is not None else None
         self.val_fraction = val_fraction
 
@@ -100,11 +104,12 @@ class Shards(DataModule):
             raise DataError("--data shards needs --data.path <folder with manifest.json>")
         train, val = open_streams(self.path)
         vocabulary = train.manifest.get("vocabulary_sha256")  # (older shards lack it: their vocab size and EOS must do)
-        if train.eos_id not in tokenizer.stop_ids or train.vocab_size > tokenizer.vocab_size or vocabulary not in (None, tokenizer.vocabulary_digest()):
+        digest = tokenizer.vocabulary_digest()
+        if train.eos_id not in tokenizer.stop_ids or train.vocab_size > tokenizer.vocab_size or vocabulary not in (None, digest):
             raise DataError(
                 f"the shards in {self.path} were made with another tokenizer (vocab {train.vocab_size}, EOS {train.eos_id}"
                 f"{f', vocabulary {vocabulary[:12]}' if vocabulary else ''}) than {tokenizer.checkpoint_dir} (vocab {tokenizer.vocab_size},"
-                f" EOS {tokenizer.eos_id}, vocabulary {tokenizer.vocabulary_digest()[:12]}): pass the same --tokenizer_dir"
+                f" EOS {tokenizer.eos_id}, vocabulary {digest[:12]}): pass the same --tokenizer_dir"
             )
         return train, val
 
@@ -138,8 +143,7 @@ class OpenWebText(DataModule):
             path: A local folder of OpenWebText text files; default: download from the hub with ``datasets``.
             val_fraction: Share of the tokens held out for validation.
         """
-        if not 0 <= val_fraction < 1:
-            raise DataError(f"--data.val_fraction {val_fraction}: use a share of the tokens in [0, 1)")
+        check_val_fraction(val_fraction)
         self.path = Path(path) if path is not None else None
         self.val_fraction = val_fraction
 

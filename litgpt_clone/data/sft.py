@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from litgpt_clone.chat_template import ChatTemplateError, alpaca_prompt, available_styles, render_for_tokenizer
-from litgpt_clone.data.pretrain import DataError, cache_root, hub_file
+from litgpt_clone.data.pretrain import DataError, cache_root, check_val_fraction, hub_file
 from litgpt_clone.tokenizer import TOKENIZER_FILES, Tokenizer
 
 Sample = tuple[np.ndarray, np.ndarray]
@@ -143,8 +143,7 @@ class FileData(SFTData):
 
     def __init__(self, mask_prompt: bool, val_fraction: float, prompt_style: str, packing: bool, ignore_index: int) -> None:
         check_style(prompt_style)
-        if not 0 <= val_fraction < 1:
-            raise DataError(f"--data.val_fraction {val_fraction}: use a share of the records in [0, 1)")
+        check_val_fraction(val_fraction, of="records")
         self.mask_prompt, self.val_fraction, self.prompt_style = mask_prompt, val_fraction, prompt_style
         self.packing, self.ignore_index = packing, ignore_index
 

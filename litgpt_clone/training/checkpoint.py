@@ -40,7 +40,7 @@ def full_state(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer
 
     model = unwrap(model)
     options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=learned_only)
-    learned = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    learned = [(name, p) for name, p in model.named_parameters() if p.requires_grad] if learned_only else []
     if learned_only and not any(isinstance(p, DTensor) for _, p in learned):
         # not sharded: the parameters as they are. (get_model_state_dict maps every key of model.state_dict() to a module
         # attribute, and a QLoRA model's bitsandbytes int8 layers write keys, SCB and weight_format, that are not.)

@@ -208,7 +208,7 @@ def check_same_model(folder: Path, config) -> None:
 
     saved = Config.from_file(folder / "model_config.yaml")
     shape = ("n_layer", "n_embd", "n_head", "n_query_groups", "head_size", "intermediate_size", "vocab_size", "mlp_class_name", "n_expert")
-    differ = [f"{name} {getattr(saved, name)} there, {getattr(config, name)} here" for name in shape if getattr(saved, name, None) != getattr(config, name, None)]
+    differ = [f"{name} {getattr(saved, name)} there, {getattr(config, name)} here" for name in shape if getattr(saved, name) != getattr(config, name)]
     if differ:
         raise TrainingError(f"{folder} holds another model ({'; '.join(differ)}): resume with the model it was trained with, or give another --out_dir")
 
