@@ -132,7 +132,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from litgpt_clone.evaluate import EvaluationError
     from litgpt_clone.commands.serve import ServeError
 
-    return (ConfigError, CheckpointError, DownloadError, FileNotFoundError, DataError, TrainingError, GenerationError, ChatTemplateError, CorpusError, OptOutError, SourceError, EvaluationError, ServeError)
+    return (ConfigError, CheckpointError, DownloadError, FileNotFoundError, PermissionError, DataError, TrainingError, GenerationError, ChatTemplateError, CorpusError, OptOutError, SourceError, EvaluationError, ServeError)
 
 
 def parser_message(message: str) -> str:

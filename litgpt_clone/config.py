@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import os
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -33,9 +34,16 @@ def at_least(low: float, group: str, above: bool = False, **values: Optional[flo
 
 
 def check_out_dir(out_dir, flag: str = "--out_dir") -> None:
-    """``ConfigError`` when the folder a command writes into is a file (it is created when missing)."""
-    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+    """``ConfigError`` when the folder a command writes into is a file (it is created when missing), or when it, or
+    the folder it would be created in, is not writable: said before any work that would then be lost."""
+    path = Path(out_dir)
+    if path.exists() and not path.is_dir():
         raise ConfigError(f"{flag} {out_dir} is a file: give a folder (it is created when missing)")
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {out_dir} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {out_dir} is not writable ({existing} denies it): give a folder you can write to")
 
 
 ROPE_TYPES = ("default", "linear", "llama3", "yarn", "longrope")

@@ -266,3 +266,15 @@ def test_converting_into_the_folder_it_reads_is_refused_and_changes_nothing(hf_l
         assert cli_error(capsys, "convert", command, folder, "--out_dir", f"{folder}/") == (
             f"error: convert {command} would write into {folder}, the folder it reads: give --out_dir another folder")
         assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_an_out_dir_that_cannot_be_written_is_one_line_before_any_work(hf_llama, tmp_path, capsys):
+    """An --out_dir inside a file (or a folder the user may not write) failed with an OSError traceback after the
+    conversion had read the weights; a --out_dir the kernel refuses (root may not create folders in /sys either) is
+    one line too."""
+    (tmp_path / "notes.txt").write_text("a file")
+    assert cli_error(capsys, "convert", "from_hf", hf_llama[0], "--out_dir", tmp_path / "notes.txt" / "native") == (
+        f"error: --out_dir {tmp_path / 'notes.txt' / 'native'} cannot be created: {tmp_path / 'notes.txt'} is a file")
+    proc = cli("convert", "from_hf", hf_llama[0], "--out_dir", "/sys/kernel/litgpt_clone_test", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "/sys/kernel" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

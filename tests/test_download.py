@@ -241,6 +241,18 @@ def test_repo_without_config_is_refused_before_its_weights_download(hf_env, tmp_
         assert hub.requested_files("acme/weights-only") == set()
 
 
+def test_an_out_dir_inside_a_file_is_refused_before_the_download(hf_env, tmp_path):
+    (tmp_path / "notes.txt").write_text("a file")
+    with HubStandin() as hub:
+        hub.add_repo("acme/tiny-llama", ST_REPO)
+        hf_env(endpoint=hub.endpoint)
+        proc = subprocess.run([sys.executable, "-m", "litgpt_clone", "download", "acme/tiny-llama", "--out_dir", "notes.txt/llama"],
+                              cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr == (
+            f"error: --out_dir notes.txt/llama cannot be created: {tmp_path / 'notes.txt'} is a file\n"), proc.stderr
+        assert hub.requests == []
+
+
 def test_a_mistyped_local_folder_says_which_folders_are_there(hf_env, tmp_path):
     """`generate out/lorra` (meaning out/lora) reads as a repo id too: when the hub has no such repo and out/ is a
     local folder, the line says what out/ holds, not only that the hub lacks it."""

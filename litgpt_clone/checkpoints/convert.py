@@ -18,7 +18,7 @@ from litgpt_clone.checkpoints.io import (
     save_weights,
     write_atomic_text,
 )
-from litgpt_clone.config import Config, ConfigError
+from litgpt_clone.config import Config, ConfigError, check_out_dir
 from litgpt_clone.tokenizer import TOKENIZER_FILES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -141,9 +141,11 @@ def copy_aux_files(src: Path, dst: Path) -> None:
             shutil.copyfile(src / name, dst / name)
 
 
-def refuse_in_place(source: Path, out_dir: Path, command: str) -> None:
-    """Both formats name their weights model.safetensors: converting into the folder being read would write over the
-    weights it converts (a file copy failed first, with a SameFileError traceback)."""
+def check_destination(source: Path, out_dir: Path, command: str) -> None:
+    """``--out_dir`` must be a folder that can be written (``check_out_dir``) and not the one being read: both formats
+    name their weights model.safetensors, so converting in place would write over the weights it converts (a file
+    copy failed first, with a SameFileError traceback)."""
+    check_out_dir(out_dir)
     if out_dir.resolve() == source.resolve():
         raise CheckpointError(f"{command} would write into {source}, the folder it reads: give --out_dir another folder")
 
@@ -157,7 +159,7 @@ def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = No
         dtype: Cast the weights to ``float32``, ``bfloat16`` or ``float16``; default keeps the stored dtype.
     """
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
-    refuse_in_place(hf_dir, out_dir, "convert from_hf")
+    check_destination(hf_dir, out_dir, "convert from_hf")
     if (hf_dir / "model_config.yaml").is_file() and (hf_dir / "model.safetensors").is_file():
         raise CheckpointError(f"{hf_dir} is already a native checkpoint (model_config.yaml): use it as it is, or export it with `convert to_hf`")
     config = Config.from_hf_config(hf_dir)
@@ -188,7 +190,7 @@ def convert_to_hf_checkpoint(checkpoint_dir: Path, out_dir: Path, max_shard_size
     from litgpt_clone.checkpoints.io import load_state, resolve_checkpoint
 
     checkpoint_dir, out_dir = resolve_checkpoint(checkpoint_dir), Path(out_dir)
-    refuse_in_place(checkpoint_dir, out_dir, "convert to_hf")
+    check_destination(checkpoint_dir, out_dir, "convert to_hf")
     if (checkpoint_dir / "adapter_config.yaml").is_file():
         raise ConfigError(f"{checkpoint_dir} carries LLaMA-Adapter prefixes, which transformers models have no place for")
     config = Config.from_checkpoint(checkpoint_dir)

@@ -297,11 +297,15 @@ def download(
 
     if not REPO_ID.match(repo_id):
         raise DownloadError(f"{repo_id!r} is not a hub repo id: use <org>/<name>, e.g. meta-llama/Llama-3.2-1B")
+    out_dir = Path(out_dir) if out_dir is not None else Path("checkpoints") / repo_id
+    if convert:  # said before the download, not after it
+        from litgpt_clone.config import check_out_dir
+
+        check_out_dir(out_dir)
     snapshot = _download_snapshot(repo_id, access_token, revision)
     if not convert:
         return snapshot
     from litgpt_clone.checkpoints.convert import convert_hf_checkpoint
 
-    out_dir = Path(out_dir) if out_dir is not None else Path("checkpoints") / repo_id
     convert_hf_checkpoint(hf_dir=snapshot, out_dir=out_dir)
     return out_dir
