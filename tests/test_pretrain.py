@@ -192,6 +192,20 @@ def test_missing_and_empty_data(setup, tmp_path):
     (tmp_path / "empty" / "a.txt").write_text("")
     proc = pretrain(setup, tmp_path / "o", "--data.path", tmp_path / "empty", "--train.max_steps", "1", check=False)
     assert "empty" in one_line(proc)
+    # two processes: rank 0 finds it (it prepares the data first) and says so once; rank 1 stops quietly (it printed
+    # a traceback from the barrier rank 0 never reached)
+    proc = pretrain(setup, tmp_path / "o2", "--data.path", tmp_path / "empty", "--train.max_steps", "1", devices=2, check=False)
+    assert "empty" in one_line(proc) and proc.stderr.count("error: ") == 1 and "[rank1]" not in proc.stderr, proc.stderr
+
+
+def test_errors_of_every_process_are_said_once_before_the_launch(setup, tmp_path):
+    """A tokenizer larger than the model or batch sizes that do not divide are wrong on every rank: said once, before
+    the other processes start (each rank printed the line, two of them run together on one line)."""
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump({**MODEL, "vocab_size": 256}))
+    proc = pretrain(setup, tmp_path / "o", "--model_config", tmp_path / "small.yaml", devices=2, check=False)
+    assert "256" in one_line(proc) and proc.stderr.count("error: ") == 1 and "distributed" not in proc.stderr, proc.stderr
+    proc = pretrain(setup, tmp_path / "o", "--train.global_batch_size", "6", "--train.micro_batch_size", "2", devices=2, check=False)
+    assert "global_batch_size 6" in one_line(proc) and proc.stderr.count("error: ") == 1 and "distributed" not in proc.stderr
 
 
 def test_tokenizer_larger_than_model(setup, tmp_path):

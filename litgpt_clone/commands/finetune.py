@@ -164,7 +164,7 @@ def run_finetune(
     from litgpt_clone.model import GPT
     from litgpt_clone.tokenizer import Tokenizer
     from litgpt_clone.training.checkpoint import write_checkpoint
-    from litgpt_clone.training.run import build_fabric, plain, train_and_save
+    from litgpt_clone.training.run import build_fabric, plain, rank_zero_first, train_and_save
 
     h = hparams
     train, eval, out_dir = h["train"], h["eval"], Path(h["out_dir"])
@@ -174,15 +174,15 @@ def run_finetune(
             "replicate them; use --devices 1, or LoRA without --quantize on several devices"
         )
     checkpoint_dir = resolve_checkpoint(h["checkpoint_dir"])
-    fabric = build_fabric(h["devices"], h["num_nodes"], h["strategy"], h["precision"], out_dir, h["logger_name"])
-    fabric.launch()
-    train.gradient_accumulation_steps(fabric.world_size)
+    # what is wrong on one process is wrong on all: said once, here, before the launch starts the other processes
+    train.gradient_accumulation_steps(h["devices"] * h["num_nodes"])
     tokenizer = Tokenizer(checkpoint_dir)
     config = Config.from_checkpoint(checkpoint_dir)
+    fabric = build_fabric(h["devices"], h["num_nodes"], h["strategy"], h["precision"], out_dir, h["logger_name"])
+    fabric.launch()
     seq_length = min(train.max_seq_length or config.block_size, config.block_size)
     data = h["data"] or Alpaca()
-    with fabric.rank_zero_first():
-        train_data, val_data = data.datasets(tokenizer, seq_length, h["seed"])
+    train_data, val_data = rank_zero_first(fabric, lambda: data.datasets(tokenizer, seq_length, h["seed"]))
     train_data.sort_groups(train.global_batch_size)  # each step's samples, shortest first: less padding per micro-batch
 
     fabric.seed_everything(h["seed"])

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 from litgpt_clone.config import Config, ConfigError
-from litgpt_clone.data.pretrain import DataModule, Text
+from litgpt_clone.data.pretrain import DataError, DataModule, Text
 from litgpt_clone.parallel import Compile, Strategy
 from litgpt_clone.tokenizer import Tokenizer
 from litgpt_clone.training.args import EvalArgs, TrainArgs
@@ -75,9 +75,16 @@ def pretrain(
         raise ConfigError("pretrain needs --tokenizer_dir (a folder with tokenizer.json or tokenizer.model)")
     if compile == "model" and strategy == "fsdp":
         raise ConfigError("--compile model (one graph for the whole model) is not set up with --strategy fsdp: use --compile true, which compiles each block")
+    # what is wrong on one process is wrong on all: said once, here, before the launch starts the other processes
+    train.gradient_accumulation_steps(devices * num_nodes)
+    tokenizer = Tokenizer(tokenizer_dir or initial_checkpoint_dir)
+    if tokenizer.vocab_size > config.vocab_size:
+        raise DataError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}: use a model "
+            "config with vocab_size >= the tokenizer's (e.g. --model_config with vocab_size set)"
+        )
     fabric = build_fabric(devices, num_nodes, strategy, precision, out_dir, logger_name)
     fabric.launch()
-    tokenizer = Tokenizer(tokenizer_dir or initial_checkpoint_dir)
     if train.tie_embeddings is not None:
         config = dataclasses.replace(config, tie_embeddings=train.tie_embeddings)
     return run_training(

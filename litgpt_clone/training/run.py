@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 import torch
 
@@ -51,6 +51,25 @@ def build_fabric(devices: int, num_nodes: int, strategy: str, precision: Optiona
     return L.Fabric(
         devices=devices, num_nodes=num_nodes, strategy=fabric_strategy(strategy, devices, num_nodes), precision=precision, loggers=logger
     )
+
+
+def rank_zero_first(fabric, build: Callable[[], Any]) -> Any:
+    """``build()`` on rank 0, then on the other ranks (rank 0 writes the caches they read). When it fails on rank 0 the
+    other ranks stop too, quietly: the user reads rank 0's one line, not a line per rank and each waiting rank's
+    traceback from the broken collective (Fabric's ``rank_zero_first`` leaves them at a barrier rank 0 never reaches)."""
+    if fabric.world_size == 1:
+        return build()
+    result, failed = None, None
+    if fabric.global_rank == 0:
+        try:
+            result = build()
+        except BaseException as error:
+            failed = error
+    if fabric.broadcast(failed is not None, src=0):
+        if failed is not None:
+            raise failed
+        raise SystemExit(2)
+    return result if fabric.global_rank == 0 else build()
 
 
 def build_optimizer(model: torch.nn.Module, optimizer: Union[str, dict], train: TrainArgs, fused: bool) -> torch.optim.Optimizer:
@@ -103,15 +122,8 @@ def run_training(
     hparams: dict,
 ) -> dict:
     out_dir = Path(out_dir)
-    train.gradient_accumulation_steps(fabric.world_size)  # fails early on batch sizes that do not divide
-    if tokenizer.vocab_size > config.vocab_size:
-        raise DataError(
-            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}: use a model "
-            "config with vocab_size >= the tokenizer's (e.g. --model_config with vocab_size set)"
-        )
     seq_length = min(train.max_seq_length or config.block_size, config.block_size)
-    with fabric.rank_zero_first():
-        train_stream, val_stream = data.streams(tokenizer)
+    train_stream, val_stream = rank_zero_first(fabric, lambda: data.streams(tokenizer))
     if train_stream.vocab_size > config.vocab_size:
         raise DataError(f"the data holds token ids up to {train_stream.vocab_size - 1}, beyond the model's vocab_size {config.vocab_size}")
     train_data = Windows(train_stream, seq_length, seed)
