@@ -193,11 +193,18 @@ def test_bad_and_hostile_requests_get_openai_errors_and_the_server_keeps_serving
         (C, chat(max_tokens=10**30), 400, "max_tokens"), (C, chat(max_tokens=2.5), 400, "max_tokens"),
         (C, chat(max_completion_tokens="8"), 400, "max_completion_tokens"),
         (C, chat(n=0), 400, "n"), (C, chat(n=10**6), 400, "n"), (C, chat(seed="x"), 400, "seed"), (C, chat(seed=10**30), 400, "seed"),
-        (C, chat(stop=5), 400, "stop"), (C, chat(stop=["a"] * 5), 400, "stop"), (C, chat(stream="yes"), 400, "stream"),
+        (C, chat(stop=5), 400, "stop"), (C, chat(stop=["a"] * 65), 400, "stop"), (C, chat(stream="yes"), 400, "stream"),
         (C, chat(stream_options=5), 400, "stream_options"), (C, chat(logprobs="yes"), 400, "logprobs"),
         (C, chat(logprobs=True, top_logprobs=100), 400, "top_logprobs"),
         (C, chat(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools"), (C, chat(tool_choice="required"), 400, "tool_choice"),
         (C, chat(response_format={"type": "json_object"}), 400, "response_format"), (T, text(logit_bias={"5": 100}), 400, "logit_bias"),
+        # what OpenAI or vLLM would do and this server does not: refused, not ignored
+        (T, text(suffix="END"), 400, "suffix"), (T, text(best_of=3), 400, "best_of"), (C, chat(presence_penalty=0.5), 400, "presence_penalty"),
+        (C, chat(frequency_penalty=-1), 400, "frequency_penalty"), (C, chat(repetition_penalty=1.2), 400, "repetition_penalty"),
+        (T, text(min_tokens=3), 400, "min_tokens"), (T, text(ignore_eos=True), 400, "ignore_eos"), (T, text(stop_token_ids=[1]), 400, "stop_token_ids"),
+        (C, chat(guided_json={"type": "object"}), 400, "guided_json"), (C, chat(top_logprobs=2), 400, "top_logprobs"),
+        (C, chat(top_k=-2), 400, "top_k"), (C, chat(top_k=2.5), 400, "top_k"), (T, text(min_p=1.5), 400, "min_p"),
+        (C, chat(chat_template_kwargs=5), 400, "chat_template_kwargs"), (C, chat(chat_template_kwargs={"add_generation_prompt": False}), 400, "chat_template_kwargs"),
         (T, {"model": NAME}, 400, "prompt"), (T, text(prompt=5), 400, "prompt"), (T, text(prompt=[]), 400, "prompt"),
         (T, text(prompt=[[-1]]), 400, "prompt"), (T, text(prompt=[[10**9]]), 400, "prompt"), (T, text(prompt=[[1.5]]), 400, "prompt"),
         (T, text(prompt=["Hi"] * 1000), 400, "prompt"), (T, text(prompt=""), 400, "prompt"),
@@ -219,8 +226,27 @@ def test_bad_and_hostile_requests_get_openai_errors_and_the_server_keeps_serving
     assert requests.get(url + "/health").status_code == 200
     assert client(url).completions.create(model=NAME, prompt="Hi", max_tokens=2, temperature=0).usage.completion_tokens == 2
     # the values that ask for nothing are what some clients always send: they pass
-    nothing = dict(tools=[], tool_choice="none", response_format={"type": "text"}, logit_bias={})
+    nothing = dict(tools=[], tool_choice="none", response_format={"type": "text"}, logit_bias={}, presence_penalty=0, frequency_penalty=0.0,
+                   best_of=1, top_k=-1, min_p=0, stop_token_ids=[], chat_template_kwargs={"enable_thinking": False}, user="me")
     assert post(url, C, chat(max_tokens=2, **nothing)).json()["usage"]["completion_tokens"] == 2
+    assert post(url, T, text(max_tokens=2, suffix="", best_of=2, n=2)).json()["usage"]["completion_tokens"] == 4
+    # an assistant turn without content (null in OpenAI's schema after tool calls) is an empty turn
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None}, {"role": "user", "content": "More"}]
+    empty = [{**m, "content": m["content"] or ""} for m in turns]
+    out = post(url, C, chat(messages=turns, max_tokens=3, temperature=0)).json()
+    assert out["usage"]["prompt_tokens"] == len(llm.encode_chat(empty)) and out["choices"][0]["message"]["content"] == llm.chat(empty, max_new_tokens=3)
+
+
+def test_top_k_and_min_p_sample_as_generate_does(server):
+    """vLLM's top_k and min_p (they were ignored: top_k 1 at temperature 1 gave random text, not the greedy text)."""
+    url, llm, _ = server
+    greedy = client(url).completions.create(model=NAME, prompt=PROMPTS[0], max_tokens=12, temperature=0).choices[0].text
+    for extra in ({"top_k": 1}, {"min_p": 1.0}):  # both keep only the most likely token
+        texts = {client(url).completions.create(model=NAME, prompt=PROMPTS[0], max_tokens=12, temperature=1.5, seed=s, extra_body=extra).choices[0].text
+                 for s in range(3)}
+        assert texts == {greedy}, extra
+    sampled = {client(url).completions.create(model=NAME, prompt=PROMPTS[0], max_tokens=12, temperature=1.5, seed=s).choices[0].text for s in range(3)}
+    assert len(sampled) > 1  # (without them the same seeds give other texts)
 
 
 def test_api_key_is_required(server):
@@ -229,6 +255,9 @@ def test_api_key_is_required(server):
         r = post(url, "/v1/completions", {"model": NAME, "prompt": "Hi", "max_tokens": 2}, key=key)
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert requests.get(url + "/v1/models").status_code == 401
+    for path in ("/info", "/docs", "/openapi.json"):  # LitServe's pages (the device, the settings) need the key too
+        assert requests.get(url + path).status_code == 401, path
+        assert requests.get(url + path, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200, path
     with pytest.raises(openai.AuthenticationError):
         client(url, key="wrong").models.list()
     assert requests.get(url + "/health").status_code == 200  # health needs no key
@@ -301,22 +330,28 @@ def test_the_log_says_what_the_engine_did(server):
     assert completion - 3 <= sum(int(m.group(3)) for m in lines) <= completion
 
 
-def test_sigterm_to_the_main_process_stops_every_process_of_the_server(models_root, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("ctrl_c", [False, True])
+def test_sigterm_or_ctrl_c_stops_every_process_of_the_server(models_root, tmp_path, ctrl_c):  # noqa: F811
     """``kill <pid>`` (SIGTERM, as service managers stop a service) shuts the server down as Ctrl-C does: the HTTP
     process, the managers and the model's worker all exit and the port is free again (LitServe alone left them running
-    and answering)."""
+    and answering). Ctrl-C (SIGINT to the terminal's whole process group) does so without a traceback (the worker
+    printed one of 25 lines)."""
     _, native = checkpoint(models_root, "llama")
     with running_server(native, tmp_path / "serve.log", "--stats_interval", "0") as (url, log):
         group = os.getpgid(int(re.search(r"MainProcess\[(\d+)\]", read_log(log)).group(1)))
         members = [pid for pid in os.listdir("/proc") if pid.isdigit() and pgid_of(pid) == group]
         assert len(members) >= 4  # main, uvicorn, two managers, the inference worker
-        os.kill(group, signal.SIGTERM)  # the main process only (it leads the group)
+        if ctrl_c:
+            os.killpg(group, signal.SIGINT)
+        else:
+            os.kill(group, signal.SIGTERM)  # the main process only (it leads the group)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and any(pgid_of(pid) == group for pid in members):
             time.sleep(0.25)
         assert not [pid for pid in members if pgid_of(pid) == group], read_log(log)[-3000:]
         with pytest.raises(requests.ConnectionError):
             requests.get(url + "/health", timeout=2)
+        assert "Traceback" not in read_log(log), read_log(log)[-3000:]
 
 
 def pgid_of(pid: str) -> int | None:

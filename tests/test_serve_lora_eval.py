@@ -93,8 +93,23 @@ def test_adapters_match_their_merged_checkpoints(setup):
 
     with ThreadPoolExecutor(len(pairs)) as pool:
         assert list(pool.map(ask, pairs)) == [expected[pair] for pair in pairs]
-    chat = client(url).chat.completions.create(model="sql", messages=[{"role": "user", "content": "Hi"}], max_tokens=6, temperature=0, stream=True)
+    chat = list(client(url).chat.completions.create(model="sql", messages=[{"role": "user", "content": "Hi"}], max_tokens=6, temperature=0, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chat) == references["sql"].chat([{"role": "user", "content": "Hi"}], max_new_tokens=6)
+    # each response names the model the request asked for (it named the base model for every adapter)
+    assert {c.model for c in chat} == {"sql"}
+    assert client(url).completions.create(model="chat", prompt="Hi", max_tokens=2).model == "chat"
+    assert client(url).completions.create(model=NAME, prompt="Hi", max_tokens=2).model == NAME
+
+
+def test_chat_without_a_template_takes_one_user_message(setup):
+    """This checkpoint has no chat template: its chat prompt is the user message's text alone, so a system message or
+    earlier turns would be dropped (they were, silently); they are refused, pointing to /v1/completions."""
+    url, base, _ = setup
+    for messages in ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+                     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "More"}]):
+        with pytest.raises(openai.BadRequestError, match="has no chat template") as error:
+            client(url).chat.completions.create(model=NAME, messages=messages, max_tokens=2)
+        assert error.value.body["param"] == "messages"
 
 
 def test_logprobs_and_echo_equal_the_models_log_softmax(setup):
@@ -112,6 +127,13 @@ def test_logprobs_and_echo_equal_the_models_log_softmax(setup):
         assert max(top.values()) == pytest.approx(float(logprobs[position].max()), abs=1e-4) and own in top.values()
         assert len(top) <= 4  # the top 3 (fewer if two decode to the same text) and the prompt's own token
     assert "".join(lp.tokens) == out.text and lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(len(ids))]
+    # a prompt as long as the whole context can still be scored (lm-eval's rolling windows are), not continued
+    context = min(Config.from_checkpoint(base).block_size, 4096)
+    whole = (ids * (context // len(ids) + 1))[:context]
+    scored = client(url).completions.create(model=NAME, prompt=[whole], max_tokens=0, echo=True, logprobs=1).choices[0]
+    assert len(scored.logprobs.token_logprobs) == context and scored.finish_reason == "length"
+    with pytest.raises(openai.BadRequestError, match=f"the prompt has {context} tokens but the model's context is {context} tokens"):
+        client(url).completions.create(model=NAME, prompt=[whole], max_tokens=1)
     # generated tokens: greedy, so each one is its position's best, and the text follows the echoed prompt
     gen = client(url).completions.create(model=NAME, prompt=[ids], max_tokens=5, echo=True, logprobs=1, temperature=0).choices[0]
     assert gen.text == PROMPTS[1] + llm.generate(PROMPTS[1], max_new_tokens=5)

@@ -35,13 +35,13 @@ def build_server(
     import litserve as ls
 
     from litgpt_clone.serve.api import GenerationAPI
-    from litgpt_clone.serve.openai import OpenAIServeSpec
+    from litgpt_clone.serve.openai import OpenAIServeSpec, RequireKey
 
     from litgpt_clone.config import Config
 
     context = min(max_seq_length or 10**9, Config.from_checkpoint(checkpoint_dir).block_size)
     manager = multiprocessing.Manager()  # holds the uids of abandoned generations for all processes
-    spec = OpenAIServeSpec(str(checkpoint_dir), model_name, context, max_new_tokens, api_key, [name for name, _ in adapters], manager.dict())
+    spec = OpenAIServeSpec(str(checkpoint_dir), model_name, context, max_new_tokens, [name for name, _ in adapters], manager.dict())
     api = GenerationAPI(
         str(checkpoint_dir), precision=precision, quantize=quantize, adapters=tuple((n, str(p)) for n, p in adapters),
         max_rows=max_batch_size, context=context, spec=spec, cuda_graphs=cuda_graphs, stats_interval=stats_interval,
@@ -49,6 +49,9 @@ def build_server(
     # LitServe's own transport (a Manager queue). Its fast_queue=True is a no-op in 0.2.19 (Lightning-AI/LitServe#751);
     # made to work here, its ZeroMQ transport (pyzmq's asyncio consumer under uvicorn's uvloop) stopped delivering
     # events to the test server's HTTP process in one full test run of 2026-11-27 (every request timed out): off.
-    server = ls.LitServer(api, accelerator=accelerator, devices=devices, workers_per_device=workers_per_device, timeout=timeout)
+    server = ls.LitServer(
+        api, accelerator=accelerator, devices=devices, workers_per_device=workers_per_device, timeout=timeout,
+        middlewares=[(RequireKey, {"api_key": api_key})] if api_key else None,
+    )
     server.cancel_manager = manager  # kept alive as long as the server
     return server

@@ -71,6 +71,12 @@ class EngineLoop(LitLoop):
         self.stats_interval = stats_interval
 
     def run(self, lit_api: GenerationAPI, device, worker_id, request_queue, transport, workers_setup_status, callback_runner) -> None:
+        try:
+            self.serve(lit_api, request_queue, transport)
+        except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the server shuts the worker down, quietly
+            pass
+
+    def serve(self, lit_api: GenerationAPI, request_queue, transport) -> None:
         engine, cancelled = lit_api.engine, lit_api.spec.cancelled
         consumers: dict[str, int] = {}  # uid -> the HTTP process waiting for its events
         last_check = 0.0

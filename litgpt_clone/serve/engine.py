@@ -93,6 +93,11 @@ def kv_caches(model: GPT, caches: list[KVCache]) -> Iterator[None]:
             block.attn.kv_cache = cache
 
 
+def sampling(job: dict) -> dict:
+    """The arguments of ``sample`` a job sets."""
+    return dict(temperature=job["temperature"], top_k=job.get("top_k"), top_p=job["top_p"], min_p=job.get("min_p", 0.0))
+
+
 def power_of_two(n: int, most: int) -> int:
     return min(1 << max(n - 1, 0).bit_length(), most)
 
@@ -207,7 +212,7 @@ class Engine:
     # ------------------------------------------------------------------ requests
     def submit(self, uid: str, job: dict) -> None:
         """Queue a generation. ``job``: ``ids`` (prompt token ids), ``max_new_tokens`` (0: score the prompt only),
-        ``temperature``, ``top_p``, ``seed``, ``stop`` (strings), ``logprobs`` (None, or how many alternatives to
+        ``temperature``, ``top_p`` (and optionally ``top_k``, ``min_p``), ``seed``, ``stop`` (strings), ``logprobs`` (None, or how many alternatives to
         report with each new token's log-probability), ``prompt_logprobs`` (also score the prompt's tokens: echo) and
         ``adapter`` (0: the base model)."""
         n, new = len(job["ids"]), job["max_new_tokens"]
@@ -483,15 +488,14 @@ class Engine:
         and nothing reads ``logits`` later (a graph's next replay may overwrite them)."""
         groups: dict[tuple, list[int]] = {}
         for i, row in enumerate(rows):
-            groups.setdefault((row.job["temperature"], row.job["top_p"], id(row.generator) if row.generator else 0), []).append(i)
+            groups.setdefault((*sampling(row.job).values(), id(row.generator) if row.generator else 0), []).append(i)
         if len(groups) == 1:
-            temperature, top_p = rows[0].job["temperature"], rows[0].job["top_p"]
-            tokens = sample(logits, temperature, top_p=top_p, generator=rows[0].generator)  # (n,)
+            tokens = sample(logits, **sampling(rows[0].job), generator=rows[0].generator)  # (n,)
         else:
             tokens = torch.empty(len(rows), dtype=torch.long, device=logits.device)
             for members in groups.values():
                 row, index = rows[members[0]], self.on_device(members)
-                tokens[index] = sample(logits[index], row.job["temperature"], top_p=row.job["top_p"], generator=row.generator)
+                tokens[index] = sample(logits[index], **sampling(row.job), generator=row.generator)
         self.tokens[self.on_device([row.index for row in rows])] = tokens
         for row in rows:
             row.sampled += 1

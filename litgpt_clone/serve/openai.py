@@ -37,6 +37,7 @@ from litgpt_clone.serve.api import EVENTS
 MAX_BODY_BYTES = 8 * 2**20
 MAX_CHOICES = 128  # prompts x n in one request
 MAX_LOGPROBS = 20
+MAX_STOPS = 64  # OpenAI takes 4; lm-eval sends a task's `until` strings and the EOS text as `stop` (vLLM: no limit)
 MAX_STOP_CHARS = 1000
 DISCONNECT_POLL_S = 0.25
 
@@ -87,15 +88,24 @@ def stop_strings(body: dict) -> list[str]:
         return []
     if isinstance(stop, str):
         stop = [stop]
-    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and len(s) <= MAX_STOP_CHARS for s in stop):
-        raise invalid("stop", f"must be a string or a list of at most 4 strings of at most {MAX_STOP_CHARS} characters")
+    if not isinstance(stop, list) or len(stop) > MAX_STOPS or not all(isinstance(s, str) and len(s) <= MAX_STOP_CHARS for s in stop):
+        raise invalid("stop", f"must be a string or a list of at most {MAX_STOPS} strings of at most {MAX_STOP_CHARS} characters")
     return stop
+
+
+NEUTRAL = {  # fields of OpenAI's API and vLLM's extras this server does not implement, with the values that ask for nothing
+    "suffix": ("", None), "presence_penalty": (0, None), "frequency_penalty": (0, None), "repetition_penalty": (1, None),
+    "min_tokens": (0, None), "ignore_eos": (False, None), "stop_token_ids": ([], None), "bad_words": ([], None),
+    "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,), "guided_grammar": (None,),
+    "structured_outputs": (None,), "prompt_logprobs": (None, 0), "use_beam_search": (False, None),
+}
 
 
 def refuse_unsupported(body: dict) -> None:
     """400 for a request that asks for what this server does not do (tools, a JSON or schema response format, token
-    biases), rather than a plain-text reply the client would take for an answer; the values that ask for nothing
-    (``tools: []``, ``tool_choice: "none"``, ``response_format: {"type": "text"}``, ``logit_bias: {}``) pass."""
+    biases, penalties, a suffix, guided decoding, ...), rather than a reply the client would take for what it asked;
+    the values that ask for nothing (``tools: []``, ``tool_choice: "none"``, ``response_format: {"type": "text"}``,
+    ``logit_bias: {}``, ``presence_penalty: 0``, ``best_of`` equal to ``n``) pass."""
     for name in ("tools", "functions"):
         if body.get(name):
             raise invalid(name, "are not supported by this server (no tool or function calling): leave them out")
@@ -105,6 +115,15 @@ def refuse_unsupported(body: dict) -> None:
         raise invalid("response_format", "is not supported by this server (no JSON mode or schemas): leave it out, or use {\"type\": \"text\"}")
     if body.get("logit_bias"):
         raise invalid("logit_bias", "is not supported by this server: leave it out")
+    for name, neutral in NEUTRAL.items():
+        if name in body and body[name] not in neutral:
+            raise invalid(name, f"is {body[name]!r:.40}: not supported by this server; leave it out")
+    if body.get("best_of") not in (None, 1, body.get("n", 1)):
+        raise invalid("best_of", "is not supported by this server (it returns every choice it generates): leave it out, or use n")
+
+
+RESERVED_VARIABLES = ("messages", "add_generation_prompt", "bos_token", "eos_token", "style", "tokenizer", "template")
+"""Template variables the server sets itself, which ``chat_template_kwargs`` cannot."""
 
 
 def message_text(content) -> str:
@@ -160,6 +179,23 @@ class Choice:
     offsets: list = field(default_factory=list)
 
 
+class RequireKey:
+    """ASGI middleware: with an API key set, every request but ``/health`` must carry ``Authorization: Bearer <key>``
+    (the /v1 routes, and LitServe's /info, /docs and /openapi.json, which tell the device and settings)."""
+
+    def __init__(self, app, api_key: str) -> None:
+        self.app, self.expected = app, f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health":
+            given = next((value for key, value in scope["headers"] if key == b"authorization"), b"")
+            if not hmac.compare_digest(given, self.expected):
+                error = RequestError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'", code="invalid_api_key", type="authentication_error")
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class OpenAIServeSpec(LitSpec):
     """OpenAI-compatible endpoints for one model (and its LoRA adapters), answered by ``GenerationAPI`` workers.
 
@@ -168,13 +204,13 @@ class OpenAIServeSpec(LitSpec):
     """
 
     def __init__(
-        self, checkpoint_dir: str, model_name: str, context: int, max_new_tokens: int, api_key: Optional[str] = None,
-        adapter_names: Sequence[str] = (), cancelled=None,
+        self, checkpoint_dir: str, model_name: str, context: int, max_new_tokens: int, adapter_names: Sequence[str] = (),
+        cancelled=None,
     ) -> None:
         super().__init__()
         self.api_path = "/v1/completions"  # LitServe's queue for this API; the routes are the endpoints below
         self.checkpoint_dir, self.model_name, self.context = checkpoint_dir, model_name, context
-        self.max_new_tokens, self.api_key = max_new_tokens, api_key
+        self.max_new_tokens = max_new_tokens
         self.model_ids = {model_name: 0, **{name: i for i, name in enumerate(adapter_names, start=1)}}
         self.cancelled = cancelled if cancelled is not None else {}
         self.created = int(time.time())
@@ -211,15 +247,7 @@ class OpenAIServeSpec(LitSpec):
         yield from output
 
     # ------------------------------------------------------------------ requests in
-    def authorize(self, request: Request) -> None:
-        if self.api_key is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
-            raise RequestError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'", code="invalid_api_key", type="authentication_error")
-
     async def read_body(self, request: Request) -> dict:
-        self.authorize(request)
         declared = request.headers.get("content-length", "")
         too_big = RequestError(413, f"the request body is larger than {MAX_BODY_BYTES // 2**20} MB", code="request_too_large")
         if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
@@ -261,13 +289,13 @@ class OpenAIServeSpec(LitSpec):
         param = "messages" if "messages" in body else "prompt"
         if n == 0:
             raise RequestError(400, "the prompt is empty: give some text", param=param, code="invalid_value")
-        if n >= self.context:
+        name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        asked = number(body, name, None, 0 if echo else 1, 10**9, integer=True)
+        if n > self.context or (n == self.context and asked != 0):  # (a prompt the size of the context can be scored)
             raise RequestError(
                 400, f"the prompt has {n} tokens but the model's context is {self.context} tokens: shorten the prompt",
                 param=param, code="context_length_exceeded",
             )
-        name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-        asked = number(body, name, None, 0 if echo else 1, 10**9, integer=True)
         if asked is not None and n + asked > self.context:
             raise RequestError(
                 400, f"the prompt has {n} tokens and {name} is {asked}: together more than the model's context of {self.context}"
@@ -284,8 +312,10 @@ class OpenAIServeSpec(LitSpec):
         seed = body.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64):
             raise invalid("seed", f"is {seed!r:.40}: use an integer")
+        top_k = number(body, "top_k", -1, -1, 2**31, integer=True)  # vLLM's extra: -1 (or 0) keeps every token
         settings = dict(
             temperature=float(number(body, "temperature", 1.0, 0, 2)), top_p=float(number(body, "top_p", 1.0, 0, 1, low_open=True)),
+            top_k=top_k if top_k > 0 else None, min_p=float(number(body, "min_p", 0.0, 0, 1)),
             stop=stop_strings(body), logprobs=logprobs, prompt_logprobs=echo and logprobs is not None, adapter=self.adapter(body),
         )
         jobs = []
@@ -365,8 +395,11 @@ class OpenAIServeSpec(LitSpec):
         return top
 
     # ------------------------------------------------------------------ responses out
-    def envelope(self, kind: str) -> dict:
-        return {"id": f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex[:24]}", "object": kind, "created": int(time.time()), "model": self.model_name}
+    def envelope(self, kind: str, body: dict) -> dict:
+        """The fields every response (and chunk) starts with; ``model`` is the one the request named (an adapter's
+        name when it asked for one)."""
+        model = body.get("model") if body.get("model") in self.model_ids else self.model_name
+        return {"id": f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex[:24]}", "object": kind, "created": int(time.time()), "model": model}
 
     @staticmethod
     def sse(chunks: AsyncIterator[dict]) -> StreamingResponse:
@@ -395,19 +428,29 @@ class OpenAIServeSpec(LitSpec):
                 raise invalid("messages", "must be objects with a role and a content")
             from litgpt_clone.chat_template import ChatTemplateError, render_for_tokenizer
 
-            plain = [{"role": m["role"], "content": message_text(m["content"])} for m in messages]
+            # an assistant turn may have no content (OpenAI's schema: null when it made tool calls)
+            plain = [{"role": m["role"], "content": "" if m["content"] is None and m["role"] == "assistant" else message_text(m["content"])} for m in messages]
+            if self.tokenizer.chat_template is None and (len(plain) > 1 or plain[0]["role"] != "user"):
+                raise invalid("messages", f"must be one user message: {self.model_name} has no chat template, so its prompt is"
+                              " that message's text alone (send a whole conversation as text to /v1/completions)")
+            variables = body.get("chat_template_kwargs") or {}  # vLLM's extra, e.g. {"enable_thinking": false}
+            if not isinstance(variables, dict) or not all(isinstance(k, str) and k not in RESERVED_VARIABLES for k in variables):
+                raise invalid("chat_template_kwargs", "must be an object of template variables, e.g. {\"enable_thinking\": false}"
+                              f" (not {', '.join(RESERVED_VARIABLES)})")
             try:
-                prompt = render_for_tokenizer(self.tokenizer, plain)
+                prompt = render_for_tokenizer(self.tokenizer, plain, **variables)
             except ChatTemplateError as err:
                 raise invalid("messages", f"were refused by the chat template: {err}") from None
             logprobs = flag(body, "logprobs")
             top = number(body, "top_logprobs", 0, 0, MAX_LOGPROBS, integer=True)
+            if body.get("top_logprobs") is not None and not logprobs:
+                raise invalid("top_logprobs", "needs \"logprobs\": true")
             ids = await self.encode(prompt, bos=False)
             jobs = self.jobs(body, [ids], logprobs=top if logprobs else None)
         except RequestError as err:
             return err.response()
         stream = body.get("stream")
-        head = self.envelope("chat.completion.chunk" if stream else "chat.completion")
+        head = self.envelope("chat.completion.chunk" if stream else "chat.completion", body)
         if stream:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
@@ -504,7 +547,7 @@ class OpenAIServeSpec(LitSpec):
         prompt_of = [i // n for i in range(len(jobs))]
         echoed = [texts[p] if texts[p] is not None else self.tokenizer.decode(ids[p]) for p in prompt_of] if echo else None
         prompt_tokens = sum(len(i) for i in ids)
-        head = self.envelope("text_completion")
+        head = self.envelope("text_completion", body)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
@@ -562,10 +605,6 @@ class OpenAIServeSpec(LitSpec):
 
     # ------------------------------------------------------------------ /v1/models
     async def models(self, request: Request):
-        try:
-            self.authorize(request)
-        except RequestError as err:
-            return err.response()
         data = [{"id": name, "object": "model", "created": self.created, "owned_by": "litgpt-clone"} for name in self.model_ids]
         for entry in data[1:]:
             entry["parent"] = self.model_name  # a LoRA adapter over the base model
