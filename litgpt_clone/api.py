@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
@@ -29,7 +30,8 @@ PRECISIONS = {"32-true": torch.float32, "bf16-true": torch.bfloat16, "16-true": 
 """The ``precision`` names (Lightning's) and the dtype the weights are loaded in."""
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: Union[str, torch.device]) -> torch.device:
+    device = str(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
@@ -104,6 +106,8 @@ class LLM:
         self.compile, self.draft_model = compile, draft_model
         self.device = model.transformer.wte.weight.device
         self.last_stats: dict = {}
+        self.busy = threading.Lock()  # the model has one KV cache: one generation at a time
+        self.generating_in: Optional[int] = None  # the thread whose generation holds it
 
     @classmethod
     def load(
@@ -131,20 +135,22 @@ class LLM:
     # ------------------------------------------------------------------ prompts
     def encode(self, prompt: str) -> torch.Tensor:
         """The prompt's token ids (BOS as the checkpoint adds it); an empty prompt is an error."""
+        if not isinstance(prompt, str):
+            raise GenerationError(f"a prompt is a string, not {type(prompt).__name__}: generate() takes a string or a list of strings")
         if not prompt:
             raise GenerationError("the prompt is empty: give some text to continue")
         return self.tokenizer.encode(prompt)
 
-    def encode_chat(self, messages: Sequence[dict], style: Optional[str] = None) -> torch.Tensor:
+    def encode_chat(self, messages: Sequence[dict], style: Optional[str] = None, template_kwargs: Optional[dict] = None) -> torch.Tensor:
         """``messages`` through the checkpoint's chat template (or a fallback ``style``), ending with the header of
-        the assistant's reply, as token ids."""
+        the assistant's reply, as token ids; ``template_kwargs``: more template variables (``{"enable_thinking": False}``)."""
         from litgpt_clone.chat_template import render_for_tokenizer
 
         if isinstance(messages, (str, bytes)) or not all(isinstance(m, dict) for m in messages):
             raise GenerationError('messages must be a list of {"role": ..., "content": ...} dicts: for a plain prompt use generate()')
         if not messages or not any(m.get("content") for m in messages):
             raise GenerationError("the conversation is empty: give a message with some text")
-        return self.tokenizer.encode(render_for_tokenizer(self.tokenizer, list(messages), style=style), bos=False)
+        return self.tokenizer.encode(render_for_tokenizer(self.tokenizer, list(messages), style=style, **(template_kwargs or {})), bos=False)
 
     # ------------------------------------------------------------------ generation
     def stream_ids(
@@ -153,7 +159,23 @@ class LLM:
         speculative_k: int = 4,
     ) -> Iterator[list[str]]:
         """The core of every method: token-id prompts in, each row's new text piece per step out (stop ids and
-        stop strings end a row; the last item holds what was held back). Sets ``last_stats``."""
+        stop strings end a row; the last item holds what was held back). Sets ``last_stats``.
+
+        One generation runs at a time (the model has one KV cache): another thread's call waits for it; in the same
+        thread, a second one while a stream is unfinished is an error (it would read the other's cache)."""
+        if self.generating_in == threading.get_ident():
+            raise GenerationError(
+                "this LLM is already generating in this thread (an unfinished stream): finish or close() it first, "
+                "generate a batch with generate([...]), or load a second LLM"
+            )
+        with self.busy:
+            self.generating_in = threading.get_ident()
+            try:
+                yield from self._stream_ids(prompts, max_new_tokens, temperature, top_k, top_p, min_p, stop, seed, speculative_k)
+            finally:
+                self.generating_in = None
+
+    def _stream_ids(self, prompts, max_new_tokens, temperature, top_k, top_p, min_p, stop, seed, speculative_k) -> Iterator[list[str]]:
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         texts = [TextStream(self.tokenizer, stops) for _ in prompts]
         if self.device.type == "cuda":
@@ -196,17 +218,22 @@ class LLM:
         string or a list: the text ends just before the first one), ``seed`` (same seed, same text).
         The prompt is used as it is; ``chat`` applies the chat template.
         """
+        if not isinstance(prompt, (str, list, tuple)):
+            raise GenerationError(f"prompt is {type(prompt).__name__}: give a string, or a list of strings for a batch")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         outputs = ["" for _ in prompts]
         for pieces in self.stream_ids([self.encode(p) for p in prompts], max_new_tokens, **kwargs):
             outputs = [o + p for o, p in zip(outputs, pieces)]
         return outputs[0] if isinstance(prompt, str) else outputs
 
-    def chat(self, messages: Sequence[dict], stream: bool = False, style: Optional[str] = None, **kwargs) -> Union[str, Iterator[str]]:
+    def chat(
+        self, messages: Sequence[dict], stream: bool = False, style: Optional[str] = None, template_kwargs: Optional[dict] = None, **kwargs,
+    ) -> Union[str, Iterator[str]]:
         """The assistant's reply to ``messages`` (``[{"role": "user", "content": "Hi"}, ...]``), rendered with the
-        checkpoint's chat template (or ``style``, a fallback such as "chatml" or "alpaca"). ``stream=True`` gives an
-        iterator of pieces instead of the whole reply. Keyword arguments as in ``generate``."""
-        pieces = (p[0] for p in self.stream_ids([self.encode_chat(messages, style)], **kwargs))
+        checkpoint's chat template (or ``style``, a fallback such as "chatml" or "alpaca"; ``template_kwargs``: more
+        template variables, e.g. ``{"enable_thinking": False}`` for Qwen 3). ``stream=True`` gives an iterator of
+        pieces instead of the whole reply. Keyword arguments as in ``generate``."""
+        pieces = (p[0] for p in self.stream_ids([self.encode_chat(messages, style, template_kwargs)], **kwargs))
         if stream:
             return (p for p in pieces if p)
         return "".join(pieces)

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
@@ -146,6 +147,8 @@ def check_request(model: GPT, lengths: Sequence[int], max_new_tokens: int, tempe
     """One-line errors for prompts, lengths and sampling settings that cannot work."""
     check_sampling(temperature, top_k, top_p, min_p)
     context = model.max_seq_length
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+        raise GenerationError(f"max_new_tokens is {max_new_tokens!r}: use a whole number of tokens")
     if max_new_tokens < 1:
         raise GenerationError(f"max_new_tokens is {max_new_tokens}: ask for at least 1 new token")
     for n in lengths:
@@ -162,8 +165,13 @@ def check_request(model: GPT, lengths: Sequence[int], max_new_tokens: int, tempe
 
 
 def check_sampling(temperature: float, top_k: Optional[int], top_p: float, min_p: float) -> None:
+    for name, value in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise GenerationError(f"{name} is {value!r}: use a finite number")
     if temperature < 0:
         raise GenerationError(f"temperature is {temperature}: use 0 (greedy) or more")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
+        raise GenerationError(f"top_k is {top_k!r}: use a whole number of tokens (or leave it unset)")
     if top_k is not None and top_k < 1:
         raise GenerationError(f"top_k is {top_k}: use 1 or more (or leave it unset)")
     if not 0 < top_p <= 1:

@@ -404,9 +404,14 @@ class GPT(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, checkpoint_dir: str | Path, device: torch.device | str = "cpu", dtype: Optional[torch.dtype] = None) -> "GPT":
-        """Build from a native checkpoint folder (or an HF repo id, downloaded and converted on first use)."""
+        """Build from a native checkpoint folder (or an HF repo id, downloaded and converted on first use); ``dtype``
+        may be named: "float32", "bfloat16", "float16"."""
         from litgpt_clone.checkpoints.io import load_weights, resolve_checkpoint
 
+        if isinstance(dtype, str):
+            if dtype not in ("float32", "bfloat16", "float16"):
+                raise ValueError(f"dtype {dtype!r}: use float32, bfloat16 or float16 (or a torch.dtype)")
+            dtype = getattr(torch, dtype)
         checkpoint_dir = resolve_checkpoint(checkpoint_dir)
         with torch.device("meta"):
             model = cls(Config.from_checkpoint(checkpoint_dir))

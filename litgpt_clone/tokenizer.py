@@ -228,9 +228,8 @@ class Tokenizer:
     def decode(self, ids: Union[torch.Tensor, list[int]], skip_special_tokens: bool = True) -> str:
         """The text of ``ids``; special tokens (BOS, EOS, ...) are left out unless ``skip_special_tokens=False``,
         which writes them as their strings, as transformers does."""
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
-        if isinstance(ids, int):  # a 0-d tensor
-            ids = [ids]
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else ids
+        ids = [ids] if isinstance(ids, int) else list(ids)  # one id (or a 0-d tensor's)
         if self.backend == "huggingface":
             return self._hf.decode(ids, skip_special_tokens=skip_special_tokens)
 

@@ -109,6 +109,56 @@ def test_bad_input(models_root):
         LLM.load("../no-such-model")
     with pytest.raises(GenerationError, match=f"context of {llm.model.max_seq_length} tokens"):
         llm.generate(PROMPTS[0], max_new_tokens=llm.model.max_seq_length)
+    # wrong types are one line naming the argument (they were torch or Python tracebacks)
+    for kwargs, message in ((dict(temperature=float("nan")), "temperature is nan: use a finite number"),
+                            (dict(top_k=5.0), "top_k is 5.0: use a whole number"), (dict(max_new_tokens=5.0), "max_new_tokens is 5.0: use a whole number")):
+        with pytest.raises(GenerationError, match=re.escape(message)):
+            llm.generate(PROMPTS[0], **{"max_new_tokens": 4, **kwargs})
+    for prompt in (None, 5):
+        with pytest.raises(GenerationError, match="give a string, or a list of strings"):
+            llm.generate(prompt)
+    with pytest.raises(GenerationError, match="a prompt is a string, not NoneType"):
+        llm.generate(["Hi", None])
+    assert LLM.load(native, device=torch.device("cpu")).generate(PROMPTS[0], max_new_tokens=4) == llm.generate(PROMPTS[0], max_new_tokens=4)
+    from litgpt_clone import GPT
+
+    assert GPT.from_checkpoint(native, dtype="bfloat16").transformer.wte.weight.dtype == torch.bfloat16
+
+
+def test_one_generation_at_a_time(models_root):
+    """The model has one KV cache: two streams of one LLM interleaved in one thread both gave wrong text, and
+    threads sharing an LLM got each other's tokens (19 wrong texts of 20), silently. Now the second stream in the
+    same thread is an error, and threads take turns."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    llm = LLM.load(checkpoint(models_root, "llama")[1], device="cpu")
+    expected = [llm.generate(p, max_new_tokens=12) for p in PROMPTS]
+    first = llm.stream(PROMPTS[0], max_new_tokens=12)
+    text = next(first)
+    with pytest.raises(GenerationError, match="already generating in this thread"):
+        llm.generate(PROMPTS[1], max_new_tokens=12)
+    assert text + "".join(first) == expected[0]  # the first stream was not disturbed, and ends normally
+    assert llm.generate(PROMPTS[1], max_new_tokens=12) == expected[1]  # the LLM is free again
+    abandoned = llm.stream(PROMPTS[2], max_new_tokens=12)
+    next(abandoned)
+    abandoned.close()  # closing a stream frees the LLM too
+    with ThreadPoolExecutor(4) as pool:
+        jobs = [pool.submit(llm.generate, PROMPTS[i % 3], max_new_tokens=12) for i in range(12)]
+        assert [j.result() for j in jobs] == [expected[i % 3] for i in range(12)]
+
+
+def test_chat_passes_template_variables(models_root, tmp_path):
+    import json
+    import shutil
+
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if enable_thinking is defined and not enable_thinking %}<no-think>{% endif %}"
+    native = shutil.copytree(checkpoint(models_root, "llama")[1], tmp_path / "native")  # (a copy: other tests share the folder)
+    config = json.loads((native / "tokenizer_config.json").read_text())
+    (native / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    llm = LLM.load(native, device="cpu")
+    messages = [{"role": "user", "content": "Hi"}]
+    assert llm.tokenizer.decode(llm.encode_chat(messages, template_kwargs={"enable_thinking": False})) == "Hi<no-think>"
+    assert llm.chat(messages, template_kwargs={"enable_thinking": False}, max_new_tokens=5) == llm.generate("Hi<no-think>", max_new_tokens=5)
 
 
 def test_import_stays_cheap():

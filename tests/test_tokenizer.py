@@ -289,6 +289,7 @@ def test_decode_round_trip(dirs, auto, name):
     }[name]
     assert tokenizer.decode([]) == ""
     assert tokenizer.decode(torch.tensor(tokenizer.eos_id)) == ""  # a 0-d tensor
+    assert tokenizer.decode(tokenizer.eos_id, skip_special_tokens=False) == tokenizer.decode([tokenizer.eos_id], skip_special_tokens=False) != ""  # one id
 
 
 def test_sentencepiece_leading_space(dirs, auto):
