@@ -89,7 +89,8 @@ class Tokenizer:
 
     Attributes: ``backend`` ("huggingface" or "sentencepiece"), ``vocab_size`` (added tokens included),
     ``bos_id``/``eos_id`` (None when the checkpoint has none), ``add_bos`` (whether ``encode`` adds BOS by default),
-    ``stop_ids`` (ids that end generation: EOS and every ``eos_token_id`` of generation_config.json) and
+    ``stop_ids`` (ids that end generation: EOS and every ``eos_token_id`` of generation_config.json, else of
+    config.json) and
     ``chat_template`` (the Jinja source, or None).
     """
 
@@ -132,7 +133,11 @@ class Tokenizer:
         else:
             self.add_bos = self.bos_id is not None and bool(config.get("add_bos_token", False))
 
+        # as transformers' generate: generation_config.json's eos_token_id, or config.json's where there is no
+        # generation_config.json (GenerationConfig.from_model_config)
         generation = checkpoint_dir / "generation_config.json"
+        if not generation.is_file():
+            generation = checkpoint_dir / "config.json"
         generation_eos = _token_ids(_read_json(generation).get("eos_token_id"), generation)
         self.stop_ids: set[int] = {i for i in [self.eos_id, *generation_eos] if i is not None}
 

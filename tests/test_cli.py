@@ -278,3 +278,26 @@ def test_an_out_dir_that_cannot_be_written_is_one_line_before_any_work(hf_llama,
     proc = cli("convert", "from_hf", hf_llama[0], "--out_dir", "/sys/kernel/litgpt_clone_test", check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "/sys/kernel" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_export_carries_the_special_token_ids_and_no_stale_tokenizer_files(hf_llama, tmp_path):
+    """config.json of an export names bos/eos/pad ids as the original did (transformers' generate ran past EOS when the
+    export had no generation_config.json), and converting into a folder that holds another conversion leaves none of
+    its tokenizer files (a stale chat_template.jinja was read before the new tokenizer_config.json's template)."""
+    from litgpt_clone.checkpoints.convert import convert_hf_checkpoint, convert_to_hf_checkpoint
+
+    hf_dir, _ = hf_llama
+    original = json.loads((hf_dir / "config.json").read_text())
+    native = convert_hf_checkpoint(hf_dir, tmp_path / "native")
+    exported = json.loads((convert_to_hf_checkpoint(native, tmp_path / "hf") / "config.json").read_text())
+    assert (exported["bos_token_id"], exported["eos_token_id"]) == (original["bos_token_id"], original["eos_token_id"]) == (1, 2)
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "hf").generation_config.eos_token_id in ([1, 2], 2)
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (other / name).write_bytes((hf_dir / name).read_bytes())
+    (native / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")  # as Qwen 3 ships its template
+    convert_to_hf_checkpoint(native, tmp_path / "hf")
+    assert (tmp_path / "hf" / "chat_template.jinja").is_file()
+    convert_hf_checkpoint(other, tmp_path / "native")  # another model, with no tokenizer or generation files
+    assert sorted(p.name for p in (tmp_path / "native").iterdir()) == ["config.json", "model.safetensors", "model_config.yaml"]

@@ -433,3 +433,23 @@ def test_text_stream_pieces_add_up_to_the_whole_decode_at_a_constant_cost(dirs, 
     text = "".join(stream_.add([i]) for i in ids) + stream_.flush()
     assert text == tokenizer.decode(ids)
     assert Counting.decoded < 8 * len(ids), Counting.decoded
+
+
+def test_stop_ids_from_config_json_without_a_generation_config(tmp_path):
+    """transformers' generate takes eos_token_id from config.json when there is no generation_config.json (an instruct
+    model listing its end-of-turn id there stopped only on the tokenizer's EOS here)."""
+    import json
+    import shutil
+
+    from litgpt_clone.tokenizer import Tokenizer
+    from test_generate import write_tokenizer
+
+    write_tokenizer(tmp_path / "a")
+    base = Tokenizer(tmp_path / "a")
+    extra = next(i for i in range(5, 50) if i != base.eos_id)
+    (tmp_path / "a" / "generation_config.json").unlink(missing_ok=True)
+    (tmp_path / "a" / "config.json").write_text(json.dumps({"eos_token_id": [base.eos_id, extra]}))
+    assert Tokenizer(tmp_path / "a").stop_ids == {base.eos_id, extra}
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "b" / "generation_config.json").write_text(json.dumps({"eos_token_id": base.eos_id}))  # it wins
+    assert Tokenizer(tmp_path / "b").stop_ids == {base.eos_id}

@@ -135,10 +135,29 @@ def native_to_hf_weights(state: dict[str, torch.Tensor], config: Config) -> dict
 
 # --------------------------------------------------------------------------- folders
 def copy_aux_files(src: Path, dst: Path) -> None:
-    """Tokenizer and generation files travel with the weights."""
+    """Tokenizer and generation files travel with the weights; those an earlier conversion left in ``dst`` that
+    ``src`` does not have go (a stale chat_template.jinja or tokenizer.json would be read before the new files)."""
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)
+        elif (dst / name).is_file():
+            (dst / name).unlink()
+
+
+def special_token_ids(checkpoint_dir: Path) -> dict:
+    """config.json's ``bos_token_id``/``eos_token_id``/``pad_token_id`` for an export: those of the Hugging Face
+    config.json the checkpoint was converted from, else the tokenizer's (transformers' generate stops on them when
+    there is no generation_config.json)."""
+    original = checkpoint_dir / "config.json"
+    if original.is_file():
+        hf = json.loads(original.read_text())
+        return {k: hf[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf.get(k) is not None}
+    if not any((checkpoint_dir / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        return {}
+    from litgpt_clone.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(checkpoint_dir)
+    return {k: v for k, v in (("bos_token_id", tokenizer.bos_id), ("eos_token_id", tokenizer.eos_id)) if v is not None}
 
 
 def check_destination(source: Path, out_dir: Path, command: str) -> None:
@@ -195,7 +214,7 @@ def convert_to_hf_checkpoint(checkpoint_dir: Path, out_dir: Path, max_shard_size
         raise ConfigError(f"{checkpoint_dir} carries LLaMA-Adapter prefixes, which transformers models have no place for")
     config = Config.from_checkpoint(checkpoint_dir)
     state = load_state(checkpoint_dir / "model.safetensors")
-    hf_config = config_to_hf(config)
+    hf_config = {**config_to_hf(config), **special_token_ids(checkpoint_dir)}
     dtype = next(iter(state.values())).dtype
     hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
     save_hf_weights(native_to_hf_weights(state, config), out_dir, max_shard_size)  # first: it checks max_shard_size
