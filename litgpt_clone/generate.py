@@ -466,8 +466,12 @@ class TextStream:
         if self.stopped:
             return ""
         self.ids.extend(ids)
-        before = self.tokenizer.decode(self.ids[self.context : self.read])
-        window = self.tokenizer.decode(self.ids[self.context :])
+        start = self.context
+        before = self.tokenizer.decode(self.ids[start : self.read])
+        while not before and start > 0:  # a context without text (a lone space piece, skipped unknown or special
+            start = max(0, start - 4)  # tokens) cannot tell the decoder what precedes the new ids: widen it
+            before = self.tokenizer.decode(self.ids[start : self.read])
+        window = self.tokenizer.decode(self.ids[start:])
         if window.startswith(before):  # the new ids' text is what the window adds
             self.text = self.done + window[len(before) :]
         else:  # a decoder whose earlier text changed with the new ids: the whole sequence decides (rare)

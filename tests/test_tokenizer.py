@@ -453,3 +453,25 @@ def test_stop_ids_from_config_json_without_a_generation_config(tmp_path):
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     (tmp_path / "b" / "generation_config.json").write_text(json.dumps({"eos_token_id": base.eos_id}))  # it wins
     assert Tokenizer(tmp_path / "b").stop_ids == {base.eos_id}
+
+
+def test_text_stream_keeps_the_space_after_unknown_tokens(tmp_path):
+    """WordPiece (and Unigram) decoders skip an unknown token and put a space before each word that follows: streamed
+    one token at a time, the word after an unknown token lost that space ("emojifamily end")."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+    from litgpt_clone.generate import TextStream
+
+    tok = HFTokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.train_from_iterator([CORPUS], trainers.WordPieceTrainer(vocab_size=300, special_tokens=["[UNK]", "[SEP]"], show_progress=False))
+    tmp_path.mkdir(exist_ok=True)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text('{"unk_token": "[UNK]", "eos_token": "[SEP]"}')
+    tokenizer = Tokenizer(tmp_path)
+    ids = tokenizer.encode("emoji ☃ family ☃ ☃ end", bos=False).tolist()  # (☃ is not in the vocabulary)
+    assert tokenizer.token_to_id("[UNK]") in ids
+    assert tokenizer.decode(ids) == "emoji family end"
+    stream_ = TextStream(tokenizer)
+    assert "".join(stream_.add([i]) for i in ids) + stream_.flush() == tokenizer.decode(ids)
