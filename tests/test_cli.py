@@ -301,3 +301,17 @@ def test_export_carries_the_special_token_ids_and_no_stale_tokenizer_files(hf_ll
     assert (tmp_path / "hf" / "chat_template.jinja").is_file()
     convert_hf_checkpoint(other, tmp_path / "native")  # another model, with no tokenizer or generation files
     assert sorted(p.name for p in (tmp_path / "native").iterdir()) == ["config.json", "model.safetensors", "model_config.yaml"]
+
+
+def test_snapshot_default_out_dir_and_a_native_folder_without_its_config(hf_llama, tmp_path):
+    """`convert from_hf <hub cache snapshot>` wrote to checkpoints/<commit sha>; a native folder that lost
+    model_config.yaml was called a Hugging Face folder, with advice (convert from_hf) that then failed."""
+    import shutil
+
+    snapshot = tmp_path / "hub" / "models--acme--tiny-llama" / "snapshots" / "0123abcd"
+    shutil.copytree(hf_llama[0], snapshot)
+    assert cli("convert", "from_hf", snapshot, cwd=tmp_path).stdout == "native checkpoint written to checkpoints/acme/tiny-llama\n"
+    native = tmp_path / "checkpoints" / "acme" / "tiny-llama"
+    (native / "model_config.yaml").unlink()
+    proc = cli("generate", native, "--prompt", "Hi", check=False)
+    assert proc.returncode == 2 and proc.stderr == f"error: {native} holds native weights but no model_config.yaml: put back the model_config.yaml written with them\n"

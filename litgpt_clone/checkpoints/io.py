@@ -173,11 +173,24 @@ def load_weights(model: torch.nn.Module, checkpoint_dir: Path, device="cpu", dty
 
 
 # --------------------------------------------------------------------------- locating
+def safetensors_keys(path: Path) -> list[str]:
+    """The tensor names in a safetensors file (its header only; [] for a file that is not one)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except Exception:  # noqa: BLE001  (a broken file is reported where its weights are read)
+        return []
+
+
 def resolve_checkpoint(path_or_repo: str | Path, checkpoints_root: Path = Path("checkpoints")) -> Path:
     """A native checkpoint folder for a path or a hub repo id (downloaded and converted on first use)."""
     path = Path(path_or_repo)
     if (path / "model_config.yaml").is_file():
         return path
+    if (path / "model.safetensors").is_file() and any(key.startswith("transformer.") for key in safetensors_keys(path / "model.safetensors")):
+        raise CheckpointError(f"{path} holds native weights but no model_config.yaml: put back the model_config.yaml written with them")
     if path.is_dir() and (path / "config.json").is_file():
         raise CheckpointError(
             f"{path} is a Hugging Face folder: convert it once with `litgpt-clone convert from_hf {path} --out_dir checkpoints/<name>`"

@@ -9,15 +9,24 @@ from typing import Literal, Optional
 from litgpt_clone.checkpoints.convert import convert_hf_checkpoint, convert_to_hf_checkpoint
 
 
+def default_name(hf_dir: Path) -> str:
+    """The folder's name, or ``org/name`` for a snapshot of the Hugging Face cache (whose folder name is a commit)."""
+    repo = hf_dir.resolve().parent.parent.name
+    if hf_dir.resolve().parent.name == "snapshots" and repo.startswith("models--"):
+        return repo.removeprefix("models--").replace("--", "/")
+    return hf_dir.name
+
+
 def convert_from_hf(hf_dir: Path, out_dir: Optional[Path] = None, dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None) -> None:
     """Convert a Hugging Face checkpoint folder into a native litgpt_clone checkpoint.
 
     Args:
         hf_dir: Folder with config.json and safetensors (single or sharded) or .bin weights.
-        out_dir: Where to write the native checkpoint; default ``checkpoints/<folder name>``.
+        out_dir: Where to write the native checkpoint; default ``checkpoints/<folder name>``, and
+            ``checkpoints/<org>/<name>`` for a snapshot in the Hugging Face cache (``models--org--name/snapshots/<sha>``).
         dtype: Cast the weights; default keeps the stored dtype.
     """
-    out_dir = out_dir or Path("checkpoints") / Path(hf_dir).name
+    out_dir = out_dir or Path("checkpoints") / default_name(Path(hf_dir))
     convert_hf_checkpoint(hf_dir, out_dir, dtype=dtype)
     print(f"native checkpoint written to {out_dir}")
     if not any((Path(out_dir) / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
