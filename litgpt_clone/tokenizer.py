@@ -29,6 +29,7 @@ Where transformers 5 does something else, and we do not follow:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -49,6 +50,16 @@ TOKENIZER_FILES = (
 )
 """The files of a checkpoint folder that make up its tokenizer: copy every one that exists when converting a
 checkpoint (``config.json``, where ``Tokenizer`` also looks for ``bos_token_id``/``eos_token_id``, is the model's)."""
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """GPT-2's table of printable stand-ins for the 256 bytes, which byte-level BPE vocabularies are written in."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(others)}}
+
+
+_UNICODE_TO_BYTE = {c: b for b, c in _byte_to_unicode().items()}
 
 
 def _corrupt(path: Path, err: Exception):
@@ -179,6 +190,26 @@ class Tokenizer:
             piece = self._hf.id_to_token(i) if self.backend == "huggingface" else self._sp.id_to_piece(i)
             h.update((piece or "").encode("utf-8", "surrogatepass") + b"\0")
         return h.hexdigest()
+
+    @functools.cached_property
+    def _byte_level(self) -> bool:
+        """tokenizer.json's decoder is ByteLevel (GPT-2, Llama 3, Qwen, ...): each token's characters stand for bytes."""
+        return self.backend == "huggingface" and b'"ByteLevel"' in (self._hf.decoder.__getstate__() if self._hf.decoder else b"")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes token ``token_id`` stands for, also where they are part of a character (OpenAI's logprobs
+        ``bytes``): byte-level tokens through GPT-2's byte-to-character table, byte-fallback tokens (``<0xE2>``) as
+        their byte, SentencePiece's "▁" as a space, any other token as its text."""
+        piece = self._hf.id_to_token(token_id) if self.backend == "huggingface" else self._sp.id_to_piece(token_id)
+        if piece is None:
+            return b""
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            return bytes([int(piece[3:5], 16)])
+        if self._byte_level and all(c in _UNICODE_TO_BYTE for c in piece):
+            return bytes(_UNICODE_TO_BYTE[c] for c in piece)
+        if self.backend == "sentencepiece" or "\u2581" in piece:
+            return piece.replace("\u2581", " ").encode()
+        return self.decode([token_id], skip_special_tokens=False).encode()
 
     def token_to_id(self, token: str) -> Optional[int]:
         """The id of ``token`` (a vocabulary entry, e.g. ``"<s>"``), or None if it is not in the vocabulary."""

@@ -12,6 +12,7 @@ the server for:
 from __future__ import annotations
 
 import os
+import re
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # before datasets is imported
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -145,6 +146,28 @@ def test_logprobs_and_echo_equal_the_models_log_softmax(setup):
     assert "".join(c.text for c in chunks) == gen.text
     for field in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
         assert [x for c in chunks if c.logprobs for x in getattr(c.logprobs, field)] == getattr(gen.logprobs, field)
+
+
+def test_logprobs_of_tokens_inside_a_character(setup):
+    """A character split over several tokens (the UTF-8 bytes of byte-level BPE): chat logprobs give each token's
+    bytes (they were null), which add up to the text's bytes, and the completion tokens show a partial token in
+    OpenAI's ``bytes:\\x..`` form (it was "\ufffd")."""
+    url, base, _ = setup
+    llm = LLM.load(base, device="cpu")
+    text = "日本 😀 café"
+    ids = llm.encode(text).tolist()
+    assert len(ids) > len(text.split()) + 4  # (the characters are split into byte tokens)
+    scored = client(url).completions.create(model=NAME, prompt=[ids], max_tokens=0, echo=True, logprobs=1).choices[0]
+    assert scored.text == text
+    partial = [t for t in scored.logprobs.tokens if t.startswith("bytes:")]
+    assert partial and all(re.fullmatch(r"bytes:(\\x[0-9a-f]{2})+", t) for t in partial)
+    assert "".join(t for t in scored.logprobs.tokens if not t.startswith("bytes:")) == text
+    assert not any("\ufffd" in t for t in scored.logprobs.tokens)
+    reply = client(url).chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=24, temperature=0, logprobs=True, top_logprobs=2)
+    content = reply.choices[0].logprobs.content
+    assert len(content) == reply.usage.completion_tokens and all(isinstance(c.bytes, list) for c in content)
+    assert bytes(b for c in content for b in c.bytes).decode(errors="replace").startswith(reply.choices[0].message.content)
+    assert all(isinstance(t.bytes, list) for c in content for t in c.top_logprobs)
 
 
 def test_lm_eval_local_completions_matches_our_lm_eval_model(setup, tmp_path):

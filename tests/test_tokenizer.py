@@ -359,7 +359,8 @@ def test_stop_ids(dirs):
 
 def test_special_token_fallbacks(dirs):
     from_config = Tokenizer(dirs["hf_config_ids"])  # config.json: bos 0, eos [3, 1]
-    assert (from_config.bos_id, from_config.eos_id, from_config.stop_ids) == (0, 3, {3})
+    # no generation_config.json: generate stops on every eos id of config.json, as transformers' generate does
+    assert (from_config.bos_id, from_config.eos_id, from_config.stop_ids) == (0, 3, {1, 3})
     from_map = Tokenizer(dirs["hf_special_map"])  # special_tokens_map.json: <s>, <|eot|>
     assert (from_map.bos_id, from_map.eos_id, from_map.stop_ids) == (0, 3, {3})
     from transformers import AutoTokenizer

@@ -139,10 +139,21 @@ def reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def token_text(tokenizer, token_id: int) -> str:
+    """A token's own text; for the bytes of part of a character, OpenAI's ``bytes:\\xe2\\x80`` form."""
+    raw = tokenizer.token_bytes(token_id)
+    try:
+        raw.decode()
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+    return tokenizer.decode([token_id], skip_special_tokens=False)
+
+
 class TokenTexts:
     """Each token's share of a growing decoded text, token by token (the ``tokens`` and ``text_offset`` of
-    logprobs). A token that only starts a multi-byte character adds "" and the one that completes it the whole
-    character (incremental detokenization over a short window, so the cost stays linear)."""
+    logprobs). The token that completes a multi-byte character adds the whole character; one before it adds no
+    text and is shown in OpenAI's ``bytes:\\x..`` form (incremental detokenization over a short window, so the cost
+    stays linear)."""
 
     def __init__(self, tokenizer, offset: int = 0) -> None:
         self.tokenizer, self.offset = tokenizer, offset
@@ -160,7 +171,7 @@ class TokenTexts:
             if len(after) > len(before) and not after.endswith("\ufffd"):
                 piece = after[len(before) :]
                 self.prefix, self.read = self.read, len(self.ids)
-            tokens.append(piece or self.tokenizer.decode([token], skip_special_tokens=False))
+            tokens.append(piece or token_text(self.tokenizer, token))
             offsets.append(self.offset)
             self.offset += len(piece)
         return tokens, offsets
@@ -388,10 +399,10 @@ class OpenAIServeSpec(LitSpec):
 
     def top_dict(self, pairs: list, token: Optional[int] = None, logprob: Optional[float] = None) -> dict:
         """{token text: logprob} of the top alternatives, and of the chosen token (OpenAI always includes it).
-        Tokens with the same text (e.g. parts of characters) keep the highest logprob."""
+        Tokens with the same text keep the highest logprob."""
         top: dict[str, float] = {}
         for i, lp in [*pairs, *([(token, logprob)] if token is not None else [])]:
-            top.setdefault(self.tokenizer.decode([i], skip_special_tokens=False), lp)
+            top.setdefault(token_text(self.tokenizer, i), lp)
         return top
 
     # ------------------------------------------------------------------ responses out
@@ -492,8 +503,7 @@ class OpenAIServeSpec(LitSpec):
         """Chat's logprobs entries: ``{"token", "logprob", "bytes", "top_logprobs": [...]}`` per token."""
 
         def entry(token_id: int, logprob: float) -> dict:
-            text = self.tokenizer.decode([token_id], skip_special_tokens=False)
-            return {"token": text, "logprob": logprob, "bytes": None if "\ufffd" in text else list(text.encode())}  # None: part of a character
+            return {"token": token_text(self.tokenizer, token_id), "logprob": logprob, "bytes": list(self.tokenizer.token_bytes(token_id))}
 
         return [{**entry(t, lp), "top_logprobs": [entry(i, v) for i, v in pairs]} for t, lp, pairs in zip(ids, logprobs, top)]
 
