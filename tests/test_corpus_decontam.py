@@ -82,3 +82,25 @@ def test_thousands_of_strings_on_real_files():
 
 def test_empty_benchmark_list():
     assert Decontaminator([]).contaminated(SOLUTION) is None
+
+
+def test_unusable_files_are_one_line_before_the_build_starts(tmp_path, capsys):
+    """A bad JSONL line was a plain ValueError traceback after vN.partial was made, a non-UTF-8 file a
+    UnicodeDecodeError traceback, and a file with no string long enough decontaminated nothing, silently."""
+    from test_generate import cli_error
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("print(1)\n")
+    files = {"bad.jsonl": b'{"prompt": "' + b"x" * 60 + b'"}\nbad json\n', "latin1.txt": b"text \xe9\n", "short.txt": b"short string\n"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    expected = {
+        "bad.jsonl": f"{tmp_path / 'bad.jsonl'}:2 is not a JSON record (Expecting value); fix or remove that line",
+        "latin1.txt": f"{tmp_path / 'latin1.txt'} is not UTF-8 text (invalid continuation byte at byte 5): save it as UTF-8",
+        "short.txt": f"{tmp_path / 'short.txt'} has no string of 50 or more characters, the shortest that is searched for"
+                     " (shorter ones match everywhere): it would decontaminate nothing",
+    }
+    for name, message in expected.items():
+        assert cli_error(capsys, "prepare", "code", tmp_path / "src", "--out_dir", tmp_path / "out",
+                         "--decontaminate", f"[{tmp_path / name}]") == f"error: --decontaminate: {message}"
+    assert not (tmp_path / "out").exists()

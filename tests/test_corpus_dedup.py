@@ -189,3 +189,16 @@ def test_identical_and_tiny_documents():
     assert find_near_duplicates(docs) == {"b": "a"}  # same words after lowercasing; no-word docs are never removed
     many = [(f"copy{i}", "def f(a, b):\n    return a + b\n" * 30) for i in range(50)]
     assert find_near_duplicates(many) == {f"copy{i}": "copy0" for i in range(1, 50)}
+
+
+def test_max_threshold_is_the_highest_minhash_lsh_indexes():
+    """``prepare code`` refuses thresholds above MAX_NEAR_DEDUP_THRESHOLD up front: datasketch refuses them only
+    after the read stage."""
+    from datasketch import MinHashLSH
+
+    top = dedup_module.MAX_NEAR_DEDUP_THRESHOLD
+    assert MinHashLSH(threshold=top, num_perm=256, weights=dedup_module.LSH_WEIGHTS).b == 2
+    with pytest.raises(ValueError, match="The number of bands are too small"):
+        MinHashLSH(threshold=top + 0.001, num_perm=256, weights=dedup_module.LSH_WEIGHTS)
+    text = "def f(a, b):\n    return a + b\n" * 30
+    assert find_near_duplicates([("a", text), ("b", text + "# one more line\n")], threshold=top) == {}

@@ -5,6 +5,7 @@ by their Debian short names, mapped to SPDX below) and the single license file o
 whose METADATA has a PEP 639 ``License-Expression`` (labelled by that expression).
 """
 
+import json
 import multiprocessing
 import re
 from importlib.metadata import distributions
@@ -121,3 +122,18 @@ def test_propagation_readme_headers_and_cache(tmp_path):
     with multiprocessing.get_context("fork").Pool(2) as pool:
         parallel.detect_all(licenses.license_parts(texts).values(), mapper=pool.map)
     assert parallel.entries == cache.entries and parallel.categories == cache.categories
+
+
+def test_excluded_license_file_still_licenses_the_repository(tmp_path):
+    """``--exclude '["*.txt"]'`` removed LICENSE.txt before detection: the GPL file became no_license and was kept by
+    the default policy."""
+    from litgpt_clone.corpus.pipeline import CorpusConfig, run
+
+    src = tmp_path / "gplx"
+    src.mkdir()
+    (src / "main.py").write_text("def main():\n    print('copyleft hello')\n")
+    (src / "LICENSE.txt").write_text((DEBIAN / "GPL-3").read_text())
+    result = run(CorpusConfig(sources=[str(src)], exclude=["*.txt"]), tmp_path / "out", log=lambda _: None)
+    [record] = [json.loads(line) for line in (result.version_dir / "files.jsonl").read_text().splitlines()]
+    assert (record["path"], record["detected_licenses"], record["license_type"], record["drop_stage"], record["drop_reason"]) == (
+        "main.py", ["GPL-3.0-only"], "non_permissive", "license", "non_permissive")

@@ -184,9 +184,41 @@ def test_email_and_ip_recall():
         "::1", "fe80::1ff:fe23:4567:890a", "fd00:1234:5678::1", "2001:db8::1", "224.0.0.251",
         "OID 1.3.6.1.4.1.311", "see section 1.2.3.4.5", "std::vector<int> a; Foo::Bar::baz();", "x[::2]",
         "icon@2x.png", "@dataclass", "user@localhost", "A@B.T",
+        # matrix products, and version numbers in more of their usual forms (these were <EMAIL> and private IPs)
+        "y = x@weights.data", "return inputs@weights.transpose", "z = x@w.to(device)", '"version": "4.12.1.7"',
+        "VERSION_STRING = '3.10.2.1'", '[assembly: AssemblyFileVersion("1.0.12.3")]', "pkg-4.2.1.10.tar.gz",
     ],
 )
 def test_not_replaced(text):
+    assert redact(text) == (text, {})
+
+
+@pytest.mark.parametrize(
+    "text, redacted, counts",
+    [
+        ("export AWS_SECRET_ACCESS_KEY=Zx3kQ9pL2vB7nM4wR8tY1uI6oP5aS0dF3gH7jK2l", "export AWS_SECRET_ACCESS_KEY=<KEY>", {"KEY": 1}),
+        ("AWS_SECRET_ACCESS_KEY: Zx3kQ9pL2vB7nM4wR8tY1uI6oP5aS0dF3gH7jK2l", "AWS_SECRET_ACCESS_KEY: <KEY>", {"KEY": 1}),
+        ("aws_secret_access_key = Zx3kQ9pL2vB7nM4wR8tY1uI6oP5aS0dF3gH7jK2l", "aws_secret_access_key = <KEY>", {"KEY": 1}),
+        ("password: mySuperSecret123", "password: <PASSWORD>", {"PASSWORD": 1}),
+        ("DB_PASSWORD=supersecretvalue", "DB_PASSWORD=<PASSWORD>", {"PASSWORD": 1}),
+        ("db:\n  user: app\n  password: hunter2hunter2  # prod\n", "db:\n  user: app\n  password: <PASSWORD>  # prod\n", {"PASSWORD": 1}),
+        ("DB_HOST=db\r\nDB_PASSWORD=supersecretvalue\r\n", "DB_HOST=db\r\nDB_PASSWORD=<PASSWORD>\r\n", {"PASSWORD": 1}),
+    ],
+)
+def test_unquoted_secrets_in_shell_env_and_yaml(text, redacted, counts):
+    assert redact(text) == (redacted, counts)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "password = get_password()", "password: str", 'PASSWORD_FIELD = "password"', "password = None", "password: String",
+        "password: Optional[str] = None", "token = self.next_token", "secret_key = settings.SECRET_KEY",
+        "self.username, self.password = credentials", "    password=hashed_password", "    password=password",
+        "DB_PASSWORD=${DB_PASSWORD}", "api_key: ${{ secrets.API_KEY }}", "token_type: bearer",
+    ],
+)
+def test_code_that_names_secrets_is_not_redacted(text):
     assert redact(text) == (text, {})
 
 

@@ -256,7 +256,7 @@ def test_optout_removes_exactly_the_listed_names(built, tmp_path):
     from litgpt_clone.corpus.optout import OptOutError
 
     registry.write_text('{"optout_owner": ["octo"]}\n')
-    with pytest.raises(OptOutError, match=r"o.jsonl:1 is not an opt-out record \(it has keys \['optout_owner'\] but neither optout_owners nor optout_repos\)"):
+    with pytest.raises(OptOutError, match=r"o.jsonl:1 is not an opt-out record \(unknown key 'optout_owner': the keys are optout_owners and optout_repos\)"):
         OptOut.from_file(registry)
     registry.write_text('{"optout_owners": [], "optout_repos": []}\n')
     with pytest.raises(OptOutError, match="opts out nothing"):
@@ -282,7 +282,7 @@ def test_cli_help_and_one_line_errors(tmp_path, capsys):
     cases = [
         (["--languages", "[Pyhton]"], "error: --languages: 'Pyhton' is not a language GitHub Linguist knows (every file would be dropped)"),
         (["--languages", "[python]"], "error: --languages: 'python' is not a language GitHub Linguist knows (every file would be dropped): did you mean Python?"),
-        (["--near_dedup_threshold", "1.5"], "error: --near_dedup_threshold 1.5: use a Jaccard similarity in [0, 1]"),
+        (["--near_dedup_threshold", "1.5"], "error: --near_dedup_threshold 1.5: use a Jaccard similarity in [0, 0.997]"),
         (["--decontaminate", "[nonexist.jsonl]"], "error: --decontaminate: no file at nonexist.jsonl"),
         (["--layout", "owner/repo"], f"error: source {src} has no <owner>/<repo>/ folders, which --layout owner/repo reads"),
     ]
@@ -344,3 +344,124 @@ def test_impossible_thresholds_and_worker_counts_are_one_line(tmp_path, capsys):
     for args, expected in cases:
         assert cli_error(capsys, "prepare", "code", tmp_path / "src", "--out_dir", tmp_path / "out", *args) == expected
     assert not (tmp_path / "out").exists()
+
+
+def test_near_dedup_thresholds_minhash_lsh_cannot_index_are_one_line(tmp_path, capsys):
+    """0.998 to 1 passed the [0, 1] check, then datasketch raised "The number of bands are too small" after the read
+    stage, leaving a vN.partial."""
+    from test_generate import cli_error
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.py").write_text("print(1)\n")
+    for value in ("0.998", "1"):
+        assert cli_error(capsys, "prepare", "code", tmp_path / "src", "--out_dir", tmp_path / "out", "--near_dedup_threshold", value) == (
+            f"error: --near_dedup_threshold {float(value)}: use a Jaccard similarity in [0, 0.997]"
+            " (above that MinHash-LSH over 256 permutations has fewer than two bands)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_optout_registry_refuses_what_would_let_opted_out_code_in(tmp_path, capsys):
+    """A misspelt key beside a valid one, entries that can never match, a JSON array and a non-UTF-8 file used to be
+    accepted silently (or a traceback): each is one line before the build starts."""
+    from test_generate import cli_error
+
+    (tmp_path / "src" / "alice" / "lib").mkdir(parents=True)
+    (tmp_path / "src" / "alice" / "lib" / "a.py").write_text("print(1)\n")
+    registry = tmp_path / "o.jsonl"
+
+    def error(text: str) -> str:
+        registry.write_bytes(text.encode("latin-1"))
+        return cli_error(capsys, "prepare", "code", tmp_path / "src", "--layout", "owner/repo", "--out_dir", tmp_path / "out", "--optout", registry)
+
+    cases = [
+        ('{"optout_owners": ["bob"], "optout_repo": ["alice/lib"]}', "unknown key 'optout_repo': the keys are optout_owners and optout_repos"),
+        ('{"optout_owners": ["alice/lib"]}', "optout_owners entry 'alice/lib' has a '/': owners are names like octocat; put owner/repo names in optout_repos"),
+        ('{"optout_owners": [null]}', "optout_owners entry null is not a name"),
+        ('{"optout_repos": ["alice/lib/x"]}', "optout_repos entry 'alice/lib/x' is not an owner/repo name"),
+        ('["bob"]', "it is an array, not a JSON object with optout_owners/optout_repos lists"),
+    ]
+    for text, problem in cases:
+        assert error(text + "\n") == f"error: {registry}:1 is not an opt-out record ({problem}): fix or remove the line"
+    assert error('{"optout_repos": ["lib"]}\n') == ("error: --optout: the optout_repos entry 'lib' can never match: with --layout"
+                                                    " owner/repo every repository is named owner/repo; write it as <owner>/lib")
+    assert error('{"optout_owners": ["b\xe9b"]}\n') == f"error: {registry} is not UTF-8 text (invalid continuation byte at byte 21): save it as UTF-8"
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_dir_inside_a_source_is_not_read(tmp_path):
+    """`prepare code . --out_dir corpus` read its own build stamp, lock, earlier versions and cache as corpus files,
+    so every rebuild changed the corpus."""
+    from litgpt_clone.corpus.sources import SourceError
+
+    src = tmp_path / "proj"
+    src.mkdir()
+    (src / "a.py").write_text("print('a')\n")
+    (src / "b.go").write_text(cf.GO)
+    for version in (1, 2):
+        result = run(CorpusConfig(sources=[str(src)]), src / "corpus", log=lambda _: None)
+        paths = [json.loads(line)["path"] for line in (result.version_dir / "files.jsonl").read_text().splitlines()]
+        assert (result.version_dir.name, paths, result.manifest["stages"][0]["files_in"]) == (f"v{version}", ["a.py", "b.go"], 2)
+    assert "Against v1: 2 files kept (v1: 2); 0 added, 0 removed, 0 changed." in (result.version_dir / "CHANGELOG.md").read_text()
+    tree = tmp_path / "tree"  # --layout owner/repo: the out_dir's vN and cache folders are not repositories
+    (tree / "alice" / "lib").mkdir(parents=True)
+    (tree / "alice" / "lib" / "a.py").write_text("print('a')\n")
+    for _ in range(2):
+        result = run(CorpusConfig(sources=[str(tree)], layout="owner/repo"), tree / "corpus", log=lambda _: None)
+        assert [(r["repo"], r["path"]) for r in map(json.loads, (result.version_dir / "files.jsonl").read_text().splitlines())] == [("alice/lib", "a.py")]
+    with pytest.raises(SourceError, match=r"^source .*proj is also the --out_dir: give an --out_dir outside it \(one inside a source is skipped when reading\)$"):
+        run(CorpusConfig(sources=[str(src)]), src, log=lambda _: None)
+
+
+def test_resume_starts_over_when_the_sources_changed(tmp_path, monkeypatch):
+    """A build interrupted, then resumed after a new commit, mixed the old files' records with the new commit."""
+    from litgpt_clone.corpus import pipeline
+
+    repo = cf.git_repo(tmp_path / "g", {"core.py": "def one():\n    return 1\n"})
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "a.py").write_text("name = 'one'\n")
+    config, out = CorpusConfig(sources=[str(repo), str(folder)]), tmp_path / "out"
+
+    def interrupted_run() -> list[str]:
+        logged = []
+        with pytest.raises(RuntimeError, match="killed"):
+            run(config, out, log=logged.append)
+        return logged
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(pipeline, "dedup_stage", killed)  # interrupted after the read stage
+    assert interrupted_run() == []
+    assert interrupted_run() == [f"resuming {out / 'v1.partial'}"]
+    changed = f"removing {out / 'v1.partial'}: the sources changed since it was started (new commits or changed files); starting over"
+    (repo / "core.py").write_text("def one():\n    return 1\n\n\ndef added_after_kill():\n    return 42\n")
+    cf.git(repo, "commit", "-qam", "two")
+    assert interrupted_run() == [changed]
+    (folder / "a.py").write_text("name = 'two'\n")  # same size
+    os.utime(folder / "a.py", ns=(1, 1))
+    assert interrupted_run() == [changed]
+    monkeypatch.undo()
+    logged = []
+    result = run(config, out, log=logged.append)
+    assert logged == [f"resuming {out / 'v1.partial'}"]
+    records = {r["path"]: r for r in map(json.loads, (result.version_dir / "files.jsonl").read_text().splitlines())}
+    texts = {t["path"]: t["text"] for t in map(json.loads, (result.version_dir / "text.jsonl").read_text().splitlines())}
+    head = cf.git(repo, "rev-parse", "HEAD").strip()
+    assert records["core.py"]["commit"] == head and records["core.py"]["content_id"] == cf.git(repo, "rev-parse", "HEAD:core.py").strip()
+    assert texts == {"core.py": "def one():\n    return 1\n\n\ndef added_after_kill():\n    return 42\n", "a.py": "name = 'two'\n"}
+
+
+def test_empty_sources_and_empty_corpora_say_so(fixture, tmp_path, capsys):
+    """An empty source built an empty v1 and suggested `pretrain`, which then failed with "no training tokens"."""
+    from litgpt_clone.__main__ import main
+
+    _, _, tokenizer = fixture
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "blank.py").write_text("\n")  # read, then dropped as empty
+    for source, why in [("empty", "the sources have no files"), ("src", "every file was dropped (see the table above)")]:
+        main(["prepare", "code", str(tmp_path / source), "--out_dir", str(tmp_path / "out"), "--tokenizer_dir", str(tokenizer)])
+        out = capsys.readouterr().out
+        assert out.splitlines()[-1] == f"nothing was kept: {why}, so there is nothing to train on"
+        assert "next: litgpt-clone pretrain" not in out

@@ -2,6 +2,7 @@
 and Linguist language detection accuracy on files of known languages."""
 
 import hashlib
+import json
 import os
 import sysconfig
 import tarfile
@@ -148,6 +149,61 @@ def test_exclude_patterns(tmp_path):
     _tar(tmp_path / "t.tar", {"t/keep.py": b"a\n", "t/deep/__pycache__/x.pyc": b"b\n"})
     repos = open_sources([tmp_path / "g", tmp_path / "t.tar"], "repo", CAP, exclude=patterns)
     assert [[e.path for e in r.entries] for r in repos] == [["keep.py"], ["keep.py"]]
+
+
+def test_excluded_license_files_are_still_read_for_detection(tmp_path):
+    """``--exclude '["*.txt"]'`` hid LICENSE.txt from license detection: GPL code became no_license and was kept."""
+    from litgpt_clone.corpus.pipeline import _license_texts
+
+    gpl = "GNU GENERAL PUBLIC LICENSE\nVersion 3, 29 June 2007\n"
+    files = {"main.py": "print(1)\n", "LICENSE.txt": gpl, "docs/LICENSE": "MIT License\n", "docs/index.py": "x = 1\n"}
+    folder = tmp_path / "f"
+    for rel, text in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text)
+    cf.git_repo(tmp_path / "g", files)
+    _tar(tmp_path / "t.tar", {f"t/{rel}": text.encode() for rel, text in files.items()})
+    repos = open_sources([folder, tmp_path / "g", tmp_path / "t.tar"], "repo", CAP, exclude=["*.txt", "docs"])
+    assert [[e.path for e in r.entries] for r in repos] == [["main.py"]] * 3
+    # an excluded folder is not walked: its license applies only to files under it, all excluded
+    assert [[e.path for e in r.excluded] for r in repos] == [["LICENSE.txt"], ["LICENSE.txt", "docs/LICENSE", "docs/index.py"],
+                                                             ["LICENSE.txt", "docs/LICENSE", "docs/index.py"]]
+    assert _license_texts(repos[0]) == {"LICENSE.txt": gpl}
+    assert _license_texts(repos[1]) == _license_texts(repos[2]) == {"LICENSE.txt": gpl, "docs/LICENSE": "MIT License\n"}
+
+
+def test_out_dir_inside_a_folder_is_skipped(tmp_path):
+    root = tmp_path / "proj"
+    for rel in ["a.py", "corpus/v1/files.jsonl", "corpus/.lock", "sub/corpus_not_out/b.py"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x = 1\n")
+    (root / "link_to_out").symlink_to(root / "corpus")
+    (root / "link_into_out.json").symlink_to(root / "corpus" / "v1" / "files.jsonl")
+    [repo] = open_sources([root], "repo", CAP, skip=[root / "corpus"])
+    assert [e.path for e in repo.entries] == ["a.py", "sub/corpus_not_out/b.py"]
+    with pytest.raises(SourceError, match="is also the --out_dir"):
+        open_sources([root], "repo", CAP, skip=[root])
+
+
+def test_file_names_that_are_not_utf8_are_kept_with_an_escaped_path(tmp_path):
+    """A file named caf\\xe9.py crashed the whole build (UnicodeEncodeError in language.detect)."""
+    from litgpt_clone.corpus.pipeline import CorpusConfig, run
+
+    folder, git_dir = tmp_path / "odd", tmp_path / "oddgit"
+    for where in (folder, git_dir):
+        where.mkdir()
+        with open(os.path.join(os.fsencode(where), b"caf\xe9.py"), "wb") as f:
+            f.write(b"print('caf\xc3\xa9')\n")
+    cf.git(git_dir, "init", "-q")
+    cf.git(git_dir, "add", "-A")
+    cf.git(git_dir, "commit", "-qm", "odd name")
+    repos = open_sources([folder, git_dir], "repo", CAP)
+    assert [[e.path for e in r.entries] for r in repos] == [["caf\\xe9.py"], ["caf\\xe9.py"]]
+    assert [read_all(r) for r in repos] == [{"caf\\xe9.py": b"print('caf\xc3\xa9')\n"}] * 2
+    result = run(CorpusConfig(sources=[str(folder), str(git_dir)]), tmp_path / "out", log=lambda _: None)
+    records = [json.loads(line) for line in (result.version_dir / "files.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(r["repo"], r["path"], r["language"], r["drop_stage"]) for r in records] == [
+        ("odd", "caf\\xe9.py", "Python", "exact_dedup"), ("oddgit", "caf\\xe9.py", "Python", None)]  # the copy with a commit kept
 
 
 LANGUAGE_SAMPLES = {  # extension: (Linguist name, a small program)

@@ -41,24 +41,30 @@ def prepare_code(
     Args:
         sources: A git repository (its HEAD commit), a folder or a tar/zip archive; several as a list:
             ``'[repo1, folder2, archive.tar.gz]'``.
-        out_dir: Folder of the corpus versions; this run writes ``out_dir/vN`` (N = last version + 1).
+        out_dir: Folder of the corpus versions; this run writes ``out_dir/vN`` (N = last version + 1). It may be
+            inside a source folder (``prepare code . --out_dir corpus``): it is then skipped when the source is read.
         tokenizer_dir: Checkpoint or tokenizer folder (tokenizer.json or tokenizer.model) to write token shards
             with; without it no shards are written.
-        optout: JSONL opt-out registry (records with ``optout_owners`` and ``optout_repos`` lists).
+        optout: JSONL opt-out registry (records with ``optout_owners`` and ``optout_repos`` lists of owner and
+            ``owner/repo`` names); any other key, or a name that can never match, stops the build with one line.
         license_policy: ``permissive`` keeps permissive and no-license files (The Stack v2), ``strict`` only
             permissive ones, ``all`` every file.
-        decontaminate: Files of benchmark solutions/prompts; files that contain them are dropped.
+        decontaminate: Files of benchmark solutions/prompts (JSONL: every string field; other files: every line);
+            files that contain one of 50 or more characters are dropped. Each file must be UTF-8 and hold such a
+            string.
         layout: ``repo``: each source is one repository; ``owner/repo``: a folder or archive holds
             ``<owner>/<repo>/`` folders (git repositories among them are read through git).
         exclude: Shell-style patterns of paths inside a repository to leave out (a file is left out when its path
             or a folder above it matches; ``*`` also matches ``/``), e.g. ``'[site-packages, "*__pycache__"]'``.
+            Excluded license files still give their repository its licenses.
         max_file_size: Files larger than this many bytes are skipped unread.
         val_fraction: Fraction of files (chosen by a stable hash of their blob id and the seed) in the val split.
         seed: Seed of the split hash and of MinHash.
         languages: Keep only these Linguist languages (e.g. ``'[Python, C]'``); default all.
         keep_vendor: Keep files Linguist calls vendored (``node_modules/``, ``third_party/``, ...).
         keep_generated: Keep files Linguist calls generated (minified, protobuf output, lock files, ...).
-        near_dedup_threshold: Jaccard similarity above which files are near duplicates.
+        near_dedup_threshold: Jaccard similarity above which files are near duplicates, at most
+            ``MAX_NEAR_DEDUP_THRESHOLD`` (0.997: MinHash-LSH over 256 permutations needs two bands or more).
         shard_tokens: Tokens per shard file.
         workers: Processes for license detection, the per-file stages, MinHash sketches and tokenization (the
             output does not depend on it).
@@ -67,6 +73,8 @@ def prepare_code(
     from dataclasses import asdict
 
     from litgpt_clone.config import check_out_dir
+    from litgpt_clone.corpus.decontam import Decontaminator
+    from litgpt_clone.corpus.dedup import MAX_NEAR_DEDUP_THRESHOLD
     from litgpt_clone.corpus.optout import OptOut
     from litgpt_clone.corpus.pipeline import CorpusConfig, run
     from litgpt_clone.corpus.sources import check_layout
@@ -85,13 +93,18 @@ def prepare_code(
     check_out_dir(out_dir)
     if not 0 <= val_fraction < 1:
         raise CorpusError(f"--val_fraction {val_fraction} must be in [0, 1)")
-    if not 0 <= near_dedup_threshold <= 1:
-        raise CorpusError(f"--near_dedup_threshold {near_dedup_threshold}: use a Jaccard similarity in [0, 1]")
+    if not 0 <= near_dedup_threshold <= MAX_NEAR_DEDUP_THRESHOLD:
+        raise CorpusError(f"--near_dedup_threshold {near_dedup_threshold}: use a Jaccard similarity in [0, {MAX_NEAR_DEDUP_THRESHOLD}]"
+                          " (above that MinHash-LSH over 256 permutations has fewer than two bands)")
     for path in decontaminate or []:
         if not Path(path).is_file():
             raise CorpusError(f"--decontaminate: no file at {path}")
+    Decontaminator.from_files(decontaminate or [])  # read now: an unusable file stops the build before it starts
     if optout is not None:
-        OptOut.from_file(optout)  # read now: a missing or unusable registry stops the build before it starts
+        registry = OptOut.from_file(optout)  # the same for the registry
+        if layout == "owner/repo" and (solo := sorted(r for r in registry.repos if "/" not in r)):
+            raise CorpusError(f"--optout: the optout_repos entry {solo[0]!r} can never match: with --layout owner/repo every"
+                              f" repository is named owner/repo; write it as <owner>/{solo[0]}")
     from litgpt_clone.corpus import language
 
     for name in languages or []:
@@ -119,7 +132,10 @@ def summary(result) -> str:
         lines.append(f"{s['stage']:<14}{s['files_in']:>10}{s['files_out']:>11}  {dropped}")
     lines += ["", f"kept {m['totals']['kept']} files ({m['totals']['kept_bytes'] / 1e6:.2f} MB); metadata {folder / 'files.jsonl'},"
                   f" text {folder / 'text.jsonl'}", f"report {result.report}"]
-    if m["config"]["tokenizer_dir"]:
+    if not m["totals"]["kept"]:
+        why = "every file was dropped (see the table above)" if m["stages"][0]["files_in"] else "the sources have no files"
+        lines.append(f"nothing was kept: {why}, so there is nothing to train on")
+    elif m["config"]["tokenizer_dir"]:
         lines += [f"token shards: {len(m['shards'])} files, {m['totals']['tokens']:,} tokens in {folder}",
                   f"next: litgpt-clone pretrain <model_name> --tokenizer_dir {m['config']['tokenizer_dir']} --data shards"
                   f" --data.path {folder}"]

@@ -5,7 +5,9 @@ Interface::
     Decontaminator(benchmark_strings: Iterable[str], min_chars: int = 50)
         .contaminated(text: str) -> Optional[str]   the matched benchmark string's label, or None
         Decontaminator.from_files(paths, min_chars=50)  strings from JSONL (every string field of every record,
-                                                        nested ones too) and text files (one string per line)
+                                                        nested ones too) and text files (one string per line);
+                                                        ``CorpusError`` for a file that is not UTF-8, a line that is
+                                                        not JSON, or a file with no string of ``min_chars``
 
 A file is contaminated when it contains a benchmark string as an exact substring after both sides have their
 whitespace normalized (every run of whitespace becomes one space; leading/trailing whitespace is removed), as
@@ -24,6 +26,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
 import ahocorasick
+
+from litgpt_clone.corpus.pipeline import CorpusError
 
 WHITESPACE = re.compile(r"\s+")
 LABEL_CHARS = 80
@@ -69,19 +73,25 @@ class Decontaminator:
         """Load benchmark strings: ``.jsonl`` files give every string field of every record, others every line."""
         strings: list[str] = []
         for path in map(Path, paths):
-            with open(path, encoding="utf-8") as f:
-                if path.suffix == ".jsonl":
-                    for number, line in enumerate(f, 1):
-                        if not line.strip():
-                            continue
-                        try:
-                            strings.extend(_strings_in(json.loads(line)))
-                        except json.JSONDecodeError as err:
-                            raise ValueError(
-                                f"{path}:{number} is not a JSON record ({err.msg}); fix or remove that line"
-                            ) from None
-                else:
-                    strings.extend(line.rstrip("\n") for line in f)
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except UnicodeDecodeError as err:
+                raise CorpusError(f"--decontaminate: {path} is not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8") from None
+            found: list[str] = []
+            if path.suffix == ".jsonl":
+                for number, line in enumerate(lines, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        found.extend(_strings_in(json.loads(line)))
+                    except json.JSONDecodeError as err:
+                        raise CorpusError(f"--decontaminate: {path}:{number} is not a JSON record ({err.msg}); fix or remove that line") from None
+            else:
+                found = lines
+            if not any(len(normalize(string)) >= min_chars for string in found):
+                raise CorpusError(f"--decontaminate: {path} has no string of {min_chars} or more characters, the shortest that is"
+                                  " searched for (shorter ones match everywhere): it would decontaminate nothing")
+            strings.extend(found)
         return cls(strings, min_chars=min_chars)
 
     def contaminated(self, text: str) -> Optional[str]:

@@ -50,6 +50,9 @@ _ASCII_NON_WORD = {c: " " for c in range(128) if not (chr(c).isalnum() or chr(c)
 # 0-2% of the true pairs both kept, against 0-4% for (0.1, 0.9) (32 x 8: 0.85 and 0.97) and 4-11% for datasketch's
 # default (0.5, 0.5) (25 x 10: 0.51 and 0.77); see benchmarks/RESULTS.md.
 LSH_WEIGHTS = (0.05, 0.95)
+MAX_NEAR_DEDUP_THRESHOLD = 0.997
+"""The highest threshold MinHashLSH indexes with 256 permutations and ``LSH_WEIGHTS``: above it the best bands x
+rows has a single band, which datasketch refuses ("The number of bands are too small")."""
 _MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))  # splitmix64's finalizer
 _POLY = np.uint64(0x9E3779B97F4A7C15)  # odd multiplier of the polynomial that combines a shingle's word hashes
 _CHUNK = 16  # documents per mapper task

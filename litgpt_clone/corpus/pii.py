@@ -10,16 +10,26 @@ Interface::
 Secrets: a fast regex prefilter proposes candidates in the shapes gitleaks and detect-secrets document (AWS access
 key ids and secret keys, GitHub ``ghp_``/``gho_``/``ghu_``/``ghs_``/``ghr_``/``github_pat_`` tokens, Slack ``xox?-``
 tokens, Stripe ``sk_live_``/``rk_live_`` keys, Google ``AIza`` API keys, JWTs, PEM private key blocks, basic-auth
-credentials in URLs, and ``password = "..."``-style assignments to secret-sounding names). A candidate is
+credentials in URLs, and ``password = "..."``-style assignments to secret-sounding names). Unquoted values are
+candidates too where config files and shell scripts write them, alone at the end of their line:
+``DB_PASSWORD=value`` (no spaces: shell, ``.env``), ``password: value`` and ``password = value`` (YAML, INI) when the
+value has a digit or a symbol (a bare word there is mostly code: a type, a variable); values that look like code
+(``get_password()``, ``settings.SECRET_KEY``, ``hashed_password``, ``str``, ``None``) never are. A candidate is
 replaced only when detect-secrets, run on its line (``scan_line`` inside ``transient_settings``, with its default
-false-positive filters), reports a secret overlapping it: a named detector, the keyword detector, or a
-high-entropy string above that plugin's own limit. Values assigned to password-like names and basic-auth
-passwords become ``<PASSWORD>``; everything else ``<KEY>``. A PEM block keeps its BEGIN/END lines and its body
-becomes ``<KEY>``.
+false-positive filters; an unquoted value is quoted first, as its keyword detector expects of code), reports a
+secret overlapping it: a named detector, the keyword detector, or a high-entropy string above that plugin's own
+limit. Values assigned to password-like names and basic-auth passwords become ``<PASSWORD>``; everything else
+``<KEY>``. A PEM block keeps its BEGIN/END lines and its body becomes ``<KEY>``.
+
+Emails: ``local@domain.tld`` where the top-level domain is a common generic one (``COMMON_TLDS``: com, org, net,
+dev, ...) or a two-letter country code not followed by ``(`` or ``[``, so that Python's matrix product
+``x@weights.data`` / ``x@w.to(device)`` stays code.
 
 IP addresses: IPv4/IPv6 candidates are validated with ``ipaddress`` and replaced only when public (global, not
 multicast or reserved). Skipped as not network addresses: anything preceded by a version marker ("version",
-"ver", "v", "release", "rev", "build"), dotted runs of more than four numbers (OIDs, section numbers),
+"ver", "v", "release", "rev", "build"; also a name that goes on, ``VERSION_STRING = '3.10.2.1'``,
+``AssemblyFileVersion("1.0.12.3")``, a JSON key ``"version": "4.12.1.7"``), dotted runs of more than four numbers
+(OIDs, section numbers), an address followed by ``.name`` (a file name: ``pkg-4.2.1.10.tar.gz``),
 ``x.x.x.x`` with single digits unless "dns" or "server" is near (StarCoder's rule: these are mostly versions),
 IPv6 candidates without a digit or with fewer than three groups (C++ ``a::b``, times like ``12:30:45``).
 
@@ -62,7 +72,7 @@ _PASSWORD_WORD = re.compile(r"pass|pwd|contrase", re.IGNORECASE)
 # Patterns lead with a literal (fast in ``re``); a match preceded by a word character is dropped afterwards.
 SECRET_RULES: list[tuple[re.Pattern, int, Optional[str]]] = [
     (re.compile(r"A(?:KIA|SIA|BIA|CCA|3T[A-Z0-9])[A-Z2-7]{16}(?!\w)"), 0, "KEY"),
-    (re.compile(r"(?i)aws.{0,20}?(?:key|pwd|pw|password|pass|token).{0,20}?['\"]([0-9a-zA-Z/+]{40})['\"]"), 1, "KEY"),
+    (re.compile(r"(?i)aws.{0,20}?(?:key|pwd|pw|password|pass|token).{0,20}?(?:['\"]|[=:]\s*)([0-9a-zA-Z/+]{40})(?![0-9a-zA-Z/+])"), 1, "KEY"),
     (re.compile(r"gh[pousr]_[A-Za-z0-9]{36}(?!\w)"), 0, "KEY"),
     (re.compile(r"github_pat_[A-Za-z0-9_]{82}(?!\w)"), 0, "KEY"),
     (re.compile(r"xox(?:[abposr]|a-2)-[0-9A-Za-z-]{10,250}"), 0, "KEY"),
@@ -76,6 +86,14 @@ KEYWORD_RULE = re.compile(
     r"(?:key|secret|token|pass|pwd|contrase(?:ñ|n)a)\w*['\"\]]{0,2}\s*(?::=|=>|===?|!==?|=|:)\s*@?([`'\"])"
     r"([^\n'\"`]{4,200})\1"
 )
+# Unquoted values alone at the end of their line (shell, .env, YAML, INI): ``KEY=value`` or ``key: value`` / ``key = value``.
+KEYWORD_UNQUOTED_RULE = re.compile(
+    r"(?:key|secret|token|pass|pwd|contrase(?:ñ|n)a)\w*(=|:[ \t]+|[ \t]+=[ \t]+)"
+    r"([^\s'\"`,;()\[\]{}<>$%&|\\*]{6,200})(?=[ \t\r]*(?:#[^\n]*)?$)", re.MULTILINE
+)
+CODE_VALUE = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")  # an identifier or attribute chain
+CODE_WORDS = {"string", "boolean", "number", "integer", "object", "undefined", "nullable", "required", "optional",
+              "secret", "password", "passwd", "token"}  # types, constants and field names, not secrets
 PEM_BLOCK = re.compile(
     r"(-----BEGIN[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----)\s*?\n([\s\S]{16,}?)(?=\n?\s*-----END[ A-Z0-9_-]{0,100}PRIVATE KEY)"
 )
@@ -86,14 +104,20 @@ EMAIL = re.compile(
     r"(?![\w-]|\.[A-Za-z0-9])"
 )
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-IPV4 = re.compile(rf"(?<![\w.])({_OCTET}(?:\.{_OCTET}){{3}})(?![\w]|\.\d)")
+IPV4 = re.compile(rf"(?<![\w.])({_OCTET}(?:\.{_OCTET}){{3}})(?!\w|\.\w)")
 IPV6 = re.compile(r"(?<![\w:.])((?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?)(?![\w:.])")
 # Cheap gates: the full patterns above run only on texts where these find something.
+COMMON_TLDS = frozenset(
+    "com org net edu gov mil int info biz name pro mobi aero coop museum jobs travel asia app dev io ai tech xyz online"
+    " site cloud email systems digital network software studio design agency media news blog page shop store club"
+    " academy group team world global company center space website live life today".split()
+)
 EMAIL_HINT = re.compile(r"@[A-Za-z0-9-]+\.[A-Za-z]")
 IPV4_HINT = re.compile(r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]")
 IPV6_HINT = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]")
 VERSION_BEFORE = re.compile(
-    r"(?i)(?:(?:^|[^a-z0-9])(?:v|ver|version|release|rev|revision|build|firmware)_*\s*[:=]?\s*['\"]?|[=<>~!]=\s*['\"]?)$"
+    r"(?i)(?:version\w*|(?:^|[^a-z0-9])(?:(?:v|ver|rev|build)_*|(?:release|revision|firmware)\w*))['\"]?\s*[:=(]?\s*['\"]?$"
+    r"|[=<>~!]=\s*['\"]?$"
 )
 
 
@@ -138,7 +162,12 @@ def _ip_spans(text: str) -> list[_Span]:
 def _email_spans(text: str) -> list[_Span]:
     if not EMAIL_HINT.search(text):
         return []
-    return [_Span(m.start(1), m.end(1), "EMAIL", PLACEHOLDERS["EMAIL"]) for m in EMAIL.finditer(text)]
+    spans = []
+    for m in EMAIL.finditer(text):
+        tld = m.group(1).rsplit(".", 1)[1].lower()
+        if tld in COMMON_TLDS or (len(tld) == 2 and text[m.end() : m.end() + 1] not in ("(", "[")):
+            spans.append(_Span(m.start(1), m.end(1), "EMAIL", PLACEHOLDERS["EMAIL"]))
+    return spans
 
 
 def _line_bounds(text: str, pos: int) -> tuple[int, int]:
@@ -164,22 +193,36 @@ def _confirmed(findings: list, line: str, start: int, end: int) -> bool:
     return False
 
 
-def _candidates(text: str) -> list[tuple[int, int, int, int, str]]:
-    """(confirm_start, confirm_end, replace_start, replace_end, kind) for each secret candidate."""
+def _code_like(value: str, operator: Optional[str]) -> bool:
+    """Whether a value assigned to a secret-sounding name is code or a name rather than a secret: a type, constant
+    or field name (``PASSWORD_FIELD = "password"``); unquoted (assigned with ``operator``), also an identifier with
+    ``_`` or an attribute chain, or a bare word after ": " or " = " (a type or a variable)."""
+    if value.lower() in CODE_WORDS:
+        return True
+    if operator is None:
+        return False
+    return bool(CODE_VALUE.fullmatch(value) and ("_" in value or "." in value)) or (operator != "=" and value.isalpha())
+
+
+def _candidates(text: str) -> list[tuple[int, int, int, int, str, bool]]:
+    """(confirm_start, confirm_end, replace_start, replace_end, kind, unquoted) for each secret candidate."""
     found = []
     for pattern, group, kind in SECRET_RULES:
         for match in pattern.finditer(text):
             if group == 0 and match.start() > 0 and (text[match.start() - 1].isalnum() or text[match.start() - 1] == "_"):
                 continue
-            found.append((match.start(group), match.end(group), match.start(group), match.end(group), kind))
+            found.append((match.start(group), match.end(group), match.start(group), match.end(group), kind, False))
     lower = text.lower()
     keyword_source = lower if len(lower) == len(text) else None  # a few characters change length when lowered
-    pattern = KEYWORD_RULE if keyword_source is not None else re.compile(KEYWORD_RULE.pattern, re.IGNORECASE)
-    for match in pattern.finditer(keyword_source if keyword_source is not None else text):
-        kind = "PASSWORD" if _PASSWORD_WORD.search(match.group(0), 0, match.start(2) - match.start()) else "KEY"
-        found.append((match.start(2), match.end(2), match.start(2), match.end(2), kind))
+    for rule, unquoted in ((KEYWORD_RULE, False), (KEYWORD_UNQUOTED_RULE, True)):
+        pattern = rule if keyword_source is not None else re.compile(rule.pattern, rule.flags | re.IGNORECASE)
+        for match in pattern.finditer(keyword_source if keyword_source is not None else text):
+            if _code_like(text[match.start(2) : match.end(2)], match.group(1) if unquoted else None):
+                continue
+            kind = "PASSWORD" if _PASSWORD_WORD.search(match.group(0), 0, match.start(2) - match.start()) else "KEY"
+            found.append((match.start(2), match.end(2), match.start(2), match.end(2), kind, unquoted))
     for match in PEM_BLOCK.finditer(text):
-        found.append((match.start(1), match.end(1), match.start(2), match.end(2), "KEY"))
+        found.append((match.start(1), match.end(1), match.start(2), match.end(2), "KEY", False))
     return found
 
 
@@ -189,13 +232,14 @@ def _secret_spans(text: str) -> list[_Span]:
         return []
     spans, scanned = [], {}
     with transient_settings({"plugins_used": DETECT_SECRETS_PLUGINS}):
-        for c_start, c_end, r_start, r_end, kind in sorted(candidates):
+        for c_start, c_end, r_start, r_end, kind, unquoted in sorted(candidates):
             line_start, line_end = _line_bounds(text, c_start)
-            if line_start not in scanned:
-                line = text[line_start:line_end]
-                scanned[line_start] = (line, list(scan_line(line)))
-            line, findings = scanned[line_start]
-            if _confirmed(findings, line, c_start - line_start, c_end - line_start):
+            line, start, end = text[line_start:line_end], c_start - line_start, c_end - line_start
+            if unquoted:  # detect-secrets' keyword detector reads code, where a literal value is quoted
+                line, start, end = f'{line[:start]}"{line[start:end]}"{line[end:]}', start + 1, end + 1
+            if line not in scanned:
+                scanned[line] = list(scan_line(line))
+            if _confirmed(scanned[line], line, start, end):
                 spans.append(_Span(r_start, r_end, kind, PLACEHOLDERS[kind]))
     return spans
 

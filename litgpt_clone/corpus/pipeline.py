@@ -8,7 +8,9 @@ Stages, in order (a dropped file keeps the first reason it got and skips the lat
 (identity, ``blob_id`` and ``content_id``, is computed for every file that was read, binary ones included.)
 
 Work happens in ``out_dir/vN.partial/`` with a checkpoint per step, and the folder is renamed to ``vN`` at the end,
-so a run that is killed resumes where it stopped when started again with the same configuration:
+so a run that is killed resumes where it stopped when started again with the same configuration and the same
+inputs (``inputs_digest``: git commits, archives' sizes and times, folders' file sizes and times); a partial build
+of another configuration, or of sources that changed since, is removed and started over:
 
 - ``stages/read/<repo>-<chunk>.jsonl``: the per-file stages (read … pii) for ``CHUNK_FILES`` files of a repository
   (files in path order, so chunk ``i`` always holds the same files); one atomic file per chunk.
@@ -237,10 +239,12 @@ def repo_key(name: str) -> str:
 
 
 def _license_texts(repo: Repository) -> dict[str, str]:
-    """The decoded texts of the repository's license and README files, by path."""
+    """The decoded texts of the repository's license and README files, by path (``--exclude``d ones too: leaving a
+    file out of the corpus does not take its license away from the others)."""
     from litgpt_clone.corpus.filters import decode
 
-    wanted = [e for e in repo.entries if not e.skip and licenses.license_text(e.path, "") is not None]
+    files = sorted(repo.entries + repo.excluded, key=lambda e: e.path)
+    wanted = [e for e in files if not e.skip and licenses.license_text(e.path, "") is not None]
     texts = {}
     for entry, data in zip(wanted, repo.read(wanted)):
         if isinstance(data, bytes) and (text := decode(data)[0]) is not None:
@@ -511,8 +515,15 @@ def _stages(repos: list[Repository], config: CorpusConfig, partial: Path, cache:
     return records, texts, dedup, shards
 
 
+def inputs_digest(repos: list[Repository]) -> str:
+    """SHA-256 of what the sources hold (``Repository.fingerprint``: commits, archive and file sizes and times)."""
+    listing = [[r.name, r.kind, r.source, r.fingerprint()] for r in repos]
+    return hashlib.sha256(json.dumps(listing, sort_keys=True).encode()).hexdigest()
+
+
 def run(config: CorpusConfig, out_dir: Path, workers: int = 1, log: Callable[[str], None] = print) -> Result:
-    """Build the next version of the corpus in ``out_dir`` (resuming an interrupted build of the same config).
+    """Build the next version of the corpus in ``out_dir`` (resuming an interrupted build of the same config and
+    inputs). ``out_dir`` may be inside a source folder: it is not read.
 
     One build at a time per ``out_dir``: a POSIX lock on ``out_dir/.lock``, released when the process ends however
     it ends (and not inherited by the worker processes)."""
@@ -530,19 +541,25 @@ def _run_locked(config: CorpusConfig, out_dir: Path, workers: int, log: Callable
     from litgpt_clone.corpus import manifest as manifest_lib
     from litgpt_clone.corpus import report as report_lib
 
+    repos = open_sources(config.sources, config.layout, config.max_file_size, config.exclude, skip=[out_dir])
     version, previous = manifest_lib.next_version(out_dir)
     partial = out_dir / f"v{version}.partial"
-    digest = config.digest()
+    digest, inputs = config.digest(), inputs_digest(repos)
     stamp = partial / "stages" / "config.json"
-    if partial.exists() and (not stamp.is_file() or json.loads(stamp.read_text()).get("config_hash") != digest):
-        log(f"removing {partial}: it was started with another configuration")
-        shutil.rmtree(partial)
-    elif partial.exists():
-        log(f"resuming {partial}")
+    if partial.exists():
+        started = json.loads(stamp.read_text()) if stamp.is_file() else {}
+        if started.get("config_hash") != digest:
+            log(f"removing {partial}: it was started with another configuration")
+            shutil.rmtree(partial)
+        elif started.get("inputs_hash") != inputs:
+            log(f"removing {partial}: the sources changed since it was started (new commits or changed files); starting over")
+            shutil.rmtree(partial)
+        else:
+            log(f"resuming {partial}")
     stamp.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic_text(stamp, json.dumps({"config": config.to_dict(), "config_hash": digest}, indent=2, sort_keys=True) + "\n")
+    stamp_data = {"config": config.to_dict(), "config_hash": digest, "inputs_hash": inputs}
+    write_atomic_text(stamp, json.dumps(stamp_data, indent=2, sort_keys=True) + "\n")
 
-    repos = open_sources(config.sources, config.layout, config.max_file_size, config.exclude)
     cache = licenses.DetectionCache(out_dir / "cache" / "license_detections.json")
     pool = Workers(workers, config)
     finished = False

@@ -14,8 +14,19 @@ asked for. Nothing is ever extracted to disk, and nothing outside a source is re
   links and absolute or ``..`` member names are skipped. A single top-level folder (GitHub's ``repo-<sha>/``) is
   dropped from paths.
 
-``exclude`` patterns (shell-style, ``*`` also crosses ``/``) leave out every file whose path in its repository, or
-any folder above it, matches one: ``["site-packages", "*__pycache__"]``. Excluded files are not listed at all.
+``exclude`` patterns (shell-style, ``*`` also crosses ``/``) leave out of the corpus every file whose path in its
+repository, or any folder above it, matches one: ``["site-packages", "*__pycache__"]``. Excluded files are not in
+``Repository.entries`` but in ``Repository.excluded``, whose license files are still read to detect the repository's
+licenses (``--exclude '["*.txt"]'`` must not hide a ``LICENSE.txt``). A folder that matches is not walked: its
+license files apply only to the files under it, all excluded.
+
+``skip`` names folders never read, wherever they are inside a source: the build's own ``out_dir`` (its versions,
+cache and lock would otherwise become corpus files, and change at every build). A source that *is* one of them is
+refused.
+
+Paths are text: bytes of a file name that are not UTF-8 are written as ``\\xNN`` (``caf\\xe9.py``), Python's
+``backslashreplace``. The file is kept, as The Stack v2 keeps every file of a repository snapshot whatever its name;
+only its recorded path is escaped (the JSON outputs are UTF-8).
 
 Layouts: with ``layout="repo"`` each source is one repository; with ``layout="owner/repo"`` a folder or archive
 holds ``<owner>/<repo>/...``, and each such folder that is a git repository is read through git.
@@ -51,6 +62,7 @@ class FileEntry:
     size: Optional[int]
     skip: Optional[str] = None
     ref: object = None  # what the reader needs: a git object id, an absolute path, an archive member
+    mtime_ns: Optional[int] = None  # folders only: the file's modification time, part of ``Repository.fingerprint``
 
 
 @dataclass
@@ -64,10 +76,22 @@ class Repository:
     commit: Optional[str] = None
     commit_time: Optional[int] = None
     reader: Callable[[list[FileEntry]], Iterator[Union[bytes, OSError]]] = field(default=None, repr=False)
+    excluded: list[FileEntry] = field(default_factory=list)  # left out by ``exclude``; read only for license detection
 
     def read(self, entries: list[FileEntry]) -> Iterator[Union[bytes, OSError]]:
         """The bytes of each entry in order, or the ``OSError`` that reading it raised."""
         return self.reader(entries)
+
+    def fingerprint(self) -> Union[str, list, None]:
+        """What changes when the repository's files can have changed, cheap to get: a git repository's commit, an
+        archive's size and modification time, a folder's sorted (path, size, mtime_ns, skip) list (excluded files
+        too: their license files count)."""
+        if self.kind == "git":
+            return self.commit
+        if self.kind == "archive":
+            st = os.stat(self.source)
+            return [st.st_size, st.st_mtime_ns]
+        return [[e.path, e.size, e.mtime_ns, e.skip] for e in sorted(self.entries + self.excluded, key=lambda e: e.path)]
 
 
 # --------------------------------------------------------------------------- git
@@ -112,7 +136,7 @@ def git_repository(path: Path, max_file_size: int, name: Optional[str] = None) -
             continue
         meta, name_bytes = item.split(b"\t", 1)
         mode, kind, oid, size = meta.decode().split()
-        file_path = name_bytes.decode("utf-8", errors="surrogateescape")
+        file_path = name_bytes.decode("utf-8", errors="backslashreplace")
         if kind == "commit":
             entries.append(FileEntry(file_path, None, "submodule"))
         elif mode == "120000":
@@ -152,6 +176,11 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
+def text_path(name: str) -> str:
+    """A file name from the OS (undecodable bytes as surrogates) as text: those bytes written as ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def excluded(path: str, patterns: Sequence[str]) -> bool:
     """Whether ``path`` or a folder above it matches one of the shell-style ``patterns``."""
     if not patterns:
@@ -160,9 +189,12 @@ def excluded(path: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase("/".join(parts[: i + 1]), p) for i in range(len(parts)) for p in patterns)
 
 
-def walk_folder(root: Path, max_file_size: int, exclude: Sequence[str] = ()) -> list[FileEntry]:
-    """Every file under ``root`` (sorted by path), following symlinks only while they stay inside ``root``."""
+def walk_folder(root: Path, max_file_size: int, exclude: Sequence[str] = (), skip: Sequence[Path] = ()) -> list[FileEntry]:
+    """Every file under ``root`` (sorted by path), following symlinks only while they stay inside ``root``; folders
+    that match ``exclude``, and the ``skip`` folders, are not entered (excluded files are listed: ``open_sources``
+    sets them apart)."""
     root_real = os.path.realpath(root)
+    skip_real = {os.path.realpath(p) for p in skip}
     entries: list[FileEntry] = []
 
     def visit(folder: str, rel: str, chain: tuple[str, ...]) -> None:
@@ -172,8 +204,8 @@ def walk_folder(root: Path, max_file_size: int, exclude: Sequence[str] = ()) -> 
             entries.append(FileEntry(rel or ".", None, f"unreadable_folder:{type(err).__name__}"))
             return
         for item in items:
-            rel_path = f"{rel}/{item.name}" if rel else item.name
-            if exclude and excluded(rel_path, exclude):
+            rel_path = f"{rel}/{text_path(item.name)}" if rel else text_path(item.name)
+            if exclude and excluded(rel_path, exclude) and item.is_dir():
                 continue
             if item.is_symlink():
                 try:
@@ -185,6 +217,8 @@ def walk_folder(root: Path, max_file_size: int, exclude: Sequence[str] = ()) -> 
                 if not _inside(target, root_real):
                     entries.append(FileEntry(rel_path, None, "symlink_outside_root"))
                     continue
+                if any(_inside(target, s) for s in skip_real):
+                    continue
                 if os.path.isdir(target):
                     if target in chain:  # a link to a folder it is inside of
                         entries.append(FileEntry(rel_path, None, "symlink_loop"))
@@ -193,8 +227,8 @@ def walk_folder(root: Path, max_file_size: int, exclude: Sequence[str] = ()) -> 
                     continue
                 add_file(target, rel_path)
             elif item.is_dir(follow_symlinks=False):
-                if item.name not in SKIP_DIRS:
-                    real = os.path.realpath(item.path)
+                real = os.path.realpath(item.path)
+                if item.name not in SKIP_DIRS and real not in skip_real:
                     visit(item.path, rel_path, chain + (real,))
             else:
                 add_file(item.path, rel_path)
@@ -210,7 +244,7 @@ def walk_folder(root: Path, max_file_size: int, exclude: Sequence[str] = ()) -> 
         elif st.st_size > max_file_size:
             entries.append(FileEntry(rel_path, st.st_size, "too_large"))
         else:
-            entries.append(FileEntry(rel_path, st.st_size, None, path))
+            entries.append(FileEntry(rel_path, st.st_size, None, path, st.st_mtime_ns))
 
     visit(root_real, "", (root_real,))
     entries.sort(key=lambda e: e.path)
@@ -228,8 +262,8 @@ def _read_paths(entries: list[FileEntry], max_file_size: int) -> Iterator[Union[
         yield data if len(data) <= max_file_size else OSError("grew past the size limit while read")
 
 
-def folder_repository(path: Path, name: str, max_file_size: int, exclude: Sequence[str] = ()) -> Repository:
-    entries = walk_folder(path, max_file_size, exclude)
+def folder_repository(path: Path, name: str, max_file_size: int, exclude: Sequence[str] = (), skip: Sequence[Path] = ()) -> Repository:
+    entries = walk_folder(path, max_file_size, exclude, skip)
     return Repository(name, str(path), "folder", entries, reader=lambda es: _read_paths(es, max_file_size))
 
 
@@ -248,7 +282,7 @@ def archive_stem(path: Path) -> str:
 
 def _safe_member_name(name: str) -> Optional[str]:
     """The member's normalised POSIX path, or None when it is absolute or climbs with ``..``."""
-    name = name.replace("\\", "/")
+    name = text_path(name).replace("\\", "/")
     if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
         return None
     parts = [p for p in PurePosixPath(name).parts if p not in ("", ".")]
@@ -345,31 +379,39 @@ def archive_repositories(path: Path, layout: Layout, max_file_size: int) -> list
 
 
 # --------------------------------------------------------------------------- all sources
-def open_source(source: Union[str, Path], layout: Layout, max_file_size: int, exclude: Sequence[str] = ()) -> list[Repository]:
-    """The repositories of one source (a git repository, a folder or an archive)."""
+def open_source(source: Union[str, Path], layout: Layout, max_file_size: int, exclude: Sequence[str] = (),
+                skip: Sequence[Path] = ()) -> list[Repository]:
+    """The repositories of one source (a git repository, a folder or an archive), never entering the ``skip`` folders."""
     path = Path(source)
     if is_archive(path):
         return archive_repositories(path, layout, max_file_size)
     if not path.is_dir():
         raise SourceError(f"source {path} is not a folder, a git repository or a tar/zip archive: check the path")
+    if any(os.path.realpath(path) == os.path.realpath(p) for p in skip):
+        raise SourceError(f"source {path} is also the --out_dir: give an --out_dir outside it (one inside a source is skipped when reading)")
     if layout == "repo":
         if is_git_repository(path):
             return [git_repository(path, max_file_size)]
-        return [folder_repository(path, path.resolve().name, max_file_size, exclude)]
+        return [folder_repository(path, path.resolve().name, max_file_size, exclude, skip)]
     repos = []
-    for repo in owner_repo_folders(path):
-        name = f"{repo.parent.name}/{repo.name}"
+    for repo in owner_repo_folders(path, skip):
+        name = f"{text_path(repo.parent.name)}/{text_path(repo.name)}"
         if is_git_repository(repo):
             repos.append(git_repository(repo, max_file_size, name))
         else:
-            repos.append(folder_repository(repo, name, max_file_size, exclude))
+            repos.append(folder_repository(repo, name, max_file_size, exclude, skip))
     return repos
 
 
-def owner_repo_folders(path: Path) -> list[Path]:
-    """The ``<owner>/<repo>/`` folders of a folder read with ``layout="owner/repo"`` (links not followed)."""
-    owners = sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink() and p.name not in SKIP_DIRS)
-    return [repo for owner in owners for repo in sorted(p for p in owner.iterdir() if p.is_dir() and not p.is_symlink())]
+def owner_repo_folders(path: Path, skip: Sequence[Path] = ()) -> list[Path]:
+    """The ``<owner>/<repo>/`` folders of a folder read with ``layout="owner/repo"`` (links and ``skip`` not followed)."""
+    skip_real = {os.path.realpath(p) for p in skip}
+
+    def folders(parent: Path) -> list[Path]:
+        return sorted(p for p in parent.iterdir() if p.is_dir() and not p.is_symlink() and p.name not in SKIP_DIRS
+                      and os.path.realpath(p) not in skip_real)
+
+    return [repo for owner in folders(path) for repo in folders(owner)]
 
 
 def check_layout(source: Union[str, Path], layout: Layout) -> None:
@@ -379,12 +421,16 @@ def check_layout(source: Union[str, Path], layout: Layout) -> None:
         raise SourceError(f"source {source} has no <owner>/<repo>/ folders, which --layout owner/repo reads: use --layout repo for one repository")
 
 
-def open_sources(sources: list[Union[str, Path]], layout: Layout, max_file_size: int, exclude: Sequence[str] = ()) -> list[Repository]:
-    """The repositories of all sources, sorted by name; two sources giving the same name is an error."""
+def open_sources(sources: list[Union[str, Path]], layout: Layout, max_file_size: int, exclude: Sequence[str] = (),
+                 skip: Sequence[Path] = ()) -> list[Repository]:
+    """The repositories of all sources, sorted by name, their ``exclude``d files set apart; two sources giving the
+    same name is an error. ``skip``: folders never read (the build's ``out_dir``)."""
     repos: dict[str, Repository] = {}
     for source in sources:
-        for repo in open_source(source, layout, max_file_size, exclude):
-            repo.entries = [e for e in repo.entries if not excluded(e.path, exclude)]
+        for repo in open_source(source, layout, max_file_size, exclude, skip):
+            if exclude:
+                repo.excluded = [e for e in repo.entries if excluded(e.path, exclude)]
+                repo.entries = [e for e in repo.entries if not excluded(e.path, exclude)]
             if repo.name in repos:
                 raise SourceError(
                     f"two sources give the repository name {repo.name!r} ({repos[repo.name].source} and {repo.source}):"
