@@ -140,6 +140,12 @@ def parser_message(message: str) -> str:
     flag takes (the whole message, joined, where it has another shape)."""
     keys = re.findall(r'Parser key "([^"]+)":', message)  # nested for a class's own arguments: data, val_fraction
     value = re.search(r"(?:Got value|Given value): (.*)", message)
+    if keys == ["data"] and value and "Expected a dot import path string" in message:  # a --data name of no module
+        if "litgpt_clone.data.sft." in message:
+            from litgpt_clone.data.sft import SFT_DATA_MODULES as modules
+        else:
+            from litgpt_clone.data.pretrain import DATA_MODULES as modules
+        return f"unknown --data {value.group(1).strip()}: use one of {', '.join(modules)}"
     if keys and value:
         flag = f"--{'.'.join(keys)} {value.group(1).strip()}"
         if choices := re.search(r"Literal\[([^\]]*)\]", message):
@@ -150,7 +156,9 @@ def parser_message(message: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from jsonargparse import CLI
+    from jsonargparse import CLI, set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # --train.*, --lora.*: their fields' docstrings
 
     from litgpt_clone.host_memory import keep_freed_memory
 

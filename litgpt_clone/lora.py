@@ -106,13 +106,24 @@ class LoRALinear(nn.Module):
         return delta
 
 
+def check_layers(args: LoRAArgs, n_layer: int) -> tuple[int, int]:
+    """The block range ``[start, end)`` that gets adapters; a ``ConfigError`` when ``--lora.layers`` is outside the model."""
+    start, end = args.layers or (0, n_layer)
+    if not 0 <= start < end <= n_layer:
+        raise ConfigError(
+            f"--lora.layers [{start}, {end}] is outside the model's {n_layer} blocks: give [start, end) with "
+            f"0 <= start < end <= {n_layer}"
+        )
+    return start, end
+
+
 def targets(model: GPT, args: LoRAArgs) -> dict[str, dict[str, tuple[int, int]]]:
     """Module name -> the output slices to adapt."""
     c = model.config
     q, kv = c.n_head * c.head_size, c.n_query_groups * c.head_size
     qkv_parts = {"query": (0, q), "key": (q, q + kv), "value": (q + kv, q + 2 * kv)}
     wanted = {k: v for k, v in qkv_parts.items() if getattr(args, k)}
-    start, end = args.layers or (0, c.n_layer)
+    start, end = check_layers(args, c.n_layer)
     out = {}
     for name, module in model.named_modules():
         if not hasattr(module, "in_features") or isinstance(module, LoRALinear):
@@ -192,6 +203,8 @@ def merge_into(base: dict[str, torch.Tensor], adapters: dict[str, torch.Tensor],
         weight = base[f"{name}.weight"].float().clone()
         for part, (start, end) in slices.items():
             a, b = adapters[f"{name}.lora_A.{part}"].float(), adapters[f"{name}.lora_B.{part}"].float()
+            if a.shape[1] != weight.shape[1] or b.shape[0] != end - start:
+                raise ConfigError(f"the LoRA weights of {name} ({part}) do not fit the base's layer: merge them into the model they were trained on")
             weight[start:end] += b @ a * (args.alpha / args.r)
         merged[f"{name}.weight"] = weight.to(base[f"{name}.weight"].dtype)
     return merged

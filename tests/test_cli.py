@@ -40,6 +40,10 @@ def test_help_lists_commands_and_docstrings():
         assert command in out
     out = cli("convert", "from_hf", "--help").stdout
     assert "Folder with config.json" in out and "--dtype" in out
+    # the fields of --train, --eval and --lora are documented by their attribute docstrings (they had no help text)
+    out = " ".join(cli("finetune", "lora", "--help").stdout.split())
+    assert "--train.max_norm MAX_NORM Clip the global gradient norm to this value; None disables clipping." in out
+    assert "--lora.r R Rank of the adapters." in out and "--eval.interval INTERVAL Validate every this many optimizer steps." in out
 
 
 def test_models_filter():

@@ -276,3 +276,113 @@ def test_file_data_without_a_path_is_one_line(base, tmp_path, capsys):
         style = ["--data.prompt_style", "chatml"] if name == "chat" else []  # (the base has no chat template)
         line = cli_error(capsys, "finetune", "lora", base / "base", "--data", name, *style, "--out_dir", tmp_path / name)
         assert line == f"error: --data {name} needs --data.path <file.json or file.jsonl>"
+
+
+def test_finetuning_an_adapter_checkpoint_carries_its_adapter_config(base, tmp_path):
+    """The prefixes of a `finetune adapter` final/ are in every model.safetensors made from it (full and LoRA
+    finetuning, merge_lora, pretrain --initial_checkpoint_dir): each such folder carries adapter_config.yaml too, or
+    nothing could load it. A step-* folder of an adapter run says to use final/ (it advised `convert from_hf`)."""
+    import yaml
+
+    ad = tmp_path / "ad"
+    finetune(base, ad, "--train.max_steps", "2", "--train.save_interval", "1", "--adapter.start_layer", "1",
+             "--adapter.prompt_length", "3", method="adapter")
+    config = yaml.safe_load((ad / "final" / "adapter_config.yaml").read_text())
+    assert config == {"prompt_length": 3, "start_layer": 1}
+    gen = subprocess.run([sys.executable, "-m", "litgpt_clone", "generate", str(ad / "step-00000001"), "--prompt", "hi"],
+                         capture_output=True, text=True, timeout=120)
+    assert gen.returncode == 2 and gen.stderr.strip() == (
+        f"error: {ad / 'step-00000001'} holds LLaMA-Adapter weights only (a step checkpoint, which has no merge): use the "
+        "run's final/ folder, the base model with the adapters inside"
+    )
+    args = ["--train.max_steps", "1", "--train.save_interval", "1"]
+    full, lora = tmp_path / "full", tmp_path / "lora"
+    for method, out in (("full", full), ("lora", lora)):
+        proc = subprocess.run([sys.executable, "-m", "litgpt_clone", "finetune", method, str(ad / "final"), "--data", "json",
+                               "--data.path", str(base / "data.json"), "--out_dir", str(out), "--train.global_batch_size", "2",
+                               "--train.micro_batch_size", "2", "--eval.max_iters", "1", *args],
+                              env={**os.environ, "LITGPT_CLONE_CACHE": str(base / "cache")}, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    subprocess.run([sys.executable, "-m", "litgpt_clone", "merge_lora", str(lora / "step-00000001")], check=True, capture_output=True)
+    (tmp_path / "text.txt").write_text(" ".join(WORDS * 40))
+    subprocess.run([sys.executable, "-m", "litgpt_clone", "pretrain", "--initial_checkpoint_dir", str(ad / "final"), "--data", "text",
+                    "--data.path", str(tmp_path / "text.txt"), "--out_dir", str(tmp_path / "pre"), "--train.max_steps", "1",
+                    "--train.global_batch_size", "2", "--train.micro_batch_size", "2", "--train.max_seq_length", "32",
+                    "--eval.max_iters", "1"], check=True, capture_output=True, env={**os.environ, "LITGPT_CLONE_CACHE": str(base / "cache")})
+    for folder in (full / "step-00000001", full / "final", lora / "final", lora / "step-00000001", tmp_path / "pre" / "final"):
+        assert yaml.safe_load((folder / "adapter_config.yaml").read_text()) == config, folder
+        model = GPT.from_checkpoint(folder)  # was: "does not match model_config.yaml: unexpected ...adapter.gate"
+        assert model.transformer.h[0].attn.adapter is None and model.transformer.h[1].attn.adapter.prefix.shape == (3, 64)
+    assert not (lora / "step-00000002").exists() and not (ad / "final" / "lora_config.yaml").exists()
+
+
+def test_max_tokens_counts_the_samples_tokens_and_wins_over_the_default_epoch(base, tmp_path):
+    """--train.max_tokens stops once the samples' own tokens (no padding) reach it: steps were counted as if every
+    sample were block_size long (1 step for 5,000 tokens), and finetune's default epoch overruled it."""
+    from litgpt_clone.data.sft import JSON
+    from litgpt_clone.tokenizer import Tokenizer
+
+    out = tmp_path / "mt"
+    proc = finetune(base, out, "--train.max_tokens", "1200", "--train.save_interval", "null")
+    rows = [r for r in csv.DictReader((out / "logs" / "version_0" / "metrics.csv").open()) if r.get("tokens")]
+    tokens = [int(float(r["tokens"])) for r in rows]
+    assert tokens == [505, 1019, 1532], tokens  # 4 samples of ~126 tokens a step, until 1,200 are reached
+    assert "step 3/3 |" in proc.stdout and "trained 1,532 tokens" in proc.stdout
+    train, _ = JSON(path=base / "data.json", val_fraction=0.1).datasets(Tokenizer(base / "base"), 256, 1337)
+    assert [train.tokens(0, 4 * k) for k in (1, 2, 3)] == tokens  # the samples' lengths, no padding
+    epoch = finetune(base, tmp_path / "ep", "--train.save_interval", "null")  # nothing given: one epoch
+    assert train.count == 43 and "step 11/11 |" in epoch.stdout
+
+
+def test_hyperparameters_yaml_reruns_the_finetune(base, tmp_path):
+    """`--config out/final/hyperparameters.yaml` reproduces the run (it was refused: the data module was written as
+    {name: json, ..., field_sets: ...}, not class_path/init_args)."""
+    import yaml
+
+    finetune(base, tmp_path / "a", "--train.max_steps", "3", "--train.lr", "1e-2", "--lora.r", "4")
+    written = yaml.safe_load((tmp_path / "a" / "final" / "hyperparameters.yaml").read_text())
+    assert written["data"] == {"class_path": "litgpt_clone.data.sft.JSON", "init_args": {
+        "path": str(base / "data.json"), "val_path": None, "mask_prompt": True, "val_fraction": 0.1, "prompt_style": "alpaca",
+        "packing": False, "ignore_index": -100}}
+    subprocess.run([sys.executable, "-m", "litgpt_clone", "finetune", "lora", "--config", str(tmp_path / "a" / "final" / "hyperparameters.yaml"),
+                    "--out_dir", str(tmp_path / "b")], check=True, capture_output=True, env={**os.environ, "LITGPT_CLONE_CACHE": str(base / "cache")})
+    assert losses(tmp_path / "b") == losses(tmp_path / "a") and len(losses(tmp_path / "a")) == 3
+
+
+def test_lora_resume_with_other_settings_and_mistaken_flags_are_one_line(base, tmp_path, capsys):
+    """Resuming with another --lora.r was a size-mismatch traceback, with new targets a silently mixed run;
+    --lora.layers outside the model trained nothing and failed; merge_lora into another model and finetune's
+    --train.tie_embeddings (ignored) and an unknown --data name ("expected a NoneType") are one line each."""
+    from test_generate import cli_error
+
+    from litgpt_clone.__main__ import main
+
+    out = tmp_path / "r"
+    finetune(base, out, "--train.max_steps", "2", "--train.save_interval", "2", "--lora.r", "4")
+    common = [base / "base", "--data", "json", "--data.path", base / "data.json", "--train.max_steps", "4", "--train.global_batch_size", "4",
+              "--train.micro_batch_size", "2", "--out_dir", out]
+    step = out / "step-00000002"
+    for flags, differ in ((["--lora.r", "8"], "--lora.r 4 there, 8 here"), (["--lora.r", "4", "--lora.mlp", "true"], "--lora.mlp false there, true here")):
+        with pytest.raises(SystemExit) as exit_:  # (after the data and the model: Lightning's seed line comes first)
+            main(list(map(str, ["finetune", "lora", *common, *flags, "--resume", "auto"])))
+        assert exit_.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"error: {step} was trained with other lora settings ({differ}): resume with the same --lora.* values, or give another --out_dir"
+        )
+    assert cli_error(capsys, "finetune", "lora", *common, "--lora.layers", "[5, 9]") == (
+        "error: --lora.layers [5, 9] is outside the model's 2 blocks: give [start, end) with 0 <= start < end <= 2"
+    )
+    assert cli_error(capsys, "finetune", "full", *common, "--train.tie_embeddings", "true") == (
+        f"error: --train.tie_embeddings true: finetuning keeps the checkpoint's own (tie_embeddings false in {base / 'base'}): drop the flag"
+    )
+    assert cli_error(capsys, "finetune", "lora", base / "base", "--data", "foo").startswith(
+        "error: unknown --data foo: use one of alpaca, dolly, json, chat ("
+    )
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(base / "base", other)
+    (other / "model_config.yaml").write_text((other / "model_config.yaml").read_text().replace("intermediate_size: 128", "intermediate_size: 256"))
+    assert cli_error(capsys, "merge_lora", step, "--base", other) == (
+        f"error: {step} holds adapters trained on another model than {other} (intermediate_size 128 there, 256 in the base): "
+        "give the base it was finetuned from with --base"
+    )

@@ -3,6 +3,7 @@
 import csv
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -44,8 +45,9 @@ def setup(tmp_path_factory):
 
 def pretrain(setup, out, *args, devices=1, check=True, wait=True):
     cmd = [
-        sys.executable, "-m", "litgpt_clone", "pretrain", "--model_config", setup / "model.yaml", "--tokenizer_dir",
-        setup / "tok", "--data", "text", "--data.path", setup / "text", "--out_dir", out, "--devices", str(devices), *COMMON, *args,
+        sys.executable, "-m", "litgpt_clone", "pretrain",
+        *([] if "--initial_checkpoint_dir" in map(str, args) else ["--model_config", setup / "model.yaml"]),  # the checkpoint's model
+        "--tokenizer_dir", setup / "tok", "--data", "text", "--data.path", setup / "text", "--out_dir", out, "--devices", str(devices), *COMMON, *args,
     ]
     env = {**os.environ, "LITGPT_CLONE_CACHE": str(setup / "cache")}
     if not wait:
@@ -300,6 +302,36 @@ def test_impossible_training_numbers_are_one_line(tmp_path, capsys):
         assert cli_error(capsys, *args, "--out_dir", tmp_path / "out").startswith(start)
 
 
+def test_optimizer_settings_as_litgpt_recipes_and_flags_write_them(setup, tmp_path, capsys):
+    """LitGPT's recipes put lr and weight_decay in the optimizer's init_args: they were silently replaced by --train.lr's
+    schedule and --train.weight_decay. --optimizer.class_path X --optimizer.init_args.momentum 0.9 (which jsonargparse
+    hands over flattened, as text) lost the momentum; settings without a class and unknown names were tracebacks."""
+    import torch
+
+    from litgpt_clone.training.args import TrainArgs
+    from litgpt_clone.training.run import build_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    adamw = build_optimizer(model, {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.1, "weight_decay": 0.5, "betas": [0.8, 0.9]}}, TrainArgs(), False)
+    assert [(g["lr"], g["weight_decay"], g["betas"]) for g in adamw.param_groups] == [(0.1, 0.5, (0.8, 0.9)), (0.1, 0.0, (0.8, 0.9))]
+    sgd = build_optimizer(model, {"class_path": "torch.optim.SGD", "momentum": "0.9"}, TrainArgs(lr=0.2), False)  # flattened, as text
+    assert type(sgd) is torch.optim.SGD and [(g["lr"], g["momentum"]) for g in sgd.param_groups] == [(0.2, 0.9)] * 2
+    out = tmp_path / "run"
+    pretrain(setup, out, "--train.max_steps", "3", "--train.warmup_steps", "2", "--optimizer",
+             '{"class_path": "AdamW", "init_args": {"lr": 0.01, "weight_decay": 0.0}}')
+    rows = [r for r in csv.DictReader((out / "logs" / "version_0" / "metrics.csv").open()) if r.get("lr")]
+    assert [round(float(r["lr"]), 6) for r in rows][:2] == [0.005, 0.01]  # the warmup climbs to init_args' lr
+    base = ["pretrain", "--model_config", setup / "model.yaml", "--tokenizer_dir", setup / "tok", "--out_dir", tmp_path / "o"]
+    cases = [
+        (["--optimizer", "SGD", "--optimizer.lr", "0.1"], "error: --optimizer settings {'lr': '0.1'} without the optimizer: name it with --optimizer.class_path"),
+        (["--optimizer", "Foo"], "error: unknown optimizer 'Foo': use a torch.optim class name (AdamW, SGD, ...) or a full class path"),
+        (["--optimizer.class_path", "torch.optim.SGD", "--optimizer.init_args.momentom", "0.9"], "error: --optimizer torch.optim.SGD has no setting 'momentom': it takes lr, momentum"),
+    ]
+    for args, start in cases:
+        assert cli_error(capsys, *base, *args).startswith(start)
+    assert not (tmp_path / "o").exists()  # said before any work
+
+
 def test_out_dir_devices_val_fraction_and_resume_mistakes_are_one_line(setup, tmp_path, capsys):
     """Each of these was a traceback: an --out_dir that is a file (after a training step), --devices 0, a validation
     share of 1 or below 0, --resume true (LitGPT's spelling), and resuming a checkpoint of another model shape."""
@@ -320,7 +352,12 @@ def test_out_dir_devices_val_fraction_and_resume_mistakes_are_one_line(setup, tm
     none = pretrain(setup, out, "--train.max_steps", "2", "--resume", "true", check=False)
     assert one_line(none) == f"error: --resume true: no checkpoint in {out} to resume from: use --resume auto to start fresh when there is none"
     pretrain(setup, out, "--train.max_steps", "2", "--train.save_interval", "2")
-    assert "resumed from" in pretrain(setup, out, "--train.max_steps", "3", "--resume", "true").stdout  # the newest one
+    resumed = pretrain(setup, out, "--train.max_steps", "3", "--resume", "true").stdout
+    assert "resumed from" in resumed  # the newest one
+    # the summary counts this session's tokens (one step of 64 x 64) and time, then the run's (it mixed the two)
+    assert re.search(r"trained 4,096 tokens in [\d.]+s \([\d,]+ tok/s; 12,288 since step 0\)", resumed), resumed
+    done = pretrain(setup, out, "--train.max_steps", "3", "--resume", "auto").stdout
+    assert "nothing to train: the run was complete at step 3 (12,288 tokens)" in done
     other = yaml.safe_load((setup / "model.yaml").read_text()) | {"n_layer": 1}
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
     line = one_line(pretrain(setup, out, "--model_config", tmp_path / "other.yaml", "--train.max_steps", "4", "--resume", "auto", check=False))
@@ -359,3 +396,59 @@ def test_ctrl_c_is_one_line_and_the_run_resumes(setup, tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130 and stderr.decode().strip().splitlines()[-1] == "interrupted", stderr.decode()[-2000:]
     assert "Traceback" not in stderr.decode() and latest_checkpoint(out) is not None
+
+
+def test_hyperparameters_yaml_reruns_and_an_initial_checkpoint_brings_its_model(setup, tmp_path, capsys):
+    """`--config out/final/hyperparameters.yaml` reproduces the run (the data module was written as {name: text, ...},
+    which --config refused); a model name or --model_config beside --initial_checkpoint_dir (silently dropped) and an
+    unknown --data name ("expected a NoneType") are one line each."""
+    pretrain(setup, tmp_path / "a", "--train.max_steps", "3")
+    written = yaml.safe_load((tmp_path / "a" / "final" / "hyperparameters.yaml").read_text())
+    assert written["data"] == {"class_path": "litgpt_clone.data.pretrain.Text", "init_args": {"path": str(setup / "text"), "val_fraction": 0.05}}
+    subprocess.run([sys.executable, "-m", "litgpt_clone", "pretrain", "--config", str(tmp_path / "a" / "final" / "hyperparameters.yaml"),
+                    "--out_dir", str(tmp_path / "b")], check=True, capture_output=True, env={**os.environ, "LITGPT_CLONE_CACHE": str(setup / "cache")})
+    assert losses(tmp_path / "b") == losses(tmp_path / "a") and len(losses(tmp_path / "a")) == 3
+    final = tmp_path / "a" / "final"
+    common = ["--tokenizer_dir", setup / "tok", "--out_dir", tmp_path / "c", "--initial_checkpoint_dir", final]
+    assert cli_error(capsys, "pretrain", "--model_config", setup / "model.yaml", *common) == (
+        f"error: --initial_checkpoint_dir {final} brings its own model (its model_config.yaml): drop --model_config {setup / 'model.yaml'}"
+    )
+    assert cli_error(capsys, "pretrain", "pythia-14m", *common) == (
+        f"error: --initial_checkpoint_dir {final} brings its own model (its model_config.yaml): drop the model name pythia-14m"
+    )
+    assert cli_error(capsys, "pretrain", "--model_config", setup / "model.yaml", "--data", "foo").startswith(
+        "error: unknown --data foo: use one of text, shards, tinystories, openwebtext ("
+    )
+
+
+def test_validation_covers_a_small_set_once():
+    """eval.max_iters beyond the validation set: each batch once, the last one partial (it wrapped around, 500
+    batches over 5 samples, the first ones counted more often in the mean)."""
+    import lightning as L
+
+    from litgpt_clone import Config
+    from litgpt_clone.training.args import EvalArgs, TrainArgs
+    from litgpt_clone.training.fit import batch_loss, validate
+
+    torch.manual_seed(0)
+    model = GPT(Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, block_size=8, intermediate_size=32))
+    model.init_weights()
+    rows = torch.randint(0, 32, (5, 9))
+
+    class Data:
+        count, calls = 5, []
+
+        def batch(self, start, size):
+            self.calls.append((start, size))
+            return rows[start : start + size, :-1], rows[start : start + size, 1:]
+
+    fabric = L.Fabric(accelerator="cpu", devices=1)
+    data = Data()
+    loss = validate(fabric, model, data, TrainArgs(micro_batch_size=2), EvalArgs(max_iters=500))
+    assert data.calls == [(0, 2), (2, 2), (4, 1)]
+    with torch.no_grad():
+        expected = sum(batch_loss(fabric, model, rows[s : s + n, :-1], rows[s : s + n, 1:], False).item() for s, n in data.calls) / 3
+    assert loss == pytest.approx(expected, rel=1e-6)
+    data.calls.clear()
+    validate(fabric, model, data, TrainArgs(micro_batch_size=2), EvalArgs(max_iters=2))  # fewer than the set: as asked
+    assert data.calls == [(0, 2), (2, 2)]

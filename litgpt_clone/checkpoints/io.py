@@ -104,6 +104,11 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         if (path.parent / "lora.safetensors").is_file():
             raise CheckpointError(f"{path.parent} holds LoRA weights only: merge them first with `litgpt-clone merge_lora {path.parent}`")
+        if (path.parent / "adapter.safetensors").is_file():  # a `finetune adapter` step-* folder
+            raise CheckpointError(
+                f"{path.parent} holds LLaMA-Adapter weights only (a step checkpoint, which has no merge): use the run's "
+                "final/ folder, the base model with the adapters inside"
+            )
         raise CheckpointError(f"no weights at {path}: convert the checkpoint first (litgpt-clone convert from_hf)")
     try:
         return load_file(path)

@@ -19,7 +19,7 @@ from litgpt_clone.training.args import EvalArgs, TrainArgs
 
 QuantizeMode = Literal["bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8"]
 FINETUNE_TRAIN = TrainArgs(
-    global_batch_size=16, micro_batch_size=1, epochs=1, lr=2e-4, warmup_steps=10, min_lr=6e-5, weight_decay=0.0,
+    global_batch_size=16, micro_batch_size=1, epochs=None, lr=2e-4, warmup_steps=10, min_lr=6e-5, weight_decay=0.0,
     save_interval=1000, log_interval=1,
 )
 FINETUNE_EVAL = EvalArgs(interval=100, max_iters=100)
@@ -59,9 +59,13 @@ def finetune_lora(
         precision: Default: bf16-mixed where the GPU supports it, else 32-true.
         quantize: QLoRA: keep the base weights in 4 bit (nf4, fp4, -dq with double quantization) or int8.
         lora: Rank, alpha, dropout, which projections get adapters, and an optional block range.
-        train: Batch sizes, epochs or steps, learning rate schedule, intervals.
+        train: Batch sizes, epochs or steps, learning rate schedule, intervals. The run ends at --train.max_steps,
+            else --train.epochs, else --train.max_tokens (the samples' own tokens, padding not counted); with
+            none of them given, after one epoch. (--train.tie_embeddings is pretrain's: the checkpoint decides.)
         eval: Validation interval and size.
-        optimizer: A torch.optim class name or ``{"class_path": ..., "init_args": {...}}``.
+        optimizer: A ``torch.optim`` class name (AdamW, SGD, ...) or class path, or ``{"class_path": ..., "init_args": {...}}``
+            (also ``--optimizer.class_path SGD --optimizer.init_args.momentum 0.9``); ``lr`` and ``weight_decay`` in init_args
+            set ``--train.lr`` (the schedule's peak) and ``--train.weight_decay``, as LitGPT's recipes write them.
         resume: ``auto``, a step folder, or false.
         logger_name: csv or tensorboard, under out_dir/logs.
         seed: Data order and adapter initialization.
@@ -98,9 +102,13 @@ def finetune_full(
         num_nodes: Nodes.
         strategy: ``ddp``, ``fsdp`` (shards weights, gradients and optimizer state) or ``auto``.
         precision: Default: bf16-mixed where the GPU supports it, else 32-true.
-        train: Batch sizes, epochs or steps, learning rate schedule, intervals.
+        train: Batch sizes, epochs or steps, learning rate schedule, intervals. The run ends at --train.max_steps,
+            else --train.epochs, else --train.max_tokens (the samples' own tokens, padding not counted); with
+            none of them given, after one epoch. (--train.tie_embeddings is pretrain's: the checkpoint decides.)
         eval: Validation interval and size.
-        optimizer: A torch.optim class name or ``{"class_path": ..., "init_args": {...}}``.
+        optimizer: A ``torch.optim`` class name (AdamW, SGD, ...) or class path, or ``{"class_path": ..., "init_args": {...}}``
+            (also ``--optimizer.class_path SGD --optimizer.init_args.momentum 0.9``); ``lr`` and ``weight_decay`` in init_args
+            set ``--train.lr`` (the schedule's peak) and ``--train.weight_decay``, as LitGPT's recipes write them.
         resume: ``auto``, a step folder, or false.
         logger_name: csv or tensorboard, under out_dir/logs.
         seed: Data order.
@@ -141,9 +149,13 @@ def finetune_adapter(
         strategy: ``ddp``, ``fsdp`` or ``auto``.
         precision: Default: bf16-mixed where the GPU supports it, else 32-true.
         adapter: Prefix length and the first adapted block.
-        train: Batch sizes, epochs or steps, learning rate schedule, intervals.
+        train: Batch sizes, epochs or steps, learning rate schedule, intervals. The run ends at --train.max_steps,
+            else --train.epochs, else --train.max_tokens (the samples' own tokens, padding not counted); with
+            none of them given, after one epoch. (--train.tie_embeddings is pretrain's: the checkpoint decides.)
         eval: Validation interval and size.
-        optimizer: A torch.optim class name or ``{"class_path": ..., "init_args": {...}}``.
+        optimizer: A ``torch.optim`` class name (AdamW, SGD, ...) or class path, or ``{"class_path": ..., "init_args": {...}}``
+            (also ``--optimizer.class_path SGD --optimizer.init_args.momentum 0.9``); ``lr`` and ``weight_decay`` in init_args
+            set ``--train.lr`` (the schedule's peak) and ``--train.weight_decay``, as LitGPT's recipes write them.
         resume: ``auto``, a step folder, or false.
         logger_name: csv or tensorboard, under out_dir/logs.
         seed: Data order and prefix initialization.
@@ -159,15 +171,17 @@ def run_finetune(
 ) -> dict:
     from litgpt_clone.checkpoints.io import load_state, resolve_checkpoint
     from litgpt_clone.data.sft import Alpaca
-    from litgpt_clone.adapter import adapter_state, inject_adapter
-    from litgpt_clone.lora import inject_lora, lora_state, merge_into
+    from litgpt_clone.adapter import adapter_state, inject_adapter, load_adapter_args
+    from litgpt_clone.lora import check_layers, inject_lora, lora_state, merge_into
     from litgpt_clone.model import GPT
     from litgpt_clone.tokenizer import Tokenizer
     from litgpt_clone.training.checkpoint import write_checkpoint
-    from litgpt_clone.training.run import build_fabric, plain, rank_zero_first, train_and_save
+    from litgpt_clone.training.run import build_fabric, optimizer_spec, plain, rank_zero_first, train_and_save, world_size
 
     h = hparams
     train, eval, out_dir = h["train"], h["eval"], Path(h["out_dir"])
+    if train.max_steps is None and train.epochs is None and train.max_tokens is None:
+        train = dataclasses.replace(train, epochs=1)  # the default end; a given max_steps or max_tokens is not overruled
     if quantize and h["devices"] * h["num_nodes"] > 1:
         raise ConfigError(
             "QLoRA (--quantize) runs on one device: FSDP2 cannot shard bitsandbytes' packed 4-bit weights and DDP would "
@@ -175,9 +189,23 @@ def run_finetune(
         )
     checkpoint_dir = resolve_checkpoint(h["checkpoint_dir"])
     # what is wrong on one process is wrong on all: said once, here, before the launch starts the other processes
-    train.gradient_accumulation_steps(h["devices"] * h["num_nodes"])
+    train.gradient_accumulation_steps(world_size(h["devices"], h["num_nodes"]))
+    _, _, train = optimizer_spec(h["optimizer"], train)  # (init_args' lr and weight_decay set the schedule's)
     tokenizer = Tokenizer(checkpoint_dir)
     config = Config.from_checkpoint(checkpoint_dir)
+    if train.tie_embeddings is not None:
+        raise ConfigError(
+            f"--train.tie_embeddings {str(train.tie_embeddings).lower()}: finetuning keeps the checkpoint's own "
+            f"(tie_embeddings {str(config.tie_embeddings).lower()} in {checkpoint_dir}): drop the flag"
+        )
+    if method == "lora":
+        check_layers(lora, config.n_layer)  # before any work
+    base_adapter = load_adapter_args(checkpoint_dir) if (checkpoint_dir / "adapter_config.yaml").is_file() else None
+    if method == "adapter" and base_adapter is not None and adapter.start_layer > base_adapter.start_layer:
+        raise ConfigError(
+            f"{checkpoint_dir} has adapters from block {base_adapter.start_layer} on: --adapter.start_layer "
+            f"{adapter.start_layer} would leave the old ones below it; use --adapter.start_layer {base_adapter.start_layer} or lower"
+        )
     fabric = build_fabric(h["devices"], h["num_nodes"], h["strategy"], h["precision"], out_dir, h["logger_name"])
     fabric.launch()
     seq_length = min(train.max_seq_length or config.block_size, config.block_size)
@@ -206,24 +234,29 @@ def run_finetune(
     hp = plain({**h, "data": data})
     hp["checkpoint_dir"] = str(checkpoint_dir)
 
+    # a LLaMA-Adapter checkpoint as the base: its prefixes are in every model.safetensors written, so is their config
+    carried = {"adapter_config.yaml": plain(base_adapter)} if base_adapter is not None else {}
+
     def write(folder: Path, state: dict, training_state: Optional[dict]) -> None:
         if method == "full":
-            write_checkpoint(folder, {"model.safetensors": state}, config, checkpoint_dir, hp, training_state)
+            write_checkpoint(folder, {"model.safetensors": state}, config, checkpoint_dir, hp, training_state, yamls=carried)
             return
         if method == "adapter":  # final/: the base with the adapters inside, loadable as is
             weights = {"model.safetensors": {**load_state(checkpoint_dir / "model.safetensors"), **state}} if folder.name == "final" else {"adapter.safetensors": state}
             write_checkpoint(folder, weights, config, checkpoint_dir, hp, training_state, yamls={"adapter_config.yaml": plain(adapter)})
             return
-        weights = {"lora.safetensors": state}
+        weights, yamls = {"lora.safetensors": state}, {"lora_config.yaml": plain(lora)}
         if folder.name == "final" and merge:
             weights["model.safetensors"] = merge_into(load_state(checkpoint_dir / "model.safetensors"), state, config, lora)
-        write_checkpoint(folder, weights, config, checkpoint_dir, hp, training_state, yamls={"lora_config.yaml": plain(lora)})
+            yamls.update(carried)
+        write_checkpoint(folder, weights, config, checkpoint_dir, hp, training_state, yamls=yamls)
 
     return train_and_save(
         fabric, model, train_data, val_data, train, eval, h["optimizer"], h["resume"], h["compile"], out_dir, seq_length,
         write, select={"lora": lora_state, "adapter": adapter_state}.get(method),
         weights_file={"lora": "lora.safetensors", "adapter": "adapter.safetensors"}.get(method, "model.safetensors"),
         learned_only=True,
+        settings={"lora": ("lora_config.yaml", "lora", plain(lora)), "adapter": ("adapter_config.yaml", "adapter", plain(adapter))}.get(method),
     )
 
 
@@ -249,6 +282,15 @@ def merge_lora(lora_dir: Path, base: Optional[str] = None, out_dir: Optional[Pat
     lora_args = yaml.safe_load((lora_dir / "lora_config.yaml").read_text())
     args = LoRAArgs(**{**lora_args, "layers": tuple(lora_args["layers"]) if lora_args.get("layers") else None})
     config = Config.from_checkpoint(base_dir)
+    if (lora_dir / "model_config.yaml").is_file():  # the model the adapters were trained on
+        trained = Config.from_file(lora_dir / "model_config.yaml")
+        shape = ("n_layer", "n_embd", "n_head", "n_query_groups", "head_size", "intermediate_size", "vocab_size", "n_expert")
+        differ = [f"{n} {getattr(trained, n)} there, {getattr(config, n)} in the base" for n in shape if getattr(trained, n) != getattr(config, n)]
+        if differ:
+            raise ConfigError(
+                f"{lora_dir} holds adapters trained on another model than {base_dir} ({'; '.join(differ)}): "
+                "give the base it was finetuned from with --base"
+            )
     adapters = load_state(lora_dir / "lora.safetensors")
     merged = merge_into(load_state(base_dir / "model.safetensors"), adapters, config, args)
     out_dir = Path(out_dir or lora_dir)
@@ -257,5 +299,8 @@ def merge_lora(lora_dir: Path, base: Optional[str] = None, out_dir: Optional[Pat
         weights["lora.safetensors"] = adapters
         if (lora_dir / "training_state.pt").is_file():
             training_state = read_training_state(lora_dir)
-    write_checkpoint(out_dir, weights, config, base_dir, hparams, training_state, yamls={"lora_config.yaml": lora_args})
+    yamls = {"lora_config.yaml": lora_args}
+    if (base_dir / "adapter_config.yaml").is_file():  # a LLaMA-Adapter base: its prefixes are in the merged weights
+        yamls["adapter_config.yaml"] = yaml.safe_load((base_dir / "adapter_config.yaml").read_text())
+    write_checkpoint(out_dir, weights, config, base_dir, hparams, training_state, yamls=yamls)
     print(f"merged checkpoint written to {out_dir}")

@@ -50,22 +50,30 @@ def pretrain(
         precision: Default: bf16-mixed where the GPU supports it, else 32-true.
         train: Batch sizes, length, learning rate schedule, clipping, checkpoint and log intervals.
         eval: Validation interval and size.
-        optimizer: A ``torch.optim`` class name (AdamW, SGD, ...) or ``{"class_path": ..., "init_args": {...}}``.
+        optimizer: A ``torch.optim`` class name (AdamW, SGD, ...) or class path, or ``{"class_path": ..., "init_args": {...}}``
+            (also ``--optimizer.class_path SGD --optimizer.init_args.momentum 0.9``); ``lr`` and ``weight_decay`` in init_args
+            set ``--train.lr`` (the schedule's peak) and ``--train.weight_decay``, as LitGPT's recipes write them.
         resume: ``auto`` continues from the newest complete checkpoint in out_dir (or starts fresh), a path resumes
             from that checkpoint, false starts fresh.
-        initial_checkpoint_dir: Start from these weights (continued pretraining of a converted checkpoint).
+        initial_checkpoint_dir: Start from these weights (continued pretraining of a converted checkpoint); the model
+            is the checkpoint's, so give no model name or --model_config with it.
         logger_name: Where metrics go besides the console: csv or tensorboard, under out_dir/logs.
         seed: Same on every rank: initialization and data order.
         compile: ``torch.compile``: ``true`` (= ``blocks``) compiles each block, one graph shared by all layers
             (fastest to compile, works with every strategy); ``model`` compiles the whole model in one graph (faster
             steps, slower to compile; not with --strategy fsdp).
     """
-    from litgpt_clone.training.run import build_fabric, run_training
+    from litgpt_clone.training.run import build_fabric, optimizer_spec, run_training, world_size
 
-    hparams = {k: v for k, v in locals().items() if k not in ("build_fabric", "run_training")}
+    hparams = {k: v for k, v in locals().items() if k not in ("build_fabric", "optimizer_spec", "run_training", "world_size")}
     if model_name is None and model_config is None and initial_checkpoint_dir is None:
         raise ConfigError("pretrain needs a model: a registry name, --model_config <yaml> or --initial_checkpoint_dir")
     if initial_checkpoint_dir is not None:  # the model first: an unknown name or a missing file is the first error
+        if model_name is not None or model_config is not None:
+            given = f"--model_config {model_config}" if model_config is not None else f"the model name {model_name}"
+            raise ConfigError(
+                f"--initial_checkpoint_dir {initial_checkpoint_dir} brings its own model (its model_config.yaml): drop {given}"
+            )
         config = Config.from_checkpoint(initial_checkpoint_dir)
     elif model_config is not None:
         config = Config.from_file(model_config)
@@ -76,7 +84,8 @@ def pretrain(
     if compile == "model" and strategy == "fsdp":
         raise ConfigError("--compile model (one graph for the whole model) is not set up with --strategy fsdp: use --compile true, which compiles each block")
     # what is wrong on one process is wrong on all: said once, here, before the launch starts the other processes
-    train.gradient_accumulation_steps(devices * num_nodes)
+    train.gradient_accumulation_steps(world_size(devices, num_nodes))
+    _, _, train = optimizer_spec(optimizer, train)  # (init_args' lr and weight_decay set the schedule's)
     tokenizer = Tokenizer(tokenizer_dir or initial_checkpoint_dir)
     if tokenizer.vocab_size > config.vocab_size:
         raise DataError(

@@ -112,6 +112,18 @@ class SFTDataset:
             pos = int(self._order[pos])
         return pos
 
+    def tokens(self, start: int, size: int) -> int:
+        """The input tokens of samples ``start .. start + size``, without padding: what training on them counts."""
+        return sum(len(self.samples[self.position(i)][0]) - 1 for i in range(start, start + size))
+
+    def steps_for_tokens(self, max_tokens: int, global_batch_size: int) -> int:
+        """Optimizer steps of ``global_batch_size`` samples until the trained ``tokens`` reach ``max_tokens``."""
+        steps, total = 0, 0
+        while total < max_tokens:
+            total += self.tokens(steps * global_batch_size, global_batch_size)
+            steps += 1
+        return steps
+
     def batch(self, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets (size, L) for samples ``start .. start + size``, L = the longest row among them;
         shorter rows are right-padded with 0 (inputs) and ``ignore_index`` (targets)."""

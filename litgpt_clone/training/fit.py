@@ -97,12 +97,16 @@ def length_groups(lengths: list[int]) -> list[list[int]]:
     return [[order[j] for j in run] for run in length_runs([lengths[i] for i in order], len(order))]
 
 
-def max_steps_for(args: TrainArgs, seq_length: int, samples: Optional[int]) -> int:
+def max_steps_for(args: TrainArgs, seq_length: int, samples: Optional[int], data=None) -> int:
+    """``max_steps``, else ``epochs`` over ``samples``, else the steps whose tokens reach ``max_tokens``: windows of
+    ``seq_length``, or, for data that counts its own (``steps_for_tokens``: finetuning samples), their real lengths."""
     if args.max_steps is not None:
         return args.max_steps
     if args.epochs is not None and samples:
         return max(1, math.ceil(args.epochs * samples / args.global_batch_size))
     if args.max_tokens is not None:
+        if hasattr(data, "steps_for_tokens"):
+            return data.steps_for_tokens(args.max_tokens, args.global_batch_size)
         return math.ceil(args.max_tokens / (args.global_batch_size * seq_length))
     raise ConfigError("set --train.max_steps, --train.epochs or --train.max_tokens: training needs an end")
 
@@ -117,14 +121,21 @@ def memory_gb(device: torch.device) -> float:
 
 @torch.no_grad()
 def validate(fabric, model, data: Batches, args: TrainArgs, eval_args: EvalArgs, learned_only: bool = False) -> float:
+    """The mean batch loss over ``eval.max_iters`` batches per process, or over the whole validation set once where
+    it holds fewer (never wrapping around: repeated samples would weigh more in the mean)."""
     model.eval()
-    losses = []
+    mbs, count = args.micro_batch_size, getattr(data, "count", None)
+    totals = torch.zeros(2, device=fabric.device)  # summed batch losses, batches
     for i in range(eval_args.max_iters):
-        start = (i * fabric.world_size + fabric.global_rank) * args.micro_batch_size
-        x, y = data.batch(start, args.micro_batch_size)
-        losses.append(batch_loss(fabric, model, x, y, learned_only))
+        start = (i * fabric.world_size + fabric.global_rank) * mbs
+        size = mbs if count is None else min(mbs, count - start)
+        if size <= 0:
+            break
+        x, y = data.batch(start, size)
+        totals += torch.stack([batch_loss(fabric, model, x, y, learned_only).float(), torch.ones((), device=totals.device)])
     model.train()
-    return fabric.all_reduce(torch.stack(losses).mean(), reduce_op="mean").item()
+    loss_sum, batches = fabric.all_reduce(totals, reduce_op="sum").tolist()
+    return loss_sum / batches
 
 
 def fit(
@@ -145,7 +156,7 @@ def fit(
     """Train until ``max_steps``; returns a summary. ``save(state, final)`` is called on every rank.
     ``learned_only``: compute logits only where targets are not -100 (see ``batch_loss``)."""
     accum = args.gradient_accumulation_steps(fabric.world_size)
-    max_steps = max_steps_for(args, seq_length, getattr(train, "count", None))
+    max_steps = max_steps_for(args, seq_length, getattr(train, "count", None), train)
     mbs, world, rank = args.micro_batch_size, fabric.world_size, fabric.global_rank
     history: list[dict] = []
     if val is None:
@@ -163,11 +174,13 @@ def fit(
             group["lr"] = lr
         totals = torch.zeros(2, device=fabric.device)  # summed loss, tokens
         for micro in range(accum):
-            x, y = train.batch(state.samples + (micro * world + rank) * mbs, mbs)
+            start = state.samples + (micro * world + rank) * mbs
+            x, y = train.batch(start, mbs)
             with fabric.no_backward_sync(model, enabled=micro < accum - 1):
                 loss = batch_loss(fabric, model, x, y, learned_only)
                 fabric.backward(loss / accum)
-            totals += torch.stack([loss.detach().float(), torch.tensor(float(x.numel()), device=totals.device)])
+            trained = train.tokens(start, mbs) if hasattr(train, "tokens") else x.numel()  # SFT: the samples' tokens, no padding
+            totals += torch.stack([loss.detach().float(), torch.tensor(float(trained), device=totals.device)])
         totals = fabric.all_reduce(totals, reduce_op="sum")
         if args.max_norm is not None:  # no host check of the norm (a sync): a non-finite loss stops training below
             fabric.clip_gradients(model, optimizer, max_norm=args.max_norm, error_if_nonfinite=False)
@@ -221,8 +234,10 @@ def fit(
         "final_loss": history[-1]["loss"] if history else None,
         "val_loss": next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None),
     }
+    resumed = f"; {state.tokens:,} since step 0" if start_tokens else ""  # a resumed run: this session's numbers first
     fabric.print(
-        f"trained {state.tokens:,} tokens in {wall:.1f}s ({summary['tokens_per_sec']:,.0f} tok/s), "
+        f"trained {state.tokens - start_tokens:,} tokens in {wall:.1f}s ({summary['tokens_per_sec']:,.0f} tok/s{resumed}), "
         f"peak memory {summary['peak_memory_gb']:.2f} GB"
+        if state.tokens > start_tokens else f"nothing to train: the run was complete at step {state.step} ({state.tokens:,} tokens)"
     )
     return summary

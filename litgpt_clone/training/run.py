@@ -31,14 +31,22 @@ from litgpt_clone.training.checkpoint import (
 from litgpt_clone.training.fit import FitState, TrainingError, fit
 
 
+def world_size(devices: int, num_nodes: int) -> int:
+    """The number of processes, after a one-line error for a count below 1."""
+    from litgpt_clone.config import ConfigError
+
+    if devices < 1 or num_nodes < 1:
+        raise ConfigError(f"--devices {devices} --num_nodes {num_nodes}: use 1 or more of each")
+    return devices * num_nodes
+
+
 def build_fabric(devices: int, num_nodes: int, strategy: str, precision: Optional[str], out_dir: Path, logger_name: str):
     import lightning as L
     from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
 
-    from litgpt_clone.config import ConfigError, check_out_dir
+    from litgpt_clone.config import check_out_dir
 
-    if devices < 1 or num_nodes < 1:
-        raise ConfigError(f"--devices {devices} --num_nodes {num_nodes}: use 1 or more of each")
+    world_size(devices, num_nodes)
     check_out_dir(out_dir)
     if precision is None:
         precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
@@ -72,27 +80,58 @@ def rank_zero_first(fabric, build: Callable[[], Any]) -> Any:
     return result if fabric.global_rank == 0 else build()
 
 
+def optimizer_spec(optimizer: Union[str, dict], train: TrainArgs) -> tuple[type, dict, TrainArgs]:
+    """(optimizer class, its settings, ``train``) for ``--optimizer``: a ``torch.optim`` name or a class path, or
+    ``{"class_path": ..., "init_args": {...}}`` (also as ``--optimizer.class_path X --optimizer.init_args.momentum
+    0.9``, which jsonargparse hands over flattened and as text). ``lr`` and ``weight_decay`` in the settings, where
+    LitGPT's recipes put them, become ``train.lr`` (the schedule's peak) and ``train.weight_decay`` (of the decayed
+    group): the schedule sets every step's learning rate, and each group its weight decay. A ``ConfigError`` for an
+    unknown class or setting, before any work."""
+    import importlib
+    import inspect
+
+    import yaml
+
+    from litgpt_clone.config import ConfigError
+
+    if isinstance(optimizer, str):
+        name, init_args = optimizer, {}
+    else:
+        if "class_path" not in optimizer:
+            raise ConfigError(
+                f"--optimizer settings {dict(optimizer)} without the optimizer: name it with --optimizer.class_path "
+                "(e.g. --optimizer.class_path SGD --optimizer.init_args.lr 0.1)"
+            )
+        name = optimizer["class_path"]
+        extra = {k: v for k, v in optimizer.items() if k not in ("class_path", "init_args")}
+        init_args = {**dict(optimizer.get("init_args") or {}), **extra}
+        init_args = {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in init_args.items()}  # "0.9" -> 0.9
+    try:
+        if "." in name:  # a full class path, e.g. bitsandbytes.optim.AdamW8bit
+            module, attr = name.rsplit(".", 1)
+            cls = getattr(importlib.import_module(module), attr)
+        else:
+            cls = getattr(torch.optim, name)
+        assert isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)
+    except (ImportError, AttributeError, AssertionError, ValueError):
+        raise ConfigError(f"unknown optimizer {name!r}: use a torch.optim class name (AdamW, SGD, ...) or a full class path") from None
+    accepted = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "params")]
+    unknown = [k for k in init_args if k not in accepted]
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values()):
+        raise ConfigError(f"--optimizer {name} has no setting {unknown[0]!r}: it takes {', '.join(accepted)}")
+    folded = {k: float(init_args.pop(k)) for k in ("lr", "weight_decay") if k in init_args}
+    return cls, init_args, dataclasses.replace(train, **folded) if folded else train
+
+
 def build_optimizer(model: torch.nn.Module, optimizer: Union[str, dict], train: TrainArgs, fused: bool) -> torch.optim.Optimizer:
     """Weight decay on matrices and embeddings, none on norms and biases; only parameters that require grad.
     ``fused``: AdamW/Adam as one fused kernel per step (CPU and CUDA; 2% of a small CPU model's step)."""
+    cls, init_args, train = optimizer_spec(optimizer, train)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": train.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    if isinstance(optimizer, str):
-        name, init_args = optimizer, {}
-    else:
-        name, init_args = optimizer["class_path"], dict(optimizer.get("init_args", {}))
-    if "." in name:  # a full class path, e.g. bitsandbytes.optim.AdamW8bit
-        import importlib
-
-        module, attr = name.rsplit(".", 1)
-        cls = getattr(importlib.import_module(module), attr)
-    elif hasattr(torch.optim, name):
-        cls = getattr(torch.optim, name)
-    else:
-        raise ValueError(f"unknown optimizer {name!r}: use a torch.optim class name (AdamW, SGD, ...) or a full class path")
     defaults: dict[str, Any] = {"lr": train.lr}
     if cls in (torch.optim.AdamW, torch.optim.Adam):
         defaults.update(betas=(train.beta1, train.beta2), fused=fused)
@@ -132,9 +171,15 @@ def run_training(
     fabric.seed_everything(seed)  # the same on every rank: identical initial weights everywhere
     model = GPT(config)
     model.init_weights()
+    yamls = {}
     if initial_checkpoint_dir is not None:
+        from litgpt_clone.adapter import inject_adapter, load_adapter_args
         from litgpt_clone.checkpoints.io import load_state
 
+        if (Path(initial_checkpoint_dir) / "adapter_config.yaml").is_file():  # a LLaMA-Adapter final/: its prefixes train on
+            adapter = load_adapter_args(initial_checkpoint_dir)
+            inject_adapter(model, adapter, freeze=False)
+            yamls["adapter_config.yaml"] = plain(adapter)  # every checkpoint carries them, so it loads back
         load_full_state(model, None, load_state(Path(initial_checkpoint_dir) / "model.safetensors"), None)
         if config.tie_embeddings:
             model.lm_head.weight = model.transformer.wte.weight
@@ -146,7 +191,7 @@ def run_training(
     hparams = plain(hparams)
 
     def write(folder: Path, model_sd: dict, training_state: Optional[dict]) -> None:
-        write_checkpoint(folder, {"model.safetensors": model_sd}, config, tokenizer.checkpoint_dir, hparams, training_state)
+        write_checkpoint(folder, {"model.safetensors": model_sd}, config, tokenizer.checkpoint_dir, hparams, training_state, yamls=yamls)
 
     return train_and_save(fabric, model, train_data, val_data, train, eval, optimizer, resume, compile, out_dir, seq_length, write)
 
@@ -154,19 +199,20 @@ def run_training(
 def train_and_save(
     fabric, model: GPT, train_data, val_data, train: TrainArgs, eval: EvalArgs, optimizer: Union[str, dict], resume,
     compile: Compile, out_dir: Path, seq_length: int, write, select=None, weights_file: str = "model.safetensors",
-    learned_only: bool = False,
+    learned_only: bool = False, settings: Optional[tuple[str, str, dict]] = None,
 ) -> dict:
     """Shared by pretrain and every finetune method: memory savers, Fabric setup, optimizer over the parameters that
     require grad, resume, ``fit``, and saving through ``write(folder, state, training_state)`` on rank 0, where
     ``state`` is ``select(full model state)`` (all of it by default). ``learned_only``: logits only where targets
-    are not -100 (finetuning data, whose prompts and padding have none)."""
+    are not -100 (finetuning data, whose prompts and padding have none). ``settings``: (YAML file name, flag
+    group, its values), e.g. ``("lora_config.yaml", "lora", {...})``, that a checkpoint to resume must hold too."""
     flops = flops_per_token(model, seq_length)
     if train.activation_checkpointing:
         checkpoint_blocks(model)
     compile_model(model, compile)
     model = fabric.setup(model)
     opt = fabric.setup_optimizers(build_optimizer(model, optimizer, train, fused=True))
-    state = resume_state(fabric, model, opt, out_dir, resume, weights_file)
+    state = resume_state(fabric, model, opt, out_dir, resume, weights_file, settings)
     save = make_saver(fabric, model, opt, out_dir, write, select)
     try:
         summary = fit(
@@ -192,7 +238,7 @@ def out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
 
 
-def resume_state(fabric, model, optimizer, out_dir: Path, resume, weights_file: str = "model.safetensors") -> FitState:
+def resume_state(fabric, model, optimizer, out_dir: Path, resume, weights_file: str = "model.safetensors", settings=None) -> FitState:
     if resume is False or resume is None:
         return FitState()
     folder = latest_checkpoint(out_dir) if resume in ("auto", True) else Path(resume)
@@ -207,6 +253,8 @@ def resume_state(fabric, model, optimizer, out_dir: Path, resume, weights_file: 
 
     saved = read_training_state(folder)
     check_same_model(folder, unwrap(model).config)
+    if settings is not None:
+        check_same_settings(folder, *settings)
     load_full_state(model, optimizer, load_state(folder / weights_file), saved["optimizer"], strict=weights_file == "model.safetensors")
     torch.set_rng_state(saved["rng"])
     fabric.print(f"resumed from {folder} at step {saved['fit']['step']}")
@@ -223,6 +271,24 @@ def check_same_model(folder: Path, config) -> None:
     differ = [f"{name} {getattr(saved, name)} there, {getattr(config, name)} here" for name in shape if getattr(saved, name) != getattr(config, name)]
     if differ:
         raise TrainingError(f"{folder} holds another model ({'; '.join(differ)}): resume with the model it was trained with, or give another --out_dir")
+
+
+def check_same_settings(folder: Path, filename: str, group: str, values: dict) -> None:
+    """``TrainingError`` when the checkpoint to resume was trained with other ``--<group>.*`` values (its
+    ``filename``, e.g. lora_config.yaml): other shapes fail to load, other targets would start fresh mid-run."""
+    import yaml
+
+    path = Path(folder) / filename
+    saved = yaml.safe_load(path.read_text()) if path.is_file() else None
+    if not isinstance(saved, dict):
+        raise TrainingError(f"{folder} has no {filename}: it was not written by this method; give another --out_dir")
+    show = lambda v: str(v).lower() if isinstance(v, bool) else v  # as the flag is typed
+    differ = [f"--{group}.{k} {show(saved.get(k))} there, {show(v)} here" for k, v in values.items() if saved.get(k) != v]
+    if differ:
+        raise TrainingError(
+            f"{folder} was trained with other {group} settings ({'; '.join(differ)}): resume with the same --{group}.* "
+            "values, or give another --out_dir"
+        )
 
 
 def make_saver(fabric, model, optimizer, out_dir: Path, write, select=None):
@@ -256,8 +322,12 @@ def plain(value):
         return [plain(v) for v in value]
     if isinstance(value, Path):
         return str(value)
-    if isinstance(getattr(value, "name", None), str) and hasattr(value, "__dict__"):  # a data module: its arguments
-        return {"name": value.name, **{k: plain(v) for k, v in vars(value).items() if not k.startswith("_")}}
+    if isinstance(getattr(value, "name", None), str) and hasattr(value, "__dict__"):
+        # a data module: its constructor's arguments in the class_path/init_args form --config reads back
+        import inspect
+
+        names = [n for n in inspect.signature(type(value).__init__).parameters if n != "self" and hasattr(value, n)]
+        return {"class_path": f"{type(value).__module__}.{type(value).__qualname__}", "init_args": {n: plain(getattr(value, n)) for n in names}}
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
