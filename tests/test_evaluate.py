@@ -118,8 +118,9 @@ def test_loglikelihood_rolling(models, tmp_path):
     n_tokens = len(ours.tok_encode(LONG_TEXT))
     assert n_tokens > 3 * 32  # several windows of 32 tokens
 
-    # disjoint windows (rolling_context=1) are HFLM's
-    disjoint = LitGPTLM(llm=ours.llm, batch_size=3, max_length=32, rolling_context=1)
+    # disjoint windows (rolling_context=1, the default: perplexity tasks gave other numbers than lm-eval's) are HFLM's
+    disjoint = LitGPTLM(llm=ours.llm, batch_size=3, max_length=32)
+    assert disjoint.rolling_context == 1
     theirs._max_length = 32
     try:
         expected = theirs.loglikelihood_rolling(request, disable_tqdm=True)[0]
@@ -130,10 +131,25 @@ def test_loglikelihood_rolling(models, tmp_path):
     # overlapping windows: the perplexity command's total NLL; more context per token than disjoint windows
     overlap = LitGPTLM(llm=ours.llm, batch_size=3, max_length=32, rolling_context=16)
     (tmp_path / "text.txt").write_text(LONG_TEXT)
-    ppl = evaluate_perplexity(str(native), data=tmp_path, max_length=32, stride_context=16, device="cpu")
+    ppl = evaluate_perplexity(str(native), data=tmp_path, max_length=32, device="cpu")  # (half a window: its default)
     assert ppl["tokens"] == n_tokens
     assert abs(overlap.loglikelihood_rolling(request, disable_tqdm=True)[0] + ppl["nll"]) < 1e-4
     assert ppl["nll"] != pytest.approx(-expected, abs=1e-3)
+
+
+def test_sampled_generation_follows_the_task_and_transformers_defaults(models):
+    """A task's generation_kwargs top_k and min_p were ignored (top_k 1 at temperature 1 gave random text, not the
+    greedy text HFLM gives); where a sampling task says nothing, transformers' defaults apply (temperature 1, top_k 50),
+    as in lm-eval's HF model (do_sample without a temperature was greedy here)."""
+    ours = models[0]
+    context = "The quick brown fox"
+    ask = lambda **kw: ours.generate_until([Instance("generate_until", {}, (context, {"until": ["\n\n"], "max_gen_toks": 12, **kw}), 0)], disable_tqdm=True)[0]  # noqa: E731
+    greedy = ask()
+    torch.manual_seed(0)
+    assert ask(do_sample=True, temperature=1.0, top_k=1) == greedy and ask(do_sample=True, temperature=1.0, min_p=1.0) == greedy
+    assert ours.sampling({"do_sample": True}) == {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "min_p": 0.0}
+    assert ours.sampling({"do_sample": True, "temperature": 0.7, "top_p": 0.9}) == {"temperature": 0.7, "top_k": 50, "top_p": 0.9, "min_p": 0.0}
+    assert ours.sampling({"do_sample": False, "temperature": 0.7}) == {"temperature": 0.0}
 
 
 def test_auto_batch_size(models):
@@ -195,6 +211,8 @@ def test_cli_writes_results(models, tasks_dir, tmp_path, capsys):
         (["--tasks", "tiny_mc", "NOT_A_CHECKPOINT"], "is not a checkpoint: expected"),
         (["--tasks", "tiny_mc", "--batch_size", "0"], "batch_size is 0 (max_batch_size 64): use a count of sequences (>= 1) or auto"),
         (["--tasks", ","], "no tasks given: pass --tasks"),
+        # a base model has no template: its plain fallback kept the last message only, dropping the few-shot examples
+        (["--tasks", "tiny_mc", "--apply_chat_template", "true"], "has no chat template (a base model): leave the option out"),
     ],
 )
 def test_bad_input_is_one_line(models, tasks_dir, tmp_path, capsys, args, message):
@@ -207,6 +225,15 @@ def test_bad_input_is_one_line(models, tasks_dir, tmp_path, capsys, args, messag
         main([*spelling, folder, *args, "--include_path", str(tasks_dir)])
     err = capsys.readouterr().err.strip()
     assert exit.value.code == 2 and message in err and "\n" not in err, err
+
+
+def test_max_gen_toks_beyond_max_length_names_the_fix(models, tasks_dir, capsys):
+    """It was a traceback, or (local tasks) an error blaming the task YAMLs, which were fine."""
+    with pytest.raises(SystemExit) as exit:
+        main(["evaluate", str(models[2]), "--tasks", "tiny_gen", "--max_length", "8", "--include_path", str(tasks_dir)])
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # (after lm-eval's progress bars)
+    assert exit.value.code == 2 and last == ("error: a task asks for 8 new tokens (max_gen_toks) but max_length is 8: raise --max_length"
+                                             " above 8, or lower the task's generation_kwargs.max_gen_toks")
 
 
 def test_bad_folders_and_windows_are_one_line(models, tasks_dir, tmp_path, capsys):

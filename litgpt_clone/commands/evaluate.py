@@ -30,8 +30,9 @@ def evaluate_tasks(
     seed: int = 1234,
     bootstrap_iters: int = 0,
 ) -> dict:
-    """Run lm-evaluation-harness tasks on a checkpoint; print a markdown table and write results.json and
-    results.md into out_dir. ``litgpt-clone evaluate [checkpoint] --tasks a,b`` is this command.
+    """Run lm-evaluation-harness tasks on a checkpoint; print a markdown table, write results.json and results.md.
+
+    ``litgpt-clone evaluate [checkpoint] --tasks a,b`` is this command; the results go into out_dir.
 
     Args:
         checkpoint_dir: Native checkpoint folder or hub repo id (the first word after ``evaluate``). Default: the
@@ -49,8 +50,9 @@ def evaluate_tasks(
         include_path: A folder of extra task YAMLs (your own tasks, e.g. on local JSONL data).
         apply_chat_template: Wrap each prompt in the checkpoint's chat template.
         seed: Seed of Python, NumPy, torch and the few-shot sampling.
-        bootstrap_iters: Bootstrap resamples for the standard errors of metrics that need them (0: none; lm-eval's
-            own default, 100000, takes minutes).
+        bootstrap_iters: Bootstrap resamples for the standard errors. 0, the default, reports none at all, not even
+            accuracy's (which needs no resampling and comes with any value above 0); lm-eval's own default, 100000,
+            takes minutes for the metrics that are resampled.
     """
     from litgpt_clone.api import find_checkpoint
 
@@ -80,6 +82,8 @@ def evaluate_tasks(
     from litgpt_clone.evaluate.lm import LitGPTLM
 
     lm = LitGPTLM(checkpoint, batch_size=batch_size, device=device or "auto", precision=precision, max_length=max_length)
+    if apply_chat_template:
+        lm.check_chat_template()  # before the task datasets load
     try:
         results = simple_evaluate(
             model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=manager, apply_chat_template=apply_chat_template,
@@ -88,6 +92,8 @@ def evaluate_tasks(
         )
     except ConnectionError as err:  # what `datasets` raises offline (HF_DATASETS_OFFLINE) for data it has not cached
         raise EvaluationError(unreachable_data(err)) from err
+    except EvaluationError:  # the model's own one line (a ValueError too): not about the task YAMLs
+        raise
     except (ValueError, KeyError, TypeError, jinja2.TemplateError) as err:
         if not (include_path and local_tasks(names, include_path)):
             raise
@@ -264,6 +270,8 @@ def evaluate_perplexity(
     from litgpt_clone.evaluate.lm import LitGPTLM
 
     lm = LitGPTLM(find_checkpoint(checkpoint_dir), batch_size=batch_size, device=device or "auto", precision=precision, max_length=max_length, rolling_context=stride_context)
+    if stride_context is None:  # half a window of context for every token after the first window
+        lm.rolling_context = lm.max_length // 2
     nll, tokens = 0.0, 0
     for path in files:
         ids = lm.tok_encode(path.read_text(encoding="utf-8"))

@@ -9,8 +9,9 @@
   both over every position of context + continuation).
 - ``loglikelihood_rolling``: a text longer than the context is scored in windows of ``max_length`` tokens; each
   window after the first re-reads ``rolling_context`` tokens of the one before (the overlap) and scores only the
-  tokens after them. ``rolling_context=1`` gives ``HFLM``'s disjoint windows exactly. ``rolling_nll`` is also what
-  ``litgpt-clone evaluate perplexity`` runs.
+  tokens after them. ``rolling_context=1``, the default, gives ``HFLM``'s disjoint windows exactly (so perplexity
+  tasks give lm-eval's numbers); ``rolling_nll`` is also what ``litgpt-clone evaluate perplexity`` runs, with half a
+  window of overlap by default.
 - ``generate_until``: the shared generate module (through ``LLM.stream_ids``), batched, ending at stop strings.
 """
 
@@ -50,8 +51,8 @@ class LitGPTLM(TemplateLM):
         device: "auto", "cpu", "cuda[:N]".
         precision: "32-true", "bf16-true" or "16-true" (default: bf16 on a GPU that has it, else fp32).
         max_length: Longest sequence fed to the model (default: the model's context).
-        rolling_context: Tokens each rolling window after the first re-reads from the one before (default:
-            half of ``max_length``; 1 gives lm-eval's disjoint windows).
+        rolling_context: Tokens each rolling window after the first re-reads from the one before (default 1:
+            lm-eval's disjoint windows, as its HF model scores perplexity tasks).
         llm: An already loaded ``LLM`` (then checkpoint_dir, device and precision are not used).
     """
 
@@ -72,7 +73,7 @@ class LitGPTLM(TemplateLM):
         self.max_length = int(max_length) if max_length not in (None, "") else context  # (lm-eval passes strings)
         if not 1 < self.max_length <= context:
             raise EvaluationError(f"max_length is {self.max_length}: use a value in [2, {context}] (the model's context)")
-        self.rolling_context = int(rolling_context) if rolling_context not in (None, "") else self.max_length // 2
+        self.rolling_context = int(rolling_context) if rolling_context not in (None, "") else 1
         if not 1 <= self.rolling_context <= self.max_length:
             raise EvaluationError(f"stride_context is {self.rolling_context}: use a value in [1, {self.max_length}] (at most max_length)")
         self.max_gen_toks = 256
@@ -150,10 +151,20 @@ class LitGPTLM(TemplateLM):
             self._prefetched.clear()
 
     def chat_template(self, chat_template: Union[bool, str] = False) -> Optional[str]:
-        return self.tok.chat_template or "" if chat_template else None
+        if chat_template:
+            self.check_chat_template()
+        return self.tok.chat_template if chat_template else None
+
+    def check_chat_template(self) -> None:
+        if not self.tok.chat_template:  # (its plain fallback would keep the last message: no few-shot examples)
+            raise EvaluationError(
+                f"--apply_chat_template: {self.llm.checkpoint_dir} has no chat template (a base model): leave the option out"
+            )
 
     def apply_chat_template(self, chat_history: list[dict], add_generation_prompt: bool = True) -> str:
         from litgpt_clone.chat_template import render_for_tokenizer
+
+        self.check_chat_template()
 
         return render_for_tokenizer(self.tok, chat_history, add_generation_prompt=add_generation_prompt)
 
@@ -358,6 +369,26 @@ class LitGPTLM(TemplateLM):
         return [-self.rolling_nll(self.tok_encode(req.args[0])) for req in tqdm(requests, disable=disable_tqdm, desc="loglikelihood_rolling")]
 
     # ------------------------------------------------------------------ generation
+    @functools.cached_property
+    def sampling_defaults(self) -> dict:
+        """What transformers' ``generate`` samples with where a task's generation_kwargs say nothing: the checkpoint's
+        generation_config.json, else transformers' defaults (temperature 1, top_k 50, top_p 1)."""
+        import json
+
+        path = self.llm.checkpoint_dir and Path(self.llm.checkpoint_dir) / "generation_config.json"
+        config = json.loads(path.read_text()) if path and path.is_file() else {}
+        defaults = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "min_p": None}
+        return {k: config[k] if config.get(k) is not None else v for k, v in defaults.items()}
+
+    def sampling(self, kwargs: dict) -> dict:
+        """``stream_ids``' sampling arguments for a task's generation_kwargs: greedy unless ``do_sample``, as
+        lm-eval's HF model runs transformers' ``generate``."""
+        if not kwargs.get("do_sample"):
+            return {"temperature": 0.0}
+        given = {**self.sampling_defaults, **{k: kwargs[k] for k in ("temperature", "top_k", "top_p", "min_p") if kwargs.get(k) is not None}}
+        return {"temperature": float(given["temperature"]), "top_k": int(given["top_k"]) if given["top_k"] else None,
+                "top_p": float(given["top_p"]), "min_p": float(given["min_p"] or 0.0)}
+
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Greedy (or sampled, with ``do_sample``) continuations that end before the first stop string."""
         collator = Collator(
@@ -372,12 +403,14 @@ class LitGPTLM(TemplateLM):
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
             max_new = int(kwargs.pop("max_gen_toks"))
             if max_new >= self.max_length:
-                raise ValueError(f"max_gen_toks ({max_new}) must be less than max_length ({self.max_length})")
+                raise EvaluationError(
+                    f"a task asks for {max_new} new tokens (max_gen_toks) but max_length is {self.max_length}: raise --max_length"
+                    f" above {max_new}, or lower the task's generation_kwargs.max_gen_toks"
+                )
             keep = self.max_length - max_new  # the end of a long context
             prompts = [torch.tensor((self.tok_encode(c) or [self.prefix_token_id])[-keep:]) for c in contexts]
-            temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
             texts = [""] * len(prompts)
-            for pieces in self.llm.stream_ids(prompts, max_new, temperature=temperature, top_p=float(kwargs.get("top_p") or 1.0), stop=until):
+            for pieces in self.llm.stream_ids(prompts, max_new, stop=until, **self.sampling(kwargs)):
                 texts = [t + p for t, p in zip(texts, pieces)]
             results.extend(postprocess_generated_text(t, until, None) for t in texts)
         return collator.get_original(results)
