@@ -129,7 +129,12 @@ class LLM:
         tokenizer = Tokenizer(checkpoint_dir)
         draft = None
         if draft_model is not None:
-            draft = load_model(find_checkpoint(draft_model), dev, dtype, quantize)
+            if compile:
+                raise GenerationError("speculative decoding (draft_model) runs uncompiled: leave out compile, or the draft model")
+            draft_dir = find_checkpoint(draft_model)
+            if Tokenizer(draft_dir).vocabulary_digest() != tokenizer.vocabulary_digest():  # (ids would mean other tokens)
+                raise GenerationError(f"the draft model {draft_dir} has another tokenizer than {checkpoint_dir}: use a draft of the same family")
+            draft = load_model(draft_dir, dev, dtype, quantize)
         return cls(load_model(checkpoint_dir, dev, dtype, quantize), tokenizer, checkpoint_dir, compile, draft)
 
     # ------------------------------------------------------------------ prompts

@@ -174,7 +174,7 @@ def test_cli_greedy_matches_transformers_families(family, models_root):
     assert cli("generate", native, "--prompt", PROMPTS[0], "--max_new_tokens", 16, "--temperature", 0).stdout == expected + "\n"
 
 
-def test_cli_applies_chat_template_of_instruct_checkpoints(models_root, capsys):
+def test_cli_applies_chat_template_of_instruct_checkpoints(models_root, capsys, tmp_path):
     """A tokenizer with a chat_template gets it (the ids of transformers' apply_chat_template); false turns it off."""
     from transformers import AutoTokenizer
 
@@ -195,7 +195,23 @@ def test_cli_applies_chat_template_of_instruct_checkpoints(models_root, capsys):
     assert "note: --system is not used: it goes into a chat template, and the prompt is sent as it is here" in capsys.readouterr().err
     _, base = checkpoint(models_root, "llama")
     main(["generate", str(base), "--prompt", "Once upon", "--max_new_tokens", "2", "--chat_template", "true"])
-    assert "note: this checkpoint has no chat template: the messages go in as plain text" in capsys.readouterr().err
+    assert "note: this checkpoint has no chat template: the prompt goes in as plain text (the 'plain' style)\n" in capsys.readouterr().err
+    main(["generate", str(base), "--prompt", "Once upon", "--max_new_tokens", "2", "--chat_template", "true", "--system", "Be brief."])
+    assert "(the 'plain' style), without --system (the plain style keeps the user's message only)" in capsys.readouterr().err
+    # a draft model is checked for its tokenizer, not only its vocabulary size, and runs uncompiled (compile was ignored)
+    import shutil
+
+    other = shutil.copytree(checkpoint(models_root, "qwen3", seed=1)[1], tmp_path / "other-tokenizer")
+    vocab = json.loads((other / "tokenizer.json").read_text())
+    tokens = vocab["model"]["vocab"]
+    a, b = sorted(tokens, key=tokens.get)[300:302]  # two tokens swap ids: same size, other meaning
+    tokens[a], tokens[b] = tokens[b], tokens[a]
+    (other / "tokenizer.json").write_text(json.dumps(vocab))
+    qwen = checkpoint(models_root, "qwen3")[1]
+    capsys.readouterr()  # (what building the models printed)
+    assert one_line_error(capsys, qwen, "--prompt", "Hi", "--draft_model", other).endswith(f"has another tokenizer than {qwen}: use a draft of the same family")
+    assert one_line_error(capsys, qwen, "--prompt", "Hi", "--draft_model", qwen, "--compile", "true") == (
+        "error: speculative decoding (draft_model) runs uncompiled: leave out compile, or the draft model")
 
 
 # ----------------------------------------------------------------------------- stopping

@@ -244,3 +244,18 @@ def test_errors():
         empty = GPT(Config(**SIZES))
     with pytest.raises(ValueError, match="meta device.*load the checkpoint before quantizing"):
         quantize(empty, "bnb.nf4")
+
+
+def test_compiled_int8_decoding_equals_eager(tmp_path):
+    """bitsandbytes' int8 layers split off outlier columns, as many as the step's activations have, so a compiled
+    decode step that skipped its guard checks after the first step stopped with "Recompilation triggered with
+    skip_guard_eval_unsafe stance" (on the doc test's Qwen3 stand-in, whose weights are 10x the usual scale)."""
+    from doc_models import build_model
+
+    from litgpt_clone import LLM
+    from litgpt_clone.checkpoints.convert import convert_hf_checkpoint
+
+    build_model("Qwen/Qwen3-0.6B", tmp_path / "hf")
+    native = convert_hf_checkpoint(tmp_path / "hf", tmp_path / "native")
+    eager = LLM.load(native, device="cpu", quantize="bnb.int8").generate("Hello", max_new_tokens=20)
+    assert LLM.load(native, device="cpu", quantize="bnb.int8", compile=True).generate("Hello", max_new_tokens=20) == eager

@@ -44,8 +44,8 @@ def generate(
         num_samples: How many continuations to generate, one after the other.
         precision: "32-true", "bf16-true" or "16-true"; default bf16 on a GPU that supports it, else fp32.
         quantize: Quantize the weights with bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or bnb.int8.
-        compile: torch.compile the decode step (CUDA graphs on a GPU). Compiling takes a while once.
-        draft_model: A smaller checkpoint with the same tokenizer for speculative decoding.
+        compile: torch.compile the decode step (CUDA graphs on a GPU). Compiling takes a while once. Not with --draft_model.
+        draft_model: A smaller checkpoint with the same tokenizer (checked) for speculative decoding.
         speculative_k: Tokens the draft model proposes per step.
         chat_template: Wrap the prompt in the checkpoint's chat template as a user message. Default: when the
             tokenizer has one (instruct checkpoints); ``--chat_template false`` sends the prompt as it is.
@@ -61,8 +61,9 @@ def generate(
     llm = LLM.load(checkpoint_dir, device=device, precision=precision, quantize=quantize, compile=compile, draft_model=draft_model)
     use_template = bool(llm.tokenizer.chat_template) if chat_template is None else chat_template
     if use_template and not llm.tokenizer.chat_template:
-        print("note: this checkpoint has no chat template: the messages go in as plain text (the 'plain' style)", file=sys.stderr)
-    if system and not use_template:
+        unused = ", without --system (the plain style keeps the user's message only)" if system else ""
+        print(f"note: this checkpoint has no chat template: the prompt goes in as plain text (the 'plain' style){unused}", file=sys.stderr)
+    elif system and not use_template:
         print("note: --system is not used: it goes into a chat template, and the prompt is sent as it is here", file=sys.stderr)
     if use_template:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
