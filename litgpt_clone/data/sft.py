@@ -120,8 +120,10 @@ class SFTDataset:
         """Optimizer steps of ``global_batch_size`` samples until the trained ``tokens`` reach ``max_tokens``."""
         steps, total = 0, 0
         while total < max_tokens:
-            total += self.tokens(steps * global_batch_size, global_batch_size)
-            steps += 1
+            added = self.tokens(steps * global_batch_size, global_batch_size)
+            total, steps = total + added, steps + 1
+            if not added:  # (samples without a token to train on: no number of steps reaches max_tokens)
+                break
         return steps
 
     def batch(self, start: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
