@@ -146,6 +146,16 @@ def parser_message(message: str) -> str:
         else:
             from litgpt_clone.data.pretrain import DATA_MODULES as modules
         return f"unknown --data {value.group(1).strip()}: use one of {', '.join(modules)}"
+    if keys and (unknown := re.search(r"class_path '([\w.]+)':\s*Option '(\w+)' is not accepted", message)):  # --data.pth
+        import difflib
+        import importlib
+        import inspect
+
+        module, name = unknown.group(1).rsplit(".", 1)
+        options = list(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+        close = difflib.get_close_matches(unknown.group(2), options, n=1)
+        hint = f"did you mean --{keys[0]}.{close[0]}? " if close else ""
+        return f"--{keys[0]}.{unknown.group(2)}: --{keys[0]} {name} has no such option ({hint}it takes {', '.join(options)})"
     if keys and value:
         flag = f"--{'.'.join(keys)} {value.group(1).strip()}"
         if choices := re.search(r"Literal\[([^\]]*)\]", message):

@@ -297,6 +297,8 @@ def test_impossible_training_numbers_are_one_line(tmp_path, capsys):
         (["pretrain", "pythia-14m", "--train.max_seq_length", "1"], "error: --train.max_seq_length is 1: it must be 2 or more"),
         (["pretrain", "pythia-14m", "--eval.interval", "0"], "error: --eval.interval is 0: it must be 1 or more"),
         (["finetune", "lora", str(tmp_path), "--lora.r", "0"], "error: --lora.r is 0: the rank of the adapters must be 1 or more"),
+        # a misspelt option of a data module (it said "expected a NoneType")
+        (["pretrain", "pythia-14m", "--data", "text", "--data.pth", "x"], "error: --data.pth: --data Text has no such option (did you mean --data.path? it takes path, val_fraction)"),
     ]
     for args, start in cases:
         assert cli_error(capsys, *args, "--out_dir", tmp_path / "out").startswith(start)
