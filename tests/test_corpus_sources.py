@@ -125,6 +125,24 @@ def test_archives_are_read_in_memory_and_never_escape(tmp_path):
     assert not list(tmp_path.glob("**/etc"))  # nothing was extracted
 
 
+def test_hard_links_and_a_corrupt_archive(tmp_path, capsys):
+    """A tar hard link was reported as a symlink; a file that is no archive gave tarfile's message over five lines."""
+    with tarfile.open(tmp_path / "p.tar", "w") as tf:
+        data = b"a = 1\n"
+        info = tarfile.TarInfo("a.py")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("b.py")
+        link.type, link.linkname = tarfile.LNKTYPE, "a.py"
+        tf.addfile(link)
+    (repo,) = open_sources([tmp_path / "p.tar"], "repo", 100)
+    assert {e.path: e.skip for e in repo.entries} == {"a.py": None, "b.py": "hardlink"}
+    (tmp_path / "bad.tar.gz").write_bytes(b"\x00not an archive" * 50)
+    with pytest.raises(SourceError) as err:
+        open_sources([tmp_path / "bad.tar.gz"], "repo", 100)
+    assert "\n" not in str(err.value) and str(err.value).startswith(f"cannot read the archive {tmp_path / 'bad.tar.gz'} (")
+
+
 def test_owner_repo_layout_folders_archives_and_git(tmp_path):
     tree = tmp_path / "tree"
     (tree / "alice" / "plain").mkdir(parents=True)

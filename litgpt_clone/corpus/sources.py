@@ -11,8 +11,8 @@ asked for. Nothing is ever extracted to disk, and nothing outside a source is re
   root; one that resolves outside is skipped ("symlink_outside_root"), as is one that loops ("symlink_loop": a
   cycle of links, or a link to a folder that contains it). FIFOs, sockets and devices are never opened.
 - archive (``.tar``, ``.tar.gz``, ``.tgz``, ``.tar.bz2``, ``.tar.xz``, ``.zip``): members are read in memory;
-  links and absolute or ``..`` member names are skipped. A single top-level folder (GitHub's ``repo-<sha>/``) is
-  dropped from paths.
+  links (symbolic: "symlink", hard: "hardlink") and absolute or ``..`` member names are skipped. A single
+  top-level folder (GitHub's ``repo-<sha>/``) is dropped from paths.
 
 ``exclude`` patterns (shell-style, ``*`` also crosses ``/``) leave out of the corpus every file whose path in its
 repository, or any folder above it, matches one: ``["site-packages", "*__pycache__"]``. Excluded files are not in
@@ -319,7 +319,7 @@ def _archive_members(path: Path, max_file_size: int) -> list[FileEntry]:
                 if name is None:
                     entries.append(FileEntry(member.name, None, "unsafe_path"))
                 elif member.issym() or member.islnk():
-                    entries.append(FileEntry(name, None, "symlink"))
+                    entries.append(FileEntry(name, None, "symlink" if member.issym() else "hardlink"))
                 elif not member.isreg():
                     entries.append(FileEntry(name, None, "not_regular_file"))
                 elif member.size > max_file_size:
@@ -327,7 +327,8 @@ def _archive_members(path: Path, max_file_size: int) -> list[FileEntry]:
                 else:
                     entries.append(FileEntry(name, member.size, None, member.name))
     except (tarfile.TarError, OSError, EOFError) as err:
-        raise SourceError(f"cannot read the archive {path} ({err}): give a tar or zip archive") from err
+        reason = " ".join(str(err).split())  # (tarfile lists every compression it tried, one line each)
+        raise SourceError(f"cannot read the archive {path} ({reason}): give a tar or zip archive") from err
     return entries
 
 
