@@ -188,6 +188,12 @@ def test_perplexity_matches_transformers(models, tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith(f"perplexity {result['perplexity']:.4f}")
 
 
+def ours_max_length(native: Path) -> int:
+    from litgpt_clone.config import Config
+
+    return Config.from_checkpoint(native).block_size
+
+
 def test_cli_writes_results(models, tasks_dir, tmp_path, capsys):
     """The issue's spelling `litgpt-clone evaluate <checkpoint> --tasks ...` (in this process: tests/test_evaluate_cli.py
     runs the CLI in subprocesses)."""
@@ -196,6 +202,14 @@ def test_cli_writes_results(models, tasks_dir, tmp_path, capsys):
           "--device", "cpu", "--out_dir", str(tmp_path)])
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["config"]["model_args"] == f"checkpoint_dir={native}" and results["config"]["batch_size"] == 2  # which model
+    assert (results["model_name"], results["config"]["dtype"], results["config"]["max_length"]) == (str(native), "float32", ours_max_length(native))
+    assert not list(tmp_path.glob("samples_*"))
+    # --log_samples: each example's prompt, responses and scores, one JSON line each, as lm-eval writes them
+    main(["evaluate", str(native), "--tasks", "tiny_mc", "--include_path", str(tasks_dir), "--limit", "3", "--device", "cpu",
+          "--out_dir", str(tmp_path / "logged"), "--log_samples", "true"])
+    rows = [json.loads(line) for line in (tmp_path / "logged" / "samples_tiny_mc.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all({"doc", "arguments", "resps", "acc"} <= set(row) for row in rows)
+    assert "samples" not in json.loads((tmp_path / "logged" / "results.json").read_text())
     acc = results["results"]["tiny_mc"]["acc,none"]
     assert acc in (0, 1 / 3, 2 / 3, 1)
     table = (tmp_path / "results.md").read_text()

@@ -29,6 +29,7 @@ def evaluate_tasks(
     apply_chat_template: bool = False,
     seed: int = 1234,
     bootstrap_iters: int = 0,
+    log_samples: bool = False,
 ) -> dict:
     """Run lm-evaluation-harness tasks on a checkpoint; print a markdown table, write results.json and results.md.
 
@@ -53,6 +54,8 @@ def evaluate_tasks(
         bootstrap_iters: Bootstrap resamples for the standard errors. 0, the default, reports none at all, not even
             accuracy's (which needs no resampling and comes with any value above 0); lm-eval's own default, 100000,
             takes minutes for the metrics that are resampled.
+        log_samples: Also write each example's prompt, the model's responses and its scores, one JSON line per example,
+            to samples_<task>.jsonl in out_dir (lm-eval's --log_samples).
     """
     from litgpt_clone.api import find_checkpoint
 
@@ -87,7 +90,7 @@ def evaluate_tasks(
     try:
         results = simple_evaluate(
             model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=manager, apply_chat_template=apply_chat_template,
-            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, log_samples=False,
+            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, log_samples=log_samples,
             bootstrap_iters=bootstrap_iters,
         )
     except ConnectionError as err:  # what `datasets` raises offline (HF_DATASETS_OFFLINE) for data it has not cached
@@ -99,13 +102,21 @@ def evaluate_tasks(
             raise
         reason = " ".join(str(err).split())[:300]  # lm-eval's verdict on a task YAML: a bad output_type, a template field
         raise EvaluationError(f"the task YAMLs of --include_path {include_path} do not run ({type(err).__name__}: {reason}): fix them") from err
-    results["config"].update(model="litgpt_clone", model_args=f"checkpoint_dir={checkpoint}", batch_size=batch_size, device=str(lm.device))
+    results["config"].update(
+        model="litgpt_clone", model_args=f"checkpoint_dir={checkpoint}", batch_size=batch_size, device=str(lm.device),
+        dtype=str(lm.model.transformer.wte.weight.dtype).removeprefix("torch."), max_length=lm.max_length,
+    )
+    results.update(model_name=str(checkpoint), chat_template=lm.tok.chat_template if apply_chat_template else None)
+    samples = results.pop("samples", {})
     table = make_table(results)
     print(table)
     out_dir = Path(out_dir) if out_dir is not None else checkpoint / "evaluate"
     out_dir.mkdir(parents=True, exist_ok=True)
     from litgpt_clone.checkpoints.io import write_atomic_text
 
+    for task, rows in samples.items():  # as lm-eval writes them: one JSON object per line
+        lines = (json.dumps(row, default=handle_non_serializable, ensure_ascii=False) for row in rows)
+        write_atomic_text(out_dir / f"samples_{task}.jsonl", "".join(line + "\n" for line in lines))
     write_atomic_text(out_dir / "results.json", json.dumps(results, indent=2, default=handle_non_serializable))
     write_atomic_text(out_dir / "results.md", table)
     return results
