@@ -454,7 +454,7 @@ class OpenAIServeSpec(LitSpec):
                 raise invalid("messages", f"were refused by the chat template: {err}") from None
             logprobs = flag(body, "logprobs")
             top = number(body, "top_logprobs", 0, 0, MAX_LOGPROBS, integer=True)
-            if body.get("top_logprobs") is not None and not logprobs:
+            if body.get("top_logprobs") and not logprobs:  # (0 asks for nothing: some clients always send it)
                 raise invalid("top_logprobs", "needs \"logprobs\": true")
             ids = await self.encode(prompt, bos=False)
             jobs = self.jobs(body, [ids], logprobs=top if logprobs else None)
