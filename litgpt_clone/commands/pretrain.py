@@ -63,9 +63,9 @@ def pretrain(
             (fastest to compile, works with every strategy); ``model`` compiles the whole model in one graph (faster
             steps, slower to compile; not with --strategy fsdp).
     """
+    hparams = dict(locals())  # the arguments, before any other name is bound here
     from litgpt_clone.training.run import build_fabric, optimizer_spec, run_training, world_size
 
-    hparams = {k: v for k, v in locals().items() if k not in ("build_fabric", "optimizer_spec", "run_training", "world_size")}
     if model_name is None and model_config is None and initial_checkpoint_dir is None:
         raise ConfigError("pretrain needs a model: a registry name, --model_config <yaml> or --initial_checkpoint_dir")
     if initial_checkpoint_dir is not None:  # the model first: an unknown name or a missing file is the first error
