@@ -169,6 +169,9 @@ def _render_template(template: str, messages: list[dict], add_generation_prompt:
         raise ChatTemplateError(f"the chat template has a syntax error (line {err.lineno}): {err.message}") from err
     except jinja2.exceptions.TemplateError as err:  # raise_exception(...) and undefined values
         raise ChatTemplateError(f"the chat template refused the messages: {err}") from err
+    except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError, MemoryError) as err:
+        # the template's own code failed: the sandbox's "range too big", a variable of the wrong type, ...
+        raise ChatTemplateError(f"the chat template failed on these messages ({type(err).__name__}: {str(err)[:200]})") from err
 
 
 # ---------------------------------------------------------------------------------------- fallback styles

@@ -439,6 +439,17 @@ def test_sandbox_stops_escapes(template, tmp_path):
     assert messages == [{"role": "user", "content": "hi"}]  # the caller's list is never touched
 
 
+@pytest.mark.parametrize("template, variables, cause", [
+    ("{% for i in range(10**9) %}{% endfor %}", {}, OverflowError),  # the sandbox's cap on ranges
+    ("{% for t in tools %}{{ t }}{% endfor %}", {"tools": 5}, TypeError),  # a variable of the wrong type
+    ("{{ messages[0].content / 2 }}", {}, TypeError),
+])
+def test_a_template_that_fails_in_its_own_code_is_one_error(template, variables, cause):
+    with pytest.raises(ChatTemplateError, match=f"failed on these messages \\({cause.__name__}") as info:
+        render_chat(template, [{"role": "user", "content": "hi"}], **variables)
+    assert isinstance(info.value.__cause__, cause)
+
+
 # --------------------------------------------------------------------------------------------- fallback styles
 def test_alpaca_style_exact():
     instruction = [{"role": "user", "content": "Give three tips for staying healthy."}]

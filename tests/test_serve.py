@@ -212,6 +212,10 @@ def test_bad_and_hostile_requests_get_openai_errors_and_the_server_keeps_serving
         (T, text(max_tokens=0), 400, "max_tokens"), (T, text(max_tokens=context), 400, "max_tokens"),
         (T, text(prompt="fox " * context), 400, "prompt"), (T, text(prompt="x" * 2**20), 400, "prompt"),  # a 1 MB prompt
         (T, "x" * (9 * 2**20), 413, None),  # a 9 MB body
+        (T, '{"prompt": "\\ud800", "max_tokens": 2}', 400, None), (C, '{"messages": [{"role": "user", "content": "a\\udfffb"}]}', 400, None),
+        (C, chat(chat_template_kwargs={"namespace": 1}), 400, "chat_template_kwargs"),  # the template's own functions
+        # 128 choices x 901 scored tokens x 21 entries: a reply of 2.4M log-probabilities (~70 MB of JSON) is refused
+        (T, text(prompt=[[1] * 900] * 32, n=4, echo=True, logprobs=20, max_tokens=1), 400, "logprobs"),
     ]
     for path, body, status, param in cases:
         r = post(url, path, body)
@@ -235,6 +239,25 @@ def test_bad_and_hostile_requests_get_openai_errors_and_the_server_keeps_serving
     empty = [{**m, "content": m["content"] or ""} for m in turns]
     out = post(url, C, chat(messages=turns, max_tokens=3, temperature=0)).json()
     assert out["usage"]["prompt_tokens"] == len(llm.encode_chat(empty)) and out["choices"][0]["message"]["content"] == llm.chat(empty, max_new_tokens=3)
+
+
+def test_a_long_prompt_is_tokenized_without_stalling_the_server(server):
+    """A prompt of a few MB takes seconds to tokenize; meanwhile the server answers others (tokenizers' encode holds
+    the interpreter lock, so the server's event loop stalled for all of it when it ran on a thread)."""
+    url, llm, _ = server
+    with ThreadPoolExecutor(1) as pool:
+        start = time.perf_counter()
+        big = pool.submit(post, url, "/v1/completions", {"model": NAME, "prompt": "the quick fox " * 200_000})  # 2.8 MB
+        time.sleep(0.3)  # the body is read and tokenizing starts
+        waited = []
+        while not big.done():
+            t = time.perf_counter()
+            assert requests.get(url + "/health", timeout=60).status_code == 200
+            waited.append(time.perf_counter() - t)
+        took = time.perf_counter() - start
+        error = big.result().json()["error"]
+    assert error["code"] == "context_length_exceeded" and f"context is {llm.model.max_seq_length} tokens" in error["message"]
+    assert len(waited) >= 3 and max(waited) < took / 3, (waited, took)
 
 
 def test_top_k_and_min_p_sample_as_generate_does(server):

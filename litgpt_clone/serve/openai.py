@@ -37,6 +37,7 @@ from litgpt_clone.serve.api import EVENTS
 MAX_BODY_BYTES = 8 * 2**20
 MAX_CHOICES = 128  # prompts x n in one request
 MAX_LOGPROBS = 20
+MAX_SCORES = 2**20  # log-probabilities in one reply (~30 MB of JSON): lm-eval's requests score a few thousand
 MAX_STOPS = 64  # OpenAI takes 4; lm-eval sends a task's `until` strings and the EOS text as `stop` (vLLM: no limit)
 MAX_STOP_CHARS = 1000
 DISCONNECT_POLL_S = 0.25
@@ -122,8 +123,11 @@ def refuse_unsupported(body: dict) -> None:
         raise invalid("best_of", "is not supported by this server (it returns every choice it generates): leave it out, or use n")
 
 
-RESERVED_VARIABLES = ("messages", "add_generation_prompt", "bos_token", "eos_token", "style", "tokenizer", "template")
-"""Template variables the server sets itself, which ``chat_template_kwargs`` cannot."""
+RESERVED_VARIABLES = (
+    "messages", "add_generation_prompt", "bos_token", "eos_token", "style", "tokenizer", "template",
+    "raise_exception", "strftime_now", "dict", "namespace",
+)
+"""Template variables the server sets itself (and the template's functions), which ``chat_template_kwargs`` cannot."""
 
 
 def message_text(content) -> str:
@@ -274,6 +278,10 @@ class OpenAIServeSpec(LitSpec):
             raise RequestError(400, f"the request body is not valid JSON ({str(err)[:200]})", code="invalid_json") from None
         if not isinstance(body, dict):
             raise RequestError(400, "the request body must be a JSON object", code="invalid_json")
+        try:  # JSON's "\ud800" escapes parse into lone surrogates, which no tokenizer takes
+            json.dumps(body, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise RequestError(400, "the request body holds a lone UTF-16 surrogate (an escape such as \\ud800 without its pair): send valid Unicode text", code="invalid_json") from None
         flag(body, "stream")
         if body.get("stream_options") is not None and not isinstance(body["stream_options"], dict):
             raise invalid("stream_options", "must be an object such as {\"include_usage\": true}")
@@ -289,10 +297,17 @@ class OpenAIServeSpec(LitSpec):
             raise RequestError(404, f"the model {model!r:.100} does not exist: this server serves {names}", param="model", code="model_not_found")
         return self.model_ids[model]
 
+    @cached_property
+    def long_texts(self) -> asyncio.Lock:
+        return asyncio.Lock()
+
     async def encode(self, text: str, bos: Optional[bool] = None) -> list[int]:
-        if len(text) > 20_000:  # a long text is tokenized off the event loop, which keeps the other streams flowing
-            return (await asyncio.to_thread(self.tokenizer.encode, text, bos)).tolist()
-        return self.tokenizer.encode(text, bos).tolist()
+        if len(text) <= 20_000:
+            return self.tokenizer.encode(text, bos).tolist()
+        # A long text is tokenized on a thread by encode_batch, which (unlike encode) lets go of the interpreter lock,
+        # so the other streams keep flowing; one at a time, since a text of a few MB takes ~1 GB while it is encoded.
+        async with self.long_texts:
+            return (await asyncio.to_thread(self.tokenizer.encode_batch, [text], bos))[0]
 
     def budget(self, body: dict, n: int, echo: bool = False) -> int:
         """New tokens for a prompt of ``n`` tokens: the request's max_tokens (or max_completion_tokens), capped by
@@ -333,6 +348,13 @@ class OpenAIServeSpec(LitSpec):
         for ids in prompts:
             new = self.budget(body, len(ids), echo)
             jobs += [dict(settings, ids=ids, max_new_tokens=new, seed=None if seed is None else seed + j) for j in range(n)]
+        if logprobs is not None:  # each scored token is a JSON entry with its alternatives: bound the reply's size
+            scores = sum(((len(j["ids"]) if echo else 0) + j["max_new_tokens"]) * (logprobs + 1) for j in jobs)
+            if scores > MAX_SCORES:
+                raise invalid(
+                    "logprobs", f"asks for {scores:,} log-probabilities (choices x scored tokens x (alternatives + 1)), more than"
+                    f" {MAX_SCORES:,} in one request: lower n, logprobs or max_tokens, or split the prompts over requests",
+                )
         return jobs
 
     # ------------------------------------------------------------------ the workers
