@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import yaml
 
 from litgpt_clone.config import Config, ConfigError
 
@@ -71,4 +70,6 @@ def adapter_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_adapter_args(checkpoint_dir: Path) -> AdapterArgs:
-    return AdapterArgs(**yaml.safe_load((Path(checkpoint_dir) / "adapter_config.yaml").read_text()))
+    from litgpt_clone.checkpoints.io import read_settings
+
+    return read_settings(Path(checkpoint_dir) / "adapter_config.yaml", AdapterArgs)

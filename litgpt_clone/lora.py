@@ -159,10 +159,11 @@ def load_lora_args(folder) -> LoRAArgs:
     """The ``LoRAArgs`` a ``finetune lora`` checkpoint folder was trained with (its lora_config.yaml)."""
     from pathlib import Path
 
-    import yaml
+    from litgpt_clone.checkpoints.io import read_settings
 
-    saved = yaml.safe_load((Path(folder) / "lora_config.yaml").read_text())
-    return LoRAArgs(**{**saved, "layers": tuple(saved["layers"]) if saved.get("layers") else None})
+    args = read_settings(Path(folder) / "lora_config.yaml", LoRAArgs)
+    args.layers = tuple(args.layers) if args.layers else None  # (YAML has lists)
+    return args
 
 
 def lora_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

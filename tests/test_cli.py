@@ -1,6 +1,7 @@
 """The real `litgpt-clone` CLI in a subprocess: help, config files, conversion round trip, one-line errors."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from litgpt_clone import GPT, Config
 from litgpt_clone.checkpoints.io import CheckpointError
 from litgpt_clone.config import ConfigError
+from litgpt_clone.training.checkpoint import read_training_state
 from test_generate import cli_error
 
 
@@ -186,6 +188,22 @@ def test_bin_checkpoint_converts(hf_llama, tmp_path):
     idx = torch.randint(0, 64, (1, 8))
     with torch.no_grad():
         torch.testing.assert_close(GPT.from_checkpoint(tmp_path / "native")(idx), hf_model(idx).logits)
+
+
+def test_a_pickle_that_names_code_is_refused_in_one_line(hf_llama, tmp_path):
+    """A .bin (or a training state) whose pickle names a Python function, as a planted payload does: torch's
+    weights-only load refuses it, and the user reads one line, not torch's advice to retry with weights_only=False."""
+    hf_dir, _ = hf_llama
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text((hf_dir / "config.json").read_text())
+    torch.save({**load_file(hf_dir / "model.safetensors"), "payload": os.getcwd}, tmp_path / "bin" / "pytorch_model.bin")
+    line = one_line_error(cli("convert", "from_hf", tmp_path / "bin", "--out_dir", tmp_path / "native", check=False))
+    assert "pytorch_model.bin cannot be read safely (UnpicklingError:" in line and "getcwd" in line and "weights_only" not in line
+    assert line.endswith("use a safetensors checkpoint") and not (tmp_path / "native").exists()
+    (tmp_path / "step-00000002").mkdir()
+    torch.save({"fit": {}, "rng": os.getcwd}, tmp_path / "step-00000002" / "training_state.pt")
+    with pytest.raises(CheckpointError, match=r"training_state.pt cannot be read safely \(UnpicklingError: .*getcwd.*\): resume from another"):
+        read_training_state(tmp_path / "step-00000002")
 
 
 # ----------------------------------------------------------------------------- bad input: one line, with the fix

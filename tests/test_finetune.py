@@ -316,6 +316,21 @@ def test_finetuning_an_adapter_checkpoint_carries_its_adapter_config(base, tmp_p
     assert not (lora / "step-00000002").exists() and not (ad / "final" / "lora_config.yaml").exists()
 
 
+@pytest.mark.parametrize("name, text", [
+    ("adapter_config.yaml", "prompt_length: 4\nevil_key: 1\n"), ("adapter_config.yaml", "- 1\n- 2\n"),
+    ("lora_config.yaml", "r: 4\nalpha: oops: x\n"), ("lora_config.yaml", "r: 0\n"),
+])
+def test_a_broken_settings_file_beside_the_weights_is_one_line(tmp_path, name, text):
+    from litgpt_clone.adapter import load_adapter_args
+    from litgpt_clone.checkpoints.io import CheckpointError
+    from litgpt_clone.lora import load_lora_args
+
+    (tmp_path / name).write_text(text)
+    with pytest.raises(CheckpointError, match=f"{name} is not a valid {name} \\(.+\\): the finetune run writes it") as info:
+        (load_adapter_args if name.startswith("adapter") else load_lora_args)(tmp_path)
+    assert "\n" not in str(info.value)
+
+
 def test_max_tokens_counts_the_samples_tokens_and_wins_over_the_default_epoch(base, tmp_path):
     """--train.max_tokens stops once the samples' own tokens (no padding) reach it: steps were counted as if every
     sample were block_size long (1 step for 5,000 tokens), and finetune's default epoch overruled it."""

@@ -174,6 +174,29 @@ def test_kill_while_saving_keeps_the_previous_checkpoint(setup, tmp_path):
     assert f"resumed from {newest}" in done.stdout + done.stderr
 
 
+def test_a_kill_while_replacing_a_folder_leaves_a_complete_one(tmp_path, monkeypatch):
+    """Re-saving a folder (``final/`` of a rerun): the old one is deleted only after the new one is in place, so a
+    kill in the middle of deleting (simulated: the delete stops after one file) never leaves a half-deleted folder."""
+    from litgpt_clone import Config
+    from litgpt_clone.training import checkpoint
+
+    config = Config(name="tiny", n_layer=1, n_embd=8, n_head=2, vocab_size=16, block_size=8)
+    weights = lambda value: {"model.safetensors": {"w": torch.full((2,), value)}}  # noqa: E731
+    checkpoint.write_checkpoint(tmp_path / "final", weights(1.0), config, None, {"run": 1})
+
+    def killed_while_deleting(path, ignore_errors=False):
+        files = sorted(p for p in Path(path).iterdir()) if Path(path).is_dir() else []
+        if files and not ignore_errors:
+            files[0].unlink()
+            raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", killed_while_deleting)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.write_checkpoint(tmp_path / "final", weights(2.0), config, None, {"run": 2})
+    final = tmp_path / "final"
+    assert sorted(p.name for p in final.iterdir()) == ["hyperparameters.yaml", "model.safetensors", "model_config.yaml"]
+    assert yaml.safe_load((final / "hyperparameters.yaml").read_text()) == {"run": 2}
+
+
 # ----------------------------------------------------------------------------- bad input: one line with the fix
 def one_line(proc) -> str:
     assert proc.returncode == 2, proc.stderr[-2000:]

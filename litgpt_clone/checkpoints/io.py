@@ -152,11 +152,35 @@ def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
         if f.suffix == ".safetensors":
             state.update(load_state(f))
             continue
-        try:
-            state.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
-        except Exception as err:  # torch raises many kinds for a bad pickle or zip
-            raise CheckpointError(f"{f} cannot be read safely ({type(err).__name__}: {err}): use a safetensors checkpoint") from err
+        state.update(torch_load(f, "use a safetensors checkpoint", mmap=True))
     return state
+
+
+def read_settings(path: Path, cls):
+    """``cls(**fields)`` from a settings file a finetune run wrote beside its weights (``lora_config.yaml``,
+    ``adapter_config.yaml``); one that is not such a mapping is one ``CheckpointError`` line."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load(Path(path).read_text())
+        if not isinstance(saved, dict):
+            raise TypeError(f"it holds a {type(saved).__name__}, not a mapping of settings")
+        return cls(**saved)
+    except (yaml.YAMLError, TypeError, ValueError) as err:
+        why = " ".join(str(err).split())[:200]  # (YAML's messages span lines)
+        raise CheckpointError(f"{path} is not a valid {Path(path).name} ({why}): the finetune run writes it; restore that file") from None
+
+
+def torch_load(path: Path, fix: str, **kwargs):
+    """``torch.load`` of a file that may come from anyone: tensors and plain containers only (``weights_only``). A
+    file it refuses (a pickle that names other Python objects, as a planted payload does) or cannot read is one
+    ``CheckpointError`` line ending with ``fix``, not torch's page of advice (which suggests ``weights_only=False``)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+    except Exception as err:  # torch raises many kinds for a bad pickle or zip
+        lines = str(err).splitlines()
+        why = next((line.strip() for line in lines if "global" in line.lower()), lines[0].strip() if lines else "")  # what it names
+        raise CheckpointError(f"{path} cannot be read safely ({type(err).__name__}: {why[:200]}): {fix}") from None
 
 
 def load_weights(model: torch.nn.Module, checkpoint_dir: Path, device="cpu", dtype: Optional[torch.dtype] = None) -> None:

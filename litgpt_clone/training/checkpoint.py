@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 import yaml
 
-from litgpt_clone.checkpoints.io import save_weights, write_atomic, write_atomic_text
+from litgpt_clone.checkpoints.io import save_weights, torch_load, write_atomic, write_atomic_text
 from litgpt_clone.config import Config
 from litgpt_clone.tokenizer import TOKENIZER_FILES
 
@@ -91,9 +91,14 @@ def write_checkpoint(
                 shutil.copyfile(Path(tokenizer_dir) / name, tmp / name)
     if training_state is not None:
         write_atomic(tmp / "training_state.pt", lambda path: torch.save(training_state, path))
-    if folder.exists():  # re-saving the same step (e.g. "final"): swap the old one out
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    if folder.exists():  # re-saving the same step (e.g. "final"): the old one is renamed aside and deleted only once
+        old = folder.with_name(f".{folder.name}.old")  # the new one is in place (no deleting while neither is there)
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(folder)
     return folder
 
 
@@ -107,5 +112,5 @@ def latest_checkpoint(out_dir: Path) -> Optional[Path]:
 
 
 def read_training_state(folder: Path) -> dict:
-    return torch.load(Path(folder) / "training_state.pt", map_location="cpu", weights_only=True)
+    return torch_load(Path(folder) / "training_state.pt", "resume from another step-* folder, or start fresh with --resume false")
 
