@@ -1,9 +1,13 @@
 """Sources of ``prepare code``: git HEAD through git itself, folders that never leave their root, archives, layouts;
 and Linguist language detection accuracy on files of known languages."""
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+import signal
+import subprocess
 import sysconfig
 import tarfile
 import io
@@ -14,7 +18,7 @@ import pytest
 
 import corpus_fixture as cf
 from litgpt_clone.corpus import language
-from litgpt_clone.corpus.sources import SourceError, open_sources, repo_name_from_url, walk_folder
+from litgpt_clone.corpus.sources import FileEntry, SourceError, open_sources, repo_name_from_url, walk_folder
 
 CAP = 1 << 20
 
@@ -261,3 +265,187 @@ def test_language_accuracy_on_known_extensions():
     assert all(language.detect(f"x{ext}", code.encode()).name == name for ext, (name, code) in LANGUAGE_SAMPLES.items())
     lang = language.detect("vendor/lib/x.js", b"var a = 1;\n")
     assert (lang.name, lang.type, lang.is_vendor) == ("JavaScript", "programming", True)
+
+
+# --------------------------------------------------------------------------- hostile sources
+def _git_in(path: Path, stdin: bytes, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(path), *args], input=stdin, check=True, capture_output=True).stdout.decode().strip()
+
+
+class Hung(Exception):
+    """Not an OSError (TimeoutError is one): the readers turn those into a file's read error."""
+
+
+@contextlib.contextmanager
+def _no_hang(seconds: int = 10):
+    """``Hung`` when the block takes longer (waiting on a FIFO for ever, say) instead of hanging the tests."""
+
+    def hang(*_):
+        raise Hung(f"still waiting after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _payload(tmp_path: Path) -> tuple[Path, Path]:
+    """A program that records that it ran, and where it would record it."""
+    ran, program = tmp_path / "ran.txt", tmp_path / "payload.sh"
+    program.write_text(f"#!/bin/sh\necho ran >> {ran}\nexit 1\n")
+    program.chmod(0o755)
+    return program, ran
+
+
+def test_a_sources_git_config_runs_no_program(tmp_path, monkeypatch):
+    """Reading a repository ran programs its own .git/config names: gpg.program (log.showSignature and a signed HEAD,
+    through `git show`) and a partial clone's remote.origin.uploadpack (its missing blob fetched from the remote it
+    names). A user's ~/.gitconfig with log.showSignature=true made `git show` print gpg's output, read as the time."""
+    program, ran = _payload(tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text(f"[log]\n\tshowSignature = true\n[gpg]\n\tprogram = {program}\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("GIT_CONFIG_GLOBAL", raising=False)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    repo = tmp_path / "evil"
+    repo.mkdir()
+    cf.git(repo, "init", "-q", "-b", "main")
+    blob = _git_in(repo, b"print('hi')\n", "hash-object", "-w", "--stdin")
+    tree = _git_in(repo, f"100644 blob {blob}\ta.py\n100644 blob {'1' * 40}\tgone.py\n".encode(), "mktree", "--missing")
+    signed = (f"tree {tree}\nauthor a <a@b> 1700000000 +0000\ncommitter a b <a@b> 1700000000 +0000\n"
+              "gpgsig -----BEGIN PGP SIGNATURE-----\n \n iQ==\n -----END PGP SIGNATURE-----\n\nmsg\n")
+    cf.git(repo, "update-ref", "HEAD", _git_in(repo, signed.encode(), "hash-object", "-t", "commit", "-w", "--stdin"))
+    (tmp_path / "remote").mkdir()
+    cf.git(tmp_path / "remote", "init", "-q")
+    for key, value in [("log.showSignature", "true"), ("gpg.program", program), ("core.fsmonitor", program),
+                       ("core.repositoryformatversion", "1"), ("extensions.partialClone", "origin"),
+                       ("remote.origin.url", tmp_path / "remote"), ("remote.origin.promisor", "true"),
+                       ("remote.origin.uploadpack", program)]:
+        cf.git(repo, "config", key, str(value))
+    [source] = open_sources([repo], "repo", CAP)
+    assert (source.kind, source.commit_time) == ("git", 1700000000)
+    assert {e.path: e.skip for e in source.entries} == {"a.py": None, "gone.py": "missing_object"}
+    assert read_all(source) == {"a.py": b"print('hi')\n"}
+    assert not ran.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the repository to another user")
+def test_a_repository_owned_by_another_user_is_read(tmp_path, monkeypatch):
+    """With the user's ~/.gitconfig left out, git's safe.directory check must not make it an empty repository."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    repo = cf.git_repo(tmp_path / "theirs", {"a.py": "a = 1\n"})
+    subprocess.run(["chown", "-R", "65534:65534", str(repo)], check=True)
+    [source] = open_sources([repo], "repo", CAP)
+    assert (source.kind, read_all(source)) == ("git", {"a.py": b"a = 1\n"})
+
+
+def test_a_git_folder_outside_the_source_is_not_read(tmp_path):
+    """A folder holding only a `.git` file (`gitdir: <another repository>`), a `.git` link, a `commondir`, a link in
+    `.git` or an `objects/info/alternates` made git read another repository into the corpus, under its own name."""
+    from litgpt_clone.corpus.pipeline import CorpusConfig, run
+
+    private = cf.git_repo(tmp_path / "private", {"creds.py": 'PRIVATE_REPO_SECRET = "hunter2"\n'})
+    tree = tmp_path / "tree"
+    for folder in ["alice/gitfile", "bob/gitlink", "dave/commondir/.git", "erin/objects_link"]:
+        (tree / folder).mkdir(parents=True)
+    (tree / "alice/gitfile/.git").write_text(f"gitdir: {private / '.git'}\n")
+    (tree / "alice/gitfile/main.py").write_text("print('mine')\n")  # the work tree, inside the source: read
+    (tree / "bob/gitlink/.git").symlink_to(private / ".git")
+    (tree / "dave/commondir/.git/HEAD").write_text("ref: refs/heads/main\n")  # a linked worktree's git folder
+    (tree / "dave/commondir/.git/commondir").write_text(f"{private / '.git'}\n")
+    subprocess.run(["cp", "-r", str(private / ".git"), str(tree / "erin/objects_link")], check=True)
+    shutil.rmtree(tree / "erin/objects_link/.git/objects")
+    (tree / "erin/objects_link/.git/objects").symlink_to(private / ".git/objects")
+    cf.git(tree, "clone", "-q", "--shared", "--no-checkout", str(private), "carol/alternates")
+    inside = cf.git_repo(tree / "frank/gitfile_inside", {"ok.py": "ok = 1\n"})
+    shutil.move(inside / ".git", inside / ".gitstore")  # `.git` a file naming a folder inside the source: read through git
+    (inside / ".git").write_text("gitdir: .gitstore\n")
+
+    repos = {r.name: r for r in open_sources([tree], "owner/repo", CAP)}
+    assert {name: (r.kind, {e.path: e.skip for e in r.entries}) for name, r in repos.items()} == {
+        "alice/gitfile": ("folder", {".git": "git_outside_root", "main.py": None}),
+        "bob/gitlink": ("folder", {".git": "git_outside_root"}),
+        "carol/alternates": ("folder", {".git": "git_alternates"}),
+        "dave/commondir": ("folder", {".git": "git_outside_root"}),
+        "erin/objects_link": ("folder", {".git": "git_special_file"}),
+        "frank/gitfile_inside": ("git", {"ok.py": None}),
+    }
+    result = run(CorpusConfig(sources=[str(tree)], layout="owner/repo"), tmp_path / "out", log=lambda _: None)
+    assert "hunter2" not in (result.version_dir / "text.jsonl").read_text()
+    records = [json.loads(line) for line in (result.version_dir / "files.jsonl").read_text().splitlines()]
+    assert {(r["repo"], r["path"]): r["drop_reason"] for r in records} == {
+        ("alice/gitfile", ".git"): "git_outside_root", ("alice/gitfile", "main.py"): None,
+        ("bob/gitlink", ".git"): "git_outside_root", ("carol/alternates", ".git"): "git_alternates",
+        ("dave/commondir", ".git"): "git_outside_root", ("erin/objects_link", ".git"): "git_special_file",
+        ("frank/gitfile_inside", "ok.py"): None,
+    }
+
+
+def test_a_fifo_in_a_git_folder_does_not_hang_the_build(tmp_path):
+    """git waited for ever on a FIFO in `.git` (here `packed-refs`, read by `rev-parse HEAD`)."""
+    repo = cf.git_repo(tmp_path / "r", {"a.py": "a = 1\n"})
+    os.mkfifo(repo / ".git" / "packed-refs")
+    with _no_hang():
+        [source] = open_sources([repo], "repo", CAP)
+    assert (source.kind, {e.path: e.skip for e in source.entries}) == ("folder", {".git": "git_special_file", "a.py": None})
+
+
+def test_tar_members_are_read_by_member_not_name(tmp_path):
+    """A 14-byte `small.py` followed by a hard link `small.py` -> a member over --max_file_size: reading by name gave
+    the big member's first max_file_size+1 bytes, kept. Two regular members of one path: the last is read (as
+    extracting leaves it), the other listed as duplicate_path."""
+    big = b"".join(b"def f_%d(x):\n    return x * %d\n" % (i, i) for i in range(100))
+    with tarfile.open(tmp_path / "dup.tar", "w") as tf:
+        for name, data, link in [("repo/big_vendor_blob.py", big, None), ("repo/small.py", b"small = 'yes'\n", None),
+                                 ("repo/small.py", b"", "repo/big_vendor_blob.py"),
+                                 ("repo/twice.py", b"first = 'one'\n", None), ("repo/twice.py", b"second = 'two'\n", None)]:
+            info = tarfile.TarInfo(name)
+            if link:
+                info.type, info.linkname = tarfile.LNKTYPE, link
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    [repo] = open_sources([tmp_path / "dup.tar"], "repo", 100)
+    readable = [e for e in repo.entries if not e.skip]
+    assert list(zip((e.path for e in readable), repo.read(readable))) == [("small.py", b"small = 'yes'\n"),
+                                                                           ("twice.py", b"second = 'two'\n")]
+    assert [(e.path, e.size, e.skip) for e in repo.entries] == [
+        ("big_vendor_blob.py", len(big), "too_large"), ("small.py", 14, None), ("small.py", None, "hardlink"),
+        ("twice.py", 14, "duplicate_path"), ("twice.py", 15, None)]
+    with tarfile.open(tmp_path / "dup.tar") as tf:
+        big_member = tf.getmember("repo/big_vendor_blob.py")
+    [too_long] = repo.read([FileEntry("big_vendor_blob.py", 100, None, big_member)])  # more bytes than the limit
+    assert isinstance(too_long, OSError)
+
+    from litgpt_clone.corpus.pipeline import CorpusConfig, run
+
+    result = run(CorpusConfig(sources=[str(tmp_path / "dup.tar")], max_file_size=100), tmp_path / "out", log=lambda _: None)
+    kept = [json.loads(line) for line in (result.version_dir / "text.jsonl").read_text().splitlines()]
+    assert sorted((r["path"], r["text"]) for r in kept) == [("small.py", "small = 'yes'\n"), ("twice.py", "second = 'two'\n")]
+    assert "First version: 2 files kept of 5 read." in (result.version_dir / "CHANGELOG.md").read_text()
+
+
+def test_a_folder_file_swapped_after_listing_is_not_read(tmp_path):
+    """Files are listed first and read much later: one replaced by a link out of the root was followed, a FIFO hung
+    the build. What is read must be the regular file listed."""
+    (tmp_path / "secret.py").write_text("SECRET = 1\n")
+    root = tmp_path / "src"
+    root.mkdir()
+    for name in ["kept.py", "to_link.py", "to_fifo.py", "to_other.py"]:
+        (root / name).write_text("x = 1\n")
+    [repo] = open_sources([root], "repo", CAP)
+    for name in ["to_link.py", "to_fifo.py"]:
+        (root / name).unlink()
+    (root / "to_link.py").symlink_to(tmp_path / "secret.py")
+    os.mkfifo(root / "to_fifo.py")
+    os.link(tmp_path / "secret.py", root / "other.tmp")
+    os.replace(root / "other.tmp", root / "to_other.py")  # another file (a hard link to one outside) at the listed path
+    listed = {e.path: e for e in repo.entries}
+    data = list(repo.read([listed[name] for name in ["kept.py", "to_link.py", "to_other.py"]]))
+    assert data[0] == b"x = 1\n" and all(isinstance(d, OSError) for d in data[1:])  # not b"SECRET = 1\n"
+    with _no_hang():
+        [fifo] = repo.read([listed["to_fifo.py"]])
+    assert isinstance(fifo, OSError)

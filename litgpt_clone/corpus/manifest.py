@@ -129,7 +129,8 @@ def load_records(version_dir: Path) -> list[dict]:
 def changelog(version: int, previous: Optional[int], previous_records: Optional[list[dict]], records: list[dict]) -> str:
     """Markdown: files added, removed (with why), changed, and the repositories opted out, against ``previous``."""
     now = {(r["repo"], r["path"]): r for r in records}
-    kept_now = {k: r for k, r in now.items() if r["drop_stage"] is None}
+    # (not from ``now``: an archive's path can also name members skipped after the one kept: links, duplicates)
+    kept_now = {(r["repo"], r["path"]): r for r in records if r["drop_stage"] is None}
     opted = Counter(r["repo"] for r in records if r["drop_stage"] == "optout")
     lines = [f"# v{version}", ""]
     if previous_records is None:

@@ -6,13 +6,22 @@ asked for. Nothing is ever extracted to disk, and nothing outside a source is re
 
 - git (a folder with ``.git``): the files of the ``HEAD`` commit, listed by ``git ls-tree -r -l HEAD`` and read by one
   ``git cat-file --batch`` process; the name is ``owner/repo`` from the ``origin`` remote URL, else the folder name.
-  Symlinks (mode 120000) and submodules are listed as skipped. A repository without commits is empty.
+  Symlinks (mode 120000), submodules and blobs the repository lacks (a partial clone's: "missing_object", never
+  fetched) are listed as skipped. A repository without commits is empty. Git runs no program the repository's config
+  names, and ignores the system's and the user's config. Everything git reads must be inside the folder: a ``.git``
+  link or ``gitdir:`` file, or a ``commondir``, naming a folder outside it ("git_outside_root"), a link, FIFO or
+  device inside the git folder ("git_special_file": git would follow the link, wait on the FIFO), or objects borrowed
+  through ``objects/info/alternates`` ("git_alternates", even from inside the folder) make the folder read as a plain
+  folder, with ``.git`` listed as skipped for that reason.
 - folder: walked without leaving its root. A symlink is followed only when its target, resolved, is inside the
   root; one that resolves outside is skipped ("symlink_outside_root"), as is one that loops ("symlink_loop": a
-  cycle of links, or a link to a folder that contains it). FIFOs, sockets and devices are never opened.
+  cycle of links, or a link to a folder that contains it). FIFOs, sockets and devices are never opened. Files are
+  read long after they are listed: one that is no longer the regular file listed (a link, a FIFO or another file
+  put in its place) is not read.
 - archive (``.tar``, ``.tar.gz``, ``.tgz``, ``.tar.bz2``, ``.tar.xz``, ``.zip``): members are read in memory;
   links (symbolic: "symlink", hard: "hardlink") and absolute or ``..`` member names are skipped. A single
-  top-level folder (GitHub's ``repo-<sha>/``) is dropped from paths.
+  top-level folder (GitHub's ``repo-<sha>/``) is dropped from paths. Of several members with one path only the last
+  is read, as extracting would leave it; the others are skipped ("duplicate_path").
 
 ``exclude`` patterns (shell-style, ``*`` also crosses ``/``) leave out of the corpus every file whose path in its
 repository, or any folder above it, matches one: ``["site-packages", "*__pycache__"]``. Excluded files are not in
@@ -63,6 +72,7 @@ class FileEntry:
     skip: Optional[str] = None
     ref: object = None  # what the reader needs: a git object id, an absolute path, an archive member
     mtime_ns: Optional[int] = None  # folders only: the file's modification time, part of ``Repository.fingerprint``
+    file_id: Optional[tuple[int, int]] = None  # folders only: (st_dev, st_ino) when listed; what is read must be it
 
 
 @dataclass
@@ -95,10 +105,26 @@ class Repository:
 
 
 # --------------------------------------------------------------------------- git
-def _git(path: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["git", "-C", str(path), *args], capture_output=True)
+# A source's git folder comes from someone else: git must not run a program it names. Only the repository's own
+# config is read (not the system's or the user's, where ``log.showSignature`` or ``safe.directory`` would change what
+# these commands do), options that run programs are switched off on the command line (which wins over the
+# repository's config), no transport is allowed (a partial clone's missing objects would be fetched from the remote
+# it names, with the ``uploadpack`` program it names), and no ``GIT_*`` variable of ours points git elsewhere.
+GIT_ENV = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_ALLOW_PROTOCOL": "none", "GIT_NO_LAZY_FETCH": "1"}
+GIT_OPTIONS = ("-c", "core.fsmonitor=false", "-c", "log.showSignature=false",
+               "-c", "safe.directory=*")  # a repository owned by another user is read too: its config runs nothing
+
+
+def _git_command(git_dir: str, *args: str) -> tuple[list[str], dict]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | GIT_ENV
+    return ["git", "--git-dir", git_dir, *GIT_OPTIONS, *args], env
+
+
+def _git(git_dir: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    command, env = _git_command(git_dir, *args)
+    proc = subprocess.run(command, capture_output=True, env=env)
     if check and proc.returncode != 0:
-        raise SourceError(f"git {' '.join(args)} failed in {path}: {proc.stderr.decode(errors='replace').strip()}")
+        raise SourceError(f"git {' '.join(args)} failed in {git_dir}: {proc.stderr.decode(errors='replace').strip()}")
     return proc
 
 
@@ -118,18 +144,74 @@ def is_git_repository(path: Path) -> bool:
     return dot_git.is_file() or (dot_git / "HEAD").is_file()
 
 
-def git_repository(path: Path, max_file_size: int, name: Optional[str] = None) -> Repository:
-    """The ``HEAD`` commit of the git repository at ``path``."""
+def _has_special_file(folder: str) -> bool:
+    """Whether anything under ``folder`` is a link, a FIFO (git would wait on it for ever), a socket or a device."""
+    folders = [folder] if os.path.isdir(folder) else []  # (none: git finds no repository there, which reads as empty)
+    while folders:  # (not recursive: a git folder from someone else can be nested deeper than Python's stack)
+        with os.scandir(folders.pop()) as items:
+            for item in items:
+                if item.is_dir(follow_symlinks=False):
+                    folders.append(item.path)
+                elif not item.is_file(follow_symlinks=False):
+                    return True
+    return False
+
+
+def _pointer(file: str, prefix: str = "") -> str:
+    """The folder a ``.git`` file (``gitdir: <folder>``) or a ``commondir`` file names, relative to the file's folder."""
+    with open(file, "rb") as f:
+        text = f.read(4096).decode("utf-8", errors="replace").strip()
+    return os.path.realpath(os.path.join(os.path.dirname(file), text.removeprefix(prefix).strip()))
+
+
+def _unsafe_git_folder(folder: str, root: str) -> Optional[str]:
+    if not _inside(folder, root):
+        return "git_outside_root"
+    return "git_special_file" if _has_special_file(folder) else None
+
+
+def git_folder(path: Path) -> tuple[Optional[str], Optional[str]]:
+    """``(git folder, None)`` for the work tree at ``path`` when everything git reads of it is inside ``path``, else
+    ``(None, why)``: "git_outside_root" (``.git`` is a link or a ``gitdir:`` file, or the git folder has a
+    ``commondir``, naming a folder outside), "git_special_file" (a link, FIFO, socket or device in the git folder),
+    "git_alternates" (objects borrowed from another repository through ``objects/info/alternates``)."""
+    root = os.path.realpath(path)
+    git_dir = os.path.realpath(os.path.join(root, ".git"))
+    if _inside(git_dir, root) and os.path.isfile(git_dir):
+        git_dir = _pointer(git_dir, "gitdir:")
+    if reason := _unsafe_git_folder(git_dir, root):
+        return None, reason
+    common = os.path.join(git_dir, "commondir")  # a linked worktree's: the folder with its objects and refs
+    common = _pointer(common) if os.path.isfile(common) else git_dir
+    if common != git_dir and (reason := _unsafe_git_folder(common, root)):
+        return None, reason
+    if os.path.isfile(alternates := os.path.join(common, "objects", "info", "alternates")) and os.path.getsize(alternates):
+        return None, "git_alternates"
+    return git_dir, None
+
+
+def _commit_time(commit_object: bytes) -> Optional[int]:
+    """The committer time of a raw commit object (read with ``cat-file``: ``show``/``log`` may verify a signature by
+    running ``gpg.program``), or None when the line is malformed."""
+    for line in commit_object.split(b"\n\n", 1)[0].split(b"\n"):
+        if line.startswith(b"committer "):  # committer <name> <<email>> <time> <zone>
+            parts = line.split(b" ")
+            return int(parts[-2]) if len(parts) > 3 and parts[-2].isdigit() else None
+    return None
+
+
+def git_repository(path: Path, git_dir: str, max_file_size: int, name: Optional[str] = None) -> Repository:
+    """The ``HEAD`` commit of the git repository at ``path``, whose git folder (checked by ``git_folder``) is ``git_dir``."""
     path = Path(path)
     if name is None:
-        origin = _git(path, "config", "--get", "remote.origin.url", check=False).stdout.decode().strip()
+        origin = _git(git_dir, "config", "--no-includes", "--get", "remote.origin.url", check=False).stdout.decode().strip()
         name = (repo_name_from_url(origin) if origin else None) or path.resolve().name
-    head = _git(path, "rev-parse", "--verify", "-q", "HEAD^{commit}", check=False)
+    head = _git(git_dir, "rev-parse", "--verify", "-q", "HEAD^{commit}", check=False)
     if head.returncode != 0:  # no commits yet
         return Repository(name, str(path), "git", [], reader=lambda entries: iter(()))
     commit = head.stdout.decode().strip()
-    commit_time = int(_git(path, "show", "-s", "--format=%ct", commit).stdout.decode().strip())
-    listing = _git(path, "ls-tree", "-r", "-l", "-z", "--full-tree", commit).stdout
+    commit_time = _commit_time(_git(git_dir, "cat-file", "commit", commit).stdout)
+    listing = _git(git_dir, "ls-tree", "-r", "-l", "-z", "--full-tree", commit).stdout
     entries = []
     for item in listing.split(b"\0"):
         if not item:
@@ -139,6 +221,8 @@ def git_repository(path: Path, max_file_size: int, name: Optional[str] = None) -
         file_path = name_bytes.decode("utf-8", errors="backslashreplace")
         if kind == "commit":
             entries.append(FileEntry(file_path, None, "submodule"))
+        elif not size.isdigit():  # "BAD": not in the repository (a partial clone's blob, never fetched)
+            entries.append(FileEntry(file_path, None, "missing_object"))
         elif mode == "120000":
             entries.append(FileEntry(file_path, int(size), "symlink"))
         elif int(size) > max_file_size:
@@ -146,14 +230,15 @@ def git_repository(path: Path, max_file_size: int, name: Optional[str] = None) -
         else:
             entries.append(FileEntry(file_path, int(size), None, oid))
     entries.sort(key=lambda e: e.path)
-    return Repository(name, str(path), "git", entries, commit, commit_time, reader=lambda es: _cat_files(path, es))
+    return Repository(name, str(path), "git", entries, commit, commit_time, reader=lambda es: _cat_files(git_dir, es))
 
 
-def _cat_files(path: Path, entries: list[FileEntry]) -> Iterator[Union[bytes, OSError]]:
+def _cat_files(git_dir: str, entries: list[FileEntry]) -> Iterator[Union[bytes, OSError]]:
     """Blob contents through one ``git cat-file --batch``: a request, then its whole answer, one at a time."""
     if not entries:
         return
-    proc = subprocess.Popen(["git", "-C", str(path), "cat-file", "--batch"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    command, env = _git_command(git_dir, "cat-file", "--batch")
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     try:
         for entry in entries:
             proc.stdin.write(f"{entry.ref}\n".encode())
@@ -205,6 +290,8 @@ def walk_folder(root: Path, max_file_size: int, exclude: Sequence[str] = (), ski
             return
         for item in items:
             rel_path = f"{rel}/{text_path(item.name)}" if rel else text_path(item.name)
+            if item.name in SKIP_DIRS:  # VCS internals, whether a folder, a link or a ``gitdir:`` file, are not content
+                continue
             if exclude and excluded(rel_path, exclude) and item.is_dir():
                 continue
             if item.is_symlink():
@@ -228,7 +315,7 @@ def walk_folder(root: Path, max_file_size: int, exclude: Sequence[str] = (), ski
                 add_file(target, rel_path)
             elif item.is_dir(follow_symlinks=False):
                 real = os.path.realpath(item.path)
-                if item.name not in SKIP_DIRS and real not in skip_real:
+                if real not in skip_real:
                     visit(item.path, rel_path, chain + (real,))
             else:
                 add_file(item.path, rel_path)
@@ -244,22 +331,35 @@ def walk_folder(root: Path, max_file_size: int, exclude: Sequence[str] = (), ski
         elif st.st_size > max_file_size:
             entries.append(FileEntry(rel_path, st.st_size, "too_large"))
         else:
-            entries.append(FileEntry(rel_path, st.st_size, None, path, st.st_mtime_ns))
+            entries.append(FileEntry(rel_path, st.st_size, None, path, st.st_mtime_ns, (st.st_dev, st.st_ino)))
 
     visit(root_real, "", (root_real,))
     entries.sort(key=lambda e: e.path)
     return entries
 
 
+def _read_listed(entry: FileEntry, max_file_size: int) -> bytes:
+    """The bytes of the file listed as ``entry``. It is read long after the listing, and the path may be something else
+    by then: it is opened without following a link or waiting for a FIFO's writer, and read only if it is still the
+    regular file listed (a file swapped in, or a folder above it swapped for a link, is another inode)."""
+    fd = os.open(entry.ref, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != entry.file_id:
+            raise OSError("not the file listed: replaced while the build ran")
+        data = f.read(max_file_size + 1)
+    if len(data) > max_file_size:
+        raise OSError("grew past the size limit while read")
+    return data
+
+
 def _read_paths(entries: list[FileEntry], max_file_size: int) -> Iterator[Union[bytes, OSError]]:
     for entry in entries:
         try:
-            with open(entry.ref, "rb") as f:
-                data = f.read(max_file_size + 1)
+            data = _read_listed(entry, max_file_size)
         except OSError as err:
-            yield err
-            continue
-        yield data if len(data) <= max_file_size else OSError("grew past the size limit while read")
+            data = err
+        yield data
 
 
 def folder_repository(path: Path, name: str, max_file_size: int, exclude: Sequence[str] = (), skip: Sequence[Path] = ()) -> Repository:
@@ -292,7 +392,8 @@ def _safe_member_name(name: str) -> Optional[str]:
 
 
 def _archive_members(path: Path, max_file_size: int) -> list[FileEntry]:
-    """Every member of the archive as an entry whose ``ref`` is the member (tar) or its name (zip)."""
+    """Every member of the archive as an entry whose ``ref`` is the member (``TarInfo`` or ``ZipInfo``: a name can be
+    given to several members, and looking it up gives the last)."""
     entries = []
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
@@ -308,7 +409,7 @@ def _archive_members(path: Path, max_file_size: int) -> list[FileEntry]:
                 elif info.file_size > max_file_size:
                     entries.append(FileEntry(name, info.file_size, "too_large"))
                 else:
-                    entries.append(FileEntry(name, info.file_size, None, info.filename))
+                    entries.append(FileEntry(name, info.file_size, None, info))
         return entries
     try:
         with tarfile.open(path, "r:*") as tf:
@@ -325,7 +426,7 @@ def _archive_members(path: Path, max_file_size: int) -> list[FileEntry]:
                 elif member.size > max_file_size:
                     entries.append(FileEntry(name, member.size, "too_large"))
                 else:
-                    entries.append(FileEntry(name, member.size, None, member.name))
+                    entries.append(FileEntry(name, member.size, None, member))
     except (tarfile.TarError, OSError, EOFError) as err:
         reason = " ".join(str(err).split())  # (tarfile lists every compression it tried, one line each)
         raise SourceError(f"cannot read the archive {path} ({reason}): give a tar or zip archive") from err
@@ -348,10 +449,11 @@ def _read_members(path: Path, entries: list[FileEntry], max_file_size: int) -> I
     with tarfile.open(path, "r:*") as tf:
         for entry in entries:
             try:
-                f = tf.extractfile(entry.ref)
-                yield f.read(max_file_size + 1) if f is not None else OSError("not a regular member")
+                data = tf.extractfile(entry.ref).read(max_file_size + 1)
+                data = data if len(data) <= max_file_size else OSError("larger than its header says")
             except (OSError, tarfile.TarError, EOFError) as err:
-                yield OSError(str(err))
+                data = OSError(str(err))
+            yield data
 
 
 def archive_repositories(path: Path, layout: Layout, max_file_size: int) -> list[Repository]:
@@ -374,6 +476,10 @@ def archive_repositories(path: Path, layout: Layout, max_file_size: int) -> list
     repos = []
     for name, entries in sorted(groups.items()):
         entries.sort(key=lambda e: e.path)
+        last = {e.path: e for e in entries if not e.skip}
+        for e in entries:  # one path, several members: extracting would leave the last, so only that one is read
+            if not e.skip and last[e.path] is not e:
+                e.skip = "duplicate_path"
         reader = lambda es, p=path: _read_members(p, es, max_file_size)  # noqa: E731
         repos.append(Repository(name, str(path), "archive", entries, reader=reader))
     return repos
@@ -391,17 +497,26 @@ def open_source(source: Union[str, Path], layout: Layout, max_file_size: int, ex
     if any(os.path.realpath(path) == os.path.realpath(p) for p in skip):
         raise SourceError(f"source {path} is also the --out_dir: give an --out_dir outside it (one inside a source is skipped when reading)")
     if layout == "repo":
-        if is_git_repository(path):
-            return [git_repository(path, max_file_size)]
-        return [folder_repository(path, path.resolve().name, max_file_size, exclude, skip)]
-    repos = []
-    for repo in owner_repo_folders(path, skip):
-        name = f"{text_path(repo.parent.name)}/{text_path(repo.name)}"
-        if is_git_repository(repo):
-            repos.append(git_repository(repo, max_file_size, name))
-        else:
-            repos.append(folder_repository(repo, name, max_file_size, exclude, skip))
-    return repos
+        return [work_tree_repository(path, path.resolve().name, max_file_size, exclude, skip, name_from_origin=True)]
+    return [work_tree_repository(repo, f"{text_path(repo.parent.name)}/{text_path(repo.name)}", max_file_size, exclude, skip)
+            for repo in owner_repo_folders(path, skip)]
+
+
+def work_tree_repository(path: Path, name: str, max_file_size: int, exclude: Sequence[str] = (), skip: Sequence[Path] = (),
+                         name_from_origin: bool = False) -> Repository:
+    """The folder ``path``: its ``HEAD`` commit when it is a git repository that git reads only inside ``path``, else
+    its files; a ``.git`` that would make git read outside it is listed as skipped, with why."""
+    if not is_git_repository(path):
+        return folder_repository(path, name, max_file_size, exclude, skip)
+    try:
+        git_dir, reason = git_folder(path)
+    except OSError as err:
+        raise SourceError(f"cannot read the git folder of {path} ({err}): check its permissions") from err
+    if git_dir is not None:
+        return git_repository(path, git_dir, max_file_size, None if name_from_origin else name)
+    repo = folder_repository(path, name, max_file_size, exclude, skip)
+    repo.entries = sorted(repo.entries + [FileEntry(".git", None, reason)], key=lambda e: e.path)
+    return repo
 
 
 def owner_repo_folders(path: Path, skip: Sequence[Path] = ()) -> list[Path]:
