@@ -78,11 +78,11 @@ def rewrite(argv: list[str]) -> list[str]:
             argv = [flag + "+" + a[len(flag):] if a == flag or a.startswith(flag + "=") else a for a in argv]
     argv = config_first(argv)
     aliases = data_aliases(argv[0] if argv else "")
-    for i, arg in enumerate(argv):
-        if arg == "--data" and i + 1 < len(argv) and argv[i + 1] in aliases:
+    for i, arg in enumerate(argv):  # (--data.help NAME lists a module's --data.* options)
+        if arg in ("--data", "--data.help") and i + 1 < len(argv) and argv[i + 1] in aliases:
             argv[i + 1] = aliases[argv[i + 1]]
-        elif arg.startswith("--data=") and arg[7:] in aliases:
-            argv[i] = "--data=" + aliases[arg[7:]]
+        elif arg.startswith(("--data=", "--data.help=")) and arg.partition("=")[2] in aliases:
+            argv[i] = arg.partition("=")[0] + "=" + aliases[arg.partition("=")[2]]
     return argv
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import shlex
 import subprocess
@@ -83,6 +84,16 @@ def last_val_loss(out: Path) -> float:
     return float(rows[-1]["val_loss"])
 
 
+def check_same_options(out: Path, options: dict) -> None:
+    """A rerun skips the finished steps, so it must ask for what they were run with (``out/options.json``)."""
+    path = out / "options.json"
+    if path.is_file() and (saved := json.loads(path.read_text())) != options:
+        said = lambda o: f"--source {o['source']} --steps {o['steps']}"  # noqa: E731
+        raise SystemExit(f"error: {out} holds a demo run with {said(saved)}, not {said(options)}: give another --out_dir, or delete {out} to start over")
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic_text(path, json.dumps(options))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out_dir", type=Path, default=Path("demo_out"))
@@ -97,6 +108,8 @@ def main() -> None:
         raise SystemExit(f"error: --source {source} is not a folder; pass a folder of Python files")
     # ~2% of the files hold out for validation, but at least ~4 of them on a small source
     val_fraction = max(0.02, min(0.5, 4 / max(1, sum(1 for _ in source.rglob("*.py")))))
+
+    check_same_options(out, {"source": str(source.resolve()), "steps": args.steps})
 
     tokenizer = out / "tokenizer"
     files = stdlib_files(300)

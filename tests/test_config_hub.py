@@ -97,3 +97,12 @@ def test_the_command_line_overrides_a_recipe_wherever_it_stands():
     assert got["train"]["lr"] == 0.5 and got["checkpoint_dir"] == "Qwen/Qwen2.5-1.5B"
     pythia = str(HUB / "pretrain" / "pythia-160m.yaml")
     assert printed("pretrain", "pythia-14m", "--config", pythia)["model_name"] == "pythia-14m"
+
+
+@pytest.mark.parametrize("command, name, title", [(["finetune", "lora"], "json", "Your own instruction data"), (["pretrain"], "text", "Plain text")])
+def test_data_help_takes_the_short_names_that_data_takes(command, name, title):
+    """``--data.help json`` lists the --data.* options of the module ``--data json`` picks (it wanted the class name)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as done:
+        main([*command, "--data.help", name])
+    assert done.value.code == 0 and title in out.getvalue() and "--data.path" in out.getvalue()

@@ -50,6 +50,12 @@ def test_demo_runs_end_to_end_and_reruns_without_redoing_steps(tmp_path):
         assert f"$ litgpt-clone {step}" not in second, second  # found on disk, not redone
     assert "$ litgpt-clone generate" in second and f"validation loss {match[1]}" in second
     assert sorted(p.name for p in (out / "corpus").glob("v*")) == ["v1"]
+    # other options would be skipped steps reporting the old run: refused
+    other = subprocess.run([sys.executable, "-m", "litgpt_clone.demo", "--out_dir", str(out), "--source", str(source), "--steps", "5"],
+                           capture_output=True, text=True, timeout=120)
+    assert other.returncode != 0 and other.stderr.strip().splitlines() == [
+        f"error: {out} holds a demo run with --source {source} --steps 100, not --source {source} --steps 5: give another --out_dir,"
+        f" or delete {out} to start over"]
 
 
 def test_demo_says_when_the_source_is_not_a_folder(tmp_path):

@@ -117,7 +117,7 @@ def serve(
         precision: "32-true", "bf16-true" or "16-true"; default bf16 on a GPU that supports it, else fp32.
         quantize: Quantize the weights with bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or bnb.int8.
         max_batch_size: Most requests one worker decodes together (continuous batching: a request joins or leaves
-            the batch at any step); more wait in line. Each one holds a KV-cache row of the model's full context.
+            the batch at any step); more wait in line. Each one holds a KV-cache row of --max_seq_length tokens.
         max_new_tokens: Most tokens of one reply (a request's max_tokens is capped to it).
         api_key: Require "Authorization: Bearer <api_key>" on every /v1 request (default: env LITGPT_CLONE_API_KEY).
         model_name: The model id clients send and /v1/models lists (default: the checkpoint's last two folder names).
