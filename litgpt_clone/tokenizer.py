@@ -10,9 +10,24 @@ the ids it sees under transformers. What that takes:
 - tokenizer.json: the file's own pipeline. BOS/EOS are what its post-processor adds (transformers 5 ignores
   ``add_bos_token``/``add_eos_token`` of tokenizer_config.json when there is a tokenizer.json). We encode without
   the post-processor and add BOS ourselves, so that ``bos=`` can turn it on or off.
-- tokenizer.model: sentencepiece, plus two rules of transformers' ``LlamaTokenizer``: BOS only where
-  tokenizer_config.json says ``"add_bos_token": true`` (absent means no), and a text that starts with a space gets
-  no second "▁" in front of it.
+- tokenizer.model: sentencepiece, run the way transformers 5 runs the tokenizer it builds from the file:
+
+  - added tokens are split out of the text first, as their ids, so that the ``<s>`` of a rendered chat template is
+    BOS. They are the special tokens the checkpoint names (tokenizer_config.json's ``bos_token``, ``eos_token``,
+    ``unk_token``, ``pad_token``, any other ``<name>_token``; else special_tokens_map.json's; else the model's own
+    ``<s>``, ``</s>``, ``<unk>``), its ``additional_special_tokens`` or ``extra_special_tokens`` (where it lists
+    none: every control symbol of the model, e.g. ``[INST]`` or ``<start_of_turn>``) and each entry of
+    ``added_tokens_decoder`` (else of added_tokens.json), special or not; one with ``lstrip``/``rstrip`` takes the
+    whitespace before/after it along. A string without an id (neither in the model nor given one) is not split.
+    ``decode(skip_special_tokens=True)`` leaves out the special ones.
+  - the "▁" in front of each part between them: a text that starts with a space gets no second one (" Hi" is
+    "▁Hi"), and only the part at the start of the text gets one, unless tokenizer_config.json says
+    ``"legacy": true``, which gives one to every part ("<s>Hi" is "<s>", "H", "i" but "<s>", "▁H", "i" with
+    legacy). That is ``LlamaTokenizer``'s pipeline, which transformers uses for ``"tokenizer_class":
+    "LlamaTokenizer"`` (``CodeLlamaTokenizer``: never legacy). For any other class, or none, it converts the file
+    generically, with legacy on by default, where each part is exactly sentencepiece's (" Hi" is "▁▁Hi", "<s>Hi"
+    is "<s>", "▁H", "i"); ``"legacy": false`` there is as for LlamaTokenizer.
+  - BOS only where tokenizer_config.json says ``"add_bos_token": true`` (absent means no).
 
 Where transformers 5 does something else, and we do not follow:
 
@@ -21,10 +36,19 @@ Where transformers 5 does something else, and we do not follow:
   tokenizer.json, as in Llama 2): transformers 5 rebuilds that class's hard-coded pipeline from the file's vocab
   and merges instead of running the file's; for Llama this drops the extra "▁" before a leading space. We run
   the file as it is.
-- tokenizer.model: special-token strings in the text (``"<s>"``) stay plain text, as in sentencepiece; a model
-  trained with a normalization rule (``nmt_nfkc``, whitespace collapsing) is normalized by sentencepiece, which
-  transformers skips; a model trained without ``add_dummy_prefix`` gets no "▁" in front, which transformers adds.
-  Llama-style models (identity normalization, dummy prefix) differ only in the first.
+- tokenizer.model with ``LlamaTokenizer``: a model trained with a normalization rule (``nmt_nfkc``, whitespace
+  collapsing) is normalized by sentencepiece, which transformers skips (collapsing strips the spaces at the ends of
+  each part between added tokens too: "Hi </s>" loses its "▁"); a model trained without
+  ``add_dummy_prefix`` gets no "▁" in front, which transformers adds; its user-defined symbols are not added
+  tokens here (sentencepiece keeps them whole, without transformers' rule for the "▁" after an added token);
+  ``"add_prefix_space": false`` is not read. Llama-style models (identity normalization, dummy prefix, no
+  user-defined symbols) differ in none of these.
+- tokenizer.model: a special token named in tokenizer_config.json that is not in the model (a ``pad_token``
+  nobody gave an id) gets a new id past the model's vocabulary under transformers; here it stays text. An
+  ``added_tokens_decoder`` id past the model's vocabulary is used as written; transformers numbers such tokens on
+  from the model's last id, which is the same unless the ids leave a gap.
+- tokenizer.model with other classes that transformers builds by hand (``GemmaTokenizer``, ``T5Tokenizer``, ...):
+  their own rules for the "▁" are not followed; Gemma's models have no dummy prefix, where they agree.
 """
 
 from __future__ import annotations
@@ -32,8 +56,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
@@ -95,6 +120,20 @@ def _token_content(token: Union[str, dict, None]) -> Optional[str]:
     return token.get("content") if isinstance(token, dict) else token
 
 
+class _AddedToken(NamedTuple):
+    """A string split out of the text before sentencepiece sees it (transformers' ``AddedToken``)."""
+
+    id: int
+    special: bool  # left out by decode(skip_special_tokens=True)
+    lstrip: bool  # takes the whitespace before it along
+    rstrip: bool  # and after it
+
+
+_WHITESPACE = "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+"""What an added token's lstrip/rstrip takes along: Rust's ``char::is_whitespace``, as in tokenizers."""
+_WHITESPACE_RUN = re.compile(f"[{re.escape(_WHITESPACE)}]*")
+
+
 class Tokenizer:
     """The tokenizer of the checkpoint in ``checkpoint_dir``.
 
@@ -128,8 +167,19 @@ class Tokenizer:
                 self._sp = sentencepiece.SentencePieceProcessor(model_file=str(checkpoint_dir / "tokenizer.model"))
             except (RuntimeError, OSError) as err:
                 raise _corrupt(checkpoint_dir / "tokenizer.model", err) from None
-            self.vocab_size = self._sp.vocab_size()
             self._dummy_prefix = self._sp.normalize("a").startswith("▁")  # the model puts "▁" before every text
+            # how transformers builds it (see the module's docstring): LlamaTokenizer's pipeline, or the generic one
+            tokenizer_class = str(config.get("tokenizer_class") or "").removesuffix("Fast")
+            llama = tokenizer_class in ("LlamaTokenizer", "CodeLlamaTokenizer")
+            legacy = tokenizer_class != "CodeLlamaTokenizer" and bool(config.get("legacy", not llama))
+            self._sp_prefix_all = legacy  # a "▁" for every part (Metaspace's prepend_scheme "always"), else "first"
+            self._sp_native = legacy and not llama  # each part exactly as sentencepiece encodes it (" Hi": "▁▁Hi")
+            self._sp_added = added = self._sp_added_tokens(config)
+            # longest first, so that the leftmost match is the longest there ("<s>" is not the start of "<s>x")
+            self._sp_split = re.compile("|".join(map(re.escape, sorted(added, key=len, reverse=True)))) if added else None
+            self._sp_added_pieces = {token.id: content for content, token in added.items()}
+            self._sp_special = {token.id for token in added.values() if token.special}
+            self.vocab_size = max([self._sp.vocab_size(), *(token.id + 1 for token in added.values())])
         else:
             raise FileNotFoundError(
                 f"no tokenizer in {checkpoint_dir}: expected tokenizer.json or tokenizer.model (copy them from the"
@@ -182,12 +232,51 @@ class Tokenizer:
             return token_id if token_id >= 0 else None
         return None
 
+    def _sp_added_tokens(self, config: dict) -> dict[str, _AddedToken]:
+        """The added tokens of a tokenizer.model checkpoint, by their strings: which strings they are is in the module's
+        docstring. Later sources win (an ``added_tokens_decoder`` entry sets its token's flags)."""
+        sp = self._sp
+        declared = config.get("added_tokens_decoder")
+        if not isinstance(declared, dict):  # the older file: {"<content>": id}
+            declared = {i: c for c, i in _read_json(self.checkpoint_dir / "added_tokens.json").items()}
+        ids = {_token_content(token): int(i) for i, token in declared.items()}
+        tokens: dict[str, _AddedToken] = {}
+
+        def add(token, special: bool) -> None:
+            content = _token_content(token)
+            if not isinstance(content, str) or not content:
+                return
+            token_id = ids.get(content, sp.piece_to_id(content))
+            if token_id != ids.get(content) and sp.id_to_piece(token_id) != content:  # not in the model
+                return
+            flags = token if isinstance(token, dict) else {}
+            tokens[content] = _AddedToken(token_id, special, bool(flags.get("lstrip")), bool(flags.get("rstrip")))
+
+        own = (("unk", sp.unk_id()), ("bos", sp.bos_id()), ("eos", sp.eos_id()))
+        named = {f"{kind}_token": sp.id_to_piece(i) for kind, i in own if i >= 0}
+        for source in (_read_json(self.checkpoint_dir / "special_tokens_map.json"), config):
+            named.update({key: value for key, value in source.items() if key.endswith("_token")})
+        extra = config.get("additional_special_tokens") or config.get("extra_special_tokens")
+        if isinstance(extra, dict):  # named ones ({"image_token": "<image>"})
+            named.update(extra)
+            extra = None
+        for token in extra or [sp.id_to_piece(i) for i in range(sp.vocab_size()) if sp.is_control(i)]:
+            add(token, special=True)
+        for token in named.values():
+            add(token, special=True)
+        for token in declared.values():
+            if isinstance(token, dict):
+                add(token, special=bool(token.get("special")))
+            else:  # added_tokens.json: special if named above
+                add(token, special=token in tokens and tokens[token].special)
+        return tokens
+
     def vocabulary_digest(self) -> str:
         """SHA-256 of the vocabulary (each id's token, in id order): tokenizers with the same digest give every id the
         same meaning, so token shards written with one train a model that decodes with the other."""
         h = hashlib.sha256()
         for i in range(self.vocab_size):
-            piece = self._hf.id_to_token(i) if self.backend == "huggingface" else self._sp.id_to_piece(i)
+            piece = self._hf.id_to_token(i) if self.backend == "huggingface" else self._sp_piece(i)
             h.update((piece or "").encode("utf-8", "surrogatepass") + b"\0")
         return h.hexdigest()
 
@@ -200,7 +289,7 @@ class Tokenizer:
         """The bytes token ``token_id`` stands for, also where they are part of a character (OpenAI's logprobs
         ``bytes``): byte-level tokens through GPT-2's byte-to-character table, byte-fallback tokens (``<0xE2>``) as
         their byte, SentencePiece's "▁" as a space, any other token as its text."""
-        piece = self._hf.id_to_token(token_id) if self.backend == "huggingface" else self._sp.id_to_piece(token_id)
+        piece = self._hf.id_to_token(token_id) if self.backend == "huggingface" else self._sp_piece(token_id)
         if piece is None:
             return b""
         if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
@@ -215,6 +304,8 @@ class Tokenizer:
         """The id of ``token`` (a vocabulary entry, e.g. ``"<s>"``), or None if it is not in the vocabulary."""
         if self.backend == "huggingface":
             return self._hf.token_to_id(token)
+        if token in self._sp_added:
+            return self._sp_added[token].id
         token_id = self._sp.piece_to_id(token)  # gives the unknown token's id for anything not in the vocabulary
         return None if self._sp.is_unknown(token_id) and self._sp.id_to_piece(token_id) != token else token_id
 
@@ -247,11 +338,47 @@ class Tokenizer:
         return [[self.bos_id, *ids] for ids in rows] if self._bos(bos) else rows
 
     def _sp_ids(self, text: str) -> list[int]:
-        if self._dummy_prefix and text.startswith(" "):
-            # transformers' Metaspace pre-tokenizer puts "▁" in front only if the text does not start with one:
-            # " Hi" is "▁Hi", where sentencepiece makes "▁▁Hi"; " " is "▁", where sentencepiece of "" is []
-            return self._sp.encode(text[1:]) if text != " " else [self._sp.piece_to_id("▁")]
+        """``text`` through sentencepiece, its added tokens (``<s>``, ``[INST]``, ...) split out first as their ids."""
+        ids, start = [], 0
+        while self._sp_split and (match := self._sp_split.search(text, start)):
+            token, part = self._sp_added[match.group()], text[start : match.start()]
+            ids += self._sp_part(part.rstrip(_WHITESPACE) if token.lstrip else part, first=start == 0)
+            ids.append(token.id)
+            start = _WHITESPACE_RUN.match(text, match.end()).end() if token.rstrip else match.end()
+        return ids + self._sp_part(text[start:], first=start == 0)
+
+    def _sp_part(self, text: str, first: bool) -> list[int]:
+        """A part of the text between added tokens (``first``: the one at its start), with the "▁" in front that
+        transformers' Metaspace pre-tokenizer gives it, where the model has a dummy prefix."""
+        if self._dummy_prefix and not self._sp_native:
+            if text.startswith(" "):
+                # Metaspace puts "▁" in front only if the part does not start with one: " Hi" is "▁Hi", where
+                # sentencepiece makes "▁▁Hi"; " " is "▁", where sentencepiece of "" is []
+                return self._sp.encode(text[1:]) if text != " " else [self._sp.piece_to_id("▁")]
+            if not (first or self._sp_prefix_all):  # "<s>Hi": "Hi" gets no "▁"
+                return self._sp_no_prefix.encode(text)
         return self._sp.encode(text)
+
+    @functools.cached_property
+    def _sp_no_prefix(self):
+        """The SentencePiece model without its dummy prefix: the serialized model with ``normalizer_spec {
+        add_dummy_prefix: false }`` after it (field 3 in field 3; protobuf merges a message field written twice)."""
+        import sentencepiece
+
+        return sentencepiece.SentencePieceProcessor(model_proto=self._sp.serialized_model_proto() + b"\x1a\x02\x18\x00")
+
+    def _sp_piece(self, token_id: int) -> str:
+        """The text of a SentencePiece id: an added token's string, else the model's piece ("" for an id past the
+        model that no added token has)."""
+        if token_id in self._sp_added_pieces or token_id >= self._sp.vocab_size():
+            return self._sp_added_pieces.get(token_id, "")
+        return self._sp.id_to_piece(token_id)
+
+    def _sp_ordinary(self, token_id: int) -> bool:
+        """Whether ``token_id`` is one of the model's own pieces that sentencepiece decodes as text (not an added token,
+        nor a control or unknown piece, which sentencepiece decodes as "" or " ⁇ ")."""
+        sp, i = self._sp, token_id
+        return i not in self._sp_added_pieces and i < sp.vocab_size() and not (sp.is_control(i) or sp.is_unknown(i))
 
     def _bos(self, bos: Optional[bool]) -> bool:
         """Whether to put BOS in front (None: as the checkpoint does)."""
@@ -269,13 +396,11 @@ class Tokenizer:
         if self.backend == "huggingface":
             return self._hf.decode(ids, skip_special_tokens=skip_special_tokens)
 
-        special = {i for i in ids if self._sp.is_control(i) or self._sp.is_unknown(i)}
-        if skip_special_tokens:
-            return self._sp.decode([i for i in ids if i not in special])
-        # the special tokens as text, each run of ordinary ids between them through sentencepiece
+        # the added tokens (and any other control or unknown piece) as their text, each run of ordinary ids between
+        # them through sentencepiece; special ones left out first where asked, as transformers does
         text, run = "", []
-        for i in [*ids, None]:
-            if i is not None and i not in special:
+        for i in [*(i for i in ids if not (skip_special_tokens and i in self._sp_special)), None]:
+            if i is not None and self._sp_ordinary(i):
                 run.append(i)
                 continue
             if run:
@@ -284,5 +409,5 @@ class Tokenizer:
                     piece = " " + piece  # sentencepiece drops a leading "▁" in every call; only the text's own goes
                 text, run = text + piece, []
             if i is not None:
-                text += self._sp.id_to_piece(i)
+                text += self._sp_piece(i)
         return text

@@ -518,3 +518,50 @@ def test_render_for_sentencepiece_tokenizer(tmp_path):
             expected = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
             assert render_for_tokenizer(tokenizer, messages, add_generation_prompt=gen) == expected
     assert expected.startswith("<s>[INST] <<SYS>>\n") and expected.endswith(" Yes. </s>")
+
+
+@pytest.fixture(scope="module")
+def sp_model(tmp_path_factory) -> Path:
+    """A Llama-style SentencePiece model (identity normalization, dummy prefix, byte fallback; <unk> <s> </s> first)
+    trained on the conversations' text, for checkpoints that ship only tokenizer.model."""
+    import sentencepiece
+
+    out = tmp_path_factory.mktemp("sp_chat")
+    text = [m["content"] for conversation in CONVERSATIONS.values() for m in conversation] + ["[INST] <<SYS>> <</SYS>> [/INST]"]
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(text * 20), model_prefix=str(out / "tokenizer"), model_type="bpe", vocab_size=320,
+        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, minloglevel=2, character_coverage=1.0,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, num_threads=1,
+    )
+    return out / "tokenizer.model"
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+@pytest.mark.parametrize("template", ["llama2", "mistral", "llama2 style"])
+def test_encode_chat_for_sentencepiece_checkpoint_matches_transformers(template, legacy, sp_model, tmp_path):
+    """The chat path's ids (``LLM.encode_chat``: the rendered template, encoded without an added BOS) for a checkpoint
+    with only tokenizer.model are transformers' ``apply_chat_template(tokenize=True)``: the ``<s>``/``</s>`` the
+    template writes are BOS/EOS ids (they were encoded as the letters "<", "s", ">"), and the text after them gets
+    the "▁" transformers gives it (none, or one with ``"legacy": true``)."""
+    import shutil
+    from types import SimpleNamespace
+
+    from litgpt_clone import LLM
+
+    shutil.copy(sp_model, tmp_path / "tokenizer.model")
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True, "legacy": legacy}
+    if template != "llama2 style":  # else no template: the fallback style renders as Llama 2's
+        config["chat_template"] = {"llama2": LLAMA_2, "mistral": MISTRAL}[template]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    tokenizer, hf = Tokenizer(tmp_path), AutoTokenizer.from_pretrained(tmp_path)
+    assert tokenizer.backend == "sentencepiece"
+    style = "llama2" if template == "llama2 style" else None
+    for name, messages in CONVERSATIONS.items():
+        if template == "mistral" and messages[0]["role"] == "system":
+            continue  # the template raises
+        ids = LLM.encode_chat(SimpleNamespace(tokenizer=tokenizer), messages, style=style).tolist()
+        extra = {"chat_template": LLAMA_2} if style else {}
+        expected = hf.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True, **extra)["input_ids"]
+        assert ids == expected, name
+        users, answers = (sum(m["role"] == role for m in messages) for role in ("user", "assistant"))
+        assert ids[0] == 1 and ids.count(1) == (1 if template == "mistral" else users) and ids.count(2) == answers, name

@@ -8,7 +8,9 @@ Two tokenizers are trained once per session on the inline ``CORPUS`` (no hub acc
   whitespace collapsing, dummy prefix; tokenizer_config.json says ``"tokenizer_class": "LlamaTokenizer"``.
 
 Variants of these (copies with one file changed) cover the rules for BOS, the fallbacks for special tokens and
-what a SentencePiece normalizer does.
+what a SentencePiece normalizer does. ``sp_turns`` is the ``sp`` model trained with Gemma's and Mistral's turn
+markers as control symbols, and tokenizer_config.json adding two tokens past the model (with lstrip/rstrip): the
+special-token strings in a text, and the "▁" next to them, against transformers.
 """
 
 from __future__ import annotations
@@ -172,6 +174,30 @@ def dirs(tmp_path_factory) -> dict[str, Path]:
     template = "{{ bos_token }}{% for m in messages %}[INST] {{ m.content }}{% endfor %}"
     (d["sp"] / "chat_template.jinja").write_text(template)
 
+    # Gemma's and Mistral's turn markers as control symbols of the model, and two more tokens past its 600 pieces
+    d["sp_turns"] = root / "sp_turns"
+    d["sp_turns"].mkdir()
+    _train_sentencepiece(
+        d["sp_turns"], normalization_rule_name="identity", remove_extra_whitespaces=False,
+        control_symbols=["<start_of_turn>", "<end_of_turn>", "[INST]", "[/INST]"],
+    )
+    added = {"content": "", "lstrip": False, "rstrip": False, "normalized": False, "single_word": False, "special": True}
+    _write_json(
+        d["sp_turns"] / "tokenizer_config.json",
+        {
+            "tokenizer_class": "LlamaTokenizer",
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "add_bos_token": True,
+            "added_tokens_decoder": {  # [INST] and [/INST] only in the model
+                "3": {**added, "content": "<start_of_turn>"},
+                "4": {**added, "content": "<end_of_turn>"},
+                "600": {**added, "content": "<tool>", "lstrip": True, "rstrip": True, "special": False},
+                "601": {**added, "content": "</tool>", "lstrip": True},
+            },
+        },
+    )
+
     # sentencepiece's defaults: NFKC and whitespace collapsing, which transformers 5 does not apply
     _train_sentencepiece(d["sp_nfkc"])
     _write_json(
@@ -192,6 +218,17 @@ def dirs(tmp_path_factory) -> dict[str, Path]:
         root / "sp_no_add_bos",
         tokenizer_config__json={"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>"},
     )
+    # "legacy": true gives a "▁" to the text after a special token too
+    d["sp_legacy"] = _variant(
+        d["sp"],
+        root / "sp_legacy",
+        tokenizer_config__json={"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True, "legacy": True},
+    )
+    # no tokenizer_class: transformers' generic conversion of tokenizer.model (legacy unless it says otherwise)
+    config = json.loads((d["sp_turns"] / "tokenizer_config.json").read_text())
+    del config["tokenizer_class"]
+    d["sp_turns_generic"] = _variant(d["sp_turns"], root / "sp_turns_generic", tokenizer_config__json=config)
+    d["sp_turns_generic_first"] = _variant(d["sp_turns"], root / "sp_turns_generic_first", tokenizer_config__json={**config, "legacy": False})
     # special tokens from config.json, then special_tokens_map.json
     d["hf_config_ids"] = _variant(
         d["hf"],
@@ -232,7 +269,11 @@ def auto(dirs):
     return load
 
 
-@pytest.mark.parametrize("name", ["hf", "sp", "hf_no_post", "sp_no_add_bos"])
+SP_NAMES = ["sp", "sp_no_add_bos", "sp_legacy", "sp_turns", "sp_turns_generic", "sp_turns_generic_first"]
+"""The SentencePiece folders that transformers tokenizes as we do (all but sp_nfkc)."""
+
+
+@pytest.mark.parametrize("name", ["hf", "hf_no_post", *SP_NAMES])
 def test_ids_equal_autotokenizer(dirs, auto, name):
     tokenizer, reference = Tokenizer(dirs[name]), auto(name)
     for text in TEXTS:
@@ -243,7 +284,7 @@ def test_ids_equal_autotokenizer(dirs, auto, name):
     assert tokenizer.bos_id == reference.bos_token_id and tokenizer.eos_id == reference.eos_token_id
 
 
-@pytest.mark.parametrize("name", ["hf", "sp", "sp_nfkc", "hf_no_post", "sp_no_add_bos"])
+@pytest.mark.parametrize("name", ["hf", "sp_nfkc", "hf_no_post", *SP_NAMES])
 def test_encode_batch_equals_encode_and_autotokenizer(dirs, auto, name):
     tokenizer = Tokenizer(dirs[name])
     texts = [*TEXTS, "", " ", SAMPLE]
@@ -305,6 +346,90 @@ def test_sentencepiece_leading_space(dirs, auto):
     assert tokenizer.encode(" ", bos=False).tolist() == [space]
     assert auto("sp")(" ", add_special_tokens=False)["input_ids"] == [space]
     assert tokenizer.encode("Hello").tolist() == [1, *processor.encode("Hello")]
+
+
+SPECIAL_TEXTS = [
+    "<s>",
+    "</s>",
+    "<unk>",
+    "<s>Hello world",
+    "Hello world</s>",
+    "Hello</s> world",
+    "the <s> quick",
+    "the<s>quick",
+    " <s> fox",
+    "<s></s>",
+    "</s><s>",
+    "<s> Hello",
+    "<s>  Hello",
+    "<s> ",
+    "fox</s><s>dog",
+    "  </s>  ",
+    "\n<s>\n",
+    "<s>日本語</s>🦩",
+    "<<s>>",
+    "<s",
+    "</s >",
+    "Hello <unk> world",
+    "<s>[INST] Hello world [/INST] Hi </s><s>[INST] Bye [/INST]",
+    "<start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n",
+    "a <start_of_turn> b <end_of_turn> c",
+    "x <tool> y </tool> z",
+    "x<tool>y </tool>\n\tz",
+    "  <tool>  ",
+    "\u3000</tool>",
+    "<tool></tool><start_of_turn></s>",
+]
+"""Special-token strings at the start, middle and end of a text, next to spaces, to each other and to unseen text;
+sp_turns' markers and added tokens (plain text in the other folders)."""
+
+
+@pytest.mark.parametrize("name", SP_NAMES)
+def test_special_token_strings_are_their_ids(dirs, auto, name):
+    """A SentencePiece checkpoint's special-token strings (``<s>``, ``</s>``, ``<unk>``, its control symbols, the
+    tokens of added_tokens_decoder) are split out of the text as their ids, as transformers 5 does, with BOS added
+    or not; decode gives transformers' text back, with or without the special tokens."""
+    tokenizer, reference = Tokenizer(dirs[name]), auto(name)
+    for text in SPECIAL_TEXTS:
+        ids = tokenizer.encode(text).tolist()
+        assert ids == reference(text)["input_ids"], repr(text)
+        assert tokenizer.encode(text, bos=False).tolist() == reference(text, add_special_tokens=False)["input_ids"], repr(text)
+        for skip in (True, False):
+            assert tokenizer.decode(ids, skip_special_tokens=skip) == reference.decode(ids, skip_special_tokens=skip), repr(text)
+    assert tokenizer.encode_batch(SPECIAL_TEXTS) == [reference(t)["input_ids"] for t in SPECIAL_TEXTS]
+    assert tokenizer.encode("<s>", bos=False).tolist() == [tokenizer.bos_id] == [1]
+    assert tokenizer.encode("Hello</s>", bos=False).tolist()[-1] == tokenizer.eos_id == 2
+    assert tokenizer.encode("<unk>", bos=False).tolist() == [0]
+    if name.startswith("sp_turns"):
+        assert tokenizer.encode("<start_of_turn><end_of_turn>[INST][/INST]<tool></tool>", bos=False).tolist() == [3, 4, 5, 6, 600, 601]
+        assert tokenizer.vocab_size == len(reference) == 602
+        assert tokenizer.token_to_id("<tool>") == reference.convert_tokens_to_ids("<tool>") == 600
+        # special ones are left out, <tool> (special: false) is not; legacy gives "b" its "▁"
+        text = tokenizer.decode(tokenizer.encode("<s>a<tool>b</tool>", bos=False))
+        assert text == {"sp_turns": "a<tool>b", "sp_turns_generic": "a<tool> b", "sp_turns_generic_first": "a<tool>b"}[name]
+
+
+def test_the_dummy_prefix_next_to_special_tokens(dirs):
+    """What transformers does with the "▁" of a text split by special tokens (found by trying it, see the module's
+    docstring): only the start of the text gets it ("first"), the part after a special token not, unless that part
+    starts with a space, which becomes the "▁"; with ``"legacy": true`` every part gets one ("always"); a checkpoint
+    without tokenizer_class is converted generically, legacy by default, and each part is then sentencepiece's own."""
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(dirs["sp"] / "tokenizer.model"))
+    first, legacy = Tokenizer(dirs["sp"]), Tokenizer(dirs["sp_legacy"])
+    fox, space = processor.encode("fox"), processor.piece_to_id("▁")  # "▁fox"-ish
+    assert processor.id_to_piece(fox[0]).startswith("▁")
+    after = first.encode("<s>fox", bos=False).tolist()
+    assert after[0] == 1 and not processor.id_to_piece(after[1]).startswith("▁") and processor.decode(after[1:]) == "fox"
+    assert first.encode("<s> fox", bos=False).tolist() == legacy.encode("<s>fox", bos=False).tolist() == [1, *fox]
+    assert legacy.encode("<s> fox", bos=False).tolist() == [1, *fox]
+    assert first.encode("fox<s>", bos=False).tolist() == legacy.encode("fox<s>", bos=False).tolist() == [*fox, 1]
+
+    turns = sentencepiece.SentencePieceProcessor(model_file=str(dirs["sp_turns"] / "tokenizer.model"))
+    generic = Tokenizer(dirs["sp_turns_generic"])
+    assert generic.encode("<s> fox", bos=False).tolist() == [1, *turns.encode(" fox")] == [1, space, *turns.encode("fox")]
+    assert generic.encode(" fox", bos=False).tolist() == turns.encode(" fox")
 
 
 def test_sentencepiece_normalization_is_applied(dirs, auto):
@@ -402,7 +527,7 @@ def test_tokenizer_files():
     assert len(set(TOKENIZER_FILES)) == len(TOKENIZER_FILES)
 
 
-@pytest.mark.parametrize("kind", ["hf", "sp", "sp_nfkc"])
+@pytest.mark.parametrize("kind", ["hf", "sp", "sp_nfkc", "sp_turns"])
 def test_text_stream_pieces_add_up_to_the_whole_decode_at_a_constant_cost(dirs, kind):
     """Streamed text (one token at a time, or a few) is exactly ``decode`` of all the ids, for byte-level BPE and
     SentencePiece (leading spaces, byte fallback), real text and random ids alike; and each step decodes a short
