@@ -9,6 +9,7 @@ Every behaviour of the model comes from an explicit field here, never from the m
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import json
@@ -44,6 +45,18 @@ def check_out_dir(out_dir, flag: str = "--out_dir") -> None:
         raise ConfigError(f"{flag} {out_dir} cannot be created: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag} {out_dir} is not writable ({existing} denies it): give a folder you can write to")
+    # the kernel may refuse what the permission bits allow (root in /proc or /sys): create the missing folders to
+    # find out, then remove them again (the command creates them when it writes)
+    missing = [p for p in (path.absolute(), *path.absolute().parents) if not p.exists()]
+    try:
+        for folder in reversed(missing):
+            folder.mkdir()
+    except OSError as err:
+        raise ConfigError(f"{flag} {out_dir} cannot be created ({err.strerror}): give a folder you can write to") from None
+    finally:
+        for folder in missing:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 ROPE_TYPES = ("default", "linear", "llama3", "yarn", "longrope")
@@ -269,7 +282,14 @@ class Config:
                 path = path / "config.json"
             if not path.is_file():
                 raise ConfigError(f"no config.json at {path}: point at a Hugging Face checkpoint folder")
-            hf = json.loads(path.read_text())
+            from litgpt_clone.checkpoints.io import fetch_again
+
+            try:
+                hf = json.loads(path.read_text())
+            except ValueError as err:  # (UnicodeDecodeError too)
+                raise ConfigError(f"{path} is not valid JSON ({err}): {fetch_again(path, 'download the checkpoint again')}") from None
+            if not isinstance(hf, dict):
+                raise ConfigError(f"{path} holds a JSON {type(hf).__name__}, not settings: {fetch_again(path, 'download the checkpoint again')}")
         return cls.from_dict({**config_from_hf(hf), **overrides})
 
     def to_dict(self) -> dict:

@@ -100,6 +100,19 @@ def test_impossible_sampling_settings_stop_before_the_first_turn(chat_model):
         assert ">> You:" not in proc.stdout + proc.stderr
 
 
+def test_a_system_message_the_template_refuses_stops_before_the_first_turn(models_root):
+    """A template that refuses system messages (Gemma's, Mistral's) with --system: one line at start-up; the chat
+    used to start and then print the refusal on every turn."""
+    refuses = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}" + CHATML
+    _, native = checkpoint(models_root, "llama", chat_template=refuses)
+    proc = cli("chat", native, "--system", "Be brief.", stdin="Hello there\n", check=False)
+    assert proc.returncode == 2 and proc.stderr == (
+        "error: --system cannot be used with this checkpoint's chat template (the chat template refused the messages:"
+        " System role not supported): leave it out\n"), proc.stderr
+    assert ">> You:" not in proc.stdout
+    assert replies(run_chat(native, "Hello there\n").stdout) != []  # without --system it chats
+
+
 def test_reset_with_a_seed_gives_the_same_conversation_again(chat_model):
     """Turn i samples with seed + i, counted from the start of the conversation: after /reset the same message gets
     the same sampled reply."""

@@ -190,6 +190,21 @@ def test_bin_checkpoint_converts(hf_llama, tmp_path):
         torch.testing.assert_close(GPT.from_checkpoint(tmp_path / "native")(idx), hf_model(idx).logits)
 
 
+def test_a_bin_saved_before_torch_1_6_converts(hf_llama, tmp_path):
+    """A pytorch_model.bin in the pickle format of torch < 1.6 (not a zip, which mmap cannot read) converts, still
+    weights-only, as transformers loads it; it was refused as "cannot be read safely"."""
+    from litgpt_clone.checkpoints.convert import convert_hf_checkpoint
+
+    hf_dir, hf_model = hf_llama
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_text((hf_dir / "config.json").read_text())
+    torch.save(load_file(hf_dir / "model.safetensors"), tmp_path / "bin" / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    convert_hf_checkpoint(tmp_path / "bin", tmp_path / "native")
+    idx = torch.randint(0, 64, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(GPT.from_checkpoint(tmp_path / "native")(idx), hf_model(idx).logits)
+
+
 def test_a_pickle_that_names_code_is_refused_in_one_line(hf_llama, tmp_path):
     """A .bin (or a training state) whose pickle names a Python function, as a planted payload does: torch's
     weights-only load refuses it, and the user reads one line, not torch's advice to retry with weights_only=False."""
@@ -237,6 +252,46 @@ def test_truncated_safetensors(hf_llama, tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         GPT.from_checkpoint(tmp_path / "native")
+
+
+def test_a_file_or_a_broken_config_json_is_one_line(hf_llama, tmp_path, capsys):
+    """`convert from_hf` of a file read the file as config.json, and a config.json that is not JSON was a
+    JSONDecodeError traceback. A broken file in a snapshot of the hub cache says how to fetch it again: a plain
+    `download` keeps a cached file (it used to say "download it again", which changed nothing)."""
+    import shutil
+
+    (tmp_path / "afile").write_text("")
+    assert cli_error(capsys, "convert", "from_hf", tmp_path / "afile", "--out_dir", tmp_path / "out") == (
+        f"error: {tmp_path / 'afile'} is not a folder: give the Hugging Face checkpoint folder (config.json and the weights)")
+    bad = tmp_path / "badjson"
+    shutil.copytree(hf_llama[0], bad)
+    (bad / "config.json").write_text('{"architectures": ["LlamaForCausalLM"],\n')
+    assert cli_error(capsys, "convert", "from_hf", bad, "--out_dir", tmp_path / "out") == (
+        f"error: {bad / 'config.json'} is not valid JSON (Expecting property name enclosed in double quotes: line 2 column 1"
+        " (char 40)): download the checkpoint again")
+    snapshot = tmp_path / "hub" / "models--acme--tiny" / "snapshots" / "0123abcd"
+    shutil.copytree(bad, snapshot)
+    fix = "fetch it again with `litgpt-clone download acme/tiny --force_download true`"
+    assert cli_error(capsys, "convert", "from_hf", snapshot, "--out_dir", tmp_path / "out").endswith(f"(char 40)): {fix}")
+    shutil.copy(hf_llama[0] / "config.json", snapshot / "config.json")
+    (snapshot / "model.safetensors").write_bytes(b"\0" * 64)  # corrupt, as a cached blob can be
+    line = cli_error(capsys, "convert", "from_hf", snapshot, "--out_dir", tmp_path / "out")
+    assert line.startswith(f"error: {snapshot / 'model.safetensors'} is corrupt or truncated (") and line.endswith(f": {fix}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_to_hf_checks_the_weights_against_model_config_yaml(hf_llama, tmp_path, capsys):
+    """A model_config.yaml that does not fit the weights beside it fails `to_hf` with the line from_hf and
+    GPT.from_checkpoint give, before anything is written (it was a split_with_sizes traceback)."""
+    from litgpt_clone.checkpoints.convert import convert_hf_checkpoint
+
+    native = convert_hf_checkpoint(hf_llama[0], tmp_path / "native")
+    config = Config.from_checkpoint(native)
+    (native / "model_config.yaml").write_text(Config.from_dict({**config.to_dict(), "n_query_groups": 4}).to_yaml())
+    assert cli_error(capsys, "convert", "to_hf", native, "--out_dir", tmp_path / "hf") == (
+        f"error: {native / 'model.safetensors'} does not match model_config.yaml: weights do not fit the LlamaForCausalLM"
+        " config: wrong shape ['transformer.h.0.attn.qkv.weight', 'transformer.h.1.attn.qkv.weight']")
+    assert not (tmp_path / "hf").exists()
 
 
 def test_unsupported_architecture(tmp_path):
@@ -300,6 +355,17 @@ def test_an_out_dir_that_cannot_be_written_is_one_line_before_any_work(hf_llama,
     proc = cli("convert", "from_hf", hf_llama[0], "--out_dir", "/sys/kernel/litgpt_clone_test", check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "/sys/kernel" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+    # the line names the flag, and comes before any work (download fetched the model first); as root the kernel
+    # refuses what the permission bits allow, which only creating the folder finds out (and it is removed again)
+    for command in (["convert", "from_hf", hf_llama[0]], ["download", "acme/tiny"]):
+        line = cli_error(capsys, *command, "--out_dir", "/proc/litgpt_clone_test/native")
+        assert line in ("error: --out_dir /proc/litgpt_clone_test/native cannot be created (No such file or directory): give a folder you"
+                        " can write to", "error: --out_dir /proc/litgpt_clone_test/native is not writable (/proc denies it): give a folder"
+                        " you can write to"), line
+    from litgpt_clone.config import check_out_dir
+
+    check_out_dir(tmp_path / "a" / "b")
+    assert not (tmp_path / "a").exists()
 
 
 def test_export_carries_the_special_token_ids_and_no_stale_tokenizer_files(hf_llama, tmp_path):

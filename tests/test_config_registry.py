@@ -184,6 +184,54 @@ def test_values_no_model_can_have_are_named(override, message):
     assert Config.from_name("pythia-14m", norm_eps="1e-5").norm_eps == 1e-5  # YAML reads 1e-5 as text: it is a number
 
 
+TINY_HF = dict(vocab_size=200, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, head_dim=16,
+               num_local_experts=4, num_experts=4, num_experts_per_tok=2, query_pre_attn_scalar=16)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_keys_a_config_json_leaves_out_take_transformers_defaults_of_its_architecture(arch):
+    """A config.json that leaves keys out means what transformers' config class of that architecture assumes for
+    them, not what Llama's does: a Mixtral config.json without rope_theta and rms_norm_eps converted with 1e4 and
+    1e-6 (MixtralConfig: 1e6 and 1e-5), and its logits differed from transformers'. Checked against the config class
+    for the bare sizes, and for each key of a full config.json left out alone."""
+    import transformers
+
+    from litgpt_clone.checkpoints.arch import get_arch
+    from litgpt_clone.checkpoints.convert import config_from_hf
+
+    config_class = type(transformers.AutoConfig.for_model(get_arch(arch).model_type))
+    sizes = {k: v for k, v in TINY_HF.items() if k in config_class().to_dict()}
+
+    def as_transformers_reads_it(hf: dict) -> dict:  # every key filled in by the config class
+        return {**config_class(**{k: v for k, v in hf.items() if k != "architectures"}).to_dict(), "architectures": [arch]}
+
+    def ours(hf: dict) -> dict:
+        return {k: v for k, v in config_from_hf(hf).items() if k != "name"}  # (named after model_type when no path)
+
+    full = as_transformers_reads_it(sizes)
+    for leave_out in ["everything", *(k for k in full if k not in ("architectures", "model_type"))]:
+        hf = {**sizes, "architectures": [arch]} if leave_out == "everything" else {k: v for k, v in full.items() if k != leave_out}
+        try:
+            expected = ours(as_transformers_reads_it(hf))
+        except Exception:  # a config transformers itself refuses (a validation error), or one we do not support
+            continue
+        try:
+            assert ours(hf) == expected, leave_out
+        except ConfigError as err:  # only for a key every config.json has
+            assert "which every" in str(err), (leave_out, err)
+
+
+def test_mixtral_and_qwen3_moe_defaults():
+    sizes = {**{k: v for k, v in TINY_HF.items() if k != "query_pre_attn_scalar"}, "num_attention_heads": 8}
+    mixtral = Config.from_hf_config({"architectures": ["MixtralForCausalLM"], **sizes})
+    assert (mixtral.rope_base, mixtral.norm_eps, mixtral.block_size, mixtral.n_query_groups) == (1e6, 1e-5, 131072, 8)
+    qwen3_moe = Config.from_hf_config({"architectures": ["Qwen3MoeForCausalLM"], **sizes})
+    assert (qwen3_moe.moe_norm_topk_prob, qwen3_moe.rope_base, qwen3_moe.norm_eps, qwen3_moe.moe_intermediate_size) == (False, 1e4, 1e-6, 768)
+    mistral = Config.from_hf_config({"architectures": ["MistralForCausalLM"], **sizes})
+    assert (mistral.sliding_window, mistral.rope_base) == (4096, 1e4)
+    assert Config.from_hf_config({"architectures": ["MistralForCausalLM"], **sizes, "sliding_window": None}).sliding_window is None
+
+
 def test_a_config_json_missing_a_size_names_it():
     with pytest.raises(ConfigError, match="config.json has no 'hidden_size', which every LlamaForCausalLM config has"):
         Config.from_hf_config({"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 64})

@@ -126,8 +126,23 @@ def test_select_files_prefers_safetensors_and_skips_other_formats():
     )  # fmt: skip
     bins = ["config.json", "vocab.json", "merges.txt", "pytorch_model.bin", "pytorch_model.bin.index.json",
             "training_args.bin", "rng_state_0.bin", "original/consolidated.00.pth"]  # fmt: skip
-    assert select_files(bins) == ["config.json", "merges.txt", "pytorch_model.bin", "pytorch_model.bin.index.json", "vocab.json"]
+    assert select_files(bins) == ["config.json", "merges.txt", "pytorch_model.bin", "vocab.json"]
     assert weight_files(["config.json", "consolidated.safetensors", "original/model.safetensors", "m.gguf"]) == []
+
+
+def test_only_the_weights_convert_reads_are_selected():
+    """Variants (model.fp16.safetensors), adapters and trainer state next to the weights are not fetched: convert
+    (like transformers) reads model.safetensors, else the index and the shards it names."""
+    extras = ["config.json", "model.safetensors", "model.fp16.safetensors", "adapter_model.safetensors", "pytorch_model.bin"]
+    assert weight_files(extras) == ["model.safetensors"]
+    sharded = ["model.safetensors.index.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+               "model.fp16-00001-of-00002.safetensors", "model.fp16-00002-of-00002.safetensors", "adapter_model.safetensors"]
+    assert weight_files(sharded) == ["model.safetensors.index.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    # once the index is read, its shard names win, whatever they are
+    assert weight_files(sharded, shards=["w-1.safetensors"]) == ["model.safetensors.index.json", "w-1.safetensors"]
+    assert weight_files(["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin", "training_args.bin"]) == [
+        "pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]
+    assert weight_files(["adapter_model.safetensors", "model.fp16.safetensors"]) == []
 
 
 # ---------------------------------------------------------------------- online downloads, one interpreter
@@ -153,23 +168,42 @@ BIN_REPO = {
 }
 
 
+# shards named by the index (not model-*-of-*), next to fp16 variant shards and an adapter
+INDEX = {"metadata": {}, "weight_map": {"a.weight": "weights-a.safetensors", "b.weight": "weights-b.safetensors"}}
+SHARDED_REPO = {
+    "config.json": b'{"model_type": "llama"}',
+    **TOKENIZER,
+    "model.safetensors.index.json": json.dumps(INDEX).encode(),
+    "weights-a.safetensors": _weights("a"),
+    "weights-b.safetensors": _weights("b"),
+    "model.fp16-00001-of-00001.safetensors": _weights("fp16"),
+    "adapter_model.safetensors": _weights("adapter"),
+}
+
+
 @pytest.fixture(scope="module")
 def online(tmp_path_factory):
-    """Download, with convert=False, a safetensors repo, a .bin-only repo, a GGUF-only repo and a missing repo.
+    """Download, with convert=False, a safetensors repo (also into an --out_dir, and by its registry name), a
+    .bin-only repo, a sharded repo, a GGUF-only repo and a missing repo.
 
     The stand-in is stopped afterwards, so the cache under ``hf_home`` is also the warm cache of the offline test.
     """
     tmp = tmp_path_factory.mktemp("online")
     with pytest.MonkeyPatch.context() as mp, HubStandin(missing_status=404) as hub:
-        hub.add_repo("acme/tiny-llama", ST_REPO)
+        hub.add_repo("acme/tiny-llama", {**ST_REPO, "model.fp16.safetensors": _weights("fp16"), "adapter_model.safetensors": _weights("ad")})
         hub.add_repo("acme/old-gpt", BIN_REPO)
+        hub.add_repo("acme/sharded", SHARDED_REPO)
         hub.add_repo("acme/gguf-only", {"config.json": b"{}", "model-q4.gguf": _weights("gguf")})
+        hub.add_repo("EleutherAI/pythia-14m", ST_REPO)
         hf_home = set_hf_env(mp, tmp / "hf_home", endpoint=hub.endpoint)
         calls = {
             "safetensors": dict(repo_id="acme/tiny-llama", convert=False),
             "bin": dict(repo_id="acme/old-gpt", convert=False, revision="main"),
+            "sharded": dict(repo_id="acme/sharded", convert=False),
             "no_weights": dict(repo_id="acme/gguf-only", convert=False),
             "missing": dict(repo_id="acme/tiny-lama", convert=False),
+            "local_dir": dict(repo_id="acme/old-gpt", convert=False, out_dir=str(tmp / "mycopy")),
+            "registry_name": dict(repo_id="pythia-14m", convert=False),
         }
         out = dict(zip(calls, results(start_downloads(tmp, *calls.values()))))
     assert not (tmp / "checkpoints").exists()  # convert=False converts nothing
@@ -182,7 +216,7 @@ def test_downloads_only_safetensors_config_and_tokenizer(online):
     path = expect_snapshot(out["safetensors"], hf_home, hub, "acme/tiny-llama")
     wanted = ["config.json", "generation_config.json", *TOKENIZER, "model.safetensors"]
     assert snapshot_files(path) == {name: ST_REPO[name] for name in wanted}
-    # nothing else was even requested; the weights came from the "CDN", which never sees the Authorization header
+    # nothing else was even requested (not model.fp16.safetensors or adapter_model.safetensors either); the weights came from the "CDN", which never sees the Authorization header
     assert hub.requested_files("acme/tiny-llama") == set(wanted)
     assert [r.authorization for r in hub.requests if r.server == "cdn" and "acme/tiny-llama" in r.path] == [None]
 
@@ -193,6 +227,32 @@ def test_bin_only_repo_downloads_the_bin(online):
     path = expect_snapshot(out["bin"], hf_home, hub, "acme/old-gpt")
     wanted = ["config.json", "vocab.json", "merges.txt", "pytorch_model.bin"]
     assert snapshot_files(path) == {name: BIN_REPO[name] for name in wanted}
+
+
+def test_sharded_repo_downloads_the_shards_its_index_names(online):
+    hub, hf_home, out = online
+    path = expect_snapshot(out["sharded"], hf_home, hub, "acme/sharded")
+    wanted = ["config.json", *TOKENIZER, "model.safetensors.index.json", "weights-a.safetensors", "weights-b.safetensors"]
+    assert snapshot_files(path) == {name: SHARDED_REPO[name] for name in wanted}
+    assert hub.requested_files("acme/sharded") == set(wanted)  # not the fp16 shard, not the adapter
+
+
+def test_convert_false_with_out_dir_downloads_into_it(online):
+    """Like `hf download --local-dir`: the files are in --out_dir (huggingface_hub's own local_dir download, with its
+    .cache/huggingface metadata), and that folder is printed."""
+    hub, hf_home, out = online
+    path = Path(out["local_dir"]["path"])
+    assert path.name == "mycopy"
+    files = {k: v for k, v in snapshot_files(path).items() if not k.startswith(".cache/")}
+    assert files == {name: BIN_REPO[name] for name in ["config.json", "vocab.json", "merges.txt", "pytorch_model.bin"]}
+
+
+def test_a_registry_name_downloads_its_repo(online):
+    """`download pythia-14m` fetches EleutherAI/pythia-14m, as `generate pythia-14m` does (it was refused as not
+    a repo id)."""
+    hub, hf_home, out = online
+    path = expect_snapshot(out["registry_name"], hf_home, hub, "EleutherAI/pythia-14m")
+    assert (path / "model.safetensors").read_bytes() == ST_REPO["model.safetensors"]
 
 
 def test_repo_without_weights_is_one_clear_line(online):
@@ -267,6 +327,35 @@ def test_a_mistyped_local_folder_says_which_folders_are_there(hf_env, tmp_path):
     ), proc.stderr
 
 
+def test_a_broken_cached_file_is_fetched_again(hf_env, tmp_path):
+    """huggingface_hub returns a cached file unchecked, so a blob cut short stayed broken however often download
+    ran (and the error said to download it again). A cached file whose size differs from the hub's listing is
+    fetched again; one that is corrupt at the right size is replaced by --force_download."""
+    weights = ST_REPO["model.safetensors"]
+    with HubStandin() as hub:
+        hub.add_repo("acme/tiny-llama", ST_REPO)
+        hf_env(endpoint=hub.endpoint)
+        call = dict(repo_id="acme/tiny-llama", convert=False)
+        (first,) = results(start_downloads(tmp_path, call))
+        cached = Path(first["path"]) / "model.safetensors"
+        blob = cached.resolve()
+
+        def cdn_gets() -> int:
+            return sum(r.server == "cdn" and r.method == "GET" for r in hub.requests)
+
+        blob.write_bytes(weights[:1000])  # truncated
+        before = cdn_gets()
+        assert results(start_downloads(tmp_path, call)) == [first]
+        assert cached.read_bytes() == weights and cdn_gets() == before + 1
+
+        blob.write_bytes(b"\0" * len(weights))  # corrupt, right size: kept by a plain download, replaced when forced
+        before = cdn_gets()
+        proc = start_downloads(tmp_path, call)
+        assert results(proc) == [first] and cached.read_bytes() == b"\0" * len(weights) and cdn_gets() == before
+        assert results(start_downloads(tmp_path, {**call, "force_download": True})) == [first]
+        assert cached.read_bytes() == weights and cdn_gets() == before + 1
+
+
 # ---------------------------------------------------------------------- (3) gated
 def test_gated_repo_needs_the_token(hf_env, tmp_path):
     files = {"config.json": b"{}", **TOKENIZER, "model.safetensors": _weights("gated")}
@@ -306,14 +395,16 @@ def test_offline_uses_the_warm_cache_and_explains_a_cold_one(online, hf_env, tmp
     n_requests = len(hub.requests)
 
     hf_env(endpoint=hub.endpoint, hf_home=hf_home, offline=True)
-    # warm: the snapshot downloaded online; cold: a repo this cache never saw
-    offline = start_downloads(tmp_path, dict(repo_id="acme/tiny-llama", convert=False), dict(repo_id="acme/other", convert=False))
+    # warm: the snapshot downloaded online; cold: a repo this cache never saw; --force_download, which needs the hub
+    offline = start_downloads(tmp_path, dict(repo_id="acme/tiny-llama", convert=False), dict(repo_id="acme/other", convert=False),
+                              dict(repo_id="acme/tiny-llama", convert=False, force_download=True))
     # not offline, but the hub cannot be reached: the cached snapshot is used as well
     hf_env(endpoint=hub.endpoint, hf_home=hf_home)
     unreachable = start_downloads(tmp_path, dict(repo_id="acme/tiny-llama", convert=False))
 
-    warm, cold = results(offline)
+    warm, cold, force = results(offline)
     assert warm == out["safetensors"]
+    assert force["error"] == "HF_HUB_OFFLINE=1, and --force_download needs the hub"
     assert cold["error"] == (
         f"HF_HUB_OFFLINE=1 and acme/other is not in the cache at {hf_home / 'hub'}: "
         "download it once online, or unset HF_HUB_OFFLINE"
@@ -398,8 +489,13 @@ def test_a_name_that_is_not_a_repo_id_is_one_line_before_any_request(tmp_path):
     """``download phi`` (a bare name, or a path) is not looked up on the hub at all: one line says what a repo id is."""
     from litgpt_clone.checkpoints.download import DownloadError, download
 
-    for wrong in ("phi-2", "checkpoints/acme/tiny", "acme/"):
+    for wrong in ("checkpoints/acme/tiny", "acme/"):
         with pytest.raises(DownloadError) as err:
             download(wrong, out_dir=tmp_path / "out")
         assert str(err.value) == f"{wrong!r} is not a hub repo id: use <org>/<name>, e.g. meta-llama/Llama-3.2-1B"
+    # a name the registry does not know (registry names download their repo): the closest repos of the registry
+    with pytest.raises(DownloadError) as err:
+        download("pythia-14", out_dir=tmp_path / "out")
+    assert str(err.value) == ("'pythia-14' is not a hub repo id: use <org>/<name>, e.g. meta-llama/Llama-3.2-1B. Closest: "
+                              "EleutherAI/pythia-14m, EleutherAI/pythia-1.4b, EleutherAI/pythia-1b, EleutherAI/pythia-31m, EleutherAI/pythia-12b.")
     assert not (tmp_path / "out").exists()

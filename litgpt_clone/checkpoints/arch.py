@@ -36,6 +36,10 @@ class Arch:
     """HF stores the fused qkv interleaved per key/value group: (n_query_groups, q_per_kv + 2, head_size) rows."""
     ignore: tuple[str, ...] = ()
     """Regexes of HF tensors that carry no weights of ours (cached rotary tables, masks)."""
+    hf_defaults: dict = field(default_factory=dict)
+    """What transformers' config class of this architecture assumes for keys a config.json leaves out, where that
+    differs from the fallbacks of ``config_from_hf`` (shared by several architectures): MixtralConfig's rope_theta is
+    1e6, not Llama's 1e4."""
     check: Optional[Callable[[dict], None]] = None
     """Raises ``ConfigError`` for config.json features we do not implement."""
     extra_hf: dict = field(default_factory=dict)

@@ -30,6 +30,7 @@ def config_from_hf(hf: dict) -> dict:
     if not names:
         raise ConfigError("config.json has no 'architectures' entry: it is not a transformers causal-LM checkpoint")
     arch = get_arch(names[0])
+    hf = {**arch.hf_defaults, **hf}
     if arch.check:
         arch.check(hf)
     name = (hf.get("_name_or_path") or "").rstrip("/").split("/")[-1] or hf.get("model_type", "")
@@ -178,6 +179,8 @@ def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = No
         dtype: Cast the weights to ``float32``, ``bfloat16`` or ``float16``; default keeps the stored dtype.
     """
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+    if hf_dir.exists() and not hf_dir.is_dir():  # (its config.json would be read from the file itself)
+        raise CheckpointError(f"{hf_dir} is not a folder: give the Hugging Face checkpoint folder (config.json and the weights)")
     check_destination(hf_dir, out_dir, "convert from_hf")
     if (hf_dir / "model_config.yaml").is_file() and (hf_dir / "model.safetensors").is_file():
         raise CheckpointError(f"{hf_dir} is already a native checkpoint (model_config.yaml): use it as it is, or export it with `convert to_hf`")
@@ -214,6 +217,10 @@ def convert_to_hf_checkpoint(checkpoint_dir: Path, out_dir: Path, max_shard_size
         raise ConfigError(f"{checkpoint_dir} carries LLaMA-Adapter prefixes, which transformers models have no place for")
     config = Config.from_checkpoint(checkpoint_dir)
     state = load_state(checkpoint_dir / "model.safetensors")
+    try:  # the check from_hf runs: weights of another model fail here in one line, not in the middle of a split
+        check_against_model(state, config)
+    except CheckpointError as err:
+        raise CheckpointError(f"{checkpoint_dir / 'model.safetensors'} does not match model_config.yaml: {err}") from None
     hf_config = {**config_to_hf(config), **special_token_ids(checkpoint_dir)}
     dtype = next(iter(state.values())).dtype
     hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")

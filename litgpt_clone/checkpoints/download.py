@@ -1,14 +1,16 @@
 """`litgpt-clone download`: fetch a model from the Hugging Face Hub into the standard HF cache, then convert it.
 
 Only what a checkpoint needs is downloaded: ``config.json``, ``generation_config.json``, the tokenizer files and
-one weight format (safetensors when the repo has it, else PyTorch ``.bin``), never ``original/``,
-``consolidated*``, ONNX, GGUF, ... The files land in the Hugging Face cache (``HF_HOME``/``HF_HUB_CACHE``), so
-other tools share them, and nothing in the cache is ever deleted.
+the weight files ``convert`` reads, picked as transformers picks them (``model.safetensors``, else the safetensors
+index and the shards it names, else the same for PyTorch ``.bin``), never ``original/``, ``consolidated*``,
+variants (``model.fp16.safetensors``), adapters, ONNX, GGUF, ... The files land in the Hugging Face cache
+(``HF_HOME``/``HF_HUB_CACHE``), so other tools share them, and nothing in the cache is ever deleted.
 """
 
-import fnmatch
 import glob
+import json
 import re
+import sys
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -17,8 +19,11 @@ from litgpt_clone.tokenizer import TOKENIZER_FILES
 CONFIG_FILES = ("config.json", "generation_config.json")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_INDEX = "pytorch_model.bin.index.json"
-# top-level *.bin files that are not model weights (trainer state saved next to checkpoints)
-_NOT_WEIGHTS = ("training_args.bin", "optimizer.bin", "scheduler.bin", "rng_state*.bin", "scaler.bin")
+LAYOUTS = (
+    ("model.safetensors", SAFETENSORS_INDEX, re.compile(r"^model-\d+-of-\d+\.safetensors$")),
+    ("pytorch_model.bin", BIN_INDEX, re.compile(r"^pytorch_model-\d+-of-\d+\.bin$")),
+)
+"""The weight layouts transformers reads, in its order: (single file, index of shards, shard names)."""
 HUB_URL = "https://huggingface.co"
 
 
@@ -31,23 +36,29 @@ class RepoNotFound(DownloadError):
 
 
 # ---------------------------------------------------------------------- file selection
-def weight_files(repo_files: Iterable[str]) -> list[str]:
-    """The weight files to fetch: top-level ``*.safetensors`` (+ index) if any, else ``*.bin`` (+ index)."""
-    top = sorted(f for f in repo_files if "/" not in f and not f.startswith("consolidated"))
-    safetensors = [f for f in top if f.endswith(".safetensors")]
-    if safetensors:
-        return safetensors + [f for f in top if f == SAFETENSORS_INDEX]
-    bins = [f for f in top if f.endswith(".bin") and not any(fnmatch.fnmatch(f, p) for p in _NOT_WEIGHTS)]
-    if bins:
-        return bins + [f for f in top if f == BIN_INDEX]
+def weight_files(repo_files: Iterable[str], shards: Optional[Iterable[str]] = None) -> list[str]:
+    """The weight files ``convert`` reads (``io.hf_weight_files``), as transformers picks them: ``model.safetensors``;
+    else its index and the shards it names (``shards``, once the index has been read; until then the
+    ``model-*-of-*.safetensors`` files); else the same for ``pytorch_model.bin``; else shards without an index.
+    Never variants (``model.fp16.safetensors``), adapters, ``consolidated*`` or trainer state (``training_args.bin``):
+    fetching those would only double the download."""
+    top = {f for f in repo_files if "/" not in f}
+    for single, index, shard in LAYOUTS:
+        if single in top:
+            return [single]
+        if index in top:
+            return [index, *sorted(shards if shards is not None else filter(shard.match, top))]
+    for _, _, shard in LAYOUTS:
+        if any(map(shard.match, top)):
+            return sorted(filter(shard.match, top))
     return []
 
 
-def select_files(repo_files: Iterable[str]) -> list[str]:
+def select_files(repo_files: Iterable[str], shards: Optional[Iterable[str]] = None) -> list[str]:
     """Everything :func:`download` fetches from a repo whose files are ``repo_files`` (empty weights: see caller)."""
     repo_files = list(repo_files)
     wanted = set(CONFIG_FILES) | set(TOKENIZER_FILES)
-    return sorted({f for f in repo_files if f in wanted} | set(weight_files(repo_files)))
+    return sorted({f for f in repo_files if f in wanted} | set(weight_files(repo_files, shards)))
 
 
 def _generic_patterns() -> list[str]:
@@ -170,20 +181,26 @@ def _check_weights(repo_id: str, snapshot: Path, offline_reason: Optional[str]) 
             f"{offline_reason} and the cached snapshot of {repo_id} at {snapshot} has no weights: "
             "download it once online"
         )
-    raise DownloadError(f"{repo_id} has no model weights (*.safetensors or *.bin) in {snapshot}")
+    raise DownloadError(f"{repo_id} has no model weights (model.safetensors, pytorch_model.bin or their shards) in {snapshot}")
 
 
 # ---------------------------------------------------------------------- download
-def _cached_snapshot(repo_id: str, revision: Optional[str], token: Optional[str], reason: str, online_hint: str) -> Path:
-    """The snapshot already in the cache, without any network call (offline mode, or the hub is unreachable)."""
+def _cached_snapshot(
+    repo_id: str, revision: Optional[str], token: Optional[str], reason: str, online_hint: str,
+    local_dir: Optional[Path] = None, force_download: bool = False,
+) -> Path:
+    """The snapshot already in the cache (or in ``local_dir``), without any network call (offline mode, or the hub
+    is unreachable)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    if force_download:
+        raise DownloadError(f"{reason}, and --force_download needs the hub")
     allow_patterns = _generic_patterns()
     try:  # huggingface_hub >= 1.x caches the repo listing: select the same files as online
         from huggingface_hub import get_cached_repo_tree
 
-        listed = [f.path for f in get_cached_repo_tree(repo_id, revision=revision)]
+        listed = [f.path for f in get_cached_repo_tree(repo_id, revision=revision, local_dir=local_dir)]
         if weight_files(listed):
             allow_patterns = [glob.escape(f) for f in select_files(listed)]
     except Exception:
@@ -191,7 +208,8 @@ def _cached_snapshot(repo_id: str, revision: Optional[str], token: Optional[str]
     try:
         path = Path(
             snapshot_download(
-                repo_id, revision=revision, token=token, allow_patterns=allow_patterns, local_files_only=True
+                repo_id, revision=revision, token=token, allow_patterns=allow_patterns, local_files_only=True,
+                local_dir=local_dir,
             )
         )
     except LocalEntryNotFoundError as e:
@@ -200,26 +218,55 @@ def _cached_snapshot(repo_id: str, revision: Optional[str], token: Optional[str]
             hint = online_hint.replace(" once ", " again ")
             raise DownloadError(f"{reason} and the cached snapshot of {repo_id} at {where} is missing files: {hint}") from None
         what = repo_id if revision is None else f"{repo_id} (revision {revision!r})"
-        raise DownloadError(f"{reason} and {what} is not in the cache at {_cache_dir()}: {online_hint}") from None
+        where = f"--out_dir {local_dir}" if local_dir is not None else f"the cache at {_cache_dir()}"
+        raise DownloadError(f"{reason} and {what} is not in {where}: {online_hint}") from None
     except Exception as e:
         raise _hub_error(repo_id, revision, e) from None
     _check_weights(repo_id, path, reason)
     return path
 
 
-def _download_snapshot(repo_id: str, access_token: Optional[str], revision: Optional[str]) -> Path:
-    from huggingface_hub import HfApi, snapshot_download
+def _index_shards(repo_id: str, index: Path) -> list[str]:
+    try:
+        return sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise DownloadError(f"{repo_id}'s {Path(index).name} is not a weight index ({type(err).__name__}: {err})") from None
+
+
+def _refetch_wrong_sizes(path: Path, files: list[str], commit: Optional[str], fetch: dict) -> None:
+    """Fetch again the files whose size differs from the hub's listing (a copy cut short, a disk that filled up):
+    huggingface_hub returns any file already in the cache unchecked, so re-running would reuse the broken one. The
+    listing is the one ``snapshot_download`` has just cached, so this costs a ``stat`` per file."""
+    from huggingface_hub import get_cached_repo_tree, hf_hub_download
+
+    try:
+        sizes = {f.path: f.size for f in get_cached_repo_tree(fetch["repo_id"], revision=commit, local_dir=fetch["local_dir"])}
+    except Exception:  # (no listing cached: nothing to compare with)
+        return
+    for name in files:
+        size = (path / name).stat().st_size
+        if sizes.get(name) is not None and size != sizes[name]:
+            print(f"{name} in the cache has {size} bytes where the hub lists {sizes[name]}: fetching it again", file=sys.stderr)
+            hf_hub_download(filename=name, force_download=True, **fetch)
+
+
+def _download_snapshot(
+    repo_id: str, access_token: Optional[str], revision: Optional[str], local_dir: Optional[Path] = None,
+    force_download: bool = False,
+) -> Path:
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
     from huggingface_hub.errors import HFValidationError, OfflineModeIsEnabled
 
     offline_hint = "download it once online, or unset HF_HUB_OFFLINE"
+    cached = dict(local_dir=local_dir, force_download=force_download)
     if _is_offline():
-        return _cached_snapshot(repo_id, revision, access_token, "HF_HUB_OFFLINE=1", offline_hint)
+        return _cached_snapshot(repo_id, revision, access_token, "HF_HUB_OFFLINE=1", offline_hint, **cached)
 
     def unreachable(error: BaseException) -> Path:
         from huggingface_hub import constants
 
         reason = f"the hub at {constants.ENDPOINT} cannot be reached ({type(error).__name__})"
-        return _cached_snapshot(repo_id, revision, access_token, reason, "check your network and retry")
+        return _cached_snapshot(repo_id, revision, access_token, reason, "check your network and retry", **cached)
 
     try:
         # model_info lists the files in one call and, unlike list_repo_files, fails fast (no retries) when the hub
@@ -234,7 +281,7 @@ def _download_snapshot(repo_id: str, access_token: Optional[str], revision: Opti
         raise DownloadError(f"{repo_id!r} is not a valid repo id ({_one_line(e)[:200]}): use <org>/<name>") from None
     except Exception as e:
         if isinstance(e, OfflineModeIsEnabled):
-            return _cached_snapshot(repo_id, revision, access_token, "HF_HUB_OFFLINE=1", offline_hint)
+            return _cached_snapshot(repo_id, revision, access_token, "HF_HUB_OFFLINE=1", offline_hint, **cached)
         if _is_connection_error(e):
             return unreachable(e)
         raise _hub_error(repo_id, revision, e) from None
@@ -246,16 +293,19 @@ def _download_snapshot(repo_id: str, access_token: Optional[str], revision: Opti
         others = sorted(f for f in repo_files if f.endswith((".safetensors", ".bin", ".pth", ".pt", ".gguf", ".onnx")))
         found = f" (only {', '.join(others[:4])}{', ...' if len(others) > 4 else ''})" if others else ""
         raise DownloadError(
-            f"{repo_id} has no Hugging Face model weights (*.safetensors or *.bin at the top level){found}: "
-            "nothing to download"
+            f"{repo_id} has no Hugging Face model weights (model.safetensors, pytorch_model.bin or their shards at the"
+            f" top level){found}: nothing to download"
         )
 
+    fetch = dict(repo_id=repo_id, revision=revision, token=access_token, local_dir=local_dir)
     try:
-        path = Path(
-            snapshot_download(
-                repo_id, revision=revision, token=access_token, allow_patterns=[glob.escape(f) for f in wanted]
-            )
-        )
+        index = next((f for f in wanted if f.endswith(".index.json")), None)
+        if index:  # the shards are the files the index names, as transformers reads them (whatever their names)
+            wanted = select_files(repo_files, _index_shards(repo_id, hf_hub_download(filename=index, force_download=force_download, **fetch)))
+        path = Path(snapshot_download(allow_patterns=[glob.escape(f) for f in wanted], force_download=force_download, **fetch))
+        _refetch_wrong_sizes(path, wanted, info.sha, fetch)
+    except DownloadError:
+        raise
     except Exception as e:
         if _is_connection_error(e):
             return unreachable(e)
@@ -264,47 +314,76 @@ def _download_snapshot(repo_id: str, access_token: Optional[str], revision: Opti
     return path
 
 
+def _repo_id(name: str) -> str:
+    """``name`` when it is a repo id; the hub repo of a registry name (``pythia-14m``), as generate and chat read one;
+    else one line saying what a repo id is."""
+    from litgpt_clone.checkpoints.io import REPO_ID
+
+    if REPO_ID.match(name):
+        return name
+    repo, closest = None, ""
+    if "/" not in name:  # (a path such as checkpoints/x is not looked up: the registry matches its last part)
+        from litgpt_clone.config import ConfigError, find_config
+
+        try:
+            repo = _hf_repo(find_config(name))
+        except ConfigError:
+            closest = _closest_names(name)
+    if repo is None:
+        message = f"{name!r} is not a hub repo id: use <org>/<name>, e.g. meta-llama/Llama-3.2-1B"
+        raise DownloadError(message + (f".{closest}" if closest else ""))
+    return repo
+
+
 def download(
     repo_id: str,
     access_token: Optional[str] = None,
     out_dir: Optional[Path] = None,
     convert: bool = True,
     revision: Optional[str] = None,
+    force_download: bool = False,
 ) -> Path:
     """Download a model from the Hugging Face Hub and convert it into a litgpt_clone checkpoint.
 
-    Only config.json, generation_config.json, the tokenizer files and one weight format are fetched
-    (safetensors when the repo has them, else PyTorch .bin; never original/, consolidated*, ONNX or GGUF files).
+    Only config.json, generation_config.json, the tokenizer files and the weight files that convert reads are
+    fetched (model.safetensors, else its index and the shards it names, else the same for pytorch_model.bin; never
+    original/, consolidated*, variants such as model.fp16.safetensors, adapters, ONNX or GGUF files).
     Files go to the standard Hugging Face cache (HF_HOME / HF_HUB_CACHE), shared with transformers;
     HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE are honoured. With HF_HUB_OFFLINE=1 the cached snapshot is used.
+    A cached file whose size differs from the hub's listing is fetched again.
 
     Args:
-        repo_id: The Hugging Face repo to download, as <org>/<name> (e.g. meta-llama/Llama-3.2-1B).
+        repo_id: The Hugging Face repo to download, as <org>/<name> (e.g. meta-llama/Llama-3.2-1B), or a registry
+            name (`litgpt-clone models`), which stands for its repo.
         access_token: A Hugging Face token (hf_...) for gated or private repos. Defaults to HF_TOKEN or the token
             saved by `hf auth login`.
-        out_dir: Where the converted checkpoint goes. Defaults to checkpoints/<repo_id>. Ignored with --convert false.
+        out_dir: Where the converted checkpoint goes. Defaults to checkpoints/<repo_id>. With --convert false, the
+            folder the repo's files are downloaded into instead of the cache (as `hf download --local-dir`).
         convert: Convert the download into a litgpt_clone checkpoint in out_dir (model.safetensors and
-            model_config.yaml). With false, only download and return the Hugging Face snapshot folder.
+            model_config.yaml). With false, only download and return the folder of the files.
         revision: A branch, tag or commit hash of the repo. Defaults to the repo's main branch.
+        force_download: Fetch every file again even if it is cached (a cached file that is corrupt although its
+            size is right).
 
     Returns:
-        The converted checkpoint folder (out_dir), or with convert=False the snapshot folder in the HF cache.
+        The converted checkpoint folder (out_dir), or with convert=False the snapshot folder in the HF cache (out_dir
+        when given).
 
     Raises:
         DownloadError: one line saying what went wrong (gated, not found, offline with a cold cache, no weights).
     """
-    from litgpt_clone.checkpoints.io import REPO_ID
+    from litgpt_clone.config import check_out_dir
 
-    if not REPO_ID.match(repo_id):
-        raise DownloadError(f"{repo_id!r} is not a hub repo id: use <org>/<name>, e.g. meta-llama/Llama-3.2-1B")
-    out_dir = Path(out_dir) if out_dir is not None else Path("checkpoints") / repo_id
-    if convert:  # said before the download, not after it
-        from litgpt_clone.config import check_out_dir
-
-        check_out_dir(out_dir)
-    snapshot = _download_snapshot(repo_id, access_token, revision)
+    repo_id = _repo_id(repo_id)
     if not convert:
-        return snapshot
+        if out_dir is None:
+            return _download_snapshot(repo_id, access_token, revision, force_download=force_download)
+        check_out_dir(out_dir)  # said before the download, not after it
+        _download_snapshot(repo_id, access_token, revision, local_dir=out_dir, force_download=force_download)
+        return Path(out_dir)
+    out_dir = Path(out_dir) if out_dir is not None else Path("checkpoints") / repo_id
+    check_out_dir(out_dir)
+    snapshot = _download_snapshot(repo_id, access_token, revision, force_download=force_download)
     from litgpt_clone.checkpoints.convert import convert_hf_checkpoint
 
     convert_hf_checkpoint(hf_dir=snapshot, out_dir=out_dir)

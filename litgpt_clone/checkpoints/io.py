@@ -6,6 +6,7 @@ import json
 import os
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -113,7 +114,18 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is corrupt or truncated ({err}): convert or download it again") from err
+        raise CheckpointError(f"{path} is corrupt or truncated ({err}): {fetch_again(path, 'convert or download it again')}") from err
+
+
+def fetch_again(path: Path, otherwise: str) -> str:
+    """How to replace a broken file: for one in a snapshot of the Hugging Face cache
+    (``models--org--name/snapshots/<commit>/``), ``download --force_download``, since a plain download keeps a cached
+    file whose size is right; ``otherwise`` for any other file."""
+    parts = Path(path).absolute().parts
+    if len(parts) >= 4 and parts[-3] == "snapshots" and parts[-4].startswith("models--"):
+        repo = parts[-4].removeprefix("models--").replace("--", "/")
+        return f"fetch it again with `litgpt-clone download {repo} --force_download true`"
+    return otherwise
 
 
 HF_WEIGHTS = (("model.safetensors", "model.safetensors.index.json"), ("pytorch_model.bin", "pytorch_model.bin.index.json"))
@@ -122,7 +134,7 @@ HF_WEIGHTS = (("model.safetensors", "model.safetensors.index.json"), ("pytorch_m
 
 def hf_weight_files(hf_dir: Path) -> list[Path]:
     """The weight files of a Hugging Face folder, as ``from_pretrained`` picks them: the single file, else the files the
-    index names; without either, the top-level files ``download`` would fetch (never ``consolidated*`` or trainer state)."""
+    index names; without either, shards named as transformers names them (``download.weight_files``)."""
     for single, index in HF_WEIGHTS:
         if (hf_dir / single).is_file():
             return [hf_dir / single]
@@ -152,7 +164,8 @@ def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
         if f.suffix == ".safetensors":
             state.update(load_state(f))
             continue
-        state.update(torch_load(f, "use a safetensors checkpoint", mmap=True))
+        # mmap reads only the zip format of torch >= 1.6; older files (still loaded weights-only) are read whole
+        state.update(torch_load(f, "use a safetensors checkpoint", mmap=zipfile.is_zipfile(f)))
     return state
 
 

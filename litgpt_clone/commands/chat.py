@@ -62,6 +62,11 @@ def chat(
         raise GenerationError(
             f"--max_new_tokens {max_new_tokens} leaves no room for a message in the model's context of {llm.model.max_seq_length} tokens: use less"
         )
+    if system:  # a template that refuses system messages says so now, once, not on every turn
+        try:
+            llm.encode_chat([{"role": "system", "content": system}, {"role": "user", "content": "Hi"}], style)
+        except ChatTemplateError as err:
+            raise ChatTemplateError(f"--system cannot be used with this checkpoint's chat template ({err}): leave it out") from None
     if llm.tokenizer.chat_template is None and style is None:
         print("note: this checkpoint has no chat template; messages go in as plain text (pick one with --style)", file=sys.stderr)
     print(f"Chatting with {llm.checkpoint_dir}. {HELP}", file=sys.stderr, flush=True)

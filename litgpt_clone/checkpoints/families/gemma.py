@@ -168,7 +168,7 @@ register(
     Arch(
         name="GemmaForCausalLM", model_type="gemma", config_from_hf=gemma_config_from_hf,
         config_to_hf=gemma_config_to_hf, top=TOP, layer_prefix="model.layers.{l}.", layer=ATTN + MLP, ignore=IGNORE,
-        check=check_gemma,
+        check=check_gemma, hf_defaults={"num_key_value_heads": 16},
     ),
     Arch(
         name="Gemma2ForCausalLM", model_type="gemma2", config_from_hf=gemma2_config_from_hf,

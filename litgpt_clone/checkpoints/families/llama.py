@@ -100,15 +100,18 @@ ATTN = [
 QK_NORM = [(("attn.norm_q",), ("self_attn.q_norm",)), (("attn.norm_k",), ("self_attn.k_norm",))]
 MLP = [(("mlp.fc_1",), ("mlp.gate_proj",)), (("mlp.fc_2",), ("mlp.up_proj",)), (("mlp.proj",), ("mlp.down_proj",))]
 IGNORE = (r".*rotary_emb\.inv_freq$",)
+QWEN_DEFAULTS = {"max_position_embeddings": 32768, "use_sliding_window": False}
 
 register(
     Arch(
         name="LlamaForCausalLM", model_type="llama", config_from_hf=llama_config_from_hf,
         config_to_hf=llama_config_to_hf, top=TOP, layer_prefix="model.layers.{l}.", layer=ATTN + MLP, ignore=IGNORE,
+        hf_defaults={"max_position_embeddings": 2048},
     ),
     Arch(
         name="MistralForCausalLM", model_type="mistral", config_from_hf=llama_config_from_hf,
         config_to_hf=llama_config_to_hf, top=TOP, layer_prefix="model.layers.{l}.", layer=ATTN + MLP, ignore=IGNORE,
+        hf_defaults={"max_position_embeddings": 131072, "num_key_value_heads": 8, "sliding_window": 4096},
     ),
     Arch(
         name="MixtralForCausalLM", model_type="mixtral",
@@ -118,6 +121,7 @@ register(
             "intermediate_size": c.moe_intermediate_size,
         },
         top=TOP, layer_prefix="model.layers.{l}.", ignore=IGNORE,
+        hf_defaults={"max_position_embeddings": 131072, "num_key_value_heads": 8, "rope_theta": 1e6, "rms_norm_eps": 1e-5},
         layer=ATTN + [
             (("mlp.gate",), ("block_sparse_moe.gate",)),
             (("mlp.experts.{e}.fc_1",), ("block_sparse_moe.experts.{e}.w1",)),
@@ -128,11 +132,12 @@ register(
     Arch(
         name="Qwen2ForCausalLM", model_type="qwen2", config_from_hf=qwen2_config_from_hf,
         config_to_hf=qwen2_config_to_hf, top=TOP, layer_prefix="model.layers.{l}.", layer=ATTN + MLP, ignore=IGNORE,
+        hf_defaults={**QWEN_DEFAULTS, "num_key_value_heads": 32},
     ),
     Arch(
         name="Qwen3ForCausalLM", model_type="qwen3", config_from_hf=qwen3_config_from_hf,
         config_to_hf=llama_config_to_hf, top=TOP, layer_prefix="model.layers.{l}.", layer=ATTN + QK_NORM + MLP,
-        ignore=IGNORE,
+        ignore=IGNORE, hf_defaults={**QWEN_DEFAULTS, "num_key_value_heads": 32, "head_dim": 128},
     ),
     Arch(
         name="Qwen3MoeForCausalLM", model_type="qwen3_moe",
@@ -143,6 +148,7 @@ register(
             "decoder_sparse_step": 1, "mlp_only_layers": [],
         },
         top=TOP, layer_prefix="model.layers.{l}.", ignore=IGNORE,
+        hf_defaults={**QWEN_DEFAULTS, "num_key_value_heads": 4, "moe_intermediate_size": 768, "norm_topk_prob": False},
         layer=ATTN + QK_NORM + [
             (("mlp.gate",), ("mlp.gate",)),
             (("mlp.experts.{e}.fc_1",), ("mlp.experts.{e}.gate_proj",)),

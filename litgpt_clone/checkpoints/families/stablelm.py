@@ -64,6 +64,6 @@ register(
     Arch(
         name="StableLmForCausalLM", model_type="stablelm", config_from_hf=stablelm_config_from_hf,
         config_to_hf=stablelm_config_to_hf, check=check_stablelm, top=TOP, layer_prefix="model.layers.{l}.",
-        layer=ATTN + MLP, ignore=IGNORE,
+        layer=ATTN + MLP, ignore=IGNORE, hf_defaults={"num_key_value_heads": 32},
     ),
 )
