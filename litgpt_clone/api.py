@@ -193,8 +193,21 @@ class LLM:
         for step in steps:
             if first is None:
                 first = time.perf_counter()
-            count += sum(len(new) for new, text in zip(step, texts) if not text.stopped)
-            yield [text.add(new) for text, new in zip(texts, step)]
+            pieces = []
+            for new, text in zip(step, texts):
+                if text.stopped:
+                    pieces.append("")
+                elif len(new) > 1 and text.stop_strings:  # a speculative chunk: its tokens after a stop string
+                    piece = ""  # do not count (a token at a time, as plain decoding gives them)
+                    for token in new:
+                        piece, count = piece + text.add([token]), count + 1
+                        if text.stopped:
+                            break
+                    pieces.append(piece)
+                else:
+                    pieces.append(text.add(new))
+                    count += len(new)
+            yield pieces
             if all(not new or text.stopped for new, text in zip(step, texts)):
                 steps.close()
                 break

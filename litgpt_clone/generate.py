@@ -92,6 +92,9 @@ def compiled_decode(device_type: str):
     vector product of cuBLAS does not (``torch/_inductor/decomposition.py``; gpt-fast sets it too). The H200 run of
     2026-11-27 had the compiled batch-1 step of TinyLlama's shape at 1.45 ms, against 0.46 ms to read its weights
     once."""
+    # Each (batch size, cache length) compiles once (the KV cache's shapes are guarded); dynamo's default of 8 per
+    # function would turn an LLM serving many prompt counts back to eager after the eighth, with only a warning.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     if device_type == "cuda":  # "triton.cudagraphs" is what mode="reduce-overhead" sets
         return torch.compile(decode_one_token, options={"triton.cudagraphs": True, "coordinate_descent_tuning": True})
     return torch.compile(decode_one_token, options=compile_options(device_type))
@@ -187,14 +190,17 @@ def check_sampling(temperature: float, top_k: Optional[int], top_p: float, min_p
         raise GenerationError(f"min_p is {min_p}: use a value in [0, 1]")
 
 
-def ensure_kv_cache(model: GPT, batch_size: int, needed: int) -> int:
+def ensure_kv_cache(model: GPT, batch_size: int, needed: int, reuse_longer: bool = False) -> int:
     """Give ``model`` a KV cache of ``batch_size`` rows and at least ``needed`` slots (rounded up to a multiple of
-    64, so that a compiled decode step is reused across requests); reuse the current one if it fits. Its length."""
+    64, so that a compiled decode step is reused across requests); reuse the current one if it has that length, or
+    with ``reuse_longer`` any longer one (a compiled step: a new length would compile again). Its length."""
     length = min(-(-needed // 64) * 64, model.max_seq_length)
     dtype, device = model.transformer.wte.weight.dtype, model.transformer.wte.weight.device
     cache = model.transformer.h[0].attn.kv_cache
-    if cache is None or cache.k.shape[0] != batch_size or cache.k.shape[2] != length or cache.k.dtype != dtype or cache.k.device != device:
-        model.set_kv_cache(batch_size, length, device=device, dtype=dtype)
+    if cache is not None and cache.k.shape[0] == batch_size and cache.k.dtype == dtype and cache.k.device == device:
+        if cache.k.shape[2] == length or (reuse_longer and cache.k.shape[2] > length):
+            return cache.k.shape[2]
+    model.set_kv_cache(batch_size, length, device=device, dtype=dtype)
     return length
 
 
@@ -267,7 +273,7 @@ def stream(
         return
 
     B = len(prompts)
-    cache_len = ensure_kv_cache(model, B, max(len(p) for p in prompts) + max_new_tokens)
+    cache_len = ensure_kv_cache(model, B, max(len(p) for p in prompts) + max_new_tokens, reuse_longer=compile)
     tokens, pad, rope_pos, key_mask = pad_left(prompts, cache_len, device)
     T = tokens.size(1)
     slots = torch.arange(T, T + max_new_tokens, device=device)  # the cache slot of each decode step
@@ -335,12 +341,12 @@ def speculative(
 
     Both caches hold stale entries past the accepted tokens; they sit at later slots than any query, so the causal
     mask hides them until they are overwritten.
+
+    Models of one family can pad the same tokenizer's vocabulary to other sizes (Qwen2.5-0.5B 151,936 rows,
+    Qwen2.5-7B 152,064): both then choose among the ids they share, the smaller vocabulary (the ids past it are
+    padding, which no text holds). ``LLM.load`` checks that the two tokenizers are the same.
     """
-    if draft.config.vocab_size != model.config.vocab_size:
-        raise GenerationError(
-            f"the draft model's vocabulary ({draft.config.vocab_size}) differs from the model's ({model.config.vocab_size}):"
-            " use a draft model of the same family and tokenizer"
-        )
+    shared = min(draft.config.vocab_size, model.config.vocab_size)
     if k < 1:
         raise GenerationError(f"speculative_k is {k}: propose at least 1 token per step")
     device = prompt.device
@@ -350,11 +356,11 @@ def speculative(
         raise GenerationError(f"the draft model's context ({draft.max_seq_length}) is shorter than prompt + max_new_tokens ({needed})")
     ensure_kv_cache(model, 1, needed)
     ensure_kv_cache(draft, 1, needed)
-    probs = lambda logits: logits_to_probs(logits, **sampling)  # noqa: E731
+    probs = lambda logits: logits_to_probs(logits[..., :shared], **sampling)  # noqa: E731
 
     seq = prompt.tolist()
     prefill(draft, prompt[None])
-    first = int(sample(prefill(model, prompt[None]), generator=generator, **sampling)[0])
+    first = int(sample(prefill(model, prompt[None])[..., :shared], generator=generator, **sampling)[0])
     draft_len = L  # tokens of `seq` in the draft's cache; the target holds all but the last token of `seq`
     if first in stop:
         return

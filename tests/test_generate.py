@@ -10,6 +10,7 @@ The helpers at the top (``checkpoints``, ``hf_greedy``, ...) are shared with tes
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import subprocess
@@ -374,6 +375,39 @@ def test_speculative_decoding_equals_greedy(models_root):
     assert sum((s[0] for s in steps), []) == generate(model, [prompt], 16)[0].tolist() and len(steps) == 1 + 3
     sampled = [generate(model, [prompt], 12, temperature=1.0, seed=3, draft_model=draft)[0] for _ in range(2)]
     assert torch.equal(*sampled)
+    # a draft whose vocabulary is padded to another size (as Qwen2.5-0.5B for Qwen2.5-7B): the ids they share
+    padded = GPT(dataclasses.replace(draft.config, vocab_size=draft.config.vocab_size + 24)).eval()
+    padded.init_weights()
+    for k in (1, 4):
+        assert generate(model, [prompt], 16, stop_ids=tokenizer.stop_ids, draft_model=padded, speculative_k=k)[0].tolist() == greedy
+
+
+def test_speculative_decoding_counts_the_tokens_plain_decoding_counts_at_a_stop_string(models_root):
+    """A draft that is the model itself: every step proposes 5 tokens. With a stop string inside such a chunk, the
+    tokens after it were counted (15 against 11), and tokens/s with them."""
+    from litgpt_clone import LLM
+
+    _, native = checkpoint(models_root, "llama")
+    plain, speculative = LLM.load(native, device="cpu"), LLM.load(native, device="cpu", draft_model=native)
+    full = plain.generate(PROMPTS[0], max_new_tokens=20)
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    text = plain.generate(PROMPTS[0], max_new_tokens=20, stop=stop)
+    assert speculative.generate(PROMPTS[0], max_new_tokens=20, stop=stop, speculative_k=4) == text == full[: full.index(stop)]
+    assert speculative.last_stats["new_tokens"] == plain.last_stats["new_tokens"] < 20
+
+
+def test_ensure_kv_cache_keeps_a_longer_cache_for_a_compiled_step(models_root):
+    """A compiled decode step compiles again for each cache length: a shorter request after a longer one keeps the
+    longer cache (an eager one gets its own length, which reads fewer slots)."""
+    from litgpt_clone.generate import compiled_decode, ensure_kv_cache
+
+    _, native = checkpoint(models_root, "llama")
+    model = GPT.from_checkpoint(native).eval()
+    assert ensure_kv_cache(model, 2, 200) == 256
+    assert ensure_kv_cache(model, 2, 10, reuse_longer=True) == 256 and model.transformer.h[0].attn.kv_cache.k.shape == (2, model.config.n_query_groups, 256, model.config.head_size)
+    assert ensure_kv_cache(model, 2, 10) == 64 and ensure_kv_cache(model, 1, 10, reuse_longer=True) == 64  # (a new batch size: a new cache)
+    compiled_decode("cpu")
+    assert torch._dynamo.config.recompile_limit >= 64  # (else the ninth shape would fall back to eager)
 
 
 def test_speculative_acceptance_follows_the_target_distribution():
