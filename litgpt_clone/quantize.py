@@ -120,8 +120,10 @@ def _int8_linear(linear: nn.Linear) -> nn.Module:
     q = bnb.nn.Linear8bitLt(
         linear.in_features, linear.out_features, bias=False, has_fp16_weights=False, threshold=6.0, device="meta"
     )
-    # LLM.int8() weights: row-wise absmax scaling to int8, the layout Int8Params makes when it quantizes itself
-    int8_weight, row_scale, _ = bnb.functional.int8_vectorwise_quant(linear.weight.data.contiguous())
+    # LLM.int8() weights: row-wise absmax scaling to int8, the layout Int8Params makes when it quantizes itself (from
+    # the weights in fp16, as it does: from fp32 about 1 code in 130 rounds the other way, and transformers' int8
+    # models would differ from ours)
+    int8_weight, row_scale, _ = bnb.functional.int8_vectorwise_quant(linear.weight.data.to(torch.float16).contiguous())
     q.weight = bnb.nn.Int8Params(
         int8_weight, requires_grad=False, has_fp16_weights=False, CB=int8_weight, SCB=row_scale
     )
