@@ -23,6 +23,7 @@ def evaluate_tasks(
     limit: Optional[float] = None,
     device: Optional[str] = None,
     precision: Optional[str] = None,
+    quantize: Optional[str] = None,
     max_length: Optional[int] = None,
     out_dir: Optional[Path] = None,
     include_path: Optional[str] = None,
@@ -46,6 +47,8 @@ def evaluate_tasks(
         limit: Examples per task: a count (>= 1) or a fraction (< 1). Default: all.
         device: "auto" (a GPU if there is one), "cpu" or "cuda[:N]".
         precision: "32-true", "bf16-true" or "16-true"; default bf16 on a GPU that supports it, else fp32.
+        quantize: Score the model with its weights quantized by bitsandbytes, as generate and serve run it: bnb.nf4,
+            bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or bnb.int8.
         max_length: Longest sequence fed to the model (default: its context).
         out_dir: Where results.json and results.md go (default: <checkpoint_dir>/evaluate).
         include_path: A folder of extra task YAMLs (your own tasks, e.g. on local JSONL data).
@@ -84,7 +87,7 @@ def evaluate_tasks(
 
     from litgpt_clone.evaluate.lm import LitGPTLM
 
-    lm = LitGPTLM(checkpoint, batch_size=batch_size, device=device or "auto", precision=precision, max_length=max_length)
+    lm = LitGPTLM(checkpoint, batch_size=batch_size, device=device or "auto", precision=precision, max_length=max_length, quantize=quantize)
     if apply_chat_template:
         lm.check_chat_template()  # before the task datasets load
     try:
@@ -104,7 +107,7 @@ def evaluate_tasks(
         raise EvaluationError(f"the task YAMLs of --include_path {include_path} do not run ({type(err).__name__}: {reason}): fix them") from err
     results["config"].update(
         model="litgpt_clone", model_args=f"checkpoint_dir={checkpoint}", batch_size=batch_size, device=str(lm.device),
-        dtype=str(lm.model.transformer.wte.weight.dtype).removeprefix("torch."), max_length=lm.max_length,
+        dtype=str(lm.model.transformer.wte.weight.dtype).removeprefix("torch."), max_length=lm.max_length, quantize=quantize,
     )
     results.update(model_name=str(checkpoint), chat_template=lm.tok.chat_template if apply_chat_template else None)
     samples = results.pop("samples", {})
@@ -260,6 +263,7 @@ def evaluate_perplexity(
     stride_context: Optional[int] = None,
     device: Optional[str] = None,
     precision: Optional[str] = None,
+    quantize: Optional[str] = None,
 ) -> dict:
     """Token-level perplexity of a checkpoint on text: each file is scored in sliding windows of max_length tokens.
 
@@ -272,6 +276,7 @@ def evaluate_perplexity(
             1 scores disjoint windows, as lm-eval's HF model does).
         device: "auto" (a GPU if there is one), "cpu" or "cuda[:N]".
         precision: "32-true", "bf16-true" or "16-true"; default bf16 on a GPU that supports it, else fp32.
+        quantize: Quantize the weights with bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or bnb.int8.
     """
     from litgpt_clone.api import find_checkpoint
 
@@ -280,7 +285,8 @@ def evaluate_perplexity(
     files = text_files(Path(data))
     from litgpt_clone.evaluate.lm import LitGPTLM
 
-    lm = LitGPTLM(find_checkpoint(checkpoint_dir), batch_size=batch_size, device=device or "auto", precision=precision, max_length=max_length, rolling_context=stride_context)
+    lm = LitGPTLM(find_checkpoint(checkpoint_dir), batch_size=batch_size, device=device or "auto", precision=precision, max_length=max_length, rolling_context=stride_context,
+                  quantize=quantize)
     if stride_context is None:  # half a window of context for every token after the first window
         lm.rolling_context = lm.max_length // 2
     nll, tokens = 0.0, 0

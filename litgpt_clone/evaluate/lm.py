@@ -53,13 +53,14 @@ class LitGPTLM(TemplateLM):
         max_length: Longest sequence fed to the model (default: the model's context).
         rolling_context: Tokens each rolling window after the first re-reads from the one before (default 1:
             lm-eval's disjoint windows, as its HF model scores perplexity tasks).
-        llm: An already loaded ``LLM`` (then checkpoint_dir, device and precision are not used).
+        quantize: bitsandbytes weight quantization ("bnb.nf4", "bnb.int8", ...), as ``LLM.load`` takes it.
+        llm: An already loaded ``LLM`` (then checkpoint_dir, device, precision and quantize are not used).
     """
 
     def __init__(
         self, checkpoint_dir: Union[str, Path, None] = None, batch_size: Union[int, str] = 8, max_batch_size: int = 64, device: str = "auto",
         precision: Optional[str] = None, max_length: Union[int, str, None] = None, rolling_context: Union[int, str, None] = None,
-        llm: Optional[LLM] = None,
+        llm: Optional[LLM] = None, quantize: Optional[str] = None,
     ) -> None:
         super().__init__()
         self.auto_batch = str(batch_size).startswith("auto")  # lm-eval's "auto:N" too: ours is chosen on every call
@@ -67,7 +68,7 @@ class LitGPTLM(TemplateLM):
         self.max_batch_size = int(max_batch_size)
         if self.batch_size < 1 or self.max_batch_size < 1:
             raise EvaluationError(f"batch_size is {batch_size} (max_batch_size {max_batch_size}): use a count of sequences (>= 1) or auto")
-        self.llm = llm if llm is not None else LLM.load(checkpoint_dir, device=device or "auto", precision=precision)
+        self.llm = llm if llm is not None else LLM.load(checkpoint_dir, device=device or "auto", precision=precision, quantize=quantize)
         self.model, self.tok = self.llm.model, self.llm.tokenizer
         context = self.model.max_seq_length
         self.max_length = int(max_length) if max_length not in (None, "") else context  # (lm-eval passes strings)
