@@ -131,6 +131,13 @@ def _int8_linear(linear: nn.Linear) -> nn.Module:
     return q.train(linear.training)
 
 
+def parameter_count(model: nn.Module) -> int:
+    """Parameters of ``model`` as it was before quantizing: a 4-bit weight holds two values per stored byte (its
+    ``quant_state`` keeps the real shape), so ``numel()`` would count it as half."""
+    state = lambda p: getattr(p, "quant_state", None)  # noqa: E731
+    return sum(state(p).shape.numel() if state(p) is not None else p.numel() for p in model.parameters())
+
+
 def model_memory(model: nn.Module) -> int:
     """Bytes held by ``model``'s parameters and buffers, plus the quantization statistics bitsandbytes keeps beside
     them (4-bit absmax and code tables, int8 row scales). Shared tensors count once; meta tensors count zero."""

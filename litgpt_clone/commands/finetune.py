@@ -174,6 +174,7 @@ def run_finetune(
     from litgpt_clone.adapter import adapter_state, inject_adapter, load_adapter_args
     from litgpt_clone.lora import check_layers, inject_lora, lora_state, merge_into
     from litgpt_clone.model import GPT
+    from litgpt_clone.quantize import parameter_count
     from litgpt_clone.tokenizer import Tokenizer
     from litgpt_clone.training.checkpoint import write_checkpoint
     from litgpt_clone.training.run import build_fabric, optimizer_spec, plain, rank_zero_first, train_and_save, world_size
@@ -228,7 +229,7 @@ def run_finetune(
         inject_adapter(model, adapter)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     fabric.print(
-        f"{config.name}: {method}, {trainable:,} trainable of {sum(p.numel() for p in model.parameters()):,} parameters, "
+        f"{config.name}: {method}, {trainable:,} trainable of {parameter_count(model):,} parameters, "
         f"{train_data.count:,} training samples, sequences up to {seq_length}"
     )
     hp = plain({**h, "data": data})
