@@ -165,6 +165,15 @@ def parser_message(message: str) -> str:
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
+def other_rank() -> bool:
+    """Whether this is a process of a multi-process run other than global rank 0. Training raises its errors on every
+    rank alike (or on rank 0, the others stopping with it: ``training.run.on_rank_zero``), so rank 0 says them."""
+    dist = sys.modules.get("torch.distributed")  # not imported: no process group
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank() != 0
+    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) != "0"  # torchrun, srun: before the process group
+
+
 def main(argv: list[str] | None = None) -> None:
     from jsonargparse import CLI, set_parsing_settings
 
@@ -188,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     except user_errors() as err:
         if os.environ.get("LITGPT_CLONE_TRACEBACK"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        if not other_rank():  # the other processes of a run stop with the same status: one line, not one per process
+            print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2)
     except ValueError as err:  # jsonargparse wraps what a --data (Union-typed) class raised while it was built
         first = re.search(r"Union subtypes.*?Errors:\s*\n\s*- ([^\n]+)", str(err), re.DOTALL)
@@ -197,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {first.group(1).strip()}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback (training resumes from its last checkpoint with --resume auto)
-        print("\ninterrupted", file=sys.stderr, flush=True)
+        if not other_rank():
+            print("\ninterrupted", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(130)  # now: a SystemExit would wait for worker threads (a download's went on to the end of its files)
     except BrokenPipeError:  # `litgpt-clone models | head`: the reader has what it wanted; no traceback

@@ -144,8 +144,13 @@ def targets(model: GPT, args: LoRAArgs) -> dict[str, dict[str, tuple[int, int]]]
     return out
 
 
+TIED_HEAD = "--lora.head on a model whose output head is its embedding (tie_embeddings): the adapters could not be merged without changing the embedding; drop --lora.head"
+
+
 def inject_lora(model: GPT, args: LoRAArgs) -> GPT:
     """Wrap the targeted layers in place and freeze everything but the adapters."""
+    if args.head and model.config.tie_embeddings:  # refused before training, not when final/ is merged
+        raise ConfigError(TIED_HEAD)
     for p in model.parameters():
         p.requires_grad = False
     for name, slices in targets(model, args).items():
@@ -200,7 +205,7 @@ def merge_into(base: dict[str, torch.Tensor], adapters: dict[str, torch.Tensor],
     merged = dict(base)
     for name, slices in targets(skeleton, args).items():
         if name == "lm_head" and config.tie_embeddings:
-            raise ValueError("LoRA on a tied output head cannot be merged without changing the embedding: drop --lora.head")
+            raise ConfigError(TIED_HEAD)
         weight = base[f"{name}.weight"].float().clone()
         for part, (start, end) in slices.items():
             a, b = adapters[f"{name}.lora_A.{part}"].float(), adapters[f"{name}.lora_B.{part}"].float()

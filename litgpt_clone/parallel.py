@@ -7,7 +7,8 @@
   do not change).
 
 Multi-node runs use Fabric's launchers: ``torchrun --nnodes N --nproc-per-node G -m litgpt_clone pretrain ...
---devices G --num_nodes N``, or ``srun`` under SLURM (Fabric reads the SLURM environment).
+--devices G --num_nodes N``, or ``srun`` under SLURM (Fabric reads the SLURM environment), with an ``--out_dir`` on a
+filesystem every node sees (rank 0 writes the checkpoints).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Finetuning through the real CLI (LoRA, QLoRA, full), merge_lora, exact resume, and the LoRA mechanism itself."""
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from litgpt_clone.checkpoints.convert import convert_hf_checkpoint
 from litgpt_clone.lora import LoRAArgs, inject_lora, lora_state, merge_lora
 from litgpt_clone.training.run import build_optimizer
 from litgpt_clone.training.args import TrainArgs
+from test_pretrain import run_all, val_at_start
 
 WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger", "piano", "ocean", "lemon", "candle", "forest", "rocket"]
 
@@ -44,14 +46,14 @@ def base(tmp_path_factory):
     return root
 
 
-def finetune(base, out, *args, method=None, wait=True, check=True):
+def finetune(base, out, *args, method=None, wait=True, check=True, timeout=300):
     cmd = [sys.executable, "-m", "litgpt_clone", "finetune", *([method] if method else []), base / "base", "--data", "json",
            "--data.path", base / "data.json", "--data.val_fraction", "0.1", "--out_dir", out, "--train.global_batch_size", "4",
            "--train.micro_batch_size", "2", "--train.log_interval", "1", "--eval.interval", "1000", "--eval.max_iters", "2", *args]
     env = {**os.environ, "LITGPT_CLONE_CACHE": str(base / "cache")}
     if not wait:
         return subprocess.Popen(list(map(str, cmd)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    proc = subprocess.run(list(map(str, cmd)), env=env, capture_output=True, text=True, timeout=300)
+    proc = run_all(list(map(str, cmd)), env=env, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -223,6 +225,34 @@ def test_lora_resume_after_sigkill(base, tmp_path):
     assert sorted(got) == list(range(1, 25))
     for step in range(9, 25):
         assert got[step] == expected[step], (step, got[step], expected[step])
+
+
+@pytest.mark.slow
+def test_two_processes_validate_every_sample_and_resume_lora_dropout_exactly(base, tmp_path):
+    """2 validation samples over 2 processes with micro batches of 2: rank 1 has no batch. It left validation while
+    rank 0's forward waited for it in DDP's buffer broadcast (a hang); now it runs a stand-in batch it does not
+    count, and the val loss is the one process's, which runs the same batch. LoRA's dropout draws
+    from each rank's own generator: a resumed 2-process run gave both ranks rank 0's state and its losses differed
+    from the uninterrupted run's. A checkpoint that holds one state (written before there was one per rank) still
+    resumes exactly on 1 process."""
+    import shutil
+
+    args = ["--train.max_steps", "4", "--train.save_interval", "2", "--train.lr", "1e-2", "--lora.r", "4",  # (dropout 0.05)
+            "--data.val_fraction", "0.04", "--eval.initial_validation", "true", "--eval.max_iters", "100"]
+    one = finetune(base, tmp_path / "one", *args)
+    two = finetune(base, tmp_path / "two", *args, "--devices", "2", timeout=200)
+    assert val_at_start(two) == pytest.approx(val_at_start(one), abs=2e-4)
+    for run, processes in (("two", 2), ("one", 1)):
+        out = tmp_path / f"{run}-resumed"  # as if killed after step 2's checkpoint
+        shutil.copytree(tmp_path / run, out)
+        shutil.rmtree(out / "step-00000004")
+        shutil.rmtree(out / "final")
+        if processes == 1:  # the training state as it was saved before: one CPU generator state, not a list of ranks'
+            state = torch.load(out / "step-00000002" / "training_state.pt", weights_only=True)
+            torch.save({**state, "rng": state["rng"][0]["cpu"]}, out / "step-00000002" / "training_state.pt")
+        finetune(base, out, *args, "--devices", str(processes), "--resume", "auto", timeout=200)
+        expected, got = losses(tmp_path / run), losses(out)
+        assert [got[s] for s in (3, 4)] == [expected[s] for s in (3, 4)], (run, got, expected)
 
 
 def test_adapter_trains_only_its_prefixes_and_loads_back(base, tmp_path):
@@ -401,3 +431,20 @@ def test_lora_resume_with_other_settings_and_mistaken_flags_are_one_line(base, t
         f"error: {step} holds adapters trained on another model than {other} (intermediate_size 128 there, 256 in the base): "
         "give the base it was finetuned from with --base"
     )
+
+
+def test_lora_on_a_tied_head_is_refused_before_training():
+    """The head of a tied model is its embedding: its adapters cannot be merged into final/. This was found out after
+    the whole run (a traceback, no final/); now injecting refuses it, and merging such adapters is one line too."""
+    from litgpt_clone import Config
+    from litgpt_clone.config import ConfigError
+    from litgpt_clone.lora import merge_into
+
+    config = Config(n_layer=1, n_embd=32, n_head=4, vocab_size=50, block_size=16, tie_embeddings=True)
+    with pytest.raises(ConfigError, match=r"^--lora.head on a model whose output head is its embedding .*drop --lora.head$"):
+        inject_lora(GPT(config), LoRAArgs(r=2, head=True))
+    inject_lora(GPT(config), LoRAArgs(r=2))  # the other targets are fine
+    untied = dataclasses.replace(config, tie_embeddings=False)
+    adapters = lora_state(inject_lora(GPT(untied), LoRAArgs(r=2, head=True)).state_dict())
+    with pytest.raises(ConfigError, match="drop --lora.head"):
+        merge_into(GPT(untied).state_dict(), adapters, config, LoRAArgs(r=2, head=True))

@@ -20,6 +20,7 @@ from litgpt_clone import GPT
 from litgpt_clone.demo import train_tokenizer
 from litgpt_clone.tokenizer import Tokenizer
 from litgpt_clone.training.checkpoint import latest_checkpoint
+from litgpt_clone.__main__ import main
 from test_generate import cli_error
 
 MODEL = dict(
@@ -43,19 +44,36 @@ def setup(tmp_path_factory):
     return root
 
 
-def pretrain(setup, out, *args, devices=1, check=True, wait=True):
+def pretrain(setup, out, *args, devices=1, check=True, wait=True, timeout=300, cwd=None, env=None):
     cmd = [
         sys.executable, "-m", "litgpt_clone", "pretrain",
         *([] if "--initial_checkpoint_dir" in map(str, args) else ["--model_config", setup / "model.yaml"]),  # the checkpoint's model
         "--tokenizer_dir", setup / "tok", "--data", "text", "--data.path", setup / "text", "--out_dir", out, "--devices", str(devices), *COMMON, *args,
     ]
-    env = {**os.environ, "LITGPT_CLONE_CACHE": str(setup / "cache")}
+    env = {**os.environ, "LITGPT_CLONE_CACHE": str(setup / "cache"), **(env or {})}
     if not wait:
-        return subprocess.Popen(list(map(str, cmd)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    proc = subprocess.run(list(map(str, cmd)), env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.Popen(list(map(str, cmd)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, cwd=cwd)
+    proc = run_all(list(map(str, cmd)), env=env, timeout=timeout, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def run_all(cmd: list[str], timeout: float, **popen) -> subprocess.CompletedProcess:
+    """``subprocess.run`` in a process group of its own: on a timeout (a hang) the ranks the command started go too."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **popen) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def val_at_start(proc) -> float:
+    """The ``--eval.initial_validation`` loss a run printed."""
+    return float(re.search(r"^step 0: val loss ([\d.]+)$", proc.stdout, re.MULTILINE).group(1))
 
 
 def losses(out: Path) -> dict[int, float]:
@@ -264,6 +282,132 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(setup, tmp_path):
     assert newest is not None and not (out / "final").exists()
     model = GPT.from_checkpoint(newest)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_two_processes_validate_a_small_set_and_stop_together_with_one_line(setup, tmp_path):
+    """A validation set of 2 sequences over 2 processes (FSDP2) with micro batches of 2: rank 1 has no batch of its
+    own. It left validation while rank 0's forward waited for it in an all-gather (a hang); now it runs a stand-in
+    batch it does not count, and the val loss is the one process's. Errors after the launch stop both processes
+    with one line, from rank 0: weights no longer finite (only rank 0 holds the full weights: rank 1 died in a
+    barrier with a traceback, and the line spoke of a last good checkpoint that was never written), and an error
+    every rank raises (--resume true without a checkpoint was said once per process). A NaN loss does not suggest
+    --train.max_norm where it is set."""
+    args = ["--data.val_fraction", "0.002", "--eval.initial_validation", "true", "--eval.max_iters", "100", "--eval.interval", "1000",
+            "--train.global_batch_size", "4", "--train.micro_batch_size", "2", "--train.max_steps", "3",
+            "--train.lr", "1e300"]  # the first update overflows the weights (step 1's loss is still finite)
+    two = pretrain(setup, tmp_path / "two", *args, "--train.max_norm", "null", "--train.save_interval", "1", "--strategy", "fsdp",
+                   devices=2, check=False, timeout=200)
+    one = pretrain(setup, tmp_path / "one", *args, "--train.save_interval", "null", check=False)
+    assert val_at_start(two) == pytest.approx(val_at_start(one), abs=2e-4)  # measured: 6.2457 both
+    assert one_line(one) == f"error: loss is nan at step 2: no checkpoint was saved in {tmp_path / 'one'} before it; lower --train.lr or raise --train.warmup_steps"
+    assert one_line(two) == (
+        f"error: weights are no longer finite at step 1: no checkpoint was saved in {tmp_path / 'two'} before it; lower --train.lr, "
+        "raise --train.warmup_steps or set --train.max_norm"
+    )
+    assert two.stderr.count("error:") == 1 and latest_checkpoint(tmp_path / "two") is None, two.stderr
+    none = pretrain(setup, tmp_path / "none", "--train.max_steps", "1", "--resume", "true", devices=2, check=False, timeout=200)
+    assert one_line(none).startswith(f"error: --resume true: no checkpoint in {tmp_path / 'none'}") and none.stderr.count("error:") == 1, none.stderr
+
+
+FULL_DISK = """
+import os
+if os.environ.get("FULL_DISK_AT"):  # writing weights into this folder fails as on a full disk, with safetensors' error
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    save_file = safetensors.torch.save_file
+
+    def full(tensors, filename, metadata=None):
+        if os.environ["FULL_DISK_AT"] in str(filename):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return save_file(tensors, filename, metadata)
+
+    safetensors.torch.save_file = full
+"""
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_saving_is_one_line_and_stops_every_process(setup, tmp_path):
+    """No space left while rank 0 writes step 3 (simulated in every process by a sitecustomize): it was a traceback
+    from each rank. Now one line that names the step, the folder and the last complete checkpoint; both processes
+    stop, and the partial folder is removed."""
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(FULL_DISK)
+    env = {"FULL_DISK_AT": ".step-00000003.tmp", "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "inject"), os.environ.get("PYTHONPATH")]))}
+    out = tmp_path / "out"
+    proc = pretrain(setup, out, "--train.max_steps", "4", "--train.save_interval", "1", "--train.global_batch_size", "4", "--train.micro_batch_size", "2",
+                    "--eval.interval", "1000", devices=2, check=False, timeout=200, env=env)
+    assert one_line(proc) == (
+        f"error: no space left on device while saving step 3 to {out / 'step-00000003'}: the last complete checkpoint is "
+        f"{out / 'step-00000002'}: free some space and rerun with --resume auto to continue from it"
+    )
+    assert proc.stderr.count("error:") == 1 and sorted(p.name for p in out.glob("*step-*")) == ["step-00000001", "step-00000002"]
+
+
+def test_a_launcher_that_started_another_number_of_processes_is_one_line(setup, tmp_path, capsys, monkeypatch):
+    """torchrun or srun starting 2 processes for --devices 1 x --num_nodes 1 ran two 1-process trainings into the
+    same out_dir (or ended in Lightning's traceback): one line from rank 0 with the flags to pass, before any work;
+    the other ranks stop with the same status, quietly. --precision 16-mixed with FSDP2 was a Lightning traceback."""
+    base = ["pretrain", "--model_config", setup / "model.yaml", "--tokenizer_dir", setup / "tok", "--out_dir", tmp_path / "o"]
+    torchrun = {"TORCHELASTIC_RUN_ID": "t", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "GROUP_RANK": "0"}
+    for name, value in torchrun.items():
+        monkeypatch.setenv(name, value)
+    assert cli_error(capsys, *base) == (
+        "error: torchrun started 2 process(es) (2 per node on 1 node(s)) but --devices 1 --num_nodes 1 asks for 1: pass --devices 2 --num_nodes 1"
+    )
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(SystemExit) as exit_:
+        main(list(map(str, base)))
+    assert exit_.value.code == 2 and capsys.readouterr().err == ""
+    for name in torchrun:
+        monkeypatch.delenv(name)
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NNODES": "2", "SLURM_JOB_NAME": "train", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    assert cli_error(capsys, *base, "--devices", "2") == (
+        "error: SLURM started 2 process(es) (1 per node on 2 node(s)) but --devices 2 --num_nodes 1 asks for 2: pass --devices 1 --num_nodes 2"
+    )
+    for name in slurm:
+        monkeypatch.delenv(name)
+    assert cli_error(capsys, *base, "--devices", "2", "--strategy", "fsdp", "--precision", "16-mixed") == (
+        "error: --precision 16-mixed is not available with --strategy fsdp (FSDP2): use bf16-mixed, bf16-true or 32-true"
+    )
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_nodes_without_a_launcher_say_how_to_start_the_others_and_need_a_shared_out_dir(setup, tmp_path):
+    """--num_nodes 2 without torchrun or SLURM waited for the other node without a word: now a line says where it
+    waits and how to start the others. Two "nodes" started that way, whose --out_dir (relative) are different folders
+    (no shared filesystem): --resume auto resumed on node 0 and started fresh on node 1, then trained a mix of both or
+    hung. Rank 0 picks the checkpoint, and node 1, which cannot read it, stops both with one line (from rank 0)."""
+    import select
+
+    node0, node1 = tmp_path / "node0", tmp_path / "node1"
+    node0.mkdir(), node1.mkdir()
+    args = ["--train.max_steps", "3", "--train.global_batch_size", "4", "--train.micro_batch_size", "2", "--eval.interval", "1000"]
+    pretrain(setup, "out", *args, "--train.max_steps", "2", "--train.save_interval", "2", cwd=node0)
+    first = pretrain(setup, "out", *args, "--num_nodes", "2", "--resume", "auto", cwd=node0, wait=False)
+    try:
+        line, deadline = "", time.time() + 120
+        while "waits at" not in line and time.time() < deadline and select.select([first.stderr], [], [], deadline - time.time())[0]:
+            line = first.stderr.readline().decode()
+        port = re.search(r"waits at 127\.0\.0\.1:(\d+) for the other 1: start this command on each of them with NODE_RANK=1 MASTER_ADDR=<this "
+                         r"node's address> MASTER_PORT=(\d+), or start every node with torchrun or srun", line)
+        assert port and port.group(1) == port.group(2), line
+        second = pretrain(setup, "out", *args, "--num_nodes", "2", "--resume", "auto", cwd=node1, check=False, timeout=200,
+                          env={"NODE_RANK": "1", "MASTER_PORT": port.group(1)})
+        _, stderr = first.communicate(timeout=60)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL) if first.poll() is None else None
+    assert first.returncode == 2 and stderr.decode().strip().splitlines()[-1] == (
+        "error: rank 1 cannot read out/step-00000002, the checkpoint rank 0 resumes from: --out_dir must be on a filesystem every "
+        "node sees (rank 0 writes the checkpoints)"
+    ), stderr.decode()[-2000:]
+    assert second.returncode == 2 and "error" not in second.stderr and "joins the first node at 127.0.0.1" in second.stderr, second.stderr
+    assert not (node1 / "out").exists() or not list((node1 / "out").glob("step-*"))
+    assert not (node0 / "out" / "step-00000003").exists()
 
 
 def test_shards_data_initial_checkpoint_and_tensorboard(setup, tmp_path):

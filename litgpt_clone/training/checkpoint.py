@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -33,8 +34,10 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def full_state(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer], learned_only: bool = False) -> tuple[dict, dict]:
-    """Full (unsharded, CPU) model and optimizer state dicts on every rank, for plain, DDP and FSDP2 models alike.
-    ``learned_only``: of the model, only the parameters that train (LoRA's, an adapter's)."""
+    """Full (unsharded, CPU) model and optimizer state dicts, for plain, DDP and FSDP2 models alike. Call it on every
+    rank; only rank 0 is sure to get them: with several processes the others may get empty dicts (torch's
+    ``full_state_dict`` with ``cpu_offload`` gathers onto rank 0 alone), so whatever is decided from them is
+    decided on rank 0. ``learned_only``: of the model, only the parameters that train (LoRA's, an adapter's)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
     from torch.distributed.tensor import DTensor
 
@@ -77,6 +80,27 @@ def write_checkpoint(
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        write_files(tmp, weights, config, tokenizer_dir, hparams, training_state, yamls)
+    except Exception:  # a full disk: the partial folder goes, not to fill it further (a kill leaves it: it never counts)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if folder.exists():  # re-saving the same step (e.g. "final"): the old one is renamed aside and deleted only once
+        old = folder.with_name(f".{folder.name}.old")  # the new one is in place (no deleting while neither is there)
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(folder)
+    return folder
+
+
+def write_files(
+    tmp: Path, weights: dict[str, dict], config: Config, tokenizer_dir: Optional[Path], hparams: dict,
+    training_state: Optional[dict], yamls: Optional[dict[str, dict]],
+) -> None:
+    """The files of a checkpoint, into the temporary folder ``tmp``."""
     for name, state in weights.items():
         if config.tie_embeddings:
             state = {k: v for k, v in state.items() if k != "lm_head.weight"}
@@ -90,16 +114,28 @@ def write_checkpoint(
             if (Path(tokenizer_dir) / name).is_file():
                 shutil.copyfile(Path(tokenizer_dir) / name, tmp / name)
     if training_state is not None:
-        write_atomic(tmp / "training_state.pt", lambda path: torch.save(training_state, path))
-    if folder.exists():  # re-saving the same step (e.g. "final"): the old one is renamed aside and deleted only once
-        old = folder.with_name(f".{folder.name}.old")  # the new one is in place (no deleting while neither is there)
-        shutil.rmtree(old, ignore_errors=True)
-        folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(folder)
-    return folder
+        write_atomic(tmp / "training_state.pt", lambda path: save_torch(training_state, path))
+
+
+def save_torch(obj, path: Path) -> None:
+    """``torch.save``, whose failed writes (a full disk) stay the ``OSError`` they are: torch's own file writer turns
+    them into a ``RuntimeError`` that does not say why ("unexpected pos ...")."""
+    with open(path, "wb") as f:
+        errors = []
+
+        def write(data) -> int:
+            try:
+                return f.write(data)
+            except OSError as err:
+                errors.append(err)
+                raise
+
+        try:
+            torch.save(obj, SimpleNamespace(write=write, flush=f.flush))
+        except RuntimeError:
+            if errors:
+                raise errors[0] from None
+            raise
 
 
 def latest_checkpoint(out_dir: Path) -> Optional[Path]:
@@ -109,6 +145,12 @@ def latest_checkpoint(out_dir: Path) -> Optional[Path]:
         return None
     found = sorted(p for p in out_dir.iterdir() if STEP_DIR.match(p.name) and (p / "training_state.pt").is_file())
     return found[-1] if found else None
+
+
+def kept_checkpoint(out_dir: Path) -> str:
+    """What a run that stops leaves to resume from, for its error line."""
+    newest = latest_checkpoint(out_dir)
+    return f"the last good checkpoint is {newest}" if newest else f"no checkpoint was saved in {out_dir} before it"
 
 
 def read_training_state(folder: Path) -> dict:

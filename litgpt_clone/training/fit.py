@@ -97,6 +97,11 @@ def length_groups(lengths: list[int]) -> list[list[int]]:
     return [[order[j] for j in run] for run in length_runs([lengths[i] for i in order], len(order))]
 
 
+def instability_advice(args: TrainArgs) -> str:
+    """What to change when the loss or the weights stop being finite (clipping, where it is off)."""
+    return "lower --train.lr" + (", raise --train.warmup_steps or set --train.max_norm" if args.max_norm is None else " or raise --train.warmup_steps")
+
+
 def max_steps_for(args: TrainArgs, seq_length: int, samples: Optional[int], data=None) -> int:
     """``max_steps``, else ``epochs`` over ``samples``, else the steps whose tokens reach ``max_tokens``: windows of
     ``seq_length``, or, for data that counts its own (``steps_for_tokens``: finetuning samples), their real lengths."""
@@ -124,15 +129,19 @@ def validate(fabric, model, data: Batches, args: TrainArgs, eval_args: EvalArgs,
     """The mean batch loss over ``eval.max_iters`` batches per process, or over the whole validation set once where
     it holds fewer (never wrapping around: repeated samples would weigh more in the mean)."""
     model.eval()
-    mbs, count = args.micro_batch_size, getattr(data, "count", None)
+    mbs, count, world = args.micro_batch_size, getattr(data, "count", None), fabric.world_size
+    # every rank runs as many forwards as rank 0, which has the most batches: FSDP's all-gathers and DDP's buffer
+    # broadcasts need all ranks in each forward, so a rank past the end of the set runs a stand-in batch it does
+    # not count (stopping early left the others waiting for it forever)
+    iters = eval_args.max_iters if count is None else min(eval_args.max_iters, math.ceil(count / (world * mbs)))
     totals = torch.zeros(2, device=fabric.device)  # summed batch losses, batches
-    for i in range(eval_args.max_iters):
-        start = (i * fabric.world_size + fabric.global_rank) * mbs
+    for i in range(iters):
+        start = (i * world + fabric.global_rank) * mbs
         size = mbs if count is None else min(mbs, count - start)
-        if size <= 0:
-            break
-        x, y = data.batch(start, size)
-        totals += torch.stack([batch_loss(fabric, model, x, y, learned_only).float(), torch.ones((), device=totals.device)])
+        x, y = data.batch(start, size) if size > 0 else data.batch(0, 1)
+        loss = batch_loss(fabric, model, x, y, learned_only).float()
+        if size > 0:
+            totals += torch.stack([loss, torch.ones((), device=totals.device)])
     model.train()
     loss_sum, batches = fabric.all_reduce(totals, reduce_op="sum").tolist()
     return loss_sum / batches
@@ -152,9 +161,11 @@ def fit(
     flops_per_token: Optional[float] = None,
     peak_flops: Optional[float] = None,
     learned_only: bool = False,
+    kept: Callable[[], str] = lambda: "the last good checkpoint is kept in the output folder",
 ) -> dict:
     """Train until ``max_steps``; returns a summary. ``save(state, final)`` is called on every rank.
-    ``learned_only``: compute logits only where targets are not -100 (see ``batch_loss``)."""
+    ``learned_only``: compute logits only where targets are not -100 (see ``batch_loss``). ``kept()``: what a
+    stopped run leaves, for its error line (``checkpoint.kept_checkpoint``)."""
     accum = args.gradient_accumulation_steps(fabric.world_size)
     max_steps = max_steps_for(args, seq_length, getattr(train, "count", None), train)
     mbs, world, rank = args.micro_batch_size, fabric.world_size, fabric.global_rank
@@ -190,10 +201,7 @@ def fit(
         loss_sum, token_count = totals.tolist()
         loss, step_tokens = loss_sum / (accum * world), int(token_count)
         if not math.isfinite(loss):
-            raise TrainingError(
-                f"loss is {loss} at step {state.step + 1}: the last good checkpoint is kept in the output folder; "
-                "lower --train.lr, raise --train.warmup_steps or set --train.max_norm"
-            )
+            raise TrainingError(f"loss is {loss} at step {state.step + 1}: {kept()}; {instability_advice(args)}")
         state.step += 1
         state.samples += args.global_batch_size
         state.tokens += step_tokens

@@ -7,11 +7,15 @@ and ``make_saver`` with their own choice of trainable parameters.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
 import torch
+from safetensors import SafetensorError
 
 from litgpt_clone.config import Config
 from litgpt_clone.data.pretrain import DataError, DataModule, Windows
@@ -21,6 +25,7 @@ from litgpt_clone.tokenizer import Tokenizer
 from litgpt_clone.training.args import EvalArgs, TrainArgs
 from litgpt_clone.training.checkpoint import (
     full_state,
+    kept_checkpoint,
     latest_checkpoint,
     load_full_state,
     read_training_state,
@@ -28,7 +33,7 @@ from litgpt_clone.training.checkpoint import (
     unwrap,
     write_checkpoint,
 )
-from litgpt_clone.training.fit import FitState, TrainingError, fit
+from litgpt_clone.training.fit import FitState, TrainingError, fit, instability_advice
 
 
 def world_size(devices: int, num_nodes: int) -> int:
@@ -44,10 +49,13 @@ def build_fabric(devices: int, num_nodes: int, strategy: str, precision: Optiona
     import lightning as L
     from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
 
-    from litgpt_clone.config import check_out_dir
+    from litgpt_clone.config import ConfigError, check_out_dir
 
     world_size(devices, num_nodes)
+    check_launcher(devices, num_nodes)
     check_out_dir(out_dir)
+    if precision == "16-mixed" and strategy == "fsdp":
+        raise ConfigError("--precision 16-mixed is not available with --strategy fsdp (FSDP2): use bf16-mixed, bf16-true or 32-true")
     if precision is None:
         precision = "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
     if strategy == "auto" and devices * num_nodes > 1:
@@ -58,6 +66,55 @@ def build_fabric(devices: int, num_nodes: int, strategy: str, precision: Optiona
         logger = CSVLogger(root_dir=Path(out_dir), name="logs", flush_logs_every_n_steps=1)
     return L.Fabric(
         devices=devices, num_nodes=num_nodes, strategy=fabric_strategy(strategy, devices, num_nodes), precision=precision, loggers=logger
+    )
+
+
+def check_launcher(devices: int, num_nodes: int) -> None:
+    """torchrun and srun start the processes themselves: a ``ConfigError`` when they started another number than
+    ``--devices`` per node x ``--num_nodes`` (each process ran a training of its own into the same out_dir, or
+    Lightning stopped with a traceback). Without either, several nodes get a line on how to start the others."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    from litgpt_clone.config import ConfigError
+
+    if TorchElasticEnvironment.detect():  # Lightning's order: torchrun inside a SLURM job is torchrun
+        launcher, total = "torchrun", int(os.environ["WORLD_SIZE"])
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", total))
+    elif SLURMEnvironment.detect():
+        launcher, total = "SLURM", int(os.environ["SLURM_NTASKS"])
+        nodes = int(os.environ.get("SLURM_NNODES") or os.environ.get("SLURM_JOB_NUM_NODES") or 1)
+        per_node = int(os.environ.get("SLURM_NTASKS_PER_NODE") or total // nodes)
+    else:
+        if num_nodes > 1 and "LOCAL_RANK" not in os.environ:  # (LOCAL_RANK: a process Lightning started on this node)
+            announce_nodes(num_nodes)
+        return
+    if (per_node, total) != (devices, devices * num_nodes):
+        nodes = max(1, total // per_node)
+        raise ConfigError(
+            f"{launcher} started {total} process(es) ({per_node} per node on {nodes} node(s)) but --devices {devices} "
+            f"--num_nodes {num_nodes} asks for {devices * num_nodes}: pass --devices {per_node} --num_nodes {nodes}"
+        )
+
+
+def announce_nodes(num_nodes: int) -> None:
+    """Several nodes without a launcher (Lightning's own: NODE_RANK, MASTER_ADDR, MASTER_PORT): say where this node
+    waits and how to start the others, before it waits for them (silently, until they come)."""
+    from lightning.fabric.plugins.environments.lightning import find_free_network_port
+
+    from litgpt_clone.config import ConfigError
+
+    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")))
+    what = f"--num_nodes {num_nodes} without torchrun or SLURM: node {node}"
+    if node and "MASTER_PORT" not in os.environ:
+        raise ConfigError(f"{what} needs MASTER_ADDR and MASTER_PORT set to the first node's address and the port its line names")
+    port = os.environ.setdefault("MASTER_PORT", str(find_free_network_port()))  # (what Lightning would pick, picked here to say it)
+    address = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    others = "NODE_RANK=1" if num_nodes == 2 else f"NODE_RANK=1 to {num_nodes - 1}"
+    print(
+        f"{what} joins the first node at {address}:{port} and waits for all {num_nodes}" if node else
+        f"{what} waits at {address}:{port} for the other {num_nodes - 1}: start this command on each of them with {others} "
+        f"MASTER_ADDR=<this node's address> MASTER_PORT={port}, or start every node with torchrun or srun (tutorials/pretrain.md)",
+        file=sys.stderr, flush=True,
     )
 
 
@@ -78,6 +135,26 @@ def rank_zero_first(fabric, build: Callable[[], Any]) -> Any:
             raise failed
         raise SystemExit(2)
     return result if fabric.global_rank == 0 else build()
+
+
+def on_rank_zero(fabric, work: Callable[[], Any]) -> Any:
+    """``work()`` on rank 0 alone (what only rank 0 can judge: its own view of out_dir, the full weights it alone
+    holds, the files it writes), its result handed to every rank. When it fails, rank 0 raises its error and the
+    others stop quietly with it, instead of waiting in a collective rank 0 never reaches."""
+    if fabric.world_size == 1:
+        return work()
+    result, failed = None, None
+    if fabric.global_rank == 0:
+        try:
+            result = work()
+        except Exception as error:
+            failed = error
+    failed_somewhere, result = fabric.broadcast((failed is not None, result), src=0)
+    if failed is not None:
+        raise failed
+    if failed_somewhere:
+        raise SystemExit(2)
+    return result
 
 
 def optimizer_spec(optimizer: Union[str, dict], train: TrainArgs) -> tuple[type, dict, TrainArgs]:
@@ -213,12 +290,12 @@ def train_and_save(
     model = fabric.setup(model)
     opt = fabric.setup_optimizers(build_optimizer(model, optimizer, train, fused=True))
     state = resume_state(fabric, model, opt, out_dir, resume, weights_file, settings)
-    save = make_saver(fabric, model, opt, out_dir, write, select)
+    save = make_saver(fabric, model, opt, out_dir, write, select, advice=instability_advice(train))
     try:
         summary = fit(
             fabric, model, opt, train_data, val_data, train, eval, state, seq_length, save,
             flops_per_token=flops, peak_flops=device_peak_flops(fabric.device, str(fabric._precision.precision)),
-            learned_only=learned_only,
+            learned_only=learned_only, kept=lambda: kept_checkpoint(out_dir),
         )
     except (torch.OutOfMemoryError, RuntimeError) as err:
         if not out_of_memory(err):
@@ -241,24 +318,79 @@ def out_of_memory(err: BaseException) -> bool:
 def resume_state(fabric, model, optimizer, out_dir: Path, resume, weights_file: str = "model.safetensors", settings=None) -> FitState:
     if resume is False or resume is None:
         return FitState()
+    # rank 0 picks the checkpoint (it writes them, so its out_dir is the run's) and every rank loads that one: ranks that
+    # each picked from their own view of an out_dir not shared by all nodes trained a mix of resumed and fresh replicas
+    folder = on_rank_zero(fabric, lambda: checkpoint_to_resume(fabric, out_dir, resume, unwrap(model).config, settings))
+    if folder is None:
+        return FitState()
+    if fabric.world_size > 1:
+        readable = all((folder / name).is_file() for name in ("training_state.pt", weights_file))
+        unable = [rank for rank, ok in enumerate(gather(fabric, readable)) if not ok]
+        if unable:  # said by rank 0, raised on every rank: all stop together
+            raise TrainingError(
+                f"rank{'s' * (len(unable) > 1)} {', '.join(map(str, unable))} cannot read {folder}, the checkpoint rank 0 resumes from: --out_dir must be "
+                "on a filesystem every node sees (rank 0 writes the checkpoints)"
+            )
+    from litgpt_clone.checkpoints.io import load_state
+
+    saved = read_training_state(folder)
+    load_full_state(model, optimizer, load_state(folder / weights_file), saved["optimizer"], strict=weights_file == "model.safetensors")
+    fabric.print(f"resumed from {folder} at step {saved['fit']['step']}")
+    restore_rng(fabric, saved["rng"], folder)
+    return FitState(**saved["fit"])
+
+
+def checkpoint_to_resume(fabric, out_dir: Path, resume, config, settings) -> Optional[Path]:
+    """The checkpoint ``--resume`` names (None: start fresh), after checking it belongs to this run."""
     folder = latest_checkpoint(out_dir) if resume in ("auto", True) else Path(resume)
     if folder is None and resume is True:  # LitGPT's --resume true: the newest checkpoint, which must be there
         raise TrainingError(f"--resume true: no checkpoint in {out_dir} to resume from: use --resume auto to start fresh when there is none")
     if folder is None:
         fabric.print(f"no checkpoint to resume in {out_dir}: starting fresh")
-        return FitState()
+        return None
     if not (folder / "training_state.pt").is_file():
         raise TrainingError(f"{folder} has no training_state.pt: pass a step-* folder written by pretrain/finetune")
-    from litgpt_clone.checkpoints.io import load_state
-
-    saved = read_training_state(folder)
-    check_same_model(folder, unwrap(model).config)
+    check_same_model(folder, config)
     if settings is not None:
         check_same_settings(folder, *settings)
-    load_full_state(model, optimizer, load_state(folder / weights_file), saved["optimizer"], strict=weights_file == "model.safetensors")
-    torch.set_rng_state(saved["rng"])
-    fabric.print(f"resumed from {folder} at step {saved['fit']['step']}")
-    return FitState(**saved["fit"])
+    return folder
+
+
+def rng_states(fabric) -> list[dict]:
+    """Every rank's random generator states (CPU, and its GPU's), in rank order; call it on every rank. Each rank
+    draws its own dropout masks, so each needs its own state back to resume exactly."""
+    own = {"cpu": torch.get_rng_state()}
+    if fabric.device.type == "cuda":
+        own["cuda"] = torch.cuda.get_rng_state(fabric.device)
+    return gather(fabric, own)
+
+
+def gather(fabric, value: Any) -> list:
+    """``value`` (small and picklable) of every rank, in rank order; call it on every rank."""
+    if fabric.world_size == 1:
+        return [value]
+    values = [None] * fabric.world_size
+    torch.distributed.all_gather_object(values, value)
+    return values
+
+
+def restore_rng(fabric, saved: Union[torch.Tensor, list], folder: Path) -> None:
+    """This rank's own states from ``rng_states``. A checkpoint from before per-rank states holds one CPU state: every
+    rank gets it, as it did then. A rank beyond the saved ones (resuming with more processes) starts from a state
+    derived from the seed and its rank, so its random draws differ from an uninterrupted run's."""
+    states = saved if isinstance(saved, list) else [{"cpu": saved}] * fabric.world_size
+    rank = fabric.global_rank
+    if rank >= len(states):
+        torch.manual_seed(torch.initial_seed() + rank)  # (seed_everything set the same seed on every rank)
+        return
+    torch.set_rng_state(states[rank]["cpu"])
+    if "cuda" in states[rank] and fabric.device.type == "cuda":
+        torch.cuda.set_rng_state(states[rank]["cuda"], fabric.device)
+    if len(states) != fabric.world_size:
+        fabric.print(
+            f"note: {folder} was saved by {len(states)} process(es) and this run has {fabric.world_size}: random draws "
+            "(dropout) differ from an uninterrupted run's from here on"
+        )
 
 
 def check_same_model(folder: Path, config) -> None:
@@ -291,25 +423,42 @@ def check_same_settings(folder: Path, filename: str, group: str, values: dict) -
         )
 
 
-def make_saver(fabric, model, optimizer, out_dir: Path, write, select=None):
-    """``save(state, final)``: every rank gathers the full state, rank 0 writes ``step-N/`` (and ``final/``)."""
+def make_saver(fabric, model, optimizer, out_dir: Path, write, select=None, advice: str = "lower --train.lr"):
+    """``save(state, final)``: every rank gathers the full state, rank 0 checks it and writes ``step-N/`` (and
+    ``final/``); when the weights are not finite or the writing fails (a full disk), every rank stops with rank 0's
+    ``TrainingError``. ``advice``: what to change when the weights are not finite."""
 
     def save(state: FitState, final: bool) -> None:
         model_sd, optim_sd = full_state(model, optimizer, learned_only=select is not None)
-        if not all(torch.isfinite(t).all() for t in model_sd.values()):
-            raise TrainingError(
-                f"weights are no longer finite at step {state.step}: the last good checkpoint is kept in {out_dir}; "
-                "lower --train.lr, raise --train.warmup_steps or set --train.max_norm"
-            )
-        if fabric.global_rank == 0:
-            model_sd = select(model_sd) if select else model_sd
-            training_state = {"optimizer": optim_sd, "fit": dataclasses.asdict(state), "rng": torch.get_rng_state()}
-            write(step_dir(out_dir, state.step), model_sd, training_state)
-            if final:
-                write(out_dir / "final", model_sd, None)
-        fabric.barrier()
+        rng = rng_states(fabric)
+
+        def check_and_write() -> None:  # on rank 0, the one that holds the full weights (see full_state)
+            if not all(torch.isfinite(t).all() for t in model_sd.values()):
+                raise TrainingError(f"weights are no longer finite at step {state.step}: {kept_checkpoint(out_dir)}; {advice}")
+            weights = select(model_sd) if select else model_sd
+            folder = step_dir(out_dir, state.step)
+            try:
+                write(folder, weights, {"optimizer": optim_sd, "fit": dataclasses.asdict(state), "rng": rng})
+                if final:
+                    folder = out_dir / "final"
+                    write(folder, weights, None)
+            except (OSError, SafetensorError) as err:  # (safetensors raises its own error for a full disk)
+                raise saving_failed(err, state.step, folder, out_dir) from err
+
+        on_rank_zero(fabric, check_and_write)  # (also the barrier: the others go on once it is written)
 
     return save
+
+
+def saving_failed(err: Exception, step: int, folder: Path, out_dir: Path) -> TrainingError:
+    """One line for a checkpoint that could not be written (a full disk, mostly): what, where, and what is left."""
+    full = getattr(err, "errno", None) == errno.ENOSPC or f"(os error {errno.ENOSPC})" in str(err)  # safetensors: in its text
+    newest = latest_checkpoint(out_dir)
+    return TrainingError(
+        f"{'no space left on device' if full else getattr(err, 'strerror', None) or err} while saving step {step} to {folder}: "
+        + (f"the last complete checkpoint is {newest}: free some space and rerun with --resume auto to continue from it"
+           if newest else "no checkpoint is complete yet: free some space or give another --out_dir")
+    )
 
 
 def plain(value):
