@@ -122,39 +122,29 @@ def rank_zero_first(fabric, build: Callable[[], Any]) -> Any:
     """``build()`` on rank 0, then on the other ranks (rank 0 writes the caches they read). When it fails on rank 0 the
     other ranks stop too, quietly: the user reads rank 0's one line, not a line per rank and each waiting rank's
     traceback from the broken collective (Fabric's ``rank_zero_first`` leaves them at a barrier rank 0 never reaches)."""
-    if fabric.world_size == 1:
-        return build()
-    result, failed = None, None
-    if fabric.global_rank == 0:
-        try:
-            result = build()
-        except BaseException as error:
-            failed = error
-    if fabric.broadcast(failed is not None, src=0):
-        if failed is not None:
-            raise failed
-        raise SystemExit(2)
+    result = on_rank_zero(fabric, build, share=False)
     return result if fabric.global_rank == 0 else build()
 
 
-def on_rank_zero(fabric, work: Callable[[], Any]) -> Any:
+def on_rank_zero(fabric, work: Callable[[], Any], share: bool = True) -> Any:
     """``work()`` on rank 0 alone (what only rank 0 can judge: its own view of out_dir, the full weights it alone
-    holds, the files it writes), its result handed to every rank. When it fails, rank 0 raises its error and the
-    others stop quietly with it, instead of waiting in a collective rank 0 never reaches."""
+    holds, the files it writes), its result handed to every rank (``share``; else the others get None). When it
+    fails, rank 0 raises its error and the others stop quietly with it, instead of waiting in a collective rank 0
+    never reaches."""
     if fabric.world_size == 1:
         return work()
     result, failed = None, None
     if fabric.global_rank == 0:
         try:
             result = work()
-        except Exception as error:
+        except BaseException as error:
             failed = error
-    failed_somewhere, result = fabric.broadcast((failed is not None, result), src=0)
+    failed_somewhere, shared = fabric.broadcast((failed is not None, result if share else None), src=0)
     if failed is not None:
         raise failed
     if failed_somewhere:
         raise SystemExit(2)
-    return result
+    return result if fabric.global_rank == 0 else shared
 
 
 def optimizer_spec(optimizer: Union[str, dict], train: TrainArgs) -> tuple[type, dict, TrainArgs]:
