@@ -16,6 +16,7 @@ import torch
 
 from hub_standin import HubStandin
 
+from litgpt_clone.chat_template import render_chat, render_for_tokenizer
 from litgpt_clone.data.pretrain import DataError
 from litgpt_clone.data.sft import SFT_DATA_MODULES, JSON, Alpaca, Chat, Dolly, SFTData
 from litgpt_clone.tokenizer import Tokenizer
@@ -63,7 +64,8 @@ def cache(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache" / "sft"
 
 
-def _tokenizer_folder(path: Path, template) -> Path:
+def _tokenizer_folder(path: Path, template, specials=("<s>", "</s>", "<|im_start|>", "<|im_end|>"), corpus=CORPUS) -> Path:
+    """A byte-level BPE trained on ``corpus``; ``specials``: BOS (id 0), EOS (id 1) and two more (ids 2, 3)."""
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
@@ -73,14 +75,14 @@ def _tokenizer_folder(path: Path, template) -> Path:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=400,
-        special_tokens=["<s>", "</s>", "<|im_start|>", "<|im_end|>"],
+        special_tokens=list(specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.TemplateProcessing(single=f"{specials[0]} $A", special_tokens=[(specials[0], 0)])
     tok.save(str(path / "tokenizer.json"))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>"}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": specials[0], "eos_token": specials[1]}
     if template:
         config["chat_template"] = template
         # like Qwen: generation also stops at the end-of-turn token
@@ -242,10 +244,12 @@ def test_chat_fallback_style_and_template_errors(tmp_path, tok, hf, folders):
     _, val = Chat(path, val_path=path, prompt_style="chatml").datasets(plain, 256, seed=0)
     assert rows(val) == [(ids, [t if m else -100 for t, m in zip(ids[1:], mask[1:])] + [1])]
 
-    with pytest.raises(DataError) as err:
-        Chat(path).datasets(Tokenizer(folders["counting"]), 256, seed=0)
-    message = str(err.value)
-    assert "\n" not in message and "assistant message 2" in message and "--data.prompt_style chatml" in message
+    # a template whose rendering of the first turns is not the start of the whole one ("5<|im_start|>..." for five
+    # messages, "2<|im_start|>..." for two): the turns are found by their content, the mask is the same
+    _, val = Chat(path, val_path=path).datasets(Tokenizer(folders["counting"]), 256, seed=0)
+    (x, y), = rows(val)
+    five = hf("5", add_special_tokens=False)["input_ids"]
+    assert x == five + ids[:-1] and y == [-100] * len(five) + [t if m else -100 for t, m in zip(ids[1:], mask[1:])]
     with pytest.raises(DataError, match="prompt_style plain writes only the last user message"):
         Chat(path, prompt_style="plain")
     with pytest.raises(DataError, match="unknown --data.prompt_style 'vicuna'"):
@@ -266,9 +270,219 @@ def test_chat_skips_are_counted(tmp_path, tok, capsys):
     train, _ = Chat(path, val_fraction=0).datasets(tok, 256, seed=0)
     assert train.stats["skipped"] == {"no assistant message": 1, "assistant message first": 1, "empty response": 1, "missing field": 2, "not UTF-8": 1}
     assert capsys.readouterr().out == (
-        "chat: 1 sample (1 train, 0 validation), 6 skipped (1 assistant message first, 1 empty response, "
-        "2 missing field, 1 no assistant message, 1 not UTF-8)\n"
+        "chat: 1 sample (1 train, 0 validation), 6 skipped (1 assistant message first: chat.jsonl:3; 1 empty response: "
+        "chat.jsonl:4; 2 missing field: chat.jsonl:5, chat.jsonl:6; 1 no assistant message: chat.jsonl:2; 1 not UTF-8: chat.jsonl:7)\n"
     )
+
+
+def marked(template: str, start: str, end: str, body: str) -> str:
+    """``template`` with ``template[start:end]`` (its assistant branch) replaced by ``body``: the same rendering with
+    ``{% generation %}`` around what the assistant says, so transformers can compute its own mask."""
+    a = template.index(start)
+    b = template.index(end, a) + len(end)
+    return template[:a] + body + template[b:]
+
+
+def reference_mask(folder: Path, template: str, messages) -> tuple[list[int], list[int]]:
+    """transformers' ids and ``return_assistant_tokens_mask`` for ``messages`` under ``template`` (with generation
+    blocks), on the tokenizer in ``folder``."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(folder)
+    out = hf.apply_chat_template(messages, chat_template=template, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    return out["input_ids"], out["assistant_masks"]
+
+
+TWO_QUESTIONS = [
+    {"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"},
+    {"role": "user", "content": "And 3 + 3?"}, {"role": "assistant", "content": "6"},
+]  # fmt: skip
+
+
+def test_chat_masks_multi_turn_qwen3_like_transformers(tmp_path_factory, tmp_path):
+    """The real Qwen3 template writes the empty <think> block only in an assistant turn after the last user message,
+    so the first turns alone render differently from the whole conversation (every multi-turn record was a
+    dataset-wide error). The mask is that of transformers' return_assistant_tokens_mask on the same template with
+    {% generation %} around the assistant's part."""
+    from test_chat_template import QWEN_3
+
+    folder = _tokenizer_folder(tmp_path_factory.mktemp("qwen3") / "tok", QWEN_3)
+    marked_qwen3 = marked(QWEN_3, "{%- if loop.index0 > ns.last_query_index %}", "{{- '<|im_end|>\\n' }}", (
+        "{{- '<|im_start|>' + message.role + '\\n' }}{%- generation %}"
+        "{%- if loop.index0 > ns.last_query_index and (loop.last or reasoning_content) %}"
+        "{{- '<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}"
+        "{%- else %}{{- content }}{%- endif %}{{- '<|im_end|>\\n' }}{%- endgeneration %}"
+    ))
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATION}, {"messages": TWO_QUESTIONS}])
+    tok = Tokenizer(folder)
+    _, val = Chat(path, val_path=path).datasets(tok, 256, seed=0)
+    for (x, y), messages in zip(rows(val), (CONVERSATION, TWO_QUESTIONS)):
+        assert render_chat(marked_qwen3, messages, add_generation_prompt=False) == render_chat(QWEN_3, messages, add_generation_prompt=False)
+        ids, mask = reference_mask(folder, marked_qwen3, messages)
+        assert x == ids[:-1] and y == [t if m else -100 for t, m in zip(ids[1:], mask[1:])]
+    learned = [tok.decode([t for t in y if t != -100], skip_special_tokens=False) for _, y in rows(val)]
+    assert learned == [  # the last turn's empty think block too, as the template writes it
+        "Paris.<|im_end|>\n<think>\n\n</think>\n\nRome, since 1871.<|im_end|>\n", "4<|im_end|>\n<think>\n\n</think>\n\n6<|im_end|>\n"
+    ]
+
+
+def test_chat_masks_llama3_where_the_newlines_merge_at_the_turn_boundary(tmp_path_factory, tmp_path):
+    """Llama 3's generation prompt ends in "\\n\\n", one token alone, two inside the conversation ("\\n\\nParis"):
+    the prompt's tokens are no prefix of the conversation's (every record was an error, with the template and with
+    the llama3 style). The turns are placed by their characters; the mask is transformers'."""
+    from test_chat_template import LLAMA_3
+
+    specials = ("<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>")
+    # "\n\n" at the end of a text is one pre-token (before a word, "\n" and "\n"): its merge is learned from these
+    folder = _tokenizer_folder(tmp_path_factory.mktemp("llama3") / "tok", LLAMA_3, specials, corpus=[*CORPUS, *["Paris.\n\n"] * 30])
+    marked_llama3 = (
+        "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' }}"
+        "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] | trim + '<|eot_id|>' }}{% endgeneration %}"
+        "{% else %}{{ m['content'] | trim + '<|eot_id|>' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+    )
+    tok = Tokenizer(folder)
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATION}, {"messages": TWO_QUESTIONS}])
+    whole = tok.encode(render_for_tokenizer(tok, CONVERSATION, add_generation_prompt=False), bos=False).tolist()
+    prompt = tok.encode(render_for_tokenizer(tok, CONVERSATION[:2], add_generation_prompt=True), bos=False).tolist()
+    assert whole[: len(prompt)] != prompt and whole[: len(prompt) - 1] == prompt[:-1]  # the last "\n\n" token
+    for style in ("auto", "llama3"):
+        _, val = Chat(path, val_path=path, prompt_style=style).datasets(tok, 256, seed=0)
+        for (x, y), messages in zip(rows(val), (CONVERSATION, TWO_QUESTIONS)):
+            assert render_for_tokenizer(tok, messages, add_generation_prompt=False) == render_chat(marked_llama3, messages, "<|begin_of_text|>", add_generation_prompt=False)
+            ids, mask = reference_mask(folder, marked_llama3, messages)
+            assert x == ids[:-1] and y == [t if m else -100 for t, m in zip(ids[1:], mask[1:])], style
+    assert [tok.decode([t], skip_special_tokens=False) for t in y if t != -100] == ["4", "<|eot_id|>", "6", "<|eot_id|>"]
+
+
+def test_a_conversation_that_cannot_be_masked_is_skipped_and_located(tmp_path, folders, capsys):
+    """A template that rewrites the answer (here: upper case) leaves nothing to place the turn by: that record is
+    skipped and counted with its line, the others train; without prompt masking nothing needs placing."""
+    upper = CHATML.replace("{{ m['content'] + '<|im_end|>\\n' }}{% endgeneration %}", "{{ m['content'] | upper + '<|im_end|>\\n' }}{% endgeneration %}")
+    assert upper != CHATML
+    folder = folders["chatml"].parent / "upper"
+    if not folder.exists():
+        _tokenizer_folder(folder, upper)
+    user = {"role": "user", "content": "Hi"}
+    path = write_jsonl(tmp_path / "chat.jsonl", [
+        {"messages": [user, {"role": "assistant", "content": "OK."}]},
+        {"messages": [user, {"role": "assistant", "content": "Fine."}]},  # rendered "FINE."
+    ])  # fmt: skip
+    train, _ = Chat(path, val_fraction=0).datasets(Tokenizer(folder), 256, seed=0)
+    assert capsys.readouterr().out == "chat: 1 sample (1 train, 0 validation), 1 skipped (assistant message not found in the rendering: chat.jsonl:2)\n"
+    train, _ = Chat(path, val_fraction=0, mask_prompt=False).datasets(Tokenizer(folder), 256, seed=0)
+    assert capsys.readouterr().out == "chat: 2 samples (2 train, 0 validation)\n"
+    assert all((labels[1:] == tokens[1:]).all() for tokens, labels in train.samples)
+
+
+def test_chat_takes_openai_content_parts_and_sharegpt_records(tmp_path, tok, capsys):
+    """A content given as OpenAI text parts, and ShareGPT's conversations (from human/gpt/system, value), are the
+    same conversation as plain messages; a part that is not text is a counted skip; a file of neither says which
+    format is expected."""
+    parts = lambda *texts: [{"type": "text", "text": t} for t in texts]  # noqa: E731
+    path = write_jsonl(tmp_path / "chat.jsonl", [
+        {"messages": CONVERSATION[:3]},
+        {"messages": [{"role": "system", "content": parts("You are a helpful ", "assistant.")},
+                      {"role": "user", "content": parts("What is the capital of France?")}, CONVERSATION[2]]},
+        {"conversations": [{"from": "system", "value": "You are a helpful assistant."},
+                           {"from": "human", "value": "What is the capital of France?"}, {"from": "gpt", "value": "Paris."}]},
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x.png"}}]}, CONVERSATION[2]]},
+    ])  # fmt: skip
+    train, _ = Chat(path, val_fraction=0).datasets(tok, 256, seed=0)
+    assert capsys.readouterr().out == "chat: 3 samples (3 train, 0 validation), 1 skipped (content part that is not text: chat.jsonl:4)\n"
+    (tokens, labels), *others = train.samples
+    assert len(tokens) == 38 and all((t == tokens).all() and (l == labels).all() for t, l in others)
+
+    other = write_jsonl(tmp_path / "dialogs.jsonl", [{"dialog": [{"speaker": "a", "text": "Hi"}]}])
+    with pytest.raises(DataError) as err:
+        Chat(other, val_fraction=0).datasets(tok, 256, seed=0)
+    assert str(err.value) == (
+        f'no usable training samples in {other}: 1 skipped (missing field: dialogs.jsonl:1) of the training records: each record needs '
+        '"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}] (or ShareGPT "conversations": '
+        '[{"from": "human", "value": "..."}, {"from": "gpt", "value": "..."}])'
+    )
+
+
+def _sentencepiece_folder(path: Path, **config):
+    """A Llama-2-like SentencePiece tokenizer.model (BPE, byte fallback, dummy prefix) trained on CORPUS, and its
+    sentencepiece processor."""
+    import sentencepiece
+
+    path.mkdir(parents=True, exist_ok=True)
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter([*CORPUS, "Paris is the capital of France."] * 4), model_prefix=str(path / "tokenizer"), model_type="bpe",
+        vocab_size=300, byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, minloglevel=2,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, split_digits=True,  # as Llama 2's
+    )
+    (path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True, **config}))
+    return sentencepiece.SentencePieceProcessor(model_file=str(path / "tokenizer.model"))
+
+
+@pytest.mark.parametrize("config", [{}, {"tokenizer_class": "LlamaTokenizer", "legacy": False}], ids=["generic", "llama2"])
+def test_a_sentencepiece_response_continues_the_prompt(tmp_path, config):
+    """A SentencePiece tokenizer with a dummy prefix put a "▁" in front of every response encoded alone ("▁P",
+    "aris" after "### Response:\\n"): the learned ids are those sentencepiece gives the response within
+    prompt + response (as LitGPT and TRL tokenize it), then EOS."""
+    sp = _sentencepiece_folder(tmp_path, **config)
+    records = [{"instruction": "Name the capital of France.", "output": "Paris"}, {"instruction": "Add two numbers.", "output": " The answer is five."}]
+    path = write_jsonl(tmp_path / "data.jsonl", records)
+    _, val = JSON(path, val_path=path).datasets(Tokenizer(tmp_path), 256, seed=0)
+    for record, (tokens, labels) in zip(records, val.samples):
+        prompt = sp.encode(ALPACA_NO_INPUT.format(**record))
+        joint = sp.encode(ALPACA_NO_INPUT.format(**record) + record["output"])
+        assert joint[: len(prompt)] == prompt
+        assert tokens.tolist() == [1, *joint, 2] and labels.tolist() == [-100] * (1 + len(prompt)) + joint[len(prompt) :] + [2]
+    learned = [sp.id_to_piece(int(t)) for t in val.samples[0][1] if t != -100]
+    assert learned[-1] == "</s>" and not learned[0].startswith("▁") and "".join(learned[:-1]) == "Paris"
+    assert sp.id_to_piece(int(val.samples[1][1][val.samples[1][1] != -100][0])).startswith("▁")  # its own space stays
+
+
+def test_chat_masks_a_sentencepiece_tokenizers_turns_like_transformers(tmp_path):
+    """tokenizer.model: the tokens' places in the text come from their pieces (the dummy prefix's "▁" included),
+    and the mask is transformers' return_assistant_tokens_mask on the Llama 2 template with {% generation %} around
+    the answer (its " Paris. </s>")."""
+    from test_chat_template import LLAMA_2
+
+    _sentencepiece_folder(tmp_path / "tok", tokenizer_class="LlamaTokenizer", legacy=False, chat_template=LLAMA_2)
+    answer = "{{ ' '  + content.strip() + ' ' + eos_token }}"
+    marked_llama2 = LLAMA_2.replace(answer, "{% generation %}" + answer + "{% endgeneration %}")
+    assert marked_llama2 != LLAMA_2
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": CONVERSATION}, {"messages": TWO_QUESTIONS}])
+    tok = Tokenizer(tmp_path / "tok")
+    assert tok.backend == "sentencepiece"
+    _, val = Chat(path, val_path=path).datasets(tok, 256, seed=0)
+    for (x, y), messages in zip(rows(val), (CONVERSATION, TWO_QUESTIONS)):
+        assert render_for_tokenizer(tok, messages, add_generation_prompt=False) == render_chat(marked_llama2, messages, "<s>", "</s>", add_generation_prompt=False)
+        ids, mask = reference_mask(tmp_path / "tok", marked_llama2, messages)
+        assert x == ids[:-1] and y == [t if m else -100 for t, m in zip(ids[1:], mask[1:])]
+    assert b"".join(tok.token_bytes(t) for t in y if t != -100) == b" 4 </s> 6 </s>"
+
+
+def test_json_takes_one_layout_per_file(tmp_path, tok, capsys):
+    """The first record with a pair decides; one record of the other pair makes the file one line naming both
+    (it turned every record of the first pair into a skip)."""
+    pairs = [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(3)]
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [*pairs, {"instruction": "i4", "output": "o4"}])
+    with pytest.raises(DataError) as err:
+        JSON(mixed, val_fraction=0).datasets(tok, 64, seed=0)
+    assert str(err.value) == f"{mixed} mixes prompt/response records (mixed.jsonl:1) with instruction/input/output records (mixed.jsonl:4): use one layout per file"
+    listed = tmp_path / "mixed.json"
+    listed.write_text(json.dumps([{"note": "no pair"}, {"instruction": "i", "output": "o"}, *pairs]))
+    with pytest.raises(DataError, match=r"mixes instruction/input/output records \(mixed.json\[1\]\) with prompt/response records \(mixed.json\[2\]\)"):
+        JSON(listed, val_fraction=0).datasets(tok, 64, seed=0)
+    listed.write_text(json.dumps([*pairs, {"prompt": "p3"}]))
+    train, _ = JSON(listed, val_fraction=0).datasets(tok, 64, seed=0)
+    assert capsys.readouterr().out == "json (prompt/response in mixed.json): 3 samples (3 train, 0 validation), 1 skipped (missing field: mixed.json[3])\n"
+
+
+def test_an_ignore_index_other_than_minus_100_is_refused(tmp_path):
+    """The loss leaves out targets of -100 only: -1 trained every prompt and padding position towards id 0."""
+    path = write_jsonl(tmp_path / "data.jsonl", [{"instruction": "x", "output": "y"}])
+    for module in (JSON, Chat):
+        with pytest.raises(DataError) as err:
+            module(path, ignore_index=-1)
+        assert str(err.value) == "--data.ignore_index -1: the loss leaves out targets of -100 only; drop the flag (-100 is the default)"
+    assert JSON(path, ignore_index=-100).ignore_index == -100
 
 
 # ------------------------------------------------------------------------------------------- bad data, truncation
@@ -294,14 +508,18 @@ def test_truncation_skips_and_padding(tmp_path, tok, hf, capsys):
         "samples": 5,
         "skipped": {"response beyond max_seq_length": 1, "missing field": 2, "empty response": 2, "empty instruction": 1,
                     "not UTF-8": 1, "invalid JSON": 1, "not an object": 1},
+        "skipped_at": {"response beyond max_seq_length": ["data.jsonl:6"], "missing field": ["data.jsonl:7", "data.jsonl:8"],
+                       "empty response": ["data.jsonl:9", "data.jsonl:10"], "empty instruction": ["data.jsonl:11"],
+                       "not UTF-8": ["data.jsonl:12"], "invalid JSON": ["data.jsonl:13"], "not an object": ["data.jsonl:14"]},
         "truncated": 2,
         "rows": 5,
         "longest": 64,
     }  # fmt: skip
     assert capsys.readouterr().out == (
-        "json (instruction/input/output in data.jsonl): 5 samples (5 train, 0 validation), 9 skipped (1 empty instruction, "
-        "2 empty response, 1 invalid JSON, 2 missing field, 1 not UTF-8, 1 not an object, "
-        "1 response beyond max_seq_length), 2 truncated to 64 tokens\n"
+        "json (instruction/input/output in data.jsonl): 5 samples (5 train, 0 validation), 9 skipped (1 empty instruction: "
+        "data.jsonl:11; 2 empty response: data.jsonl:9, data.jsonl:10; 1 invalid JSON: data.jsonl:13; 2 missing field: "
+        "data.jsonl:7, data.jsonl:8; 1 not UTF-8: data.jsonl:12; 1 not an object: data.jsonl:14; "
+        "1 response beyond max_seq_length: data.jsonl:6), 2 truncated to 64 tokens\n"
     )
 
     # the short samples: L = the longest row in the batch; shorter rows padded with 0 / -100
@@ -324,15 +542,17 @@ def test_nothing_usable_is_one_line(tmp_path, tok):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"instruction": "x", "output": ""}, {"instruction": "y"}])
     with pytest.raises(DataError) as err:
         JSON(path, val_fraction=0).datasets(tok, 64, seed=0)
-    assert str(err.value) == f"no usable training samples in {path}: 2 skipped (1 empty response, 1 missing field) of the training records"
+    assert str(err.value) == (
+        f"no usable training samples in {path}: 2 skipped (1 empty response: bad.jsonl:1; 1 missing field: bad.jsonl:2) of the training records"
+    )
     from litgpt_clone.data.sft import validation_indices
 
     (held,) = validation_indices(2, 0.5)  # the one usable record is the one held out: say so
     records = [{"instruction": "x", "output": "y"} if i == held else {"instruction": "y"} for i in range(2)]
     with pytest.raises(DataError) as err:
         JSON(write_jsonl(tmp_path / "one.jsonl", records), val_fraction=0.5).datasets(tok, 64, seed=0)
-    assert str(err.value).endswith("1 skipped (missing field) of the training records; the 1 usable one(s) went to validation:"
-                                   " lower --data.val_fraction, or give more records"), str(err.value)
+    assert str(err.value).endswith(f"1 skipped (missing field: one.jsonl:{2 - held}) of the training records; the 1 usable one(s) went "
+                                   "to validation: lower --data.val_fraction, or give more records"), str(err.value)
     with pytest.raises(DataError, match=r"is not valid JSON \(line 1, column 3"):
         JSON(write_jsonl(tmp_path / "broken.json", [b"[{x"]), val_fraction=0).datasets(tok, 64, seed=0)
     with pytest.raises(DataError, match="no file at"):
@@ -359,6 +579,7 @@ def test_a_bad_data_option_is_one_line_through_the_cli(tmp_path, capsys):
         (["--data.prompt_style", "bogus"], "error: unknown --data.prompt_style 'bogus': use one of auto, alpaca"),
         (["--data.val_fraction", "2"], "error: --data.val_fraction 2.0: use a share of the records in [0, 1)"),
         (["--data.val_fraction", "abc"], "error: --data.val_fraction abc: expected a float"),
+        (["--data.ignore_index", "-1"], "error: --data.ignore_index -1: the loss leaves out targets of -100 only"),
     ]
     for args, start in cases:
         line = cli_error(capsys, "finetune", "lora", tmp_path, "--data", "json", "--data.path", path, *args, "--out_dir", tmp_path / "out")
@@ -434,7 +655,9 @@ def test_encoded_samples_are_cached(tmp_path, tok, cache, monkeypatch, capsys):
 
     monkeypatch.setattr(sft, "read_records", no_reading)
     again = JSON(path, val_fraction=0.1, packing=True).datasets(tok, 128, seed=3)  # packing is applied after the cache
-    assert capsys.readouterr().out == line == "json (instruction/input/output in data.jsonl): 30 samples (27 train, 3 validation), 1 skipped (missing field)\n"
+    assert capsys.readouterr().out == line == (
+        "json (instruction/input/output in data.jsonl): 30 samples (27 train, 3 validation), 1 skipped (missing field: data.jsonl:31)\n"
+    )  # the places of skipped records are cached too
     unpacked = JSON(path, val_fraction=0.1).datasets(tok, 128, seed=3)
     for a, b in zip(first, unpacked):
         assert a.stats == b.stats and all(torch.equal(p, q) for p, q in zip(a.batch(0, a.count), b.batch(0, b.count)))
@@ -455,6 +678,7 @@ def test_encoded_samples_are_cached(tmp_path, tok, cache, monkeypatch, capsys):
 # ------------------------------------------------------------------------------------------- hub download, CLI
 _RUNNER = r"""
 import json, sys
+from litgpt_clone.chat_template import render_chat, render_for_tokenizer
 from litgpt_clone.data.pretrain import DataError
 from litgpt_clone.data.sft import Alpaca
 from litgpt_clone.tokenizer import Tokenizer
@@ -514,7 +738,11 @@ def test_modules_are_cli_flags(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["--data.help", "Chat"])
     help_text = capsys.readouterr().out
-    assert "OpenAI-style" in help_text and "Learn only the assistant turns" in help_text
+    assert "OpenAI-style" in help_text and "Learn only the assistant turns" in help_text and "ShareGPT" in help_text
+    assert "-100, the only one the loss leaves out" in " ".join(help_text.split())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--data.help", "JSON"])
+    assert "one layout per file (the first record with either pair decides; a file that mixes them is refused)" in " ".join(capsys.readouterr().out.split())
 
 
 def test_sort_groups_trains_the_same_samples_per_step_shortest_first():

@@ -42,7 +42,8 @@ def pretrain(
         data: Where tokens come from: ``text`` (--data.path file or folder), ``shards`` (--data.path with a
             manifest.json, as written by ``prepare code``), ``tinystories`` or ``openwebtext``.
         tokenizer_dir: Folder with the tokenizer (tokenizer.json or tokenizer.model); copied into every checkpoint.
-        out_dir: Checkpoints (``step-*/``, ``final/``) and logs (``logs/``) go here.
+        out_dir: Checkpoints (``step-*/``, ``final/``) and logs (``logs/``) go here; with several nodes, a folder every
+            node sees (rank 0 writes the checkpoints, every rank reads the one it resumes from).
         devices: Devices per node.
         num_nodes: Nodes; launch with torchrun or srun (see README "Several GPUs and nodes").
         strategy: ``ddp`` replicates the model; ``fsdp`` shards it (FSDP2, one unit per block); ``auto`` picks DDP
@@ -96,7 +97,9 @@ def pretrain(
     fabric.launch()
     if train.tie_embeddings is not None:
         config = dataclasses.replace(config, tie_embeddings=train.tie_embeddings)
+    data = data or Text()
+    data.skip = (Path(out_dir),)  # the run's checkpoints and logs are no data, also where --data.path holds --out_dir
     return run_training(
-        fabric, config, tokenizer, data or Text(), out_dir, train, eval, optimizer, resume, seed, compile,
+        fabric, config, tokenizer, data, out_dir, train, eval, optimizer, resume, seed, compile,
         initial_checkpoint_dir, hparams,
     )

@@ -37,9 +37,15 @@ def cache_root() -> Path:
 
 
 class DataModule:
-    """A source of train and validation token streams for ``pretrain``."""
+    """A source of train and validation token streams for ``pretrain``.
+
+    ``skip``: folders never read as data, set by ``pretrain`` to the run's own ``--out_dir`` (its checkpoints and
+    logs must not become training data when it lies inside ``--data.path``). Not a flag: it is the run's, not the
+    data's.
+    """
 
     name = ""
+    skip: tuple[Path, ...] = ()
 
     def streams(self, tokenizer: Tokenizer) -> tuple[TokenShards, Optional[TokenShards]]:
         raise NotImplementedError
@@ -54,7 +60,8 @@ class Text(DataModule):
     def __init__(self, path: Optional[Path] = None, val_fraction: float = 0.05) -> None:
         """
         Args:
-            path: A text file or a folder of text files (.txt, .md, .py, ... searched recursively).
+            path: A text file or a folder of text files (.txt, .md, .py, ... searched recursively; the run's
+                --out_dir and the tokenized cache are not read where they lie inside it).
             val_fraction: Share of the tokens (the last ones) held out for validation.
         """
         check_val_fraction(val_fraction)
@@ -62,6 +69,9 @@ class Text(DataModule):
         self.val_fraction = val_fraction
 
     def files(self) -> list[Path]:
+        """The text files, sorted; in a folder, none under ``skip`` or the tokenized cache (``cache_root``), which
+        may lie inside it (``--data.path .`` in a project folder): a run's checkpoints, logs or cache read as text
+        would change the data between a run and its resumption."""
         if self.path is None:
             raise DataError("--data text needs --data.path <file or folder of text files>")
         if self.path.is_file():
@@ -69,19 +79,22 @@ class Text(DataModule):
         if not self.path.is_dir():
             raise DataError(f"no data at {self.path}: pass a text file or a folder of text files as --data.path")
         root = self.path.resolve()
-        files = sorted(p for p in root.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file() and p.resolve().is_relative_to(root))
+        # (an --out_dir around the data folder writes beside the data, not into it: nothing to skip then)
+        skip = [s for s in (Path(p).resolve() for p in (*self.skip, cache_root())) if s.is_relative_to(root)]
+        if root in skip:
+            raise DataError(f"--data.path {self.path} is where this run writes: give an --out_dir outside it (or in a subfolder of it)")
+        files = sorted(
+            p for p in root.rglob("*")
+            if p.suffix in TEXT_SUFFIXES and p.is_file() and (real := p.resolve()).is_relative_to(root)
+            and not any(real.is_relative_to(s) for s in skip)
+        )
         if not files:
             raise DataError(f"no text files ({', '.join(TEXT_SUFFIXES)}) under {self.path}")
         return files
 
     def streams(self, tokenizer: Tokenizer) -> tuple[TokenShards, Optional[TokenShards]]:
         files = self.files()
-        key = hashlib.sha256()
-        for f in files:
-            st = f.stat()
-            key.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        key.update(tokenizer_fingerprint(tokenizer).encode() + f"|{self.val_fraction}".encode())
-        out = cache_root() / "text" / key.hexdigest()[:16]
+        out = cache_root() / "text" / files_key(files, tokenizer, f"{self.val_fraction}")
         if not (out / "manifest.json").is_file():
             tokenize_documents((f.read_text(encoding="utf-8", errors="replace") for f in files), tokenizer, out, self.val_fraction)
         return open_streams(out)
@@ -115,21 +128,53 @@ class Shards(DataModule):
 
 
 class TinyStories(DataModule):
-    """TinyStories (roneneldan/TinyStories on the Hugging Face hub, the GPT-4 V2 files), downloaded once."""
+    """TinyStories (roneneldan/TinyStories on the Hugging Face hub, the GPT-4 V2 files), downloaded once.
+
+    The files separate stories by ``<|endoftext|>`` lines: each story is one document (its text stripped, then the
+    tokenizer's EOS), as LitGPT's TinyStories module encodes them, whatever the tokenizer's own special tokens.
+    """
 
     name = "tinystories"
+    TRAIN, VALID, SEPARATOR = "TinyStoriesV2-GPT4-train.txt", "TinyStoriesV2-GPT4-valid.txt", "<|endoftext|>"
 
     def __init__(self, path: Optional[Path] = None) -> None:
         """
         Args:
-            path: A local copy of TinyStoriesV2-GPT4-train.txt (or a folder with it); default: download from the hub.
+            path: A local copy of TinyStoriesV2-GPT4-train.txt, or a folder holding it (and
+                TinyStoriesV2-GPT4-valid.txt, the validation split, where it is there; no other file of the folder is
+                read). Default: download the train file from the hub. Without the valid file the last 1% of the
+                train file's tokens is the validation split.
         """
         self.path = Path(path) if path is not None else None
 
     def streams(self, tokenizer: Tokenizer) -> tuple[TokenShards, Optional[TokenShards]]:
-        path = self.path or hub_file("roneneldan/TinyStories", "TinyStoriesV2-GPT4-train.txt", "tinystories")
-        text = Text(path, val_fraction=0.01)
-        return text.streams(tokenizer)
+        train, valid = self.path or hub_file("roneneldan/TinyStories", self.TRAIN, self.name), None
+        if train.is_dir():
+            train, valid = train / self.TRAIN, train / self.VALID
+            if not train.is_file():
+                raise DataError(f"no {self.TRAIN} in {self.path}: pass that file, or the folder that holds it, as --data.path")
+            valid = valid if valid.is_file() else None
+        elif not train.is_file():
+            raise DataError(f"no file at {train}: pass {self.TRAIN} (or a folder holding it) as --data.path")
+        files = [train, *([valid] if valid else [])]
+        out = cache_root() / "tinystories" / files_key(files, tokenizer, "stories")
+        if not (out / "manifest.json").is_file():
+            tokenize_documents(self.stories(train), tokenizer, out, 0.01, self.stories(valid) if valid else None)
+        return open_streams(out)
+
+    @classmethod
+    def stories(cls, path: Path):
+        """The stories of ``path``: the text between separators, stripped, read a line at a time (the train file is
+        2 GB)."""
+        lines = []
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                *ends, rest = line.split(cls.SEPARATOR)
+                for end in ends:  # a separator closes the story
+                    yield "".join([*lines, end]).strip()
+                    lines = []
+                lines.append(rest)
+        yield "".join(lines).strip()
 
 
 class OpenWebText(DataModule):
@@ -149,7 +194,9 @@ class OpenWebText(DataModule):
 
     def streams(self, tokenizer: Tokenizer) -> tuple[TokenShards, Optional[TokenShards]]:
         if self.path is not None:
-            return Text(self.path, self.val_fraction).streams(tokenizer)
+            text = Text(self.path, self.val_fraction)
+            text.skip = self.skip
+            return text.streams(tokenizer)
         out = cache_root() / "openwebtext" / tokenizer_fingerprint(tokenizer)[:16]
         if not (out / "manifest.json").is_file():
             try:
@@ -189,21 +236,40 @@ def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
     return h.hexdigest()
 
 
-def tokenize_documents(docs, tokenizer: Tokenizer, out: Path, val_fraction: float) -> None:
-    """Tokenize documents (EOS after each) into shards at ``out``; the last ``val_fraction`` of tokens is validation."""
+def files_key(files: list[Path], tokenizer: Tokenizer, options: str) -> str:
+    """The cache entry of ``files`` (names, sizes, modification times) tokenized with ``tokenizer`` and ``options``."""
+    key = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        key.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    key.update(tokenizer_fingerprint(tokenizer).encode() + f"|{options}".encode())
+    return key.hexdigest()[:16]
+
+
+def tokenize_documents(docs, tokenizer: Tokenizer, out: Path, val_fraction: float, val_docs=None) -> None:
+    """Tokenize documents (EOS after each) into shards at ``out``; the last ``val_fraction`` of tokens is validation,
+    or, when given, the documents ``val_docs``."""
     if tokenizer.eos_id is None:
         raise DataError(f"the tokenizer in {tokenizer.checkpoint_dir} has no EOS token to separate documents")
     eos = np.array([tokenizer.eos_id], dtype=np.int32)
-    parts = [p for doc in docs for p in (tokenizer.encode(doc, bos=False).numpy().astype(np.int32), eos) if doc]
-    if not parts:
+
+    def stream(docs) -> np.ndarray:
+        parts = [p for doc in docs for p in (tokenizer.encode(doc, bos=False).numpy().astype(np.int32), eos) if doc]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+    train = stream(docs)
+    if not train.size:
         raise DataError("the data is empty: no tokens after tokenization")
-    stream = np.concatenate(parts)
-    n_val = int(round(stream.size * val_fraction))
+    if val_docs is not None:
+        val = stream(val_docs)
+    else:
+        n_val = int(round(train.size * val_fraction))
+        train, val = train[: train.size - n_val], train[train.size - n_val :]
     tmp = out.with_name(out.name + ".partial")
     with ShardWriter(tmp, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id, extra={"source": "text", "vocabulary_sha256": tokenizer.vocabulary_digest()}) as writer:
-        writer.add(stream[: stream.size - n_val], split="train", eos=False)  # the stream carries its own EOS ids
-        if n_val:
-            writer.add(stream[stream.size - n_val :], split="val", eos=False)
+        writer.add(train, split="train", eos=False)  # the stream carries its own EOS ids
+        if val.size:
+            writer.add(val, split="val", eos=False)
     os.replace(tmp, out)  # the cache entry appears complete or not at all
 
 

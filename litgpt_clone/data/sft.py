@@ -9,24 +9,32 @@ What a sample is:
 
 - Instruction data (``alpaca``, ``dolly``, ``json``): the prompt (``--data.prompt_style``: the Alpaca format by
   default, any fallback style of ``chat_template``, or ``auto`` = the checkpoint's chat template with the instruction
-  as one user message), then the response encoded on its own, then EOS. Plain-text prompts (``alpaca``, ``plain``)
-  get the tokenizer's own BOS rule (``encode(prompt, bos=None)``); chat renderings (``auto``, ``chatml``,
-  ``llama2``, ``llama3``) are encoded as ``LLM.encode_chat`` and transformers encode them, with no BOS added (the
-  template writes it where the model wants it). Prompt and response are encoded separately, so the prompt's tokens
-  are exactly those the same prompt gets at inference.
-- Conversations (``chat``): OpenAI-style ``messages`` rendered with the checkpoint's chat template (or a fallback
-  style) and encoded without an added BOS, as ``LLM.encode_chat`` and transformers' ``apply_chat_template`` do. The
-  loss covers only assistant turns: for assistant message ``i`` the tokens of
-  ``render(messages[:i], add_generation_prompt=True)`` are the prompt before it and those of
-  ``render(messages[:i + 1])`` end it (its content and the end-of-turn tokens the template writes after it). Each
-  rendering must tokenize to a prefix of the whole conversation's tokens; a template that breaks this is an error.
-  When the last assistant turn holds no stop token (e.g. the ``alpaca`` fallback style), EOS is appended to it.
+  as one user message), then the response, then EOS. Plain-text prompts (``alpaca``, ``plain``) get the
+  tokenizer's own BOS rule (``encode(prompt, bos=None)``); chat renderings (``auto``, ``chatml``, ``llama2``,
+  ``llama3``) are encoded as ``LLM.encode_chat`` and transformers encode them, with no BOS added (the template
+  writes it where the model wants it). Prompt and response are tokenized together, as LitGPT and TRL do, so the
+  response's tokens are those that continue the prompt (a SentencePiece tokenizer puts no "▁" of its own in front
+  of it); the prompt's tokens are those the prompt gets alone at inference, up to the one token where the two
+  merge across the boundary, if any (learned then, as part of the response).
+- Conversations (``chat``): OpenAI-style ``messages`` (a content may be a list of ``{"type": "text", "text": ...}``
+  parts) or ShareGPT ``conversations`` (``from`` human/gpt/system, ``value``), rendered with the checkpoint's chat
+  template (or a fallback style) and tokenized once, without an added BOS, as ``LLM.encode_chat`` and transformers'
+  ``apply_chat_template`` do. The loss covers only assistant turns, found as character spans of the rendered text,
+  as transformers' ``return_assistant_tokens_mask`` does with a template's ``{% generation %}`` blocks: assistant
+  message ``i`` starts where ``render(messages[:i], add_generation_prompt=True)`` ends (or at its content, where
+  that rendering is not the start of the whole one) and ends after its content and the end-of-turn text that
+  ``render(messages[:i + 1])`` writes after it. A token is learned when it overlaps a span (a token that merges
+  across a turn boundary is learned). Each token's characters come from its bytes read off the text; a record whose
+  spans or tokens cannot be placed is skipped and counted (with ``mask_prompt`` false nothing is placed: every
+  token is learned). When the conversation ends with an assistant message whose last token is no stop token (e.g.
+  the ``alpaca`` fallback style), EOS is appended to it.
 
 A sample of ``n`` tokens is one training row: inputs ``tokens[:-1]`` and targets ``tokens[1:]``, with targets of
 masked (prompt) tokens set to ``ignore_index``. Rows hold at most ``max_seq_length`` tokens: longer samples are
 truncated (and counted), or skipped when the response would be cut entirely. Records that cannot be used (missing
-fields, empty responses, lines that are not UTF-8 or not JSON) are skipped and counted per reason; one summary line
-is printed.
+fields, empty responses, lines that are not UTF-8 or not JSON) are skipped and counted per reason, with the first
+three places of each (``data.jsonl:12``: a JSONL line; ``data.json[3]``: a JSON list's record, counted from 0); one
+summary line is printed.
 
 Validation split: ``round(records * val_fraction)`` records (at least one) chosen by a stable hash of each record's
 index in the file, so the split is the same for every seed and every ``max_seq_length``, and is spread over the whole
@@ -51,6 +59,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -155,9 +164,14 @@ class SFTData:
 class FileData(SFTData):
     """Records from a JSON/JSONL file (and an optional validation file), with the options every module shares."""
 
+    expected = ""
+    """What a record must hold, said when records were skipped for a missing field and none is left."""
+
     def __init__(self, mask_prompt: bool, val_fraction: float, prompt_style: str, packing: bool, ignore_index: int) -> None:
         check_style(prompt_style)
         check_val_fraction(val_fraction, of="records")
+        if ignore_index != -100:  # fit and its loss leave out targets of -100 only: any other value would be trained
+            raise DataError(f"--data.ignore_index {ignore_index}: the loss leaves out targets of -100 only; drop the flag (-100 is the default)")
         self.mask_prompt, self.val_fraction, self.prompt_style = mask_prompt, val_fraction, prompt_style
         self.packing, self.ignore_index = packing, ignore_index
 
@@ -165,8 +179,9 @@ class FileData(SFTData):
         """The train file and an optional separate validation file."""
         raise NotImplementedError
 
-    def read(self, path: Path) -> list:
-        """The records of ``path``; a ``Skip`` stands for a record that could not be read."""
+    def read(self, path: Path) -> list[tuple[str, Any]]:
+        """The records of ``path`` with where each is (``data.jsonl:12``); a ``Skip`` stands for a record that could
+        not be read."""
         return read_records(path)
 
     def describe(self) -> str:
@@ -217,7 +232,8 @@ class Alpaca(InstructionData):
                 plain), or ``auto`` = the checkpoint's chat template (alpaca when it has none).
             packing: Concatenate consecutive samples into rows of up to max_seq_length tokens (masks kept; attention
                 crosses sample boundaries).
-            ignore_index: The target value of tokens without loss; must be the loss's ignore_index (fit uses -100).
+            ignore_index: The target value of tokens without loss: -100, the only one the loss leaves out (any
+                other value is refused; the flag is there for configs that write it).
         """
         super().__init__(mask_prompt, val_fraction, prompt_style, packing, ignore_index)
         self.path = Path(path) if path is not None else None
@@ -254,7 +270,8 @@ class Dolly(InstructionData):
                 chat style (chatml, llama2, llama3, plain), or ``auto`` = the checkpoint's chat template.
             packing: Concatenate consecutive samples into rows of up to max_seq_length tokens (masks kept; attention
                 crosses sample boundaries).
-            ignore_index: The target value of tokens without loss; must be the loss's ignore_index (fit uses -100).
+            ignore_index: The target value of tokens without loss: -100, the only one the loss leaves out (any
+                other value is refused; the flag is there for configs that write it).
         """
         super().__init__(mask_prompt, val_fraction, prompt_style, packing, ignore_index)
         self.path = Path(path) if path is not None else None
@@ -293,8 +310,8 @@ class JSON(InstructionData):
         """
         Args:
             path: A JSON file holding a list of records, or a JSONL file with one record per line. Records have
-                ``instruction``, optional ``input`` and ``output`` fields, or ``prompt`` and ``response`` fields (the
-                first pair found in the file decides, for the whole file).
+                ``instruction``, optional ``input`` and ``output`` fields, or ``prompt`` and ``response`` fields: one
+                layout per file (the first record with either pair decides; a file that mixes them is refused).
             val_path: A separate validation file in the same format; when given, val_fraction is not used.
             mask_prompt: Learn only the response (and EOS): prompt tokens get no loss.
             val_fraction: Share of the records held out for validation (chosen by a stable hash of the record index).
@@ -302,7 +319,8 @@ class JSON(InstructionData):
                 llama2, llama3, plain), or ``auto`` = the checkpoint's chat template (alpaca when it has none).
             packing: Concatenate consecutive samples into rows of up to max_seq_length tokens (masks kept; attention
                 crosses sample boundaries).
-            ignore_index: The target value of tokens without loss; must be the loss's ignore_index (fit uses -100).
+            ignore_index: The target value of tokens without loss: -100, the only one the loss leaves out (any
+                other value is refused; the flag is there for configs that write it).
         """
         super().__init__(mask_prompt, val_fraction, prompt_style, packing, ignore_index)
         self.path = Path(path) if path is not None else None
@@ -312,29 +330,34 @@ class JSON(InstructionData):
     def files(self) -> tuple[Path, Optional[Path]]:
         return given_path(self.name, self.path), self.val_path
 
-    def detect(self, records: list, path: Path) -> str:
-        """Which FIELD_SETS name the records of ``path`` use; a DataError listing the keys found if neither."""
+    def detect(self, records: list[tuple[str, Any]], path: Path) -> str:
+        """Which FIELD_SETS name the records of ``path`` use: the first record's with either pair. A DataError listing
+        the keys found if none has one, or naming two records when the file mixes both pairs (the other pair's
+        records would all be skipped)."""
         if not records:
             raise DataError(f"{path} holds no records: give a JSON list of objects, or one JSON object per line (.jsonl)")
-        dicts = [r for r in records if isinstance(r, dict)]
+        dicts = [(where, r) for where, r in records if isinstance(r, dict)]
         if not dicts:
-            skipped = sum(isinstance(r, Skip) for r in records)
+            skipped = sum(isinstance(r, Skip) for _, r in records)
             why = f"none of its {len(records)} lines is valid JSON" if skipped == len(records) else "none of its records is a JSON object"
             raise DataError(f"{path}: {why}: write one {{\"instruction\": ..., \"output\": ...}} object per line, or a JSON list of them")
-        keys = set().union(*(r.keys() for r in dicts))
-        for name, (prompt, _, response) in FIELD_SETS.items():
-            if prompt in keys and response in keys:
-                return name
-        found = ", ".join(sorted(map(str, keys))[:20]) or "none"
-        raise DataError(
-            f"{path} has neither instruction/input/output nor prompt/response fields (found keys: {found}): rename its fields"
-        )
+        pairs = [(where, name) for where, r in dicts for name, (prompt, _, response) in FIELD_SETS.items() if prompt in r and response in r]
+        if not pairs:
+            found = ", ".join(sorted(set().union(*(map(str, r) for _, r in dicts)))[:20]) or "none"
+            raise DataError(
+                f"{path} has neither instruction/input/output nor prompt/response fields (found keys: {found}): rename its fields"
+            )
+        first, name = pairs[0]
+        other = next(((where, n) for where, n in pairs if n != name), None)
+        if other is not None:
+            raise DataError(f"{path} mixes {name} records ({first}) with {other[1]} records ({other[0]}): use one layout per file")
+        return name
 
     def fields(self, record: dict, path: Path) -> tuple[str, str, str]:
         prompt, input, response = FIELD_SETS[self.field_sets[path]]
         return text_field(record, prompt), text_field(record, input, optional=True) if input else "", text_field(record, response)
 
-    def read(self, path: Path) -> list:
+    def read(self, path: Path) -> list[tuple[str, Any]]:
         records = read_records(path)
         self.field_sets[path] = self.detect(records, path)
         return records
@@ -344,9 +367,14 @@ class JSON(InstructionData):
 
 
 class Chat(FileData):
-    """Conversations: JSON/JSONL records with OpenAI-style ``messages``; loss on the assistant turns only."""
+    """Conversations: JSON/JSONL records with OpenAI-style ``messages`` (or ShareGPT ``conversations``); loss on the
+    assistant turns only."""
 
     name = "chat"
+    expected = (
+        'each record needs "messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}] '
+        '(or ShareGPT "conversations": [{"from": "human", "value": "..."}, {"from": "gpt", "value": "..."}])'
+    )
 
     def __init__(
         self,
@@ -361,16 +389,19 @@ class Chat(FileData):
         """
         Args:
             path: A JSON file holding a list of records, or a JSONL file with one record per line; each record has
-                ``messages``: a list of {role: system|user|assistant, content: text}.
+                ``messages``: a list of {role: system|user|assistant, content: text, or a list of {type: text, text:
+                ...} parts}, or ShareGPT's ``conversations``: a list of {from: system|human|gpt, value: text}.
             val_path: A separate validation file in the same format; when given, val_fraction is not used.
-            mask_prompt: Learn only the assistant turns (their content and the end-of-turn tokens after it); false
-                learns every token.
+            mask_prompt: Learn only the assistant turns (their content and the end-of-turn tokens after it, found
+                in the rendered text; a record where they cannot be found is skipped and counted); false learns
+                every token.
             val_fraction: Share of the records held out for validation (chosen by a stable hash of the record index).
             prompt_style: ``auto`` renders with the checkpoint's chat template; a fallback style (chatml, llama2,
                 llama3, alpaca) is used for checkpoints without one, or instead of it.
             packing: Concatenate consecutive conversations into rows of up to max_seq_length tokens (masks kept;
                 attention crosses sample boundaries).
-            ignore_index: The target value of tokens without loss; must be the loss's ignore_index (fit uses -100).
+            ignore_index: The target value of tokens without loss: -100, the only one the loss leaves out (any
+                other value is refused; the flag is there for configs that write it).
         """
         if prompt_style == "plain":
             raise DataError(
@@ -444,15 +475,19 @@ class InstructionEncoder:
             raise Skip("empty response")
         if not instruction.strip():
             raise Skip("empty instruction")
-        prompt_ids = self.tokenizer.encode(self.prompt(instruction, input), bos=self.bos).tolist()
-        response_ids = [*self.tokenizer.encode(response, bos=False).tolist(), self.eos_id]
-        tokens = prompt_ids + response_ids
-        labels = ([self.ignore_index] * len(prompt_ids) if self.mask_prompt else prompt_ids) + response_ids
-        return finish(tokens, labels, len(prompt_ids), self.max_seq_length, self.ignore_index)
+        prompt = self.prompt(instruction, input)
+        # tokenized with the prompt, the response is a continuation (encoded alone, a SentencePiece tokenizer would
+        # start it with the "▁" of its dummy prefix); it starts where the prompt's own tokens stop matching
+        prompt_ids = self.tokenizer.encode(prompt, bos=self.bos).tolist()
+        tokens = [*self.tokenizer.encode(prompt + response, bos=self.bos).tolist(), self.eos_id]
+        start = next((k for k, (a, b) in enumerate(zip(prompt_ids, tokens)) if a != b), len(prompt_ids))
+        labels = ([self.ignore_index] * start if self.mask_prompt else tokens[:start]) + tokens[start:]
+        return finish(tokens, labels, start, self.max_seq_length, self.ignore_index)
 
 
 class ChatEncoder:
-    """A record with ``messages`` -> one sample of the rendered conversation, loss on the assistant turns."""
+    """A record with ``messages`` (or ``conversations``) -> one sample of the rendered conversation, loss on the
+    assistant turns."""
 
     def __init__(self, tokenizer: Tokenizer, prompt_style: str, mask_prompt: bool, max_seq_length: int, ignore_index: int) -> None:
         if prompt_style == "auto" and not tokenizer.chat_template:
@@ -464,34 +499,41 @@ class ChatEncoder:
         self.max_seq_length, self.ignore_index = max_seq_length, ignore_index
         self.eos_id = need_eos(tokenizer)
 
-    def encode(self, messages: list[dict], add_generation_prompt: bool) -> list[int]:
+    def render(self, messages: list[dict], add_generation_prompt: bool) -> str:
         try:
-            text = render_for_tokenizer(self.tokenizer, messages, add_generation_prompt=add_generation_prompt, style=self.style)
+            return render_for_tokenizer(self.tokenizer, messages, add_generation_prompt=add_generation_prompt, style=self.style)
         except ChatTemplateError as err:
             raise DataError(f"{err} (--data.prompt_style {self.style})") from err
-        return self.tokenizer.encode(text, bos=False).tolist()  # the template writes BOS where the model wants it
 
-    def prefix_length(self, messages: list[dict], add_generation_prompt: bool, full: list[int], turn: int) -> int:
-        """How many of the conversation's tokens ``messages`` (its first turns) renders to; they must be a prefix."""
-        ids = self.encode(messages, add_generation_prompt)
-        if ids != full[: len(ids)]:
-            where = "the prompt before" if add_generation_prompt else "the end of"
-            raise DataError(
-                f"the chat template (--data.prompt_style {self.style}) renders {where} assistant message {turn} "
-                "differently from the whole conversation, so its tokens cannot be masked: pass a fallback style such "
-                "as --data.prompt_style chatml"
-            )
-        return len(ids)
+    def spans(self, messages: list[dict], text: str) -> list[tuple[int, int]]:
+        """The character spans of the assistant messages in ``text``, the whole conversation rendered (see the
+        module's docstring). Each message's content (stripped, as templates often write it) is looked for after the
+        previous one's, so that an answer such as "4" is not found in an earlier header or question."""
+        spans, at = [], 0
+        for i, message in enumerate(messages):
+            content = message["content"].strip()
+            if message["role"] != "assistant":
+                found = text.find(content, at)
+                at = found + len(content) if found >= 0 else at  # (a template may leave a message out)
+                continue
+            prompt = self.render(messages[:i], True)
+            start = len(prompt) if text.startswith(prompt) else None
+            found = text.find(content, at if start is None else start)
+            if found < 0:
+                raise Skip("assistant message not found in the rendering")
+            end = found + len(content)
+            # the end-of-turn text: what the template writes after the content when the message is the last one
+            alone = self.render(messages[: i + 1], False)
+            k = alone.find(content, len(prompt)) if alone.startswith(prompt) else alone.rfind(content)
+            closing = alone[k + len(content) :] if k >= 0 else ""
+            if text.startswith(closing, end):
+                end += len(closing)
+            spans.append((found if start is None else start, end))
+            at = end
+        return spans
 
     def __call__(self, record: Any) -> tuple[Sample, bool]:
-        messages = record.get("messages") if isinstance(record, dict) else None
-        if not isinstance(messages, list) or not messages:
-            raise Skip("missing field")
-        for m in messages:
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                raise Skip("missing field")
-            if not valid_text(m["content"]) or not valid_text(m["role"]):
-                raise Skip("not UTF-8")
+        messages = chat_messages(record)
         turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         if not turns:
             raise Skip("no assistant message")
@@ -500,18 +542,95 @@ class ChatEncoder:
         if any(not messages[i]["content"].strip() for i in turns):
             raise Skip("empty response")
 
-        tokens = self.encode(messages, add_generation_prompt=False)
-        labels = [self.ignore_index] * len(tokens) if self.mask_prompt else list(tokens)
-        spans = [
-            (self.prefix_length(messages[:i], True, tokens, i), self.prefix_length(messages[: i + 1], False, tokens, i))
-            for i in turns
-        ]
-        for start, end in spans:
-            labels[start:end] = tokens[start:end]
-        start, end = spans[-1]
-        if end == len(tokens) and not self.tokenizer.stop_ids.intersection(tokens[start:end]):
+        text = self.render(messages, add_generation_prompt=False)
+        tokens = self.tokenizer.encode(text, bos=False).tolist()  # the template writes BOS where the model wants it
+        if self.mask_prompt:
+            learned = overlapping(token_offsets(self.tokenizer, text, tokens), byte_spans(text, self.spans(messages, text)))
+            labels = [t if keep else self.ignore_index for t, keep in zip(tokens, learned)]
+            first = learned.index(True)
+        else:
+            labels, first = list(tokens), 0
+        last = next((t for t in reversed(tokens) if self.tokenizer.token_bytes(t).strip()), None)  # (past a final "\n")
+        if turns[-1] == len(messages) - 1 and last not in self.tokenizer.stop_ids:
             tokens, labels = tokens + [self.eos_id], labels + [self.eos_id]  # the style ends the answer without a stop token
-        return finish(tokens, labels, spans[0][0], self.max_seq_length, self.ignore_index)
+        return finish(tokens, labels, first, self.max_seq_length, self.ignore_index)
+
+
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+
+
+def chat_messages(record: Any) -> list[dict]:
+    """A record's conversation as messages with text contents: its OpenAI-style ``messages`` (a content of text parts
+    joined, as ``chat_template`` renders them; a template sees the text only), or its ShareGPT ``conversations``
+    (``from`` human/gpt/system as user/assistant/system, any other as the role; ``value`` as the content). A
+    ``Skip`` when it has neither, or a message without role or text."""
+    record = record if isinstance(record, dict) else {}
+    if isinstance(record.get("messages"), list):
+        messages = record["messages"]
+    elif isinstance(record.get("conversations"), list):
+        turns = [m if isinstance(m, dict) else {} for m in record["conversations"]]
+        messages = [{"role": SHAREGPT_ROLES.get(m.get("from"), m.get("from")), "content": m.get("value")} for m in turns]
+    else:
+        raise Skip("missing field")
+    if not messages:
+        raise Skip("missing field")
+    out = []
+    for m in messages:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list):  # OpenAI content parts: text only (an image or audio part cannot be trained here)
+            if not all(isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str) for part in content):
+                raise Skip("content part that is not text")
+            content = "".join(part["text"] for part in content)
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(content, str):
+            raise Skip("missing field")
+        if not valid_text(content) or not valid_text(m["role"]):
+            raise Skip("not UTF-8")
+        out.append({**m, "content": content})
+    return out
+
+
+def token_offsets(tokenizer: Tokenizer, text: str, ids: list[int]) -> list[tuple[int, int]]:
+    """Where each token of ``ids`` (the encoding of ``text``) lies in the UTF-8 bytes of ``text``: each token's bytes
+    (``Tokenizer.token_bytes``) read off the text in order, which works for either backend. Allowed for: a space in
+    front of a token that the text does not have (the "▁" of a SentencePiece dummy prefix) and whitespace in the
+    text that no token holds (taken along by an added token's lstrip/rstrip, or collapsed by SentencePiece); it
+    goes to the next token. A ``Skip`` when a token is not in the text at all (a normalizer that rewrote it, an
+    unknown token)."""
+
+    def match(piece: bytes, start: int) -> Optional[int]:
+        if data.startswith(piece, start):
+            return start + len(piece)
+        if piece[:1] == b" " and data.startswith(piece[1:], start):
+            return start + len(piece) - 1
+        return None
+
+    data, at, offsets, pieces = text.encode("utf-8"), 0, [], {}
+    for token in ids:
+        piece = pieces.get(token)
+        if piece is None:
+            piece = pieces[token] = tokenizer.token_bytes(token)
+        end = match(piece, at)
+        if end is None and (past := _SPACES.match(data, at).end()) > at:
+            end = match(piece, past)
+        if end is None:
+            raise Skip("tokens that do not spell the text")
+        offsets.append((at, end))
+        at = end
+    return offsets
+
+
+_SPACES = re.compile(rb"\s*")
+
+
+def byte_spans(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Character spans of ``text`` as spans of its UTF-8 bytes."""
+    return [(len(text[:a].encode("utf-8")), len(text[:b].encode("utf-8"))) for a, b in spans]
+
+
+def overlapping(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
+    """For each token, whether it overlaps a span (an empty token: whether it lies inside one), as transformers'
+    assistant mask learns every token from the one holding a span's first character to the one holding its last."""
+    return [any(s < b and max(e, s + 1) > a for a, b in spans) for s, e in offsets]
 
 
 # ----------------------------------------------------------------------------- reading, splitting, building
@@ -536,9 +655,10 @@ def text_field(record: dict, key: str, optional: bool = False) -> str:
     return value
 
 
-def read_records(path: Path) -> list:
-    """The records of a JSON list or JSONL file (sniffed from the first character, whatever the suffix). A line
-    that is not JSON is a ``Skip``; bytes that are not UTF-8 survive as lone surrogates, caught by ``valid_text``."""
+def read_records(path: Path) -> list[tuple[str, Any]]:
+    """The records of a JSON list or JSONL file (sniffed from the first character, whatever the suffix), each with
+    where it is: ``name:line`` in a JSONL file, ``name[index]`` (from 0) in a JSON list. A line that is not JSON is a
+    ``Skip``; bytes that are not UTF-8 survive as lone surrogates, caught by ``valid_text``."""
     if not path.is_file():
         raise DataError(f"no file at {path}: pass a .json or .jsonl file as --data.path")
     text = path.read_bytes().decode("utf-8", errors="surrogateescape")
@@ -550,15 +670,15 @@ def read_records(path: Path) -> list:
                 f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}): fix it, or write one "
                 "record per line (.jsonl)"
             ) from err
-        return records
+        return [(f"{path.name}[{i}]", r) for i, r in enumerate(records)]  # (a text starting with "[" is a list)
     records = []
-    for line in text.splitlines():
+    for number, line in enumerate(text.split("\n"), 1):  # (not splitlines: a JSON string may hold U+2028)
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append((f"{path.name}:{number}", json.loads(line)))
         except json.JSONDecodeError:
-            records.append(Skip("invalid JSON"))
+            records.append((f"{path.name}:{number}", Skip("invalid JSON")))
     return records
 
 
@@ -585,19 +705,25 @@ def pack(samples: list[Sample], max_seq_length: int) -> list[Sample]:
     return [(np.concatenate([t for t, _ in g]), np.concatenate([l for _, l in g])) for g in packed]
 
 
-def encode_all(records: list, path: Path, encode: Callable[[Any, Path], tuple[Sample, bool]]) -> tuple[list[Sample], dict]:
-    samples, skipped, truncated = [], Counter(), 0
-    for record in records:
+SHOWN_PLACES = 3
+"""Places of skipped records kept per reason, for the summary line."""
+
+
+def encode_all(records: list[tuple[str, Any]], path: Path, encode: Callable[[Any, Path], tuple[Sample, bool]]) -> tuple[list[Sample], dict]:
+    samples, skipped, places, truncated = [], Counter(), {}, 0
+    for where, record in records:
         try:
             if isinstance(record, Skip):
                 raise record
             sample, cut = encode(record, path)
         except Skip as reason:
             skipped[str(reason)] += 1
+            if len(shown := places.setdefault(str(reason), [])) < SHOWN_PLACES:
+                shown.append(where)
             continue
         samples.append(sample)
         truncated += cut
-    return samples, {"samples": len(samples), "skipped": dict(skipped), "truncated": truncated}
+    return samples, {"samples": len(samples), "skipped": dict(skipped), "skipped_at": places, "truncated": truncated}
 
 
 def build(module: FileData, encode: Callable, tokenizer: Tokenizer, max_seq_length: int, seed: int) -> tuple[SFTDataset, Optional[SFTDataset]]:
@@ -624,6 +750,8 @@ def build(module: FileData, encode: Callable, tokenizer: Tokenizer, max_seq_leng
     if not train:
         skipped = skip_text(train_stats)  # (the summary line above counts the validation records' too)
         why = f"{skipped} of the training records" if skipped else "it has no records"
+        if module.expected and "missing field" in train_stats["skipped"]:
+            why += f": {module.expected}"
         if val:  # the records held out were the usable ones
             why += f"; the {len(val)} usable one(s) went to validation: lower --data.val_fraction, or give more records"
         raise DataError(f"no usable training samples in {train_path}: {why}")
@@ -637,7 +765,7 @@ def build(module: FileData, encode: Callable, tokenizer: Tokenizer, max_seq_leng
 
 
 # ----------------------------------------------------------------------------- the tokenized cache
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 """Part of every cache key: raise it when the encoding of samples changes."""
 
 
@@ -692,21 +820,31 @@ def load_samples(folder: Path, ignore_index: int) -> tuple[str, tuple[list[Sampl
 
 
 def skip_text(stats: dict) -> str:
-    skipped = stats["skipped"]
+    """E.g. ``3 skipped (1 invalid JSON: data.jsonl:7; 2 missing field: data.jsonl:2, data.jsonl:9)``: per reason
+    the count and the first places (``...`` when there are more)."""
+    skipped, places = stats["skipped"], stats.get("skipped_at", {})
     if not skipped:
         return ""
-    reasons = ", ".join(f"{n:,} {reason}" if len(skipped) > 1 else reason for reason, n in sorted(skipped.items()))
-    return f"{sum(skipped.values()):,} skipped ({reasons})"
+    reasons = []
+    for reason, n in sorted(skipped.items()):
+        shown = places.get(reason, [])
+        where = ", ".join(shown) + (", ..." if n > len(shown) else "") if shown else ""
+        reasons.append((f"{n:,} {reason}" if len(skipped) > 1 else reason) + (f": {where}" if where else ""))
+    return f"{sum(skipped.values()):,} skipped ({'; '.join(reasons)})"
 
 
 def summary(label: str, train: dict, val: Optional[dict], max_seq_length: int) -> str:
-    """E.g. ``alpaca: 51,748 samples (49,161 train, 2,587 validation), 12 skipped (empty response), 340 truncated
-    to 512 tokens``."""
+    """E.g. ``alpaca: 51,748 samples (49,161 train, 2,587 validation), 12 skipped (empty response:
+    alpaca_data_cleaned.json[31], alpaca_data_cleaned.json[907], alpaca_data_cleaned.json[4410], ...), 340
+    truncated to 512 tokens``."""
     total = {"samples": train["samples"], "skipped": Counter(train["skipped"]), "truncated": train["truncated"]}
+    total["skipped_at"] = {reason: list(shown) for reason, shown in train.get("skipped_at", {}).items()}
     if val is not None:
         total["samples"] += val["samples"]
         total["skipped"].update(val["skipped"])
         total["truncated"] += val["truncated"]
+        for reason, shown in val.get("skipped_at", {}).items():  # (the training records' places first)
+            total["skipped_at"][reason] = (total["skipped_at"].get(reason, []) + shown)[:SHOWN_PLACES]
     n, plural = total["samples"], "s" * (total["samples"] != 1)
     parts = [f"{label}: {n:,} sample{plural} ({train['samples']:,} train, {val['samples'] if val else 0:,} validation)"]
     parts += [text] if (text := skip_text(total)) else []

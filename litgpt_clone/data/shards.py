@@ -96,14 +96,23 @@ class ShardWriter:
             self.close()
 
 
+def missing_shards(path: Path) -> str:
+    """What to say for a folder without manifest.json; for the corpus folder of ``prepare code`` (versions ``v1/``,
+    ``v2/``, ... inside), which version to pass instead."""
+    versions = [int(p.name[1:]) for p in path.glob("v*") if p.name[1:].isdigit() and (p / "manifest.json").is_file()]
+    if versions:
+        return f"no token shards at {path}, which holds the versions `litgpt-clone prepare code` writes: pass the newest, {path / f'v{max(versions)}'}"
+    return f"no token shards at {path}: expected {path / 'manifest.json'} (write them with `litgpt-clone prepare code`)"
+
+
 class TokenShards:
     """Memory-mapped shards of one split, as one long token stream."""
 
     def __init__(self, path: Path, split: str = "train", verify: bool = True) -> None:
-        self.path = Path(path)
+        self.path, self.split = Path(path), split
         manifest_path = self.path / "manifest.json"
         if not manifest_path.is_file():
-            raise ShardError(f"no token shards at {self.path}: expected {manifest_path} (write them with `litgpt-clone prepare`)")
+            raise ShardError(missing_shards(self.path))
         self.manifest = json.loads(manifest_path.read_text())
         if self.manifest.get("format") != FORMAT:
             raise ShardError(f"{manifest_path} is not a {FORMAT} manifest")
@@ -122,6 +131,13 @@ class TokenShards:
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of this split's shards as the manifest lists them (names, token counts, SHA-256): the same for
+        the same token stream, wherever it is stored, so a resumed run can tell that its data changed."""
+        shards = [[s["file"], s["tokens"], s["sha256"]] for s in self.manifest["shards"] if s["split"] == self.split]
+        return hashlib.sha256(json.dumps([self.manifest["dtype"], shards]).encode()).hexdigest()
 
     def read(self, start: int, length: int) -> np.ndarray:
         """Tokens ``[start, start + length)`` of the stream (crossing shard boundaries), as int64."""
