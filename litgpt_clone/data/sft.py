@@ -179,9 +179,10 @@ class FileData(SFTData):
         """The train file and an optional separate validation file."""
         raise NotImplementedError
 
-    def read(self, path: Path) -> list[tuple[str, Any]]:
-        """The records of ``path`` with where each is (``data.jsonl:12``); a ``Skip`` stands for a record that could
-        not be read."""
+    def read(self, path: Path) -> list:
+        """The records of ``path``; a ``Skip`` stands for a record that could not be read. ``read_records`` gives
+        them with where each is, ``(place, record)`` pairs (``data.jsonl:12``); a module's own ``read`` may give bare
+        records (a CSV's rows), which are placed by their index (``facts.csv[3]``)."""
         return read_records(path)
 
     def describe(self) -> str:
@@ -709,6 +710,13 @@ SHOWN_PLACES = 3
 """Places of skipped records kept per reason, for the summary line."""
 
 
+def located(records: list, path: Path) -> list[tuple[str, Any]]:
+    """``(place, record)`` pairs: as ``read_records`` gives them, else bare records placed by their index."""
+    if all(isinstance(r, tuple) and len(r) == 2 and isinstance(r[0], str) for r in records):
+        return records
+    return [(f"{Path(path).name}[{i}]", r) for i, r in enumerate(records)]
+
+
 def encode_all(records: list[tuple[str, Any]], path: Path, encode: Callable[[Any, Path], tuple[Sample, bool]]) -> tuple[list[Sample], dict]:
     samples, skipped, places, truncated = [], Counter(), {}, 0
     for where, record in records:
@@ -734,9 +742,9 @@ def build(module: FileData, encode: Callable, tokenizer: Tokenizer, max_seq_leng
     if (cache / "meta.json").is_file():
         label, (train, train_stats), (val, val_stats) = load_samples(cache, module.ignore_index)
     else:
-        records = module.read(train_path)
+        records = located(module.read(train_path), train_path)
         if val_path is not None:
-            train_records, val_records = records, module.read(val_path)
+            train_records, val_records = records, located(module.read(val_path), val_path)
         else:
             held_out = validation_indices(len(records), module.val_fraction)
             train_records = [r for i, r in enumerate(records) if i not in held_out]
