@@ -26,7 +26,7 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT = ["jsonargparse[signatures]==4.53.0", "litserve==0.2.19", "lm-eval==0.4.13"]
+DEFAULT = ["jsonargparse[signatures]==4.53.0", "litserve==0.2.19", "lm-eval==0.4.13", "lightning-fabric==2.6.6"]
 DEVICE_IMAGE = """absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build certifi
 charset-normalizer chex click cloudpickle cmake colorama contourpy coverage cuda-bindings cuda-core cuda-pathfinder
 cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn einops equinox etils execnet filelock flatbuffers flax fonttools

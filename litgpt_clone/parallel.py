@@ -37,7 +37,7 @@ def parallelize(model: GPT, device_mesh) -> GPT:
 
 def fabric_strategy(strategy: Strategy, devices: int, num_nodes: int):
     if strategy == "fsdp":
-        from lightning.fabric.strategies import ModelParallelStrategy
+        from lightning_fabric.strategies import ModelParallelStrategy
 
         return ModelParallelStrategy(parallelize_fn=parallelize, data_parallel_size=devices * num_nodes, tensor_parallel_size=1)
     if strategy == "ddp":

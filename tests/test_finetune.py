@@ -132,7 +132,7 @@ def test_only_adapters_change():
 def test_ragged_batches_run_unpadded_with_the_padded_loss_and_gradients():
     """On one process a finetuning batch runs as sub-batches of similar lengths (``length_groups``), each cut to its
     longest row: the loss and gradients must be those of the whole right-padded batch under -100 targets."""
-    from lightning.fabric import Fabric
+    from lightning_fabric import Fabric
 
     from litgpt_clone import Config
     from litgpt_clone.training.fit import batch_loss, length_groups

@@ -150,7 +150,7 @@ def test_fit_runs_the_fused_head_in_bf16(precision, learned_only):
     """Under bf16-mixed the loss runs outside the model's autocast and under bf16-true Fabric hands the hidden states
     back in fp32: either way the head's matmuls (vocab-sized) must run in bf16, as the model's own layers do, not in
     fp32 (on a GPU that was 2-3x slower pretraining) or on mismatched dtypes (bf16-true finetuning failed)."""
-    from lightning.fabric import Fabric
+    from lightning_fabric import Fabric
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from litgpt_clone.training.fit import batch_loss

@@ -593,7 +593,7 @@ def test_hyperparameters_yaml_reruns_and_an_initial_checkpoint_brings_its_model(
 def test_validation_covers_a_small_set_once():
     """eval.max_iters beyond the validation set: each batch once, the last one partial (it wrapped around, 500
     batches over 5 samples, the first ones counted more often in the mean)."""
-    import lightning as L
+    import lightning_fabric as L
 
     from litgpt_clone import Config
     from litgpt_clone.training.args import EvalArgs, TrainArgs

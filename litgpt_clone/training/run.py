@@ -46,8 +46,8 @@ def world_size(devices: int, num_nodes: int) -> int:
 
 
 def build_fabric(devices: int, num_nodes: int, strategy: str, precision: Optional[str], out_dir: Path, logger_name: str):
-    import lightning as L
-    from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
+    import lightning_fabric as L
+    from lightning_fabric.loggers import CSVLogger, TensorBoardLogger
 
     from litgpt_clone.config import ConfigError, check_out_dir
 
@@ -73,7 +73,7 @@ def check_launcher(devices: int, num_nodes: int) -> None:
     """torchrun and srun start the processes themselves: a ``ConfigError`` when they started another number than
     ``--devices`` per node x ``--num_nodes`` (each process ran a training of its own into the same out_dir, or
     Lightning stopped with a traceback). Without either, several nodes get a line on how to start the others."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+    from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
     from litgpt_clone.config import ConfigError
 
@@ -99,7 +99,7 @@ def check_launcher(devices: int, num_nodes: int) -> None:
 def announce_nodes(num_nodes: int) -> None:
     """Several nodes without a launcher (Lightning's own: NODE_RANK, MASTER_ADDR, MASTER_PORT): say where this node
     waits and how to start the others, before it waits for them (silently, until they come)."""
-    from lightning.fabric.plugins.environments.lightning import find_free_network_port
+    from lightning_fabric.plugins.environments.lightning import find_free_network_port
 
     from litgpt_clone.config import ConfigError
 
