@@ -85,6 +85,24 @@ def load_model(checkpoint_dir: Path, device: torch.device, dtype: torch.dtype, q
     return model
 
 
+GENERATION_ARGS = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "stop", "seed", "speculative_k")
+LITGPT_ARGS = {
+    "stream": "use llm.stream(prompt), which yields the text piece by piece",
+    "sys_prompt": 'use llm.chat([{"role": "system", "content": ...}, {"role": "user", "content": prompt}])',
+    "return_as_token_ids": "it returns text; litgpt_clone.generate.generate(llm.model, [llm.encode(prompt)], max_new_tokens, "
+                           "stop_ids=llm.tokenizer.stop_ids) returns the new ids",
+}
+"""LitGPT's ``LLM.generate`` arguments and what does their work here."""
+
+
+def check_generation_args(method: str, kwargs: dict) -> None:
+    """A ``TypeError`` naming ``LLM.<method>`` (not the internal ``stream_ids``) for an argument it does not take."""
+    for name in kwargs:
+        if name not in GENERATION_ARGS:
+            fix = LITGPT_ARGS.get(name, f"it takes {', '.join(GENERATION_ARGS)}")
+            raise TypeError(f"LLM.{method}() got an unexpected keyword argument {name!r}: {fix}")
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     """CUDA: the most memory tensors held since the last reset; CPU: the process's peak resident set size."""
     if device.type == "cuda":
@@ -225,6 +243,7 @@ class LLM:
         ``generate``)."""
         if not isinstance(prompt, str):
             raise GenerationError(f"stream takes one prompt (a string), not a {type(prompt).__name__}: generate() takes a list")
+        check_generation_args("stream", kwargs)
         for pieces in self.stream_ids([self.encode(prompt)], **kwargs):
             if pieces[0]:
                 yield pieces[0]
@@ -236,6 +255,7 @@ class LLM:
         string or a list: the text ends just before the first one), ``seed`` (same seed, same text).
         The prompt is used as it is; ``chat`` applies the chat template.
         """
+        check_generation_args("generate", kwargs)
         if not isinstance(prompt, (str, list, tuple)):
             raise GenerationError(f"prompt is {type(prompt).__name__}: give a string, or a list of strings for a batch")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -251,6 +271,7 @@ class LLM:
         checkpoint's chat template (or ``style``, a fallback such as "chatml" or "alpaca"; ``template_kwargs``: more
         template variables, e.g. ``{"enable_thinking": False}`` for Qwen 3). ``stream=True`` gives an iterator of
         pieces instead of the whole reply. Keyword arguments as in ``generate``."""
+        check_generation_args("chat", kwargs)
         pieces = (p[0] for p in self.stream_ids([self.encode_chat(messages, style, template_kwargs)], **kwargs))
         if stream:
             return (p for p in pieces if p)
@@ -259,6 +280,7 @@ class LLM:
     def benchmark(self, prompt: str = "A long time ago, in a galaxy far, far away,", max_new_tokens: int = 64, num_iterations: int = 3, **kwargs) -> dict:
         """Generate ``num_iterations`` times (after one warm-up) and report the medians of time to first token
         (s), decode tokens/s and total time, the new tokens of the last run and peak memory (bytes)."""
+        check_generation_args("benchmark", kwargs)
         if num_iterations < 1:
             raise GenerationError(f"num_iterations is {num_iterations}: time at least 1 run")
         runs = []

@@ -125,6 +125,37 @@ def test_bad_input(models_root):
     assert GPT.from_checkpoint(native, dtype="bfloat16").transformer.wte.weight.dtype == torch.bfloat16
 
 
+def test_litgpt_generate_arguments_name_the_method_and_their_replacement(models_root):
+    """LitGPT's LLM.generate(stream=True | sys_prompt=... | return_as_token_ids=True), or a misspelt argument, was a
+    TypeError naming the internal LLM.stream_ids; now the method called and what does the work here, which works."""
+    llm = LLM.load(checkpoint(models_root, "llama")[1], device="cpu")
+    takes = "it takes max_new_tokens, temperature, top_k, top_p, min_p, stop, seed, speculative_k"
+    cases = [
+        ("generate", dict(stream=True), "LLM.generate() got an unexpected keyword argument 'stream': use llm.stream(prompt), which yields "
+         "the text piece by piece"),
+        ("generate", dict(sys_prompt="Be terse."), "LLM.generate() got an unexpected keyword argument 'sys_prompt': use "
+         'llm.chat([{"role": "system", "content": ...}, {"role": "user", "content": prompt}])'),
+        ("generate", dict(return_as_token_ids=True), "LLM.generate() got an unexpected keyword argument 'return_as_token_ids': it "
+         "returns text; litgpt_clone.generate.generate(llm.model, [llm.encode(prompt)], max_new_tokens, stop_ids=llm.tokenizer.stop_ids) "
+         "returns the new ids"),
+        ("generate", dict(temprature=0.5), f"LLM.generate() got an unexpected keyword argument 'temprature': {takes}"),
+        ("stream", dict(top_kk=5), f"LLM.stream() got an unexpected keyword argument 'top_kk': {takes}"),
+        ("chat", dict(sys_prompt="Be terse."), "LLM.chat() got an unexpected keyword argument 'sys_prompt': use "
+         'llm.chat([{"role": "system", "content": ...}, {"role": "user", "content": prompt}])'),
+        ("benchmark", dict(stream=True), "LLM.benchmark() got an unexpected keyword argument 'stream': use llm.stream(prompt), which "
+         "yields the text piece by piece"),
+    ]
+    for method, kwargs, message in cases:
+        prompt = [{"role": "user", "content": "Hi"}] if method == "chat" else PROMPTS[0]
+        with pytest.raises(TypeError) as err:
+            result = getattr(llm, method)(prompt, **kwargs)
+            next(iter(result))  # (stream is a generator)
+        assert str(err.value) == message
+    # the replacements do what LitGPT's arguments did
+    ids = generate(llm.model, [llm.encode(PROMPTS[0])], 8, stop_ids=llm.tokenizer.stop_ids)[0]
+    assert llm.tokenizer.decode(ids) == llm.generate(PROMPTS[0], max_new_tokens=8) == "".join(llm.stream(PROMPTS[0], max_new_tokens=8))
+
+
 def test_one_generation_at_a_time(models_root):
     """The model has one KV cache: two streams of one LLM interleaved in one thread both gave wrong text, and
     threads sharing an LLM got each other's tokens (19 wrong texts of 20), silently. Now the second stream in the

@@ -403,3 +403,118 @@ def test_snapshot_default_out_dir_and_a_native_folder_without_its_config(hf_llam
     (native / "model_config.yaml").unlink()
     proc = cli("generate", native, "--prompt", "Hi", check=False)
     assert proc.returncode == 2 and proc.stderr == f"error: {native} holds native weights but no model_config.yaml: put back the model_config.yaml written with them\n"
+
+
+def test_an_unknown_key_of_a_command_two_levels_down_is_named(tmp_path, capsys):
+    """A recipe key that `finetune lora` or `evaluate tasks` does not take printed `error: 'finetune'`: jsonargparse
+    looks the key up one level too high and reports the parent command's name. It names the key now, as the
+    one-level commands' messages do."""
+    (tmp_path / "f.yaml").write_text("checkpoint_dir: x\nlora:\n  rr: 2\n")
+    (tmp_path / "e.yaml").write_text("checkpoint_dir: x\ntasks: x\nbatch_sizee: 2\n")
+    (tmp_path / "g.yaml").write_text("num_sampels: 2\n")
+    lora = "error: Group 'lora' does not accept option 'rr' (`litgpt-clone finetune lora --help` lists the options)"
+    assert cli_error(capsys, "finetune", "lora", "--config", tmp_path / "f.yaml") == lora
+    assert cli_error(capsys, "finetune", "--config", tmp_path / "f.yaml") == lora  # (finetune = finetune lora)
+    assert cli_error(capsys, "evaluate", "tasks", "--config", tmp_path / "e.yaml") == (
+        "error: Option 'batch_sizee' is not accepted (`litgpt-clone evaluate tasks --help` lists the options)"
+    )
+    assert cli_error(capsys, "generate", "x", "--config", tmp_path / "g.yaml") == (  # one level down: as it was
+        "error: Subcommand 'generate' does not accept option 'num_sampels' (`litgpt-clone generate --help` lists the options)"
+    )
+    assert cli_error(capsys, "finetune", "lora", "x", "--lora.rr", "2") == (
+        "error: unrecognized arguments: --lora.rr 2 (`litgpt-clone finetune lora --help` lists the options)"
+    )
+
+
+def test_litgpt_names_point_to_ours(tmp_path, capsys):
+    """LitGPT's flags, recipe keys, commands and data modules that are called otherwise here were refused without
+    naming ours (`unrecognized arguments: --lora_r 4`, `invalid choice`, a LitGPT `data:` block "expected a
+    NoneType"); each names ours now, from one table. A flag with no counterpart, or one whose counterpart the command
+    does not take, keeps the plain error; LitGPT's `merge_lora --checkpoint_dir` is accepted."""
+    help_ = lambda command: f"(`litgpt-clone {command} --help` lists the options)"  # noqa: E731
+    cases = [
+        (["finetune", "lora", "x", "--train.lr_warmup_steps", "10"], "error: unrecognized arguments: --train.lr_warmup_steps 10 (did you "
+         f"mean --train.warmup_steps? --train.lr_warmup_steps is LitGPT's name) {help_('finetune lora')}"),
+        (["finetune", "lora", "x", "--lora_r", "4", "--lora_query", "true"], "error: unrecognized arguments: --lora_r 4 --lora_query true "
+         "(did you mean --lora.r? --lora_r is LitGPT's name) (did you mean --lora.query? --lora_query is LitGPT's name) "
+         f"{help_('finetune lora')}"),
+        (["generate", "x", "--sys_prompt", "Be terse."], "error: unrecognized arguments: --sys_prompt Be terse. (did you mean --system? "
+         f"--sys_prompt is LitGPT's name) {help_('generate')}"),
+        (["merge_lora", "x", "--pretrained_checkpoint_dir", "y"], "error: unrecognized arguments: --pretrained_checkpoint_dir y (did you "
+         f"mean --base? --pretrained_checkpoint_dir is LitGPT's name) {help_('merge_lora')}"),
+        (["finetune", "lora", "x", "--train.max_time", "100"], f"error: unrecognized arguments: --train.max_time 100 {help_('finetune lora')}"),
+        (["finetune", "lora", "x", "--eval.evaluate_example", "first"],
+         f"error: unrecognized arguments: --eval.evaluate_example first {help_('finetune lora')}"),
+        (["pretrain", "--lora_r", "4"], f"error: unrecognized arguments: --lora_r 4 {help_('pretrain')}"),  # no --lora there
+        (["finetune_lora", "x"], "error: `litgpt-clone finetune_lora` is LitGPT's command: here it is `litgpt-clone finetune lora`"),
+        (["finetune_adapter", "x"], "error: `litgpt-clone finetune_adapter` is LitGPT's command: here it is `litgpt-clone finetune adapter`"),
+        (["convert_to_litgpt", "x"], "error: `litgpt-clone convert_to_litgpt` is LitGPT's command: here it is `litgpt-clone convert from_hf`"),
+        (["convert_from_litgpt", "x", "y"], "error: `litgpt-clone convert_from_litgpt` is LitGPT's command: here it is `litgpt-clone convert to_hf`"),
+        (["download", "list"], "error: `litgpt-clone download list` is LitGPT's command: here it is `litgpt-clone models`"),
+        # the data modules of a LitGPT recipe's data: block, or given by class path
+        (["pretrain", "--data", "litgpt.data.TextFiles"], "error: unknown data module litgpt.data.TextFiles: use text (--data text, "
+         f"or `data: {{class_path: Text, init_args: {{...}}}}` in a YAML) {help_('pretrain')}"),
+    ]
+    for args, expected in cases:
+        assert cli_error(capsys, *args) == expected
+    recipes = {
+        "lora_r: 8\n": "error: Option 'lora_r' is not accepted (did you mean lora.r? lora_r is LitGPT's name)",
+        "train:\n  lr_warmup_steps: 10\n": "error: Group 'train' does not accept option 'lr_warmup_steps' (did you mean "
+                                           "train.warmup_steps? train.lr_warmup_steps is LitGPT's name)",
+        "eval:\n  max_new_tokens: 10\n": "error: Group 'eval' does not accept option 'max_new_tokens'",
+        "data:\n  class_path: litgpt.data.JSON\n  init_args:\n    json_path: data.json\n": "error: unknown data module "
+            "litgpt.data.JSON: use json (--data json, or `data: {class_path: JSON, init_args: {...}}` in a YAML)",
+        "data:\n  class_path: litgpt.data.Alpaca2k\n": "error: unknown --data litgpt.data.Alpaca2k: use one of alpaca, dolly, json, "
+            "chat (in a YAML, class_path: Alpaca, Dolly, JSON, Chat)",
+        "data: json\n": "error: unknown data module json: the short name is for the command line (--data json); write "
+                        "`data: {class_path: JSON, init_args: {...}}` in a YAML",
+    }
+    for text, expected in recipes.items():
+        (tmp_path / "recipe.yaml").write_text("checkpoint_dir: x\n" + text)
+        assert cli_error(capsys, "finetune", "lora", "--config", tmp_path / "recipe.yaml") == f"{expected} {help_('finetune lora')}"
+    # LitGPT's merge_lora names the LoRA folder checkpoint_dir, a flag as generate's is
+    assert cli_error(capsys, "merge_lora", "--checkpoint_dir", tmp_path / "nope") == (
+        f"error: {tmp_path / 'nope'} is not a LoRA checkpoint: expected {tmp_path / 'nope' / 'lora_config.yaml'} and lora.safetensors"
+    )
+
+
+def test_a_litgpt_checkpoint_says_how_to_bring_it_over_and_its_export_converts(hf_llama, tmp_path, capsys):
+    """A LitGPT folder (lit_model.pth beside LitGPT's model_config.yaml) failed on LitGPT's config keys ("unknown
+    model config keys [...] did you mean ..."), and the model.pth that `litgpt convert_from_litgpt` writes (the
+    weights under Hugging Face names) was "no weights". Every command now says it is a LitGPT checkpoint and how to
+    bring it over, and from_hf reads model.pth: the two steps it names give the Hugging Face model's logits."""
+    from litgpt_clone import LLM
+
+    hf_dir, hf_model = hf_llama
+    lit = tmp_path / "lit"  # what `litgpt download` or a LitGPT finetune leaves
+    lit.mkdir()
+    (lit / "config.json").write_text((hf_dir / "config.json").read_text())
+    (lit / "model_config.yaml").write_text("name: Llama-3.2-1B\ngelu_approximate: none\nlm_head_bias: false\n")
+    torch.save({"transformer.wte.weight": torch.zeros(64, 32)}, lit / "lit_model.pth")
+    expected = (
+        f"error: {lit} is a LitGPT checkpoint (lit_model.pth): bring it over with `litgpt convert_from_litgpt {lit} {lit}` "
+        f"(it writes model.pth, the weights under Hugging Face names), then `litgpt-clone convert from_hf {lit}`"
+    )
+    for command in (["generate", lit, "--prompt", "Hi"], ["chat", lit], ["serve", lit], ["finetune", "lora", lit], ["evaluate", lit, "--tasks", "x"],
+                    ["convert", "to_hf", lit], ["convert", "from_hf", lit, "--out_dir", tmp_path / "n"]):
+        assert cli_error(capsys, *command) == expected
+    with pytest.raises(CheckpointError, match="is a LitGPT checkpoint"):
+        LLM.load(lit)
+    (lit / "config.json").unlink()
+    assert cli_error(capsys, "generate", lit) == expected.replace(
+        "Face names), then", f"Face names), put the model's config.json from its hub repo into {lit}, then"
+    )
+    # `litgpt convert_from_litgpt lit lit`, then from_hf
+    (lit / "config.json").write_text((hf_dir / "config.json").read_text())
+    torch.save(load_file(hf_dir / "model.safetensors"), lit / "model.pth")
+    cli("convert", "from_hf", lit, "--out_dir", tmp_path / "native")
+    idx = torch.randint(0, 64, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(GPT.from_checkpoint(tmp_path / "native")(idx), hf_model(idx).logits)
+    (lit / "lit_model.pth").unlink()  # model.pth and config.json alone (convert_from_litgpt into a folder of its own)
+    (lit / "model_config.yaml").unlink()
+    from litgpt_clone.checkpoints.convert import convert_hf_checkpoint
+
+    convert_hf_checkpoint(lit, tmp_path / "native2")
+    with torch.no_grad():
+        torch.testing.assert_close(GPT.from_checkpoint(tmp_path / "native2")(idx), hf_model(idx).logits)

@@ -13,6 +13,8 @@ import torch
 from litgpt_clone.checkpoints.arch import Arch, get_arch
 from litgpt_clone.checkpoints.io import (
     CheckpointError,
+    hf_weight_files,
+    litgpt_checkpoint,
     read_hf_weights,
     save_hf_weights,
     save_weights,
@@ -182,7 +184,10 @@ def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = No
     if hf_dir.exists() and not hf_dir.is_dir():  # (its config.json would be read from the file itself)
         raise CheckpointError(f"{hf_dir} is not a folder: give the Hugging Face checkpoint folder (config.json and the weights)")
     check_destination(hf_dir, out_dir, "convert from_hf")
-    if (hf_dir / "model_config.yaml").is_file() and (hf_dir / "model.safetensors").is_file():
+    if (hf_dir / "lit_model.pth").is_file():  # LitGPT's: its Hugging Face weights (`litgpt download`) or model.pth
+        if not (hf_dir / "config.json").is_file() or not hf_weight_files(hf_dir):  # (`litgpt convert_from_litgpt`) are read
+            raise CheckpointError(litgpt_checkpoint(hf_dir))
+    elif (hf_dir / "model_config.yaml").is_file() and (hf_dir / "model.safetensors").is_file():
         raise CheckpointError(f"{hf_dir} is already a native checkpoint (model_config.yaml): use it as it is, or export it with `convert to_hf`")
     config = Config.from_hf_config(hf_dir)
     if dtype is not None and dtype not in DTYPES:

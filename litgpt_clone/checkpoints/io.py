@@ -150,6 +150,8 @@ def hf_weight_files(hf_dir: Path) -> list[Path]:
     from litgpt_clone.checkpoints.download import weight_files
 
     names = weight_files(p.name for p in hf_dir.iterdir() if p.is_file())
+    if not names and (hf_dir / "model.pth").is_file():  # what `litgpt convert_from_litgpt` writes: Hugging Face names
+        return [hf_dir / "model.pth"]
     return [hf_dir / n for n in names if not n.endswith(".json")]
 
 
@@ -158,7 +160,7 @@ def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
     hf_dir = Path(hf_dir)
     files = hf_weight_files(hf_dir)
     if not files:
-        raise CheckpointError(f"no weights in {hf_dir}: expected model.safetensors, model-*.safetensors or pytorch_model*.bin")
+        raise CheckpointError(f"no weights in {hf_dir}: expected model.safetensors, model-*.safetensors, pytorch_model*.bin or model.pth")
     state = {}
     for f in files:
         if f.suffix == ".safetensors":
@@ -196,19 +198,25 @@ def torch_load(path: Path, fix: str, **kwargs):
         raise CheckpointError(f"{path} cannot be read safely ({type(err).__name__}: {why[:200]}): {fix}") from None
 
 
+def check_keys(state: dict, model: torch.nn.Module, where: str) -> None:
+    """A ``CheckpointError`` naming ``where`` unless ``state`` holds exactly the model's tensors (a tied output head
+    may be left out: it is the embedding)."""
+    expected = model.state_dict().keys()
+    tied = getattr(model.config, "tie_embeddings", False)
+    missing = [k for k in expected if k not in state and not (tied and k == "lm_head.weight")]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(f"{where} does not match model_config.yaml: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+
 def load_weights(model: torch.nn.Module, checkpoint_dir: Path, device="cpu", dtype: Optional[torch.dtype] = None) -> None:
     """Load ``model.safetensors`` into a model built on the meta device (or anywhere), then place it on ``device``."""
     state = load_state(Path(checkpoint_dir) / "model.safetensors")
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    tied = getattr(model.config, "tie_embeddings", False)
-    missing = [k for k in missing if not (tied and k == "lm_head.weight")]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{checkpoint_dir}/model.safetensors does not match model_config.yaml: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
-    if tied:
+    check_keys(state, model, f"{checkpoint_dir}/model.safetensors")
+    model.load_state_dict(state, strict=False, assign=True)
+    if getattr(model.config, "tie_embeddings", False):
         model.lm_head.weight = model.transformer.wte.weight
     model.reset_rope(torch.device(device))  # the tables of a model built on the meta device hold no data yet
     model.to(device)
@@ -226,12 +234,24 @@ def safetensors_keys(path: Path) -> list[str]:
         return []
 
 
+def litgpt_checkpoint(path: Path) -> str:
+    """How to bring over a LitGPT checkpoint folder (``lit_model.pth``, LitGPT's ``model_config.yaml``)."""
+    config = "" if (path / "config.json").is_file() else f", put the model's config.json from its hub repo into {path}"
+    return (
+        f"{path} is a LitGPT checkpoint (lit_model.pth): bring it over with `litgpt convert_from_litgpt {path} {path}` "
+        f"(it writes model.pth, the weights under Hugging Face names){config}, then `litgpt-clone convert from_hf {path}`"
+    )
+
+
 def resolve_checkpoint(path_or_repo: str | Path, checkpoints_root: Path = Path("checkpoints")) -> Path:
     """A native checkpoint folder for a path or a hub repo id (downloaded and converted on first use)."""
     path = Path(path_or_repo)
+    native = any(key.startswith("transformer.") for key in safetensors_keys(path / "model.safetensors"))
+    if (path / "lit_model.pth").is_file() and not native:  # LitGPT's model_config.yaml is not ours
+        raise CheckpointError(litgpt_checkpoint(path))
     if (path / "model_config.yaml").is_file():
         return path
-    if (path / "model.safetensors").is_file() and any(key.startswith("transformer.") for key in safetensors_keys(path / "model.safetensors")):
+    if native:
         raise CheckpointError(f"{path} holds native weights but no model_config.yaml: put back the model_config.yaml written with them")
     if path.is_dir() and (path / "config.json").is_file():
         raise CheckpointError(

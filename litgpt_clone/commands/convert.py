@@ -21,7 +21,8 @@ def convert_from_hf(hf_dir: Path, out_dir: Optional[Path] = None, dtype: Optiona
     """Convert a Hugging Face checkpoint folder into a native litgpt_clone checkpoint.
 
     Args:
-        hf_dir: Folder with config.json and safetensors (single or sharded) or .bin weights.
+        hf_dir: Folder with config.json and safetensors (single or sharded) or .bin weights (or the model.pth of
+            `litgpt convert_from_litgpt`).
         out_dir: Where to write the native checkpoint; default ``checkpoints/<folder name>``, and
             ``checkpoints/<org>/<name>`` for a snapshot in the Hugging Face cache (``models--org--name/snapshots/<sha>``).
         dtype: Cast the weights; default keeps the stored dtype.

@@ -64,7 +64,7 @@ def finetune_lora(
             none of them given, after one epoch. (--train.tie_embeddings is pretrain's: the checkpoint decides.)
         eval: Validation interval and size.
         optimizer: A ``torch.optim`` class name (AdamW, SGD, ...) or class path, or ``{"class_path": ..., "init_args": {...}}``
-            (also ``--optimizer.class_path SGD --optimizer.init_args.momentum 0.9``); ``lr`` and ``weight_decay`` in init_args
+            (also ``--optimizer SGD --optimizer.init_args.momentum 0.9``, in any order); ``lr`` and ``weight_decay`` in init_args
             set ``--train.lr`` (the schedule's peak) and ``--train.weight_decay``, as LitGPT's recipes write them.
         resume: ``auto``, a step folder, or false.
         logger_name: csv or tensorboard, under out_dir/logs.
@@ -107,7 +107,7 @@ def finetune_full(
             none of them given, after one epoch. (--train.tie_embeddings is pretrain's: the checkpoint decides.)
         eval: Validation interval and size.
         optimizer: A ``torch.optim`` class name (AdamW, SGD, ...) or class path, or ``{"class_path": ..., "init_args": {...}}``
-            (also ``--optimizer.class_path SGD --optimizer.init_args.momentum 0.9``); ``lr`` and ``weight_decay`` in init_args
+            (also ``--optimizer SGD --optimizer.init_args.momentum 0.9``, in any order); ``lr`` and ``weight_decay`` in init_args
             set ``--train.lr`` (the schedule's peak) and ``--train.weight_decay``, as LitGPT's recipes write them.
         resume: ``auto``, a step folder, or false.
         logger_name: csv or tensorboard, under out_dir/logs.
@@ -154,7 +154,7 @@ def finetune_adapter(
             none of them given, after one epoch. (--train.tie_embeddings is pretrain's: the checkpoint decides.)
         eval: Validation interval and size.
         optimizer: A ``torch.optim`` class name (AdamW, SGD, ...) or class path, or ``{"class_path": ..., "init_args": {...}}``
-            (also ``--optimizer.class_path SGD --optimizer.init_args.momentum 0.9``); ``lr`` and ``weight_decay`` in init_args
+            (also ``--optimizer SGD --optimizer.init_args.momentum 0.9``, in any order); ``lr`` and ``weight_decay`` in init_args
             set ``--train.lr`` (the schedule's peak) and ``--train.weight_decay``, as LitGPT's recipes write them.
         resume: ``auto``, a step folder, or false.
         logger_name: csv or tensorboard, under out_dir/logs.
@@ -261,13 +261,14 @@ def run_finetune(
     )
 
 
-def merge_lora(lora_dir: Path, base: Optional[str] = None, out_dir: Optional[Path] = None) -> None:
+def merge_lora(checkpoint_dir: Path, base: Optional[str] = None, out_dir: Optional[Path] = None) -> None:
     """Fold a LoRA checkpoint into its base model and write a standard native checkpoint.
 
     Args:
-        lora_dir: A folder written by ``finetune lora`` (lora.safetensors, lora_config.yaml, hyperparameters.yaml).
+        checkpoint_dir: The LoRA checkpoint: a folder written by ``finetune lora`` (lora.safetensors,
+            lora_config.yaml, hyperparameters.yaml), as LitGPT's merge_lora names it.
         base: The base checkpoint; default: the ``checkpoint_dir`` recorded in hyperparameters.yaml.
-        out_dir: Where the merged checkpoint goes; default: ``lora_dir`` itself.
+        out_dir: Where the merged checkpoint goes; default: the LoRA checkpoint itself.
     """
     import yaml
 
@@ -275,7 +276,7 @@ def merge_lora(lora_dir: Path, base: Optional[str] = None, out_dir: Optional[Pat
     from litgpt_clone.lora import merge_into
     from litgpt_clone.training.checkpoint import read_training_state, write_checkpoint
 
-    lora_dir = Path(lora_dir)
+    lora_dir = Path(checkpoint_dir)
     if not (lora_dir / "lora_config.yaml").is_file():
         raise ConfigError(f"{lora_dir} is not a LoRA checkpoint: expected {lora_dir / 'lora_config.yaml'} and lora.safetensors")
     hparams = yaml.safe_load((lora_dir / "hyperparameters.yaml").read_text()) if (lora_dir / "hyperparameters.yaml").is_file() else {}

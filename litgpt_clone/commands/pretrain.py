@@ -52,7 +52,7 @@ def pretrain(
         train: Batch sizes, length, learning rate schedule, clipping, checkpoint and log intervals.
         eval: Validation interval and size.
         optimizer: A ``torch.optim`` class name (AdamW, SGD, ...) or class path, or ``{"class_path": ..., "init_args": {...}}``
-            (also ``--optimizer.class_path SGD --optimizer.init_args.momentum 0.9``); ``lr`` and ``weight_decay`` in init_args
+            (also ``--optimizer SGD --optimizer.init_args.momentum 0.9``, in any order); ``lr`` and ``weight_decay`` in init_args
             set ``--train.lr`` (the schedule's peak) and ``--train.weight_decay``, as LitGPT's recipes write them.
         resume: ``auto`` continues from the newest complete checkpoint in out_dir (or starts fresh), a path resumes
             from that checkpoint, false starts fresh.
