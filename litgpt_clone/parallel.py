@@ -89,7 +89,10 @@ def device_peak_flops(device: torch.device, precision: str) -> float | None:
 
 def gpu_peak_flops(name: str, precision: str) -> float | None:
     """Dense peak FLOP/s of the GPU called ``name`` (as ``torch.cuda.get_device_name`` gives it) at ``precision``."""
-    table = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12, "4090": 165e12}
+    table = {  # the first name found in ``name`` counts: the PCIe and NVL H100s before the SXM one
+        "H100 PCIe": 756e12, "H100 NVL": 835e12, "H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
+        "L4": 121e12, "4090": 165e12,
+    }
     peak = next((v for k, v in table.items() if k in name), None)
     if peak is not None and "32" in precision:
         peak /= 2  # tf32 tensor cores run at half the bf16 rate

@@ -21,6 +21,7 @@ from litgpt_clone.checkpoints.convert import convert_hf_checkpoint
 from litgpt_clone.lora import LoRAArgs, inject_lora, lora_state, merge_lora
 from litgpt_clone.training.run import build_optimizer
 from litgpt_clone.training.args import TrainArgs
+from test_generate import cli_error
 from test_pretrain import run_all, val_at_start
 
 WORDS = ["apple", "river", "stone", "cloud", "maple", "tiger", "piano", "ocean", "lemon", "candle", "forest", "rocket"]
@@ -160,6 +161,63 @@ def test_ragged_batches_run_unpadded_with_the_padded_loss_and_gradients():
     torch.testing.assert_close(ours, padded, atol=1e-6, rtol=1e-5)
     for a, b in zip(ours_grads, padded_grads):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_loss_weighs_every_learned_token_of_a_step_the_same_whatever_the_micro_batch():
+    """A finetuning step's loss is the mean over the learned tokens of its whole global batch (transformers' Trainer
+    and TRL since 4.46): samples of uneven length give the same logged losses and the same weights with 1 or 4 samples
+    per micro batch (each micro batch's own mean, as LitGPT takes, weighed a 3-token answer like a 40-token one), and
+    the first step's loss is the cross-entropy over the four samples' learned tokens, computed here directly. The
+    validation loss is the token mean over the whole set, whatever the micro batch size."""
+    import numpy as np
+    from lightning_fabric import Fabric
+
+    from litgpt_clone import Config
+    from litgpt_clone.data.sft import SFTDataset
+    from litgpt_clone.training.args import EvalArgs
+    from litgpt_clone.training.fit import FitState, fit, validate
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for prompt, answer in [(5, 3), (4, 40), (12, 2), (3, 25), (6, 9), (2, 31), (7, 4), (3, 12)]:
+        tokens = rng.integers(0, 50, prompt + answer)
+        labels = tokens.copy()
+        labels[:prompt] = -100
+        samples.append((tokens, labels))
+    config = Config(n_layer=2, n_embd=32, n_head=4, n_query_groups=2, vocab_size=50, block_size=64, mlp_class_name="GatedMLP", intermediate_size=64)
+    fabric = Fabric(accelerator="cpu", devices=1)
+
+    def train(micro, steps=2):
+        torch.manual_seed(0)
+        model = GPT(config)
+        start = {k: v.clone() for k, v in model.state_dict().items()}
+        model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.5))
+        data = SFTDataset(samples, seed=0, shuffle=False, stats={})
+        args = TrainArgs(global_batch_size=4, micro_batch_size=micro, max_steps=steps, warmup_steps=0, lr=0.5, min_lr=0.5, max_norm=None)
+        eval_args = EvalArgs(interval=1000, final_validation=False)
+        summary = fit(fabric, model, optimizer, data, None, args, eval_args, FitState(), 64, lambda *a: None, learned_only=True)
+        val = validate(fabric, model, SFTDataset(samples[:5], 0, False, {}), args, EvalArgs(max_iters=100), learned_only=True)
+        return model, start, summary, val
+
+    one, start, one_summary, one_val = train(1)
+    four, _, four_summary, four_val = train(4)
+    for a, b in zip(one.parameters(), four.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(one.lm_head.weight, start["lm_head.weight"], atol=1e-3)  # (the steps moved the weights)
+    assert one_summary["final_loss"] == pytest.approx(four_summary["final_loss"], abs=1e-6)
+    assert one_val == pytest.approx(four_val, abs=1e-6)
+
+    model = GPT(config)
+    model.load_state_dict(start)
+    with torch.no_grad():  # step 1 by hand: the four samples' learned tokens, one mean
+        sums = [torch.nn.functional.cross_entropy(model(torch.tensor(t[None, :-1]))[0], torch.tensor(l[1:]), ignore_index=-100, reduction="sum")
+                for t, l in samples[:4]]
+    learned = sum(int((l[1:] != -100).sum()) for _, l in samples[:4])
+    assert learned == 3 + 40 + 2 + 25  # every answer token is a target (the first one predicted from the prompt's last)
+    per_micro_mean = sum(float(x) / int((l[1:] != -100).sum()) for x, (_, l) in zip(sums, samples[:4])) / 4  # LitGPT's
+    for micro in (1, 2):
+        first = train(micro, steps=1)[2]["final_loss"]
+        assert first == pytest.approx(float(sum(sums)) / learned, abs=1e-5) and abs(first - per_micro_mean) > 0.01, (first, per_micro_mean)
 
 
 def test_full_finetune_changes_everything(base, tmp_path):
@@ -392,6 +450,48 @@ def test_hyperparameters_yaml_reruns_the_finetune(base, tmp_path):
     subprocess.run([sys.executable, "-m", "litgpt_clone", "finetune", "lora", "--config", str(tmp_path / "a" / "final" / "hyperparameters.yaml"),
                     "--out_dir", str(tmp_path / "b")], check=True, capture_output=True, env={**os.environ, "LITGPT_CLONE_CACHE": str(base / "cache")})
     assert losses(tmp_path / "b") == losses(tmp_path / "a") and len(losses(tmp_path / "a")) == 3
+
+
+def test_optimizer_name_and_settings_in_any_order_and_over_a_recipe(base, tmp_path, capsys):
+    """jsonargparse kept only the last of `--optimizer NAME` and `--optimizer.init_args.*`: `--optimizer.init_args.lr
+    0.05 --optimizer SGD` trained at the default lr without a word, `--optimizer SGD --optimizer.init_args.momentum
+    0.9` said the optimizer was not named, and a recipe's optimizer (LitGPT's class_path/init_args) lost its settings
+    to `--optimizer Adam`. Now the name and every setting count, whatever their order; hyperparameters.yaml, the
+    optimizer's state and the logged lr show them."""
+    import yaml
+
+    from litgpt_clone.__main__ import main
+    from litgpt_clone.training.checkpoint import read_training_state
+
+    recipe = tmp_path / "recipe.yaml"  # LitGPT's config_hub layout of the optimizer
+    recipe.write_text("optimizer:\n  class_path: torch.optim.AdamW\n  init_args:\n    lr: 0.002\n    betas: [0.8, 0.9]\n")
+    runs = {
+        "lr_then_name": ["--optimizer.init_args.lr", "0.05", "--optimizer", "SGD"],
+        "name_then_settings": ["--optimizer", "SGD", "--optimizer.init_args.momentum", "0.9", "--optimizer.lr", "0.03"],
+        "recipe_then_name": ["--config", recipe, "--optimizer", "Adam", "--optimizer.init_args.eps", "1e-7"],
+    }
+    for name, flags in runs.items():
+        out = tmp_path / name
+        main(list(map(str, ["finetune", "lora", base / "base", "--data", "json", "--data.path", base / "data.json", "--train.max_steps", "1",
+                            "--train.warmup_steps", "0", "--train.global_batch_size", "2", "--train.micro_batch_size", "2",
+                            "--train.save_interval", "1", "--eval.final_validation", "false", "--out_dir", out, *flags])))
+        capsys.readouterr()
+        written = yaml.safe_load((out / "final" / "hyperparameters.yaml").read_text())["optimizer"]
+        group = read_training_state(out / "step-00000001")["optimizer"]["param_groups"][0]
+        lr = [float(r["lr"]) for r in csv.DictReader((out / "logs" / "version_0" / "metrics.csv").open()) if r.get("lr")]
+        if name == "lr_then_name":
+            assert written == {"class_path": "SGD", "lr": 0.05} and lr == [0.05] and group["momentum"] == 0
+        elif name == "name_then_settings":
+            assert written == {"class_path": "SGD", "momentum": 0.9, "lr": 0.03} and lr == [0.03] and group["momentum"] == 0.9
+        else:
+            assert written == {"class_path": "Adam", "lr": 0.002, "betas": [0.8, 0.9], "eps": 1e-7} and lr == [0.002]
+            assert group["betas"] == (0.8, 0.9) and group["eps"] == 1e-7
+    # a recipe's setting the newly named optimizer lacks is named, with the way to drop it
+    line = cli_error(capsys, "finetune", "lora", "--config", recipe, base / "base", "--optimizer", "SGD")
+    assert line == (
+        "error: --optimizer SGD has no setting 'betas': it takes lr, momentum, dampening, weight_decay, nesterov, maximize, foreach, "
+        """differentiable, fused (settings given before, or in a recipe, stay when --optimizer names another; --optimizer '{"class_path": "SGD"}' drops them)"""
+    )
 
 
 def test_lora_resume_with_other_settings_and_mistaken_flags_are_one_line(base, tmp_path, capsys):

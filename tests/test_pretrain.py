@@ -95,11 +95,11 @@ def test_loss_drops_below_unigram_baseline(setup, tmp_path):
     ids = torch.cat([tokenizer.encode(p.read_text(), bos=False) for p in sorted((setup / "text").iterdir())])
     counts = Counter(ids.tolist())
     unigram = -sum(c / len(ids) * math.log(c / len(ids)) for c in counts.values())  # nats per token
-    pretrain(setup, tmp_path / "out", "--train.max_steps", "200", "--train.global_batch_size", "8", "--train.micro_batch_size", "8",
-             "--eval.interval", "100", "--train.save_interval", "null")
+    pretrain(setup, tmp_path / "out", "--train.max_steps", "120", "--train.global_batch_size", "8", "--train.micro_batch_size", "8",
+             "--eval.interval", "120", "--train.save_interval", "null")
     val = val_losses(tmp_path / "out")
-    # measured: unigram entropy 5.2 nats; val loss 4.0 after 80 steps (one CPU minute)
-    assert val[-1] < unigram - 0.7, (val, unigram)
+    # measured: unigram entropy 5.10 nats; val loss 4.46 after 100 steps, 4.35 after 120 (half a CPU minute)
+    assert val[-1] < unigram - 0.6, (val, unigram)
     model = GPT.from_checkpoint(tmp_path / "out" / "final")  # the final folder is a native checkpoint
     assert model.config.n_layer == 2 and (tmp_path / "out" / "final" / "tokenizer.json").is_file()
 
@@ -492,7 +492,7 @@ def test_optimizer_settings_as_litgpt_recipes_and_flags_write_them(setup, tmp_pa
     assert [round(float(r["lr"]), 6) for r in rows][:2] == [0.005, 0.01]  # the warmup climbs to init_args' lr
     base = ["pretrain", "--model_config", setup / "model.yaml", "--tokenizer_dir", setup / "tok", "--out_dir", tmp_path / "o"]
     cases = [
-        (["--optimizer", "SGD", "--optimizer.lr", "0.1"], "error: --optimizer settings {'lr': '0.1'} without the optimizer: name it with --optimizer.class_path"),
+        (["--optimizer.lr", "0.1"], "error: --optimizer settings {'lr': 0.1} without the optimizer: name it with --optimizer NAME (e.g. --optimizer SGD"),
         (["--optimizer", "Foo"], "error: unknown optimizer 'Foo': use a torch.optim class name (AdamW, SGD, ...) or a full class path"),
         (["--optimizer.class_path", "torch.optim.SGD", "--optimizer.init_args.momentom", "0.9"], "error: --optimizer torch.optim.SGD has no setting 'momentom': it takes lr, momentum"),
     ]
@@ -592,12 +592,14 @@ def test_hyperparameters_yaml_reruns_and_an_initial_checkpoint_brings_its_model(
 
 def test_validation_covers_a_small_set_once():
     """eval.max_iters beyond the validation set: each batch once, the last one partial (it wrapped around, 500
-    batches over 5 samples, the first ones counted more often in the mean)."""
+    batches over 5 samples, the first ones counted more often in the mean); the loss is the mean over the set's tokens,
+    the same with 1, 2 or 4 samples per batch (the mean of batch means counted the partial batch's one sample as
+    much as two: a 7% difference between micro batch sizes 1 and 4 in a QA run)."""
     import lightning_fabric as L
 
     from litgpt_clone import Config
     from litgpt_clone.training.args import EvalArgs, TrainArgs
-    from litgpt_clone.training.fit import batch_loss, validate
+    from litgpt_clone.training.fit import validate
 
     torch.manual_seed(0)
     model = GPT(Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, block_size=8, intermediate_size=32))
@@ -616,8 +618,81 @@ def test_validation_covers_a_small_set_once():
     loss = validate(fabric, model, data, TrainArgs(micro_batch_size=2), EvalArgs(max_iters=500))
     assert data.calls == [(0, 2), (2, 2), (4, 1)]
     with torch.no_grad():
-        expected = sum(batch_loss(fabric, model, rows[s : s + n, :-1], rows[s : s + n, 1:], False).item() for s, n in data.calls) / 3
+        expected = torch.nn.functional.cross_entropy(model(rows[:, :-1]).flatten(0, 1), rows[:, 1:].flatten()).item()
     assert loss == pytest.approx(expected, rel=1e-6)
+    for micro in (1, 4):
+        assert validate(fabric, model, data, TrainArgs(micro_batch_size=micro), EvalArgs(max_iters=500)) == pytest.approx(expected, rel=1e-6)
+    data.calls.clear()
     data.calls.clear()
     validate(fabric, model, data, TrainArgs(micro_batch_size=2), EvalArgs(max_iters=2))  # fewer than the set: as asked
     assert data.calls == [(0, 2), (2, 2)]
+
+
+def test_a_checkpoint_missing_a_tensor_is_refused_before_training_on_from_a_random_layer(tmp_path):
+    """--initial_checkpoint_dir and --resume load full state dicts through torch's set_model_state_dict, whose strict
+    check never fires (it fills the missing keys from the model first): a layer missing from the file trained on from
+    its random initialization, silently (a QA run). Now one line naming the file and the tensor, as generate says it."""
+    from litgpt_clone import Config
+    from litgpt_clone.checkpoints.io import CheckpointError
+    from litgpt_clone.training.checkpoint import load_full_state
+
+    config = Config(n_layer=2, n_embd=16, n_head=2, vocab_size=32, block_size=8, intermediate_size=32)
+    saved = GPT(config).state_dict()
+    model = GPT(config)
+    load_full_state(model, None, dict(saved), None, where="x/model.safetensors")  # whole: loads
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+    broken = {k: v for k, v in saved.items() if k != "transformer.h.1.mlp.proj.weight"}
+    with pytest.raises(CheckpointError) as err:
+        load_full_state(model, None, broken, None, where="x/model.safetensors")
+    assert str(err.value) == "x/model.safetensors does not match model_config.yaml: missing ['transformer.h.1.mlp.proj.weight'], unexpected []"
+    tied = GPT(Config(**{**config.__dict__, "tie_embeddings": True}))
+    load_full_state(tied, None, {k: v for k, v in saved.items() if k != "lm_head.weight"}, None)  # a tied head is the embedding
+    with pytest.raises(CheckpointError, match=r"missing \['lm_head.weight'\]"):  # an untied model needs its own
+        load_full_state(GPT(config), None, {k: v for k, v in saved.items() if k != "lm_head.weight"}, None)
+
+
+def test_throughput_after_a_validation_or_a_save_leaves_their_time_out(capsys, monkeypatch):
+    """The tok/s (and MFU) logged for the steps after a validation or a checkpoint counted their time as training
+    time (499 tok/s against ~3,500 in a QA run). On a clock that only the data moves: a training batch takes 1 s, a
+    validation batch 100 s and a save 1,000 s, so every logged figure must be 2 x 8 tokens per 2 s of training."""
+    import lightning_fabric as L
+
+    from litgpt_clone import Config
+    from litgpt_clone.training import fit as fit_module
+    from litgpt_clone.training.args import EvalArgs, TrainArgs
+
+    now = [0.0]
+    monkeypatch.setattr(fit_module.time, "perf_counter", lambda: now[0])
+    rows = torch.randint(0, 32, (64, 9))
+
+    class Data:
+        count = 64
+
+        def __init__(self, cost):
+            self.cost = cost
+
+        def batch(self, start, size):
+            now[0] += self.cost
+            return rows[start : start + size, :-1], rows[start : start + size, 1:]
+
+    def save(state, final):
+        now[0] += 1000
+
+    model = GPT(Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, block_size=8, intermediate_size=32))
+    fabric = L.Fabric(accelerator="cpu", devices=1)
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    args = TrainArgs(global_batch_size=2, micro_batch_size=2, max_steps=6, warmup_steps=0, log_interval=2, save_interval=2)
+    fit_module.fit(fabric, model, optimizer, Data(1), Data(100), args, EvalArgs(interval=2, max_iters=1), fit_module.FitState(), 8, save)
+    logged = re.findall(r"step (\d)/6 \| .* \| ([\d,]+) tok/s", capsys.readouterr().out)
+    assert logged == [("2", "16"), ("4", "16"), ("6", "16")], logged
+
+
+def test_mfu_uses_the_datasheet_peak_of_the_card_torch_names():
+    """MFU divides by the dense bf16 peak of NVIDIA's datasheets; "H100" alone matched the PCIe and NVL cards to the
+    SXM figure, so their MFU came out 24% and 16% low."""
+    from litgpt_clone.parallel import gpu_peak_flops
+
+    names = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12, "NVIDIA H100 NVL": 835e12, "NVIDIA H200": 989e12,
+             "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA GeForce RTX 4090": 165e12, "Tesla T4": None}
+    assert {name: gpu_peak_flops(name, "bf16-mixed") for name in names} == names
+    assert gpu_peak_flops("NVIDIA A100-SXM4-80GB", "32-true") == 156e12  # tf32: half the rate

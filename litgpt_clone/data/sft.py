@@ -95,6 +95,7 @@ class SFTDataset:
         self.stats = {**stats, "rows": self.count, "longest": max((len(t) - 1 for t, _ in samples), default=0)}
         self.group_size = 1
         self._epoch, self._order, self._group = -1, None, (-1, [])
+        self._learned: Optional[list[int]] = None
 
     def sort_groups(self, size: int) -> None:
         """Visit the global indices ``k * size .. (k + 1) * size`` (one optimizer step's samples, when ``size`` is the
@@ -104,13 +105,17 @@ class SFTDataset:
 
     def sample(self, index: int) -> Sample:
         """The sample at global ``index`` (wrapping into later epochs, each with its own order when shuffling)."""
+        return self.samples[self.placed(index)]
+
+    def placed(self, index: int) -> int:
+        """Where the sample at global ``index`` is in ``samples``, ``sort_groups`` included."""
         if self.group_size == 1:
-            return self.samples[self.position(index)]
+            return self.position(index)
         start = index - index % self.group_size
         if self._group[0] != start:
             members = [self.position(i) for i in range(start, start + self.group_size)]
             self._group = (start, sorted(members, key=lambda pos: len(self.samples[pos][0])))  # stable: ties keep order
-        return self.samples[self._group[1][index - start]]
+        return self._group[1][index - start]
 
     def position(self, index: int) -> int:
         """Where the sample at global ``index`` is in ``samples``, before ``sort_groups``."""
@@ -123,7 +128,13 @@ class SFTDataset:
 
     def tokens(self, start: int, size: int) -> int:
         """The input tokens of samples ``start .. start + size``, without padding: what training on them counts."""
-        return sum(len(self.samples[self.position(i)][0]) - 1 for i in range(start, start + size))
+        return sum(len(self.samples[self.placed(i)][0]) - 1 for i in range(start, start + size))
+
+    def learned(self, start: int, size: int) -> int:
+        """The target tokens (not ``ignore_index``) of samples ``start .. start + size``: what their loss averages over."""
+        if self._learned is None:
+            self._learned = [int((labels[1:] != self.ignore_index).sum()) for _, labels in self.samples]
+        return sum(self._learned[self.placed(i)] for i in range(start, start + size))
 
     def steps_for_tokens(self, max_tokens: int, global_batch_size: int) -> int:
         """Optimizer steps of ``global_batch_size`` samples until the trained ``tokens`` reach ``max_tokens``."""

@@ -27,7 +27,7 @@ class TrainArgs:
     warmup_steps: int = 100
     """Linear warmup from 0 to ``lr`` over this many optimizer steps."""
     min_lr: float = 3e-5
-    """Cosine decay from ``lr`` ends here at the last step."""
+    """The cosine decay from ``lr`` goes down to this at ``max_steps`` (the last step, counted from 0, runs just above it)."""
     weight_decay: float = 0.1
     """AdamW weight decay, applied to weight matrices and embeddings only (never to norms or biases)."""
     beta1: float = 0.9

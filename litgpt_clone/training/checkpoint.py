@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 import yaml
 
-from litgpt_clone.checkpoints.io import save_weights, torch_load, write_atomic, write_atomic_text
+from litgpt_clone.checkpoints.io import check_keys, save_weights, torch_load, write_atomic, write_atomic_text
 from litgpt_clone.config import Config
 from litgpt_clone.tokenizer import TOKENIZER_FILES
 
@@ -54,12 +54,18 @@ def full_state(model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer
 
 
 def load_full_state(
-    model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer], model_sd: dict, optim_sd: Optional[dict], strict: bool = True
+    model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer], model_sd: dict, optim_sd: Optional[dict], strict: bool = True,
+    where: str = "the checkpoint",
 ) -> None:
-    """Load full state dicts into a plain, DDP or FSDP2 model (``strict=False`` for a part, e.g. LoRA weights)."""
+    """Load full state dicts into a plain, DDP or FSDP2 model (``strict=False`` for a part, e.g. LoRA weights). With
+    ``strict``, a ``CheckpointError`` naming ``where`` (the weights file) when its tensors are not the model's: torch's
+    own strict check never fires for full state dicts (it fills the missing keys from the model first, so a layer
+    missing from the file trained on from its random initialization)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
 
     model = unwrap(model)
+    if strict:
+        check_keys(model_sd, model, where)
     options = StateDictOptions(full_state_dict=True, strict=strict and not getattr(model.config, "tie_embeddings", False))
     if optimizer is None or optim_sd is None:
         set_model_state_dict(model, model_sd, options=options)

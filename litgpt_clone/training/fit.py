@@ -50,27 +50,32 @@ def lr_at(step: int, args: TrainArgs, max_steps: int) -> float:
     return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def batch_loss(fabric, model, x: torch.Tensor, y: torch.Tensor, learned_only: bool) -> torch.Tensor:
+def batch_loss(fabric, model, x: torch.Tensor, y: torch.Tensor, learned_only: bool, per: Optional[int] = None) -> torch.Tensor:
     """The mean token cross-entropy of one host batch, run on the device; the output head and the loss run fused
     (``linear_cross_entropy``) wherever the head allows it. With ``learned_only`` (finetuning: the targets are -100
     at prompt and padding positions) the output head and the cross-entropy run only where targets are not -100,
     and on one process the rows run in ``length_groups`` cut to their own length: the same loss (the sum over
     groups of their token cross-entropy sums, over the batch's learned tokens), without the padding and the logits
-    nothing learns from. Everything is decided on the host, so the device never syncs. (Several forward passes
-    before one backward are not for DDP/FSDP wrappers: there the batch runs whole.)"""
+    nothing learns from; ``per``: divide the sum by this many tokens instead (those of the whole optimizer step, so
+    that every learned token of the step weighs the same). Everything is decided on the host, so the device never
+    syncs. (Several forward passes before one backward are not for DDP/FSDP wrappers: there the batch runs whole.)"""
     head = fusable_head(model)
     softcap = getattr(model, "module", model).config.final_logit_softcapping
     if not learned_only:
+        counted = int((y != -100).sum())  # (on the host: no sync)
         x, y = fabric.to_device((x, y))
         if head is None:
-            return loss_fn(model(x), y)
-        with fabric.autocast():  # bf16-mixed: the head's matmuls in bf16, as they would run inside the model
-            return linear_cross_entropy(model(x, hidden=True).flatten(0, 1), head, y.flatten(), softcap)
+            loss = loss_fn(model(x), y)
+        else:
+            with fabric.autocast():  # bf16-mixed: the head's matmuls in bf16, as they would run inside the model
+                loss = linear_cross_entropy(model(x, hidden=True).flatten(0, 1), head, y.flatten(), softcap)
+        return loss if per is None else loss * (counted / per)
     learned = y != -100  # (B, T)
     total = int(learned.sum())
     lengths = torch.where(learned.any(1), learned.shape[1] - learned.flip(1).int().argmax(1), 0).tolist()  # up to the last learned
     groups = length_groups(lengths) if fabric.world_size == 1 and total else [list(range(len(lengths)))]
-    reduction = "sum" if total else "mean"  # sums over the groups, divided by the batch's learned tokens
+    divisor = per if per is not None else total
+    reduction = "sum" if divisor else "mean"  # sums over the groups, divided by the learned tokens (an empty sum is 0)
     loss = None
     for group in groups:
         T = max(lengths[i] for i in group) or y.shape[1]
@@ -85,9 +90,19 @@ def batch_loss(fabric, model, x: torch.Tensor, y: torch.Tensor, learned_only: bo
             states = model(xg, hidden=True).flatten(0, 1).index_select(0, rows)  # (N, n_embd)
             with fabric.autocast():
                 part = linear_cross_entropy(states, head, yg, softcap, reduction=reduction)
-        part = part / total if total else part
+        part = part / divisor if divisor else part
         loss = part if loss is None else loss + part
     return loss
+
+
+def learned_tokens(data: Batches, starts: list[int], size: int) -> int:
+    """The tokens with a target (not -100) in the batches of ``size`` samples at ``starts``, at least 1: the
+    data's own count where it keeps one (``SFTDataset.learned``), else counted in the batches."""
+    if hasattr(data, "learned"):
+        total = sum(data.learned(start, size) for start in starts)
+    else:
+        total = sum(int((data.batch(start, size)[1] != -100).sum()) for start in starts)
+    return max(1, total)
 
 
 def length_groups(lengths: list[int]) -> list[list[int]]:
@@ -126,25 +141,26 @@ def memory_gb(device: torch.device) -> float:
 
 @torch.no_grad()
 def validate(fabric, model, data: Batches, args: TrainArgs, eval_args: EvalArgs, learned_only: bool = False) -> float:
-    """The mean batch loss over ``eval.max_iters`` batches per process, or over the whole validation set once where
-    it holds fewer (never wrapping around: repeated samples would weigh more in the mean)."""
+    """The mean token loss over ``eval.max_iters`` batches per process, or over the whole validation set once where
+    it holds fewer (never wrapping around: repeated samples would weigh more in the mean). Every token weighs the
+    same: a short last batch counts for its tokens, so the loss does not depend on ``micro_batch_size``."""
     model.eval()
     mbs, count, world = args.micro_batch_size, getattr(data, "count", None), fabric.world_size
     # every rank runs as many forwards as rank 0, which has the most batches: FSDP's all-gathers and DDP's buffer
     # broadcasts need all ranks in each forward, so a rank past the end of the set runs a stand-in batch it does
     # not count (stopping early left the others waiting for it forever)
     iters = eval_args.max_iters if count is None else min(eval_args.max_iters, math.ceil(count / (world * mbs)))
-    totals = torch.zeros(2, device=fabric.device)  # summed batch losses, batches
+    totals = torch.zeros(2, device=fabric.device)  # summed token losses, tokens
     for i in range(iters):
         start = (i * world + fabric.global_rank) * mbs
         size = mbs if count is None else min(mbs, count - start)
         x, y = data.batch(start, size) if size > 0 else data.batch(0, 1)
-        loss = batch_loss(fabric, model, x, y, learned_only).float()
-        if size > 0:
-            totals += torch.stack([loss, torch.ones((), device=totals.device)])
+        loss = batch_loss(fabric, model, x, y, learned_only, per=1).float()  # the batch's summed token losses
+        tokens = int((y != -100).sum()) if size > 0 else 0
+        totals += torch.stack([loss if tokens else torch.zeros_like(loss), torch.tensor(float(tokens), device=totals.device)])
     model.train()
-    loss_sum, batches = fabric.all_reduce(totals, reduce_op="sum").tolist()
-    return loss_sum / batches
+    loss_sum, tokens = fabric.all_reduce(totals, reduce_op="sum").tolist()
+    return loss_sum / max(tokens, 1)
 
 
 def fit(
@@ -184,12 +200,16 @@ def fit(
         for group in optimizer.param_groups:
             group["lr"] = lr
         totals = torch.zeros(2, device=fabric.device)  # summed loss, tokens
+        # finetuning: each micro batch's summed loss over the learned tokens of the whole step (all micro batches, all
+        # processes), as transformers' Trainer and TRL do, so that every token weighs the same whatever the micro batch
+        # size or device count; the gradients are averaged over the processes, hence the loss times their number
+        per = learned_tokens(train, [state.samples + k * mbs for k in range(accum * world)], mbs) if learned_only else None
         for micro in range(accum):
             start = state.samples + (micro * world + rank) * mbs
             x, y = train.batch(start, mbs)
             with fabric.no_backward_sync(model, enabled=micro < accum - 1):
-                loss = batch_loss(fabric, model, x, y, learned_only)
-                fabric.backward(loss / accum)
+                loss = batch_loss(fabric, model, x, y, learned_only, per)
+                fabric.backward(loss * world if per else loss / accum)
             trained = train.tokens(start, mbs) if hasattr(train, "tokens") else x.numel()  # SFT: the samples' tokens, no padding
             totals += torch.stack([loss.detach().float(), torch.tensor(float(trained), device=totals.device)])
         totals = fabric.all_reduce(totals, reduce_op="sum")
@@ -199,7 +219,7 @@ def fit(
         optimizer.zero_grad(set_to_none=True)
         # the step's one host sync, once the optimizer step is queued: a GPU does not sit idle while the host launches it
         loss_sum, token_count = totals.tolist()
-        loss, step_tokens = loss_sum / (accum * world), int(token_count)
+        loss, step_tokens = loss_sum if per else loss_sum / (accum * world), int(token_count)
         if not math.isfinite(loss):
             raise TrainingError(f"loss is {loss} at step {state.step + 1}: {kept()}; {instability_advice(args)}")
         state.step += 1
@@ -223,6 +243,7 @@ def fit(
             )
             bar.write(line) if rank == 0 else None
             bar.set_postfix(loss=f"{loss:.3f}")
+        paused = time.perf_counter()  # validating and saving are not training: the next tok/s (and MFU) leave them out
         if val is not None and (state.step % eval_args.interval == 0 or (state.step == max_steps and eval_args.final_validation)):
             metrics["val_loss"] = validate(fabric, model, val, args, eval_args, learned_only)
             metrics["val_ppl"] = math.exp(min(metrics["val_loss"], 50))
@@ -231,6 +252,7 @@ def fit(
         history.append(metrics)
         if state.step == max_steps or (args.save_interval and state.step % args.save_interval == 0):
             save(state, state.step == max_steps)
+        window_time += time.perf_counter() - paused
     bar.close()
     fabric.barrier()
     wall = time.perf_counter() - start_time

@@ -149,11 +149,11 @@ def on_rank_zero(fabric, work: Callable[[], Any], share: bool = True) -> Any:
 
 def optimizer_spec(optimizer: Union[str, dict], train: TrainArgs) -> tuple[type, dict, TrainArgs]:
     """(optimizer class, its settings, ``train``) for ``--optimizer``: a ``torch.optim`` name or a class path, or
-    ``{"class_path": ..., "init_args": {...}}`` (also as ``--optimizer.class_path X --optimizer.init_args.momentum
-    0.9``, which jsonargparse hands over flattened and as text). ``lr`` and ``weight_decay`` in the settings, where
-    LitGPT's recipes put them, become ``train.lr`` (the schedule's peak) and ``train.weight_decay`` (of the decayed
-    group): the schedule sets every step's learning rate, and each group its weight decay. A ``ConfigError`` for an
-    unknown class or setting, before any work."""
+    ``{"class_path": ..., "init_args": {...}}`` (settings beside class_path count as init_args; the CLI hands
+    ``--optimizer X --optimizer.init_args.momentum 0.9`` over in this form: ``__main__.optimizer_flags``). ``lr`` and
+    ``weight_decay`` in the settings, where LitGPT's recipes put them, become ``train.lr`` (the schedule's peak) and
+    ``train.weight_decay`` (of the decayed group): the schedule sets every step's learning rate, and each group its
+    weight decay. A ``ConfigError`` for an unknown class or setting, before any work."""
     import importlib
     import inspect
 
@@ -164,15 +164,15 @@ def optimizer_spec(optimizer: Union[str, dict], train: TrainArgs) -> tuple[type,
     if isinstance(optimizer, str):
         name, init_args = optimizer, {}
     else:
-        if "class_path" not in optimizer:
-            raise ConfigError(
-                f"--optimizer settings {dict(optimizer)} without the optimizer: name it with --optimizer.class_path "
-                "(e.g. --optimizer.class_path SGD --optimizer.init_args.lr 0.1)"
-            )
-        name = optimizer["class_path"]
         extra = {k: v for k, v in optimizer.items() if k not in ("class_path", "init_args")}
         init_args = {**dict(optimizer.get("init_args") or {}), **extra}
         init_args = {k: yaml.safe_load(v) if isinstance(v, str) else v for k, v in init_args.items()}  # "0.9" -> 0.9
+        if "class_path" not in optimizer:
+            raise ConfigError(
+                f"--optimizer settings {init_args} without the optimizer: name it with --optimizer NAME "
+                "(e.g. --optimizer SGD --optimizer.init_args.lr 0.1)"
+            )
+        name = optimizer["class_path"]
     try:
         if "." in name:  # a full class path, e.g. bitsandbytes.optim.AdamW8bit
             module, attr = name.rsplit(".", 1)
@@ -185,7 +185,10 @@ def optimizer_spec(optimizer: Union[str, dict], train: TrainArgs) -> tuple[type,
     accepted = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "params")]
     unknown = [k for k in init_args if k not in accepted]
     if unknown and not any(p.kind == p.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values()):
-        raise ConfigError(f"--optimizer {name} has no setting {unknown[0]!r}: it takes {', '.join(accepted)}")
+        raise ConfigError(
+            f"--optimizer {name} has no setting {unknown[0]!r}: it takes {', '.join(accepted)} (settings given before, "
+            f"or in a recipe, stay when --optimizer names another; --optimizer '{{\"class_path\": \"{name}\"}}' drops them)"
+        )
     folded = {k: float(init_args.pop(k)) for k in ("lr", "weight_decay") if k in init_args}
     return cls, init_args, dataclasses.replace(train, **folded) if folded else train
 
@@ -247,7 +250,8 @@ def run_training(
             adapter = load_adapter_args(initial_checkpoint_dir)
             inject_adapter(model, adapter, freeze=False)
             yamls["adapter_config.yaml"] = plain(adapter)  # every checkpoint carries them, so it loads back
-        load_full_state(model, None, load_state(Path(initial_checkpoint_dir) / "model.safetensors"), None)
+        weights = Path(initial_checkpoint_dir) / "model.safetensors"
+        load_full_state(model, None, load_state(weights), None, where=str(weights))
         if config.tie_embeddings:
             model.lm_head.weight = model.transformer.wte.weight
     model.max_seq_length = seq_length
@@ -324,7 +328,8 @@ def resume_state(fabric, model, optimizer, out_dir: Path, resume, weights_file: 
     from litgpt_clone.checkpoints.io import load_state
 
     saved = read_training_state(folder)
-    load_full_state(model, optimizer, load_state(folder / weights_file), saved["optimizer"], strict=weights_file == "model.safetensors")
+    load_full_state(model, optimizer, load_state(folder / weights_file), saved["optimizer"], strict=weights_file == "model.safetensors",
+                    where=str(folder / weights_file))
     fabric.print(f"resumed from {folder} at step {saved['fit']['step']}")
     restore_rng(fabric, saved["rng"], folder)
     return FitState(**saved["fit"])
