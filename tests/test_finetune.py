@@ -513,6 +513,11 @@ def test_lora_resume_with_other_settings_and_mistaken_flags_are_one_line(base, t
         assert exit_.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1] == (
             f"error: {step} was trained with other lora settings ({differ}): resume with the same --lora.* values, or give another --out_dir"
         )
+    with pytest.raises(SystemExit) as exit_:  # other samples under the checkpoint's data position: skipped or repeated silently
+        main(list(map(str, ["finetune", "lora", *common, "--lora.r", "4", "--seed", "7", "--resume", "auto"])))
+    assert exit_.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"error: {step} was trained on other data: the training samples, --seed or --train.max_seq_length differ"
+    )
     assert cli_error(capsys, "finetune", "lora", *common, "--lora.layers", "[5, 9]") == (
         "error: --lora.layers [5, 9] is outside the model's 2 blocks: give [start, end) with 0 <= start < end <= 2"
     )

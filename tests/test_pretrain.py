@@ -490,6 +490,8 @@ def test_optimizer_settings_as_litgpt_recipes_and_flags_write_them(setup, tmp_pa
              '{"class_path": "AdamW", "init_args": {"lr": 0.01, "weight_decay": 0.0}}')
     rows = [r for r in csv.DictReader((out / "logs" / "version_0" / "metrics.csv").open()) if r.get("lr")]
     assert [round(float(r["lr"]), 6) for r in rows][:2] == [0.005, 0.01]  # the warmup climbs to init_args' lr
+    written = yaml.safe_load((out / "final" / "hyperparameters.yaml").read_text())["train"]
+    assert (written["lr"], written["weight_decay"]) == (0.01, 0.0)  # what the run used (it recorded --train.lr's default)
     base = ["pretrain", "--model_config", setup / "model.yaml", "--tokenizer_dir", setup / "tok", "--out_dir", tmp_path / "o"]
     cases = [
         (["--optimizer.lr", "0.1"], "error: --optimizer settings {'lr': 0.1} without the optimizer: name it with --optimizer NAME (e.g. --optimizer SGD"),
@@ -501,7 +503,7 @@ def test_optimizer_settings_as_litgpt_recipes_and_flags_write_them(setup, tmp_pa
     assert not (tmp_path / "o").exists()  # said before any work
 
 
-def test_out_dir_devices_val_fraction_and_resume_mistakes_are_one_line(setup, tmp_path, capsys):
+def test_out_dir_devices_val_fraction_and_resume_mistakes_are_one_line(setup, tmp_path, capsys, monkeypatch):
     """Each of these was a traceback: an --out_dir that is a file (after a training step), --devices 0, a validation
     share of 1 or below 0, --resume true (LitGPT's spelling), and resuming a checkpoint of another model shape."""
     (tmp_path / "afile").write_text("")
@@ -531,6 +533,29 @@ def test_out_dir_devices_val_fraction_and_resume_mistakes_are_one_line(setup, tm
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
     line = one_line(pretrain(setup, out, "--model_config", tmp_path / "other.yaml", "--train.max_steps", "4", "--resume", "auto", check=False))
     assert line.startswith(f"error: {out / 'step-00000003'} holds another model (n_layer 2 there, 1 here): resume with the model"), line
+    # the same shapes computing something else, or another data stream under the checkpoint's data position: each
+    # resumed silently before (a QA run), training another model or skipping and repeating data
+    monkeypatch.setenv("LITGPT_CLONE_CACHE", str(setup / "cache"))
+    resume = ["pretrain", "--tokenizer_dir", setup / "tok", "--data", "text", "--data.path", setup / "text", "--out_dir", out,
+              "--train.max_steps", "4", "--resume", "auto"]
+    same = yaml.safe_load((setup / "model.yaml").read_text())
+    (tmp_path / "rope.yaml").write_text(yaml.safe_dump(same | {"rope_base": 500000.0, "parallel_residual": True}))
+    assert cli_error(capsys, *resume, "--model_config", tmp_path / "rope.yaml").startswith(
+        f"error: {out / 'step-00000003'} holds another model (parallel_residual false there, true here; rope_base 10000.0 there, 500000.0 here)"
+    )
+    assert cli_error(capsys, *resume, "--model_config", setup / "model.yaml", "--train.tie_embeddings", "true").startswith(
+        f"error: {out / 'step-00000003'} holds another model (tie_embeddings false there, true here)"
+    )
+    for changed in (["--seed", "7"], ["--train.max_seq_length", "32"], ["--data.val_fraction", "0.2"]):
+        assert cli_error(capsys, *resume, "--model_config", setup / "model.yaml", *changed) == (
+            f"error: {out / 'step-00000003'} was trained on other data: the training samples, --seed or --train.max_seq_length "
+            "differ from this run's, and its data position counts samples of its own stream; resume with the same data and "
+            "settings, or give another --out_dir (pretrain --initial_checkpoint_dir starts from its weights on new data)"
+        ), changed
+    assert cli_error(capsys, "pretrain", "--initial_checkpoint_dir", out / "step-00000003", "--train.tie_embeddings", "true", "--out_dir", tmp_path / "c") == (
+        f"error: --train.tie_embeddings true: the model of --initial_checkpoint_dir {out / 'step-00000003'} has tie_embeddings "
+        "false (its model_config.yaml): drop the flag"
+    )
 
 
 def test_shards_of_another_vocabulary_of_the_same_size_are_refused(setup, tmp_path, capsys):
@@ -696,3 +721,21 @@ def test_mfu_uses_the_datasheet_peak_of_the_card_torch_names():
              "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA GeForce RTX 4090": 165e12, "Tesla T4": None}
     assert {name: gpu_peak_flops(name, "bf16-mixed") for name in names} == names
     assert gpu_peak_flops("NVIDIA A100-SXM4-80GB", "32-true") == 156e12  # tf32: half the rate
+
+
+def test_a_sequence_length_beyond_the_block_size_is_cut_with_a_note():
+    """--train.max_seq_length above the model's block_size trained shorter sequences with no word (and max_tokens
+    turned into more steps than asked for)."""
+    from litgpt_clone import Config
+    from litgpt_clone.training.args import TrainArgs
+    from litgpt_clone.training.run import sequence_length
+
+    class Fabric:
+        said: list = []
+
+        def print(self, line):
+            self.said.append(line)
+
+    config = Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, block_size=32)
+    assert [sequence_length(Fabric(), TrainArgs(max_seq_length=n), config) for n in (None, 16, 32, 64)] == [32, 16, 32, 32]
+    assert Fabric.said == ["note: --train.max_seq_length 64 is beyond the model's block_size: sequences of 32"]

@@ -177,7 +177,7 @@ def run_finetune(
     from litgpt_clone.quantize import parameter_count
     from litgpt_clone.tokenizer import Tokenizer
     from litgpt_clone.training.checkpoint import write_checkpoint
-    from litgpt_clone.training.run import build_fabric, optimizer_spec, plain, rank_zero_first, train_and_save, world_size
+    from litgpt_clone.training.run import build_fabric, optimizer_spec, plain, rank_zero_first, sequence_length, train_and_save, world_size
 
     h = hparams
     train, eval, out_dir = h["train"], h["eval"], Path(h["out_dir"])
@@ -192,6 +192,7 @@ def run_finetune(
     # what is wrong on one process is wrong on all: said once, here, before the launch starts the other processes
     train.gradient_accumulation_steps(world_size(h["devices"], h["num_nodes"]))
     _, _, train = optimizer_spec(h["optimizer"], train)  # (init_args' lr and weight_decay set the schedule's)
+    h["train"] = train  # hyperparameters.yaml records what the run uses (a recipe's optimizer lr as train.lr)
     tokenizer = Tokenizer(checkpoint_dir)
     config = Config.from_checkpoint(checkpoint_dir)
     if train.tie_embeddings is not None:
@@ -209,7 +210,7 @@ def run_finetune(
         )
     fabric = build_fabric(h["devices"], h["num_nodes"], h["strategy"], h["precision"], out_dir, h["logger_name"])
     fabric.launch()
-    seq_length = min(train.max_seq_length or config.block_size, config.block_size)
+    seq_length = sequence_length(fabric, train, config)
     data = h["data"] or Alpaca()
     train_data, val_data = rank_zero_first(fabric, lambda: data.datasets(tokenizer, seq_length, h["seed"]))
     train_data.sort_groups(train.global_batch_size)  # each step's samples, shortest first: less padding per micro-batch

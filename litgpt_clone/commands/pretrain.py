@@ -76,6 +76,11 @@ def pretrain(
                 f"--initial_checkpoint_dir {initial_checkpoint_dir} brings its own model (its model_config.yaml): drop {given}"
             )
         config = Config.from_checkpoint(initial_checkpoint_dir)
+        if train.tie_embeddings is not None and train.tie_embeddings != config.tie_embeddings:  # one matrix dropped, or a random head
+            raise ConfigError(
+                f"--train.tie_embeddings {str(train.tie_embeddings).lower()}: the model of --initial_checkpoint_dir "
+                f"{initial_checkpoint_dir} has tie_embeddings {str(config.tie_embeddings).lower()} (its model_config.yaml): drop the flag"
+            )
     elif model_config is not None:
         config = Config.from_file(model_config)
     else:
@@ -87,6 +92,7 @@ def pretrain(
     # what is wrong on one process is wrong on all: said once, here, before the launch starts the other processes
     train.gradient_accumulation_steps(world_size(devices, num_nodes))
     _, _, train = optimizer_spec(optimizer, train)  # (init_args' lr and weight_decay set the schedule's)
+    hparams["train"] = train  # hyperparameters.yaml records what the run uses (--optimizer.init_args.lr as train.lr)
     tokenizer = Tokenizer(tokenizer_dir or initial_checkpoint_dir)
     if tokenizer.vocab_size > config.vocab_size:
         raise DataError(

@@ -294,6 +294,12 @@ class Windows:
             raise DataError(f"{len(stream)} tokens are fewer than one sequence of {seq_length + 1}: lower --train.max_seq_length")
         self._epoch, self._order = -1, None
 
+    @property
+    def fingerprint(self) -> str:
+        """What decides the window at each sample index: the stream's tokens, the window length, the order's seed.
+        A resumed run compares it with the checkpoint's, whose data position means nothing on another stream."""
+        return hashlib.sha256(f"{self.stream.fingerprint}|{self.seq_length}|{self.seed}|{self.shuffle}".encode()).hexdigest()
+
     def window(self, index: int) -> torch.Tensor:
         """The window at global sample ``index`` (wrapping into later epochs, each with its own order)."""
         epoch, pos = divmod(index, self.count)

@@ -57,6 +57,7 @@ to the samples packed before it: packing trades that contamination for fewer pad
 from __future__ import annotations
 
 import hashlib
+import hashlib
 import json
 import os
 import re
@@ -96,6 +97,15 @@ class SFTDataset:
         self.group_size = 1
         self._epoch, self._order, self._group = -1, None, (-1, [])
         self._learned: Optional[list[int]] = None
+
+    @property
+    def fingerprint(self) -> str:
+        """What decides the sample at each index: the samples' tokens and labels, and their order (seed, shuffle).
+        A resumed run compares it with the checkpoint's, whose data position means nothing over other samples."""
+        h = hashlib.sha256(f"{self.seed}|{self.shuffle}|{self.count}".encode())
+        for tokens, labels in self.samples:
+            h.update(np.int64(len(tokens)).tobytes() + tokens.tobytes() + labels.tobytes())
+        return h.hexdigest()
 
     def sort_groups(self, size: int) -> None:
         """Visit the global indices ``k * size .. (k + 1) * size`` (one optimizer step's samples, when ``size`` is the

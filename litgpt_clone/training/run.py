@@ -215,6 +215,15 @@ def flops_per_token(model: GPT, seq_length: int) -> float:
     return 6 * n + 12 * c.n_layer * c.n_head * c.head_size * seq_length
 
 
+def sequence_length(fabric, train: TrainArgs, config: Config) -> int:
+    """``--train.max_seq_length``, at most the model's block_size (said in a note when it is cut: ``max_tokens``
+    counts steps in sequences of this length); the block_size by default."""
+    seq_length = min(train.max_seq_length or config.block_size, config.block_size)
+    if seq_length < (train.max_seq_length or 0):
+        fabric.print(f"note: --train.max_seq_length {train.max_seq_length} is beyond the model's block_size: sequences of {seq_length}")
+    return seq_length
+
+
 def run_training(
     fabric,
     config: Config,
@@ -231,7 +240,7 @@ def run_training(
     hparams: dict,
 ) -> dict:
     out_dir = Path(out_dir)
-    seq_length = min(train.max_seq_length or config.block_size, config.block_size)
+    seq_length = sequence_length(fabric, train, config)
     train_stream, val_stream = rank_zero_first(fabric, lambda: data.streams(tokenizer))
     if train_stream.vocab_size > config.vocab_size:
         raise DataError(f"the data holds token ids up to {train_stream.vocab_size - 1}, beyond the model's vocab_size {config.vocab_size}")
@@ -283,8 +292,9 @@ def train_and_save(
     compile_model(model, compile)
     model = fabric.setup(model)
     opt = fabric.setup_optimizers(build_optimizer(model, optimizer, train, fused=True))
-    state = resume_state(fabric, model, opt, out_dir, resume, weights_file, settings)
-    save = make_saver(fabric, model, opt, out_dir, write, select, advice=instability_advice(train))
+    data = getattr(train_data, "fingerprint", None)
+    state = resume_state(fabric, model, opt, out_dir, resume, weights_file, settings, data)
+    save = make_saver(fabric, model, opt, out_dir, write, select, advice=instability_advice(train), data=data)
     try:
         summary = fit(
             fabric, model, opt, train_data, val_data, train, eval, state, seq_length, save,
@@ -309,7 +319,12 @@ def out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
 
 
-def resume_state(fabric, model, optimizer, out_dir: Path, resume, weights_file: str = "model.safetensors", settings=None) -> FitState:
+def resume_state(
+    fabric, model, optimizer, out_dir: Path, resume, weights_file: str = "model.safetensors", settings=None, data: Optional[str] = None
+) -> FitState:
+    """The ``FitState`` of the checkpoint ``--resume`` names, its weights, optimizer and random states loaded (a fresh
+    one without). ``data``: the training data's ``fingerprint``, which the checkpoint's must equal (its data position
+    counts samples of that stream: on another one the run would skip or repeat data, silently)."""
     if resume is False or resume is None:
         return FitState()
     # rank 0 picks the checkpoint (it writes them, so its out_dir is the run's) and every rank loads that one: ranks that
@@ -328,6 +343,12 @@ def resume_state(fabric, model, optimizer, out_dir: Path, resume, weights_file: 
     from litgpt_clone.checkpoints.io import load_state
 
     saved = read_training_state(folder)
+    if data is not None and saved.get("data", data) != data:  # (checkpoints written before it was saved: not checked)
+        raise TrainingError(
+            f"{folder} was trained on other data: the training samples, --seed or --train.max_seq_length differ from this "
+            "run's, and its data position counts samples of its own stream; resume with the same data and settings, or give "
+            "another --out_dir (pretrain --initial_checkpoint_dir starts from its weights on new data)"
+        )
     load_full_state(model, optimizer, load_state(folder / weights_file), saved["optimizer"], strict=weights_file == "model.safetensors",
                     where=str(folder / weights_file))
     fabric.print(f"resumed from {folder} at step {saved['fit']['step']}")
@@ -389,13 +410,15 @@ def restore_rng(fabric, saved: Union[torch.Tensor, list], folder: Path) -> None:
 
 
 def check_same_model(folder: Path, config) -> None:
-    """``TrainingError`` when the checkpoint to resume was written for a model of another shape (the run's
-    --model_config changed, or --out_dir holds another run)."""
+    """``TrainingError`` when the checkpoint to resume was written for another model: another shape, or another
+    computation of the same shapes (``rope_base``, ``parallel_residual``, ``tie_embeddings``, ...; the run's
+    --model_config or --train.tie_embeddings changed, or --out_dir holds another run)."""
     from litgpt_clone.config import Config
 
     saved = Config.from_file(folder / "model_config.yaml")
-    shape = ("n_layer", "n_embd", "n_head", "n_query_groups", "head_size", "intermediate_size", "vocab_size", "mlp_class_name", "n_expert")
-    differ = [f"{name} {getattr(saved, name)} there, {getattr(config, name)} here" for name in shape if getattr(saved, name) != getattr(config, name)]
+    names = [f.name for f in dataclasses.fields(Config) if f.name not in ("name", "hf_config", "architecture", "block_size")]  # what the network computes
+    show = lambda v: str(v).lower() if isinstance(v, bool) else v  # as a flag or YAML writes it
+    differ = [f"{name} {show(getattr(saved, name))} there, {show(getattr(config, name))} here" for name in names if getattr(saved, name) != getattr(config, name)]
     if differ:
         raise TrainingError(f"{folder} holds another model ({'; '.join(differ)}): resume with the model it was trained with, or give another --out_dir")
 
@@ -418,10 +441,11 @@ def check_same_settings(folder: Path, filename: str, group: str, values: dict) -
         )
 
 
-def make_saver(fabric, model, optimizer, out_dir: Path, write, select=None, advice: str = "lower --train.lr"):
+def make_saver(fabric, model, optimizer, out_dir: Path, write, select=None, advice: str = "lower --train.lr", data: Optional[str] = None):
     """``save(state, final)``: every rank gathers the full state, rank 0 checks it and writes ``step-N/`` (and
     ``final/``); when the weights are not finite or the writing fails (a full disk), every rank stops with rank 0's
-    ``TrainingError``. ``advice``: what to change when the weights are not finite."""
+    ``TrainingError``. ``advice``: what to change when the weights are not finite. ``data``: the training data's
+    fingerprint, kept in the training state for ``resume_state``."""
 
     def save(state: FitState, final: bool) -> None:
         model_sd, optim_sd = full_state(model, optimizer, learned_only=select is not None)
@@ -433,7 +457,7 @@ def make_saver(fabric, model, optimizer, out_dir: Path, write, select=None, advi
             weights = select(model_sd) if select else model_sd
             folder = step_dir(out_dir, state.step)
             try:
-                write(folder, weights, {"optimizer": optim_sd, "fit": dataclasses.asdict(state), "rng": rng})
+                write(folder, weights, {"optimizer": optim_sd, "fit": dataclasses.asdict(state), "rng": rng, "data": data})
                 if final:
                     folder = out_dir / "final"
                     write(folder, weights, None)
