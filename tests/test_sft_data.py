@@ -163,18 +163,23 @@ def test_prompt_is_masked_exactly_and_eos_is_learned(tmp_path, tok, hf, capsys):
 
 
 def test_auto_style_uses_the_checkpoints_template_like_transformers(tmp_path, tok, hf, folders):
+    """With a chat style an instruction sample is the conversation [user, assistant] as the template writes it (as TRL
+    renders prompt-completion data): transformers' ids and assistant mask, the answer's end-of-turn included. (The
+    prompt's rendering + the answer trained Llama 2's "[/INST]answer", never "[/INST] answer" as the template has it.)"""
     path = write_jsonl(tmp_path / "data.jsonl", [{"prompt": "What is the capital of France?", "response": "Paris."}])
     _, val = JSON(path, val_path=path, prompt_style="auto").datasets(tok, 256, seed=0)
     (x, y), = rows(val)
-    message = [{"role": "user", "content": "What is the capital of France?"}]
-    prompt = hf.apply_chat_template(message, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-    response = hf("Paris.", add_special_tokens=False)["input_ids"] + [1]
-    assert prompt[0] == hf.convert_tokens_to_ids("<|im_start|>")  # no BOS added to a chat rendering
-    assert (x, y) == (prompt + response[:-1], [-100] * (len(prompt) - 1) + response)
+    messages = [{"role": "user", "content": "What is the capital of France?"}, {"role": "assistant", "content": "Paris."}]
+    ids, mask = reference_mask(folders["chatml"], CHATML, messages)
+    labels = [t if m else -100 for t, m in zip(ids, mask)]  # (<|im_end|> is this tokenizer's stop token: no EOS added)
+    assert ids[0] == hf.convert_tokens_to_ids("<|im_start|>") and 3 in tok.stop_ids  # no BOS added to a chat rendering
+    assert hf.decode([t for t in labels if t != -100]) == "Paris.<|im_end|>\n"
+    assert (x, y) == (ids[:-1], labels[1:])
+    message = messages[:1]
     # without a template, auto falls back to the Alpaca format
     _, val = JSON(path, val_path=path, prompt_style="auto").datasets(Tokenizer(folders["none"]), 256, seed=0)
     (x, _), = rows(val)
-    assert x[: len(prompt)] != prompt and x == hf(ALPACA_NO_INPUT.format(instruction=message[0]["content"]) + "Paris.")["input_ids"]
+    assert x[: len(ids)] != ids and x == hf(ALPACA_NO_INPUT.format(instruction=message[0]["content"]) + "Paris.")["input_ids"]
 
 
 def test_dolly_context_and_prompt_response_fields(tmp_path, tok, hf, capsys):
@@ -764,3 +769,14 @@ def test_sort_groups_trains_the_same_samples_per_step_shortest_first():
         assert sorted(before) == sorted(int(t[0]) // 100 for t, _ in after)  # the same samples
         assert [len(t) for t, _ in after] == sorted(len(t) for t, _ in after)  # shortest first
     assert [len(plain.sample(i)[0]) for i in range(4)] != sorted(len(plain.sample(i)[0]) for i in range(4))  # sorting did something
+
+
+def test_llama2_style_instruction_data_trains_the_answer_as_the_template_writes_it(tmp_path, tok, hf):
+    """--data.prompt_style llama2 on instruction data: the sample is "[INST] q [/INST] answer </s>", the answer after a
+    space as in Llama 2's own template and at inference (prompt + answer joined it to "[/INST]", another token)."""
+    path = write_jsonl(tmp_path / "data.jsonl", [{"prompt": "What is the capital of France?", "response": "Paris."}])
+    _, val = JSON(path, val_path=path, prompt_style="llama2").datasets(tok, 256, seed=0)
+    (x, y), = rows(val)
+    text = f"{hf.bos_token}[INST] What is the capital of France? [/INST] Paris. {hf.eos_token}"
+    assert x + y[-1:] == hf(text, add_special_tokens=False)["input_ids"]
+    assert hf.decode([t for t in y if t != -100]) == " Paris. </s>"

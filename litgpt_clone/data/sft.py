@@ -7,15 +7,16 @@ with ``batch(start, size)``.
 
 What a sample is:
 
-- Instruction data (``alpaca``, ``dolly``, ``json``): the prompt (``--data.prompt_style``: the Alpaca format by
-  default, any fallback style of ``chat_template``, or ``auto`` = the checkpoint's chat template with the instruction
-  as one user message), then the response, then EOS. Plain-text prompts (``alpaca``, ``plain``) get the
-  tokenizer's own BOS rule (``encode(prompt, bos=None)``); chat renderings (``auto``, ``chatml``, ``llama2``,
-  ``llama3``) are encoded as ``LLM.encode_chat`` and transformers encode them, with no BOS added (the template
-  writes it where the model wants it). Prompt and response are tokenized together, as LitGPT and TRL do, so the
+- Instruction data (``alpaca``, ``dolly``, ``json``), with ``--data.prompt_style`` ``alpaca`` (the default) or
+  ``plain``: the prompt, then the response, then EOS, the prompt with the tokenizer's own BOS rule
+  (``encode(prompt, bos=None)``). Prompt and response are tokenized together, as LitGPT and TRL do, so the
   response's tokens are those that continue the prompt (a SentencePiece tokenizer puts no "▁" of its own in front
   of it); the prompt's tokens are those the prompt gets alone at inference, up to the one token where the two
-  merge across the boundary, if any (learned then, as part of the response).
+  merge across the boundary, if any (learned then, as part of the response). With a chat style (``auto`` = the
+  checkpoint's chat template, ``chatml``, ``llama2``, ``llama3``) a sample is the conversation [user: the
+  instruction and its input, assistant: the response], exactly as ``chat`` data below (as TRL renders
+  prompt-completion data through a template): the answer as the template writes an assistant turn, its end-of-turn
+  text included (Llama 2's " answer </s>" after "[/INST]").
 - Conversations (``chat``): OpenAI-style ``messages`` (a content may be a list of ``{"type": "text", "text": ...}``
   parts) or ShareGPT ``conversations`` (``from`` human/gpt/system, ``value``), rendered with the checkpoint's chat
   template (or a fallback style) and tokenized once, without an added BOS, as ``LLM.encode_chat`` and transformers'
@@ -481,12 +482,16 @@ class InstructionEncoder:
         self.style = "alpaca" if prompt_style == "auto" and not tokenizer.chat_template else prompt_style
         # plain-text prompts get the tokenizer's BOS; chat renderings none, as LLM.encode_chat (the template writes it)
         self.bos = None if self.style in ("alpaca", "plain") else False
+        # a chat style renders the sample as the conversation [user, assistant], as chat data and TRL do: the answer as
+        # the template writes an assistant turn (Llama 2's " answer </s>" after "[/INST]"; the prompt + answer
+        # joining trained "[/INST]answer", a token the model never sees after "[/INST]" at inference)
+        self.chat = None if self.bos is None else ChatEncoder(tokenizer, self.style, mask_prompt, max_seq_length, ignore_index)
 
     def prompt(self, instruction: str, input: str) -> str:
         """The prompt text, ending where the response starts."""
         if self.style == "alpaca":
             return alpaca_prompt(instruction, input)
-        message = {"role": "user", "content": f"{instruction}\n\n{input}" if input else instruction}
+        message = {"role": "user", "content": f"{instruction}\n\n{input}" if input else instruction}  # (the plain style's)
         try:
             return render_for_tokenizer(self.tokenizer, [message], add_generation_prompt=True, style=self.style)
         except ChatTemplateError as err:
@@ -497,6 +502,9 @@ class InstructionEncoder:
             raise Skip("empty response")
         if not instruction.strip():
             raise Skip("empty instruction")
+        if self.chat is not None:
+            user = f"{instruction}\n\n{input}" if input else instruction
+            return self.chat({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": response}]})
         prompt = self.prompt(instruction, input)
         # tokenized with the prompt, the response is a continuation (encoded alone, a SentencePiece tokenizer would
         # start it with the "▁" of its dummy prefix); it starts where the prompt's own tokens stop matching
