@@ -25,7 +25,7 @@ class TrainArgs:
     lr: float = 3e-4
     """Peak learning rate, reached after warmup."""
     warmup_steps: int = 100
-    """Linear warmup from 0 to ``lr`` over this many optimizer steps."""
+    """Linear warmup from 0 to ``lr`` over this many optimizer steps (a run of fewer steps never reaches ``lr``)."""
     min_lr: float = 3e-5
     """The cosine decay from ``lr`` goes down to this at ``max_steps`` (the last step, counted from 0, runs just above it)."""
     weight_decay: float = 0.1
