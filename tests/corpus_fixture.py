@@ -55,7 +55,7 @@ APP = '''"""Inventory service: keeps stock levels for the warehouse and answers 
 import json
 from dataclasses import dataclass
 
-MAINTAINER = "jane.doe@example.com"
+MAINTAINER = "jane.doe@acme-widgets.com"
 
 
 @dataclass

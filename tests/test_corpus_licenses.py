@@ -137,3 +137,56 @@ def test_excluded_license_file_still_licenses_the_repository(tmp_path):
     [record] = [json.loads(line) for line in (result.version_dir / "files.jsonl").read_text().splitlines()]
     assert (record["path"], record["detected_licenses"], record["license_type"], record["drop_stage"], record["drop_reason"]) == (
         "main.py", ["GPL-3.0-only"], "non_permissive", "license", "non_permissive")
+
+
+def _repo_context(by_folder: dict, categories: dict):
+    from litgpt_clone.corpus.pipeline import RepoContext
+
+    return RepoContext("o/r", "dir", None, None, by_folder, categories, None)
+
+
+@pytest.mark.parametrize("by_folder, text, expected", [
+    # a file's own SPDX line counts, even inside an MIT repository, and in a repository without a license file
+    ({"": ["MIT"]}, "# SPDX-License-Identifier: GPL-3.0-only\nx = 1\n", (["GPL-3.0-only", "MIT"], "non_permissive")),
+    ({}, "#!/usr/bin/env python\n# SPDX-License-Identifier: AGPL-3.0-or-later\n", (["AGPL-3.0-or-later"], "non_permissive")),
+    ({}, "/* SPDX-License-Identifier: gpl-2.0+ */\n", (["GPL-2.0-or-later"], "non_permissive")),
+    ({}, "<!-- SPDX-License-Identifier: Apache-2.0 WITH LLVM-exception -->\n", (["Apache-2.0", "LLVM-exception"], "permissive")),
+    ({"": ["MIT"]}, "// SPDX-License-Identifier: MIT\n", (["MIT"], "permissive")),
+    ({}, "// SPDX-License-Identifier: LicenseRef-Acme-Proprietary\n", (["LicenseRef-Acme-Proprietary"], "non_permissive")),
+    # not declarations: below the header, or a line that builds one
+    ({}, "x = 1\n" * 30 + "# SPDX-License-Identifier: GPL-3.0-only\n", ([], "no_license")),
+    ({"": ["MIT"]}, 'line = f"SPDX-License-Identifier: {spdx}"\n', (["MIT"], "permissive")),
+])
+def test_file_spdx_identifier_lines_count(by_folder, text, expected):
+    from litgpt_clone.corpus.pipeline import license_stage
+
+    record = {"path": "src/f.py"}
+    reason = license_stage(record, _repo_context(by_folder, {"MIT": "Permissive"}), "permissive", text)
+    assert (record["detected_licenses"], record["license_type"]) == expected
+    assert reason == (None if expected[1] != "non_permissive" else "non_permissive")
+
+
+def test_reuse_licenses_folder_is_the_repository_license():
+    cache = licenses.DetectionCache(None)
+    reuse = licenses.RepositoryLicenses.detect({"LICENSES/GPL-3.0-or-later.txt": (DEBIAN / "GPL-3").read_text(),
+                                                "lib/LICENSES/MIT.txt": MIT, "src/tool.py": "x = 1\n"}, cache)
+    assert reuse.by_folder == {"": ["GPL-3.0-only"], "lib": ["MIT"]}
+    assert reuse.for_path("src/tool.py") == ["GPL-3.0-only"] and reuse.for_path("lib/a.py") == ["GPL-3.0-only", "MIT"]
+
+
+def test_unknown_reference_adds_nothing_beside_a_license():
+    from litgpt_clone.corpus.pipeline import license_stage
+
+    cache = licenses.DetectionCache(None)
+    # "See LICENSE": ScanCode can only call it unknown-license-reference; beside the MIT it points at, it adds nothing
+    see = "# ra\n\nA tool.\n\n## License\n\nSee [LICENSE](LICENSE) for details.\n"
+    found = licenses.RepositoryLicenses.detect({"LICENSE": MIT, "README.md": see}, cache)
+    assert found.files == {"LICENSE": ["MIT"], "README.md": ["LicenseRef-scancode-unknown-license-reference"]}
+    record = {"path": "main.py"}
+    assert license_stage(record, _repo_context(found.by_folder, found.categories), "permissive") is None
+    assert (record["detected_licenses"], record["license_type"]) == (["MIT"], "permissive")
+    # alone (nothing else known) it stays, and counts as non-permissive
+    alone = licenses.RepositoryLicenses.detect({"README.md": see}, cache)
+    record = {"path": "main.py"}
+    assert license_stage(record, _repo_context(alone.by_folder, alone.categories), "permissive") == "non_permissive"
+    assert record["detected_licenses"] == ["LicenseRef-scancode-unknown-license-reference"]

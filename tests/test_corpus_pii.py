@@ -223,7 +223,7 @@ def test_code_that_names_secrets_is_not_redacted(text):
 
 
 def test_ip_replacement_is_deterministic_private_and_idempotent():
-    text = "primary 81.2.69.160, backup 9.9.19.9, again 81.2.69.160, v6 2606:4700:4700::1111, mail ops@example.com"
+    text = "primary 81.2.69.160, backup 9.9.19.9, again 81.2.69.160, v6 2606:4700:4700::1111, mail ops@acme-corp.com"
     redacted, counts = redact(text)
     assert counts == {"IP_ADDRESS": 4, "EMAIL": 1}
     assert redacted == redact(text)[0]  # deterministic
@@ -237,5 +237,41 @@ def test_ip_replacement_is_deterministic_private_and_idempotent():
 def test_single_digit_quads_only_near_network_words():
     # StarCoder's rule: x.x.x.x is mostly a version number, unless "dns" or "server" is within 100 characters.
     assert redact("upgrade to 1.2.3.4 today") == ("upgrade to 1.2.3.4 today", {})
-    assert redact("nameserver 8.8.8.8")[1] == {"IP_ADDRESS": 1}
-    assert redact("DNS = ['1.1.1.1']")[1] == {"IP_ADDRESS": 1}
+    assert redact("nameserver 4.2.2.2")[1] == {"IP_ADDRESS": 1}
+    assert redact("DNS = ['4.2.2.1']")[1] == {"IP_ADDRESS": 1}
+
+
+@pytest.mark.parametrize("text", [
+    # BigCode's POPULAR_DNS_SERVERS: public resolvers are configuration, kept as its redaction keeps them
+    "nameserver 8.8.8.8", "DNS = ['1.1.1.1', '1.0.0.1']", 'QUAD9 = "9.9.9.9"  # dns', 'OPENDNS = "208.67.222.222"',
+    "resolvers: [8.8.4.4, 149.112.112.112, 208.67.220.220, 94.140.14.14]",
+    # version assignments: any name holding version/build/release/revision before the value
+    'build_number = "24.1.108.12"', "BUILD_ID = '24.1.108.12'", 'nightly_release_tag: "115.12.0.1"',
+    "prevRevisionNumber = '81.2.69.160'",
+    # ssh targets and git remotes are not mailboxes; RFC 2606 documentation domains are placeholders
+    "git clone git@github.com:octocat/hello.git", "ssh ubuntu@ec2-3-85-1-2.compute-1.amazonaws.com",
+    "url = ssh://git@gitlab.com/grp/proj.git", 'EMAIL = "user@example.com"', "# mail admin@mail.example.org or a@example.net",
+])
+def test_kept_like_bigcode_and_not_pii(text):
+    assert redact(text) == (text, {})
+
+
+@pytest.mark.parametrize("text, redacted", [
+    # RFC 3986 userinfo may hold the sub-delims !$&'()*+,; and =; detect-secrets' BasicAuthDetector refuses them
+    ('DB = "postgres://admin:Pa55w0rd!@db.internal:5432/app"', 'DB = "postgres://admin:<PASSWORD>@db.internal:5432/app"'),
+    ("amqp://svc:s3cr3t$&(x)*+,;=z@mq:5672", "amqp://svc:<PASSWORD>@mq:5672"),
+    ('mysql://r&oot:Pa55w0rd@h/db', 'mysql://r&oot:<PASSWORD>@h/db'),
+    # an empty user, as Redis URLs write it
+    ('REDIS = "redis://:Pa55w0rdXyz@cache:6379/0"', 'REDIS = "redis://:<PASSWORD>@cache:6379/0"'),
+    # as before: the usual form
+    ('DB = "postgres://admin:Pa55w0rd@db.internal:5432/app"', 'DB = "postgres://admin:<PASSWORD>@db.internal:5432/app"'),
+])
+def test_url_passwords_with_sub_delims_or_empty_user(text, redacted):
+    assert redact(text) == (redacted, {"PASSWORD": 1})
+
+
+def test_url_password_variables_and_mailboxes_beside_remotes():
+    for text in ['u = "redis://:$REDIS_PASSWORD@cache:6379"', 'u = "postgres://app:${DB_PASS}@db/app"']:
+        assert redact(text) == (text, {}), text
+    assert redact("remote git@github.com:o/r.git by jane@acme-corp.com") == ("remote git@github.com:o/r.git by <EMAIL>", {"EMAIL": 1})
+    assert redact("dns upstream 8.8.8.9")[1] == {"IP_ADDRESS": 1}  # next to a listed resolver, not one of them

@@ -140,10 +140,10 @@ def test_redaction_and_shards_decode_to_kept_texts(built, fixture):
     texts = [json.loads(line) for line in (result.version_dir / "text.jsonl").read_text().splitlines()]
     assert [(t["repo"], t["path"]) for t in texts] == sorted(k for k, r in records.items() if r["drop_stage"] is None)
     app = next(t["text"] for t in texts if t["path"] == "src/app.py")
-    assert "<EMAIL>" in app and "jane.doe@example.com" not in app
-    assert app == cf.APP.replace("jane.doe@example.com", "<EMAIL>")
+    assert "<EMAIL>" in app and "jane.doe@acme-widgets.com" not in app
+    assert app == cf.APP.replace("jane.doe@acme-widgets.com", "<EMAIL>")
     assert records[("acme/widgets", "src/app.py")]["pii"] == {"EMAIL": 1}
-    assert not any("jane.doe@example.com" in t["text"] for t in texts)
+    assert not any("jane.doe@acme-widgets.com" in t["text"] for t in texts)
 
     tokenizer = Tokenizer(tokenizer_dir)
     manifest = result.manifest
@@ -465,3 +465,22 @@ def test_empty_sources_and_empty_corpora_say_so(fixture, tmp_path, capsys):
         out = capsys.readouterr().out
         assert out.splitlines()[-1] == f"nothing was kept: {why}, so there is nothing to train on"
         assert "next: litgpt-clone pretrain" not in out
+
+
+def test_optout_is_recorded_for_repositories_dropped_earlier(tmp_path):
+    """carol/notes' only file is dropped at language (no Linguist language), before the opt-out stage: the repository
+    is still listed as opted out, in the CHANGELOG and in the manifest."""
+    root = tmp_path / "src"
+    for path, text in {"carol/notes/n.zzq": "some notes that are in no programming language\n",
+                       "carol/tool2/main.py": "def h(x):\n    return x * 3 + 1\n", "dave/ok/main.py": "def k(x):\n    return x * 5 + 1\n"}.items():
+        (root / path).parent.mkdir(parents=True)
+        (root / path).write_text(text)
+    registry = tmp_path / "optout.jsonl"
+    registry.write_text('{"optout_owners": ["carol"]}\n')
+    result = run(CorpusConfig(sources=[str(root)], layout="owner/repo", optout=str(registry)), tmp_path / "out", log=lambda _: None)
+    records = {r["repo"]: r for r in map(json.loads, (result.version_dir / "files.jsonl").read_text().splitlines())}
+    assert {repo: (r["drop_stage"], r["drop_reason"]) for repo, r in records.items()} == {
+        "carol/notes": ("language", "unknown"), "carol/tool2": ("optout", "owner"), "dave/ok": (None, None)}
+    assert "## Opted out\n\n- carol/notes (1 file)\n- carol/tool2 (1 file)\n" in (result.version_dir / "CHANGELOG.md").read_text()
+    assert {r["name"]: r["optout"] for r in result.manifest["repositories"]} == {
+        "carol/notes": "owner", "carol/tool2": "owner", "dave/ok": None}

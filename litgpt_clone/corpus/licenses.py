@@ -1,16 +1,21 @@
 """Repository licenses: license files → SPDX ids with ScanCode, propagated to files, classified by ScanCode category.
 
 Detection. The files named like licenses (``LICENSE*``, ``LICENCE*``, ``COPYING*``, ``NOTICE*``, ``UNLICENSE``,
-``COPYRIGHT*``, in any folder) and the first ``README_HEADER_LINES`` lines of ``README*`` files are matched against
-ScanCode's license index (``scancode-toolkit``'s ``licensedcode``: ~2,500 license texts and ~36,000 rules for
+``COPYRIGHT*``, in any folder), every file of a REUSE ``LICENSES/`` folder (``LICENSES/<SPDX-id>.txt``; they license
+the folder that holds ``LICENSES``) and the first ``README_HEADER_LINES`` lines of ``README*`` files are matched
+against ScanCode's license index (``scancode-toolkit``'s ``licensedcode``: ~2,500 license texts and ~36,000 rules for
 notices, references and SPDX-License-Identifier lines; offline). Each detected ScanCode license key becomes its SPDX
 id (``LicenseRef-scancode-<key>`` for licenses SPDX does not list); short mentions are dropped when a longer match
-exists (``MIN_RULE_TOKENS``). Files get the union of the licenses found in
-their own folder and every folder above it (The Stack v2's propagation).
+exists (``MIN_RULE_TOKENS``). Files get the union of the licenses found in their own folder and every folder above
+it (The Stack v2's propagation), plus their own declarations: the ``SPDX-License-Identifier:`` lines in their first
+``SPDX_HEADER_LINES`` lines, parsed with ``license-expression`` (``declared_licenses``), so a GPL-headed file in an
+MIT repository is GPL too. ScanCode's ``unknown-license-reference`` (a README's "See [LICENSE](LICENSE)") is dropped
+when anything else is known for the file (``file_licenses``), as ScanCode resolves such a reference to the file it
+names; alone it stays. Licenses stated only in package metadata (``package.json``, ``pyproject.toml``) are not read.
 
 Classification (``license_type``): "no_license" when nothing was detected, "permissive" when every detected license
 is permissive, else "non_permissive" (copyleft, proprietary, source-available, and licenses ScanCode cannot name,
-such as ``unknown-license-reference``). A license is permissive, as in The Stack v2, when ScanCode's category is
+such as ``unknown-license-reference`` when nothing else is known, and SPDX ids ScanCode does not know). A license is permissive, as in The Stack v2, when ScanCode's category is
 "Permissive" or "Public Domain" or the Blue Oak Council lists it (any rating): that list adds 21 ids ScanCode files
 elsewhere, e.g. Artistic-2.0 and Ruby ("Copyleft Limited"), Vim ("Copyleft"), the BSD-3-Clause no-nuclear variants.
 ``blueoak_list.json`` is the Blue Oak Council's list as published in the npm package ``@blueoak/list`` 15.0.0
@@ -44,6 +49,12 @@ BLUE_OAK_SHA256 = "367264f5d58d7e2988cb6380538e03e439d30c2e738322f853ed4e9cad2d1
 LICENSE_FILE = re.compile(r"^(licen[cs]e|copying|notice|unlicense|copyright)([._-].*)?$", re.IGNORECASE)
 README_FILE = re.compile(r"^readme([._-].*)?$", re.IGNORECASE)
 README_HEADER_LINES = 100
+REUSE_FOLDER = "LICENSES"
+"""The REUSE spec's folder of license texts (``LICENSES/<SPDX-id>.txt``): every file in it is a license file of the
+folder that holds ``LICENSES``."""
+SPDX_HEADER_LINES = 30
+SPDX_LINE = re.compile(r"SPDX-License-Identifier:[ \t]*([A-Za-z0-9.+:() \t-]*)", re.IGNORECASE)
+UNKNOWN_REFERENCE = "LicenseRef-scancode-unknown-license-reference"
 MAX_LICENSE_TEXT = 256 * 1024
 MIN_RULE_TOKENS = 6
 """Detections made only of rules shorter than this (``the GPL``, ``MIT``) count only when a text has nothing longer:
@@ -54,7 +65,7 @@ are "GPL-compatible"); alone, as in ``License: MIT``, they are the declaration."
 def license_text(path: str, text: str) -> Optional[str]:
     """The part of the file at ``path`` searched for licenses: a license file whole, a README's header, else None."""
     name = PurePosixPath(path).name
-    if LICENSE_FILE.match(name):
+    if LICENSE_FILE.match(name) or PurePosixPath(path).parent.name == REUSE_FOLDER:
         return text[:MAX_LICENSE_TEXT]
     if README_FILE.match(name):
         return "\n".join(text.splitlines()[:README_HEADER_LINES])
@@ -138,6 +149,66 @@ def detect(text: str) -> list[str]:
 
 
 @lru_cache(maxsize=1)
+def _spdx_categories() -> dict[str, str]:
+    """SPDX id → ScanCode category from the copy of ScanCode's license index that ``license-expression`` ships (a
+    small JSON file: no need to load ScanCode's database for the ids of ``SPDX-License-Identifier`` lines)."""
+    import license_expression
+
+    path = Path(license_expression.__file__).parent / "data" / "scancode-licensedb-index.json"
+    out = {}
+    for lic in json.loads(path.read_text(encoding="utf-8")):
+        for spdx in [lic.get("spdx_license_key"), *(lic.get("other_spdx_license_keys") or [])]:
+            if spdx:
+                out.setdefault(spdx, lic["category"])
+    return out
+
+
+def spdx_category(spdx_id: str) -> Optional[str]:
+    """ScanCode's category of an SPDX id from ``license-expression``'s index, None when unknown."""
+    return _spdx_categories().get(spdx_id)
+
+
+@lru_cache(maxsize=1)
+def _spdx_licensing():
+    from license_expression import get_spdx_licensing
+
+    return get_spdx_licensing()
+
+
+def declared_licenses(text: str) -> list[str]:
+    """The SPDX ids of a file's own ``SPDX-License-Identifier:`` lines in its first ``SPDX_HEADER_LINES`` lines,
+    sorted; [] when none. The expressions are parsed by ``license-expression`` (SPDX ids are case-insensitive and
+    deprecated ones are mapped: ``gpl-2.0+`` → ``GPL-2.0-or-later``); an id SPDX does not list is kept as written
+    (its category is unknown, so it counts as non-permissive); an expression that does not parse is ignored (a line
+    that builds one, as in ``f"SPDX-License-Identifier: {spdx}"``, is no declaration)."""
+    from license_expression import ExpressionError
+
+    licensing, ids = _spdx_licensing(), set()
+    for line in text.splitlines()[:SPDX_HEADER_LINES]:
+        if not (match := SPDX_LINE.search(line)) or not (expression := match.group(1).strip(" \t-")):
+            continue
+        try:
+            parsed = licensing.parse(expression)
+        except ExpressionError:
+            continue
+        if parsed is not None:
+            ids.update(licensing.license_keys(parsed))
+    return sorted(ids)
+
+
+def file_licenses(inherited: Iterable[str], declared: Iterable[str] = ()) -> list[str]:
+    """A file's licenses: those of its folders (``RepositoryLicenses.for_path``) and its own SPDX declarations,
+    without ScanCode's ``unknown-license-reference`` when anything else is known. That id is what ScanCode calls a
+    line that only points elsewhere ("See [LICENSE](LICENSE) for details."); ScanCode's CLI resolves such a reference
+    to the license file it names, so beside a detected license it says nothing more. Alone, it stays (and counts as
+    non-permissive): something claims a license that nobody could name."""
+    ids = set(inherited) | set(declared)
+    if ids - {UNKNOWN_REFERENCE}:
+        ids.discard(UNKNOWN_REFERENCE)
+    return sorted(ids)
+
+
+@lru_cache(maxsize=1)
 def blue_oak() -> dict[str, str]:
     """SPDX id -> Blue Oak Council rating ("Model", "Gold", "Silver", "Bronze", "Lead") of every listed license."""
     ratings = json.loads((Path(__file__).parent / "blueoak_list.json").read_text(encoding="utf-8"))
@@ -155,7 +226,7 @@ def license_type(ids: Iterable[str], categories: Optional[dict] = None) -> Licen
     ids = list(ids)
     if not ids:
         return "no_license"
-    lookup = categories.get if categories is not None else category
+    lookup = (lambda i: categories[i] if i in categories else spdx_category(i)) if categories is not None else category
     return "permissive" if all(is_permissive(i, lookup(i)) for i in ids) else "non_permissive"
 
 
@@ -230,7 +301,8 @@ class RepositoryLicenses:
         files = {}
         for path, part in license_parts(texts).items():
             files[path] = cache.detect(part)
-            folder = str(PurePosixPath(path).parent)
+            parent = PurePosixPath(path).parent
+            folder = str(parent.parent if parent.name == REUSE_FOLDER else parent)
             by_folder.setdefault("" if folder == "." else folder, set()).update(files[path])
         found = {i for ids in files.values() for i in ids}
         return cls({k: sorted(v) for k, v in by_folder.items() if v}, files, {i: cache.categories[i] for i in sorted(found)})

@@ -62,7 +62,7 @@ def stage_counts(records: list[dict]) -> list[dict]:
     return rows
 
 
-def _repositories(repos, records: list[dict]) -> list[dict]:
+def _repositories(repos, records: list[dict], opted_out: dict[str, str]) -> list[dict]:
     by_repo: dict[str, list[dict]] = {}
     for r in records:
         by_repo.setdefault(r["repo"], []).append(r)
@@ -72,13 +72,15 @@ def _repositories(repos, records: list[dict]) -> list[dict]:
         for r in by_repo.get(repo.name, []):
             h.update(f"{r['path']}\0{r['content_id'] or r['drop_reason']}\n".encode("utf-8", errors="surrogateescape"))
         out.append(dict(name=repo.name, source=repo.source, kind=repo.kind, commit=repo.commit,
-                        files=len(repo.entries), digest=h.hexdigest()))
+                        files=len(repo.entries), digest=h.hexdigest(), optout=opted_out.get(repo.name)))
     return out
 
 
 def build(config, digest: str, version: int, previous: Optional[int], repos, records: list[dict], dedup: dict,
-          shards: Optional[dict], folder: Path) -> dict:
-    """The manifest of the version being written in ``folder`` (its files.jsonl, text.jsonl, CHANGELOG.md exist)."""
+          shards: Optional[dict], folder: Path, opted_out: Optional[dict[str, str]] = None) -> dict:
+    """The manifest of the version being written in ``folder`` (its files.jsonl, text.jsonl, CHANGELOG.md exist).
+    ``opted_out``: repository name -> the opt-out registry's reason ("owner" / "repo"), recorded per repository
+    (``optout``, null when not opted out) whatever stage its files were dropped at."""
     from litgpt_clone.corpus.pipeline import file_inputs
     from litgpt_clone.corpus.licenses import BLUE_OAK_VERSION, scancode_version
 
@@ -94,7 +96,7 @@ def build(config, digest: str, version: int, previous: Optional[int], repos, rec
         config=config.to_dict(),
         config_hash=digest,
         inputs={path: sha256_file(Path(path)) for path in file_inputs(config)},
-        repositories=_repositories(repos, records),
+        repositories=_repositories(repos, records, opted_out or {}),
         empty_repositories=sorted(r.name for r in repos if not r.entries),
         stages=stage_counts(records),
         totals=dict(
@@ -126,12 +128,17 @@ def load_records(version_dir: Path) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
-def changelog(version: int, previous: Optional[int], previous_records: Optional[list[dict]], records: list[dict]) -> str:
-    """Markdown: files added, removed (with why), changed, and the repositories opted out, against ``previous``."""
+def changelog(version: int, previous: Optional[int], previous_records: Optional[list[dict]], records: list[dict],
+              opted_out: Optional[dict[str, str]] = None) -> str:
+    """Markdown: files added, removed (with why), changed, and the repositories opted out, against ``previous``.
+    ``opted_out`` (repository name -> reason) lists a repository even when all its files were dropped at an earlier
+    stage (license, language, ...); without it, the repositories of the files dropped at ``optout``."""
     now = {(r["repo"], r["path"]): r for r in records}
     # (not from ``now``: an archive's path can also name members skipped after the one kept: links, duplicates)
     kept_now = {(r["repo"], r["path"]): r for r in records if r["drop_stage"] is None}
-    opted = Counter(r["repo"] for r in records if r["drop_stage"] == "optout")
+    names = set(opted_out) if opted_out is not None else {r["repo"] for r in records if r["drop_stage"] == "optout"}
+    files = Counter(r["repo"] for r in records)
+    opted = {name: files[name] for name in names}
     lines = [f"# v{version}", ""]
     if previous_records is None:
         lines += [f"First version: {len(kept_now)} files kept of {len(records)} read.", ""]
@@ -152,4 +159,6 @@ def changelog(version: int, previous: Optional[int], previous_records: Optional[
         lines += ["## Changed", ""] + ([f"- {repo}/{path}" for repo, path in changed] or ["- none"]) + [""]
     lines += ["## Opted out", ""]
     lines += [f"- {repo} ({count} files)" if count != 1 else f"- {repo} (1 file)" for repo, count in sorted(opted.items())] or ["- none"]
+    if opted and previous is not None:
+        lines += ["", f"Versions before v{version} may still hold files of these repositories: delete them and use this one."]
     return "\n".join(lines) + "\n"

@@ -10,7 +10,8 @@ Interface::
 Secrets: a fast regex prefilter proposes candidates in the shapes gitleaks and detect-secrets document (AWS access
 key ids and secret keys, GitHub ``ghp_``/``gho_``/``ghu_``/``ghs_``/``ghr_``/``github_pat_`` tokens, Slack ``xox?-``
 tokens, Stripe ``sk_live_``/``rk_live_`` keys, Google ``AIza`` API keys, JWTs, PEM private key blocks, basic-auth
-credentials in URLs, and ``password = "..."``-style assignments to secret-sounding names). Unquoted values are
+credentials in URLs (``BASIC_AUTH``: RFC 3986 sub-delims such as ``!`` in the password, an empty user as in
+``redis://:password@host``; ``$``-variables are not passwords), and ``password = "..."``-style assignments to secret-sounding names). Unquoted values are
 candidates too where config files and shell scripts write them, alone at the end of their line:
 ``DB_PASSWORD=value`` (no spaces: shell, ``.env``), ``password: value`` and ``password = value`` (YAML, INI) when the
 value has a digit or a symbol (a bare word there is mostly code: a type, a variable); values that look like code
@@ -23,11 +24,15 @@ limit. Values assigned to password-like names and basic-auth passwords become ``
 
 Emails: ``local@domain.tld`` where the top-level domain is a common generic one (``COMMON_TLDS``: com, org, net,
 dev, ...) or a two-letter country code not followed by ``(`` or ``[``, so that Python's matrix product
-``x@weights.data`` / ``x@w.to(device)`` stays code.
+``x@weights.data`` / ``x@w.to(device)`` stays code. Not emails: RFC 2606 documentation addresses (``@example.com``,
+``.org``, ``.net`` and their subdomains), ssh targets and git remotes (``git@github.com:owner/repo.git``,
+``ssh://git@host/...``, ``ubuntu@ec2-....amazonaws.com``).
 
 IP addresses: IPv4/IPv6 candidates are validated with ``ipaddress`` and replaced only when public (global, not
-multicast or reserved). Skipped as not network addresses: anything preceded by a version marker ("version",
-"ver", "v", "release", "rev", "build"; also a name that goes on, ``VERSION_STRING = '3.10.2.1'``,
+multicast or reserved) and not one of BigCode's ``POPULAR_DNS_SERVERS`` (8.8.8.8, 1.1.1.1, 9.9.9.9, ...: public
+resolvers are configuration, and BigCode's redaction keeps them). Skipped as not network addresses: anything
+preceded by a version marker ("ver", "v", "rev", or a name holding "version", "build", "release", "revision",
+"firmware": ``build_number = "24.1.108.12"``, ``VERSION_STRING = '3.10.2.1'``,
 ``AssemblyFileVersion("1.0.12.3")``, a JSON key ``"version": "4.12.1.7"``), dotted runs of more than four numbers
 (OIDs, section numbers), an address followed by ``.name`` (a file name: ``pkg-4.2.1.10.tar.gz``),
 ``x.x.x.x`` with single digits unless "dns" or "server" is near (StarCoder's rule: these are mostly versions),
@@ -79,8 +84,12 @@ SECRET_RULES: list[tuple[re.Pattern, int, Optional[str]]] = [
     (re.compile(r"[rs]k_live_[0-9a-zA-Z]{24,99}(?!\w)"), 0, "KEY"),
     (re.compile(r"AIza[0-9A-Za-z_-]{35}(?![0-9A-Za-z_-])"), 0, "KEY"),
     (re.compile(r"eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]*"), 0, "KEY"),
-    (re.compile(r"://[^:/?#\s@'\"]{1,100}:([^:/?#\s@'\"]{1,100})@"), 1, "PASSWORD"),
 ]
+# Credentials in a URL's userinfo (RFC 3986: user and password may hold the sub-delims ``!$&'()*+,;=``; the user may
+# be empty, as in ``redis://:password@host``). Confirmed by detect-secrets' BasicAuthDetector on a copy of the line
+# where the sub-delims are letters and an empty user is "user" (the detector refuses both, its default filters stay).
+BASIC_AUTH = re.compile(r"://([^:/?#\s@'\"]{0,100}):([^:/?#\s@'\"]{1,100})@")
+SUB_DELIMS = re.compile(r"[!$&'()*+,;=]")
 # Assignments to secret-sounding names, matched on the lowercased text (``re.IGNORECASE`` is 7x slower here).
 KEYWORD_RULE = re.compile(
     r"(?:key|secret|token|pass|pwd|contrase(?:ñ|n)a)\w*['\"\]]{0,2}\s*(?::=|=>|===?|!==?|=|:)\s*@?([`'\"])"
@@ -112,13 +121,23 @@ COMMON_TLDS = frozenset(
     " site cloud email systems digital network software studio design agency media news blog page shop store club"
     " academy group team world global company center space website live life today".split()
 )
+PLACEHOLDER_DOMAINS = ("example.com", "example.org", "example.net")  # RFC 2606: reserved for documentation
+HOST_DOMAINS = ("amazonaws.com",)  # machines' host names (``ubuntu@ec2-1-2-3-4.compute-1.amazonaws.com``), no mail
+SCP_TARGET = re.compile(r":[\w~/.-]")  # ``git@github.com:owner/repo.git``: scp-style ``user@host:path``
 EMAIL_HINT = re.compile(r"@[A-Za-z0-9-]+\.[A-Za-z]")
 IPV4_HINT = re.compile(r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]")
 IPV6_HINT = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]")
 VERSION_BEFORE = re.compile(
-    r"(?i)(?:version\w*|(?:^|[^a-z0-9])(?:(?:v|ver|rev|build)_*|(?:release|revision|firmware)\w*))['\"]?\s*[:=(]?\s*['\"]?$"
+    r"(?i)(?:(?:version|build|release|revision|firmware)\w*|(?:^|[^a-z0-9])(?:v|ver|rev)_*)['\"]?\s*[:=(]?\s*['\"]?$"
     r"|[=<>~!]=\s*['\"]?$"
 )
+# Public DNS resolvers, kept as configuration rather than personal data: BigCode's ``POPULAR_DNS_SERVERS``
+# (bigcode-dataset pii/utils/emails_ip_addresses_detection.py): Google, Cloudflare, Control D, Quad9, OpenDNS,
+# Comodo, AdGuard.
+POPULAR_DNS_SERVERS = frozenset((
+    "8.8.8.8", "8.8.4.4", "1.1.1.1", "1.0.0.1", "76.76.19.19", "76.223.122.150", "9.9.9.9", "149.112.112.112",
+    "208.67.222.222", "208.67.220.220", "8.26.56.26", "8.20.247.20", "94.140.14.14", "94.140.15.15",
+))
 
 
 class _Span(NamedTuple):
@@ -144,7 +163,7 @@ def _ip_spans(text: str) -> list[_Span]:
                 address = ipaddress.ip_address(value)
             except ValueError:
                 continue
-            if not address.is_global or address.is_multicast or address.is_reserved:
+            if not address.is_global or address.is_multicast or address.is_reserved or value in POPULAR_DNS_SERVERS:
                 continue
             if VERSION_BEFORE.search(text, max(0, match.start() - 20), match.start()):
                 continue
@@ -164,7 +183,12 @@ def _email_spans(text: str) -> list[_Span]:
         return []
     spans = []
     for m in EMAIL.finditer(text):
-        tld = m.group(1).rsplit(".", 1)[1].lower()
+        domain = m.group(1).rsplit("@", 1)[1].lower()
+        if any(domain == d or domain.endswith("." + d) for d in PLACEHOLDER_DOMAINS + HOST_DOMAINS):
+            continue
+        if text[max(0, m.start() - 3) : m.start()] == "://" or SCP_TARGET.match(text, m.end()):
+            continue  # a URL's user (``ssh://git@host/...``) or an scp-style ssh target: not a mailbox
+        tld = domain.rsplit(".", 1)[1]
         if tld in COMMON_TLDS or (len(tld) == 2 and text[m.end() : m.end() + 1] not in ("(", "[")):
             spans.append(_Span(m.start(1), m.end(1), "EMAIL", PLACEHOLDERS["EMAIL"]))
     return spans
@@ -204,14 +228,15 @@ def _code_like(value: str, operator: Optional[str]) -> bool:
     return bool(CODE_VALUE.fullmatch(value) and ("_" in value or "." in value)) or (operator != "=" and value.isalpha())
 
 
-def _candidates(text: str) -> list[tuple[int, int, int, int, str, bool]]:
-    """(confirm_start, confirm_end, replace_start, replace_end, kind, unquoted) for each secret candidate."""
+def _candidates(text: str) -> list[tuple[int, int, int, int, str, str]]:
+    """(confirm_start, confirm_end, replace_start, replace_end, kind, form) for each secret candidate; form:
+    "" (as written), "unquoted" (a value without quotes) or "url" (a URL's password)."""
     found = []
     for pattern, group, kind in SECRET_RULES:
         for match in pattern.finditer(text):
             if group == 0 and match.start() > 0 and (text[match.start() - 1].isalnum() or text[match.start() - 1] == "_"):
                 continue
-            found.append((match.start(group), match.end(group), match.start(group), match.end(group), kind, False))
+            found.append((match.start(group), match.end(group), match.start(group), match.end(group), kind, ""))
     lower = text.lower()
     keyword_source = lower if len(lower) == len(text) else None  # a few characters change length when lowered
     for rule, unquoted in ((KEYWORD_RULE, False), (KEYWORD_UNQUOTED_RULE, True)):
@@ -220,9 +245,12 @@ def _candidates(text: str) -> list[tuple[int, int, int, int, str, bool]]:
             if _code_like(text[match.start(2) : match.end(2)], match.group(1) if unquoted else None):
                 continue
             kind = "PASSWORD" if _PASSWORD_WORD.search(match.group(0), 0, match.start(2) - match.start()) else "KEY"
-            found.append((match.start(2), match.end(2), match.start(2), match.end(2), kind, unquoted))
+            found.append((match.start(2), match.end(2), match.start(2), match.end(2), kind, "unquoted" if unquoted else ""))
+    for match in BASIC_AUTH.finditer(text):
+        if not match.group(2).startswith("$"):  # ``:$PASSWORD@``, ``:${DB_PASS}@``: a variable, not a password
+            found.append((match.start(2), match.end(2), match.start(2), match.end(2), "PASSWORD", "url"))
     for match in PEM_BLOCK.finditer(text):
-        found.append((match.start(1), match.end(1), match.start(2), match.end(2), "KEY", False))
+        found.append((match.start(1), match.end(1), match.start(2), match.end(2), "KEY", ""))
     return found
 
 
@@ -232,11 +260,17 @@ def _secret_spans(text: str) -> list[_Span]:
         return []
     spans, scanned = [], {}
     with transient_settings({"plugins_used": DETECT_SECRETS_PLUGINS}):
-        for c_start, c_end, r_start, r_end, kind, unquoted in sorted(candidates):
+        for c_start, c_end, r_start, r_end, kind, form in sorted(candidates):
             line_start, line_end = _line_bounds(text, c_start)
             line, start, end = text[line_start:line_end], c_start - line_start, c_end - line_start
-            if unquoted:  # detect-secrets' keyword detector reads code, where a literal value is quoted
+            if form == "unquoted":  # detect-secrets' keyword detector reads code, where a literal value is quoted
                 line, start, end = f'{line[:start]}"{line[start:end]}"{line[end:]}', start + 1, end + 1
+            elif form == "url":  # the userinfo as BasicAuthDetector accepts it (see BASIC_AUTH)
+                user_start = line.rfind("://", 0, start) + 3
+                user = SUB_DELIMS.sub("x", line[user_start : start - 1]) or "user"
+                shift = len(user) - (start - 1 - user_start)
+                line = f"{line[:user_start]}{user}:{SUB_DELIMS.sub('x', line[start:end])}{line[end:]}"
+                start, end = start + shift, end + shift
             if line not in scanned:
                 scanned[line] = list(scan_line(line))
             if _confirmed(scanned[line], line, start, end):

@@ -179,8 +179,10 @@ def language_stage(record: dict, data: bytes, config: CorpusConfig) -> Optional[
     return None
 
 
-def license_stage(record: dict, repo: RepoContext, policy: licenses.LicensePolicy) -> Optional[str]:
-    record["detected_licenses"] = licenses.RepositoryLicenses(repo.licenses, {}, repo.categories).for_path(record["path"])
+def license_stage(record: dict, repo: RepoContext, policy: licenses.LicensePolicy, text: Optional[str] = None) -> Optional[str]:
+    """The licenses of the file's folders and, given its ``text``, of its own ``SPDX-License-Identifier`` lines."""
+    inherited = licenses.RepositoryLicenses(repo.licenses, {}, repo.categories).for_path(record["path"])
+    record["detected_licenses"] = licenses.file_licenses(inherited, licenses.declared_licenses(text) if text else ())
     record["license_type"] = licenses.license_type(record["detected_licenses"], repo.categories)
     return None if licenses.allowed(record["license_type"], policy) else record["license_type"]
 
@@ -217,7 +219,7 @@ def process_file(task: tuple) -> tuple[dict, Optional[str]]:
         return drop("decode", reason)
     steps = (
         ("language", lambda: language_stage(record, data, config)),
-        ("license", lambda: license_stage(record, repo, config.license_policy)),
+        ("license", lambda: license_stage(record, repo, config.license_policy, text)),
         ("optout", lambda: repo.optout),
         ("filters", lambda: drop_reason(text, entry.path, record["language"], _WORKER["filters"])),
         ("decontaminate", lambda: decontaminate_stage(record, text, _WORKER["decontaminator"])),
@@ -580,8 +582,10 @@ def _run_locked(config: CorpusConfig, out_dir: Path, workers: int, log: Callable
     write_atomic_text(partial / "text.jsonl", "".join(text_lines))
 
     previous_records = manifest_lib.load_records(out_dir / f"v{previous}") if previous else None
-    write_atomic_text(partial / "CHANGELOG.md", manifest_lib.changelog(version, previous, previous_records, records))
-    manifest = manifest_lib.build(config, digest, version, previous, repos, records, dedup, shards, partial)
+    optout = OptOut.from_file(config.optout) if config.optout else None
+    opted_out = {repo.name: reason for repo in repos if optout and (reason := optout.reason(repo.name))}
+    write_atomic_text(partial / "CHANGELOG.md", manifest_lib.changelog(version, previous, previous_records, records, opted_out))
+    manifest = manifest_lib.build(config, digest, version, previous, repos, records, dedup, shards, partial, opted_out)
     report = report_lib.write(partial, manifest, records, dedup)
     manifest_lib.write(partial, manifest)  # last: a folder with manifest.json is complete
     final = out_dir / f"v{version}"

@@ -103,7 +103,8 @@ class LanguageFilter(BaseFilter):
 
 
 class LicensePolicyFilter(BaseFilter):
-    """Propagate the repository's licenses to the file, classify them, apply the policy."""
+    """Propagate the repository's licenses to the file, add its own ``SPDX-License-Identifier`` lines, classify them,
+    apply the policy."""
 
     name = "⚖️ license policy"
 
@@ -113,7 +114,7 @@ class LicensePolicyFilter(BaseFilter):
 
     def filter(self, doc: Document):
         context = corpus.RepoContext(**doc.metadata["repo"])
-        return _drop(doc, "license", corpus.license_stage(_record(doc), context, self.policy))
+        return _drop(doc, "license", corpus.license_stage(_record(doc), context, self.policy, doc.text))
 
 
 class OptOutFilter(BaseFilter):
