@@ -313,6 +313,17 @@ def test_two_processes_validate_every_sample_and_resume_lora_dropout_exactly(bas
         assert [got[s] for s in (3, 4)] == [expected[s] for s in (3, 4)], (run, got, expected)
 
 
+def test_two_processes_train_the_one_process_losses_with_sgd(base, tmp_path):
+    """Each micro batch's loss is divided by the step's learned tokens over all processes and its gradient multiplied
+    by their number (DDP averages): with SGD (no Adam normalization to hide a scale) and no dropout, 2 processes
+    train the losses of 1 on uneven samples (checked by hand on FSDP too)."""
+    args = ["--train.max_steps", "3", "--train.micro_batch_size", "1", "--optimizer", "SGD", "--train.lr", "20",
+            "--train.warmup_steps", "1", "--lora.dropout", "0", "--train.save_interval", "null"]
+    one, two = finetune(base, tmp_path / "one", *args), finetune(base, tmp_path / "two", *args, "--devices", "2", timeout=200)
+    expected, got = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert abs(expected[2] - expected[1]) > 0.05 and got == pytest.approx(expected, abs=2e-5), (got, expected)  # (the steps move it)
+
+
 def test_adapter_trains_only_its_prefixes_and_loads_back(base, tmp_path):
     out = tmp_path / "adapter"
     finetune(base, out, "--train.max_steps", "30", "--train.lr", "1e-1", "--train.save_interval", "15",
