@@ -57,8 +57,14 @@ def test_min_chars_and_from_files(tmp_path):
     txt.write_text("short line\n" + "SELECT name, total FROM orders WHERE total > 100 ORDER BY total DESC LIMIT 10\n")
     decon = Decontaminator.from_files([jsonl, txt])
     assert decon.size == 4  # the prompt, the nested canonical string, the long test string and the SQL line
-    assert decon.contaminated("q = 'SELECT name, total FROM orders\n  WHERE total > 100 ORDER BY total DESC LIMIT 10'") is not None
-    assert decon.contaminated("    return sorted(set(values), key=lambda v: (-counts[v], v))[:k]  # top-k\n") is not None
+    # the label says which file, line and task matched (an audit traces a dropped file to its benchmark record)
+    assert decon.contaminated("q = 'SELECT name, total FROM orders\n  WHERE total > 100 ORDER BY total DESC LIMIT 10'") == (
+        "strings.txt:2: SELECT name, total FROM orders WHERE total > 100 ORDER BY total DESC LIMIT 10"
+    )
+    assert decon.contaminated("    return sorted(set(values), key=lambda v: (-counts[v], v))[:k]  # top-k\n") == (
+        "bench.jsonl:2 x: return sorted(set(values), key=lambda v: (-counts[v], v))[:k] # top-k"
+    )
+    assert decon.contaminated(SOLUTION).startswith("bench.jsonl:1 HumanEval/0: def has_close_elements(")
     assert decon.contaminated("HumanEval/0 short line") is None  # ids and short strings are below min_chars
     (tmp_path / "bad.jsonl").write_text('{"a": 1}\nnot json\n')
     with pytest.raises(ValueError, match="bad.jsonl:2"):

@@ -97,7 +97,7 @@ def test_counts_per_stage_and_drop_reasons(built):
     assert records[("loose", "util_copy.py")]["duplicate_of"] == "acme/widgets/src/util.py"  # permissive copy kept
     assert records[("loose", "app_near.py")]["duplicate_of"] == "acme/widgets/src/app.py"
     assert result.manifest["empty_repositories"] == ["empty"]
-    assert records[("acme/widgets", "src/bench.py")]["benchmark_match"].startswith("def has_close_elements")
+    assert records[("acme/widgets", "src/bench.py")]["benchmark_match"].startswith("bench.jsonl:1 HumanEval/0: def has_close_elements")
 
 
 def test_metadata_matches_git_and_sha1(built, fixture):

@@ -2,7 +2,7 @@
 
 Interface::
 
-    Decontaminator(benchmark_strings: Iterable[str], min_chars: int = 50)
+    Decontaminator(benchmark_strings: Iterable[str | (str, origin)], min_chars: int = 50)
         .contaminated(text: str) -> Optional[str]   the matched benchmark string's label, or None
         Decontaminator.from_files(paths, min_chars=50)  strings from JSONL (every string field of every record,
                                                         nested ones too) and text files (one string per line);
@@ -14,8 +14,10 @@ whitespace normalized (every run of whitespace becomes one space; leading/traili
 BigCode's decontamination of StarCoder does with HumanEval/MBPP/... solutions and prompts. Matching is
 case-sensitive. Strings shorter than ``min_chars`` after normalization are ignored (short strings match
 everywhere). All strings are searched at once with an Aho-Corasick automaton (pyahocorasick), so the cost is
-linear in the text length whatever the number of benchmark strings. The label returned is the normalized
-benchmark string cut to its first 80 characters (with "..." when cut).
+linear in the text length whatever the number of benchmark strings. The label returned names where the string
+comes from, then the normalized string cut to its first 80 characters (with "..." when cut): from files,
+``humaneval.jsonl:1 HumanEval/0: def has_close_elements(...`` (the file, the line, the record's ``task_id`` when it
+has one), so an audit can tell which benchmark record a dropped file matched.
 """
 
 from __future__ import annotations
@@ -59,10 +61,11 @@ class Decontaminator:
     def __init__(self, benchmark_strings: Iterable[str], min_chars: int = 50) -> None:
         self.min_chars = min_chars
         self._automaton = ahocorasick.Automaton()
-        for string in benchmark_strings:
+        for item in benchmark_strings:
+            string, origin = item if isinstance(item, tuple) else (item, None)
             normalized = normalize(string)
             if len(normalized) >= min_chars and normalized not in self._automaton:
-                self._automaton.add_word(normalized, _label(normalized))
+                self._automaton.add_word(normalized, f"{origin}: {_label(normalized)}" if origin else _label(normalized))
         self.size = len(self._automaton)
         """How many distinct benchmark strings are searched for."""
         if self.size:
@@ -71,24 +74,27 @@ class Decontaminator:
     @classmethod
     def from_files(cls, paths: Iterable[Union[str, Path]], min_chars: int = 50) -> "Decontaminator":
         """Load benchmark strings: ``.jsonl`` files give every string field of every record, others every line."""
-        strings: list[str] = []
+        strings: list[tuple[str, str]] = []  # (string, origin)
         for path in map(Path, paths):
             try:
                 lines = path.read_text(encoding="utf-8").splitlines()
             except UnicodeDecodeError as err:
                 raise CorpusError(f"--decontaminate: {path} is not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8") from None
-            found: list[str] = []
+            found: list[tuple[str, str]] = []
             if path.suffix == ".jsonl":
                 for number, line in enumerate(lines, 1):
                     if not line.strip():
                         continue
                     try:
-                        found.extend(_strings_in(json.loads(line)))
+                        record = json.loads(line)
                     except json.JSONDecodeError as err:
                         raise CorpusError(f"--decontaminate: {path}:{number} is not a JSON record ({err.msg}); fix or remove that line") from None
+                    task = record.get("task_id") if isinstance(record, dict) else None
+                    origin = f"{path.name}:{number}" + (f" {task}" if isinstance(task, (str, int)) else "")
+                    found.extend((string, origin) for string in _strings_in(record))
             else:
-                found = lines
-            if not any(len(normalize(string)) >= min_chars for string in found):
+                found = [(line, f"{path.name}:{number}") for number, line in enumerate(lines, 1)]
+            if not any(len(normalize(string)) >= min_chars for string, _ in found):
                 raise CorpusError(f"--decontaminate: {path} has no string of {min_chars} or more characters, the shortest that is"
                                   " searched for (shorter ones match everywhere): it would decontaminate nothing")
             strings.extend(found)
