@@ -275,3 +275,22 @@ def test_url_password_variables_and_mailboxes_beside_remotes():
         assert redact(text) == (text, {}), text
     assert redact("remote git@github.com:o/r.git by jane@acme-corp.com") == ("remote git@github.com:o/r.git by <EMAIL>", {"EMAIL": 1})
     assert redact("dns upstream 8.8.8.9")[1] == {"IP_ADDRESS": 1}  # next to a listed resolver, not one of them
+
+
+@pytest.mark.parametrize("line, expected", [
+    # a mailbox followed by ":" and a password is a leaked credential pair, not an scp-style ssh target (no path)
+    ('AUTH = "john.smith@gmail.com:hunter2"', 'AUTH = "<EMAIL>:hunter2"'),
+    ("jane.doe@gmail.com:Summer2019!", "<EMAIL>:Summer2019!"),
+    ("smtps://alice.smith@gmail.com:Xk29dlq8@smtp.gmail.com", "smtps://<EMAIL>:<EMAIL>"),  # smtp users are mailboxes
+    ("git@host.org:repo.git", "git@host.org:repo.git"),
+    # names that hold "build" without being a build number are no version markers: their addresses are redacted
+    ('build_server = "34.120.1.77"', 'build_server = "10.21.0.7"'),
+    ('rebuild_ip = "34.120.1.77"', 'rebuild_ip = "10.21.0.7"'),
+    ("BUILD_SERVER_IP=34.120.1.77", "BUILD_SERVER_IP=10.21.0.7"),
+    ("buildhost 34.120.1.77", "buildhost 10.21.0.7"),
+])
+def test_exceptions_stay_narrow(line, expected):
+    """The exceptions for git remotes and build numbers let real emails and public addresses through when they were
+    too wide (a review of the change): only a path after "user@host:" is an ssh target, and only ``build``,
+    ``build_number``, ``build_id``, ... right before the value mark a version."""
+    assert redact(line)[0] == expected

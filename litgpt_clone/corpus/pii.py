@@ -123,12 +123,15 @@ COMMON_TLDS = frozenset(
 )
 PLACEHOLDER_DOMAINS = ("example.com", "example.org", "example.net")  # RFC 2606: reserved for documentation
 HOST_DOMAINS = ("amazonaws.com",)  # machines' host names (``ubuntu@ec2-1-2-3-4.compute-1.amazonaws.com``), no mail
-SCP_TARGET = re.compile(r":[\w~/.-]")  # ``git@github.com:owner/repo.git``: scp-style ``user@host:path``
+SCP_TARGET = re.compile(r":(?:[\w~.-]*/|[\w~.-]+\.git\b)")  # ``git@github.com:owner/repo.git``: scp-style ``user@host:path``
+# (a path: a "/" or a .git name; ``jane@gmail.com:hunter2`` is a mailbox and its password, redacted)
+SSH_URL_BEFORE = re.compile(r"(?i)(?:ssh|sftp)://$")  # ``ssh://git@host/...``: a login, not a mailbox (smtp:// users are)
 EMAIL_HINT = re.compile(r"@[A-Za-z0-9-]+\.[A-Za-z]")
 IPV4_HINT = re.compile(r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]")
 IPV6_HINT = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]")
 VERSION_BEFORE = re.compile(
-    r"(?i)(?:(?:version|build|release|revision|firmware)\w*|(?:^|[^a-z0-9])(?:v|ver|rev)_*)['\"]?\s*[:=(]?\s*['\"]?$"
+    r"(?i)(?:(?:version|release|revision|firmware)\w*|(?:^|[^a-z0-9])(?:(?:v|ver|rev)_*|build(?:_?(?:number|num|no|id|ver\w*))?_*))"
+    r"['\"]?\s*[:=(]?\s*['\"]?$"
     r"|[=<>~!]=\s*['\"]?$"
 )
 # Public DNS resolvers, kept as configuration rather than personal data: BigCode's ``POPULAR_DNS_SERVERS``
@@ -186,8 +189,8 @@ def _email_spans(text: str) -> list[_Span]:
         domain = m.group(1).rsplit("@", 1)[1].lower()
         if any(domain == d or domain.endswith("." + d) for d in PLACEHOLDER_DOMAINS + HOST_DOMAINS):
             continue
-        if text[max(0, m.start() - 3) : m.start()] == "://" or SCP_TARGET.match(text, m.end()):
-            continue  # a URL's user (``ssh://git@host/...``) or an scp-style ssh target: not a mailbox
+        if SSH_URL_BEFORE.search(text, max(0, m.start() - 6), m.start()) or SCP_TARGET.match(text, m.end()):
+            continue  # an ssh URL's user (``ssh://git@host/...``) or an scp-style ssh target: not a mailbox
         tld = domain.rsplit(".", 1)[1]
         if tld in COMMON_TLDS or (len(tld) == 2 and text[m.end() : m.end() + 1] not in ("(", "[")):
             spans.append(_Span(m.start(1), m.end(1), "EMAIL", PLACEHOLDERS["EMAIL"]))
