@@ -446,6 +446,9 @@ def test_max_tokens_counts_the_samples_tokens_and_wins_over_the_default_epoch(ba
     assert [train.tokens(0, 4 * k) for k in (1, 2, 3)] == tokens  # the samples' lengths, no padding
     epoch = finetune(base, tmp_path / "ep", "--train.save_interval", "null")  # nothing given: one epoch
     assert train.count == 43 and "step 11/11 |" in epoch.stdout
+    import yaml  # the default epoch is not written as if given: a rerun of the file with --train.max_tokens trained an epoch
+
+    assert yaml.safe_load((tmp_path / "ep" / "final" / "hyperparameters.yaml").read_text())["train"]["epochs"] is None
 
 
 def test_hyperparameters_yaml_reruns_the_finetune(base, tmp_path):
@@ -524,11 +527,12 @@ def test_lora_resume_with_other_settings_and_mistaken_flags_are_one_line(base, t
         assert exit_.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1] == (
             f"error: {step} was trained with other lora settings ({differ}): resume with the same --lora.* values, or give another --out_dir"
         )
-    with pytest.raises(SystemExit) as exit_:  # other samples under the checkpoint's data position: skipped or repeated silently
-        main(list(map(str, ["finetune", "lora", *common, "--lora.r", "4", "--seed", "7", "--resume", "auto"])))
-    assert exit_.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].startswith(
-        f"error: {step} was trained on other data: the training samples, --seed or --train.max_seq_length differ"
-    )
+    for changed in (["--seed", "7"], ["--train.global_batch_size", "2"]):  # other samples, or another order of each step's
+        with pytest.raises(SystemExit) as exit_:  # under the checkpoint's data position: skipped or repeated silently
+            main(list(map(str, ["finetune", "lora", *common, "--lora.r", "4", *changed, "--resume", "auto"])))
+        assert exit_.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].startswith(
+            f"error: {step} was trained on another data stream: its data position counts samples of its own"
+        ), changed
     assert cli_error(capsys, "finetune", "lora", *common, "--lora.layers", "[5, 9]") == (
         "error: --lora.layers [5, 9] is outside the model's 2 blocks: give [start, end) with 0 <= start < end <= 2"
     )

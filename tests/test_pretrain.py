@@ -548,9 +548,9 @@ def test_out_dir_devices_val_fraction_and_resume_mistakes_are_one_line(setup, tm
     )
     for changed in (["--seed", "7"], ["--train.max_seq_length", "32"], ["--data.val_fraction", "0.2"]):
         assert cli_error(capsys, *resume, "--model_config", setup / "model.yaml", *changed) == (
-            f"error: {out / 'step-00000003'} was trained on other data: the training samples, --seed or --train.max_seq_length "
-            "differ from this run's, and its data position counts samples of its own stream; resume with the same data and "
-            "settings, or give another --out_dir (pretrain --initial_checkpoint_dir starts from its weights on new data)"
+            f"error: {out / 'step-00000003'} was trained on another data stream: its data position counts samples of its own, "
+            "and this run's differs (other data or --data.* settings, --seed, --train.max_seq_length, or, finetuning, "
+            "--train.global_batch_size, which orders each step's samples); resume with the same ones, or give another --out_dir"
         ), changed
     assert cli_error(capsys, "pretrain", "--initial_checkpoint_dir", out / "step-00000003", "--train.tie_embeddings", "true", "--out_dir", tmp_path / "c") == (
         f"error: --train.tie_embeddings true: the model of --initial_checkpoint_dir {out / 'step-00000003'} has tie_embeddings "

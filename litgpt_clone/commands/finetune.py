@@ -192,7 +192,9 @@ def run_finetune(
     # what is wrong on one process is wrong on all: said once, here, before the launch starts the other processes
     train.gradient_accumulation_steps(world_size(h["devices"], h["num_nodes"]))
     _, _, train = optimizer_spec(h["optimizer"], train)  # (init_args' lr and weight_decay set the schedule's)
-    h["train"] = train  # hyperparameters.yaml records what the run uses (a recipe's optimizer lr as train.lr)
+    # hyperparameters.yaml records the lr the run uses (a recipe's optimizer lr as train.lr), not the default epoch
+    # filled in above: a rerun of the file with --train.max_tokens would train an epoch
+    h["train"] = dataclasses.replace(train, epochs=h["train"].epochs)
     tokenizer = Tokenizer(checkpoint_dir)
     config = Config.from_checkpoint(checkpoint_dir)
     if train.tie_embeddings is not None:

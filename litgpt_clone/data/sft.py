@@ -101,9 +101,10 @@ class SFTDataset:
 
     @property
     def fingerprint(self) -> str:
-        """What decides the sample at each index: the samples' tokens and labels, and their order (seed, shuffle).
-        A resumed run compares it with the checkpoint's, whose data position means nothing over other samples."""
-        h = hashlib.sha256(f"{self.seed}|{self.shuffle}|{self.count}".encode())
+        """What decides the sample at each index: the samples' tokens and labels, and their order (seed, shuffle, and
+        ``sort_groups``' group size: the global batch size). A resumed run compares it with the checkpoint's, whose data
+        position means nothing over other samples or in another order."""
+        h = hashlib.sha256(f"{self.seed}|{self.shuffle}|{self.count}|{self.group_size}".encode())
         for tokens, labels in self.samples:
             h.update(np.int64(len(tokens)).tobytes() + tokens.tobytes() + labels.tobytes())
         return h.hexdigest()

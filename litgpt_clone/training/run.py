@@ -345,9 +345,9 @@ def resume_state(
     saved = read_training_state(folder)
     if data is not None and saved.get("data", data) != data:  # (checkpoints written before it was saved: not checked)
         raise TrainingError(
-            f"{folder} was trained on other data: the training samples, --seed or --train.max_seq_length differ from this "
-            "run's, and its data position counts samples of its own stream; resume with the same data and settings, or give "
-            "another --out_dir (pretrain --initial_checkpoint_dir starts from its weights on new data)"
+            f"{folder} was trained on another data stream: its data position counts samples of its own, and this run's "
+            "differs (other data or --data.* settings, --seed, --train.max_seq_length, or, finetuning, "
+            "--train.global_batch_size, which orders each step's samples); resume with the same ones, or give another --out_dir"
         )
     load_full_state(model, optimizer, load_state(folder / weights_file), saved["optimizer"], strict=weights_file == "model.safetensors",
                     where=str(folder / weights_file))
