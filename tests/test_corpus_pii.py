@@ -245,7 +245,7 @@ def test_single_digit_quads_only_near_network_words():
     # BigCode's POPULAR_DNS_SERVERS: public resolvers are configuration, kept as its redaction keeps them
     "nameserver 8.8.8.8", "DNS = ['1.1.1.1', '1.0.0.1']", 'QUAD9 = "9.9.9.9"  # dns', 'OPENDNS = "208.67.222.222"',
     "resolvers: [8.8.4.4, 149.112.112.112, 208.67.220.220, 94.140.14.14]",
-    # version assignments: any name holding version/build/release/revision before the value
+    # version assignments: a name ending in version/build/release/revision (or with _number, _id, _tag) before the value
     'build_number = "24.1.108.12"', "BUILD_ID = '24.1.108.12'", 'nightly_release_tag: "115.12.0.1"',
     "prevRevisionNumber = '81.2.69.160'",
     # ssh targets and git remotes are not mailboxes; RFC 2606 documentation domains are placeholders
@@ -288,9 +288,19 @@ def test_url_password_variables_and_mailboxes_beside_remotes():
     ('rebuild_ip = "34.120.1.77"', 'rebuild_ip = "10.21.0.7"'),
     ("BUILD_SERVER_IP=34.120.1.77", "BUILD_SERVER_IP=10.21.0.7"),
     ("buildhost 34.120.1.77", "buildhost 10.21.0.7"),
+    # nor do names that merely hold release/revision/firmware/version (a review found these kept)
+    ('unreleased_host = "52.14.23.9"', 'unreleased_host = "10.21.0.7"'),
+    ('prerelease_ip = "52.14.23.9"', 'prerelease_ip = "10.21.0.7"'),
+    ("RELEASE_HOST=52.14.23.9", "RELEASE_HOST=10.21.0.7"),
+    ('firmware_ip = "52.14.23.9"', 'firmware_ip = "10.21.0.7"'),
+    ('version_host = "52.14.23.9"', 'version_host = "10.21.0.7"'),
+    # names that end in a version word keep theirs
+    ('FirmwareVersion = "52.14.23.9"', 'FirmwareVersion = "52.14.23.9"'),
+    ('release = "4.12.1.7"', 'release = "4.12.1.7"'),
 ])
 def test_exceptions_stay_narrow(line, expected):
     """The exceptions for git remotes and build numbers let real emails and public addresses through when they were
     too wide (a review of the change): only a path after "user@host:" is an ssh target, and only ``build``,
-    ``build_number``, ``build_id``, ... right before the value mark a version."""
+    a name ending in a version word (``build``, ``release``, ``FirmwareVersion``, ...), alone or with ``_number``,
+    ``_id``, ``_tag``, ... right before the value marks a version."""
     assert redact(line)[0] == expected

@@ -124,13 +124,13 @@ COMMON_TLDS = frozenset(
 PLACEHOLDER_DOMAINS = ("example.com", "example.org", "example.net")  # RFC 2606: reserved for documentation
 HOST_DOMAINS = ("amazonaws.com",)  # machines' host names (``ubuntu@ec2-1-2-3-4.compute-1.amazonaws.com``), no mail
 SCP_TARGET = re.compile(r":(?:[\w~.-]*/|[\w~.-]+\.git\b)")  # ``git@github.com:owner/repo.git``: scp-style ``user@host:path``
-# (a path: a "/" or a .git name; ``jane@gmail.com:hunter2`` is a mailbox and its password, redacted)
+# (a path: a "/" or a .git name; ``jane@gmail.com:hunter2`` is a mailbox: its address is redacted, what follows is kept)
 SSH_URL_BEFORE = re.compile(r"(?i)(?:ssh|sftp)://$")  # ``ssh://git@host/...``: a login, not a mailbox (smtp:// users are)
 EMAIL_HINT = re.compile(r"@[A-Za-z0-9-]+\.[A-Za-z]")
 IPV4_HINT = re.compile(r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]")
 IPV6_HINT = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]")
 VERSION_BEFORE = re.compile(
-    r"(?i)(?:(?:version|release|revision|firmware)\w*|(?:^|[^a-z0-9])(?:(?:v|ver|rev)_*|build(?:_?(?:number|num|no|id|ver\w*))?_*))"
+    r"(?i)(?:\w*(?:version|release|revision|firmware|build)(?:_?(?:number|num|no|id|tag|str|string|name|ver\w*))?|(?:^|[^a-z0-9])(?:v|ver|rev))_*"
     r"['\"]?\s*[:=(]?\s*['\"]?$"
     r"|[=<>~!]=\s*['\"]?$"
 )

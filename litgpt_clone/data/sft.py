@@ -803,8 +803,9 @@ def build(module: FileData, encode: Callable, tokenizer: Tokenizer, max_seq_leng
 
 
 # ----------------------------------------------------------------------------- the tokenized cache
-CACHE_FORMAT = 3
-"""Part of every cache key: raise it when the encoding of samples changes."""
+CACHE_FORMAT = 4
+"""Part of every cache key: raise it when the encoding of samples changes (4: chat-style instruction data is
+the conversation the template renders)."""
 
 
 def cache_key(module: FileData, tokenizer: Tokenizer, max_seq_length: int, *files: Optional[Path]) -> str:

@@ -143,7 +143,9 @@ def memory_gb(device: torch.device) -> float:
 def validate(fabric, model, data: Batches, args: TrainArgs, eval_args: EvalArgs, learned_only: bool = False) -> float:
     """The mean token loss over ``eval.max_iters`` batches per process, or over the whole validation set once where
     it holds fewer (never wrapping around: repeated samples would weigh more in the mean). Every token weighs the
-    same: a short last batch counts for its tokens, so the loss does not depend on ``micro_batch_size``."""
+    same: a short last batch counts for its tokens, so over the same samples (the whole set, or where ``max_iters``
+    stops first, the first ``max_iters * micro_batch_size`` per process) the loss does not depend on how they are
+    split into micro batches."""
     model.eval()
     mbs, count, world = args.micro_batch_size, getattr(data, "count", None), fabric.world_size
     # every rank runs as many forwards as rank 0, which has the most batches: FSDP's all-gathers and DDP's buffer
