@@ -102,7 +102,7 @@ def make_checkpoint(root: Path, spec: dict, words: list[str], seed: int = 0, dty
     model.init_weights()
     if dtype is not None:
         model.to(dtype)
-    native = write_checkpoint(root / "native", {"model.safetensors": model_state(model)}, config, tok_dir, hparams={})
+    native = write_checkpoint(root / "native", {"lit_model.safetensors": model_state(model)}, config, tok_dir, hparams={})
     return native, convert_to_hf_checkpoint(native, root / "hf")
 
 

@@ -158,7 +158,7 @@ def write_inputs(work: Path, args) -> dict:
         train_tokenizer(hf, json.loads((data / "train.json").read_text()), args.vocab)
         save_hf_model(hf)
     ours, theirs = work / "ckpt_ours", work / "ckpt_litgpt"
-    if not (ours / "model.safetensors").is_file():
+    if not (ours / "lit_model.safetensors").is_file():
         run_checked([sys.executable, "-m", "litgpt_clone", "convert", "from_hf", str(hf), "--out_dir", str(ours)], "ours convert from_hf", work)
     if not (theirs / "lit_model.pth").is_file():
         shutil.rmtree(theirs, ignore_errors=True)

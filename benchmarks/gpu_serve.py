@@ -65,7 +65,7 @@ def write_checkpoint(folder: Path, shape: dict, device: str, dtype) -> None:
     with torch.device(device):
         model = GPT(config)
     model.init_weights()
-    save_weights({k: v.to(dtype).cpu() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+    save_weights({k: v.to(dtype).cpu() for k, v in model.state_dict().items()}, folder / "lit_model.safetensors")
     (folder / "model_config.yaml").write_text(config.to_yaml())
     del model
 

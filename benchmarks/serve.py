@@ -69,7 +69,7 @@ cfg = Config(
     bias=False, parallel_residual=False, rotary_percentage=1.0, rope_base=int(s["rope_base"]),
 )
 model = GPT(cfg)
-model.load_state_dict(load_file(str(native / "model.safetensors")), strict=True)
+model.load_state_dict(load_file(str(native / "lit_model.safetensors")), strict=True)
 probe = torch.load(out / "probe.pt", weights_only=True)
 with torch.no_grad():
     diff = (model(probe["ids"]) - probe["logits"]).abs().max().item()

@@ -4,7 +4,7 @@
 to ``CausalSelfAttention.adapter``) and freezes everything else. The prefix goes through the block's own (frozen)
 query/key/value projection, without RoPE; its attention output is multiplied by a per-head gate that starts at
 zero, so training starts from the unchanged model. Adapters are not merged into the weights: a checkpoint carries
-them in ``model.safetensors`` with ``adapter_config.yaml``, and ``GPT.from_checkpoint`` puts them back.
+them in ``lit_model.safetensors`` with ``adapter_config.yaml``, and ``GPT.from_checkpoint`` puts them back.
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ def main() -> None:
 
         write_atomic_text(config, yaml.safe_dump({**MODEL, "vocab_size": Tokenizer(tokenizer).vocab_size}, sort_keys=False))
     pretrain_dir = out / "pretrain"
-    if not (pretrain_dir / "final" / "model.safetensors").is_file():
+    if not (pretrain_dir / "final" / "lit_model.safetensors").is_file():
         run("3/5 pretrain", "pretrain", "--config", str(RECIPE), "--model_config", str(config), "--tokenizer_dir", str(tokenizer),
             "--data.path", str(corpus), "--out_dir", str(pretrain_dir), "--train.max_steps", str(args.steps))
     val, baseline = last_val_loss(pretrain_dir), unigram_baseline(corpus)

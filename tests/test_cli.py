@@ -59,7 +59,7 @@ def test_convert_round_trip_through_cli(hf_llama, tmp_path):
     native, back = tmp_path / "native", tmp_path / "back"
     proc = cli("convert", "from_hf", hf_dir, "--out_dir", native)
     assert f"note: {hf_dir} has no tokenizer (tokenizer.json or tokenizer.model): copy the model's tokenizer files into {native}" in proc.stderr
-    assert {"model.safetensors", "model_config.yaml", "config.json", "generation_config.json", "tokenizer_config.json"} <= {
+    assert {"lit_model.safetensors", "model_config.yaml", "config.json", "generation_config.json", "tokenizer_config.json"} <= {
         p.name for p in native.iterdir()
     }
     assert not list(native.glob(".*.tmp")), "temporary files left behind"
@@ -74,6 +74,37 @@ def test_convert_round_trip_through_cli(hf_llama, tmp_path):
         torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(back)(idx).logits, expected)
         torch.testing.assert_close(GPT.from_checkpoint(native)(idx), expected)
     assert set(load_file(back / "model.safetensors")) == set(load_file(hf_dir / "model.safetensors"))
+
+
+def test_transformers_refuses_a_native_folder_and_the_old_weights_name_says_rename(hf_llama, tmp_path, capsys):
+    """A native folder keeps the original config.json; its weights were model.safetensors, which transformers loaded
+    into a randomly initialised model (unknown tensor names, one warning). Now transformers finds no weights it
+    reads, and a folder written under the old name says how to rename it. Converting into a folder that holds an
+    earlier export removes its Hugging Face weights, which transformers would load instead, and the reverse."""
+    import shutil
+
+    hf_dir, hf_model = hf_llama
+    native = tmp_path / "native"
+    cli("convert", "from_hf", hf_dir, "--out_dir", native)
+    with pytest.raises(OSError, match="no file named model.safetensors, or pytorch_model.bin, found in directory"):
+        AutoModelForCausalLM.from_pretrained(native)
+    old = tmp_path / "old"
+    shutil.copytree(native, old)
+    (old / "lit_model.safetensors").rename(old / "model.safetensors")
+    with pytest.raises(CheckpointError) as err:
+        GPT.from_checkpoint(old)
+    assert str(err.value) == (f"{old / 'model.safetensors'} holds native weights under the name earlier versions gave them: rename it"
+                              f" to lit_model.safetensors (mv {old / 'model.safetensors'} {old / 'lit_model.safetensors'})")
+    assert cli_error(capsys, "convert", "from_hf", old, "--out_dir", tmp_path / "x").startswith(f"error: {old} is already a native checkpoint")
+    cli("convert", "to_hf", native, "--out_dir", tmp_path / "both")
+    cli("convert", "from_hf", hf_dir, "--out_dir", tmp_path / "both")
+    assert sorted(p.name for p in (tmp_path / "both").glob("*safetensors*")) == ["lit_model.safetensors"]
+    cli("convert", "to_hf", native, "--out_dir", tmp_path / "both")
+    assert not (tmp_path / "both" / "model_config.yaml").exists()
+    assert sorted(p.name for p in (tmp_path / "both").glob("*safetensors*")) == ["model.safetensors"]
+    idx = torch.randint(0, 64, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(tmp_path / "both")(idx).logits, hf_model(idx).logits)
 
 
 def test_files_are_readable_by_others_and_default_export_sits_beside(hf_llama, tmp_path):
@@ -104,7 +135,7 @@ def test_config_file_and_print_config(hf_llama, tmp_path):
     printed = cli("convert", "from_hf", "--config", recipe, "--print_config").stdout
     assert "dtype: bfloat16" in printed and str(hf_dir) in printed
     cli("convert", "from_hf", "--config", recipe)
-    assert all(t.dtype == torch.bfloat16 for t in load_file(tmp_path / "from_recipe" / "model.safetensors").values())
+    assert all(t.dtype == torch.bfloat16 for t in load_file(tmp_path / "from_recipe" / "lit_model.safetensors").values())
     bad = cli("convert", "from_hf", hf_dir, "--dtpye", "float16", check=False)
     assert bad.returncode != 0 and "dtpye" in bad.stderr
 
@@ -119,7 +150,7 @@ def test_sharded_export_loads_in_transformers(hf_llama, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(tmp_path / "sharded")(idx).logits, hf_model(idx).logits)
     cli("convert", "from_hf", tmp_path / "sharded", "--out_dir", tmp_path / "native2")  # sharded input converts too
-    a, b = load_file(tmp_path / "native" / "model.safetensors"), load_file(tmp_path / "native2" / "model.safetensors")
+    a, b = load_file(tmp_path / "native" / "lit_model.safetensors"), load_file(tmp_path / "native2" / "lit_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -130,13 +161,13 @@ def test_export_over_an_earlier_export_leaves_only_the_new_weights(hf_llama, tmp
 
     hf_dir, hf_model = hf_llama
     first, second = convert_hf_checkpoint(hf_dir, tmp_path / "a"), tmp_path / "b"
-    state = load_file(first / "model.safetensors")
+    state = load_file(first / "lit_model.safetensors")
     (second).mkdir()
     for name in ("model_config.yaml", "tokenizer_config.json", "generation_config.json"):
         (second / name).write_bytes((first / name).read_bytes())
     from safetensors.torch import save_file
 
-    save_file({k: v * 0.5 for k, v in state.items()}, second / "model.safetensors")  # another model of the same shape
+    save_file({k: v * 0.5 for k, v in state.items()}, second / "lit_model.safetensors")  # another model of the same shape
     idx = torch.randint(0, 64, (1, 8))
     out = tmp_path / "export"
     for model, shard in ((first, "5GB"), (second, "20KB"), (first, "5GB")):
@@ -248,7 +279,7 @@ def test_truncated_safetensors(hf_llama, tmp_path):
     assert "model.safetensors" in line and "corrupt or truncated" in line
     # a truncated native checkpoint fails the same way on load
     cli("convert", "from_hf", hf_dir, "--out_dir", tmp_path / "native")
-    weights = tmp_path / "native" / "model.safetensors"
+    weights = tmp_path / "native" / "lit_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         GPT.from_checkpoint(tmp_path / "native")
@@ -289,7 +320,7 @@ def test_to_hf_checks_the_weights_against_model_config_yaml(hf_llama, tmp_path, 
     config = Config.from_checkpoint(native)
     (native / "model_config.yaml").write_text(Config.from_dict({**config.to_dict(), "n_query_groups": 4}).to_yaml())
     assert cli_error(capsys, "convert", "to_hf", native, "--out_dir", tmp_path / "hf") == (
-        f"error: {native / 'model.safetensors'} does not match model_config.yaml: weights do not fit the LlamaForCausalLM"
+        f"error: {native / 'lit_model.safetensors'} does not match model_config.yaml: weights do not fit the LlamaForCausalLM"
         " config: wrong shape ['transformer.h.0.attn.qkv.weight', 'transformer.h.1.attn.qkv.weight']")
     assert not (tmp_path / "hf").exists()
 
@@ -331,8 +362,8 @@ def test_values_the_parser_rejects_are_one_line_naming_the_flag_and_what_it_take
 
 
 def test_converting_into_the_folder_it_reads_is_refused_and_changes_nothing(hf_llama, tmp_path, capsys):
-    """Both formats keep their weights in model.safetensors, so converting into the folder being read would write over
-    the weights it converts; both commands stopped half-way on a SameFileError traceback from a file copy instead."""
+    """Converting into the folder being read would leave both formats in one folder under one config.json; both
+    commands stopped half-way on a SameFileError traceback from a file copy instead."""
     import shutil
 
     hf_dir = tmp_path / "hf"
@@ -388,7 +419,7 @@ def test_export_carries_the_special_token_ids_and_no_stale_tokenizer_files(hf_ll
     convert_to_hf_checkpoint(native, tmp_path / "hf")
     assert (tmp_path / "hf" / "chat_template.jinja").is_file()
     convert_hf_checkpoint(other, tmp_path / "native")  # another model, with no tokenizer or generation files
-    assert sorted(p.name for p in (tmp_path / "native").iterdir()) == ["config.json", "model.safetensors", "model_config.yaml"]
+    assert sorted(p.name for p in (tmp_path / "native").iterdir()) == ["config.json", "lit_model.safetensors", "model_config.yaml"]
 
 
 def test_snapshot_default_out_dir_and_a_native_folder_without_its_config(hf_llama, tmp_path):

@@ -40,7 +40,7 @@ def test_demo_runs_end_to_end_and_reruns_without_redoing_steps(tmp_path):
     # measured: val 5.64 vs unigram 6.47 nats/token after 100 steps
     assert val < unigram - 0.5, (val, unigram)
     corpus = out / "corpus" / "v1"
-    for path in (corpus / "manifest.json", corpus / "report.md", out / "pretrain" / "final" / "model.safetensors",
+    for path in (corpus / "manifest.json", corpus / "report.md", out / "pretrain" / "final" / "lit_model.safetensors",
                  out / "hf" / "config.json"):
         assert path.is_file(), path
     assert f"Next: litgpt-clone chat {out / 'pretrain' / 'final'}" in first

@@ -449,7 +449,7 @@ def test_download_and_convert(hf_env, tmp_path):
         out_dir = tmp_path / "out" / "tiny"
         (result,) = results(start_downloads(tmp_path, dict(repo_id="acme/tiny-llama", out_dir=str(out_dir))))
     assert Path(result["path"]) == out_dir
-    assert (out_dir / "model.safetensors").is_file()
+    assert (out_dir / "lit_model.safetensors").is_file()
     assert (out_dir / "model_config.yaml").is_file()
     # the Hugging Face files stay in the cache
     snapshot = hf_home / "hub" / "models--acme--tiny-llama" / "snapshots" / hub.commit_sha("acme/tiny-llama")
@@ -479,10 +479,10 @@ def test_repo_id_where_a_checkpoint_dir_goes(hf_env, tmp_path):
     assert proc.stdout.strip() == "torch.Size([1, 3, 128])"
     assert len(hub.requests) == downloads
     # a conversion that lost its weights is converted again (from the cache: still offline), not reported as broken
-    (work / "checkpoints" / "acme" / "tiny-llama" / "model.safetensors").unlink()
+    (work / "checkpoints" / "acme" / "tiny-llama" / "lit_model.safetensors").unlink()
     proc = subprocess.run([sys.executable, "-c", code], cwd=work, env=dict(os.environ), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "torch.Size([1, 3, 128])", proc.stderr
-    assert (work / "checkpoints" / "acme" / "tiny-llama" / "model.safetensors").is_file()
+    assert (work / "checkpoints" / "acme" / "tiny-llama" / "lit_model.safetensors").is_file()
 
 
 def test_a_name_that_is_not_a_repo_id_is_one_line_before_any_request(tmp_path):

@@ -50,7 +50,7 @@ def test_newest_checkpoint_under_out(models_root, tasks_dir, tmp_path):  # noqa:
         shutil.copytree(native, out / name)
     (out / "export" / "model_config.yaml").unlink()  # a Hugging Face export: config.json, not ours
     (out / "export" / "config.json").write_text("{}")
-    (out / "lora" / "final" / "model.safetensors").rename(out / "lora" / "final" / "lora.safetensors")  # LoRA weights only
+    (out / "lora" / "final" / "lit_model.safetensors").rename(out / "lora" / "final" / "lora.safetensors")  # LoRA weights only
     now = time.time()
     ages = {"old/final": 300, "new/step-00000020": 200, "new/.step-00000040.tmp": 0, "export": 0, "lora/final": 0}
     for name, age in ages.items():  # a checkpoint being written, the export and the LoRA folder are the newest
@@ -79,7 +79,7 @@ def test_no_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
         main(["evaluate", "--tasks", "tiny_mc"])
     err = capsys.readouterr().err.strip()
     assert exit.value.code == 2 and "\n" not in err, err
-    assert err.startswith(f"error: no checkpoint under {tmp_path.resolve() / 'out'}") and "model_config.yaml and model.safetensors" in err
+    assert err.startswith(f"error: no checkpoint under {tmp_path.resolve() / 'out'}") and "model_config.yaml and lit_model.safetensors" in err
     assert err.endswith("pass one, `litgpt-clone evaluate <checkpoint dir | repo id> --tasks tiny_mc`"), err
 
 

@@ -84,7 +84,7 @@ def test_lora_trains_saves_adapters_and_merges(base, tmp_path):
     qkv_parts = {k.rsplit(".", 1)[1] for k in adapters if ".attn.qkv." in k}
     assert qkv_parts == {"query", "value"}  # --lora.key is off by default: the keys get no adapter
     size = (out / "step-00000020" / "lora.safetensors").stat().st_size
-    assert size < 0.1 * (base / "base" / "model.safetensors").stat().st_size
+    assert size < 0.1 * (base / "base" / "lit_model.safetensors").stat().st_size
 
     # final/ holds the merged model: its logits equal the base with the adapters applied
     merged = GPT.from_checkpoint(out / "final").eval()
@@ -223,7 +223,7 @@ def test_loss_weighs_every_learned_token_of_a_step_the_same_whatever_the_micro_b
 def test_full_finetune_changes_everything(base, tmp_path):
     out = tmp_path / "full"
     finetune(base, out, "--train.max_steps", "6", "--train.lr", "1e-3", "--train.warmup_steps", "1", method="full")
-    before, after = load_file(base / "base" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
+    before, after = load_file(base / "base" / "lit_model.safetensors"), load_file(out / "final" / "lit_model.safetensors")
     assert before.keys() == after.keys()
     assert all(not torch.equal(before[k], after[k]) for k in before)
     GPT.from_checkpoint(out / "final")
@@ -333,8 +333,8 @@ def test_adapter_trains_only_its_prefixes_and_loads_back(base, tmp_path):
     assert mean([loss[s] for s in range(26, 31)]) < mean([loss[s] for s in range(1, 6)]) - 0.1, loss
     saved = load_file(out / "step-00000015" / "adapter.safetensors")
     assert set(saved) == {f"transformer.h.{i}.attn.adapter.{p}" for i in (0, 1) for p in ("prefix", "gate")}
-    final = load_file(out / "final" / "model.safetensors")
-    base_weights = load_file(base / "base" / "model.safetensors")
+    final = load_file(out / "final" / "lit_model.safetensors")
+    base_weights = load_file(base / "base" / "lit_model.safetensors")
     assert all(torch.equal(final[k], v) for k, v in base_weights.items())  # the base is untouched
     gen = subprocess.run([sys.executable, "-m", "litgpt_clone", "generate", str(out / "final"), "--prompt", "Repeat the word apple",
                           "--max_new_tokens", "5"], capture_output=True, text=True, timeout=120)
@@ -378,7 +378,7 @@ def test_file_data_without_a_path_is_one_line(base, tmp_path, capsys):
 
 
 def test_finetuning_an_adapter_checkpoint_carries_its_adapter_config(base, tmp_path):
-    """The prefixes of a `finetune adapter` final/ are in every model.safetensors made from it (full and LoRA
+    """The prefixes of a `finetune adapter` final/ are in every lit_model.safetensors made from it (full and LoRA
     finetuning, merge_lora, pretrain --initial_checkpoint_dir): each such folder carries adapter_config.yaml too, or
     nothing could load it. A step-* folder of an adapter run says to use final/ (it advised `convert from_hf`)."""
     import yaml

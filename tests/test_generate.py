@@ -460,12 +460,12 @@ def test_bad_input(models_root, capsys):
     assert "--num_samples 0: ask for at least 1 sample" in one_line_error(capsys, native, "--prompt", "Hi", "--num_samples", 0)
     missing = models_root / "no-such-run" / "final"  # a folder path, not a model name: say so, not "unknown model"
     line = one_line_error(capsys, missing, "--prompt", "Hi")
-    assert line == f"error: no checkpoint at {missing}: pass a folder with model_config.yaml and model.safetensors, or a hub repo id (org/name)"
+    assert line == f"error: no checkpoint at {missing}: pass a folder with model_config.yaml and lit_model.safetensors, or a hub repo id (org/name)"
 
 
 def test_corrupt_checkpoint_files_are_one_line_naming_the_file(models_root, tmp_path, capsys):
     """A checkpoint whose model_config.yaml, tokenizer.json, tokenizer_config.json or generation_config.json is
-    damaged: one line naming the file, as for a truncated model.safetensors (these gave YAML, JSON and tokenizers
+    damaged: one line naming the file, as for a truncated lit_model.safetensors (these gave YAML, JSON and tokenizers
     tracebacks)."""
     import shutil
 

@@ -199,7 +199,7 @@ def test_a_kill_while_replacing_a_folder_leaves_a_complete_one(tmp_path, monkeyp
     from litgpt_clone.training import checkpoint
 
     config = Config(name="tiny", n_layer=1, n_embd=8, n_head=2, vocab_size=16, block_size=8)
-    weights = lambda value: {"model.safetensors": {"w": torch.full((2,), value)}}  # noqa: E731
+    weights = lambda value: {"lit_model.safetensors": {"w": torch.full((2,), value)}}  # noqa: E731
     checkpoint.write_checkpoint(tmp_path / "final", weights(1.0), config, None, {"run": 1})
 
     def killed_while_deleting(path, ignore_errors=False):
@@ -211,7 +211,7 @@ def test_a_kill_while_replacing_a_folder_leaves_a_complete_one(tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         checkpoint.write_checkpoint(tmp_path / "final", weights(2.0), config, None, {"run": 2})
     final = tmp_path / "final"
-    assert sorted(p.name for p in final.iterdir()) == ["hyperparameters.yaml", "model.safetensors", "model_config.yaml"]
+    assert sorted(p.name for p in final.iterdir()) == ["hyperparameters.yaml", "lit_model.safetensors", "model_config.yaml"]
     assert yaml.safe_load((final / "hyperparameters.yaml").read_text()) == {"run": 2}
 
 
@@ -664,12 +664,12 @@ def test_a_checkpoint_missing_a_tensor_is_refused_before_training_on_from_a_rand
     config = Config(n_layer=2, n_embd=16, n_head=2, vocab_size=32, block_size=8, intermediate_size=32)
     saved = GPT(config).state_dict()
     model = GPT(config)
-    load_full_state(model, None, dict(saved), None, where="x/model.safetensors")  # whole: loads
+    load_full_state(model, None, dict(saved), None, where="x/lit_model.safetensors")  # whole: loads
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
     broken = {k: v for k, v in saved.items() if k != "transformer.h.1.mlp.proj.weight"}
     with pytest.raises(CheckpointError) as err:
-        load_full_state(model, None, broken, None, where="x/model.safetensors")
-    assert str(err.value) == "x/model.safetensors does not match model_config.yaml: missing ['transformer.h.1.mlp.proj.weight'], unexpected []"
+        load_full_state(model, None, broken, None, where="x/lit_model.safetensors")
+    assert str(err.value) == "x/lit_model.safetensors does not match model_config.yaml: missing ['transformer.h.1.mlp.proj.weight'], unexpected []"
     tied = GPT(Config(**{**config.__dict__, "tie_embeddings": True}))
     load_full_state(tied, None, {k: v for k, v in saved.items() if k != "lm_head.weight"}, None)  # a tied head is the embedding
     with pytest.raises(CheckpointError, match=r"missing \['lm_head.weight'\]"):  # an untied model needs its own

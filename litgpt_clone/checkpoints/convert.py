@@ -12,9 +12,12 @@ import torch
 
 from litgpt_clone.checkpoints.arch import Arch, get_arch
 from litgpt_clone.checkpoints.io import (
+    HF_SHARD,
+    NATIVE_WEIGHTS,
     CheckpointError,
     hf_weight_files,
     litgpt_checkpoint,
+    native_keys,
     read_hf_weights,
     save_hf_weights,
     save_weights,
@@ -164,9 +167,9 @@ def special_token_ids(checkpoint_dir: Path) -> dict:
 
 
 def check_destination(source: Path, out_dir: Path, command: str) -> None:
-    """``--out_dir`` must be a folder that can be written (``check_out_dir``) and not the one being read: both formats
-    name their weights model.safetensors, so converting in place would write over the weights it converts (a file
-    copy failed first, with a SameFileError traceback)."""
+    """``--out_dir`` must be a folder that can be written (``check_out_dir``) and not the one being read: the folder
+    would hold both formats, one config.json for two sets of weights (a file copy failed first, with a SameFileError
+    traceback)."""
     check_out_dir(out_dir)
     if out_dir.resolve() == source.resolve():
         raise CheckpointError(f"{command} would write into {source}, the folder it reads: give --out_dir another folder")
@@ -177,7 +180,8 @@ def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = No
 
     Args:
         hf_dir: Folder with ``config.json`` and ``*.safetensors`` (or ``*.bin``) weights, single or sharded.
-        out_dir: Where the native checkpoint is written (``model.safetensors``, ``model_config.yaml``, tokenizer files).
+        out_dir: Where the native checkpoint is written (``lit_model.safetensors``, ``model_config.yaml``, the
+            tokenizer files, and config.json as it came).
         dtype: Cast the weights to ``float32``, ``bfloat16`` or ``float16``; default keeps the stored dtype.
     """
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
@@ -187,7 +191,7 @@ def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = No
     if (hf_dir / "lit_model.pth").is_file():  # LitGPT's: its Hugging Face weights (`litgpt download`) or model.pth
         if not (hf_dir / "config.json").is_file() or not hf_weight_files(hf_dir):  # (`litgpt convert_from_litgpt`) are read
             raise CheckpointError(litgpt_checkpoint(hf_dir))
-    elif (hf_dir / "model_config.yaml").is_file() and (hf_dir / "model.safetensors").is_file():
+    elif (hf_dir / "model_config.yaml").is_file() and ((hf_dir / NATIVE_WEIGHTS).is_file() or native_keys(hf_dir / "model.safetensors")):
         raise CheckpointError(f"{hf_dir} is already a native checkpoint (model_config.yaml): use it as it is, or export it with `convert to_hf`")
     config = Config.from_hf_config(hf_dir)
     if dtype is not None and dtype not in DTYPES:
@@ -199,8 +203,11 @@ def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = No
     copy_aux_files(hf_dir, out_dir)
     if (hf_dir / "config.json").is_file():
         shutil.copyfile(hf_dir / "config.json", out_dir / "config.json")
-    save_weights(state, out_dir / "model.safetensors")
+    save_weights(state, out_dir / NATIVE_WEIGHTS)
     write_atomic_text(out_dir / "model_config.yaml", config.to_yaml())
+    for old in out_dir.iterdir():  # Hugging Face weights of an earlier export there: transformers would load those
+        if HF_SHARD.match(old.name) or old.name == "model.safetensors.index.json":
+            old.unlink()
     return out_dir
 
 
@@ -208,7 +215,7 @@ def convert_to_hf_checkpoint(checkpoint_dir: Path, out_dir: Path, max_shard_size
     """Export a native checkpoint as a Hugging Face folder that ``AutoModelForCausalLM.from_pretrained`` loads.
 
     Args:
-        checkpoint_dir: A native checkpoint folder (``model_config.yaml`` + ``model.safetensors``), or a hub repo id
+        checkpoint_dir: A native checkpoint folder (``model_config.yaml`` + ``lit_model.safetensors``), or a hub repo id
             (downloaded and converted on first use).
         out_dir: Where ``model.safetensors`` (sharded with an index above ``max_shard_size``), ``config.json``,
             the tokenizer files and ``generation_config.json`` are written.
@@ -221,17 +228,19 @@ def convert_to_hf_checkpoint(checkpoint_dir: Path, out_dir: Path, max_shard_size
     if (checkpoint_dir / "adapter_config.yaml").is_file():
         raise ConfigError(f"{checkpoint_dir} carries LLaMA-Adapter prefixes, which transformers models have no place for")
     config = Config.from_checkpoint(checkpoint_dir)
-    state = load_state(checkpoint_dir / "model.safetensors")
+    state = load_state(checkpoint_dir / NATIVE_WEIGHTS)
     try:  # the check from_hf runs: weights of another model fail here in one line, not in the middle of a split
         check_against_model(state, config)
     except CheckpointError as err:
-        raise CheckpointError(f"{checkpoint_dir / 'model.safetensors'} does not match model_config.yaml: {err}") from None
+        raise CheckpointError(f"{checkpoint_dir / NATIVE_WEIGHTS} does not match model_config.yaml: {err}") from None
     hf_config = {**config_to_hf(config), **special_token_ids(checkpoint_dir)}
     dtype = next(iter(state.values())).dtype
     hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
     save_hf_weights(native_to_hf_weights(state, config), out_dir, max_shard_size)  # first: it checks max_shard_size
     copy_aux_files(checkpoint_dir, out_dir)
     write_atomic_text(out_dir / "config.json", json.dumps(hf_config, indent=2) + "\n")
+    for name in (NATIVE_WEIGHTS, "model_config.yaml"):  # of a native checkpoint there: the folder was read as that
+        (out_dir / name).unlink(missing_ok=True)
     return out_dir
 
 

@@ -359,7 +359,7 @@ def download(
             saved by `hf auth login`.
         out_dir: Where the converted checkpoint goes. Defaults to checkpoints/<repo_id>. With --convert false, the
             folder the repo's files are downloaded into instead of the cache (as `hf download --local-dir`).
-        convert: Convert the download into a litgpt_clone checkpoint in out_dir (model.safetensors and
+        convert: Convert the download into a litgpt_clone checkpoint in out_dir (lit_model.safetensors and
             model_config.yaml). With false, only download and return the folder of the files.
         revision: A branch, tag or commit hash of the repo. Defaults to the repo's main branch.
         force_download: Fetch every file again even if it is cached (a cached file that is corrupt although its

@@ -16,6 +16,11 @@ from safetensors.torch import load_file, save_file
 
 
 
+NATIVE_WEIGHTS = "lit_model.safetensors"
+"""The weights of a native folder (beside ``model_config.yaml``). Not ``model.safetensors``: transformers reads that
+name in a folder with a config.json (which a converted folder keeps) and made a randomly initialised model of these
+tensors, whose names it does not know, with only a warning; now it says the folder has no weights it can read."""
+
 REPO_ID = re.compile(r"^(?![.~])[\w.\-]+/[\w.\-]+$")
 """``org/name``; ``./x`` and ``../x`` are paths."""
 
@@ -109,6 +114,12 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(
                 f"{path.parent} holds LLaMA-Adapter weights only (a step checkpoint, which has no merge): use the run's "
                 "final/ folder, the base model with the adapters inside"
+            )
+        old = path.parent / "model.safetensors"
+        if path.name == NATIVE_WEIGHTS and native_keys(old):
+            raise CheckpointError(
+                f"{old} holds native weights under the name earlier versions gave them: rename it to {NATIVE_WEIGHTS} "
+                f"(mv {old} {path})"
             )
         raise CheckpointError(f"no weights at {path}: convert the checkpoint first (litgpt-clone convert from_hf)")
     try:
@@ -210,11 +221,11 @@ def check_keys(state: dict, model: torch.nn.Module, where: str) -> None:
 
 
 def load_weights(model: torch.nn.Module, checkpoint_dir: Path, device="cpu", dtype: Optional[torch.dtype] = None) -> None:
-    """Load ``model.safetensors`` into a model built on the meta device (or anywhere), then place it on ``device``."""
-    state = load_state(Path(checkpoint_dir) / "model.safetensors")
+    """Load ``lit_model.safetensors`` into a model built on the meta device (or anywhere), then place it on ``device``."""
+    state = load_state(Path(checkpoint_dir) / NATIVE_WEIGHTS)
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    check_keys(state, model, f"{checkpoint_dir}/model.safetensors")
+    check_keys(state, model, f"{checkpoint_dir}/{NATIVE_WEIGHTS}")
     model.load_state_dict(state, strict=False, assign=True)
     if getattr(model.config, "tie_embeddings", False):
         model.lm_head.weight = model.transformer.wte.weight
@@ -234,6 +245,11 @@ def safetensors_keys(path: Path) -> list[str]:
         return []
 
 
+def native_keys(path: Path) -> bool:
+    """Whether ``path`` is a safetensors file of native tensor names (``transformer.h.0...``)."""
+    return any(key.startswith("transformer.") for key in safetensors_keys(path))
+
+
 def litgpt_checkpoint(path: Path) -> str:
     """How to bring over a LitGPT checkpoint folder (``lit_model.pth``, LitGPT's ``model_config.yaml``)."""
     config = "" if (path / "config.json").is_file() else f", put the model's config.json from its hub repo into {path}"
@@ -246,7 +262,7 @@ def litgpt_checkpoint(path: Path) -> str:
 def resolve_checkpoint(path_or_repo: str | Path, checkpoints_root: Path = Path("checkpoints")) -> Path:
     """A native checkpoint folder for a path or a hub repo id (downloaded and converted on first use)."""
     path = Path(path_or_repo)
-    native = any(key.startswith("transformer.") for key in safetensors_keys(path / "model.safetensors"))
+    native = (path / NATIVE_WEIGHTS).is_file() or native_keys(path / "model.safetensors")  # (or under its old name)
     if (path / "lit_model.pth").is_file() and not native:  # LitGPT's model_config.yaml is not ours
         raise CheckpointError(litgpt_checkpoint(path))
     if (path / "model_config.yaml").is_file():
@@ -258,11 +274,11 @@ def resolve_checkpoint(path_or_repo: str | Path, checkpoints_root: Path = Path("
             f"{path} is a Hugging Face folder: convert it once with `litgpt-clone convert from_hf {path} --out_dir checkpoints/<name>`"
         )
     if path.exists():
-        raise CheckpointError(f"{path} is not a checkpoint: expected {path / 'model_config.yaml'} and model.safetensors")
+        raise CheckpointError(f"{path} is not a checkpoint: expected {path / 'model_config.yaml'} and {NATIVE_WEIGHTS}")
     repo = str(path_or_repo)
     if REPO_ID.match(repo):
         local = checkpoints_root / repo
-        if (local / "model_config.yaml").is_file() and (local / "model.safetensors").is_file():
+        if (local / "model_config.yaml").is_file() and (local / NATIVE_WEIGHTS).is_file():
             return local  # (a conversion that lost its weights is downloaded and converted again)
         from litgpt_clone.checkpoints.download import RepoNotFound, download
 
@@ -274,5 +290,5 @@ def resolve_checkpoint(path_or_repo: str | Path, checkpoints_root: Path = Path("
             here = sorted(p.name for p in path.parent.iterdir() if p.is_dir())  # a mistyped folder (out/lorra), likely
             raise CheckpointError(f"no folder {path} ({path.parent} holds {', '.join(here[:8]) or 'no folders'}), and {err}") from None
     raise CheckpointError(
-        f"no checkpoint at {path}: pass a folder with model_config.yaml and model.safetensors, or a hub repo id (org/name)"
+        f"no checkpoint at {path}: pass a folder with model_config.yaml and {NATIVE_WEIGHTS}, or a hub repo id (org/name)"
     )

@@ -39,7 +39,7 @@ def convert_to_hf(checkpoint_dir: str, out_dir: Optional[Path] = None, max_shard
     """Export a native checkpoint as a Hugging Face folder (``AutoModelForCausalLM.from_pretrained`` loads it).
 
     Args:
-        checkpoint_dir: Native checkpoint folder (model_config.yaml + model.safetensors), or a hub repo id
+        checkpoint_dir: Native checkpoint folder (model_config.yaml + lit_model.safetensors), or a hub repo id
             (downloaded and converted into checkpoints/<repo_id> on first use).
         out_dir: Where to write model.safetensors (+ index when sharded), config.json and tokenizer files;
             default ``<checkpoint_dir>_hf`` beside the checkpoint (``checkpoints/<repo_id>_hf`` for a repo id).

@@ -38,7 +38,7 @@ def evaluate_tasks(
 
     Args:
         checkpoint_dir: Native checkpoint folder or hub repo id (the first word after ``evaluate``). Default: the
-            newest checkpoint this tool wrote under ./out (a folder with model_config.yaml and model.safetensors).
+            newest checkpoint this tool wrote under ./out (a folder with model_config.yaml and lit_model.safetensors).
         tasks: Comma-separated lm-eval task or group names (``hellaswag,arc_easy``); ``list`` prints them all (the
             checkpoint is then not read).
         num_fewshot: Examples in each prompt (default: each task's own).
@@ -127,17 +127,17 @@ def evaluate_tasks(
 
 def newest_checkpoint(root: Path, tasks: str = "...") -> Path:
     """The checkpoint this tool wrote last under ``root``: folders holding both model_config.yaml and
-    model.safetensors (as pretrain, finetune, merge_lora and convert write them), newest by the later of the two
+    lit_model.safetensors (as pretrain, finetune, merge_lora and convert write them), newest by the later of the two
     files' modification times. Folders starting with "." (checkpoints being written) and links are skipped."""
     found = []
     for folder, dirs, files in os.walk(root):  # never follows links to folders
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        paths = [Path(folder) / name for name in ("model_config.yaml", "model.safetensors")]
+        paths = [Path(folder) / name for name in ("model_config.yaml", "lit_model.safetensors")]
         if all(p.name in files and p.is_file() and not p.is_symlink() for p in paths):
             found.append((max(p.stat().st_mtime for p in paths), str(folder)))
     if not found:
         raise EvaluationError(
-            f"no checkpoint under {root.resolve()} (looked for folders with model_config.yaml and model.safetensors, "
+            f"no checkpoint under {root.resolve()} (looked for folders with model_config.yaml and lit_model.safetensors, "
             f"which pretrain, finetune and convert write): pass one, `litgpt-clone evaluate <checkpoint dir | repo id> --tasks {tasks}`"
         )
     return Path(max(found)[1])

@@ -138,7 +138,7 @@ def finetune_adapter(
     """Finetune with LLaMA-Adapter: learned prefix tokens in the top blocks behind zero-initialized gates.
 
     Step checkpoints hold the adapters (adapter.safetensors); ``final/`` is a native checkpoint with the adapters
-    inside (model.safetensors + adapter_config.yaml), which generate and serve load as is.
+    inside (lit_model.safetensors + adapter_config.yaml), which generate and serve load as is.
 
     Args:
         checkpoint_dir: The base model: a native checkpoint folder or a hub repo id (downloaded and converted once).
@@ -169,7 +169,7 @@ def run_finetune(
     method: str, hparams: dict, lora: Optional[LoRAArgs] = None, quantize: Optional[str] = None, merge: bool = False,
     adapter: Optional[AdapterArgs] = None,
 ) -> dict:
-    from litgpt_clone.checkpoints.io import load_state, resolve_checkpoint
+    from litgpt_clone.checkpoints.io import NATIVE_WEIGHTS, load_state, resolve_checkpoint
     from litgpt_clone.data.sft import Alpaca
     from litgpt_clone.adapter import adapter_state, inject_adapter, load_adapter_args
     from litgpt_clone.lora import check_layers, inject_lora, lora_state, merge_into
@@ -238,27 +238,27 @@ def run_finetune(
     hp = plain({**h, "data": data})
     hp["checkpoint_dir"] = str(checkpoint_dir)
 
-    # a LLaMA-Adapter checkpoint as the base: its prefixes are in every model.safetensors written, so is their config
+    # a LLaMA-Adapter checkpoint as the base: its prefixes are in every lit_model.safetensors written, so is their config
     carried = {"adapter_config.yaml": plain(base_adapter)} if base_adapter is not None else {}
 
     def write(folder: Path, state: dict, training_state: Optional[dict]) -> None:
         if method == "full":
-            write_checkpoint(folder, {"model.safetensors": state}, config, checkpoint_dir, hp, training_state, yamls=carried)
+            write_checkpoint(folder, {NATIVE_WEIGHTS: state}, config, checkpoint_dir, hp, training_state, yamls=carried)
             return
         if method == "adapter":  # final/: the base with the adapters inside, loadable as is
-            weights = {"model.safetensors": {**load_state(checkpoint_dir / "model.safetensors"), **state}} if folder.name == "final" else {"adapter.safetensors": state}
+            weights = {NATIVE_WEIGHTS: {**load_state(checkpoint_dir / NATIVE_WEIGHTS), **state}} if folder.name == "final" else {"adapter.safetensors": state}
             write_checkpoint(folder, weights, config, checkpoint_dir, hp, training_state, yamls={"adapter_config.yaml": plain(adapter)})
             return
         weights, yamls = {"lora.safetensors": state}, {"lora_config.yaml": plain(lora)}
         if folder.name == "final" and merge:
-            weights["model.safetensors"] = merge_into(load_state(checkpoint_dir / "model.safetensors"), state, config, lora)
+            weights[NATIVE_WEIGHTS] = merge_into(load_state(checkpoint_dir / NATIVE_WEIGHTS), state, config, lora)
             yamls.update(carried)
         write_checkpoint(folder, weights, config, checkpoint_dir, hp, training_state, yamls=yamls)
 
     return train_and_save(
         fabric, model, train_data, val_data, train, eval, h["optimizer"], h["resume"], h["compile"], out_dir, seq_length,
         write, select={"lora": lora_state, "adapter": adapter_state}.get(method),
-        weights_file={"lora": "lora.safetensors", "adapter": "adapter.safetensors"}.get(method, "model.safetensors"),
+        weights_file={"lora": "lora.safetensors", "adapter": "adapter.safetensors"}.get(method, NATIVE_WEIGHTS),
         learned_only=True,
         settings={"lora": ("lora_config.yaml", "lora", plain(lora)), "adapter": ("adapter_config.yaml", "adapter", plain(adapter))}.get(method),
     )
@@ -275,7 +275,7 @@ def merge_lora(checkpoint_dir: Path, base: Optional[str] = None, out_dir: Option
     """
     import yaml
 
-    from litgpt_clone.checkpoints.io import load_state, resolve_checkpoint
+    from litgpt_clone.checkpoints.io import NATIVE_WEIGHTS, load_state, resolve_checkpoint
     from litgpt_clone.lora import merge_into
     from litgpt_clone.training.checkpoint import read_training_state, write_checkpoint
 
@@ -297,9 +297,9 @@ def merge_lora(checkpoint_dir: Path, base: Optional[str] = None, out_dir: Option
                 "give the base it was finetuned from with --base"
             )
     adapters = load_state(lora_dir / "lora.safetensors")
-    merged = merge_into(load_state(base_dir / "model.safetensors"), adapters, config, args)
+    merged = merge_into(load_state(base_dir / NATIVE_WEIGHTS), adapters, config, args)
     out_dir = Path(out_dir or lora_dir)
-    weights, training_state = {"model.safetensors": merged}, None
+    weights, training_state = {NATIVE_WEIGHTS: merged}, None
     if out_dir == lora_dir:  # rewriting the folder in place: keep what it held
         weights["lora.safetensors"] = adapters
         if (lora_dir / "training_state.pt").is_file():

@@ -1,6 +1,6 @@
 """Training checkpoints: native checkpoint folders plus the state needed to resume exactly.
 
-``out_dir/step-00000100/`` holds ``model.safetensors``, ``model_config.yaml``, the tokenizer files,
+``out_dir/step-00000100/`` holds ``lit_model.safetensors``, ``model_config.yaml``, the tokenizer files,
 ``hyperparameters.yaml`` (what ``generate``, ``convert to_hf`` and ``finetune`` read) and ``training_state.pt``
 (optimizer, step, data position, RNG). A checkpoint is written into ``.step-00000100.tmp/`` and renamed when
 complete, so a crash while saving leaves the previous checkpoint as the newest complete one.
@@ -79,7 +79,7 @@ def write_checkpoint(
 ) -> Path:
     """Write a complete checkpoint folder atomically (temporary folder, then rename). Call on one rank only.
 
-    ``weights`` maps file names to state dicts (``{"model.safetensors": ...}`` for a native checkpoint, LoRA adds
+    ``weights`` maps file names to state dicts (``{"lit_model.safetensors": ...}`` for a native checkpoint, LoRA adds
     ``lora.safetensors``); ``yamls`` adds YAML files (``lora_config.yaml``).
     """
     folder = Path(folder)

@@ -17,6 +17,7 @@ from typing import Any, Callable, Literal, Optional, Union
 import torch
 from safetensors import SafetensorError
 
+from litgpt_clone.checkpoints.io import NATIVE_WEIGHTS
 from litgpt_clone.config import Config
 from litgpt_clone.data.pretrain import DataError, DataModule, Windows
 from litgpt_clone.model import GPT
@@ -259,7 +260,7 @@ def run_training(
             adapter = load_adapter_args(initial_checkpoint_dir)
             inject_adapter(model, adapter, freeze=False)
             yamls["adapter_config.yaml"] = plain(adapter)  # every checkpoint carries them, so it loads back
-        weights = Path(initial_checkpoint_dir) / "model.safetensors"
+        weights = Path(initial_checkpoint_dir) / NATIVE_WEIGHTS
         load_full_state(model, None, load_state(weights), None, where=str(weights))
         if config.tie_embeddings:
             model.lm_head.weight = model.transformer.wte.weight
@@ -271,14 +272,14 @@ def run_training(
     hparams = plain(hparams)
 
     def write(folder: Path, model_sd: dict, training_state: Optional[dict]) -> None:
-        write_checkpoint(folder, {"model.safetensors": model_sd}, config, tokenizer.checkpoint_dir, hparams, training_state, yamls=yamls)
+        write_checkpoint(folder, {NATIVE_WEIGHTS: model_sd}, config, tokenizer.checkpoint_dir, hparams, training_state, yamls=yamls)
 
     return train_and_save(fabric, model, train_data, val_data, train, eval, optimizer, resume, compile, out_dir, seq_length, write)
 
 
 def train_and_save(
     fabric, model: GPT, train_data, val_data, train: TrainArgs, eval: EvalArgs, optimizer: Union[str, dict], resume,
-    compile: Compile, out_dir: Path, seq_length: int, write, select=None, weights_file: str = "model.safetensors",
+    compile: Compile, out_dir: Path, seq_length: int, write, select=None, weights_file: str = NATIVE_WEIGHTS,
     learned_only: bool = False, settings: Optional[tuple[str, str, dict]] = None,
 ) -> dict:
     """Shared by pretrain and every finetune method: memory savers, Fabric setup, optimizer over the parameters that
@@ -320,7 +321,7 @@ def out_of_memory(err: BaseException) -> bool:
 
 
 def resume_state(
-    fabric, model, optimizer, out_dir: Path, resume, weights_file: str = "model.safetensors", settings=None, data: Optional[str] = None
+    fabric, model, optimizer, out_dir: Path, resume, weights_file: str = NATIVE_WEIGHTS, settings=None, data: Optional[str] = None
 ) -> FitState:
     """The ``FitState`` of the checkpoint ``--resume`` names, its weights, optimizer and random states loaded (a fresh
     one without). ``data``: the training data's ``fingerprint``, which the checkpoint's must equal (its data position
@@ -349,7 +350,7 @@ def resume_state(
             "differs (other data or --data.* settings, --seed, --train.max_seq_length, or, finetuning, "
             "--train.global_batch_size, which orders each step's samples); resume with the same ones, or give another --out_dir"
         )
-    load_full_state(model, optimizer, load_state(folder / weights_file), saved["optimizer"], strict=weights_file == "model.safetensors",
+    load_full_state(model, optimizer, load_state(folder / weights_file), saved["optimizer"], strict=weights_file == NATIVE_WEIGHTS,
                     where=str(folder / weights_file))
     fabric.print(f"resumed from {folder} at step {saved['fit']['step']}")
     restore_rng(fabric, saved["rng"], folder)
