@@ -2,7 +2,8 @@
 official ``openai`` client (sync, async, streaming) and raw HTTP. Greedy answers must equal the generate module's
 for the same prompts (alone, and with 32 clients decoded together), streamed text the non-streamed text, usage
 the real token counts; bad and hostile requests must get OpenAI-shaped 4xx errors while the server keeps serving;
-a client that goes away must have its generation cancelled. tests/test_serve_lora_eval.py covers LoRA adapters,
+a client that goes away must have its generation cancelled. LitGPT's ``/predict`` must give the chat route's greedy
+text for the same prompt. tests/test_serve_lora_eval.py covers LoRA adapters,
 logprobs/echo and lm-eval's ``local-completions`` model against the server.
 
 ``running_server`` (shared with that file) starts the server in its own process group and kills the whole group.
@@ -284,6 +285,70 @@ def test_api_key_is_required(server):
     with pytest.raises(openai.AuthenticationError):
         client(url, key="wrong").models.list()
     assert requests.get(url + "/health").status_code == 200  # health needs no key
+
+
+def test_predict_answers_litgpt_clients_with_the_chat_routes_greedy_text(server):
+    """LitGPT's ``POST /predict``: the prompt is one user turn through the chat template, so greedy outputs equal
+    /v1/chat/completions' (and the LLM's) for the same prompt; without max_new_tokens a reply has litgpt serve's 50
+    tokens; unknown fields are ignored, as LitGPT does."""
+    url, llm, _ = server
+    for prompt, n in (("Tell me a story", 12), (PROMPTS[1], 7)):
+        r = post(url, "/predict", {"prompt": prompt, "max_new_tokens": n, "temperature": 0, "top_k": 50, "top_p": 1.0, "model": "gpt-4", "n": 3, "stop": 5, "messages": 5})
+        assert r.status_code == 200 and set(r.json()) == {"output"}, r.text
+        messages = [{"role": "user", "content": prompt}]
+        chat = client(url).chat.completions.create(model=NAME, messages=messages, temperature=0, max_tokens=n).choices[0].message.content
+        assert r.json()["output"] == chat == llm.chat(messages, max_new_tokens=n) != ""
+    default = post(url, "/predict", {"prompt": "Hi", "temperature": 0}).json()["output"]
+    fifty = client(url).chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], temperature=0, max_tokens=50)
+    assert (fifty.usage.completion_tokens, fifty.choices[0].finish_reason) == (50, "length")  # (not the server's cap of 2000)
+    assert default == fifty.choices[0].message.content
+
+
+def test_predict_streams_json_lines_and_a_client_that_goes_away_stops_it(server):
+    url, _, log = server
+    body = {"prompt": PROMPTS[0], "max_new_tokens": 12, "temperature": 0}
+    whole = post(url, "/predict", body).json()["output"]
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with requests.post(url + "/predict", json={**body, "stream": True}, headers=auth, stream=True, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson"
+        lines = [json.loads(line) for line in r.iter_lines(decode_unicode=True) if line]
+    assert len(lines) > 1 and all(set(line) == {"output"} for line in lines)
+    assert "".join(line["output"] for line in lines) == whole
+    start = len(read_log(log))
+    with requests.post(url + "/predict", json={**body, "max_new_tokens": 1900, "stream": True}, headers=auth, stream=True, timeout=60) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i == 2:
+                break
+    line = wait_for_line(log, "cancelled by its client", start)
+    assert 3 <= int(line.split("after ")[1].split(" tokens")[0]) < 1900 and "0 generations running" in line, line
+
+
+def test_predict_refuses_bad_input_and_requests_without_the_key(server):
+    url, llm, _ = server
+    context = llm.model.max_seq_length
+    cases = [
+        ({}, "prompt", "prompt is required: a string"), ({"prompt": 5}, "prompt", "prompt is 5: use a string"),
+        ({"prompt": ["Hi"]}, "prompt", "prompt is ['Hi']: use a string"),
+        ({"prompt": "Hi", "max_new_tokens": -1}, "max_new_tokens", "max_new_tokens is -1: use an integer in [1, 1000000000]"),
+        ({"prompt": "Hi", "top_p": 2}, "top_p", "top_p is 2: use a number in (0, 1]"),
+        ({"prompt": "Hi", "temperature": "hot"}, "temperature", "temperature is 'hot': use a number in [0, 2]"),
+        ({"prompt": "Hi", "top_k": -2}, "top_k", "top_k is -2: use an integer in [-1, 2147483648]"),
+        ({"prompt": "Hi", "stream": "yes"}, "stream", "stream is 'yes': use true or false"),
+        ({"prompt": "Hi", "max_new_tokens": context, "messages": 5}, "max_new_tokens", f"together more than the model's context of {context} tokens"),
+        ({"prompt": "fox " * context}, "prompt", f"but the model's context is {context} tokens"),
+        ("{not json", None, "the request body is not valid JSON"),
+    ]
+    for body, param, message in cases:
+        r = post(url, "/predict", body)
+        assert r.status_code == 400, (body, r.text)
+        error = r.json()["error"]
+        assert error["param"] == param and message in error["message"] and "\n" not in error["message"], (body, error)
+    for key in (None, "wrong"):
+        r = post(url, "/predict", {"prompt": "Hi", "max_new_tokens": 2}, key=key)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert requests.get(url + "/health").status_code == 200
+    assert post(url, "/predict", {"prompt": "Hi", "max_new_tokens": 3, "temperature": 0}).json()["output"] == llm.chat(
+        [{"role": "user", "content": "Hi"}], max_new_tokens=3)
 
 
 def wait_for_line(log, text: str, after: int, timeout: float = 20.0) -> str:

@@ -104,7 +104,8 @@ def serve(
 ) -> None:
     """Serve a model over HTTP with OpenAI's API: /v1/chat/completions, /v1/completions, /v1/models and /health.
 
-    Any OpenAI client works: ``OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="...")``.
+    Any OpenAI client works: ``OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="...")``. LitGPT's client scripts
+    (for ``litgpt serve``) work too: POST /predict takes ``{"prompt": ...}`` and answers ``{"output": ...}``.
 
     Args:
         checkpoint_dir: Native checkpoint folder, hub repo id (downloaded and converted on first use) or model name.
@@ -118,8 +119,8 @@ def serve(
         quantize: Quantize the weights with bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or bnb.int8.
         max_batch_size: Most requests one worker decodes together (continuous batching: a request joins or leaves
             the batch at any step); more wait in line. Each one holds a KV-cache row of --max_seq_length tokens.
-        max_new_tokens: Most tokens of one reply (a request's max_tokens is capped to it).
-        api_key: Require "Authorization: Bearer <api_key>" on every /v1 request (default: env LITGPT_CLONE_API_KEY).
+        max_new_tokens: Most tokens of one reply (a request's max_tokens, or /predict's max_new_tokens, is capped to it).
+        api_key: Require "Authorization: Bearer <api_key>" on every request but /health (default: env LITGPT_CLONE_API_KEY).
         model_name: The model id clients send and /v1/models lists (default: the checkpoint's last two folder names).
         adapters: LoRA adapters over the same base, "name=folder,name2=folder2" (folders written by `finetune lora`):
             a request whose model is "name" uses that adapter; requests for different adapters share a batch.

@@ -1,5 +1,5 @@
 """The HTTP side of ``litgpt-clone serve``: OpenAI's ``/v1/chat/completions``, ``/v1/completions`` and
-``/v1/models`` as a LitServe spec.
+``/v1/models`` as a LitServe spec, and LitGPT's ``/predict`` (what ``litgpt serve`` answers) for its clients.
 
 Each request is checked here (size, JSON, fields, types, ranges, model name, prompt length against the context),
 turned into token ids (chat messages through the checkpoint's chat template) and put on LitServe's queue as one job
@@ -11,6 +11,9 @@ disconnects while waiting for a whole reply) has its generations cancelled, whic
 ``/v1/completions`` also takes token-id prompts, ``logprobs`` (the log-probability of each token and of the top
 alternatives) and ``echo`` (the prompt's tokens first, scored too; ``max_tokens: 0`` then only scores the prompt),
 which is what lm-eval's ``local-completions`` model sends to compute log-likelihoods.
+
+``/predict`` takes ``{"prompt": text}`` (and LitGPT's ``max_new_tokens``, ``temperature``, ``top_k``, ``top_p``) and
+answers ``{"output": text}``; with ``"stream": true``, one ``{"output": piece}`` JSON object per line.
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ MAX_SCORES = 2**20  # log-probabilities in one reply (~30 MB of JSON): lm-eval's
 MAX_STOPS = 64  # OpenAI takes 4; lm-eval sends a task's `until` strings and the EOS text as `stop` (vLLM: no limit)
 MAX_STOP_CHARS = 1000
 DISCONNECT_POLL_S = 0.25
+LITGPT_SAMPLING = {"temperature": 0.8, "top_k": 50, "top_p": 1.0}
+"""``/predict``'s sampling defaults: ``litgpt serve``'s (LitGPT 0.5)."""
+LITGPT_MAX_NEW_TOKENS = 50
+"""``/predict``'s reply length when the request sets no ``max_new_tokens`` (``litgpt serve``'s default)."""
 
 
 class RequestError(Exception):
@@ -196,7 +203,7 @@ class Choice:
 
 class RequireKey:
     """ASGI middleware: with an API key set, every request but ``/health`` must carry ``Authorization: Bearer <key>``
-    (the /v1 routes, and LitServe's /info, /docs and /openapi.json, which tell the device and settings)."""
+    (the /v1 routes, /predict, and LitServe's /info, /docs and /openapi.json, which tell the device and settings)."""
 
     def __init__(self, app, api_key: str) -> None:
         self.app, self.expected = app, f"Bearer {api_key}".encode()
@@ -232,6 +239,7 @@ class OpenAIServeSpec(LitSpec):
         self.add_endpoint("/v1/chat/completions", self.chat_completions, ["POST"])
         self.add_endpoint("/v1/completions", self.completions, ["POST"])
         self.add_endpoint("/v1/models", self.models, ["GET"])
+        self.add_endpoint("/predict", self.predict, ["POST"])
 
     @property
     def stream(self) -> bool:
@@ -309,13 +317,14 @@ class OpenAIServeSpec(LitSpec):
         async with self.long_texts:
             return (await asyncio.to_thread(self.tokenizer.encode_batch, [text], bos))[0]
 
-    def budget(self, body: dict, n: int, echo: bool = False) -> int:
-        """New tokens for a prompt of ``n`` tokens: the request's max_tokens (or max_completion_tokens), capped by
-        the server's --max_new_tokens and the context."""
+    def budget(self, body: dict, n: int, echo: bool = False, name: Optional[str] = None, default: Optional[int] = None) -> int:
+        """New tokens for a prompt of ``n`` tokens: the request's ``name`` field (default: max_tokens, or
+        max_completion_tokens), else ``default`` (default: the server's --max_new_tokens), capped by the server's
+        --max_new_tokens and the context."""
         param = "messages" if "messages" in body else "prompt"
         if n == 0:
             raise RequestError(400, "the prompt is empty: give some text", param=param, code="invalid_value")
-        name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        name = name or ("max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens")
         asked = number(body, name, None, 0 if echo else 1, 10**9, integer=True)
         if n > self.context or (n == self.context and asked != 0):  # (a prompt the size of the context can be scored)
             raise RequestError(
@@ -327,7 +336,7 @@ class OpenAIServeSpec(LitSpec):
                 400, f"the prompt has {n} tokens and {name} is {asked}: together more than the model's context of {self.context}"
                 f" tokens; use {name} <= {self.context - n}", param=name, code="context_length_exceeded",
             )
-        return min(self.max_new_tokens if asked is None else asked, self.max_new_tokens, self.context - n)
+        return min((default or self.max_new_tokens) if asked is None else asked, self.max_new_tokens, self.context - n)
 
     def jobs(self, body: dict, prompts: list[list[int]], logprobs: Optional[int] = None, echo: bool = False) -> list[dict]:
         """One worker job per choice: ``n`` per prompt."""
@@ -634,6 +643,60 @@ class OpenAIServeSpec(LitSpec):
     @staticmethod
     def legacy_logprobs(choice: Choice) -> dict:
         return {"tokens": choice.tokens, "token_logprobs": choice.logprobs, "top_logprobs": choice.top, "text_offset": choice.offsets}
+
+    # ------------------------------------------------------------------ /predict (LitGPT's route)
+    async def predict(self, request: Request):
+        """``litgpt serve``'s route, so that a LitGPT client script works unchanged: ``{"prompt": ...}`` ->
+        ``{"output": text}``; with ``"stream": true`` a body of ``{"output": piece}`` JSON lines (what LitGPT's
+        streaming clients read with ``response.iter_lines()``). Errors are the /v1 routes' (OpenAI's shape)."""
+        try:
+            body = await self.read_body(request)
+            jobs = await self.predict_jobs(body)
+        except RequestError as err:
+            return err.response()
+        if body.get("stream"):
+            async def lines():  # a client that goes away closes this generator, and self.run cancels its generation
+                try:
+                    async for _, event in self.run(jobs):
+                        if event.get("text"):
+                            yield json.dumps({"output": event["text"]}) + "\n"
+                except RequestError as err:
+                    yield json.dumps(err.body()) + "\n"
+
+            return StreamingResponse(lines(), media_type="application/x-ndjson")
+        choice = Choice()
+        try:
+            async def consume() -> None:
+                async for _, event in self.run(jobs):
+                    self.add_event(choice, event, None)
+
+            await self.until_disconnected(request, consume())
+        except RequestError as err:
+            return err.response()
+        return {"output": choice.text}
+
+    async def predict_jobs(self, body: dict) -> list[dict]:
+        """The one job of a /predict request. Its prompt is a single user turn rendered exactly as
+        /v1/chat/completions renders ``messages=[{"role": "user", "content": prompt}]`` (LitGPT's generate applies
+        the model's prompt style), so greedy replies of the two routes are the same text. Sampling takes LitGPT's
+        field names and ``litgpt serve``'s defaults, checked as the /v1 routes check them; other fields are
+        ignored, as LitGPT ignores them."""
+        prompt = body.get("prompt")
+        if prompt is None:
+            raise RequestError(400, "prompt is required: a string", param="prompt", code="missing_required_parameter")
+        if not isinstance(prompt, str):
+            raise invalid("prompt", f"is {prompt!r:.40}: use a string")
+        from litgpt_clone.chat_template import ChatTemplateError, render_for_tokenizer
+
+        try:
+            text = render_for_tokenizer(self.tokenizer, [{"role": "user", "content": prompt}])
+        except ChatTemplateError as err:
+            raise invalid("prompt", f"was refused by the chat template: {err}") from None
+        ids = await self.encode(text, bos=False)
+        settings = {name: default if body.get(name) is None else body[name] for name, default in LITGPT_SAMPLING.items()}
+        asked = {"prompt": prompt, "max_new_tokens": body.get("max_new_tokens")}  # (errors then name these fields)
+        settings["max_tokens"] = self.budget(asked, len(ids), name="max_new_tokens", default=LITGPT_MAX_NEW_TOKENS)
+        return self.jobs(settings, [ids])
 
     # ------------------------------------------------------------------ /v1/models
     async def models(self, request: Request):
