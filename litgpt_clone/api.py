@@ -17,12 +17,13 @@ import resource
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 import torch
 
-from litgpt_clone.generate import GenerationError, TextStream, stream
+from litgpt_clone.generate import GenerationError, TextStream, check_sampling, check_seed, stream
 from litgpt_clone.model import GPT
 from litgpt_clone.tokenizer import Tokenizer
 
@@ -76,13 +77,19 @@ def check_quantize(quantize: Optional[str]) -> None:
 
 
 def load_model(checkpoint_dir: Path, device: torch.device, dtype: torch.dtype, quantize: Optional[str]) -> GPT:
-    check_quantize(quantize)
-    model = GPT.from_checkpoint(checkpoint_dir, device=device, dtype=dtype).eval()
-    if quantize is not None:
-        from litgpt_clone.quantize import quantize as quantize_model
+    """The checkpoint's model on ``device`` in ``dtype``, its Linear layers quantized if ``quantize`` names a mode.
 
-        quantize_model(model, quantize, compute_dtype=dtype)  # 4-bit matmuls in the model's dtype, not fp32
-    return model
+    A quantized model is loaded on the CPU and each Linear is quantized as it moves to ``device``: the device never
+    holds the whole full-precision model (an 8B model in bf16 is 16 GB; in nf4 about 5 GB)."""
+    check_quantize(quantize)
+    if quantize is None:
+        return GPT.from_checkpoint(checkpoint_dir, device=device, dtype=dtype).eval()
+    from litgpt_clone.quantize import quantize as quantize_model
+
+    model = GPT.from_checkpoint(checkpoint_dir, device="cpu", dtype=dtype).eval()
+    quantize_model(model, quantize, compute_dtype=dtype, device=device)  # 4-bit matmuls in the model's dtype, not fp32
+    model.reset_rope(device)  # the tables built where they are used, as GPT.from_checkpoint(device=...) builds them
+    return model.to(device)  # the rest: embeddings, norms, biases, the head
 
 
 GENERATION_ARGS = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "stop", "seed", "speculative_k")
@@ -94,6 +101,18 @@ LITGPT_ARGS = {
 }
 """LitGPT's ``LLM.generate`` arguments and what does their work here."""
 
+LITGPT_LOAD_ARGS = {
+    "distribute": "LLM.load puts the model on one device itself (device=, precision=, quantize=); there is no llm.distribute()",
+    "init": "LLM.load always loads the checkpoint's weights (LitGPT's init='pretrained'); for random ones use "
+            "LLM(GPT.from_name(name), Tokenizer(checkpoint_dir))",
+    "tokenizer_dir": "the tokenizer is read from the checkpoint folder: copy the tokenizer files (tokenizer.json, "
+                     "tokenizer_config.json, ...) into it",
+}
+"""LitGPT's ``LLM.load`` arguments that have no counterpart here, and what to do instead."""
+
+GREEDY_IGNORES = {"top_k": None, "top_p": 1.0, "min_p": 0.0, "seed": None}
+"""The settings greedy decoding (temperature 0) does not use, with the values that would change nothing anyway."""
+
 
 def check_generation_args(method: str, kwargs: dict) -> None:
     """A ``TypeError`` naming ``LLM.<method>`` (not the internal ``stream_ids``) for an argument it does not take."""
@@ -101,6 +120,33 @@ def check_generation_args(method: str, kwargs: dict) -> None:
         if name not in GENERATION_ARGS:
             fix = LITGPT_ARGS.get(name, f"it takes {', '.join(GENERATION_ARGS)}")
             raise TypeError(f"LLM.{method}() got an unexpected keyword argument {name!r}: {fix}")
+
+
+def warn_ignored_sampling(settings: dict) -> None:
+    """One warning for sampling settings given with temperature 0: greedy decoding takes the most likely token and
+    never looks at them (LitGPT's ``LLM.generate`` samples by default, so its users expect them to work; transformers
+    warns the same way when ``do_sample`` is off). Settings that cannot work are one-line errors first."""
+    given = {"temperature": 0.0, **GREEDY_IGNORES, **settings}
+    check_sampling(given["temperature"], given["top_k"], given["top_p"], given["min_p"])
+    check_seed(given["seed"])
+    if given["temperature"] != 0:
+        return
+    ignored = [f"{name}={given[name]!r}" for name, off in GREEDY_IGNORES.items() if given[name] != off]
+    if ignored:
+        warnings.warn(
+            f"{', '.join(ignored)} ignored: temperature 0 (the default) is greedy; pass temperature > 0 to sample", stacklevel=3
+        )
+
+
+def stop_list(stop) -> list[str]:
+    """``stop`` (a string, a list of strings or None) as a list; a one-line error for anything else."""
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, (list, tuple)) and all(isinstance(s, str) for s in stop):
+        return list(stop)
+    raise GenerationError(f"stop is {stop!r}: give a string or a list of strings")
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -130,7 +176,7 @@ class LLM:
     @classmethod
     def load(
         cls, model: Union[str, Path], device: str = "auto", precision: Optional[str] = None, quantize: Optional[str] = None,
-        compile: bool = False, draft_model: Union[str, Path, None] = None,
+        compile: bool = False, draft_model: Union[str, Path, None] = None, **kwargs,
     ) -> "LLM":
         """Load a checkpoint folder, hub repo id (downloaded and converted on first use) or registry name.
 
@@ -141,6 +187,9 @@ class LLM:
             compile: ``torch.compile`` the decode step (CUDA graphs on GPU).
             draft_model: a smaller checkpoint with the same tokenizer for speculative decoding (one prompt at a time).
         """
+        for name in kwargs:  # (LitGPT's distribute=, init=, tokenizer_dir=: say what does their work here)
+            fix = LITGPT_LOAD_ARGS.get(name, "it takes model, device, precision, quantize, compile, draft_model")
+            raise TypeError(f"LLM.load() got an unexpected keyword argument {name!r}: {fix}")
         dev = resolve_device(device)
         dtype = resolve_precision(precision, dev)
         checkpoint_dir = find_checkpoint(model)
@@ -199,7 +248,7 @@ class LLM:
                 self.generating_in = None
 
     def _stream_ids(self, prompts, max_new_tokens, temperature, top_k, top_p, min_p, stop, seed, speculative_k) -> Iterator[list[str]]:
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        stops = stop_list(stop)
         texts = [TextStream(self.tokenizer, stops) for _ in prompts]
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -244,18 +293,27 @@ class LLM:
         if not isinstance(prompt, str):
             raise GenerationError(f"stream takes one prompt (a string), not a {type(prompt).__name__}: generate() takes a list")
         check_generation_args("stream", kwargs)
+        warn_ignored_sampling(kwargs)
         for pieces in self.stream_ids([self.encode(prompt)], **kwargs):
             if pieces[0]:
                 yield pieces[0]
 
-    def generate(self, prompt: Union[str, Sequence[str]], max_new_tokens: int = 50, **kwargs) -> Union[str, list[str]]:
+    def generate(
+        self, prompt: Union[str, Sequence[str]], max_new_tokens: int = 50, temperature: float = 0.0, top_k: Optional[int] = None,
+        top_p: float = 1.0, **kwargs,
+    ) -> Union[str, list[str]]:
         """The continuation of ``prompt`` (a string), or of each prompt of a list (generated as one batch).
 
-        Keyword arguments: ``temperature`` (0: greedy, the default), ``top_k``, ``top_p``, ``min_p``, ``stop`` (a
-        string or a list: the text ends just before the first one), ``seed`` (same seed, same text).
-        The prompt is used as it is; ``chat`` applies the chat template.
+        ``temperature`` (0: greedy, the default), ``top_k``, ``top_p`` (positional in this order, as in LitGPT's
+        ``LLM.generate``); keyword arguments: ``min_p``, ``stop`` (a string or a list: the text ends just before the
+        first one), ``seed`` (same seed, same text). The prompt is used as it is; ``chat`` applies the chat template.
         """
         check_generation_args("generate", kwargs)
+        kwargs = dict(temperature=temperature, top_k=top_k, top_p=top_p, **kwargs)
+        warn_ignored_sampling(kwargs)
+        return self._complete(prompt, max_new_tokens, kwargs)
+
+    def _complete(self, prompt: Union[str, Sequence[str]], max_new_tokens: int, kwargs: dict) -> Union[str, list[str]]:
         if not isinstance(prompt, (str, list, tuple)):
             raise GenerationError(f"prompt is {type(prompt).__name__}: give a string, or a list of strings for a batch")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -270,9 +328,22 @@ class LLM:
         """The assistant's reply to ``messages`` (``[{"role": "user", "content": "Hi"}, ...]``), rendered with the
         checkpoint's chat template (or ``style``, a fallback such as "chatml" or "alpaca"; ``template_kwargs``: more
         template variables, e.g. ``{"enable_thinking": False}`` for Qwen 3). ``stream=True`` gives an iterator of
-        pieces instead of the whole reply. Keyword arguments as in ``generate``."""
+        pieces instead of the whole reply. Keyword arguments as in ``generate``.
+
+        A checkpoint without a chat template gets the "plain" style, which keeps only the last user message: a
+        warning says so when other messages are left out (pass ``style`` to keep them)."""
         check_generation_args("chat", kwargs)
-        pieces = (p[0] for p in self.stream_ids([self.encode_chat(messages, style, template_kwargs)], **kwargs))
+        ids = self.encode_chat(messages, style, template_kwargs)
+        warn_ignored_sampling(kwargs)
+        if self.tokenizer.chat_template is None and style in (None, "auto"):
+            last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
+            if dropped := sum(1 for m in messages if m is not last_user and m.get("content")):
+                warnings.warn(
+                    "this checkpoint has no chat template: the messages go in as plain text (the 'plain' style), which keeps the"
+                    f" last user message only ({dropped} other message(s) left out): pass style= (chatml, llama3, alpaca, ...) to"
+                    " keep them", stacklevel=2,
+                )
+        pieces = (p[0] for p in self.stream_ids([ids], **kwargs))
         if stream:
             return (p for p in pieces if p)
         return "".join(pieces)
@@ -281,11 +352,12 @@ class LLM:
         """Generate ``num_iterations`` times (after one warm-up) and report the medians of time to first token
         (s), decode tokens/s and total time, the new tokens of the last run and peak memory (bytes)."""
         check_generation_args("benchmark", kwargs)
+        warn_ignored_sampling(kwargs)
         if num_iterations < 1:
             raise GenerationError(f"num_iterations is {num_iterations}: time at least 1 run")
         runs = []
         for i in range(num_iterations + 1):
-            text = self.generate(prompt, max_new_tokens, **kwargs)
+            text = self._complete(prompt, max_new_tokens, kwargs)
             if i:
                 runs.append(self.last_stats)
         median = lambda key: sorted(r[key] for r in runs)[len(runs) // 2] if all(r[key] is not None for r in runs) else None  # noqa: E731

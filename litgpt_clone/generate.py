@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
+import operator
 from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
@@ -153,12 +155,32 @@ class GraphedStep:
 
 
 # ----------------------------------------------------------------------------- checks and cache
+def whole_number(name: str, value, fix: str) -> int:
+    """``value`` as an ``int``: a Python or numpy integer (anything ``operator.index`` takes), not a bool or a float;
+    else the one-line error "<name> is <value>: <fix>"."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise GenerationError(f"{name} is {value!r}: {fix}")
+
+
+def check_seed(seed) -> Optional[int]:
+    """``seed`` as an ``int`` (None stays None); a one-line error for one ``torch.Generator.manual_seed`` refuses."""
+    if seed is None:
+        return None
+    seed = whole_number("seed", seed, "use a whole number (or leave it unset)")
+    if not -(2**63) <= seed < 2**64:
+        raise GenerationError(f"seed is {seed}: use a whole number that fits in 64 bits")
+    return seed
+
+
 def check_request(model: GPT, lengths: Sequence[int], max_new_tokens: int, temperature: float, top_k: Optional[int], top_p: float, min_p: float) -> None:
     """One-line errors for prompts, lengths and sampling settings that cannot work."""
     check_sampling(temperature, top_k, top_p, min_p)
     context = model.max_seq_length
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
-        raise GenerationError(f"max_new_tokens is {max_new_tokens!r}: use a whole number of tokens")
+    max_new_tokens = whole_number("max_new_tokens", max_new_tokens, "use a whole number of tokens")
     if max_new_tokens < 1:
         raise GenerationError(f"max_new_tokens is {max_new_tokens}: ask for at least 1 new token")
     for n in lengths:
@@ -176,13 +198,11 @@ def check_request(model: GPT, lengths: Sequence[int], max_new_tokens: int, tempe
 
 def check_sampling(temperature: float, top_k: Optional[int], top_p: float, min_p: float) -> None:
     for name, value in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):  # (numpy's too)
             raise GenerationError(f"{name} is {value!r}: use a finite number")
     if temperature < 0:
         raise GenerationError(f"temperature is {temperature}: use 0 (greedy) or more")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
-        raise GenerationError(f"top_k is {top_k!r}: use a whole number of tokens (or leave it unset)")
-    if top_k is not None and top_k < 1:
+    if top_k is not None and whole_number("top_k", top_k, "use a whole number of tokens (or leave it unset)") < 1:
         raise GenerationError(f"top_k is {top_k}: use 1 or more (or leave it unset)")
     if not 0 < top_p <= 1:
         raise GenerationError(f"top_p is {top_p}: use a value in (0, 1]")
@@ -261,10 +281,12 @@ def stream(
     if not prompts:
         raise GenerationError("no prompts given: pass at least one")
     check_request(model, [len(p) for p in prompts], max_new_tokens, temperature, top_k, top_p, min_p)
+    max_new_tokens, seed = operator.index(max_new_tokens), check_seed(seed)  # (numpy integers as Python ints)
     device = model.transformer.wte.weight.device
     if generator is None and seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
-    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    top_k = None if top_k is None else operator.index(top_k)
+    sampling = dict(temperature=float(temperature), top_k=top_k, top_p=float(top_p), min_p=float(min_p))
     stop_ids = set(stop_ids)
     if draft_model is not None:
         if len(prompts) != 1:
@@ -347,6 +369,7 @@ def speculative(
     padding, which no text holds). ``LLM.load`` checks that the two tokenizers are the same.
     """
     shared = min(draft.config.vocab_size, model.config.vocab_size)
+    k = whole_number("speculative_k", k, "use a whole number of tokens")
     if k < 1:
         raise GenerationError(f"speculative_k is {k}: propose at least 1 token per step")
     device = prompt.device
@@ -428,8 +451,9 @@ def generate(
 ) -> list[torch.Tensor]:
     """The new tokens (1-D tensors) for each prompt, without the stop id that ended it.
 
-    ``stop_strings`` (which need ``tokenizer``) end a row once its text contains one of them; its tokens then
-    run up to the one that completed the stop string. Other keyword arguments go to ``stream``.
+    ``stop_strings`` (which need ``tokenizer``) end a row once its text contains one of them (or, for a special
+    token's text such as ``"<|im_start|>"``, once that token comes); its tokens then run up to the one that completed
+    the stop string. Other keyword arguments go to ``stream``.
     """
     if stop_strings and tokenizer is None:
         raise GenerationError("stop_strings need a tokenizer to read the text: pass tokenizer=")
@@ -461,12 +485,15 @@ class TextStream:
     character made of several tokens (UTF-8 bytes of byte-level BPE) comes out whole: while the window's text ends
     in U+FFFD, the mark of an unfinished character, it is held back. So is a tail that could be the start of a stop
     string; once a stop string appears, the text ends just before it (``stopped`` turns True) and later tokens are
-    ignored.
+    ignored. A stop string that is the whole text of a special token (``"<|im_start|>"``) never appears in the text,
+    which leaves special tokens out: it stops when that token's id arrives, as transformers' ``stop_strings`` does.
     """
 
     def __init__(self, tokenizer, stop_strings: Optional[Sequence[str]] = None) -> None:
         self.tokenizer = tokenizer
         self.stop_strings = [s for s in (stop_strings or ()) if s]
+        special = {s: tokenizer.special_token_id(s) for s in self.stop_strings}
+        self.stop_tokens = {i for i in special.values() if i is not None}  # ids of stop strings that are special tokens
         self.ids: list[int] = []
         self.done = ""  # the text of ids[:read]: complete characters
         self.context = self.read = 0  # ids[context:read] are decoded again with each window, for context
@@ -478,6 +505,17 @@ class TextStream:
         """Append token ids; the new text that is safe to show (possibly "")."""
         if self.stopped:
             return ""
+        ids = list(ids)
+        cut = next((n for n, i in enumerate(ids) if i in self.stop_tokens), None)
+        if cut is None:
+            return self._add(ids)
+        piece = self._add(ids[:cut]) if cut else ""
+        if self.stopped:  # a stop string in the text before the special token
+            return piece
+        self.stopped = True  # the text ends just before the special token: all of it goes out, held-back tails too
+        return piece + self.flush()
+
+    def _add(self, ids: list[int]) -> str:
         self.ids.extend(ids)
         start = self.context
         before = self.tokenizer.decode(self.ids[start : self.read])

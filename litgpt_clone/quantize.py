@@ -10,7 +10,10 @@ Modes (``QUANTIZE_MODES``):
   plus one fp32 scale per output row; input columns with values above 6.0 (outlier features) are multiplied in
   float16, the paper's and transformers' default threshold.
 
-The weights the model already holds are quantized where they are (CPU or GPU); biases are kept as they are.
+The weights the model already holds are quantized where they are (CPU or GPU), or on the way to ``device``: a model
+loaded on the CPU in full precision and quantized onto a GPU holds one full-precision weight on the GPU at a time
+(``LLM.load`` does this), where quantizing it on the GPU needs the whole full-precision model there first. Biases are
+kept as they are.
 All five modes also run on CPU (bitsandbytes 0.50 ships CPU kernels for them), so a quantized model can be built
 and tested without a GPU; Lightning Fabric's ``BitsandbytesPrecision`` refuses CPU, so it is not used here.
 """
@@ -18,7 +21,7 @@ and tested without a GPU; Lightning Fabric's ``BitsandbytesPrecision`` refuses C
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn as nn
@@ -32,7 +35,7 @@ out_features to be a multiple of 32; smaller layers (e.g. an MoE router over 8 e
 
 def quantize(
     model: nn.Module, mode: str, skip: tuple[str, ...] = ("lm_head",), compute_dtype: Optional[torch.dtype] = None,
-    training: bool = False,
+    training: bool = False, device: Union[torch.device, str, None] = None,
 ) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` (weights already loaded) by its bitsandbytes version; returns ``model``.
 
@@ -49,6 +52,9 @@ def quantize(
             AVX512-BF16, bitsandbytes repacks them in place at the first call without gradients, for a faster
             inference kernel; a validation pass did it mid-run, and the training steps after it computed other numbers
             than a run without that validation, so a resumed run did not repeat the uninterrupted one.)
+        device: Where the quantized weights go (default: where each Linear's weights are). Each weight is copied
+            there and quantized there, one at a time; the rest of the model (biases, embeddings, norms, skipped
+            layers) stays where it is: ``model.to(device)`` moves it after.
     """
     if mode not in QUANTIZE_MODES:
         raise ValueError(f"unknown quantization mode {mode!r}: use one of {', '.join(QUANTIZE_MODES)}")
@@ -69,12 +75,13 @@ def quantize(
             raise ValueError(f"{name} has no weights yet (meta device): load the checkpoint before quantizing")
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        quantized = _int8_linear(linear) if mode == "bnb.int8" else _4bit_linear(linear, mode, compute_dtype, training)
+        where = linear.weight.device if device is None else torch.device(device)
+        quantized = _int8_linear(linear, where) if mode == "bnb.int8" else _4bit_linear(linear, mode, compute_dtype, where, training)
         setattr(parent, child, quantized)
     return model
 
 
-def _4bit_linear(linear: nn.Linear, mode: str, compute_dtype: Optional[torch.dtype], training: bool = False) -> nn.Module:
+def _4bit_linear(linear: nn.Linear, mode: str, compute_dtype: Optional[torch.dtype], device: torch.device, training: bool = False) -> nn.Module:
     import bitsandbytes as bnb
 
     quant_type, double = mode.removeprefix("bnb.").removesuffix("-dq"), mode.endswith("-dq")
@@ -82,10 +89,11 @@ def _4bit_linear(linear: nn.Linear, mode: str, compute_dtype: Optional[torch.dty
         linear.in_features, linear.out_features, bias=False, compute_dtype=compute_dtype,
         compress_statistics=double, quant_type=quant_type, device="meta",
     )
-    # Params4bit quantizes on its first move to a real device; `module=q` hands the quant state to the layer
+    # Params4bit quantizes on its first move to a real device (copying the weight there first); `module=q` hands the
+    # quant state to the layer
     q.weight = bnb.nn.Params4bit(
         linear.weight.data, requires_grad=False, compress_statistics=double, quant_type=quant_type, module=q
-    ).to(linear.weight.device)
+    ).to(device)
     q.bias = linear.bias
     if training or linear.out_features % _CPU_PACK_BLOCK:
         q.support_avx512bf16_for_cpu = False
@@ -112,7 +120,7 @@ class _OnceEach(logging.Filter):
 _INT8_NOTICES = _OnceEach()
 
 
-def _int8_linear(linear: nn.Linear) -> nn.Module:
+def _int8_linear(linear: nn.Linear, device: torch.device) -> nn.Module:
     import bitsandbytes as bnb
 
     logging.getLogger("bitsandbytes.autograd._functions").addFilter(_INT8_NOTICES)  # adding it twice is a no-op
@@ -122,8 +130,9 @@ def _int8_linear(linear: nn.Linear) -> nn.Module:
     )
     # LLM.int8() weights: row-wise absmax scaling to int8, the layout Int8Params makes when it quantizes itself (from
     # the weights in fp16, as it does: from fp32 about 1 code in 130 rounds the other way, and transformers' int8
-    # models would differ from ours)
-    int8_weight, row_scale, _ = bnb.functional.int8_vectorwise_quant(linear.weight.data.to(torch.float16).contiguous())
+    # models would differ from ours), on `device` as Int8Params does on its move there
+    weight = linear.weight.data.to(device=device, dtype=torch.float16).contiguous()
+    int8_weight, row_scale, _ = bnb.functional.int8_vectorwise_quant(weight)
     q.weight = bnb.nn.Int8Params(
         int8_weight, requires_grad=False, has_fp16_weights=False, CB=int8_weight, SCB=row_scale
     )

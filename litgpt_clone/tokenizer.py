@@ -309,6 +309,15 @@ class Tokenizer:
         token_id = self._sp.piece_to_id(token)  # gives the unknown token's id for anything not in the vocabulary
         return None if self._sp.is_unknown(token_id) and self._sp.id_to_piece(token_id) != token else token_id
 
+    def special_token_id(self, text: str) -> Optional[int]:
+        """The id of the special token whose whole text is ``text`` (``"<|im_start|>"``), or None: one that ``decode``
+        leaves out and writes as ``text`` with ``skip_special_tokens=False``. Its text never shows in decoded text, so
+        a stop string equal to it is found by its id (``generate.TextStream``)."""
+        token_id = self.token_to_id(text)
+        if token_id is None or self.decode([token_id]) or self.decode([token_id], skip_special_tokens=False) != text:
+            return None
+        return token_id
+
     def encode(self, text: str, bos: Optional[bool] = None, eos: bool = False, max_length: int = -1) -> torch.Tensor:
         """``text`` as a 1-D int64 tensor of ids.
 

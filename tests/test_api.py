@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from transformers import AutoTokenizer
 
 from litgpt_clone import LLM
 from litgpt_clone.generate import GenerationError, generate
-from test_generate import CHATML, FAMILIES, PROMPTS, checkpoint, hf_greedy, models_root  # noqa: F401  (fixture)
+from test_generate import CHATML, FAMILIES, PROMPTS, checkpoint, hf_greedy, models_root, write_tokenizer  # noqa: F401  (fixture)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -82,6 +83,49 @@ def test_quantized_generation(models_root):
     assert llm.generate(PROMPTS[1], max_new_tokens=10) == expected
     half = LLM.load(native, device="cpu", precision="bf16-true", quantize="bnb.nf4")  # 4-bit matmuls in the model's dtype
     assert {m.compute_dtype for m in half.model.modules() if isinstance(m, bnb.nn.Linear4bit)} == {torch.bfloat16}
+
+
+def medium_checkpoint(root):
+    """A random Llama of 135M parameters (hidden 1024, 8 layers, 270 MB in bf16) with the CORPUS tokenizer, whose
+    Linear layers hold almost all of it (the vocabulary has 360 tokens)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from litgpt_clone.checkpoints.convert import convert_hf_checkpoint
+    from parity import build_hf
+
+    vocab, stop_ids = write_tokenizer(root / "hf")
+    config = LlamaConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=8, num_attention_heads=16, vocab_size=vocab)
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = None, stop_ids[0], None
+    build_hf(LlamaForCausalLM, config, root / "hf")
+    return convert_hf_checkpoint(root / "hf", root / "native")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_quantized_load_never_holds_the_full_precision_model_on_the_gpu(tmp_path):
+    """LLM.load(quantize=...) put the whole bf16 model on the GPU and quantized it there: an 8B nf4 load peaked at the
+    16 GB of bf16, not the 5 GB of nf4. Now each Linear is quantized as it moves to the GPU: the peak stays under 0.6x
+    the bf16 size (nf4 is about 0.28x of it, plus one bf16 weight at a time), and the logits are those of the model
+    quantized on the GPU."""
+    from litgpt_clone import GPT
+    from litgpt_clone.quantize import parameter_count, quantize
+
+    native = medium_checkpoint(tmp_path)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    llm = LLM.load(native, device="cuda", precision="bf16-true", quantize="bnb.nf4")
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - before
+    bf16 = 2 * parameter_count(llm.model)
+    assert bf16 > 250e6 and peak < 0.6 * bf16, (peak / 2**20, bf16 / 2**20)
+    assert {t.device.type for t in [*llm.model.parameters(), *llm.model.buffers()]} == {"cuda"}
+    on_gpu = quantize(GPT.from_checkpoint(native, device="cuda", dtype=torch.bfloat16).eval(), "bnb.nf4", compute_dtype=torch.bfloat16)
+    idx = torch.randint(0, llm.model.config.vocab_size, (2, 16), device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(llm.model(idx), on_gpu(idx))
+    assert llm.generate(PROMPTS[0], max_new_tokens=8) == LLM(on_gpu, llm.tokenizer).generate(PROMPTS[0], max_new_tokens=8)
 
 
 def test_bad_input(models_root):
@@ -154,6 +198,112 @@ def test_litgpt_generate_arguments_name_the_method_and_their_replacement(models_
     # the replacements do what LitGPT's arguments did
     ids = generate(llm.model, [llm.encode(PROMPTS[0])], 8, stop_ids=llm.tokenizer.stop_ids)[0]
     assert llm.tokenizer.decode(ids) == llm.generate(PROMPTS[0], max_new_tokens=8) == "".join(llm.stream(PROMPTS[0], max_new_tokens=8))
+
+
+def test_litgpt_positional_arguments_and_load_arguments(models_root):
+    """LitGPT's ``generate(prompt, max_new_tokens, temperature, top_k, top_p)`` works positionally (it was a TypeError
+    after max_new_tokens); LitGPT's ``LLM.load(distribute=, init=, tokenizer_dir=)`` are one-line TypeErrors saying what
+    to do instead, and the suggested random-weights call works."""
+    from litgpt_clone import GPT, Tokenizer
+
+    native = checkpoint(models_root, "llama")[1]
+    llm = LLM.load(native, device="cpu")
+    sampled = llm.generate(PROMPTS[0], 12, 0.8, 20, 0.9, seed=4)
+    assert sampled == llm.generate(PROMPTS[0], max_new_tokens=12, temperature=0.8, top_k=20, top_p=0.9, seed=4)
+    assert sampled != llm.generate(PROMPTS[0], 12)  # it sampled
+    cases = {
+        "distribute": "LLM.load puts the model on one device itself (device=, precision=, quantize=); there is no llm.distribute()",
+        "init": "LLM.load always loads the checkpoint's weights (LitGPT's init='pretrained'); for random ones use "
+                "LLM(GPT.from_name(name), Tokenizer(checkpoint_dir))",
+        "tokenizer_dir": "the tokenizer is read from the checkpoint folder: copy the tokenizer files (tokenizer.json, "
+                         "tokenizer_config.json, ...) into it",
+        "devices": "it takes model, device, precision, quantize, compile, draft_model",
+    }
+    for name, fix in cases.items():
+        with pytest.raises(TypeError) as err:
+            LLM.load(native, device="cpu", **{name: None})
+        assert str(err.value) == f"LLM.load() got an unexpected keyword argument {name!r}: {fix}"
+    vocab = llm.model.config.vocab_size
+    random = LLM(GPT.from_name("pythia-14m", vocab_size=vocab).eval(), Tokenizer(native))
+    assert len(random.tokenizer.encode(random.generate(PROMPTS[0], max_new_tokens=8))) > 0
+
+
+def test_chat_without_a_template_warns_when_messages_are_left_out(models_root):
+    """A checkpoint without a chat template chats in the "plain" style, which keeps the last user message only: the
+    system message and the history were dropped silently (transformers raises an error). Now a warning says so."""
+    llm = LLM.load(checkpoint(models_root, "llama")[1], device="cpu")
+    assert llm.tokenizer.chat_template is None
+    conversation = [
+        {"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Tell me a story"},
+        {"role": "assistant", "content": "Arr, once"}, {"role": "user", "content": "More"},
+    ]
+    with pytest.warns(UserWarning) as record:
+        reply = llm.chat(conversation, max_new_tokens=8)
+    assert [str(w.message) for w in record if "chat template" in str(w.message)] == [
+        "this checkpoint has no chat template: the messages go in as plain text (the 'plain' style), which keeps the last "
+        "user message only (3 other message(s) left out): pass style= (chatml, llama3, alpaca, ...) to keep them"
+    ]
+    assert reply == llm.generate("More", max_new_tokens=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is left out, or a style was chosen: no warning
+        llm.chat(conversation[-1:], max_new_tokens=2)
+        llm.chat(conversation, style="plain", max_new_tokens=2)
+        assert llm.chat(conversation, style="chatml", max_new_tokens=8) != reply
+
+
+def test_sampling_settings_at_temperature_0_warn(models_root):
+    """top_k, top_p, min_p and seed do nothing at temperature 0 (greedy, the default here; LitGPT samples by default):
+    they were ignored silently. Now one warning per call names them."""
+    llm = LLM.load(checkpoint(models_root, "llama")[1], device="cpu")
+    greedy = llm.generate(PROMPTS[0], max_new_tokens=8)
+    expected = "top_k=50, top_p=0.9, seed=3 ignored: temperature 0 (the default) is greedy; pass temperature > 0 to sample"
+    calls = {
+        "generate": lambda: llm.generate(PROMPTS[0], max_new_tokens=8, top_k=50, top_p=0.9, seed=3),
+        "stream": lambda: "".join(llm.stream(PROMPTS[0], max_new_tokens=8, top_k=50, top_p=0.9, seed=3)),
+        "chat": lambda: llm.chat([{"role": "user", "content": PROMPTS[0]}], max_new_tokens=8, top_k=50, top_p=0.9, seed=3),
+        "benchmark": lambda: llm.benchmark(PROMPTS[0], max_new_tokens=8, num_iterations=2, top_k=50, top_p=0.9, seed=3)["text"],
+    }
+    for method, call in calls.items():
+        with pytest.warns(UserWarning) as record:
+            text = call()
+        assert [str(w.message) for w in record if "ignored" in str(w.message)] == [expected], method
+        assert text == greedy, method
+    with pytest.warns(UserWarning, match=r"^min_p=0\.1 ignored: temperature 0"):
+        llm.generate(PROMPTS[0], max_new_tokens=2, temperature=0, min_p=0.1, top_p=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # sampling, or greedy without sampling settings: no warning
+        llm.generate(PROMPTS[0], max_new_tokens=2, temperature=0.8, top_k=50, top_p=0.9, seed=3)
+        llm.generate(PROMPTS[0], max_new_tokens=2, temperature=0.0, top_k=None, top_p=1.0)
+    with pytest.raises(GenerationError, match=r"top_k is 5\.0: use a whole number"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # a setting that cannot work is an error, not first a warning
+        llm.generate(PROMPTS[0], max_new_tokens=2, top_k=5.0)
+
+
+def test_seed_stop_and_speculative_k_errors_are_one_line_and_numpy_integers_work(models_root):
+    """seed, stop and speculative_k were not checked (torch and Python errors: "manual_seed expected a long", "'int'
+    object is not iterable"); numpy integers were refused as "not a whole number"."""
+    import numpy as np
+
+    native = checkpoint(models_root, "llama")[1]
+    llm = LLM.load(native, device="cpu")
+    draft = LLM.load(native, device="cpu", draft_model=native)
+    cases = [
+        (llm, dict(seed="abc"), "seed is 'abc': use a whole number (or leave it unset)"),
+        (llm, dict(seed=1.5), "seed is 1.5: use a whole number (or leave it unset)"),
+        (llm, dict(seed=2**70), f"seed is {2**70}: use a whole number that fits in 64 bits"),
+        (llm, dict(stop=5), "stop is 5: give a string or a list of strings"),
+        (llm, dict(stop=["a", None]), "stop is ['a', None]: give a string or a list of strings"),
+        (llm, dict(max_new_tokens=np.float64(4)), "max_new_tokens is np.float64(4.0): use a whole number of tokens"),
+        (draft, dict(speculative_k=2.5), "speculative_k is 2.5: use a whole number of tokens"),
+        (draft, dict(speculative_k="3"), "speculative_k is '3': use a whole number of tokens"),
+    ]
+    for model, kwargs, message in cases:
+        with pytest.raises(GenerationError) as err:
+            model.generate(PROMPTS[0], **{"max_new_tokens": 4, "temperature": 1.0, **kwargs})
+        assert str(err.value) == message
+    numpy = llm.generate(PROMPTS[0], np.int64(10), temperature=np.float32(0.5), top_k=np.int64(20), seed=np.int64(3))
+    assert numpy == llm.generate(PROMPTS[0], 10, temperature=0.5, top_k=20, seed=3)
+    assert draft.generate(PROMPTS[0], 10, speculative_k=np.int32(3)) == llm.generate(PROMPTS[0], 10)
 
 
 def test_one_generation_at_a_time(models_root):

@@ -264,6 +264,49 @@ def test_stop_strings(llama, capsys):
         generate(model, [prompt], 4, stop_strings=["x"])
 
 
+def test_stop_string_that_is_a_special_token_matches_transformers(tmp_path):
+    """A stop string that is a special token's text ("<|im_start|>" from a base model writing ChatML) never matched:
+    stop strings were looked for in text decoded without special tokens. Now the text ends just before that token, as
+    transformers' ``stop_strings`` ends there; plain stop strings work as before."""
+    from transformers import AutoTokenizer
+
+    from litgpt_clone import LLM
+
+    vocab, stop_ids = write_tokenizer(tmp_path / "hf")
+    config = LlamaConfig(**TINY, vocab_size=vocab)
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = None, stop_ids[0], None
+    hf_model = build_hf(LlamaForCausalLM, config, tmp_path / "hf")
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    special = hf_tok.convert_tokens_to_ids("<|im_start|>")
+    prompt = hf_tok(PROMPTS[0])["input_ids"]
+    with torch.no_grad():  # <|im_start|>'s head row: a copy of the fifth greedy token's, a little larger, so greedy writes it
+        hf_model.lm_head.weight[special] = hf_model.lm_head.weight[hf_greedy(hf_model, prompt, 12)[4]] * 1.05
+    hf_model.save_pretrained(tmp_path / "hf")
+    llm = LLM.load(convert_hf_checkpoint(tmp_path / "hf", tmp_path / "native"), device="cpu")
+    assert llm.tokenizer.special_token_id("<|im_start|>") == special and special not in llm.tokenizer.stop_ids
+    assert llm.tokenizer.special_token_id("Once") is None  # an ordinary token shows in the text: found there
+
+    ids = torch.tensor([prompt])
+    theirs = hf_model.generate(
+        ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12, stop_strings=["<|im_start|>"],
+        tokenizer=hf_tok, eos_token_id=sorted(stop_ids), pad_token_id=0,
+    )[0, len(prompt):].tolist()
+    assert theirs[-1] == special and len(theirs) == 5  # transformers stopped at the special token
+    expected = hf_tok.decode(theirs[:-1], skip_special_tokens=True)
+    assert expected and llm.generate(PROMPTS[0], max_new_tokens=12, stop="<|im_start|>") == expected
+    assert llm.last_stats["new_tokens"] == 5  # (without the stop string it runs to 12)
+    assert "".join(llm.stream(PROMPTS[0], max_new_tokens=12, stop=["zzz", "<|im_start|>"])) == expected
+    tokens = generate(llm.model, [llm.encode(PROMPTS[0])], 12, stop_strings=["<|im_start|>"], tokenizer=llm.tokenizer)[0]
+    assert tokens.tolist() == theirs  # the row's tokens run up to the one that stopped it, as transformers' do
+    # a plain stop string earlier in the text still wins
+    plain = expected[-1]
+    assert llm.generate(PROMPTS[0], max_new_tokens=12, stop=["<|im_start|>", plain]) == expected[: expected.index(plain)]
+    # text after the special token does not run on into the text before it
+    text = TextStream(llm.tokenizer, ["<|im_start|>"])
+    ids = [*llm.tokenizer.encode("Once upon").tolist(), special, *llm.tokenizer.encode(" a time").tolist()]
+    assert "".join(text.add([i]) for i in ids) + text.flush() == "Once upon" and text.stopped
+
+
 def test_text_stream_keeps_characters_whole_and_holds_back_stop_prefixes(models_root):
     tokenizer = Tokenizer(checkpoint(models_root, "llama")[1])
     text = "Café 日本語 😀👍 🚀 déjà vu"

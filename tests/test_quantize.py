@@ -269,6 +269,29 @@ def test_errors():
         quantize(empty, "bnb.nf4")
 
 
+@pytest.mark.parametrize("mode", ["bnb.nf4", "bnb.int8"])
+def test_load_model_quantizes_each_linear_on_its_way_to_the_device(mode, tmp_path):
+    """``LLM.load(quantize=...)`` loads the model on the CPU and quantizes each Linear onto the device (``quantize(...,
+    device=)``), where it put the whole full-precision model on the device first (test_api.py measures the GPU peak).
+    The logits are exactly those of quantizing the loaded model in place."""
+    from parity import TINY, build_hf
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from litgpt_clone.api import load_model
+    from litgpt_clone.checkpoints.convert import convert_hf_checkpoint
+
+    build_hf(LlamaForCausalLM, LlamaConfig(**TINY, num_key_value_heads=2), tmp_path / "hf")
+    native = convert_hf_checkpoint(tmp_path / "hf", tmp_path / "native")
+    torch.manual_seed(1)
+    idx = torch.randint(0, TINY["vocab_size"], (2, 12))
+    for dtype in (torch.float32, torch.bfloat16):
+        expected = quantize(GPT.from_checkpoint(native, dtype=dtype).eval(), mode, compute_dtype=dtype)
+        model = load_model(native, torch.device("cpu"), dtype, mode)
+        assert type(model.transformer.h[0].mlp.fc_1) is type(expected.transformer.h[0].mlp.fc_1) is not nn.Linear
+        with torch.no_grad():
+            assert torch.equal(model(idx), expected(idx))
+
+
 def test_compiled_int8_decoding_equals_eager(tmp_path):
     """bitsandbytes' int8 layers split off outlier columns, as many as the step's activations have, so a compiled
     decode step that skipped its guard checks after the first step stopped with "Recompilation triggered with
