@@ -88,23 +88,38 @@ def test_transformers_refuses_a_native_folder_and_the_old_weights_name_says_rena
     cli("convert", "from_hf", hf_dir, "--out_dir", native)
     with pytest.raises(OSError, match="no file named model.safetensors, or pytorch_model.bin, found in directory"):
         AutoModelForCausalLM.from_pretrained(native)
-    old = tmp_path / "old"
+    old = tmp_path / "old ckpt"
     shutil.copytree(native, old)
     (old / "lit_model.safetensors").rename(old / "model.safetensors")
+    rename = (f"{old / 'model.safetensors'} holds native weights under the name earlier versions gave them: rename it to"
+              f" lit_model.safetensors (mv '{old / 'model.safetensors'}' '{old / 'lit_model.safetensors'}')")
     with pytest.raises(CheckpointError) as err:
         GPT.from_checkpoint(old)
-    assert str(err.value) == (f"{old / 'model.safetensors'} holds native weights under the name earlier versions gave them: rename it"
-                              f" to lit_model.safetensors (mv {old / 'model.safetensors'} {old / 'lit_model.safetensors'})")
-    assert cli_error(capsys, "convert", "from_hf", old, "--out_dir", tmp_path / "x").startswith(f"error: {old} is already a native checkpoint")
-    cli("convert", "to_hf", native, "--out_dir", tmp_path / "both")
-    cli("convert", "from_hf", hf_dir, "--out_dir", tmp_path / "both")
-    assert sorted(p.name for p in (tmp_path / "both").glob("*safetensors*")) == ["lit_model.safetensors"]
-    cli("convert", "to_hf", native, "--out_dir", tmp_path / "both")
-    assert not (tmp_path / "both" / "model_config.yaml").exists()
-    assert sorted(p.name for p in (tmp_path / "both").glob("*safetensors*")) == ["model.safetensors"]
-    idx = torch.randint(0, 64, (1, 8))
-    with torch.no_grad():
-        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(tmp_path / "both")(idx).logits, hf_model(idx).logits)
+    assert str(err.value) == rename
+    # every command says it, before any work (serve printed "Serving model" and two worker tracebacks)
+    for command in (["serve", old], ["convert", "from_hf", old, "--out_dir", tmp_path / "x"], ["pretrain", "--initial_checkpoint_dir", old]):
+        assert cli_error(capsys, *command) == f"error: {rename}", command
+    from litgpt_clone.commands.evaluate import newest_checkpoint
+
+    with pytest.raises(CheckpointError, match="holds native weights under the name earlier versions gave them"):
+        newest_checkpoint(tmp_path)  # the newest checkpoint under it has the old name (not "no checkpoint")
+    assert cli_error(capsys, "pretrain", "--initial_checkpoint_dir", hf_dir).startswith(f"error: {hf_dir} is a Hugging Face folder: convert it")
+    # one folder never holds both formats: transformers would load the other one's weights (a stale export's
+    # pytorch_model.bin beside a conversion); removing them deleted a trained checkpoint exported over by mistake
+    export = tmp_path / "export"
+    cli("convert", "to_hf", native, "--out_dir", export)
+    torch.save(load_file(export / "model.safetensors"), export / "pytorch_model.bin")
+    before = sorted(p.name for p in export.iterdir())
+    assert cli_error(capsys, "convert", "from_hf", hf_dir, "--out_dir", export) == (
+        f"error: {export} holds Hugging Face weights (model.safetensors, pytorch_model.bin), which transformers would"
+        " load from it instead of this conversion: give another --out_dir (or delete them)")
+    assert sorted(p.name for p in export.iterdir()) == before
+    cli("convert", "from_hf", hf_dir, "--out_dir", old)  # converting again over the old name replaces it
+    assert sorted(p.name for p in old.glob("*safetensors*")) == ["lit_model.safetensors"]
+    assert cli_error(capsys, "convert", "to_hf", native, "--out_dir", old) == (
+        f"error: {old} is a native checkpoint (model_config.yaml, lit_model.safetensors): exporting into it would leave"
+        " two models in one folder; give another --out_dir")
+    assert (old / "lit_model.safetensors").is_file() and not (old / "model.safetensors").exists()
 
 
 def test_files_are_readable_by_others_and_default_export_sits_beside(hf_llama, tmp_path):

@@ -102,12 +102,30 @@ def test_lora_trains_saves_adapters_and_merges(base, tmp_path):
                           "--max_new_tokens", "5"], capture_output=True, text=True, timeout=120)
     assert gen.returncode == 0 and "tokens/s" in gen.stderr, gen.stderr
 
-    # merge_lora on a step folder writes a native checkpoint next to its adapters
+    # merge_lora on a step folder writes a native checkpoint next to its adapters, keeping what else it holds
+    (out / "step-00000020" / "evaluate").mkdir()
+    (out / "step-00000020" / "evaluate" / "results.json").write_text("{}")
     subprocess.run([sys.executable, "-m", "litgpt_clone", "merge_lora", str(out / "step-00000020")], check=True, capture_output=True)
     step = GPT.from_checkpoint(out / "step-00000020")
     assert (out / "step-00000020" / "lora.safetensors").is_file() and (out / "step-00000020" / "training_state.pt").is_file()
+    assert (out / "step-00000020" / "evaluate" / "results.json").read_text() == "{}"
     with torch.no_grad():
         assert not torch.allclose(step(idx), merged(idx), atol=1e-4)  # step 20 is not the end of training
+
+    # --out_dir replaced the folder it named: the training run (every step, final/, logs) or the base were deleted
+    import re
+
+    from litgpt_clone.commands.finetune import merge_lora as merge_command
+    from litgpt_clone.config import ConfigError
+
+    before = sorted(p.name for p in out.iterdir())
+    for folder in (out, base / "base"):
+        with pytest.raises(ConfigError, match=rf"^--out_dir {re.escape(str(folder))} already holds .*: merge_lora writes a whole checkpoint folder"):
+            merge_command(out / "step-00000020", out_dir=folder)
+    assert sorted(p.name for p in out.iterdir()) == before and (base / "base" / "config.json").is_file()
+    for _ in range(2):  # a new folder, then the same one again: an earlier merge output is replaced
+        merge_command(out / "step-00000020", out_dir=tmp_path / "merged")
+    torch.testing.assert_close(load_file(tmp_path / "merged" / "lit_model.safetensors"), load_file(out / "step-00000020" / "lit_model.safetensors"))
 
 
 def test_only_adapters_change():

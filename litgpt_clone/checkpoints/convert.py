@@ -12,11 +12,11 @@ import torch
 
 from litgpt_clone.checkpoints.arch import Arch, get_arch
 from litgpt_clone.checkpoints.io import (
-    HF_SHARD,
     NATIVE_WEIGHTS,
     CheckpointError,
     hf_weight_files,
     litgpt_checkpoint,
+    load_state,
     native_keys,
     read_hf_weights,
     save_hf_weights,
@@ -166,6 +166,18 @@ def special_token_ids(checkpoint_dir: Path) -> dict:
     return {k: v for k, v in (("bos_token_id", tokenizer.bos_id), ("eos_token_id", tokenizer.eos_id)) if v is not None}
 
 
+HF_WEIGHT_NAME = re.compile(r"^(model(-\d+-of-\d+)?\.safetensors|pytorch_model(-\d+-of-\d+)?\.bin|(model\.safetensors|pytorch_model\.bin)\.index\.json)$")
+
+
+def hf_weights_in(folder: Path) -> list[str]:
+    """The Hugging Face weight files in ``folder`` (what transformers loads from it), not counting native weights
+    under their old name ``model.safetensors``."""
+    if not folder.is_dir():
+        return []
+    names = sorted(p.name for p in folder.iterdir() if HF_WEIGHT_NAME.match(p.name))
+    return [n for n in names if not (n == "model.safetensors" and native_keys(folder / n))]
+
+
 def check_destination(source: Path, out_dir: Path, command: str) -> None:
     """``--out_dir`` must be a folder that can be written (``check_out_dir``) and not the one being read: the folder
     would hold both formats, one config.json for two sets of weights (a file copy failed first, with a SameFileError
@@ -188,10 +200,17 @@ def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = No
     if hf_dir.exists() and not hf_dir.is_dir():  # (its config.json would be read from the file itself)
         raise CheckpointError(f"{hf_dir} is not a folder: give the Hugging Face checkpoint folder (config.json and the weights)")
     check_destination(hf_dir, out_dir, "convert from_hf")
+    if stale := hf_weights_in(out_dir):
+        raise CheckpointError(
+            f"{out_dir} holds Hugging Face weights ({', '.join(stale[:3])}), which transformers would load from it instead"
+            " of this conversion: give another --out_dir (or delete them)"
+        )
     if (hf_dir / "lit_model.pth").is_file():  # LitGPT's: its Hugging Face weights (`litgpt download`) or model.pth
         if not (hf_dir / "config.json").is_file() or not hf_weight_files(hf_dir):  # (`litgpt convert_from_litgpt`) are read
             raise CheckpointError(litgpt_checkpoint(hf_dir))
     elif (hf_dir / "model_config.yaml").is_file() and ((hf_dir / NATIVE_WEIGHTS).is_file() or native_keys(hf_dir / "model.safetensors")):
+        if not (hf_dir / NATIVE_WEIGHTS).is_file():
+            load_state(hf_dir / NATIVE_WEIGHTS)  # the old name: the line saying to rename it
         raise CheckpointError(f"{hf_dir} is already a native checkpoint (model_config.yaml): use it as it is, or export it with `convert to_hf`")
     config = Config.from_hf_config(hf_dir)
     if dtype is not None and dtype not in DTYPES:
@@ -205,9 +224,8 @@ def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = No
         shutil.copyfile(hf_dir / "config.json", out_dir / "config.json")
     save_weights(state, out_dir / NATIVE_WEIGHTS)
     write_atomic_text(out_dir / "model_config.yaml", config.to_yaml())
-    for old in out_dir.iterdir():  # Hugging Face weights of an earlier export there: transformers would load those
-        if HF_SHARD.match(old.name) or old.name == "model.safetensors.index.json":
-            old.unlink()
+    if native_keys(out_dir / "model.safetensors"):  # an earlier conversion's weights under their old name
+        (out_dir / "model.safetensors").unlink()
     return out_dir
 
 
@@ -221,10 +239,15 @@ def convert_to_hf_checkpoint(checkpoint_dir: Path, out_dir: Path, max_shard_size
             the tokenizer files and ``generation_config.json`` are written.
         max_shard_size: Largest safetensors shard, e.g. ``"5GB"`` or ``"500MB"``.
     """
-    from litgpt_clone.checkpoints.io import load_state, resolve_checkpoint
+    from litgpt_clone.checkpoints.io import resolve_checkpoint
 
     checkpoint_dir, out_dir = resolve_checkpoint(checkpoint_dir), Path(out_dir)
     check_destination(checkpoint_dir, out_dir, "convert to_hf")
+    if (out_dir / "model_config.yaml").is_file() or (out_dir / NATIVE_WEIGHTS).is_file():
+        raise CheckpointError(
+            f"{out_dir} is a native checkpoint (model_config.yaml, {NATIVE_WEIGHTS}): exporting into it would leave two"
+            " models in one folder; give another --out_dir"
+        )
     if (checkpoint_dir / "adapter_config.yaml").is_file():
         raise ConfigError(f"{checkpoint_dir} carries LLaMA-Adapter prefixes, which transformers models have no place for")
     config = Config.from_checkpoint(checkpoint_dir)
@@ -239,8 +262,6 @@ def convert_to_hf_checkpoint(checkpoint_dir: Path, out_dir: Path, max_shard_size
     save_hf_weights(native_to_hf_weights(state, config), out_dir, max_shard_size)  # first: it checks max_shard_size
     copy_aux_files(checkpoint_dir, out_dir)
     write_atomic_text(out_dir / "config.json", json.dumps(hf_config, indent=2) + "\n")
-    for name in (NATIVE_WEIGHTS, "model_config.yaml"):  # of a native checkpoint there: the folder was read as that
-        (out_dir / name).unlink(missing_ok=True)
     return out_dir
 
 

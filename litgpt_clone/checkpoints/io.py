@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import tempfile
 import zipfile
 from pathlib import Path
@@ -119,7 +120,7 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
         if path.name == NATIVE_WEIGHTS and native_keys(old):
             raise CheckpointError(
                 f"{old} holds native weights under the name earlier versions gave them: rename it to {NATIVE_WEIGHTS} "
-                f"(mv {old} {path})"
+                f"(mv {shlex.quote(str(old))} {shlex.quote(str(path))})"
             )
         raise CheckpointError(f"no weights at {path}: convert the checkpoint first (litgpt-clone convert from_hf)")
     try:
@@ -266,6 +267,8 @@ def resolve_checkpoint(path_or_repo: str | Path, checkpoints_root: Path = Path("
     if (path / "lit_model.pth").is_file() and not native:  # LitGPT's model_config.yaml is not ours
         raise CheckpointError(litgpt_checkpoint(path))
     if (path / "model_config.yaml").is_file():
+        if not (path / NATIVE_WEIGHTS).is_file():  # what it holds instead (LoRA weights only, the old name, nothing)
+            load_state(path / NATIVE_WEIGHTS)  # said here, before a command starts its work (serve's workers)
         return path
     if native:
         raise CheckpointError(f"{path} holds native weights but no model_config.yaml: put back the model_config.yaml written with them")
@@ -278,8 +281,9 @@ def resolve_checkpoint(path_or_repo: str | Path, checkpoints_root: Path = Path("
     repo = str(path_or_repo)
     if REPO_ID.match(repo):
         local = checkpoints_root / repo
-        if (local / "model_config.yaml").is_file() and (local / NATIVE_WEIGHTS).is_file():
-            return local  # (a conversion that lost its weights is downloaded and converted again)
+        if (local / "model_config.yaml").is_file() and ((local / NATIVE_WEIGHTS).is_file() or native_keys(local / "model.safetensors")):
+            return resolve_checkpoint(local)  # (the old name: the line saying to rename it; a conversion that lost its
+            # weights is downloaded and converted again)
         from litgpt_clone.checkpoints.download import RepoNotFound, download
 
         try:

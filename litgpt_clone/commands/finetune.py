@@ -6,6 +6,7 @@ Each method only says which parameters train and what a checkpoint holds; the lo
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -271,17 +272,30 @@ def merge_lora(checkpoint_dir: Path, base: Optional[str] = None, out_dir: Option
         checkpoint_dir: The LoRA checkpoint: a folder written by ``finetune lora`` (lora.safetensors,
             lora_config.yaml, hyperparameters.yaml), as LitGPT's merge_lora names it.
         base: The base checkpoint; default: the ``checkpoint_dir`` recorded in hyperparameters.yaml.
-        out_dir: Where the merged checkpoint goes; default: the LoRA checkpoint itself.
+        out_dir: Where the merged checkpoint goes: a new or empty folder (or an earlier merge output, which is
+            replaced); default: the LoRA checkpoint itself, which gets lit_model.safetensors beside what it holds.
     """
     import yaml
 
-    from litgpt_clone.checkpoints.io import NATIVE_WEIGHTS, load_state, resolve_checkpoint
+    from litgpt_clone.checkpoints.io import NATIVE_WEIGHTS, load_state, resolve_checkpoint, save_weights, write_atomic_text
     from litgpt_clone.lora import merge_into
-    from litgpt_clone.training.checkpoint import read_training_state, write_checkpoint
+    from litgpt_clone.tokenizer import TOKENIZER_FILES
+    from litgpt_clone.training.checkpoint import write_checkpoint
 
     lora_dir = Path(checkpoint_dir)
     if not (lora_dir / "lora_config.yaml").is_file():
         raise ConfigError(f"{lora_dir} is not a LoRA checkpoint: expected {lora_dir / 'lora_config.yaml'} and lora.safetensors")
+    in_place = out_dir is None or Path(out_dir).resolve() == lora_dir.resolve()
+    written = {NATIVE_WEIGHTS, "model_config.yaml", "hyperparameters.yaml", "lora_config.yaml", "adapter_config.yaml", *TOKENIZER_FILES}
+    if not in_place and Path(out_dir).is_dir():  # write_checkpoint replaces the whole folder: only one of its own
+        names = sorted(p.name + "/" * p.is_dir() for p in Path(out_dir).iterdir())
+        if names and ("lora_config.yaml" not in names or not set(names) <= written):
+            others = [n for n in names if n not in written] or names
+            raise ConfigError(
+                f"--out_dir {out_dir} already holds {', '.join(others[:4])}{' ...' if len(others) > 4 else ''}: merge_lora"
+                " writes a whole checkpoint folder there, replacing it; give a new or empty folder (or leave --out_dir"
+                f" out to add the merged weights to {lora_dir})"
+            )
     hparams = yaml.safe_load((lora_dir / "hyperparameters.yaml").read_text()) if (lora_dir / "hyperparameters.yaml").is_file() else {}
     base_dir = resolve_checkpoint(base or hparams.get("checkpoint_dir") or "")
     lora_args = yaml.safe_load((lora_dir / "lora_config.yaml").read_text())
@@ -298,14 +312,19 @@ def merge_lora(checkpoint_dir: Path, base: Optional[str] = None, out_dir: Option
             )
     adapters = load_state(lora_dir / "lora.safetensors")
     merged = merge_into(load_state(base_dir / NATIVE_WEIGHTS), adapters, config, args)
-    out_dir = Path(out_dir or lora_dir)
-    weights, training_state = {NATIVE_WEIGHTS: merged}, None
-    if out_dir == lora_dir:  # rewriting the folder in place: keep what it held
-        weights["lora.safetensors"] = adapters
-        if (lora_dir / "training_state.pt").is_file():
-            training_state = read_training_state(lora_dir)
     yamls = {"lora_config.yaml": lora_args}
     if (base_dir / "adapter_config.yaml").is_file():  # a LLaMA-Adapter base: its prefixes are in the merged weights
         yamls["adapter_config.yaml"] = yaml.safe_load((base_dir / "adapter_config.yaml").read_text())
-    write_checkpoint(out_dir, weights, config, base_dir, hparams, training_state, yamls=yamls)
+    if in_place:  # the merged weights (and what a loadable checkpoint needs) join what the folder holds
+        save_weights({k: v for k, v in merged.items() if not (config.tie_embeddings and k == "lm_head.weight")}, lora_dir / NATIVE_WEIGHTS)
+        files = {"model_config.yaml": config.to_yaml(), **{n: yaml.safe_dump(d, sort_keys=False) for n, d in yamls.items()}}
+        for name, text in files.items():
+            if name != "lora_config.yaml" and not (lora_dir / name).is_file():
+                write_atomic_text(lora_dir / name, text)
+        for name in TOKENIZER_FILES:
+            if (base_dir / name).is_file() and not (lora_dir / name).is_file():
+                shutil.copyfile(base_dir / name, lora_dir / name)
+        print(f"merged checkpoint written to {lora_dir}")
+        return
+    write_checkpoint(Path(out_dir).resolve(), {NATIVE_WEIGHTS: merged}, config, base_dir, hparams, yamls=yamls)  # ("." has no name)
     print(f"merged checkpoint written to {out_dir}")

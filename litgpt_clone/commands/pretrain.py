@@ -75,6 +75,10 @@ def pretrain(
             raise ConfigError(
                 f"--initial_checkpoint_dir {initial_checkpoint_dir} brings its own model (its model_config.yaml): drop {given}"
             )
+        if Path(initial_checkpoint_dir).is_dir():  # a Hugging Face folder, weights under their old name: one line each
+            from litgpt_clone.checkpoints.io import resolve_checkpoint
+
+            resolve_checkpoint(initial_checkpoint_dir)
         config = Config.from_checkpoint(initial_checkpoint_dir)
         if train.tie_embeddings is not None and train.tie_embeddings != config.tie_embeddings:  # one matrix dropped, or a random head
             raise ConfigError(

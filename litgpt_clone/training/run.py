@@ -333,16 +333,18 @@ def resume_state(
     folder = on_rank_zero(fabric, lambda: checkpoint_to_resume(fabric, out_dir, resume, unwrap(model).config, settings))
     if folder is None:
         return FitState()
+    from litgpt_clone.checkpoints.io import load_state
+
     if fabric.world_size > 1:
         readable = all((folder / name).is_file() for name in ("training_state.pt", weights_file))
         unable = [rank for rank, ok in enumerate(gather(fabric, readable)) if not ok]
         if unable:  # said by rank 0, raised on every rank: all stop together
+            if len(unable) == fabric.world_size and not (folder / weights_file).is_file():
+                load_state(folder / weights_file)  # no rank has them: what the folder holds instead (the old name)
             raise TrainingError(
                 f"rank{'s' * (len(unable) > 1)} {', '.join(map(str, unable))} cannot read {folder}, the checkpoint rank 0 resumes from: --out_dir must be "
                 "on a filesystem every node sees (rank 0 writes the checkpoints)"
             )
-    from litgpt_clone.checkpoints.io import load_state
-
     saved = read_training_state(folder)
     if data is not None and saved.get("data", data) != data:  # (checkpoints written before it was saved: not checked)
         raise TrainingError(
