@@ -15,6 +15,7 @@ import functools
 import json
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -89,7 +90,8 @@ FAMILIES = {
 @functools.lru_cache(maxsize=None)
 def checkpoint(root: Path, family: str, chat_template: str | None = None, max_positions: int | None = None, seed: int = 0):
     """(transformers model, native checkpoint folder) of a tiny random ``family`` model with the CORPUS tokenizer."""
-    name = f"{family}-{seed}" + ("-chat" if chat_template else "") + (f"-{max_positions}" if max_positions else "")
+    # (one folder per template: two tests with different templates shared one, and the later one's template won)
+    name = f"{family}-{seed}" + (f"-chat{zlib.crc32(chat_template.encode()):08x}" if chat_template else "") + (f"-{max_positions}" if max_positions else "")
     hf_dir, native_dir = root / name / "hf", root / name / "native"
     vocab, stop_ids = write_tokenizer(hf_dir, chat_template)
     model_cls, make_config, attn = FAMILIES[family]
