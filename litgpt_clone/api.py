@@ -216,13 +216,14 @@ class LLM:
     def encode_chat(self, messages: Sequence[dict], style: Optional[str] = None, template_kwargs: Optional[dict] = None) -> torch.Tensor:
         """``messages`` through the checkpoint's chat template (or a fallback ``style``), ending with the header of
         the assistant's reply, as token ids; ``template_kwargs``: more template variables (``{"enable_thinking": False}``)."""
-        from litgpt_clone.chat_template import render_for_tokenizer
+        from litgpt_clone.chat_template import chat_bos, render_for_tokenizer
 
         if isinstance(messages, (str, bytes)) or not all(isinstance(m, dict) for m in messages):
             raise GenerationError('messages must be a list of {"role": ..., "content": ...} dicts: for a plain prompt use generate()')
         if not messages or not any(m.get("content") for m in messages):
             raise GenerationError("the conversation is empty: give a message with some text")
-        return self.tokenizer.encode(render_for_tokenizer(self.tokenizer, list(messages), style=style, **(template_kwargs or {})), bos=False)
+        text = render_for_tokenizer(self.tokenizer, list(messages), style=style, **(template_kwargs or {}))
+        return self.tokenizer.encode(text, bos=chat_bos(self.tokenizer, style))
 
     # ------------------------------------------------------------------ generation
     def stream_ids(

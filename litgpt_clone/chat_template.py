@@ -309,7 +309,8 @@ def check_style(style: Optional[str]) -> str:
 def render_for_tokenizer(
     tokenizer, messages: list[dict], add_generation_prompt: bool = True, style: Optional[str] = None, **extra: Any
 ) -> str:
-    """``render_chat`` with a ``litgpt_clone.tokenizer.Tokenizer``'s template and BOS/EOS strings."""
+    """``render_chat`` with a ``litgpt_clone.tokenizer.Tokenizer``'s template and BOS/EOS strings. Encode the text
+    with ``Tokenizer.encode(text, bos=chat_bos(tokenizer, style))``."""
     def token(token_id: Optional[int]) -> Optional[str]:
         return None if token_id is None else tokenizer.decode([token_id], skip_special_tokens=False)
 
@@ -317,3 +318,12 @@ def render_for_tokenizer(
         tokenizer.chat_template, messages, bos_token=token(tokenizer.bos_id), eos_token=token(tokenizer.eos_id),
         add_generation_prompt=add_generation_prompt, style=style, **extra,
     )
+
+
+def chat_bos(tokenizer, style: Optional[str] = None) -> Optional[bool]:
+    """The ``bos`` to encode ``render_for_tokenizer``'s text with: False where a template or style writes its own
+    special tokens; None (the checkpoint's own BOS, as ``generate`` encodes a prompt) for the "plain" style, the
+    fallback without a template, whose text is the user's message alone (it went in without the BOS a Llama-2-style
+    base model puts first)."""
+    plain = style == "plain" or (style in (None, "auto") and tokenizer.chat_template is None)
+    return None if plain else False

@@ -565,3 +565,22 @@ def test_encode_chat_for_sentencepiece_checkpoint_matches_transformers(template,
         assert ids == expected, name
         users, answers = (sum(m["role"] == role for m in messages) for role in ("user", "assistant"))
         assert ids[0] == 1 and ids.count(1) == (1 if template == "mistral" else users) and ids.count(2) == answers, name
+
+
+def test_plain_style_encodes_the_prompt_as_generate_does(sp_model, tmp_path):
+    """Without a chat template the "plain" style's prompt (the last user message) is encoded with the checkpoint's
+    BOS, as ``generate`` and transformers' ``tokenizer(text)`` encode a prompt: it went in without one (LLM.chat, the
+    server's chat route and LitGPT's /predict), so a Llama-2-style base model answered from another input."""
+    import shutil
+    from types import SimpleNamespace
+
+    from litgpt_clone import LLM
+
+    shutil.copy(sp_model, tmp_path / "tokenizer.model")
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    tokenizer, hf = Tokenizer(tmp_path), AutoTokenizer.from_pretrained(tmp_path)
+    messages = CONVERSATIONS["multi_turn"]
+    ids = LLM.encode_chat(SimpleNamespace(tokenizer=tokenizer), messages).tolist()
+    assert ids == tokenizer.encode(messages[-1]["content"]).tolist() == hf(messages[-1]["content"])["input_ids"]
+    assert ids[0] == 1 and ids.count(1) == 1

@@ -468,7 +468,7 @@ class OpenAIServeSpec(LitSpec):
                 raise RequestError(400, "messages is required: a non-empty list of {role, content}", param="messages", code="missing_required_parameter")
             if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in messages):
                 raise invalid("messages", "must be objects with a role and a content")
-            from litgpt_clone.chat_template import ChatTemplateError, render_for_tokenizer
+            from litgpt_clone.chat_template import ChatTemplateError, chat_bos, render_for_tokenizer
 
             # an assistant turn may have no content (OpenAI's schema: null when it made tool calls)
             plain = [{"role": m["role"], "content": "" if m["content"] is None and m["role"] == "assistant" else message_text(m["content"])} for m in messages]
@@ -487,7 +487,7 @@ class OpenAIServeSpec(LitSpec):
             top = number(body, "top_logprobs", 0, 0, MAX_LOGPROBS, integer=True)
             if body.get("top_logprobs") and not logprobs:  # (0 asks for nothing: some clients always send it)
                 raise invalid("top_logprobs", "needs \"logprobs\": true")
-            ids = await self.encode(prompt, bos=False)
+            ids = await self.encode(prompt, bos=chat_bos(self.tokenizer))
             jobs = self.jobs(body, [ids], logprobs=top if logprobs else None)
         except RequestError as err:
             return err.response()
@@ -686,13 +686,13 @@ class OpenAIServeSpec(LitSpec):
             raise RequestError(400, "prompt is required: a string", param="prompt", code="missing_required_parameter")
         if not isinstance(prompt, str):
             raise invalid("prompt", f"is {prompt!r:.40}: use a string")
-        from litgpt_clone.chat_template import ChatTemplateError, render_for_tokenizer
+        from litgpt_clone.chat_template import ChatTemplateError, chat_bos, render_for_tokenizer
 
         try:
             text = render_for_tokenizer(self.tokenizer, [{"role": "user", "content": prompt}])
         except ChatTemplateError as err:
             raise invalid("prompt", f"was refused by the chat template: {err}") from None
-        ids = await self.encode(text, bos=False)
+        ids = await self.encode(text, bos=chat_bos(self.tokenizer))
         settings = {name: default if body.get(name) is None else body[name] for name, default in LITGPT_SAMPLING.items()}
         asked = {"prompt": prompt, "max_new_tokens": body.get("max_new_tokens")}  # (errors then name these fields)
         settings["max_tokens"] = self.budget(asked, len(ids), name="max_new_tokens", default=LITGPT_MAX_NEW_TOKENS)
