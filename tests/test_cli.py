@@ -96,6 +96,11 @@ def test_transformers_refuses_a_native_folder_and_the_old_weights_name_says_rena
     with pytest.raises(CheckpointError) as err:
         GPT.from_checkpoint(old)
     assert str(err.value) == rename
+    (old / "lora.safetensors").write_bytes(b"")  # a LoRA final/ of then: merged weights beside the adapters
+    with pytest.raises(CheckpointError) as err:
+        GPT.from_checkpoint(old)
+    assert str(err.value) == rename  # (it said "holds LoRA weights only: merge them first")
+    (old / "lora.safetensors").unlink()
     # every command says it, before any work (serve printed "Serving model" and two worker tracebacks)
     for command in (["serve", old], ["convert", "from_hf", old, "--out_dir", tmp_path / "x"], ["pretrain", "--initial_checkpoint_dir", old]):
         assert cli_error(capsys, *command) == f"error: {rename}", command
@@ -195,6 +200,33 @@ def test_export_over_an_earlier_export_leaves_only_the_new_weights(hf_llama, tmp
         with torch.no_grad():
             torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(out)(idx).logits, GPT.from_checkpoint(model)(idx))
     assert not torch.allclose(GPT.from_checkpoint(first)(idx), GPT.from_checkpoint(second)(idx))
+    # killed between two shards of a sharded re-export: the folder held new and old shards under the old index, and
+    # transformers loaded that mix silently; what it reads first now goes first, so it refuses the folder
+    from litgpt_clone.checkpoints import io
+
+    convert_to_hf_checkpoint(second, out, max_shard_size="20KB")
+    written, save_weights = [], io.save_weights
+
+    def killed_at_the_second(state, path):
+        if written:
+            raise KeyboardInterrupt
+        written.append(path)
+        save_weights(state, path)
+
+    io.save_weights = killed_at_the_second
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            io.save_hf_weights(native_to_hf(first), out, max_shard_size="20KB")
+    finally:
+        io.save_weights = save_weights
+    with pytest.raises(OSError, match="no file named model.safetensors"):
+        AutoModelForCausalLM.from_pretrained(out)
+
+
+def native_to_hf(folder) -> dict:
+    from litgpt_clone.checkpoints.convert import native_to_hf_weights
+
+    return native_to_hf_weights(load_file(folder / "lit_model.safetensors"), Config.from_checkpoint(folder))
 
 
 def test_snapshot_with_consolidated_weights_converts_through_its_index(hf_llama, tmp_path):
@@ -338,6 +370,11 @@ def test_to_hf_checks_the_weights_against_model_config_yaml(hf_llama, tmp_path, 
         f"error: {native / 'lit_model.safetensors'} does not match model_config.yaml: weights do not fit the LlamaForCausalLM"
         " config: wrong shape ['transformer.h.0.attn.qkv.weight', 'transformer.h.1.attn.qkv.weight']")
     assert not (tmp_path / "hf").exists()
+    # loading it was a page of load_state_dict's size mismatches (a convert killed between its two files leaves this)
+    with pytest.raises(CheckpointError) as err:
+        GPT.from_checkpoint(native)
+    assert str(err.value) == (f"{native}/lit_model.safetensors does not match model_config.yaml: wrong shape"
+                              " ['transformer.h.0.attn.qkv.weight', 'transformer.h.1.attn.qkv.weight']")
 
 
 def test_unsupported_architecture(tmp_path):

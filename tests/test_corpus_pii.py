@@ -297,6 +297,8 @@ def test_url_password_variables_and_mailboxes_beside_remotes():
     # names that end in a version word keep theirs
     ('FirmwareVersion = "52.14.23.9"', 'FirmwareVersion = "52.14.23.9"'),
     ('release = "4.12.1.7"', 'release = "4.12.1.7"'),
+    ("versions: 4.12.1.7", "versions: 4.12.1.7"), ("Released 4.12.1.7", "Released 4.12.1.7"),
+    ('VERSION_INFO = "4.12.1.7"', 'VERSION_INFO = "4.12.1.7"'), ("versionCode 4.12.1.7", "versionCode 4.12.1.7"),
 ])
 def test_exceptions_stay_narrow(line, expected):
     """The exceptions for git remotes and build numbers let real emails and public addresses through when they were

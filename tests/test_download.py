@@ -7,6 +7,7 @@ into one interpreter and interpreters with different environments run side by si
 """
 
 import hashlib
+import re
 import json
 import os
 import socket
@@ -448,6 +449,18 @@ def test_download_and_convert(hf_env, tmp_path):
         hf_home = hf_env(endpoint=hub.endpoint)
         out_dir = tmp_path / "out" / "tiny"
         (result,) = results(start_downloads(tmp_path, dict(repo_id="acme/tiny-llama", out_dir=str(out_dir))))
+        # a folder holding Hugging Face weights (`download --convert false --out_dir` there) is refused before any
+        # request (convert refuses it: transformers would load those from it), not after the whole download
+        held = tmp_path / "held"
+        held.mkdir()
+        (held / "model.safetensors").write_bytes(files["model.safetensors"])
+        asked = len(hub.requests)
+        from litgpt_clone.checkpoints.download import DownloadError, download
+
+        with pytest.raises(DownloadError, match=rf"^{re.escape(str(held))}, where acme/tiny-llama's converted checkpoint goes, holds"
+                           r" Hugging Face weights \(model.safetensors\)"):
+            download("acme/tiny-llama", out_dir=held)
+        assert len(hub.requests) == asked
     assert Path(result["path"]) == out_dir
     assert (out_dir / "lit_model.safetensors").is_file()
     assert (out_dir / "model_config.yaml").is_file()

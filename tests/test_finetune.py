@@ -123,6 +123,10 @@ def test_lora_trains_saves_adapters_and_merges(base, tmp_path):
         with pytest.raises(ConfigError, match=rf"^--out_dir {re.escape(str(folder))} already holds .*: merge_lora writes a whole checkpoint folder"):
             merge_command(out / "step-00000020", out_dir=folder)
     assert sorted(p.name for p in out.iterdir()) == before and (base / "base" / "config.json").is_file()
+    (tmp_path / "notes.txt").write_text("mine")  # a file: it was renamed aside to .notes.txt.old, then a traceback
+    with pytest.raises(ConfigError, match=rf"^--out_dir {re.escape(str(tmp_path / 'notes.txt'))} is a file: give a folder"):
+        merge_command(out / "step-00000020", out_dir=tmp_path / "notes.txt")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
     for _ in range(2):  # a new folder, then the same one again: an earlier merge output is replaced
         merge_command(out / "step-00000020", out_dir=tmp_path / "merged")
     torch.testing.assert_close(load_file(tmp_path / "merged" / "lit_model.safetensors"), load_file(out / "step-00000020" / "lit_model.safetensors"))

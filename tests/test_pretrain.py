@@ -164,6 +164,24 @@ def test_sigkill_and_resume_reproduce_the_uninterrupted_run(setup, tmp_path):
     for step in range(11, 31):  # every step after the resume point, bit for bit
         assert got[step] == expected[step], (step, got[step], expected[step])
 
+    # killed while writing final/ (step-30/ complete): the rerun said "nothing to train" and never wrote final/
+    import fcntl
+    import shutil
+
+    from safetensors.torch import load_file
+
+    final = load_file(out / "final" / "lit_model.safetensors")
+    shutil.rmtree(out / "final")
+    pretrain(setup, out, *args, "--resume", "auto")
+    again = load_file(out / "final" / "lit_model.safetensors")
+    assert again.keys() == final.keys() and all(torch.equal(again[k], final[k]) for k in final)
+    # a second run into an out_dir a run is training into resumed from its checkpoints and wrote over them
+    with open(out / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = pretrain(setup, out, *args, "--resume", "auto", check=False)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == (
+        f"error: another run is training into {out} (it holds {out / '.lock'}): wait for it to end, or give another --out_dir")
+
 
 def test_kill_while_saving_keeps_the_previous_checkpoint(setup, tmp_path):
     """A checkpoint is built in .step-N.tmp and renamed when complete: kills at many moments never leave a

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -14,6 +13,7 @@ from litgpt_clone.checkpoints.arch import Arch, get_arch
 from litgpt_clone.checkpoints.io import (
     NATIVE_WEIGHTS,
     CheckpointError,
+    copy_atomic,
     hf_weight_files,
     litgpt_checkpoint,
     load_state,
@@ -145,7 +145,7 @@ def copy_aux_files(src: Path, dst: Path) -> None:
     ``src`` does not have go (a stale chat_template.jinja or tokenizer.json would be read before the new files)."""
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
-            shutil.copyfile(src / name, dst / name)
+            copy_atomic(src / name, dst / name)
         elif (dst / name).is_file():
             (dst / name).unlink()
 
@@ -221,7 +221,7 @@ def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = No
     out_dir.mkdir(parents=True, exist_ok=True)
     copy_aux_files(hf_dir, out_dir)
     if (hf_dir / "config.json").is_file():
-        shutil.copyfile(hf_dir / "config.json", out_dir / "config.json")
+        copy_atomic(hf_dir / "config.json", out_dir / "config.json")
     save_weights(state, out_dir / NATIVE_WEIGHTS)
     write_atomic_text(out_dir / "model_config.yaml", config.to_yaml())
     if native_keys(out_dir / "model.safetensors"):  # an earlier conversion's weights under their old name

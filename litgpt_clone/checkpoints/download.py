@@ -383,8 +383,14 @@ def download(
         return Path(out_dir)
     out_dir = Path(out_dir) if out_dir is not None else Path("checkpoints") / repo_id
     check_out_dir(out_dir)
+    from litgpt_clone.checkpoints.convert import convert_hf_checkpoint, hf_weights_in
+
+    if stale := hf_weights_in(out_dir):  # (convert refuses it too: said before the download, not after it)
+        raise DownloadError(
+            f"{out_dir}, where {repo_id}'s converted checkpoint goes, holds Hugging Face weights ({', '.join(stale[:3])}),"
+            " which transformers would load from it instead: move them elsewhere (or give download another --out_dir)"
+        )
     snapshot = _download_snapshot(repo_id, access_token, revision, force_download=force_download)
-    from litgpt_clone.checkpoints.convert import convert_hf_checkpoint
 
     convert_hf_checkpoint(hf_dir=snapshot, out_dir=out_dir)
     return out_dir

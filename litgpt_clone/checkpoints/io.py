@@ -56,6 +56,29 @@ def write_atomic(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable: without it a power loss can undo the rename after the file's data is
+    on disk (best effort: some file systems cannot open a folder for it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def copy_atomic(src: Path, path: Path) -> None:
+    """``shutil.copyfile`` through ``write_atomic``: a killed copy never leaves a truncated file under ``path``."""
+    import shutil
+
+    write_atomic(path, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def write_atomic_text(path: Path, text: str) -> None:
@@ -93,9 +116,12 @@ def save_hf_weights(state: dict[str, torch.Tensor], out_dir: Path, max_shard_siz
     """``model.safetensors``, or shards and their index above ``max_shard_size``; then, as ``save_pretrained`` does, the
     weight files and index of an earlier export into ``out_dir`` are removed (transformers would load those instead)."""
     split = hf_shards(state, max_shard_size)
+    index = out_dir / "model.safetensors.index.json"
+    if split.is_sharded:  # what transformers reads first goes first: a kill while the shards are replaced one by one
+        (out_dir / "model.safetensors").unlink(missing_ok=True)  # leaves a folder it refuses, not one mixing two models
+        index.unlink(missing_ok=True)
     for filename, names in split.filename_to_tensors.items():
         save_weights({n: state[n] for n in names}, out_dir / filename)
-    index = out_dir / "model.safetensors.index.json"
     if split.is_sharded:
         write_atomic_text(index, json.dumps({"metadata": split.metadata, "weight_map": split.tensor_to_filename}, indent=2) + "\n")
     else:
@@ -109,18 +135,18 @@ def save_hf_weights(state: dict[str, torch.Tensor], out_dir: Path, max_shard_siz
 def load_state(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
+        old = path.parent / "model.safetensors"
+        if path.name == NATIVE_WEIGHTS and native_keys(old):  # (before the adapter checks: a LoRA final/ merged then)
+            raise CheckpointError(
+                f"{old} holds native weights under the name earlier versions gave them: rename it to {NATIVE_WEIGHTS} "
+                f"(mv {shlex.quote(str(old))} {shlex.quote(str(path))})"
+            )
         if (path.parent / "lora.safetensors").is_file():
             raise CheckpointError(f"{path.parent} holds LoRA weights only: merge them first with `litgpt-clone merge_lora {path.parent}`")
         if (path.parent / "adapter.safetensors").is_file():  # a `finetune adapter` step-* folder
             raise CheckpointError(
                 f"{path.parent} holds LLaMA-Adapter weights only (a step checkpoint, which has no merge): use the run's "
                 "final/ folder, the base model with the adapters inside"
-            )
-        old = path.parent / "model.safetensors"
-        if path.name == NATIVE_WEIGHTS and native_keys(old):
-            raise CheckpointError(
-                f"{old} holds native weights under the name earlier versions gave them: rename it to {NATIVE_WEIGHTS} "
-                f"(mv {shlex.quote(str(old))} {shlex.quote(str(path))})"
             )
         raise CheckpointError(f"no weights at {path}: convert the checkpoint first (litgpt-clone convert from_hf)")
     try:
@@ -213,12 +239,15 @@ def torch_load(path: Path, fix: str, **kwargs):
 def check_keys(state: dict, model: torch.nn.Module, where: str) -> None:
     """A ``CheckpointError`` naming ``where`` unless ``state`` holds exactly the model's tensors (a tied output head
     may be left out: it is the embedding)."""
-    expected = model.state_dict().keys()
+    expected = model.state_dict()
     tied = getattr(model.config, "tie_embeddings", False)
     missing = [k for k in expected if k not in state and not (tied and k == "lm_head.weight")]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         raise CheckpointError(f"{where} does not match model_config.yaml: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    wrong = [k for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if wrong:  # (the same names, another size: a model_config.yaml of another model beside these weights)
+        raise CheckpointError(f"{where} does not match model_config.yaml: wrong shape {wrong[:3]}")
 
 
 def load_weights(model: torch.nn.Module, checkpoint_dir: Path, device="cpu", dtype: Optional[torch.dtype] = None) -> None:

@@ -286,6 +286,9 @@ def merge_lora(checkpoint_dir: Path, base: Optional[str] = None, out_dir: Option
     if not (lora_dir / "lora_config.yaml").is_file():
         raise ConfigError(f"{lora_dir} is not a LoRA checkpoint: expected {lora_dir / 'lora_config.yaml'} and lora.safetensors")
     in_place = out_dir is None or Path(out_dir).resolve() == lora_dir.resolve()
+    from litgpt_clone.config import check_out_dir
+
+    check_out_dir(lora_dir if in_place else out_dir, "checkpoint_dir" if in_place else "--out_dir")  # (a file, read-only)
     written = {NATIVE_WEIGHTS, "model_config.yaml", "hyperparameters.yaml", "lora_config.yaml", "adapter_config.yaml", *TOKENIZER_FILES}
     if not in_place and Path(out_dir).is_dir():  # write_checkpoint replaces the whole folder: only one of its own
         names = sorted(p.name + "/" * p.is_dir() for p in Path(out_dir).iterdir())

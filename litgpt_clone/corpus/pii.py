@@ -130,7 +130,7 @@ EMAIL_HINT = re.compile(r"@[A-Za-z0-9-]+\.[A-Za-z]")
 IPV4_HINT = re.compile(r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]")
 IPV6_HINT = re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]")
 VERSION_BEFORE = re.compile(
-    r"(?i)(?:\w*(?:version|release|revision|firmware|build)(?:_?(?:number|num|no|id|tag|str|string|name|ver\w*))?|(?:^|[^a-z0-9])(?:v|ver|rev))_*"
+    r"(?i)(?:\w*(?:version|release|revision|firmware|build)(?:s|d|_?(?:number|num|no|id|tag|str|string|name|info|code|ver\w*))?|(?:^|[^a-z0-9])(?:v|ver|rev))_*"
     r"['\"]?\s*[:=(]?\s*['\"]?$"
     r"|[=<>~!]=\s*['\"]?$"
 )

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 import yaml
 
-from litgpt_clone.checkpoints.io import check_keys, save_weights, torch_load, write_atomic, write_atomic_text
+from litgpt_clone.checkpoints.io import check_keys, fsync_folder, save_weights, torch_load, write_atomic, write_atomic_text
 from litgpt_clone.config import Config
 from litgpt_clone.tokenizer import TOKENIZER_FILES
 
@@ -99,6 +99,7 @@ def write_checkpoint(
         shutil.rmtree(old)
     else:
         tmp.rename(folder)
+    fsync_folder(folder.parent)  # the rename survives a power loss
     return folder
 
 

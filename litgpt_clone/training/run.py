@@ -294,14 +294,18 @@ def train_and_save(
     model = fabric.setup(model)
     opt = fabric.setup_optimizers(build_optimizer(model, optimizer, train, fused=True))
     data = getattr(train_data, "fingerprint", None)
-    state = resume_state(fabric, model, opt, out_dir, resume, weights_file, settings, data)
-    save = make_saver(fabric, model, opt, out_dir, write, select, advice=instability_advice(train), data=data)
+    lock = on_rank_zero(fabric, lambda: lock_out_dir(out_dir), share=False)
     try:
+        state = resume_state(fabric, model, opt, out_dir, resume, weights_file, settings, data)
+        start = state.step
+        save = make_saver(fabric, model, opt, out_dir, write, select, advice=instability_advice(train), data=data)
         summary = fit(
             fabric, model, opt, train_data, val_data, train, eval, state, seq_length, save,
             flops_per_token=flops, peak_flops=device_peak_flops(fabric.device, str(fabric._precision.precision)),
             learned_only=learned_only, kept=lambda: kept_checkpoint(out_dir),
         )
+        if start and state.step == start and on_rank_zero(fabric, lambda: not (out_dir / "final").is_dir()):
+            save(state, True)  # resumed at the end, with no final/: the run was killed while writing it
     except (torch.OutOfMemoryError, RuntimeError) as err:
         if not out_of_memory(err):
             raise
@@ -310,8 +314,30 @@ def train_and_save(
             "--train.micro_batch_size (the global batch stays the same), --train.max_seq_length, or use "
             "--train.activation_checkpointing true / --strategy fsdp"
         ) from err
+    finally:
+        if lock is not None:
+            lock.close()  # (the kernel also lets go of it when the process ends, however it ends)
     summary["checkpoint"] = str(out_dir / "final")
     return summary
+
+
+def lock_out_dir(out_dir: Path):
+    """An exclusive lock on ``out_dir/.lock`` for the run (the open file; None where the file system has no locks):
+    a second run into the same out_dir resumed from the first one's checkpoints and wrote over its step folders, both
+    ending "successfully". Rank 0 holds it; the kernel releases it when the process ends, killed or not."""
+    import fcntl
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(out_dir / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise TrainingError(f"another run is training into {out_dir} (it holds {out_dir / '.lock'}): wait for it to end, or give another --out_dir") from None
+    except OSError:  # (a file system without flock, some network mounts: run unlocked, as before)
+        handle.close()
+        return None
+    return handle
 
 
 def out_of_memory(err: BaseException) -> bool:
