@@ -401,6 +401,8 @@ def test_out_dir_inside_a_source_is_not_read(tmp_path):
         result = run(CorpusConfig(sources=[str(src)]), src / "corpus", log=lambda _: None)
         paths = [json.loads(line)["path"] for line in (result.version_dir / "files.jsonl").read_text().splitlines()]
         assert (result.version_dir.name, paths, result.manifest["stages"][0]["files_in"]) == (f"v{version}", ["a.py", "b.go"], 2)
+        assert not list((src / "corpus").glob(".v*.stages")) and not (result.version_dir / "stages").exists()
+        (src / "corpus" / f".v{version}.stages" / "read").mkdir(parents=True)  # a build killed while deleting its stages
     assert "Against v1: 2 files kept (v1: 2); 0 added, 0 removed, 0 changed." in (result.version_dir / "CHANGELOG.md").read_text()
     tree = tmp_path / "tree"  # --layout owner/repo: the out_dir's vN and cache folders are not repositories
     (tree / "alice" / "lib").mkdir(parents=True)

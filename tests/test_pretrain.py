@@ -4,6 +4,7 @@ import csv
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,7 +167,6 @@ def test_sigkill_and_resume_reproduce_the_uninterrupted_run(setup, tmp_path):
 
     # killed while writing final/ (step-30/ complete): the rerun said "nothing to train" and never wrote final/
     import fcntl
-    import shutil
 
     from safetensors.torch import load_file
 
@@ -231,6 +231,14 @@ def test_a_kill_while_replacing_a_folder_leaves_a_complete_one(tmp_path, monkeyp
     final = tmp_path / "final"
     assert sorted(p.name for p in final.iterdir()) == ["hyperparameters.yaml", "lit_model.safetensors", "model_config.yaml"]
     assert yaml.safe_load((final / "hyperparameters.yaml").read_text()) == {"run": 2}
+    monkeypatch.undo()
+    # killed between its two renames: neither final/ nor a cleanup, and the .old copy stayed for good; the next
+    # write puts the earlier folder back first, then replaces it, leaving nothing beside it
+    shutil.rmtree(tmp_path / ".final.old", ignore_errors=True)
+    final.rename(tmp_path / ".final.old")
+    checkpoint.write_checkpoint(tmp_path / "final", weights(3.0), config, None, {"run": 3})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+    assert yaml.safe_load((final / "hyperparameters.yaml").read_text()) == {"run": 3}
 
 
 # ----------------------------------------------------------------------------- bad input: one line with the fix

@@ -544,6 +544,8 @@ def _run_locked(config: CorpusConfig, out_dir: Path, workers: int, log: Callable
     from litgpt_clone.corpus import report as report_lib
 
     repos = open_sources(config.sources, config.layout, config.max_file_size, config.exclude, skip=[out_dir])
+    for scratch in out_dir.glob(".v*.stages"):  # what a build killed while deleting its stages left
+        shutil.rmtree(scratch, ignore_errors=True)
     version, previous = manifest_lib.next_version(out_dir)
     partial = out_dir / f"v{version}.partial"
     digest, inputs = config.digest(), inputs_digest(repos)
@@ -589,6 +591,8 @@ def _run_locked(config: CorpusConfig, out_dir: Path, workers: int, log: Callable
     report = report_lib.write(partial, manifest, records, dedup)
     manifest_lib.write(partial, manifest)  # last: a folder with manifest.json is complete
     final = out_dir / f"v{version}"
+    scratch = out_dir / f".v{version}.stages"  # out of the folder first: a kill while deleting it (a large corpus's
+    partial.joinpath("stages").rename(scratch)  # texts, a while) left it inside the published version for good
     partial.rename(final)
-    shutil.rmtree(final / "stages")
+    shutil.rmtree(scratch)
     return Result(final, manifest, final / report.name)

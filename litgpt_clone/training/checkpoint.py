@@ -83,7 +83,10 @@ def write_checkpoint(
     ``lora.safetensors``); ``yamls`` adds YAML files (``lora_config.yaml``).
     """
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
+    tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
+    if old.is_dir() and not folder.exists():  # killed between the two renames below: the earlier folder comes back
+        old.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -92,9 +95,7 @@ def write_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if folder.exists():  # re-saving the same step (e.g. "final"): the old one is renamed aside and deleted only once
-        old = folder.with_name(f".{folder.name}.old")  # the new one is in place (no deleting while neither is there)
-        shutil.rmtree(old, ignore_errors=True)
-        folder.rename(old)
+        folder.rename(old)  # the new one is in place (no deleting while neither is there)
         tmp.rename(folder)
         shutil.rmtree(old)
     else:
