@@ -187,6 +187,7 @@ def test_kill_while_saving_keeps_the_previous_checkpoint(setup, tmp_path):
     """A checkpoint is built in .step-N.tmp and renamed when complete: kills at many moments never leave a
     step-* folder that fails to load, and resume picks the newest complete one."""
     out = tmp_path / "out"
+    out.mkdir()  # (the command's --out_dir check creates a missing folder and removes it again: a glob here then raced it)
     args = ["--train.max_steps", "200", "--train.global_batch_size", "2", "--train.micro_batch_size", "2", "--eval.interval", "1000",
             "--train.save_interval", "1"]
     for delay in (0.0, 0.15, 0.4):  # kill right as a new checkpoint appears, and a little after (mid-save, mid-step)
