@@ -15,9 +15,11 @@ from litgpt_clone.checkpoints.io import (
     CheckpointError,
     copy_atomic,
     hf_weight_files,
+    holds_native_weights,
     litgpt_checkpoint,
     load_state,
     native_keys,
+    resolve_checkpoint,
     read_hf_weights,
     save_hf_weights,
     save_weights,
@@ -208,9 +210,8 @@ def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = No
     if (hf_dir / "lit_model.pth").is_file():  # LitGPT's: its Hugging Face weights (`litgpt download`) or model.pth
         if not (hf_dir / "config.json").is_file() or not hf_weight_files(hf_dir):  # (`litgpt convert_from_litgpt`) are read
             raise CheckpointError(litgpt_checkpoint(hf_dir))
-    elif (hf_dir / "model_config.yaml").is_file() and ((hf_dir / NATIVE_WEIGHTS).is_file() or native_keys(hf_dir / "model.safetensors")):
-        if not (hf_dir / NATIVE_WEIGHTS).is_file():
-            load_state(hf_dir / NATIVE_WEIGHTS)  # the old name: the line saying to rename it
+    elif (hf_dir / "model_config.yaml").is_file() and holds_native_weights(hf_dir):
+        resolve_checkpoint(hf_dir)  # (under the old name: the line saying to rename it)
         raise CheckpointError(f"{hf_dir} is already a native checkpoint (model_config.yaml): use it as it is, or export it with `convert to_hf`")
     config = Config.from_hf_config(hf_dir)
     if dtype is not None and dtype not in DTYPES:
@@ -239,8 +240,6 @@ def convert_to_hf_checkpoint(checkpoint_dir: Path, out_dir: Path, max_shard_size
             the tokenizer files and ``generation_config.json`` are written.
         max_shard_size: Largest safetensors shard, e.g. ``"5GB"`` or ``"500MB"``.
     """
-    from litgpt_clone.checkpoints.io import resolve_checkpoint
-
     checkpoint_dir, out_dir = resolve_checkpoint(checkpoint_dir), Path(out_dir)
     check_destination(checkpoint_dir, out_dir, "convert to_hf")
     if (out_dir / "model_config.yaml").is_file() or (out_dir / NATIVE_WEIGHTS).is_file():

@@ -280,6 +280,11 @@ def native_keys(path: Path) -> bool:
     return any(key.startswith("transformer.") for key in safetensors_keys(path))
 
 
+def holds_native_weights(folder: Path) -> bool:
+    """Whether ``folder`` holds native weights, under their name or the one earlier versions gave them."""
+    return (folder / NATIVE_WEIGHTS).is_file() or native_keys(folder / "model.safetensors")
+
+
 def litgpt_checkpoint(path: Path) -> str:
     """How to bring over a LitGPT checkpoint folder (``lit_model.pth``, LitGPT's ``model_config.yaml``)."""
     config = "" if (path / "config.json").is_file() else f", put the model's config.json from its hub repo into {path}"
@@ -292,7 +297,7 @@ def litgpt_checkpoint(path: Path) -> str:
 def resolve_checkpoint(path_or_repo: str | Path, checkpoints_root: Path = Path("checkpoints")) -> Path:
     """A native checkpoint folder for a path or a hub repo id (downloaded and converted on first use)."""
     path = Path(path_or_repo)
-    native = (path / NATIVE_WEIGHTS).is_file() or native_keys(path / "model.safetensors")  # (or under its old name)
+    native = holds_native_weights(path)
     if (path / "lit_model.pth").is_file() and not native:  # LitGPT's model_config.yaml is not ours
         raise CheckpointError(litgpt_checkpoint(path))
     if (path / "model_config.yaml").is_file():
@@ -310,7 +315,7 @@ def resolve_checkpoint(path_or_repo: str | Path, checkpoints_root: Path = Path("
     repo = str(path_or_repo)
     if REPO_ID.match(repo):
         local = checkpoints_root / repo
-        if (local / "model_config.yaml").is_file() and ((local / NATIVE_WEIGHTS).is_file() or native_keys(local / "model.safetensors")):
+        if (local / "model_config.yaml").is_file() and holds_native_weights(local):
             return resolve_checkpoint(local)  # (the old name: the line saying to rename it; a conversion that lost its
             # weights is downloaded and converted again)
         from litgpt_clone.checkpoints.download import RepoNotFound, download

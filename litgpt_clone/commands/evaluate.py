@@ -129,7 +129,7 @@ def newest_checkpoint(root: Path, tasks: str = "...") -> Path:
     """The checkpoint this tool wrote last under ``root``: folders holding both model_config.yaml and
     lit_model.safetensors (as pretrain, finetune, merge_lora and convert write them), newest by the later of the two
     files' modification times. Folders starting with "." (checkpoints being written) and links are skipped."""
-    from litgpt_clone.checkpoints.io import NATIVE_WEIGHTS, load_state, native_keys
+    from litgpt_clone.checkpoints.io import NATIVE_WEIGHTS, native_keys, resolve_checkpoint
 
     found = []
     for folder, dirs, files in os.walk(root):  # never follows links to folders
@@ -138,14 +138,12 @@ def newest_checkpoint(root: Path, tasks: str = "...") -> Path:
         paths = [Path(folder) / name for name in ("model_config.yaml", weights)]
         if all(p.name in files and p.is_file() and not p.is_symlink() for p in paths) and (weights == NATIVE_WEIGHTS or native_keys(paths[1])):
             found.append((max(p.stat().st_mtime for p in paths), str(folder)))
-    if found and not (Path(max(found)[1]) / NATIVE_WEIGHTS).is_file():
-        load_state(Path(max(found)[1]) / NATIVE_WEIGHTS)  # the newest has the old name: the line saying to rename it
     if not found:
         raise EvaluationError(
             f"no checkpoint under {root.resolve()} (looked for folders with model_config.yaml and lit_model.safetensors, "
             f"which pretrain, finetune and convert write): pass one, `litgpt-clone evaluate <checkpoint dir | repo id> --tasks {tasks}`"
         )
-    return Path(max(found)[1])
+    return resolve_checkpoint(Path(max(found)[1]))  # (the newest under the old name: the line saying to rename it)
 
 
 def task_manager(include_path: Optional[str], local_only: bool = False):
