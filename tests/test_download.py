@@ -315,8 +315,8 @@ def test_an_out_dir_inside_a_file_is_refused_before_the_download(hf_env, tmp_pat
 
 
 def test_a_mistyped_local_folder_says_which_folders_are_there(hf_env, tmp_path):
-    """`generate out/lorra` (meaning out/lora) reads as a repo id too: when the hub has no such repo and out/ is a
-    local folder, the line says what out/ holds, not only that the hub lacks it."""
+    """`generate out/lorra` (meaning out/lora) reads as a repo id too: when the hub has no such repo (or cannot be
+    reached) and out/ is a local folder, the line says what out/ holds, not only what the hub said."""
     (tmp_path / "out" / "lora").mkdir(parents=True)
     with HubStandin() as hub:
         hf_env(endpoint=hub.endpoint)
@@ -326,6 +326,17 @@ def test_a_mistyped_local_folder_says_which_folders_are_there(hf_env, tmp_path):
         "error: no folder out/lorra (out holds lora), and out/lorra was not found on the hub (check the spelling; private repos"
         " need --access_token)\n"
     ), proc.stderr
+    # without a network (the hub unreachable, offline) the line names the local folder first too: out/final of a run
+    # killed before its end is the usual case
+    for offline in (False, True):
+        hf_home = hf_env(offline=offline)
+        proc = subprocess.run([sys.executable, "-m", "litgpt_clone", "generate", "out/final", "--prompt", "Hi"], cwd=tmp_path,
+                              env=dict(os.environ), capture_output=True, text=True, timeout=120)
+        reason = "HF_HUB_OFFLINE=1 and" if offline else "the hub at http://127.0.0.1:9 cannot be reached (ConnectError) and"
+        fix = "download it once online, or unset HF_HUB_OFFLINE" if offline else "check your network and retry"
+        assert proc.returncode == 2 and proc.stderr == (
+            f"error: no folder out/final (out holds lora), and {reason} out/final is not in the cache at {hf_home / 'hub'}: {fix}\n"
+        ), proc.stderr
 
 
 def test_a_broken_cached_file_is_fetched_again(hf_env, tmp_path):

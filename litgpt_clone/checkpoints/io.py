@@ -318,11 +318,11 @@ def resolve_checkpoint(path_or_repo: str | Path, checkpoints_root: Path = Path("
         if (local / "model_config.yaml").is_file() and holds_native_weights(local):
             return resolve_checkpoint(local)  # (the old name: the line saying to rename it; a conversion that lost its
             # weights is downloaded and converted again)
-        from litgpt_clone.checkpoints.download import RepoNotFound, download
+        from litgpt_clone.checkpoints.download import DownloadError, download
 
         try:
             return download(repo, out_dir=local)
-        except RepoNotFound as err:
+        except DownloadError as err:  # (not found, or no network: out/final read as a repo id when out/ exists)
             if not path.parent.is_dir():
                 raise
             here = sorted(p.name for p in path.parent.iterdir() if p.is_dir())  # a mistyped folder (out/lorra), likely
