@@ -739,6 +739,34 @@ def test_throughput_after_a_validation_or_a_save_leaves_their_time_out(capsys, m
     assert logged == [("2", "16"), ("4", "16"), ("6", "16")], logged
 
 
+def test_a_warmup_longer_than_the_run_is_said(capsys):
+    """The default 100 warmup steps over a 20-step finetune never reach --train.lr (it ends at a fifth of it), which the
+    logged lr showed only to a reader who knew the schedule."""
+    import lightning_fabric as L
+
+    from litgpt_clone import Config
+    from litgpt_clone.training import fit as fit_module
+    from litgpt_clone.training.args import EvalArgs, TrainArgs
+
+    rows = torch.randint(0, 32, (64, 9))
+
+    class Data:
+        count = 64
+
+        def batch(self, start, size):
+            return rows[start : start + size, :-1], rows[start : start + size, 1:]
+
+    model = GPT(Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, block_size=8, intermediate_size=32))
+    fabric = L.Fabric(accelerator="cpu", devices=1)
+    model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    for warmup, said in ((20, True), (5, False)):
+        args = TrainArgs(global_batch_size=2, micro_batch_size=2, max_steps=4, warmup_steps=warmup, lr=1e-3, log_interval=4)
+        fit_module.fit(fabric, model, optimizer, Data(), None, args, EvalArgs(interval=100), fit_module.FitState(), 8, lambda s, f: None)
+        note = ("note: --train.warmup_steps 20 covers the whole run of 4 steps: the learning rate ends at 2.00e-04, never"
+                " reaching --train.lr 1.00e-03; lower --train.warmup_steps to reach it")
+        assert (note in capsys.readouterr().out) is said
+
+
 def test_mfu_uses_the_datasheet_peak_of_the_card_torch_names():
     """MFU divides by the dense bf16 peak of NVIDIA's datasheets; "H100" alone matched the PCIe and NVL cards to the
     SXM figure, so their MFU came out 24% and 16% low."""

@@ -188,6 +188,11 @@ def fit(
     max_steps = max_steps_for(args, seq_length, getattr(train, "count", None), train)
     mbs, world, rank = args.micro_batch_size, fabric.world_size, fabric.global_rank
     history: list[dict] = []
+    if state.step < max_steps <= args.warmup_steps:  # (the schedule is still right: a run this short is one or a test)
+        fabric.print(
+            f"note: --train.warmup_steps {args.warmup_steps} covers the whole run of {max_steps} steps: the learning rate ends at"
+            f" {lr_at(max_steps - 1, args, max_steps):.2e}, never reaching --train.lr {args.lr:.2e}; lower --train.warmup_steps to reach it"
+        )
     if val is None:
         fabric.print("note: no validation data (a validation share of 0, or too little data held out for one sequence): no val loss is logged")
     if val is not None and eval_args.initial_validation:
