@@ -32,10 +32,11 @@ the ids it sees under transformers. What that takes:
 Where transformers 5 does something else, and we do not follow:
 
 - ``eos``: EOS is added only when asked (``eos=True``), even if the checkpoint says ``add_eos_token``.
-- tokenizer.json with a model-specific ``tokenizer_class`` (e.g. ``LlamaTokenizer`` on a SentencePiece-style
-  tokenizer.json, as in Llama 2): transformers 5 rebuilds that class's hard-coded pipeline from the file's vocab
-  and merges instead of running the file's; for Llama this drops the extra "▁" before a leading space. We run
-  the file as it is.
+- tokenizer.json with a model-specific ``tokenizer_class``: transformers 5 rebuilds that class's hard-coded pipeline
+  from the file's vocab and merges instead of running the file's. We do the same for ``LlamaTokenizer`` and
+  ``CodeLlamaTokenizer`` on a SentencePiece-style file of a Llama checkpoint (Llama 2, TinyLlama: see
+  ``_llama_pipeline``) and run any other file as it is (for the classes of real checkpoints, e.g.
+  ``Qwen2Tokenizer`` or ``GemmaTokenizer``, the file is that pipeline already).
 - tokenizer.model with ``LlamaTokenizer``: a model trained with a normalization rule (``nmt_nfkc``, whitespace
   collapsing) is normalized by sentencepiece, which transformers skips (collapsing strips the spaces at the ends of
   each part between added tokens too: "Hi </s>" loses its "▁"); a model trained without
@@ -120,6 +121,33 @@ def _token_content(token: Union[str, dict, None]) -> Optional[str]:
     return token.get("content") if isinstance(token, dict) else token
 
 
+def _model_type(checkpoint_dir: Path) -> Optional[str]:
+    """config.json's ``model_type`` (None for a folder without one, e.g. a tokenizer alone)."""
+    return _read_json(checkpoint_dir / "config.json").get("model_type")
+
+
+def _llama_pipeline(tokenizer, path: Path, code_llama: bool, config: dict) -> None:
+    """Give a SentencePiece-style tokenizer.json the pipeline transformers 5 builds for ``LlamaTokenizer`` and
+    ``CodeLlamaTokenizer`` around the file's vocabulary and merges (its ``__init__``): no normalizer, a Metaspace
+    pre-tokenizer that puts "▁" in front of the first part of a text only ("always" with ``"legacy": true``, never
+    with ``"add_prefix_space": false``), and the matching decoder. Llama 2's and TinyLlama's files normalize instead
+    (``Prepend("▁")``), which gave the text after every added token its own "▁": ``[INST] Hi`` came out as
+    ``[INST]``, ``▁``, ``▁Hi`` where transformers has ``[INST]``, ``▁Hi``. Transformers does this only for Llama
+    checkpoints (``model_type`` "llama") and tokenizer-only folders; it runs a byte-level file declaring the class,
+    and Mistral's and Phi-3's files (same class, other model types), as they are, and so do we."""
+    from tokenizers import decoders, pre_tokenizers
+
+    if b'"ByteLevel"' in path.read_bytes():
+        return
+    prefix = config.get("add_prefix_space")
+    prefix = True if prefix is None else bool(prefix)
+    scheme = "never" if not prefix else "always" if config.get("legacy") is True and not code_llama else "first"
+    tokenizer.normalizer = None
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme=scheme, split=False)
+    steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    tokenizer.decoder = decoders.Sequence(steps + ([decoders.Strip(content=" ", left=1)] if prefix or code_llama else []))
+
+
 class _AddedToken(NamedTuple):
     """A string split out of the text before sentencepiece sees it (transformers' ``AddedToken``)."""
 
@@ -158,6 +186,9 @@ class Tokenizer:
                 raise _corrupt(checkpoint_dir / "tokenizer.json", err) from None
             self._hf.no_padding()  # a file may carry padding/truncation settings; transformers does not apply
             self._hf.no_truncation()  # them unless asked to, and neither do we
+            tokenizer_class = str(config.get("tokenizer_class") or "").removesuffix("Fast")
+            if tokenizer_class in ("LlamaTokenizer", "CodeLlamaTokenizer") and _model_type(checkpoint_dir) in (None, "llama"):
+                _llama_pipeline(self._hf, checkpoint_dir / "tokenizer.json", tokenizer_class == "CodeLlamaTokenizer", config)
             self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
         elif (checkpoint_dir / "tokenizer.model").is_file():
             import sentencepiece

@@ -432,6 +432,43 @@ def test_the_dummy_prefix_next_to_special_tokens(dirs):
     assert generic.encode(" fox", bos=False).tolist() == turns.encode(" fox")
 
 
+LEGACY_NORMALIZER = {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "\u2581"}, {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
+"""The normalizer of the tokenizer.json that Llama 2, TinyLlama, Mistral 7B and Phi-3 ship (no pre-tokenizer)."""
+
+
+def test_a_llama_tokenizer_json_is_run_as_transformers_rebuilds_it(dirs, tmp_path):
+    """transformers 5 does not run the SentencePiece-style tokenizer.json of a Llama checkpoint as written: it builds
+    LlamaTokenizer's pipeline around its vocabulary. Run as written, "[INST] What" of Llama 2's chat template came out
+    as [INST], "▁", "▁What" (transformers: [INST], "▁What"), in every user turn. For other model types with the same
+    class (Mistral, Phi-3) transformers runs the file as it is, lone "▁" included, and so must we."""
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    base = tmp_path / "saved"
+    transformers.AutoTokenizer.from_pretrained(str(dirs["sp_turns"])).save_pretrained(str(base))
+    (base / "tokenizer.model").unlink(missing_ok=True)
+    spec = json.loads((base / "tokenizer.json").read_text())
+    spec.update(normalizer=LEGACY_NORMALIZER, pre_tokenizer=None)
+    _write_json(base / "tokenizer.json", spec)
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    texts = [*TEXTS, "[INST] What is  2+2?[/INST]", "[INST]What", "<s> fox</s> [INST]\n x", "\u2581fox"]
+    lone = {}
+    cases = [(None, "LlamaTokenizer", {}), ("llama", "LlamaTokenizerFast", {}), ("llama", "LlamaTokenizer", {"legacy": True}),
+             ("llama", "LlamaTokenizer", {"add_prefix_space": False}), ("llama", "CodeLlamaTokenizer", {"add_prefix_space": False}),
+             ("mistral", "LlamaTokenizer", {}), ("phi3", "LlamaTokenizer", {}), ("llama", None, {})]
+    for i, (model_type, tokenizer_class, extra) in enumerate(cases):
+        folder = _variant(base, tmp_path / str(i), tokenizer_config__json={**config, "tokenizer_class": tokenizer_class, **extra})
+        if model_type:
+            _write_json(folder / "config.json", {"model_type": model_type})
+        ours, reference = Tokenizer(folder), transformers.AutoTokenizer.from_pretrained(str(folder))
+        for text in texts:
+            ids = ours.encode(text).tolist()
+            assert ids == reference(text)["input_ids"], (model_type, tokenizer_class, extra, text)
+            assert ours.decode(ids) == reference.decode(ids, skip_special_tokens=True), (model_type, tokenizer_class, extra, text)
+        lone[model_type, tokenizer_class] = reference.convert_ids_to_tokens(ours.encode("[INST] fox", bos=False).tolist())
+    assert lone[("mistral", "LlamaTokenizer")] == [lone[("llama", "LlamaTokenizerFast")][0], "\u2581", *lone[("llama", "LlamaTokenizerFast")][1:]]
+    assert lone[("llama", "LlamaTokenizerFast")][:2] == ["[INST]", "\u2581f"]
+
+
 def test_sentencepiece_normalization_is_applied(dirs, auto):
     """With sentencepiece's default rule (NFKC, collapsed whitespace) decode(encode(x)) is the normalized x, not x,
     and the ids are sentencepiece's own. transformers 5 skips the model's normalizer, so here it disagrees."""
