@@ -495,8 +495,8 @@ class TextStream:
         special = {s: tokenizer.special_token_id(s) for s in self.stop_strings}
         self.stop_tokens = {i for i in special.values() if i is not None}  # ids of stop strings that are special tokens
         self.ids: list[int] = []
-        self.done = ""  # the text of ids[:read]: complete characters
-        self.context = self.read = 0  # ids[context:read] are decoded again with each window, for context
+        self.done = ""  # the text of ids[:marks[-1]]: complete characters
+        self.marks = [0]  # the latest ends of complete text; the window decodes again from the one before the last
         self.text = ""
         self.sent = 0  # characters of `text` handed out
         self.stopped = False
@@ -517,18 +517,26 @@ class TextStream:
 
     def _add(self, ids: list[int]) -> str:
         self.ids.extend(ids)
-        start = self.context
-        before = self.tokenizer.decode(self.ids[start : self.read])
-        while not before and start > 0:  # a context without text (a lone space piece, skipped unknown or special
-            start = max(0, start - 4)  # tokens) cannot tell the decoder what precedes the new ids: widen it
-            before = self.tokenizer.decode(self.ids[start : self.read])
+        read, k = self.marks[-1], max(0, len(self.marks) - 2)
+        before = self.tokenizer.decode(self.ids[self.marks[k] : read])
+        while not before and self.marks[k] > 0:  # a context without text (a lone space piece, skipped unknown or
+            # special tokens) cannot tell the decoder what precedes the new ids: widen it to an earlier end of complete
+            # text (never into a character: a byte-fallback decoder turns a whole run of bytes into U+FFFD when it
+            # starts inside one, and every later window would start there)
+            k -= 1
+            if k < 0:  # (past the ends kept: the whole sequence)
+                self.marks.insert(0, 0)
+                k = 0
+            before = self.tokenizer.decode(self.ids[self.marks[k] : read])
+        start = self.marks[k]
         window = self.tokenizer.decode(self.ids[start:])
         if window.startswith(before):  # the new ids' text is what the window adds
             self.text = self.done + window[len(before) :]
         else:  # a decoder whose earlier text changed with the new ids: the whole sequence decides (rare)
             self.text = self.tokenizer.decode(self.ids)
         if not self.text.endswith("\ufffd"):  # complete characters: later windows start here
-            self.done, self.context, self.read = self.text, self.read, len(self.ids)
+            self.done = self.text
+            self.marks = [*self.marks[-15:], len(self.ids)]
         found = [i for i in (self.text.find(s, max(0, self.sent - len(s))) for s in self.stop_strings) if i >= 0]
         if found:
             self.stopped = True

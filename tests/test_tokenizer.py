@@ -436,16 +436,26 @@ LEGACY_NORMALIZER = {"type": "Sequence", "normalizers": [{"type": "Prepend", "pr
 """The normalizer of the tokenizer.json that Llama 2, TinyLlama, Mistral 7B and Phi-3 ship (no pre-tokenizer)."""
 
 
-def test_a_llama_tokenizer_json_is_run_as_transformers_rebuilds_it(dirs, tmp_path):
+@pytest.fixture(scope="session")
+def sp_json(dirs, tmp_path_factory) -> Path:
+    """The ``sp_turns`` model as transformers 5 saves it: a tokenizer.json with byte fallback (ByteFallback in its
+    decoder, as in Llama 2's, Mistral's and Gemma's files) and its turn markers as special added tokens."""
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    folder = tmp_path_factory.mktemp("sp_json")
+    transformers.AutoTokenizer.from_pretrained(str(dirs["sp_turns"])).save_pretrained(str(folder))
+    (folder / "tokenizer.model").unlink(missing_ok=True)
+    return folder
+
+
+def test_a_llama_tokenizer_json_is_run_as_transformers_rebuilds_it(sp_json, tmp_path):
     """transformers 5 does not run the SentencePiece-style tokenizer.json of a Llama checkpoint as written: it builds
     LlamaTokenizer's pipeline around its vocabulary. Run as written, "[INST] What" of Llama 2's chat template came out
     as [INST], "▁", "▁What" (transformers: [INST], "▁What"), in every user turn. For other model types with the same
     class (Mistral, Phi-3) transformers runs the file as it is, lone "▁" included, and so must we."""
-    transformers = pytest.importorskip("transformers")
-    transformers.logging.set_verbosity_error()
-    base = tmp_path / "saved"
-    transformers.AutoTokenizer.from_pretrained(str(dirs["sp_turns"])).save_pretrained(str(base))
-    (base / "tokenizer.model").unlink(missing_ok=True)
+    import transformers
+
+    base = shutil.copytree(sp_json, tmp_path / "saved")
     spec = json.loads((base / "tokenizer.json").read_text())
     spec.update(normalizer=LEGACY_NORMALIZER, pre_tokenizer=None)
     _write_json(base / "tokenizer.json", spec)
@@ -564,19 +574,28 @@ def test_tokenizer_files():
     assert len(set(TOKENIZER_FILES)) == len(TOKENIZER_FILES)
 
 
-@pytest.mark.parametrize("kind", ["hf", "sp", "sp_nfkc", "sp_turns"])
-def test_text_stream_pieces_add_up_to_the_whole_decode_at_a_constant_cost(dirs, kind):
+@pytest.mark.parametrize("kind", ["hf", "sp", "sp_nfkc", "sp_turns", "sp_json"])
+def test_text_stream_pieces_add_up_to_the_whole_decode_at_a_constant_cost(dirs, kind, request):
     """Streamed text (one token at a time, or a few) is exactly ``decode`` of all the ids, for byte-level BPE and
     SentencePiece (leading spaces, byte fallback), real text and random ids alike; and each step decodes a short
-    window, not the whole sequence (a 2,000-token stream decodes about 4 ids per token, not 1,000)."""
+    window, not the whole sequence (a 2,000-token stream decodes about 4 ids per token, not 1,000). sp_json: a
+    skipped special token between characters written as byte tokens ("<0xE3>"...) once widened the window into the
+    middle of a character, where tokenizers' ByteFallback makes the whole byte run U+FFFD: all later text came out so."""
     import random
 
     from litgpt_clone.generate import TextStream
 
-    tokenizer = Tokenizer(dirs[kind])
+    tokenizer = Tokenizer(request.getfixturevalue("sp_json") if kind == "sp_json" else dirs[kind])
     rng = random.Random(0)
     texts = [CORPUS, "Café 日本語 😀👍 déjà vu\n\n  two  spaces, then a tab\tend."]
     sequences = [tokenizer.encode(t, bos=False).tolist() for t in texts]
+    if kind == "sp_json":
+        unseen = tokenizer.encode("龘鱻𠀀", bos=False).tolist()  # characters the model has no piece for: 3-4 byte tokens each
+        assert len(unseen) >= 10
+        sequences.append(unseen + [tokenizer.token_to_id("<end_of_turn>")] + unseen)
+        stream_ = TextStream(tokenizer)
+        streamed = "".join(stream_.add([i]) for i in sequences[-1]) + stream_.flush()
+        assert streamed == tokenizer.decode(sequences[-1]) == "龘鱻𠀀 龘鱻𠀀"  # (the second part keeps its "▁")
     sequences += [[rng.randrange(tokenizer.vocab_size) for _ in range(300)] for _ in range(3)]  # special, partial bytes
     for ids in sequences:
         for chunk in (1, 3):
