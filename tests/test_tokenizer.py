@@ -590,13 +590,15 @@ def test_text_stream_pieces_add_up_to_the_whole_decode_at_a_constant_cost(dirs, 
     texts = [CORPUS, "Café 日本語 😀👍 déjà vu\n\n  two  spaces, then a tab\tend."]
     sequences = [tokenizer.encode(t, bos=False).tolist() for t in texts]
     if kind == "sp_json":
-        unseen = tokenizer.encode("龘鱻𠀀", bos=False).tolist()  # characters the model has no piece for: 3-4 byte tokens each
-        assert len(unseen) >= 10
-        sequences.append(unseen + [tokenizer.token_to_id("<end_of_turn>")] + unseen)
+        unseen = tokenizer.encode("龘鱻", bos=False).tolist()  # characters the model has no piece for: 3 byte tokens each
+        assert len(unseen) == 7  # ("▁" first)
+        sequences.append(unseen + [tokenizer.token_to_id("<end_of_turn>")] + unseen[1:])  # bytes on both sides of it
         stream_ = TextStream(tokenizer)
         streamed = "".join(stream_.add([i]) for i in sequences[-1]) + stream_.flush()
-        assert streamed == tokenizer.decode(sequences[-1]) == "龘鱻𠀀 龘鱻𠀀"  # (the second part keeps its "▁")
-    sequences += [[rng.randrange(tokenizer.vocab_size) for _ in range(300)] for _ in range(3)]  # special, partial bytes
+        assert streamed == tokenizer.decode(sequences[-1]) == "龘鱻龘鱻"
+    if kind != "sp_json":  # (tokenizers' ByteFallback turns a whole run of byte tokens into U+FFFD when any of it is
+        # not UTF-8, so in random ids a stray byte token changes characters decoded long before it: no stream can match)
+        sequences += [[rng.randrange(tokenizer.vocab_size) for _ in range(300)] for _ in range(3)]  # special, partial bytes
     for ids in sequences:
         for chunk in (1, 3):
             stream_ = TextStream(tokenizer)
