@@ -181,6 +181,14 @@ def test_sigkill_and_resume_reproduce_the_uninterrupted_run(setup, tmp_path):
         proc = pretrain(setup, out, *args, "--resume", "auto", check=False)
     assert proc.returncode != 0 and proc.stderr.strip().splitlines()[-1] == (
         f"error: another run is training into {out} (it holds {out / '.lock'}): wait for it to end, or give another --out_dir")
+    # a fresh run (no --resume) into it wrote its steps among the earlier run's and its final/ over that one's; killed
+    # and resumed, it went on from the earlier run's newest step: refused before any work, the earlier run untouched
+    before = sorted(p.name for p in out.iterdir())
+    proc = pretrain(setup, out, *args, check=False)
+    assert proc.returncode == 2 and proc.stderr == (
+        f"error: --out_dir {out} holds an earlier run (step-00000030, final): continue it with --resume auto, or give"
+        " another --out_dir (or delete that one to start over in it)\n"), proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == before
 
 
 def test_kill_while_saving_keeps_the_previous_checkpoint(setup, tmp_path):

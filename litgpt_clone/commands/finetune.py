@@ -211,7 +211,7 @@ def run_finetune(
             f"{checkpoint_dir} has adapters from block {base_adapter.start_layer} on: --adapter.start_layer "
             f"{adapter.start_layer} would leave the old ones below it; use --adapter.start_layer {base_adapter.start_layer} or lower"
         )
-    fabric = build_fabric(h["devices"], h["num_nodes"], h["strategy"], h["precision"], out_dir, h["logger_name"])
+    fabric = build_fabric(h["devices"], h["num_nodes"], h["strategy"], h["precision"], out_dir, h["logger_name"], h["resume"])
     fabric.launch()
     seq_length = sequence_length(fabric, train, config)
     data = h["data"] or Alpaca()

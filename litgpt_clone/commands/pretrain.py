@@ -103,7 +103,7 @@ def pretrain(
             f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}: use a model "
             "config with vocab_size >= the tokenizer's (e.g. --model_config with vocab_size set)"
         )
-    fabric = build_fabric(devices, num_nodes, strategy, precision, out_dir, logger_name)
+    fabric = build_fabric(devices, num_nodes, strategy, precision, out_dir, logger_name, resume)
     fabric.launch()
     if train.tie_embeddings is not None:
         config = dataclasses.replace(config, tie_embeddings=train.tie_embeddings)

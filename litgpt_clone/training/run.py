@@ -46,7 +46,7 @@ def world_size(devices: int, num_nodes: int) -> int:
     return devices * num_nodes
 
 
-def build_fabric(devices: int, num_nodes: int, strategy: str, precision: Optional[str], out_dir: Path, logger_name: str):
+def build_fabric(devices: int, num_nodes: int, strategy: str, precision: Optional[str], out_dir: Path, logger_name: str, resume=False):
     import lightning_fabric as L
     from lightning_fabric.loggers import CSVLogger, TensorBoardLogger
 
@@ -55,6 +55,7 @@ def build_fabric(devices: int, num_nodes: int, strategy: str, precision: Optiona
     world_size(devices, num_nodes)
     check_launcher(devices, num_nodes)
     check_out_dir(out_dir)
+    check_fresh_out_dir(out_dir, resume)
     if precision == "16-mixed" and strategy == "fsdp":
         raise ConfigError("--precision 16-mixed is not available with --strategy fsdp (FSDP2): use bf16-mixed, bf16-true or 32-true")
     if precision is None:
@@ -68,6 +69,23 @@ def build_fabric(devices: int, num_nodes: int, strategy: str, precision: Optiona
     return L.Fabric(
         devices=devices, num_nodes=num_nodes, strategy=fabric_strategy(strategy, devices, num_nodes), precision=precision, loggers=logger
     )
+
+
+def check_fresh_out_dir(out_dir: Path, resume) -> None:
+    """A run that starts fresh (``--resume false``, the default) into an out_dir holding another run's checkpoints
+    wrote its step folders among that run's and its ``final/`` over that one's; killed and resumed with ``--resume
+    auto`` it then continued from the other run's newest checkpoint: refused, before any work."""
+    from litgpt_clone.config import ConfigError
+
+    if resume not in (False, None) or not Path(out_dir).is_dir():
+        return
+    newest = latest_checkpoint(out_dir)
+    earlier = [p.name for p in (newest, Path(out_dir) / "final") if p is not None and p.is_dir()]
+    if earlier:
+        raise ConfigError(
+            f"--out_dir {out_dir} holds an earlier run ({', '.join(earlier)}): continue it with --resume auto, or give"
+            " another --out_dir (or delete that one to start over in it)"
+        )
 
 
 def check_launcher(devices: int, num_nodes: int) -> None:
