@@ -192,11 +192,12 @@ def alpaca_prompt(instruction: str, input: str = "") -> str:
 
 
 def _text(message: dict) -> str:
-    """A message's text: its string content, or the text parts of a list of content blocks."""
+    """A message's text: its string content, or the text parts of a list of content blocks joined with newlines (as
+    serve and vLLM join them)."""
     content = message.get("content") or ""
     if isinstance(content, str):
         return content
-    return "".join(block.get("text", "") for block in content if isinstance(block, dict))
+    return "\n".join(block.get("text", "") for block in content if isinstance(block, dict) and block.get("type", "text") == "text")
 
 
 def _split_system(messages: list[dict]) -> tuple[Optional[str], list[dict]]:

@@ -387,7 +387,7 @@ def test_chat_takes_openai_content_parts_and_sharegpt_records(tmp_path, tok, cap
     parts = lambda *texts: [{"type": "text", "text": t} for t in texts]  # noqa: E731
     path = write_jsonl(tmp_path / "chat.jsonl", [
         {"messages": CONVERSATION[:3]},
-        {"messages": [{"role": "system", "content": parts("You are a helpful ", "assistant.")},
+        {"messages": [{"role": "system", "content": parts("You are a helpful assistant.")},
                       {"role": "user", "content": parts("What is the capital of France?")}, CONVERSATION[2]]},
         {"conversations": [{"from": "system", "value": "You are a helpful assistant."},
                            {"from": "human", "value": "What is the capital of France?"}, {"from": "gpt", "value": "Paris."}]},
@@ -397,6 +397,11 @@ def test_chat_takes_openai_content_parts_and_sharegpt_records(tmp_path, tok, cap
     assert capsys.readouterr().out == "chat: 3 samples (3 train, 0 validation), 1 skipped (content part that is not text: chat.jsonl:4)\n"
     (tokens, labels), *others = train.samples
     assert len(tokens) == 38 and all((t == tokens).all() and (l == labels).all() for t, l in others)
+    # parts are joined with newlines, as serve (and vLLM) joins them: a model trains on the prompt it is served
+    from litgpt_clone.data.sft import chat_messages
+
+    messages, _ = chat_messages({"messages": [{"role": "user", "content": parts("Summarize:", "The cat sat.")}, CONVERSATION[2]]})
+    assert messages[0]["content"] == "Summarize:\nThe cat sat."
 
     other = write_jsonl(tmp_path / "dialogs.jsonl", [{"dialog": [{"speaker": "a", "text": "Hi"}]}])
     with pytest.raises(DataError) as err:
@@ -404,8 +409,32 @@ def test_chat_takes_openai_content_parts_and_sharegpt_records(tmp_path, tok, cap
     assert str(err.value) == (
         f'no usable training samples in {other}: 1 skipped (missing field: dialogs.jsonl:1) of the training records: each record needs '
         '"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}] (or ShareGPT "conversations": '
-        '[{"from": "human", "value": "..."}, {"from": "gpt", "value": "..."}])'
+        '[{"from": "human", "value": "..."}, {"from": "gpt", "value": "..."}], or TRL\'s "prompt": [{"role": "user", "content": "..."}], '
+        '"completion": [{"role": "assistant", "content": "..."}])'
     )
+
+
+def test_chat_takes_trls_conversational_prompt_completion(tmp_path, tok, hf, capsys):
+    """TRL's conversational prompt-completion ({"prompt": [messages], "completion": [messages]}) is the conversation
+    prompt + completion, learned as TRL's completion-only loss learns it: every token after the prompt rendered with
+    the generation prompt (an assistant turn inside the prompt is not learned, as it is in "messages")."""
+    prompt, completion = [CONVERSATION[0], *TWO_QUESTIONS[:3]], [TWO_QUESTIONS[3]]
+    records = [{"prompt": prompt, "completion": completion}, {"messages": prompt + completion}]
+    text = {"prompt": "What is 2 + 2?", "completion": "4"}  # TRL's standard (text) layout: --data json's
+    path, val_path = write_jsonl(tmp_path / "chat.jsonl", [*records, text]), write_jsonl(tmp_path / "val.jsonl", records)
+    _, val = Chat(path, val_path=val_path).datasets(tok, 256, seed=0)
+    assert capsys.readouterr().out == (
+        "chat: 4 samples (2 train, 2 validation), 1 skipped (prompt/completion text, not messages (use --data json): chat.jsonl:3)\n"
+    )
+    (x, y), (x_all, y_all) = rows(val)
+    # reference: TRL's tokenization with transformers' apply_chat_template (prompt ids, then the rest learned)
+    prompt_ids = hf.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+    ids = hf.apply_chat_template(prompt + completion, tokenize=True, return_dict=True)["input_ids"]
+    assert ids[: len(prompt_ids)] == prompt_ids and len(prompt_ids) < len(ids)
+    labels = [-100] * len(prompt_ids) + ids[len(prompt_ids) :]
+    assert (x, y) == (ids[:-1], labels[1:])
+    assert hf.decode([t for t in y if t != -100]) == "6<|im_end|>\n"
+    assert x_all == x and hf.decode([t for t in y_all if t != -100]) == "4<|im_end|>\n6<|im_end|>\n"  # "messages": both answers
 
 
 def _sentencepiece_folder(path: Path, **config):
@@ -480,6 +509,47 @@ def test_json_takes_one_layout_per_file(tmp_path, tok, capsys):
     assert capsys.readouterr().out == "json (prompt/response in mixed.json): 3 samples (3 train, 0 validation), 1 skipped (missing field: mixed.json[3])\n"
 
 
+def test_json_takes_trls_prompt_completion_as_prompt_response(tmp_path, tok, hf, capsys):
+    """TRL's standard prompt-completion records ({"prompt", "completion"}, text) were refused ("has neither
+    instruction/input/output nor prompt/response fields"): they are prompt/response records under another name. With
+    prompt_style plain a sample is what TRL trains: the prompt's ids, then the completion's, then EOS (learned)."""
+    pairs = [("The sky is", " blue."), ("Add two numbers.", "Five."), ("Name a capital.", "Paris.")]
+    completion = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": p, "completion": c} for p, c in pairs])
+    response = write_jsonl(tmp_path / "pr.jsonl", [{"prompt": p, "response": c} for p, c in pairs])
+    for style in ("alpaca", "plain"):
+        _, ours = JSON(completion, val_path=completion, prompt_style=style).datasets(tok, 256, seed=0)
+        _, same = JSON(response, val_path=response, prompt_style=style).datasets(tok, 256, seed=0)
+        assert rows(ours) == rows(same)
+    assert capsys.readouterr().out.splitlines()[-2] == "json (prompt/completion in pc.jsonl): 6 samples (3 train, 3 validation)"
+    for (x, y), (prompt, answer) in zip(rows(ours), pairs):  # (ours: the plain style)
+        prompt_ids = hf(prompt)["input_ids"]  # TRL: the prompt's ids with the tokenizer's special tokens (BOS here)
+        ids = hf(prompt + answer)["input_ids"] + [hf.eos_token_id]
+        assert prompt_ids[0] == 0 and ids[: len(prompt_ids)] == prompt_ids
+        assert (x, y) == (ids[:-1], [-100] * (len(prompt_ids) - 1) + ids[len(prompt_ids) :])
+    assert hf.decode([t for t in rows(ours)[0][1] if t != -100]) == " blue.</s>"
+
+    # a record with prompt, response and completion is a prompt/response record (the first layout that fits), not both
+    both = write_jsonl(tmp_path / "both.jsonl", [{"prompt": "The sky is", "response": " blue.", "completion": "x"}, {"prompt": "a", "response": "b"}])
+    JSON(both, val_fraction=0).datasets(tok, 256, seed=0)
+    assert capsys.readouterr().out == "json (prompt/response in both.jsonl): 2 samples (2 train, 0 validation)\n"
+    mixed = write_jsonl(tmp_path / "mixed.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "c", "completion": "d"}])
+    with pytest.raises(DataError) as err:
+        JSON(mixed, val_fraction=0).datasets(tok, 256, seed=0)
+    assert str(err.value) == f"{mixed} mixes prompt/response records (mixed.jsonl:1) with prompt/completion records (mixed.jsonl:2): use one layout per file"
+    # TRL's conversational prompt-completion (lists of messages) is --data chat's: one line saying so
+    chats = write_jsonl(tmp_path / "chats.jsonl", [{"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": "Hello."}]}])
+    with pytest.raises(DataError) as err:
+        JSON(chats, val_fraction=0).datasets(tok, 256, seed=0)
+    assert str(err.value) == f"{chats} holds TRL's conversational prompt/completion (lists of messages, chats.jsonl:1): train it with --data chat"
+    other = write_jsonl(tmp_path / "other.jsonl", [{"question": "q", "answer": "a"}])
+    with pytest.raises(DataError) as err:
+        JSON(other, val_fraction=0).datasets(tok, 256, seed=0)
+    assert str(err.value) == (
+        f"{other} has none of the field sets instruction/input/output, prompt/response, prompt/completion (found keys: answer, "
+        "question): rename its fields"
+    )
+
+
 def test_an_ignore_index_other_than_minus_100_is_refused(tmp_path):
     """The loss leaves out targets of -100 only: -1 trained every prompt and padding position towards id 0."""
     path = write_jsonl(tmp_path / "data.jsonl", [{"instruction": "x", "output": "y"}])
@@ -541,6 +611,32 @@ def test_truncation_skips_and_padding(tmp_path, tok, hf, capsys):
         else:  # truncated: the row is the first 64 tokens, the response learned up to the cut, no EOS
             assert (row_x, row_y) == (answer[:64], [-100] * (prompt_length - 1) + answer[prompt_length:65])
     assert sorted(len(r[0]) for r in rows(train)) == [len(full) - 1] * 3 + [64, 64] and len(full) == 44
+
+
+def test_a_field_that_is_not_text_is_named_in_its_skip_reason(tmp_path, tok, capsys):
+    """A field holding a number or a list was counted as "missing field": the reason names the field and its type.
+    An absent or null field is still a missing one (an optional input may be absent or null)."""
+    records = [
+        {"instruction": "Add 2 and 3.", "input": "", "output": 5},
+        {"instruction": "List.", "input": "", "output": ["a", "b"]},
+        {"instruction": "Add.", "input": 7, "output": "7"},
+        {"instruction": {"text": "x"}, "output": "y"},
+        {"instruction": "Say hi.", "output": None},
+        {"instruction": "Say hi.", "input": None, "output": "hi"},
+    ]
+    train, _ = JSON(write_jsonl(tmp_path / "nonstring.jsonl", records), val_fraction=0).datasets(tok, 64, seed=0)
+    assert train.stats["skipped"] == {
+        "output is not a string (int)": 1, "output is not a string (list)": 1, "input is not a string (int)": 1,
+        "instruction is not a string (dict)": 1, "missing field": 1,
+    }  # fmt: skip
+    assert capsys.readouterr().out == (
+        "json (instruction/input/output in nonstring.jsonl): 1 sample (1 train, 0 validation), 5 skipped (1 input is not a "
+        "string (int): nonstring.jsonl:3; 1 instruction is not a string (dict): nonstring.jsonl:4; 1 missing field: "
+        "nonstring.jsonl:5; 1 output is not a string (int): nonstring.jsonl:1; 1 output is not a string (list): nonstring.jsonl:2)\n"
+    )
+    dolly = write_jsonl(tmp_path / "dolly.jsonl", [{"instruction": "x", "context": 3.5, "response": "y"}, {"instruction": "x", "response": "y"}])
+    train, _ = Dolly(path=dolly, val_fraction=0).datasets(tok, 64, seed=0)
+    assert train.stats["skipped"] == {"context is not a string (float)": 1} and train.count == 1
 
 
 def test_nothing_usable_is_one_line(tmp_path, tok):
@@ -747,7 +843,13 @@ def test_modules_are_cli_flags(capsys):
     assert "-100, the only one the loss leaves out" in " ".join(help_text.split())
     with pytest.raises(SystemExit):
         parser.parse_args(["--data.help", "JSON"])
-    assert "one layout per file (the first record with either pair decides; a file that mixes them is refused)" in " ".join(capsys.readouterr().out.split())
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "one layout per file (the first record with one of them decides; a file that mixes them is refused)" in help_text
+    assert "or TRL's ``prompt`` and ``completion`` (text; TRL's conversational layout, lists of messages, is --data chat's)" in help_text
+    assert "``plain`` is the prompt as written, then the response and EOS: how TRL trains prompt/completion text" in help_text
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--data.help", "Chat"])
+    assert "or TRL's conversational ``prompt`` and ``completion``: two lists of messages" in " ".join(capsys.readouterr().out.split())
 
 
 def test_sort_groups_trains_the_same_samples_per_step_shortest_first():

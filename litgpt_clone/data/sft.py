@@ -18,7 +18,8 @@ What a sample is:
   prompt-completion data through a template): the answer as the template writes an assistant turn, its end-of-turn
   text included (Llama 2's " answer </s>" after "[/INST]").
 - Conversations (``chat``): OpenAI-style ``messages`` (a content may be a list of ``{"type": "text", "text": ...}``
-  parts) or ShareGPT ``conversations`` (``from`` human/gpt/system, ``value``), rendered with the checkpoint's chat
+  parts), ShareGPT ``conversations`` (``from`` human/gpt/system, ``value``) or TRL's conversational ``prompt`` and
+  ``completion`` (lists of messages: the completion's assistant turns are learned), rendered with the checkpoint's chat
   template (or a fallback style) and tokenized once, without an added BOS, as ``LLM.encode_chat`` and transformers'
   ``apply_chat_template`` do. The loss covers only assistant turns, found as character spans of the rendered text,
   as transformers' ``return_assistant_tokens_mask`` does with a template's ``{% generation %}`` blocks: assistant
@@ -31,11 +32,12 @@ What a sample is:
   the ``alpaca`` fallback style), EOS is appended to it.
 
 A sample of ``n`` tokens is one training row: inputs ``tokens[:-1]`` and targets ``tokens[1:]``, with targets of
-masked (prompt) tokens set to ``ignore_index``. Rows hold at most ``max_seq_length`` tokens: longer samples are
-truncated (and counted), or skipped when the response would be cut entirely. Records that cannot be used (missing
-fields, empty responses, lines that are not UTF-8 or not JSON) are skipped and counted per reason, with the first
-three places of each (``data.jsonl:12``: a JSONL line; ``data.json[3]``: a JSON list's record, counted from 0); one
-summary line is printed.
+masked (prompt) tokens set to ``ignore_index``. Rows hold at most ``max_seq_length`` tokens: a longer sample keeps its
+first ``max_seq_length + 1`` tokens and loses its end, EOS or end-of-turn included (so it teaches the model not to
+stop there), and is counted as truncated; it is skipped when nothing of its response is left. Records that cannot be
+used (missing fields, fields that are not text, empty responses, ...: tutorials/finetune.md lists every reason) are
+skipped and counted per reason, with the first three places of each (``data.jsonl:12``: a JSONL line;
+``data.json[3]``: a JSON list's record, counted from 0); one summary line is printed.
 
 Validation split: ``round(records * val_fraction)`` records (at least one) chosen by a stable hash of each record's
 index in the file, so the split is the same for every seed and every ``max_seq_length``, and is spread over the whole
@@ -57,7 +59,6 @@ to the samples packed before it: packing trades that contamination for fewer pad
 
 from __future__ import annotations
 
-import hashlib
 import hashlib
 import json
 import os
@@ -307,7 +308,17 @@ class Dolly(InstructionData):
         return text_field(record, "instruction"), text_field(record, "context", optional=True), text_field(record, "response")
 
 
-FIELD_SETS = {"instruction/input/output": ("instruction", "input", "output"), "prompt/response": ("prompt", None, "response")}
+FIELD_SETS = {
+    "instruction/input/output": ("instruction", "input", "output"),
+    "prompt/response": ("prompt", None, "response"),
+    "prompt/completion": ("prompt", None, "completion"),  # TRL's standard prompt-completion layout
+}
+"""The layouts of ``json`` records: name -> (instruction or prompt field, optional input field, response field)."""
+
+
+def field_set(record: dict) -> Optional[str]:
+    """The first FIELD_SETS name whose instruction (prompt) and response fields ``record`` has; None when none."""
+    return next((name for name, (prompt, _, response) in FIELD_SETS.items() if prompt in record and response in record), None)
 
 
 def given_path(name: str, path: Optional[Path]) -> Path:
@@ -317,7 +328,8 @@ def given_path(name: str, path: Optional[Path]) -> Path:
 
 
 class JSON(InstructionData):
-    """Your own instruction data: a .json list or .jsonl lines of {instruction, input, output} or {prompt, response}."""
+    """Your own instruction data: a .json list or .jsonl lines of {instruction, input, output}, {prompt, response} or
+    TRL's {prompt, completion}."""
 
     name = "json"
 
@@ -334,13 +346,16 @@ class JSON(InstructionData):
         """
         Args:
             path: A JSON file holding a list of records, or a JSONL file with one record per line. Records have
-                ``instruction``, optional ``input`` and ``output`` fields, or ``prompt`` and ``response`` fields: one
-                layout per file (the first record with either pair decides; a file that mixes them is refused).
+                ``instruction``, optional ``input`` and ``output`` fields, or ``prompt`` and ``response`` fields, or
+                TRL's ``prompt`` and ``completion`` (text; TRL's conversational layout, lists of messages, is --data
+                chat's): one layout per file (the first record with one of them decides; a file that mixes them is
+                refused).
             val_path: A separate validation file in the same format; when given, val_fraction is not used.
             mask_prompt: Learn only the response (and EOS): prompt tokens get no loss.
             val_fraction: Share of the records held out for validation (chosen by a stable hash of the record index).
             prompt_style: How the instruction (or prompt) is written: ``alpaca``, a fallback chat style (chatml,
                 llama2, llama3, plain), or ``auto`` = the checkpoint's chat template (alpaca when it has none).
+                ``plain`` is the prompt as written, then the response and EOS: how TRL trains prompt/completion text.
             packing: Concatenate consecutive samples into rows of up to max_seq_length tokens (masks kept; attention
                 crosses sample boundaries).
             ignore_index: The target value of tokens without loss: -100, the only one the loss leaves out (any
@@ -355,9 +370,9 @@ class JSON(InstructionData):
         return given_path(self.name, self.path), self.val_path
 
     def detect(self, records: list[tuple[str, Any]], path: Path) -> str:
-        """Which FIELD_SETS name the records of ``path`` use: the first record's with either pair. A DataError listing
-        the keys found if none has one, or naming two records when the file mixes both pairs (the other pair's
-        records would all be skipped)."""
+        """Which FIELD_SETS name the records of ``path`` use: the first record's with one. A DataError listing the
+        keys found if none has one, naming two records when the file mixes layouts (the other layout's records would
+        all be skipped), or saying to use ``--data chat`` for TRL's conversational prompt/completion."""
         if not records:
             raise DataError(f"{path} holds no records: give a JSON list of objects, or one JSON object per line (.jsonl)")
         dicts = [(where, r) for where, r in records if isinstance(r, dict)]
@@ -365,14 +380,14 @@ class JSON(InstructionData):
             skipped = sum(isinstance(r, Skip) for _, r in records)
             why = f"none of its {len(records)} lines is valid JSON" if skipped == len(records) else "none of its records is a JSON object"
             raise DataError(f"{path}: {why}: write one {{\"instruction\": ..., \"output\": ...}} object per line, or a JSON list of them")
-        pairs = [(where, name) for where, r in dicts for name, (prompt, _, response) in FIELD_SETS.items() if prompt in r and response in r]
+        pairs = [(where, name, r) for where, r in dicts if (name := field_set(r))]
         if not pairs:
             found = ", ".join(sorted(set().union(*(map(str, r) for _, r in dicts)))[:20]) or "none"
-            raise DataError(
-                f"{path} has neither instruction/input/output nor prompt/response fields (found keys: {found}): rename its fields"
-            )
-        first, name = pairs[0]
-        other = next(((where, n) for where, n in pairs if n != name), None)
+            raise DataError(f"{path} has none of the field sets {', '.join(FIELD_SETS)} (found keys: {found}): rename its fields")
+        first, name, record = pairs[0]
+        if name == "prompt/completion" and (isinstance(record["prompt"], list) or isinstance(record["completion"], list)):
+            raise DataError(f"{path} holds TRL's conversational prompt/completion (lists of messages, {first}): train it with --data chat")
+        other = next(((where, n) for where, n, _ in pairs if n != name), None)
         if other is not None:
             raise DataError(f"{path} mixes {name} records ({first}) with {other[1]} records ({other[0]}): use one layout per file")
         return name
@@ -391,13 +406,14 @@ class JSON(InstructionData):
 
 
 class Chat(FileData):
-    """Conversations: JSON/JSONL records with OpenAI-style ``messages`` (or ShareGPT ``conversations``); loss on the
-    assistant turns only."""
+    """Conversations: JSON/JSONL records with OpenAI-style ``messages`` (or ShareGPT ``conversations``, or TRL's
+    conversational ``prompt`` and ``completion``); loss on the assistant turns only."""
 
     name = "chat"
     expected = (
         'each record needs "messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}] '
-        '(or ShareGPT "conversations": [{"from": "human", "value": "..."}, {"from": "gpt", "value": "..."}])'
+        '(or ShareGPT "conversations": [{"from": "human", "value": "..."}, {"from": "gpt", "value": "..."}], or TRL\'s '
+        '"prompt": [{"role": "user", "content": "..."}], "completion": [{"role": "assistant", "content": "..."}])'
     )
 
     def __init__(
@@ -414,7 +430,9 @@ class Chat(FileData):
         Args:
             path: A JSON file holding a list of records, or a JSONL file with one record per line; each record has
                 ``messages``: a list of {role: system|user|assistant, content: text, or a list of {type: text, text:
-                ...} parts}, or ShareGPT's ``conversations``: a list of {from: system|human|gpt, value: text}.
+                ...} parts}, or ShareGPT's ``conversations``: a list of {from: system|human|gpt, value: text}, or
+                TRL's conversational ``prompt`` and ``completion``: two lists of messages, the completion's assistant
+                turns learned (not those in the prompt), as TRL's completion-only loss.
             val_path: A separate validation file in the same format; when given, val_fraction is not used.
             mask_prompt: Learn only the assistant turns (their content and the end-of-turn tokens after it, found
                 in the rendered text; a record where they cannot be found is skipped and counted); false learns
@@ -536,10 +554,11 @@ class ChatEncoder:
         except ChatTemplateError as err:
             raise DataError(f"{err} (--data.prompt_style {self.style})") from err
 
-    def spans(self, messages: list[dict], text: str) -> list[tuple[int, int]]:
-        """The character spans of the assistant messages in ``text``, the whole conversation rendered (see the
-        module's docstring). Each message's content (stripped, as templates often write it) is looked for after the
-        previous one's, so that an answer such as "4" is not found in an earlier header or question."""
+    def spans(self, messages: list[dict], text: str, start: int = 0) -> list[tuple[int, int]]:
+        """The character spans of the assistant messages from ``messages[start]`` on in ``text``, the whole
+        conversation rendered (see the module's docstring). Each message's content (stripped, as templates often write
+        it) is looked for after the previous one's, so that an answer such as "4" is not found in an earlier header or
+        question."""
         spans, at = [], 0
         for i, message in enumerate(messages):
             content = message["content"].strip()
@@ -548,8 +567,8 @@ class ChatEncoder:
                 at = found + len(content) if found >= 0 else at  # (a template may leave a message out)
                 continue
             prompt = self.render(messages[:i], True)
-            start = len(prompt) if text.startswith(prompt) else None
-            found = text.find(content, at if start is None else start)
+            begin = len(prompt) if text.startswith(prompt) else None
+            found = text.find(content, at if begin is None else begin)
             if found < 0:
                 raise Skip("assistant message not found in the rendering")
             end = found + len(content)
@@ -559,16 +578,17 @@ class ChatEncoder:
             closing = alone[k + len(content) :] if k >= 0 else ""
             if text.startswith(closing, end):
                 end += len(closing)
-            spans.append((found if start is None else start, end))
+            if i >= start:
+                spans.append((found if begin is None else begin, end))
             at = end
         return spans
 
     def __call__(self, record: Any) -> tuple[Sample, bool]:
-        messages = chat_messages(record)
-        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        messages, start = chat_messages(record)
+        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i >= start]  # the learned ones
         if not turns:
             raise Skip("no assistant message")
-        if turns[0] == 0:
+        if messages[0]["role"] == "assistant":
             raise Skip("assistant message first")
         if any(not messages[i]["content"].strip() for i in turns):
             raise Skip("empty response")
@@ -576,7 +596,7 @@ class ChatEncoder:
         text = self.render(messages, add_generation_prompt=False)
         tokens = self.tokenizer.encode(text, bos=False).tolist()  # the template writes BOS where the model wants it
         if self.mask_prompt:
-            learned = overlapping(token_offsets(self.tokenizer, text, tokens), byte_spans(text, self.spans(messages, text)))
+            learned = overlapping(token_offsets(self.tokenizer, text, tokens), byte_spans(text, self.spans(messages, text, start)))
             labels = [t if keep else self.ignore_index for t, keep in zip(tokens, learned)]
             first = learned.index(True)
         else:
@@ -590,17 +610,23 @@ class ChatEncoder:
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
 
-def chat_messages(record: Any) -> list[dict]:
-    """A record's conversation as messages with text contents: its OpenAI-style ``messages`` (a content of text parts
-    joined, as ``chat_template`` renders them; a template sees the text only), or its ShareGPT ``conversations``
-    (``from`` human/gpt/system as user/assistant/system, any other as the role; ``value`` as the content). A
-    ``Skip`` when it has neither, or a message without role or text."""
-    record = record if isinstance(record, dict) else {}
+def chat_messages(record: Any) -> tuple[list[dict], int]:
+    """A record's conversation as messages with text contents, and the index of the first message whose assistant
+    turns are learned. The messages: its OpenAI-style ``messages`` (a content of text parts joined with newlines, as
+    serve and vLLM join them; a template sees the text only), its ShareGPT ``conversations`` (``from``
+    human/gpt/system as user/assistant/system, any other as the role; ``value`` as the content), or TRL's
+    conversational ``prompt`` + ``completion`` (learned from the completion on). A ``Skip`` when it has none, or a
+    message without role or text."""
+    record, start = record if isinstance(record, dict) else {}, 0
     if isinstance(record.get("messages"), list):
         messages = record["messages"]
     elif isinstance(record.get("conversations"), list):
         turns = [m if isinstance(m, dict) else {} for m in record["conversations"]]
         messages = [{"role": SHAREGPT_ROLES.get(m.get("from"), m.get("from")), "content": m.get("value")} for m in turns]
+    elif "prompt" in record and "completion" in record:
+        if not isinstance(record["prompt"], list) or not isinstance(record["completion"], list):
+            raise Skip("prompt/completion text, not messages (use --data json)")
+        messages, start = record["prompt"] + record["completion"], len(record["prompt"])
     else:
         raise Skip("missing field")
     if not messages:
@@ -611,13 +637,13 @@ def chat_messages(record: Any) -> list[dict]:
         if isinstance(content, list):  # OpenAI content parts: text only (an image or audio part cannot be trained here)
             if not all(isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str) for part in content):
                 raise Skip("content part that is not text")
-            content = "".join(part["text"] for part in content)
+            content = "\n".join(part["text"] for part in content)  # (as serve and vLLM join them)
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(content, str):
             raise Skip("missing field")
         if not valid_text(content) or not valid_text(m["role"]):
             raise Skip("not UTF-8")
         out.append({**m, "content": content})
-    return out
+    return out, start
 
 
 def token_offsets(tokenizer: Tokenizer, text: str, ids: list[int]) -> list[tuple[int, int]]:
@@ -676,11 +702,15 @@ def valid_text(text: str) -> bool:
 
 
 def text_field(record: dict, key: str, optional: bool = False) -> str:
+    """``record[key]``: a ``Skip`` when it is absent or null ("missing field", unless ``optional``: then "") or holds
+    something other than text (``output is not a string (int)``)."""
     value = record.get(key)
-    if value is None and optional:
-        return ""
-    if not isinstance(value, str):
+    if value is None:
+        if optional:
+            return ""
         raise Skip("missing field")
+    if not isinstance(value, str):
+        raise Skip(f"{key} is not a string ({type(value).__name__})")
     if not valid_text(value):
         raise Skip("not UTF-8")
     return value
@@ -803,9 +833,10 @@ def build(module: FileData, encode: Callable, tokenizer: Tokenizer, max_seq_leng
 
 
 # ----------------------------------------------------------------------------- the tokenized cache
-CACHE_FORMAT = 4
-"""Part of every cache key: raise it when the encoding of samples changes (4: chat-style instruction data is
-the conversation the template renders)."""
+CACHE_FORMAT = 5
+"""Part of every cache key: raise it when the encoding of samples, or the cached summary, changes (4: chat-style
+instruction data is the conversation the template renders; 5: a field that is not text is skipped under its own reason,
+``chat`` takes TRL's conversational prompt/completion, ``json`` its prompt/completion text)."""
 
 
 def cache_key(module: FileData, tokenizer: Tokenizer, max_seq_length: int, *files: Optional[Path]) -> str:
