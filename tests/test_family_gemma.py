@@ -131,6 +131,17 @@ def test_gemma2_without_layer_types():
     assert c.is_sliding(0) and not c.is_sliding(1)
 
 
+def test_gemma2_sparse_config_takes_transformers_defaults():
+    """A Gemma 2 config.json without num_key_value_heads: transformers' Gemma2Config gives 4 (and 8 heads, 26 layers,
+    ...), where the converter assumed one K/V head per query head and refused the weights as the wrong shape."""
+    transformers = pytest.importorskip("transformers")
+    hf = dict(architectures=["Gemma2ForCausalLM"], hidden_size=256, num_attention_heads=8, head_dim=32, num_hidden_layers=2)
+    reference = transformers.Gemma2Config(**hf)
+    c = Config.from_hf_config(hf)
+    assert (c.n_head, c.n_query_groups, c.n_layer, c.vocab_size, c.intermediate_size) == (
+        reference.num_attention_heads, reference.num_key_value_heads, 2, reference.vocab_size, reference.intermediate_size) == (8, 4, 2, 256_000, 9216)
+
+
 def test_gemma3_classic_keys():
     """gemma-3-1b's config.json: rope_theta, rope_local_base_freq and sliding_window_pattern, no layer_types."""
     hf = dict(

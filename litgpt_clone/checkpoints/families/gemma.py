@@ -24,7 +24,8 @@ from litgpt_clone.config import Config, ConfigError
 # What transformers assumes for keys a config.json leaves out (the 4B-27B Gemma 3 files list only a few).
 GEMMA_DEFAULTS = dict(head_dim=256, rms_norm_eps=1e-6, max_position_embeddings=8192, tie_word_embeddings=True)
 GEMMA2_DEFAULTS = dict(
-    GEMMA_DEFAULTS, query_pre_attn_scalar=256, sliding_window=4096, sliding_window_pattern=2,
+    GEMMA_DEFAULTS, vocab_size=256_000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+    num_attention_heads=8, num_key_value_heads=4, query_pre_attn_scalar=256, sliding_window=4096, sliding_window_pattern=2,
     attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
 )
 GEMMA3_DEFAULTS = dict(
