@@ -41,3 +41,32 @@ CASES = {
 def test_parity(case, tmp_path):
     model_cls, config = CASES[case]
     check_parity(model_cls, config, tmp_path)
+
+
+@pytest.mark.parametrize("case", ["mistral-sliding", "mixtral"])
+def test_a_sliding_window_export_stays_its_class(case, tmp_path):
+    """A Mistral export wrote ``layer_types`` (and Qwen2's ``use_sliding_window``/``max_window_layers``); transformers
+    reads a Mistral config.json with ``layer_types`` as Ministral's, so the export loaded as MinistralForCausalLM and
+    a copy saved by transformers no longer converted back. The exported config.json has only ``sliding_window``."""
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from litgpt_clone.checkpoints.convert import convert_hf_checkpoint, convert_to_hf_checkpoint
+    from parity import build_hf
+
+    model_cls, config = CASES[case]
+    config = type(config)(**{**config.to_dict(), "sliding_window": 6})
+    original = build_hf(model_cls, config, tmp_path / "hf")
+    convert_hf_checkpoint(tmp_path / "hf", tmp_path / "native")
+    convert_to_hf_checkpoint(tmp_path / "native", tmp_path / "export")
+    written = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert written["sliding_window"] == 6 and not {"layer_types", "use_sliding_window", "max_window_layers"} & set(written)
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
+    assert type(exported) is model_cls and exported.config.sliding_window == 6
+    exported.save_pretrained(tmp_path / "resaved")  # what a user publishes after finetuning it with transformers
+    convert_hf_checkpoint(tmp_path / "resaved", tmp_path / "again")
+    idx = torch.randint(0, config.vocab_size, (1, 20))
+    with torch.no_grad():
+        assert torch.allclose(exported(idx).logits, original(idx).logits, atol=1e-5)

@@ -61,6 +61,19 @@ def llama_config_to_hf(c: Config) -> dict:
     return out
 
 
+def mistral_config_to_hf(c: Config) -> dict:
+    """Mistral and Mixtral apply ``sliding_window`` to every layer and have no ``layer_types``: transformers reads a
+    Mistral config.json with ``layer_types`` as Ministral's (``MinistralForCausalLM``), so an export that wrote it
+    changed class, and a copy saved by transformers no longer converted back."""
+    out = llama_config_to_hf(c)
+    if c.sliding_window is not None:
+        if c.sliding_window_pattern != 1:
+            raise ConfigError(f"{c.architecture} slides on every layer or none: this model slides on some (sliding_window_pattern {c.sliding_window_pattern})")
+        for key in ("use_sliding_window", "layer_types", "max_window_layers"):
+            del out[key]
+    return out
+
+
 def qwen2_config_from_hf(hf: dict) -> dict:
     out = {**llama_config_from_hf(hf), "attn_bias": True}  # Qwen2 always has a q/k/v bias, never others
     if hf.get("use_sliding_window") and "layer_types" not in hf and hf.get("max_window_layers", 0) > 0:
@@ -110,14 +123,14 @@ register(
     ),
     Arch(
         name="MistralForCausalLM", model_type="mistral", config_from_hf=llama_config_from_hf,
-        config_to_hf=llama_config_to_hf, top=TOP, layer_prefix="model.layers.{l}.", layer=ATTN + MLP, ignore=IGNORE,
+        config_to_hf=mistral_config_to_hf, top=TOP, layer_prefix="model.layers.{l}.", layer=ATTN + MLP, ignore=IGNORE,
         hf_defaults={"max_position_embeddings": 131072, "num_key_value_heads": 8, "sliding_window": 4096},
     ),
     Arch(
         name="MixtralForCausalLM", model_type="mixtral",
         config_from_hf=lambda hf: {**llama_config_from_hf(hf), **moe_config_from_hf(hf)},
         config_to_hf=lambda c: {
-            **llama_config_to_hf(c), "num_local_experts": c.n_expert, "num_experts_per_tok": c.n_expert_per_token,
+            **mistral_config_to_hf(c), "num_local_experts": c.n_expert, "num_experts_per_tok": c.n_expert_per_token,
             "intermediate_size": c.moe_intermediate_size,
         },
         top=TOP, layer_prefix="model.layers.{l}.", ignore=IGNORE,
