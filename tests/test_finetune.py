@@ -47,14 +47,15 @@ def base(tmp_path_factory):
     return root
 
 
-def finetune(base, out, *args, method=None, wait=True, check=True, timeout=300):
-    cmd = [sys.executable, "-m", "litgpt_clone", "finetune", *([method] if method else []), base / "base", "--data", "json",
+def finetune(base, out, *args, method=None, wait=True, check=True, timeout=300, cwd=None):
+    checkpoint = base / "base" if cwd is None else os.path.relpath(base / "base", cwd)  # (relative to cwd when given)
+    cmd = [sys.executable, "-m", "litgpt_clone", "finetune", *([method] if method else []), checkpoint, "--data", "json",
            "--data.path", base / "data.json", "--data.val_fraction", "0.1", "--out_dir", out, "--train.global_batch_size", "4",
            "--train.micro_batch_size", "2", "--train.log_interval", "1", "--eval.interval", "1000", "--eval.max_iters", "2", *args]
     env = {**os.environ, "LITGPT_CLONE_CACHE": str(base / "cache")}
     if not wait:
         return subprocess.Popen(list(map(str, cmd)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    proc = run_all(list(map(str, cmd)), env=env, timeout=timeout)
+    proc = run_all(list(map(str, cmd)), env=env, timeout=timeout, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -74,7 +75,7 @@ def mean(values):
 def test_lora_trains_saves_adapters_and_merges(base, tmp_path):
     out = tmp_path / "lora"
     finetune(base, out, "--train.max_steps", "40", "--train.lr", "1e-2", "--train.save_interval", "20", "--lora.r", "4",
-             "--lora.mlp", "true", "--lora.head", "true")
+             "--lora.mlp", "true", "--lora.head", "true", cwd=tmp_path)  # the base given relative to the run's folder
     loss = losses(out)
     assert mean([loss[s] for s in range(36, 41)]) < mean([loss[s] for s in range(1, 6)]) - 1.0, loss
     adapters = load_file(out / "step-00000020" / "lora.safetensors")
@@ -130,6 +131,19 @@ def test_lora_trains_saves_adapters_and_merges(base, tmp_path):
     for _ in range(2):  # a new folder, then the same one again: an earlier merge output is replaced
         merge_command(out / "step-00000020", out_dir=tmp_path / "merged")
     torch.testing.assert_close(load_file(tmp_path / "merged" / "lit_model.safetensors"), load_file(out / "step-00000020" / "lit_model.safetensors"))
+
+    # the base is recorded absolute: a relative one was read from whatever folder merge_lora (or --config) ran in
+    import yaml
+
+    recorded = out / "step-00000020" / "hyperparameters.yaml"
+    hparams = yaml.safe_load(recorded.read_text())
+    assert hparams["checkpoint_dir"] == str((base / "base").resolve())
+    recorded.write_text(yaml.safe_dump({**hparams, "checkpoint_dir": "../older/run/base"}))  # as an older run wrote it
+    with pytest.raises(ConfigError) as err:
+        merge_command(out / "step-00000020", out_dir=tmp_path / "merged")
+    assert str(err.value) == (f"the base recorded in {recorded}, ../older/run/base (relative to the folder that run started in), is not"
+                              " there: pass --base <the base checkpoint>")
+    merge_command(out / "step-00000020", base=str(base / "base"), out_dir=tmp_path / "merged")
 
 
 def test_only_adapters_change():

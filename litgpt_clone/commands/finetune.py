@@ -237,7 +237,7 @@ def run_finetune(
         f"{train_data.count:,} training samples, sequences up to {seq_length}"
     )
     hp = plain({**h, "data": data})
-    hp["checkpoint_dir"] = str(checkpoint_dir)
+    hp["checkpoint_dir"] = str(checkpoint_dir.resolve())  # (merge_lora and --config find it from any folder)
 
     # a LLaMA-Adapter checkpoint as the base: its prefixes are in every lit_model.safetensors written, so is their config
     carried = {"adapter_config.yaml": plain(base_adapter)} if base_adapter is not None else {}
@@ -277,7 +277,7 @@ def merge_lora(checkpoint_dir: Path, base: Optional[str] = None, out_dir: Option
     """
     import yaml
 
-    from litgpt_clone.checkpoints.io import NATIVE_WEIGHTS, load_state, resolve_checkpoint, save_weights, write_atomic_text
+    from litgpt_clone.checkpoints.io import NATIVE_WEIGHTS, REPO_ID, load_state, resolve_checkpoint, save_weights, write_atomic_text
     from litgpt_clone.lora import merge_into
     from litgpt_clone.tokenizer import TOKENIZER_FILES
     from litgpt_clone.training.checkpoint import write_checkpoint
@@ -300,7 +300,11 @@ def merge_lora(checkpoint_dir: Path, base: Optional[str] = None, out_dir: Option
                 f" out to add the merged weights to {lora_dir})"
             )
     hparams = yaml.safe_load((lora_dir / "hyperparameters.yaml").read_text()) if (lora_dir / "hyperparameters.yaml").is_file() else {}
-    base_dir = resolve_checkpoint(base or hparams.get("checkpoint_dir") or "")
+    recorded = hparams.get("checkpoint_dir")
+    if base is None and recorded and not REPO_ID.match(str(recorded)) and not Path(recorded).is_dir():  # moved, or relative
+        relative = "" if Path(recorded).is_absolute() else " (relative to the folder that run started in)"  # (older runs)
+        raise ConfigError(f"the base recorded in {lora_dir / 'hyperparameters.yaml'}, {recorded}{relative}, is not there: pass --base <the base checkpoint>")
+    base_dir = resolve_checkpoint(base or recorded or "")
     lora_args = yaml.safe_load((lora_dir / "lora_config.yaml").read_text())
     args = LoRAArgs(**{**lora_args, "layers": tuple(lora_args["layers"]) if lora_args.get("layers") else None})
     config = Config.from_checkpoint(base_dir)
