@@ -310,14 +310,17 @@ def check_style(style: Optional[str]) -> str:
 def render_for_tokenizer(
     tokenizer, messages: list[dict], add_generation_prompt: bool = True, style: Optional[str] = None, **extra: Any
 ) -> str:
-    """``render_chat`` with a ``litgpt_clone.tokenizer.Tokenizer``'s template and BOS/EOS strings. Encode the text
-    with ``Tokenizer.encode(text, bos=chat_bos(tokenizer, style))``."""
-    def token(token_id: Optional[int]) -> Optional[str]:
-        return None if token_id is None else tokenizer.decode([token_id], skip_special_tokens=False)
-
+    """``render_chat`` with a ``litgpt_clone.tokenizer.Tokenizer``'s template and special-token strings
+    (``Tokenizer.template_tokens``: ``bos_token``, ``eos_token``, ``pad_token``, ..., as transformers passes them).
+    Encode the text with ``Tokenizer.encode(text, bos=chat_bos(tokenizer, style))``."""
+    named = dict(tokenizer.template_tokens)
+    bos, eos = named.pop("bos_token", None), named.pop("eos_token", None)
+    if not (check_style(style) == "auto" and tokenizer.chat_template):  # a fallback style writes the model's own BOS/EOS
+        token = lambda i: None if i is None else tokenizer.decode([i], skip_special_tokens=False)  # noqa: E731
+        bos, eos, named = token(tokenizer.bos_id), token(tokenizer.eos_id), {}
     return render_chat(
-        tokenizer.chat_template, messages, bos_token=token(tokenizer.bos_id), eos_token=token(tokenizer.eos_id),
-        add_generation_prompt=add_generation_prompt, style=style, **extra,
+        tokenizer.chat_template, messages, bos_token=bos, eos_token=eos,
+        add_generation_prompt=add_generation_prompt, style=style, **{**named, **extra},
     )
 
 

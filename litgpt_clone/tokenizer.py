@@ -167,6 +167,7 @@ class Tokenizer:
 
     Attributes: ``backend`` ("huggingface" or "sentencepiece"), ``vocab_size`` (added tokens included),
     ``bos_id``/``eos_id`` (None when the checkpoint has none), ``add_bos`` (whether ``encode`` adds BOS by default),
+    ``template_tokens`` (the special-token strings a chat template sees: ``bos_token``, ``pad_token``, ...),
     ``stop_ids`` (ids that end generation: EOS and every ``eos_token_id`` of generation_config.json, else of
     config.json) and
     ``chat_template`` (the Jinja source, or None).
@@ -219,6 +220,7 @@ class Tokenizer:
 
         self.bos_id = self._special_id("bos", config)
         self.eos_id = self._special_id("eos", config)
+        self.template_tokens = self._template_tokens(config)
         if self.backend == "huggingface":
             added = self._hf.encode("").ids  # what the post-processor puts around a text, e.g. [bos]
             self.add_bos = self.bos_id is not None and added[:1] == [self.bos_id]
@@ -262,6 +264,24 @@ class Tokenizer:
             token_id = self._sp.bos_id() if kind == "bos" else self._sp.eos_id()
             return token_id if token_id >= 0 else None
         return None
+
+    def _template_tokens(self, config: dict) -> dict[str, str]:
+        """The special tokens a chat template sees as variables (``bos_token``, ``eos_token``, ``unk_token``,
+        ``pad_token``, ``sep_token``, ``cls_token``, ``mask_token``), as transformers passes its
+        ``special_tokens_map``: the strings tokenizer_config.json names (an explicit null: none), else
+        special_tokens_map.json's, else for a SentencePiece model its own BOS/EOS/UNK pieces. Not config.json's ids
+        (a ``{{ bos_token }}`` of a tokenizer that names no BOS renders nothing under transformers)."""
+        mapped = _read_json(self.checkpoint_dir / "special_tokens_map.json")
+        own = {"bos": self._sp.bos_id(), "eos": self._sp.eos_id(), "unk": self._sp.unk_id()} if self.backend == "sentencepiece" else {}
+        tokens = {}
+        for kind in ("bos", "eos", "unk", "sep", "pad", "cls", "mask"):
+            key = f"{kind}_token"
+            token = _token_content(config[key]) if key in config else _token_content(mapped.get(key))
+            if key not in config and token is None and own.get(kind, -1) >= 0:
+                token = self._sp.id_to_piece(own[kind])
+            if isinstance(token, str):
+                tokens[key] = token
+        return tokens
 
     def _sp_added_tokens(self, config: dict) -> dict[str, _AddedToken]:
         """The added tokens of a tokenizer.model checkpoint, by their strings: which strings they are is in the module's

@@ -22,6 +22,7 @@ from litgpt_clone.chat_template import (
     ChatTemplateError,
     alpaca_prompt,
     available_styles,
+    chat_bos,
     render_chat,
     render_for_tokenizer,
 )
@@ -584,3 +585,41 @@ def test_plain_style_encodes_the_prompt_as_generate_does(sp_model, tmp_path):
     ids = LLM.encode_chat(SimpleNamespace(tokenizer=tokenizer), messages).tolist()
     assert ids == tokenizer.encode(messages[-1]["content"]).tolist() == hf(messages[-1]["content"])["input_ids"]
     assert ids[0] == 1 and ids.count(1) == 1
+
+
+def test_templates_see_the_special_tokens_transformers_passes(sp_model, tmp_path):
+    """transformers renders a template with its ``special_tokens_map`` (bos, eos, unk, pad, sep, cls, mask as named by
+    tokenizer_config.json, else special_tokens_map.json, else a SentencePiece model's own); we passed only bos/eos,
+    and took bos from config.json's bos_token_id where the tokenizer names none, which put a BOS id in front of the
+    prompt that transformers does not."""
+    import shutil
+
+    template = ("[{{ bos_token }}|{{ eos_token }}|{{ pad_token }}|{{ unk_token }}|{{ bos_token is defined }}]"
+                "{% for m in messages %}{{ m.content }}{% endfor %}")
+    cases = {  # folder -> (tokenizer_config.json, special_tokens_map.json, config.json), for a tokenizer.json or tokenizer.model
+        "named": ({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "hello", "unk_token": "[UNK]"}, None, None),
+        "config_json_bos": ({"eos_token": "</s>"}, None, {"model_type": "llama", "bos_token_id": 3, "eos_token_id": 4}),
+        "map_only": (None, {"bos_token": "<s>", "eos_token": "</s>", "pad_token": {"content": "world"}}, None),
+        "sp_own": ({"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "legacy": False}, None, None),
+    }
+    seen = {}
+    for name, (config, mapped, config_json) in cases.items():
+        folder = tmp_path / name
+        if name.startswith("sp"):
+            folder.mkdir()
+            shutil.copy(sp_model, folder / "tokenizer.model")
+        else:
+            _tokenizer_folder(folder, template, "<s>", "</s>")
+            (folder / "tokenizer_config.json").unlink()
+        (folder / "chat_template.jinja").write_text(template)
+        for file, content in (("tokenizer_config.json", config), ("special_tokens_map.json", mapped), ("config.json", config_json)):
+            if content is not None:
+                (folder / file).write_text(json.dumps(content))
+        ours, reference = Tokenizer(folder), AutoTokenizer.from_pretrained(folder)
+        messages = [{"role": "user", "content": "hello"}]
+        seen[name] = render_for_tokenizer(ours, messages)
+        assert seen[name] == reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), name
+        ids = reference.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=False)
+        assert ours.encode(seen[name], bos=chat_bos(ours)).tolist() == ids, name
+    assert seen == {"named": "[<s>|</s>|hello|[UNK]|True]hello", "config_json_bos": "[|</s>|||False]hello",
+                    "map_only": "[<s>|</s>|world||True]hello", "sp_own": "[<s>|</s>||<unk>|True]hello"}
