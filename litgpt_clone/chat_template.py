@@ -318,8 +318,11 @@ def render_for_tokenizer(
     if not (check_style(style) == "auto" and tokenizer.chat_template):  # a fallback style writes the model's own BOS/EOS
         token = lambda i: None if i is None else tokenizer.decode([i], skip_special_tokens=False)  # noqa: E731
         bos, eos, named = token(tokenizer.bos_id), token(tokenizer.eos_id), {}
+    template = tokenizer.chat_template
+    if extra.get("tools") is not None and "tool_use" in tokenizer.chat_templates:  # (transformers' choice among named ones)
+        template = tokenizer.chat_templates["tool_use"]
     return render_chat(
-        tokenizer.chat_template, messages, bos_token=bos, eos_token=eos,
+        template, messages, bos_token=bos, eos_token=eos,
         add_generation_prompt=add_generation_prompt, style=style, **{**named, **extra},
     )
 

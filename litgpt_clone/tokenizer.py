@@ -170,7 +170,9 @@ class Tokenizer:
     ``template_tokens`` (the special-token strings a chat template sees: ``bos_token``, ``pad_token``, ...),
     ``stop_ids`` (ids that end generation: EOS and every ``eos_token_id`` of generation_config.json, else of
     config.json) and
-    ``chat_template`` (the Jinja source, or None).
+    ``chat_template`` (the Jinja source, or None; where tokenizer_config.json lists named templates, the one named
+    "default", and ``chat_templates`` all of them by name: ``render_for_tokenizer`` takes "tool_use" for a call with
+    tools, as transformers does).
     """
 
     def __init__(self, checkpoint_dir: Union[str, Path]) -> None:
@@ -239,8 +241,13 @@ class Tokenizer:
         # repos write as a list of named templates
         template_file = checkpoint_dir / "chat_template.jinja"
         template = template_file.read_text(encoding="utf-8") if template_file.is_file() else config.get("chat_template")
+        self.chat_templates: dict[str, str] = {}  # the named ones of such a list ("default", "tool_use", "rag", ...)
         if isinstance(template, list):
-            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+            self.chat_templates = {t["name"]: t["template"] for t in template if isinstance(t, dict) and "name" in t and "template" in t}
+            template = self.chat_templates.get("default")
+            if template is None and self.chat_templates:  # as transformers, which raises on every use of such a tokenizer
+                message = f"this checkpoint has chat templates named {', '.join(self.chat_templates)} and none named default: add one to tokenizer_config.json"
+                template = "{{ raise_exception(" + json.dumps(message) + ") }}"
         self.chat_template: Optional[str] = template
 
     def _special_id(self, kind: str, config: dict) -> Optional[int]:

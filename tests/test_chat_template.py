@@ -623,3 +623,29 @@ def test_templates_see_the_special_tokens_transformers_passes(sp_model, tmp_path
         assert ours.encode(seen[name], bos=chat_bos(ours)).tolist() == ids, name
     assert seen == {"named": "[<s>|</s>|hello|[UNK]|True]hello", "config_json_bos": "[|</s>|||False]hello",
                     "map_only": "[<s>|</s>|world||True]hello", "sp_own": "[<s>|</s>||<unk>|True]hello"}
+
+
+def test_named_templates_are_chosen_as_transformers_chooses(tmp_path):
+    """tokenizer_config.json may list named templates (Hermes 2 Pro, Command R: "default", "tool_use", "rag"):
+    transformers takes "tool_use" when tools are passed and "default" otherwise, and refuses a list without a
+    default. We took "default" always, and a list without one silently became no template (the prompt alone)."""
+    named = [{"name": "default", "template": "D:{{ messages[0].content }}"},
+             {"name": "tool_use", "template": "T{{ tools | length }}:{{ messages[0].content }}"}]
+    tools = [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object", "properties": {}}}}]
+    messages = [{"role": "user", "content": "hello"}]
+    for name, templates in (("both", named), ("no_default", named[1:])):
+        folder = _tokenizer_folder(tmp_path / name, "", "<s>", "</s>")
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": templates}))
+        ours, reference = Tokenizer(folder), AutoTokenizer.from_pretrained(folder)
+        for kwargs in ({}, {"tools": tools}):
+            try:
+                expected = reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+            except ValueError:
+                expected = None  # transformers: "This model has multiple chat templates with no default specified!"
+            if expected is None:
+                with pytest.raises(ChatTemplateError, match="has chat templates named tool_use and none named default"):
+                    render_for_tokenizer(ours, messages, **kwargs)
+            else:
+                assert render_for_tokenizer(ours, messages, **kwargs) == expected
+    assert render_for_tokenizer(Tokenizer(tmp_path / "both"), messages, tools=tools) == "T1:hello"
