@@ -223,6 +223,14 @@ class Tokenizer:
         self.bos_id = self._special_id("bos", config)
         self.eos_id = self._special_id("eos", config)
         self.template_tokens = self._template_tokens(config)
+        if self.backend == "huggingface":  # as transformers (_post_init): a named special token is special, whatever the
+            # file says (an eos_token that tokenizer.json marks as a plain added token stayed in decoded text)
+            from tokenizers import AddedToken
+
+            plain = {t.content for t in self._hf.get_added_tokens_decoder().values() if not t.special}
+            named = [t for t in self.template_tokens.values() if t in plain]
+            if named:
+                self._hf.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in named])
         if self.backend == "huggingface":
             added = self._hf.encode("").ids  # what the post-processor puts around a text, e.g. [bos]
             self.add_bos = self.bos_id is not None and added[:1] == [self.bos_id]

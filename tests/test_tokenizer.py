@@ -659,3 +659,23 @@ def test_text_stream_keeps_the_space_after_unknown_tokens(tmp_path):
     assert tokenizer.decode(ids) == "emoji family end"
     stream_ = TextStream(tokenizer)
     assert "".join(stream_.add([i]) for i in ids) + stream_.flush() == tokenizer.decode(ids)
+
+
+def test_a_named_special_token_is_left_out_of_decoded_text(dirs, tmp_path):
+    """A finetune that adds a token as plain text (tokenizer.json: special false) and names it eos_token: transformers
+    makes every named special token special, so decode(skip_special_tokens=True) leaves it out; we kept it."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer as HFTokenizer
+
+    folder = shutil.copytree(dirs["hf"], tmp_path / "named_eos")
+    tok = HFTokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.add_tokens(["</think>", "<think>"])  # plain added tokens
+    tok.save(str(folder / "tokenizer.json"))
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    _write_json(folder / "tokenizer_config.json", {**config, "eos_token": "</think>"})
+    ours, reference = Tokenizer(folder), transformers.AutoTokenizer.from_pretrained(str(folder))
+    ids = ours.encode("a<think>b</think>c", bos=False).tolist()
+    assert ids == reference("a<think>b</think>c", add_special_tokens=False)["input_ids"]
+    assert ours.decode(ids) == reference.decode(ids, skip_special_tokens=True) == "a<think>bc"
+    assert ours.decode(ids, skip_special_tokens=False) == reference.decode(ids) == "a<think>b</think>c"
+    assert ours.eos_id == reference.eos_token_id
