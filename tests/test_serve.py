@@ -27,6 +27,7 @@ from pathlib import Path
 import openai
 import pytest
 import requests
+import torch
 
 from litgpt_clone import LLM
 from litgpt_clone.generate import generate
@@ -35,6 +36,9 @@ from test_serve_engine import one_thread  # noqa: F401  (fixture: the references
 
 KEY = "test-key-123"
 NAME = "tiny/llama"
+CONTEXT = 2040
+"""The ``server`` fixture's --max_seq_length, below the tiny model's context of 2048."""
+LIMIT = f"this server's limit of {CONTEXT} tokens (--max_seq_length; the model's context is 2048)"
 
 
 def free_port() -> int:
@@ -83,7 +87,7 @@ def read_log(log) -> str:
 def server(models_root):
     """(base url, LLM on the same checkpoint, log) with a running server."""
     _, native = checkpoint(models_root, "llama", chat_template=CHATML)
-    args = ["--max_batch_size", "32", "--max_new_tokens", "2000", "--model_name", NAME, "--stats_interval", "0.5"]
+    args = ["--max_batch_size", "32", "--max_new_tokens", "2000", "--max_seq_length", str(CONTEXT), "--model_name", NAME, "--stats_interval", "0.5"]
     with running_server(native, models_root / "serve-main.log", *args, env={"LITGPT_CLONE_API_KEY": KEY}) as (url, log):
         yield url, LLM.load(native, device="cpu"), log
 
@@ -93,8 +97,12 @@ def client(url: str, key: str = KEY) -> openai.OpenAI:
 
 
 def test_logs_url_and_lists_the_model(server):
+    """The log names the URL and the limits a request meets: a client asking for more than --max_new_tokens gets that
+    many tokens and finish_reason "length" (as LitGPT caps max_new_tokens), so the cap must be visible somewhere."""
     url, _, log = server
     assert f"Serving model '{NAME}'" in read_log(log) and f"at {url}/v1" in read_log(log)
+    assert (f"litgpt-clone serve: replies of at most 2000 tokens (--max_new_tokens: a larger max_tokens is cut to it), prompt + reply"
+            f" of at most {CONTEXT} tokens (--max_seq_length), 32 generations decoded together per worker (--max_batch_size)") in read_log(log)
     assert [m.id for m in client(url).models.list().data] == [NAME]
 
 
@@ -118,6 +126,39 @@ def test_chat_matches_llm_and_streams_the_same_text(server):
     # n choices: greedy ones are all the same text
     out = client(url).chat.completions.create(model=NAME, messages=messages, temperature=0, max_tokens=12, n=3)
     assert [c.message.content for c in out.choices] == [expected] * 3 and out.usage.completion_tokens == 36
+
+
+def test_continue_final_message_continues_the_assistants_message_as_transformers_renders_it(server):
+    """vLLM's ``continue_final_message`` (prefill the assistant's reply) and ``add_generation_prompt`` (they were
+    ignored: a new assistant turn always followed). The prompt is transformers' ``apply_chat_template(...,
+    continue_final_message=True)``: cut right after the last message's text, its end-of-turn marker dropped."""
+    from transformers import AutoTokenizer
+
+    url, llm, _ = server
+    hf = AutoTokenizer.from_pretrained(llm.checkpoint_dir)
+    conversation = [{"role": "user", "content": "Tell me a story"}, {"role": "assistant", "content": "Once upon"}]
+    for extra, kwargs in (({"continue_final_message": True}, dict(continue_final_message=True)),
+                          ({"continue_final_message": True, "add_generation_prompt": False}, dict(continue_final_message=True)),
+                          ({"add_generation_prompt": False}, dict(add_generation_prompt=False)),
+                          ({}, dict(add_generation_prompt=True))):
+        ids = hf.apply_chat_template(conversation, tokenize=True, **kwargs)["input_ids"]
+        expected = llm.tokenizer.decode(generate(llm.model, [torch.tensor(ids)], 8, stop_ids=llm.tokenizer.stop_ids)[0])
+        out = client(url).chat.completions.create(model=NAME, messages=conversation, temperature=0, max_tokens=8, extra_body=extra)
+        assert (out.usage.prompt_tokens, out.choices[0].message.content) == (len(ids), expected), extra
+    assert hf.apply_chat_template(conversation, tokenize=False, continue_final_message=True).endswith("assistant\nOnce upon")
+    both = post(url, "/v1/chat/completions", {"messages": conversation, "continue_final_message": True, "add_generation_prompt": True}).json()["error"]
+    assert both["param"] == "continue_final_message" and "cannot both be true" in both["message"]
+    user_last = post(url, "/v1/chat/completions", {"messages": conversation[:1], "continue_final_message": True}).json()["error"]
+    assert user_last["param"] == "messages" and user_last["message"].startswith("messages end with a 'user' message, but continue_final_message")
+
+
+def test_text_parts_of_a_message_are_joined_with_newlines_as_vllm_joins_them(server):
+    url, llm, _ = server
+    parts = [{"type": "text", "text": "Summarize:"}, {"type": "text", "text": "The cat sat."}]
+    joined = [{"role": "user", "content": "Summarize:\nThe cat sat."}]
+    out = client(url).chat.completions.create(model=NAME, messages=[{"role": "user", "content": parts}], temperature=0, max_tokens=6)
+    assert out.usage.prompt_tokens == len(llm.encode_chat(joined)) != len(llm.encode_chat([{"role": "user", "content": "Summarize:The cat sat."}]))
+    assert out.choices[0].message.content == llm.chat(joined, max_new_tokens=6)
 
 
 def test_completions_match_the_generate_module(server):
@@ -175,7 +216,7 @@ def post(url: str, path: str, body, key: str | None = KEY) -> requests.Response:
 
 def test_bad_and_hostile_requests_get_openai_errors_and_the_server_keeps_serving(server):
     url, llm, _ = server
-    context = llm.model.max_seq_length
+    context = CONTEXT
     chat = lambda **kw: {"model": NAME, "messages": [{"role": "user", "content": "Hi"}], **kw}  # noqa: E731
     text = lambda **kw: {"model": NAME, "prompt": "Hi", **kw}  # noqa: E731
     C, T = "/v1/chat/completions", "/v1/completions"
@@ -215,6 +256,11 @@ def test_bad_and_hostile_requests_get_openai_errors_and_the_server_keeps_serving
         (T, "x" * (9 * 2**20), 413, None),  # a 9 MB body
         (T, '{"prompt": "\\ud800", "max_tokens": 2}', 400, None), (C, '{"messages": [{"role": "user", "content": "a\\udfffb"}]}', 400, None),
         (C, chat(chat_template_kwargs={"namespace": 1}), 400, "chat_template_kwargs"),  # the template's own functions
+        # vLLM's extras that change the result and are not implemented here (they were ignored)
+        (C, chat(chat_template="{{ 'X' }}"), 400, "chat_template"), (C, chat(echo=True), 400, "echo"),
+        (T, text(include_stop_str_in_output=True, stop=["a"]), 400, "include_stop_str_in_output"), (T, text(allowed_token_ids=[5, 6]), 400, "allowed_token_ids"),
+        (T, text(truncate_prompt_tokens=2), 400, "truncate_prompt_tokens"), (C, chat(skip_special_tokens=False), 400, "skip_special_tokens"),
+        (T, text(return_tokens_as_token_ids=True), 400, "return_tokens_as_token_ids"), (C, chat(add_generation_prompt="no"), 400, "add_generation_prompt"),
         # 128 choices x 901 scored tokens x 21 entries: a reply of 2.4M log-probabilities (~70 MB of JSON) is refused
         (T, text(prompt=[[1] * 900] * 32, n=4, echo=True, logprobs=20, max_tokens=1), 400, "logprobs"),
     ]
@@ -223,17 +269,32 @@ def test_bad_and_hostile_requests_get_openai_errors_and_the_server_keeps_serving
         assert r.status_code == status, (str(body)[:200], r.text[:500])
         error = r.json()["error"]
         assert set(error) == {"message", "type", "param", "code"} and error["message"] and error["param"] == param, (str(body)[:200], error)
+    # the limit is the server's --max_seq_length, not the model's context; a prompt must leave room for a new token
     long = post(url, T, text(prompt="fox " * context)).json()["error"]
-    assert long["code"] == "context_length_exceeded" and f"context is {context} tokens" in long["message"]
-    assert f"the prompt has {len(llm.encode('fox ' * context))} tokens" in long["message"]  # both numbers
+    assert long["code"] == "context_length_exceeded" and long["message"] == (
+        f"the prompt has {len(llm.encode('fox ' * context))} tokens, more than {LIMIT}: shorten it"
+        f" (at most {context - 1} tokens, or {context} with max_tokens 0 and echo to score it)")
+    full = post(url, C, chat(messages=[{"role": "user", "content": "fox " * context}])).json()["error"]
+    assert full["param"] == "messages" and full["message"].endswith(f"more than {LIMIT}: shorten it (at most {context - 1} tokens)")
+    exact = post(url, T, text(prompt=[5] * context)).json()["error"]
+    assert exact["param"] == "prompt" and exact["message"] == (
+        f"the prompt has {context} tokens, all of {LIMIT}: leave room for a new token (at most {context - 1} tokens, or {context}"
+        " with max_tokens 0 and echo to score it)")
+    over = post(url, T, text(prompt=[5] * 60, max_tokens=context)).json()["error"]
+    assert over["param"] == "max_tokens" and over["message"] == f"the prompt has 60 tokens and max_tokens is {context}: together more than {LIMIT}; use max_tokens <= {context - 60}"
+    seed = post(url, T, text(seed=2**70)).json()["error"]
+    assert seed["param"] == "seed" and seed["message"] == f"seed is {2**70}: use an integer in [-2**63, 2**64 - 1]"
     with pytest.raises(openai.BadRequestError):
         client(url).chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], temperature=-1)
     assert requests.get(url + "/health").status_code == 200
     assert client(url).completions.create(model=NAME, prompt="Hi", max_tokens=2, temperature=0).usage.completion_tokens == 2
     # the values that ask for nothing are what some clients always send: they pass
     nothing = dict(tools=[], tool_choice="none", response_format={"type": "text"}, logit_bias={}, presence_penalty=0, frequency_penalty=0.0,
-                   best_of=1, top_k=-1, min_p=0, stop_token_ids=[], chat_template_kwargs={"enable_thinking": False}, user="me")
-    assert post(url, C, chat(max_tokens=2, **nothing)).json()["usage"]["completion_tokens"] == 2
+                   best_of=1, top_k=-1, min_p=0, stop_token_ids=[], chat_template_kwargs={"enable_thinking": False}, user="me",
+                   chat_template=None, include_stop_str_in_output=False, allowed_token_ids=None, truncate_prompt_tokens=None,
+                   skip_special_tokens=True, return_tokens_as_token_ids=False)
+    vllm_chat = dict(echo=False, add_generation_prompt=True, continue_final_message=False)
+    assert post(url, C, chat(max_tokens=2, **nothing, **vllm_chat)).json()["usage"]["completion_tokens"] == 2
     assert post(url, T, text(max_tokens=2, suffix="", best_of=2, n=2)).json()["usage"]["completion_tokens"] == 4
     # an assistant turn without content (null in OpenAI's schema after tool calls) is an empty turn
     turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": None}, {"role": "user", "content": "More"}]
@@ -257,7 +318,7 @@ def test_a_long_prompt_is_tokenized_without_stalling_the_server(server):
             waited.append(time.perf_counter() - t)
         took = time.perf_counter() - start
         error = big.result().json()["error"]
-    assert error["code"] == "context_length_exceeded" and f"context is {llm.model.max_seq_length} tokens" in error["message"]
+    assert error["code"] == "context_length_exceeded" and f"more than {LIMIT}" in error["message"]
     assert len(waited) >= 3 and max(waited) < took / 3, (waited, took)
 
 
@@ -325,7 +386,7 @@ def test_predict_streams_json_lines_and_a_client_that_goes_away_stops_it(server)
 
 def test_predict_refuses_bad_input_and_requests_without_the_key(server):
     url, llm, _ = server
-    context = llm.model.max_seq_length
+    context = CONTEXT
     cases = [
         ({}, "prompt", "prompt is required: a string"), ({"prompt": 5}, "prompt", "prompt is 5: use a string"),
         ({"prompt": ["Hi"]}, "prompt", "prompt is ['Hi']: use a string"),
@@ -334,8 +395,8 @@ def test_predict_refuses_bad_input_and_requests_without_the_key(server):
         ({"prompt": "Hi", "temperature": "hot"}, "temperature", "temperature is 'hot': use a number in [0, 2]"),
         ({"prompt": "Hi", "top_k": -2}, "top_k", "top_k is -2: use an integer in [-1, 2147483648]"),
         ({"prompt": "Hi", "stream": "yes"}, "stream", "stream is 'yes': use true or false"),
-        ({"prompt": "Hi", "max_new_tokens": context, "messages": 5}, "max_new_tokens", f"together more than the model's context of {context} tokens"),
-        ({"prompt": "fox " * context}, "prompt", f"but the model's context is {context} tokens"),
+        ({"prompt": "Hi", "max_new_tokens": context, "messages": 5}, "max_new_tokens", f"together more than {LIMIT}; use max_new_tokens <= "),
+        ({"prompt": "fox " * context}, "prompt", f"more than {LIMIT}: shorten it (at most {context - 1} tokens)"),
         ("{not json", None, "the request body is not valid JSON"),
     ]
     for body, param, message in cases:
@@ -416,6 +477,19 @@ def test_the_log_says_what_the_engine_did(server):
     completion = sum(r.usage.completion_tokens for r in replies)
     # a decode step per token after the first (which the prefill samples); a stop token is sampled but not reported
     assert completion - 3 <= sum(int(m.group(3)) for m in lines) <= completion
+
+
+def test_the_log_counts_the_generations_waiting_in_line(server):
+    """A request for 40 choices on a server of 32 rows: 8 generations wait in LitServe's queue, and the log's stats
+    lines and cancellation lines count them (they said "0 waiting": only generations the engine had taken counted)."""
+    url, _, log = server
+    start = len(read_log(log))
+    body = {"model": NAME, "prompt": "Once upon a time", "max_tokens": 1900, "temperature": 0, "n": 40, "stream": True}
+    with requests.post(url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, stream=True, timeout=60):
+        wait_for_line(log, "; 32 running, 8 waiting", start)
+    line = wait_for_line(log, "cancelled by its client", start)  # the client went away: all 40 are cancelled
+    assert line.endswith("31 generations running, 8 waiting"), line
+    wait_for_line(log, "0 generations running, 0 waiting", start)
 
 
 @pytest.mark.parametrize("ctrl_c", [False, True])

@@ -133,13 +133,15 @@ def test_logprobs_and_echo_equal_the_models_log_softmax(setup):
     whole = (ids * (context // len(ids) + 1))[:context]
     scored = client(url).completions.create(model=NAME, prompt=[whole], max_tokens=0, echo=True, logprobs=1).choices[0]
     assert len(scored.logprobs.token_logprobs) == context and scored.finish_reason == "length"
-    with pytest.raises(openai.BadRequestError, match=f"the prompt has {context} tokens but the model's context is {context} tokens"):
+    full = f"the prompt has {context} tokens, all of the model's context of {context} tokens: leave room for a new token (at most {context - 1} tokens"
+    with pytest.raises(openai.BadRequestError, match=re.escape(full)):
         client(url).completions.create(model=NAME, prompt=[whole], max_tokens=1)
     # generated tokens: greedy, so each one is its position's best, and the text follows the echoed prompt
     gen = client(url).completions.create(model=NAME, prompt=[ids], max_tokens=5, echo=True, logprobs=1, temperature=0).choices[0]
     assert gen.text == PROMPTS[1] + llm.generate(PROMPTS[1], max_new_tokens=5)
     assert len(gen.logprobs.tokens) == len(ids) + 5 and gen.logprobs.text_offset[len(ids)] == len(PROMPTS[1])
     assert all(lp == max(top.values()) for lp, top in zip(gen.logprobs.token_logprobs[len(ids):], gen.logprobs.top_logprobs[len(ids):]))
+    assert all(top[token] == lp for token, lp, top in zip(gen.logprobs.tokens[1:], gen.logprobs.token_logprobs[1:], gen.logprobs.top_logprobs[1:]))
     assert gen.logprobs.token_logprobs[len(ids)] == pytest.approx(float(logprobs[-1].max()), abs=1e-4)
     # streamed: the same text, tokens, log-probabilities and offsets, spread over the chunks
     chunks = [c.choices[0] for c in client(url).completions.create(model=NAME, prompt=[ids], max_tokens=5, echo=True, logprobs=1, temperature=0, stream=True)]
@@ -151,7 +153,8 @@ def test_logprobs_and_echo_equal_the_models_log_softmax(setup):
 def test_logprobs_of_tokens_inside_a_character(setup):
     """A character split over several tokens (the UTF-8 bytes of byte-level BPE): chat logprobs give each token's
     bytes (they were null), which add up to the text's bytes, and the completion tokens show a partial token in
-    OpenAI's ``bytes:\\x..`` form (it was "\ufffd")."""
+    OpenAI's ``bytes:\\x..`` form (it was "\ufffd"). The token that completes a character is the whole character in
+    ``tokens`` and under that key in ``top_logprobs`` (it was there in its bytes form, so ``top[tokens[i]]`` failed)."""
     url, base, _ = setup
     llm = LLM.load(base, device="cpu")
     text = "日本 😀 café"
@@ -163,6 +166,11 @@ def test_logprobs_of_tokens_inside_a_character(setup):
     assert partial and all(re.fullmatch(r"bytes:(\\x[0-9a-f]{2})+", t) for t in partial)
     assert "".join(t for t in scored.logprobs.tokens if not t.startswith("bytes:")) == text
     assert not any("\ufffd" in t for t in scored.logprobs.tokens)
+    lp = scored.logprobs
+    completing = [i for i, t in enumerate(lp.tokens) if not t.startswith("bytes:") and i and lp.tokens[i - 1].startswith("bytes:")]
+    assert [lp.tokens[i] for i in completing] == ["日", " 😀"]  # whole characters, made with the bytes before them
+    for token, logprob, top in zip(lp.tokens[1:], lp.token_logprobs[1:], lp.top_logprobs[1:]):
+        assert top[token] == logprob and list(top.values()) == sorted(top.values(), reverse=True), (token, top)
     reply = client(url).chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=24, temperature=0, logprobs=True, top_logprobs=2)
     content = reply.choices[0].logprobs.content
     assert len(content) == reply.usage.completion_tokens and all(isinstance(c.bytes, list) for c in content)

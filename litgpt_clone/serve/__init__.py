@@ -9,6 +9,7 @@ model (and LoRA adapters, serve/multi_lora.py) and decode every running request 
 from __future__ import annotations
 
 import multiprocessing
+import sys
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -31,7 +32,7 @@ def build_server(
     ``adapters``, (name, folder) pairs, under its name), decoding up to ``max_batch_size`` requests per worker
     together, each of at most ``max_seq_length`` tokens (default: the model's context); ``cuda_graphs``: replay the
     decode steps as CUDA graphs on a GPU; ``stats_interval``: seconds between the log lines on what the engine did
-    (0: none)."""
+    (0: none). Prints the limits a request meets (the log's first line)."""
     import litserve as ls
 
     from litgpt_clone.serve.api import GenerationAPI
@@ -54,4 +55,9 @@ def build_server(
         middlewares=[(RequireKey, {"api_key": api_key})] if api_key else None,
     )
     server.cancel_manager = manager  # kept alive as long as the server
+    print(
+        f"litgpt-clone serve: replies of at most {max_new_tokens} tokens (--max_new_tokens: a larger max_tokens is cut to it),"
+        f" prompt + reply of at most {context} tokens (--max_seq_length), {max_batch_size} generations decoded together per worker"
+        " (--max_batch_size)", file=sys.stderr, flush=True,
+    )
     return server

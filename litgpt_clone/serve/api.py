@@ -29,6 +29,15 @@ STALE_CANCEL_S = 60.0
 """Cancellations older than this are forgotten (their generation had ended already)."""
 
 
+def queued(request_queue) -> int:
+    """Jobs in LitServe's request queue that no worker has taken yet (the line beyond ``--max_batch_size``; with
+    several workers, the line they share); 0 where the queue cannot tell."""
+    try:
+        return request_queue.qsize()
+    except (NotImplementedError, OSError, EOFError):  # (macOS queues; a manager that is shutting down)
+        return 0
+
+
 class GenerationAPI(ls.LitAPI):
     """Loads the checkpoint (and LoRA adapters) on the device LitServe gives the worker and builds the engine."""
 
@@ -96,13 +105,13 @@ class EngineLoop(LitLoop):
                     del consumers[uid]
                     self.send(transport, {consumer: [(uid, {"error": str(err)})]})
             if self.stats_interval and time.perf_counter() - engine.stats.since >= self.stats_interval:
-                if line := engine.take_stats():
+                if line := engine.take_stats(queued(request_queue)):
                     print(f"litgpt-clone serve: {line}", file=sys.stderr, flush=True)
             if not engine.busy:
                 continue
             if time.monotonic() - last_check > CANCEL_CHECK_S:
                 last_check = time.monotonic()
-                self.cancel(engine, cancelled, consumers)
+                self.cancel(engine, cancelled, consumers, request_queue)
             try:
                 events = engine.step()
             except Exception as err:  # noqa: BLE001  (e.g. out of memory): fail the running requests, keep serving
@@ -120,7 +129,7 @@ class EngineLoop(LitLoop):
             self.put_response(transport, consumer, EVENTS, events, LitAPIStatus.OK, LoopResponseType.STREAMING)
 
     @staticmethod
-    def cancel(engine, cancelled, consumers: dict[str, int]) -> None:
+    def cancel(engine, cancelled, consumers: dict[str, int], request_queue) -> None:
         """Drop the generations whose clients went away; forget cancellations nobody here owns once stale."""
         marked = cancelled.items()
         if not marked:
@@ -132,7 +141,7 @@ class EngineLoop(LitLoop):
                 consumers.pop(uid, None)
                 print(
                     f"litgpt-clone serve: request {uid[:8]} cancelled by its client after {tokens} tokens;"
-                    f" {len(engine.rows)} generations running, {len(engine.waiting)} waiting", file=sys.stderr, flush=True,
+                    f" {len(engine.rows)} generations running, {len(engine.waiting) + queued(request_queue)} waiting", file=sys.stderr, flush=True,
                 )
             if tokens is not None or now - when > STALE_CANCEL_S:
                 cancelled.pop(uid, None)

@@ -129,7 +129,8 @@ class Stats:
             self.decode_s += seconds
 
     def report(self, running: int, waiting: int) -> str:
-        """One log line (the time of a step includes its host work: admitting, sampling, detokenizing)."""
+        """One log line (the time of a step includes its host work: admitting, sampling, detokenizing). ``running``:
+        generations in the decode batch; ``waiting``: generations not started yet (submitted, or still in line)."""
         elapsed = time.perf_counter() - self.since
         busy = (self.prefill_s + self.decode_s) / max(elapsed, 1e-9)
         graphed = f", {self.graphed} as graphs" if self.graphed else ""
@@ -255,10 +256,11 @@ class Engine:
         self.t = 0
         return uids
 
-    def take_stats(self) -> Optional[str]:
-        """The log line on what the engine did since the last call (None if it did nothing); counting starts again."""
+    def take_stats(self, queued: int = 0) -> Optional[str]:
+        """The log line on what the engine did since the last call (None if it did nothing); counting starts again.
+        ``queued``: the generations in line before this engine (not submitted yet), counted as waiting."""
         stats, self.stats = self.stats, Stats()
-        return stats.report(len(self.rows), len(self.waiting)) if stats.prefills or stats.steps else None
+        return stats.report(len(self.rows), len(self.waiting) + queued) if stats.prefills or stats.steps else None
 
     # ------------------------------------------------------------------ steps
     @torch.inference_mode()

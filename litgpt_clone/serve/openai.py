@@ -8,6 +8,8 @@ per choice; the worker (serve/api.py) streams events back, which become one JSON
 "param", "code"}}``, with a 4xx status for a bad request. A client that goes away (closes its stream, or
 disconnects while waiting for a whole reply) has its generations cancelled, which frees their rows.
 
+``/v1/chat/completions`` also takes vLLM's ``add_generation_prompt`` and ``continue_final_message`` (continue the last,
+assistant, message rather than start a new turn, as transformers' ``apply_chat_template`` renders it).
 ``/v1/completions`` also takes token-id prompts, ``logprobs`` (the log-probability of each token and of the top
 alternatives) and ``echo`` (the prompt's tokens first, scored too; ``max_tokens: 0`` then only scores the prompt),
 which is what lm-eval's ``local-completions`` model sends to compute log-likelihoods.
@@ -81,10 +83,10 @@ def number(body: dict, name: str, default, low: float, high: float, integer: boo
     return value
 
 
-def flag(body: dict, name: str) -> bool:
-    value = body.get(name, False)
+def flag(body: dict, name: str, default: bool = False) -> bool:
+    value = body.get(name)
     if value is None:
-        return False
+        return default
     if not isinstance(value, bool):
         raise invalid(name, f"is {value!r:.40}: use true or false")
     return value
@@ -106,14 +108,17 @@ NEUTRAL = {  # fields of OpenAI's API and vLLM's extras this server does not imp
     "min_tokens": (0, None), "ignore_eos": (False, None), "stop_token_ids": ([], None), "bad_words": ([], None),
     "guided_json": (None,), "guided_regex": (None,), "guided_choice": (None,), "guided_grammar": (None,),
     "structured_outputs": (None,), "prompt_logprobs": (None, 0), "use_beam_search": (False, None),
+    "chat_template": (None,), "include_stop_str_in_output": (False, None), "allowed_token_ids": (None,),
+    "truncate_prompt_tokens": (None,), "skip_special_tokens": (True, None), "return_tokens_as_token_ids": (False, None),
 }
 
 
 def refuse_unsupported(body: dict) -> None:
     """400 for a request that asks for what this server does not do (tools, a JSON or schema response format, token
-    biases, penalties, a suffix, guided decoding, ...), rather than a reply the client would take for what it asked;
-    the values that ask for nothing (``tools: []``, ``tool_choice: "none"``, ``response_format: {"type": "text"}``,
-    ``logit_bias: {}``, ``presence_penalty: 0``, ``best_of`` equal to ``n``) pass."""
+    biases, penalties, a suffix, guided decoding, a request's own chat template, ...), rather than a reply the client
+    would take for what it asked; the values that ask for nothing (``tools: []``, ``tool_choice: "none"``,
+    ``response_format: {"type": "text"}``, ``logit_bias: {}``, ``presence_penalty: 0``, ``best_of`` equal to ``n``)
+    pass."""
     for name in ("tools", "functions"):
         if body.get(name):
             raise invalid(name, "are not supported by this server (no tool or function calling): leave them out")
@@ -138,25 +143,46 @@ RESERVED_VARIABLES = (
 
 
 def message_text(content) -> str:
-    """A message's content: a string, or a list of ``{"type": "text", "text": ...}`` parts."""
+    """A message's content: a string, or a list of ``{"type": "text", "text": ...}`` parts, joined with newlines
+    (as vLLM joins them)."""
     if isinstance(content, str):
         return content
     if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
-        return "".join(p["text"] for p in content)
+        return "\n".join(p["text"] for p in content)
     raise invalid("messages", "content must be a string or a list of text parts")
+
+
+CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
+"""Marks the end of the last message while its conversation is rendered for ``continue_final_message`` (transformers'
+own marker)."""
+
+
+def continue_final(render, messages: list[dict]) -> str:
+    """``render(messages)`` cut right after the last message's content, as transformers'
+    ``apply_chat_template(continue_final_message=True)`` cuts it: the end-of-turn marker after it is dropped, so the
+    model continues that message. (Where the template trims the content's trailing space, the cut is trimmed too.)"""
+    text = render([*messages[:-1], {**messages[-1], "content": messages[-1]["content"] + CONTINUE_TAG}])
+    at = text.rfind(CONTINUE_TAG.strip())
+    if at < 0:
+        raise invalid("messages", "cannot be continued: the chat template leaves out part of the last message; set continue_final_message false")
+    return text[:at] if text.startswith(CONTINUE_TAG, at) else text[:at].rstrip()
 
 
 def reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def bytes_text(tokenizer, token_id: int) -> str:
+    """OpenAI's ``bytes:\\xe2\\x80`` form of a token."""
+    return "bytes:" + "".join(f"\\x{b:02x}" for b in tokenizer.token_bytes(token_id))
+
+
 def token_text(tokenizer, token_id: int) -> str:
     """A token's own text; for the bytes of part of a character, OpenAI's ``bytes:\\xe2\\x80`` form."""
-    raw = tokenizer.token_bytes(token_id)
     try:
-        raw.decode()
+        tokenizer.token_bytes(token_id).decode()
     except UnicodeDecodeError:
-        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+        return bytes_text(tokenizer, token_id)
     return tokenizer.decode([token_id], skip_special_tokens=False)
 
 
@@ -317,41 +343,48 @@ class OpenAIServeSpec(LitSpec):
         async with self.long_texts:
             return (await asyncio.to_thread(self.tokenizer.encode_batch, [text], bos))[0]
 
-    def budget(self, body: dict, n: int, echo: bool = False, name: Optional[str] = None, default: Optional[int] = None) -> int:
+    @cached_property
+    def limit(self) -> str:
+        """What ``context`` is, for errors: the model's context, or this server's --max_seq_length below it."""
+        model = self.config.block_size
+        if self.context < model:
+            return f"this server's limit of {self.context} tokens (--max_seq_length; the model's context is {model})"
+        return f"the model's context of {self.context} tokens"
+
+    def budget(self, body: dict, n: int, echo: Optional[bool] = None, name: Optional[str] = None, default: Optional[int] = None) -> int:
         """New tokens for a prompt of ``n`` tokens: the request's ``name`` field (default: max_tokens, or
         max_completion_tokens), else ``default`` (default: the server's --max_new_tokens), capped by the server's
-        --max_new_tokens and the context."""
+        --max_new_tokens and the context. ``echo``: None on the routes without echo."""
         param = "messages" if "messages" in body else "prompt"
         if n == 0:
             raise RequestError(400, "the prompt is empty: give some text", param=param, code="invalid_value")
         name = name or ("max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens")
         asked = number(body, name, None, 0 if echo else 1, 10**9, integer=True)
         if n > self.context or (n == self.context and asked != 0):  # (a prompt the size of the context can be scored)
-            raise RequestError(
-                400, f"the prompt has {n} tokens but the model's context is {self.context} tokens: shorten the prompt",
-                param=param, code="context_length_exceeded",
-            )
+            fits = f"at most {self.context - 1} tokens" + (f", or {self.context} with max_tokens 0 and echo to score it" if echo is not None else "")
+            why = f"more than {self.limit}: shorten it" if n > self.context else f"all of {self.limit}: leave room for a new token"
+            raise RequestError(400, f"the prompt has {n} tokens, {why} ({fits})", param=param, code="context_length_exceeded")
         if asked is not None and n + asked > self.context:
             raise RequestError(
-                400, f"the prompt has {n} tokens and {name} is {asked}: together more than the model's context of {self.context}"
-                f" tokens; use {name} <= {self.context - n}", param=name, code="context_length_exceeded",
+                400, f"the prompt has {n} tokens and {name} is {asked}: together more than {self.limit}; use {name} <= {self.context - n}",
+                param=name, code="context_length_exceeded",
             )
         return min((default or self.max_new_tokens) if asked is None else asked, self.max_new_tokens, self.context - n)
 
-    def jobs(self, body: dict, prompts: list[list[int]], logprobs: Optional[int] = None, echo: bool = False) -> list[dict]:
-        """One worker job per choice: ``n`` per prompt."""
+    def jobs(self, body: dict, prompts: list[list[int]], logprobs: Optional[int] = None, echo: Optional[bool] = None) -> list[dict]:
+        """One worker job per choice: ``n`` per prompt. ``echo``: None on the routes without echo."""
         refuse_unsupported(body)
         n = number(body, "n", 1, 1, MAX_CHOICES, integer=True)
         if n * len(prompts) > MAX_CHOICES:
             raise invalid("n", f"times the number of prompts is {n * len(prompts)}: ask for at most {MAX_CHOICES} choices in one request")
         seed = body.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64):
-            raise invalid("seed", f"is {seed!r:.40}: use an integer")
+            raise invalid("seed", f"is {seed!r:.40}: use an integer in [-2**63, 2**64 - 1]")
         top_k = number(body, "top_k", -1, -1, 2**31, integer=True)  # vLLM's extra: -1 (or 0) keeps every token
         settings = dict(
             temperature=float(number(body, "temperature", 1.0, 0, 2)), top_p=float(number(body, "top_p", 1.0, 0, 1, low_open=True)),
             top_k=top_k if top_k > 0 else None, min_p=float(number(body, "min_p", 0.0, 0, 1)),
-            stop=stop_strings(body), logprobs=logprobs, prompt_logprobs=echo and logprobs is not None, adapter=self.adapter(body),
+            stop=stop_strings(body), logprobs=logprobs, prompt_logprobs=bool(echo) and logprobs is not None, adapter=self.adapter(body),
         )
         jobs = []
         for ids in prompts:
@@ -426,14 +459,21 @@ class OpenAIServeSpec(LitSpec):
             choice.tokens += tokens
             choice.offsets += offsets
             choice.logprobs += event["logprobs"]
-            choice.top += [self.top_dict(pairs, token, lp) for pairs, token, lp in zip(event["top"], event["ids"], event["logprobs"])]
+            choice.top += [self.top_dict(*entry) for entry in zip(event["top"], event["ids"], event["logprobs"], tokens)]
 
-    def top_dict(self, pairs: list, token: Optional[int] = None, logprob: Optional[float] = None) -> dict:
-        """{token text: logprob} of the top alternatives, and of the chosen token (OpenAI always includes it).
-        Tokens with the same text keep the highest logprob."""
+    def top_dict(self, pairs: list, token: int, logprob: float, text: str) -> dict:
+        """{token text: logprob} of the top alternatives and of the chosen ``token`` (OpenAI always includes it), most
+        likely first. The chosen token's key is ``text``, its string in ``tokens``, so that ``top[tokens[i]]`` is its
+        log-probability (``token_text`` shows a token that completes a character as bytes, ``tokens`` as the whole
+        character); another token with that text goes under its bytes form. Alternatives with the same text keep the
+        highest logprob."""
         top: dict[str, float] = {}
-        for i, lp in [*pairs, *([(token, logprob)] if token is not None else [])]:
-            top.setdefault(token_text(self.tokenizer, i), lp)
+        for i, lp in sorted([*((i, lp) for i, lp in pairs if i != token), (token, logprob)], key=lambda pair: -pair[1]):
+            if i == token:
+                top[text] = lp
+            else:
+                key = token_text(self.tokenizer, i)
+                top.setdefault(bytes_text(self.tokenizer, i) if key == text else key, lp)
         return top
 
     # ------------------------------------------------------------------ responses out
@@ -478,9 +518,24 @@ class OpenAIServeSpec(LitSpec):
             variables = body.get("chat_template_kwargs") or {}  # vLLM's extra, e.g. {"enable_thinking": false}
             if not isinstance(variables, dict) or not all(isinstance(k, str) and k not in RESERVED_VARIABLES for k in variables):
                 raise invalid("chat_template_kwargs", "must be an object of template variables, e.g. {\"enable_thinking\": false}"
-                              f" (not {', '.join(RESERVED_VARIABLES)})")
+                              f" (not {', '.join(RESERVED_VARIABLES)}; add_generation_prompt is a field of the request)")
+            if body.get("echo") not in (None, False):
+                raise invalid("echo", "is not supported on /v1/chat/completions: leave it out (/v1/completions echoes a prompt)")
+            # vLLM's extras: end with a new assistant turn (the default), or continue the last (assistant) message
+            keep_going = flag(body, "continue_final_message")
+            if keep_going and body.get("add_generation_prompt") is True:
+                raise invalid("continue_final_message", "and add_generation_prompt cannot both be true: the reply continues the last"
+                              " message rather than starting a new turn; set add_generation_prompt false")
+            add_generation_prompt = flag(body, "add_generation_prompt", default=not keep_going)
+            if keep_going and plain[-1]["role"] != "assistant":
+                raise invalid("messages", f"end with a {plain[-1]['role']!r:.20} message, but continue_final_message continues the"
+                              " last message as the assistant's: end with an assistant message, or leave continue_final_message out")
+
+            def render(turns: list[dict]) -> str:
+                return render_for_tokenizer(self.tokenizer, turns, add_generation_prompt=add_generation_prompt, **variables)
+
             try:
-                prompt = render_for_tokenizer(self.tokenizer, plain, **variables)
+                prompt = continue_final(render, plain) if keep_going else render(plain)
             except ChatTemplateError as err:
                 raise invalid("messages", f"were refused by the chat template: {err}") from None
             logprobs = flag(body, "logprobs")
@@ -638,7 +693,8 @@ class OpenAIServeSpec(LitSpec):
         choice.tokens += tokens
         choice.offsets += offsets
         choice.logprobs += event["prompt_logprobs"]
-        choice.top += [None if pairs is None else self.top_dict(pairs, t, lp) for pairs, t, lp in zip(event["prompt_top"], ids, event["prompt_logprobs"])]
+        entries = zip(event["prompt_top"], ids, event["prompt_logprobs"], tokens)
+        choice.top += [None if pairs is None else self.top_dict(pairs, token, lp, text) for pairs, token, lp, text in entries]
 
     @staticmethod
     def legacy_logprobs(choice: Choice) -> dict:
