@@ -430,8 +430,8 @@ class Tokenizer:
                 # Metaspace puts "▁" in front only if the part does not start with one: " Hi" is "▁Hi", where
                 # sentencepiece makes "▁▁Hi"; " " is "▁", where sentencepiece of "" is []
                 return self._sp.encode(text[1:]) if text != " " else [self._sp.piece_to_id("▁")]
-            if not (first or self._sp_prefix_all):  # "<s>Hi": "Hi" gets no "▁"
-                return self._sp_no_prefix.encode(text)
+            if not (first or self._sp_prefix_all) or text.startswith("\u2581"):  # "<s>Hi": "Hi" gets no "▁"; nor a
+                return self._sp_no_prefix.encode(text)  # part that starts with one already (Metaspace's rule)
         return self._sp.encode(text)
 
     @functools.cached_property
