@@ -181,6 +181,10 @@ class Config:
     """Hugging Face style: ``{"rope_type": "linear"|"llama3"|"yarn"|"longrope", ...}``; on global layers only."""
     rope_local_base: Optional[float] = None
     """RoPE base of the sliding-window layers when it differs from ``rope_base`` (Gemma 3)."""
+    rope_recompute_at_switch: bool = False
+    """With longrope: generation recomputes the whole sequence's keys with the long factors at the first step past
+    ``original_max_position_embeddings``, as transformers' Phi-3 does (else cached keys keep the short factors and only
+    new positions rotate with the long ones, as transformers' Llama does)."""
 
     # --- MLP
     mlp_class_name: Literal["GeluMLP", "GatedMLP", "MoE"] = "GeluMLP"

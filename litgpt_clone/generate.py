@@ -6,7 +6,9 @@
   min-p (applied in that order, as transformers does) and a draw from an optional ``torch.Generator``.
 - ``stream`` yields the new tokens of every prompt, step by step. Prompts of different lengths run as one
   left-padded batch: each row gets its own RoPE positions and a key mask that hides its padding, and each row
-  stops on its own stop id. With ``draft_model`` a batch of one is decoded speculatively.
+  stops on its own stop id. With ``draft_model`` a batch of one is decoded speculatively. A longrope model with
+  ``Config.rope_recompute_at_switch`` (Phi-3) prefills the whole sequence again at the step that first passes the
+  original context, so that every key takes the long factors, as transformers' Phi-3 does.
 - ``generate`` collects ``stream``; ``TextStream`` turns one row's growing tokens into text pieces that never
   split a multi-byte character and end at stop strings (``litgpt_clone.api.LLM`` streams text with it).
 - ``compile=True`` runs the decode step through ``torch.compile`` (inductor with its C++ wrapper on CPU, CUDA
@@ -25,7 +27,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from litgpt_clone.model import GPT
+from litgpt_clone.model import GPT, head_only_at
 from litgpt_clone.parallel import compile_options
 
 
@@ -152,6 +154,13 @@ class GraphedStep:
             return self.fn(*self.inputs)
         self.graph.replay()
         return self.output
+
+
+def recompute_at(model: GPT) -> Optional[int]:
+    """The position at which generation recomputes every cached key with longrope's long factors, as transformers'
+    Phi-3 does (``Config.rope_recompute_at_switch``): the first past ``original_max_position_embeddings``, whose
+    step is the first to use the long factors; None for a model that keeps the keys it cached."""
+    return model.longrope_after if model.config.rope_recompute_at_switch else None
 
 
 # ----------------------------------------------------------------------------- checks and cache
@@ -300,11 +309,22 @@ def stream(
     T = tokens.size(1)
     slots = torch.arange(T, T + max_new_tokens, device=device)  # the cache slot of each decode step
     step_fn = compiled_decode(device.type) if compile else decode_one_token
+    # the step whose input sits at slot `switch` (the longest row's position) prefills the whole sequence instead,
+    # every key rotated with longrope's long factors; None when no step crosses the switch
+    switch = recompute_at(model)
+    recompute = switch - T if switch is not None and 0 <= switch - T < max_new_tokens - 1 else None
+    fed: list[torch.Tensor] = []  # the tokens of steps 0, 1, ... (B,), kept for that prefill
 
     def next_token(i: int, token: torch.Tensor) -> torch.Tensor:  # step i: the tokens of step i in, step i + 1's out
+        if i == recompute:  # eager; the compiled step resumes at the next one, checking its guards (it may be the first)
+            seq = torch.cat([tokens, *(t.view(B, 1) for t in fed), token.view(B, 1)], dim=1)  # (B, T + i + 1)
+            seq_pos = None if rope_pos is None else (torch.arange(seq.size(1), device=device) - pad[:, None]).clamp(min=0)
+            return sample(prefill(model, seq, seq_pos, key_mask), generator=generator, **sampling)
+        if recompute is not None and i < recompute:
+            fed.append(token)
         input_pos = slots[i : i + 1]  # (1,)
         row_pos = None if rope_pos is None else (input_pos - pad).view(B, 1)  # (B, 1)
-        logits = run_decode(step_fn, compile, model, token.view(B, 1), input_pos, row_pos, key_mask, same_as_last=i > 0)
+        logits = run_decode(step_fn, compile, model, token.view(B, 1), input_pos, row_pos, key_mask, same_as_last=i > 0 and i - 1 != recompute)
         return sample(logits, generator=generator, **sampling)
 
     # On a GPU, from the second token on, step i + 1 is queued before the host waits for step i's tokens (see
@@ -364,6 +384,11 @@ def speculative(
     Both caches hold stale entries past the accepted tokens; they sit at later slots than any query, so the causal
     mask hides them until they are overwritten.
 
+    A longrope target never verifies across its switch point (one forward takes one table, short or long): a verify
+    that would is cut short before it, so every key is rotated as plain decoding rotates it. With
+    ``Config.rope_recompute_at_switch`` the verify that starts there recomputes the target's whole cache with the long
+    factors, as ``stream`` does (the draft's cache stays as it is: it only changes how many proposals are kept).
+
     Models of one family can pad the same tokenizer's vocabulary to other sizes (Qwen2.5-0.5B 151,936 rows,
     Qwen2.5-7B 152,064): both then choose among the ids they share, the smaller vocabulary (the ids past it are
     padding, which no text holds). ``LLM.load`` checks that the two tokenizers are the same.
@@ -380,6 +405,7 @@ def speculative(
     ensure_kv_cache(model, 1, needed)
     ensure_kv_cache(draft, 1, needed)
     probs = lambda logits: logits_to_probs(logits[..., :shared], **sampling)  # noqa: E731
+    switch, recompute = model.longrope_after, recompute_at(model)  # the first position with the long factors
 
     seq = prompt.tolist()
     prefill(draft, prompt[None])
@@ -392,10 +418,12 @@ def speculative(
     while len(seq) - L < max_new_tokens:
         n = len(seq)
         k_now = min(k, max_new_tokens - (n - L))  # never write past the last slot we may need
-        # the draft: catch up on the tokens it has not seen, then propose k_now tokens
-        pending = torch.tensor(seq[draft_len:], device=device)
-        logits = draft(pending[None], torch.arange(draft_len, n, device=device), last_only=True)[0, -1]
+        if switch is not None and n - 1 < switch <= n - 1 + k_now:  # a verify ends before the switch (maybe with no
+            k_now = switch - n  # proposals): its positions all take the short factors, and a later one starts there
         proposed, q = [], []
+        if k_now:  # the draft: catch up on the tokens it has not seen, then propose k_now tokens
+            pending = torch.tensor(seq[draft_len:], device=device)
+            logits = draft(pending[None], torch.arange(draft_len, n, device=device), last_only=True)[0, -1]
         for j in range(k_now):
             q.append(probs(logits[None])[0])
             proposed.append(int(torch.multinomial(q[-1], 1, generator=generator)) if sampling["temperature"] else int(q[-1].argmax()))
@@ -403,9 +431,15 @@ def speculative(
                 logits = draft(torch.tensor([[proposed[-1]]], device=device), torch.tensor([n + j], device=device))[0, -1]
         # the target scores the last token and all proposals in one forward: p[j] is its distribution for proposal j
         verify = torch.tensor([seq[-1], *proposed], device=device)
-        p = probs(model(verify[None], torch.arange(n - 1, n + k_now, device=device))[0])  # (k_now + 1, V)
-        new = accept_proposals(proposed, torch.stack(q), p, greedy=not sampling["temperature"], generator=generator)
-        draft_len = n + min(len(new) - 1, k_now - 1)  # the draft saw seq + proposals[:k_now - 1]
+        rows = torch.arange(n - 1, n + k_now, device=device)
+        if n - 1 == recompute:  # the first verify past the original context: every key again, with the long factors
+            with head_only_at(model, rows):
+                p = probs(model(torch.tensor(seq + proposed, device=device)[None], torch.arange(n + k_now, device=device)))
+        else:
+            p = probs(model(verify[None], rows)[0])  # (k_now + 1, V)
+        new = accept_proposals(proposed, torch.stack(q) if q else p[:0], p, greedy=not sampling["temperature"], generator=generator)
+        if k_now:
+            draft_len = n + min(len(new) - 1, k_now - 1)  # the draft saw seq + proposals[:k_now - 1]
         new = new[: max_new_tokens - (n - L)]
         ends = next((i for i, t in enumerate(new) if t in stop), None)
         if ends is not None:

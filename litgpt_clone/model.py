@@ -521,13 +521,14 @@ class GPT(nn.Module):
             pos = input_pos
             k_len = self.transformer.h[0].attn.kv_cache.k.size(2)
         rpos = pos if rope_pos is None else rope_pos  # (T,) or (B, T)
-        cos, sin = self.cos, self.sin
-        if self.longrope_after is not None and int(rpos.max()) + 1 > self.longrope_after:
-            cos, sin = self.cos_long, self.sin_long
+        cos, sin = self.cos[rpos], self.sin[rpos]  # (T, rope_n_elem) or (B, T, rope_n_elem)
+        if self.longrope_after is not None:  # chosen on the device: no host sync, and a compiled step has no graph
+            long = rpos.max() + 1 > self.longrope_after  # break whose guards a step skipping them would miss
+            cos, sin = torch.where(long, self.cos_long[rpos], cos), torch.where(long, self.sin_long[rpos], sin)
         # in the dtype of q and k (autocast's, else the weights'): one cast here, none in the layers
         device = idx.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else self.transformer.wte.weight.dtype
-        cos, sin = rope_tables(cos[rpos], sin[rpos], dtype)  # (T, rope_n_elem) or (B, T, rope_n_elem)
+        cos, sin = rope_tables(cos, sin, dtype)
         # sliding layers rotate with their own table where they have their own base (Gemma 3), else like the rest
         cos_l, sin_l = rope_tables(self.cos_local[rpos], self.sin_local[rpos], dtype) if c.rope_local_base is not None else (cos, sin)
         # (T, 1, rope_n_elem), or (B, T, 1, rope_n_elem) with one table per row: broadcast over the heads of (B, T, heads, hs)

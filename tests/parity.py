@@ -56,7 +56,8 @@ def check_parity(
         torch.testing.assert_close(reloaded(idx).logits, expected, **tol)
 
     # Past longrope's switch point a full forward rotates every position with the long factors while cached keys keep
-    # the short ones (as in transformers), so cached decoding is compared within the original context there.
+    # the short ones (as transformers' Llama keeps them; its Phi-3 has generation recompute them at the switch, which
+    # check_greedy_generation compares), so cached decoding is compared within the original context there.
     check_kv_cache(ours, idx if ours.longrope_after is None else idx[:, : ours.longrope_after])
     return ours
 
@@ -72,3 +73,24 @@ def check_kv_cache(model: GPT, idx: torch.Tensor, prefill: int = 5) -> None:
             steps.append(model(idx[:, t : t + 1], input_pos=torch.tensor([t])))
         model.clear_kv_cache()
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
+
+
+def check_greedy_generation(hf_model, ours: GPT, prompts: list[torch.Tensor], max_new_tokens: int, batched: bool = True, **kwargs) -> None:
+    """Greedy tokens of ``litgpt_clone.generate`` (``kwargs``: compile, draft_model, ...) equal transformers'
+    ``generate(do_sample=False)``: each prompt alone and, with ``batched``, all of them in one left-padded batch, against
+    transformers' left-padded batch (which need not give the tokens of the prompts alone: longrope takes its factors
+    for the whole batch, and Phi-3 recomputes its cache at a step chosen by the padded length)."""
+    from litgpt_clone.generate import generate
+
+    def theirs(rows: list[torch.Tensor]) -> list[list[int]]:
+        T = max(len(p) for p in rows)
+        ids = torch.stack([torch.nn.functional.pad(p, (T - len(p), 0)) for p in rows])  # (B, T), padded on the left
+        mask = (torch.arange(T)[None, :] >= torch.tensor([[T - len(p)] for p in rows])).long()
+        with torch.no_grad():
+            out = hf_model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=0)
+        return out[:, T:].tolist()
+
+    for prompt in prompts:
+        assert generate(ours, [prompt], max_new_tokens, **kwargs)[0].tolist() == theirs([prompt])[0], len(prompt)
+    if batched:
+        assert [t.tolist() for t in generate(ours, prompts, max_new_tokens, **kwargs)] == theirs(prompts)

@@ -1,14 +1,20 @@
 """GPT-NeoX (parallel and sequential residual), Phi-1.5/2, Phi-3 (sliding window, longrope with short and long
-factors) and Phi-4-mini-like Phi-3 (tied embeddings, partial rotary, GQA, longrope)."""
+factors, greedy generation across longrope's switch point) and Phi-4-mini-like Phi-3 (tied embeddings, partial rotary,
+GQA, longrope)."""
+
+import dataclasses
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, Phi3Config, Phi3ForCausalLM, PhiConfig, PhiForCausalLM
+from transformers import (
+    AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM, PhiConfig,
+    PhiForCausalLM,
+)
 
 from litgpt_clone.checkpoints.convert import convert_hf_checkpoint, convert_to_hf_checkpoint
 from litgpt_clone.config import Config, ConfigError
 from litgpt_clone.model import GPT
-from parity import TINY, build_hf, check_kv_cache, check_parity
+from parity import TINY, build_hf, check_greedy_generation, check_kv_cache, check_parity
 
 SEQ = 20
 HEAD = TINY["hidden_size"] // TINY["num_attention_heads"]  # 16
@@ -144,3 +150,55 @@ def test_phi3_sliding_window_with_longrope_long_sequence(tmp_path):
         idx = torch.randint(0, config.vocab_size, (1, length), generator=torch.Generator().manual_seed(length))
         with torch.no_grad():
             torch.testing.assert_close(ours(idx), hf_model(idx).logits)
+
+
+# original_max_position_embeddings 32: prompts of 20, 5 and 11 tokens cross it after 12, 27 and 21 new tokens (20 and 5 in
+# one batch: at step 12, where the padded sequence crosses it); 32 crosses it at the first decode step; 33 is past it
+SWITCH = 32
+LONGROPE_GENERATION = dict(
+    max_position_embeddings=128, original_max_position_embeddings=SWITCH, eos_token_id=None, bos_token_id=None,
+    initializer_range=0.1,  # weights large enough that the factors that rotated the cached keys decide the argmax
+)
+
+
+def longrope_prompts(vocab_size: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(3)
+    return [torch.randint(1, vocab_size, (n,), generator=gen) for n in (20, 5, 11, SWITCH, SWITCH + 1)]
+
+
+def check_generation_across_the_switch(hf_model, native_dir) -> GPT:
+    """Greedy tokens across the switch equal transformers', alone, in left-padded batches and speculatively (with the
+    model itself as draft: whole chunks kept; and with a random draft: most proposals rejected)."""
+    ours = GPT.from_checkpoint(native_dir).eval()
+    prompts = longrope_prompts(ours.config.vocab_size)
+    check_greedy_generation(hf_model, ours, prompts[:3], 30)
+    check_greedy_generation(hf_model, ours, prompts[3:], 30)  # (batch: 33 tokens, prefilled with the long factors)
+    twin, other = GPT.from_checkpoint(native_dir).eval(), GPT(dataclasses.replace(ours.config)).eval()
+    torch.manual_seed(0)
+    other.init_weights()
+    for draft in (twin, other):
+        for k in (1, 4):
+            check_greedy_generation(hf_model, ours, prompts, 30, batched=False, draft_model=draft, speculative_k=k)
+    return ours
+
+
+def test_phi3_longrope_generation_recomputes_the_cache_at_the_switch_as_transformers(tmp_path):
+    """Phi3ForCausalLM's prepare_inputs_for_generation drops the KV cache at the first step past
+    original_max_position_embeddings and recomputes every key with longrope's long factors (those cached kept the short
+    ones): the converter sets rope_recompute_at_switch, and greedy tokens crossing the switch are transformers' (they
+    were not from the step after it on: keys cached with the short factors)."""
+    config = Phi3Config(**{**PHI3, **LONGROPE_GENERATION}, num_key_value_heads=2, rope_scaling=longrope(HEAD // 2, SWITCH))
+    hf_model = build_hf(Phi3ForCausalLM, config, tmp_path / "hf")
+    convert_hf_checkpoint(tmp_path / "hf", tmp_path / "native")
+    ours = check_generation_across_the_switch(hf_model, tmp_path / "native")
+    assert ours.config.rope_recompute_at_switch
+    convert_to_hf_checkpoint(tmp_path / "native", tmp_path / "back")  # (not a key of config.json: the export ignores it)
+    assert dataclasses.replace(Config.from_hf_config(tmp_path / "back"), name=ours.config.name) == ours.config
+
+
+def test_llama_longrope_generation_keeps_the_cached_keys_as_transformers(tmp_path):
+    """LlamaForCausalLM with longrope keeps the keys it cached with the short factors past the switch: so do we."""
+    config = LlamaConfig(**TINY, **LONGROPE_GENERATION, num_key_value_heads=2, rope_scaling=longrope(HEAD // 2, SWITCH))
+    hf_model = build_hf(LlamaForCausalLM, config, tmp_path / "hf")
+    convert_hf_checkpoint(tmp_path / "hf", tmp_path / "native")
+    assert not check_generation_across_the_switch(hf_model, tmp_path / "native").config.rope_recompute_at_switch

@@ -404,6 +404,37 @@ def test_cuda_graph_decode_equals_eager(models_root):
         assert [t.tolist() for t in generate(model, batch, 24, compile=True)] == eager
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["phi3", "llama"])
+def test_longrope_generation_past_the_original_context_matches_transformers(arch, tmp_path):
+    """A longrope model (original context 32) generating from prompts within it to well past it: ``LLM.generate``'s
+    greedy text and the compiled decode step's tokens (alone and batched) are transformers'. Phi-3 recomputes its cache
+    at the switch (``rope_recompute_at_switch``), Llama keeps it. The compiled step used to keep the short factors past
+    the switch: it picked the tables on the host, behind a graph break whose guards the steps after the first skip."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    from litgpt_clone import LLM
+    from parity import check_greedy_generation
+
+    vocab, _ = write_tokenizer(tmp_path / "hf")
+    factors = dict(rope_type="longrope", short_factor=[1.0 + 0.1 * i for i in range(8)], long_factor=[1.5 + 0.7 * i for i in range(8)],
+                   original_max_position_embeddings=32)
+    sizes = dict(TINY, vocab_size=vocab, max_position_embeddings=128, original_max_position_embeddings=32, rope_scaling=factors,
+                 bos_token_id=None, eos_token_id=None, pad_token_id=None, initializer_range=0.1)  # (weights large enough
+    # that which factors rotated the cached keys decides the argmax: at 0.02 both gave the same tokens)
+    model_cls, config = (Phi3ForCausalLM, Phi3Config(**sizes)) if arch == "phi3" else (LlamaForCausalLM, LlamaConfig(**sizes))
+    hf_model = build_hf(model_cls, config, tmp_path / "hf")
+    convert_hf_checkpoint(tmp_path / "hf", tmp_path / "native")
+    llm = LLM.load(tmp_path / "native", device="cpu")
+    assert llm.model.config.rope_recompute_at_switch == (arch == "phi3")
+    prompts = [llm.encode(p) for p in PROMPTS]
+    for prompt, text in zip(prompts, PROMPTS):
+        expected = hf_greedy(hf_model, prompt, 40, llm.tokenizer.stop_ids)
+        assert len(prompt) < 32 < len(prompt) + len(expected)
+        assert llm.generate(text, max_new_tokens=40) == llm.tokenizer.decode(expected)
+    check_greedy_generation(hf_model, llm.model, prompts, 40, compile=True)
+
+
 def test_speculative_decoding_equals_greedy(models_root):
     _, native = checkpoint(models_root, "llama")
     _, draft_dir = checkpoint(models_root, "qwen3", seed=1)  # another model over the same vocabulary

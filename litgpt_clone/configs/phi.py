@@ -76,6 +76,7 @@ configs: list[dict] = [
             short_factor=PHI_3_5_MINI_SHORT_FACTOR,
             original_max_position_embeddings=4096,
         ),
+        rope_recompute_at_switch=True,  # as Phi3ForCausalLM generates
     ),
     entry(
         PHI_3,

@@ -463,7 +463,8 @@ def check_same_model(folder: Path, config) -> None:
     from litgpt_clone.config import Config
 
     saved = Config.from_file(folder / "model_config.yaml")
-    names = [f.name for f in dataclasses.fields(Config) if f.name not in ("name", "hf_config", "architecture", "block_size")]  # what the network computes
+    unrelated = ("name", "hf_config", "architecture", "block_size", "rope_recompute_at_switch")  # (how generation runs)
+    names = [f.name for f in dataclasses.fields(Config) if f.name not in unrelated]  # what the network computes
     show = lambda v: str(v).lower() if isinstance(v, bool) else v  # as a flag or YAML writes it
     differ = [f"{name} {show(getattr(saved, name))} there, {show(getattr(config, name))} here" for name in names if getattr(saved, name) != getattr(config, name)]
     if differ:

@@ -89,6 +89,9 @@ def phi3_config_from_hf(hf: dict) -> dict:
         rotary_percentage=rotary_fraction(hf, "partial_rotary_factor", 1.0),
         rope_base=base,
         rope_scaling=scaling,
+        # Phi3ForCausalLM.prepare_inputs_for_generation drops the cache at the first step past the original context
+        # and recomputes every key with the long factors (LlamaForCausalLM with longrope does not)
+        rope_recompute_at_switch=scaling is not None,
     )
     # transformers 5 applies config.json's sliding_window on every layer with every attention implementation
     # (create_sliding_window_causal_mask); older versions applied it with flash-attention only.
