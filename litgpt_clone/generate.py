@@ -520,7 +520,9 @@ class TextStream:
     in U+FFFD, the mark of an unfinished character, it is held back. So is a tail that could be the start of a stop
     string; once a stop string appears, the text ends just before it (``stopped`` turns True) and later tokens are
     ignored. A stop string that is the whole text of a special token (``"<|im_start|>"``) never appears in the text,
-    which leaves special tokens out: it stops when that token's id arrives, as transformers' ``stop_strings`` does.
+    which leaves special tokens out: it stops when that token's id arrives, as transformers' ``stop_strings`` does. One
+    that holds a special token's text and more (``"<|im_end|>\n"``) is looked for in the latest tokens decoded with
+    their special tokens; the text then ends where it starts.
     """
 
     def __init__(self, tokenizer, stop_strings: Optional[Sequence[str]] = None) -> None:
@@ -528,6 +530,9 @@ class TextStream:
         self.stop_strings = [s for s in (stop_strings or ()) if s]
         special = {s: tokenizer.special_token_id(s) for s in self.stop_strings}
         self.stop_tokens = {i for i in special.values() if i is not None}  # ids of stop strings that are special tokens
+        texts = [t for t in getattr(tokenizer, "special_texts", ()) if t]
+        self.mixed = [s for s in self.stop_strings if special[s] is None and any(t in s for t in texts)]  # special + text
+        self.tail = 2 * max(map(len, self.mixed), default=0) + 4  # tokens enough to hold one (each has text, >= 1 char)
         self.ids: list[int] = []
         self.done = ""  # the text of ids[:marks[-1]]: complete characters
         self.marks = [0]  # the latest ends of complete text; the window decodes again from the one before the last
@@ -540,7 +545,11 @@ class TextStream:
         if self.stopped:
             return ""
         ids = list(ids)
+        if self.mixed and len(ids) > 1:  # (one at a time: the stop string's first token decides where the text ends)
+            return "".join(self.add([i]) for i in ids)
         cut = next((n for n, i in enumerate(ids) if i in self.stop_tokens), None)
+        if cut is None and self.mixed and (start := self._mixed_stop(self.ids + ids)) is not None:
+            return self._end_at(self.ids + ids, start)
         if cut is None:
             return self._add(ids)
         piece = self._add(ids[:cut]) if cut else ""
@@ -577,7 +586,38 @@ class TextStream:
             self.text = self.text[: min(found)]
             return self._emit(len(self.text))
         safe = len(self.text.rstrip("\ufffd"))
-        return self._emit(safe - self._stop_prefix(self.text[:safe]))
+        return self._emit(safe - max(self._stop_prefix(self.text[:safe]), self._mixed_prefix()))
+
+    def _mixed_stop(self, ids: list[int]) -> Optional[int]:
+        """Where a stop string holding special-token text starts in ``ids`` (the index of its first token), when the
+        last token completed one; else None."""
+        tail = ids[-self.tail :]
+        if not any(s in self.tokenizer.decode(tail, skip_special_tokens=False) for s in self.mixed):
+            return None
+        j = next(j for j in range(len(tail) - 1, -1, -1) if any(s in self.tokenizer.decode(tail[j:], skip_special_tokens=False) for s in self.mixed))
+        return len(ids) - len(tail) + j
+
+    def _mixed_prefix(self) -> int:
+        """Length of the text of the latest tokens that, with their special tokens, could be the start of a stop
+        string holding special-token text (``"<|im_start|>user"`` after ``<|im_start|>u``): held back, like
+        ``_stop_prefix``'s tails."""
+        if not self.mixed:
+            return 0
+        tail = self.ids[-self.tail :]
+        whole = self.tokenizer.decode(tail, skip_special_tokens=False)
+        k = next((k for k in range(min(len(whole), max(map(len, self.mixed))), 0, -1) if any(s.startswith(whole[-k:]) for s in self.mixed)), 0)
+        if not k:
+            return 0
+        j = next(j for j in range(len(tail) - 1, -1, -1) if len(self.tokenizer.decode(tail[j:], skip_special_tokens=False)) >= k)
+        return len(self.tokenizer.decode(tail[j:]))
+
+    def _end_at(self, ids: list[int], start: int) -> str:
+        """End the text where the stop string that starts in token ``start`` of ``ids`` begins."""
+        rest = self.tokenizer.decode(ids[start:], skip_special_tokens=False)
+        before = min(i for i in (rest.find(s) for s in self.mixed) if i >= 0)  # (the part of token `start` before it)
+        self.ids, self.stopped = ids, True
+        self.text = self.tokenizer.decode(ids[:start]) + rest[:before]
+        return self._emit(len(self.text))
 
     def flush(self) -> str:
         """The rest of the text (held-back tails included), at the end of generation."""

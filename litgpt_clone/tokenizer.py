@@ -375,6 +375,13 @@ class Tokenizer:
         token_id = self._sp.piece_to_id(token)  # gives the unknown token's id for anything not in the vocabulary
         return None if self._sp.is_unknown(token_id) and self._sp.id_to_piece(token_id) != token else token_id
 
+    @functools.cached_property
+    def special_texts(self) -> list[str]:
+        """The texts of the special tokens (those ``decode`` leaves out), for stop strings that hold one."""
+        if self.backend == "huggingface":
+            return [t.content for t in self._hf.get_added_tokens_decoder().values() if t.special]
+        return [self._sp_piece(i) for i in sorted(self._sp_special)] + [self._sp.id_to_piece(i) for i in range(self._sp.vocab_size()) if self._sp.is_control(i)]
+
     def special_token_id(self, text: str) -> Optional[int]:
         """The id of the special token whose whole text is ``text`` (``"<|im_start|>"``), or None: one that ``decode``
         leaves out and writes as ``text`` with ``skip_special_tokens=False``. Its text never shows in decoded text, so

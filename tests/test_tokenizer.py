@@ -681,3 +681,26 @@ def test_a_named_special_token_is_left_out_of_decoded_text(dirs, tmp_path):
     assert ours.decode(ids) == reference.decode(ids, skip_special_tokens=True) == "a<think>bc"
     assert ours.decode(ids, skip_special_tokens=False) == reference.decode(ids) == "a<think>b</think>c"
     assert ours.eos_id == reference.eos_token_id
+
+
+def test_stop_strings_holding_special_tokens_end_where_transformers_stops(dirs, auto):
+    """A stop string with a special token's text and more ("<|eot|>\\n", "\\n<s>") never matched: special tokens are
+    left out of the text it was looked for in, so generation ran on to max_new_tokens. It now stops at the token
+    where transformers' StopStringCriteria stops, and the text ends where the stop string starts (nothing of it shown)."""
+    from transformers.generation.stopping_criteria import StopStringCriteria
+
+    from litgpt_clone.generate import TextStream
+
+    tokenizer, reference = Tokenizer(dirs["hf"]), auto("hf")
+    ids = tokenizer.encode("Sure thing<|eot|>\nuser said<s> hello\nmore", bos=False).tolist()
+    expected = {"<|eot|>\n": "Sure thing", "thing<|eot|>": "Sure ", "<s> hello": "Sure thing\nuser said", "\nuser said<s>": "Sure thing"}
+    for stop, text in expected.items():
+        stream_, pieces, fed = TextStream(tokenizer, [stop]), [], 0
+        for token in ids:
+            pieces.append(stream_.add([token]))
+            fed += 1
+            if stream_.stopped:
+                break
+        criteria = StopStringCriteria(reference, [stop])
+        stops_at = next(k for k in range(1, len(ids) + 1) if criteria(torch.tensor([ids[:k]]), None)[0])
+        assert (stream_.stopped, fed, "".join(pieces) + stream_.flush()) == (True, stops_at, text), stop
