@@ -78,6 +78,12 @@ TOKENIZER_FILES = (
 checkpoint (``config.json``, where ``Tokenizer`` also looks for ``bos_token_id``/``eos_token_id``, is the model's)."""
 
 
+ENCODING_VERSION = 2
+"""Part of every tokenized-data cache key (``Tokenizer.fingerprint``): raise it when ``encode`` gives other ids for
+some checkpoint (2: a Llama checkpoint's SentencePiece-style tokenizer.json runs the pipeline transformers rebuilds; a
+SentencePiece part that starts with "▁" gets no second one)."""
+
+
 def _byte_to_unicode() -> dict[int, str]:
     """GPT-2's table of printable stand-ins for the 256 bytes, which byte-level BPE vocabularies are written in."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
@@ -374,6 +380,15 @@ class Tokenizer:
             return self._sp_added[token].id
         token_id = self._sp.piece_to_id(token)  # gives the unknown token's id for anything not in the vocabulary
         return None if self._sp.is_unknown(token_id) and self._sp.id_to_piece(token_id) != token else token_id
+
+    def fingerprint(self) -> str:
+        """A hash of everything ``encode`` depends on: the tokenizer's files, config.json (its ``model_type`` and token
+        ids) and ``ENCODING_VERSION``; the key of tokenized data caches."""
+        h = hashlib.sha256(f"{ENCODING_VERSION}".encode())
+        for name in (*TOKENIZER_FILES, "config.json"):
+            path = self.checkpoint_dir / name
+            h.update(b"|" + (path.read_bytes() if path.is_file() else b""))
+        return h.hexdigest()
 
     @functools.cached_property
     def special_texts(self) -> list[str]:

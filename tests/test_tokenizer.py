@@ -704,3 +704,19 @@ def test_stop_strings_holding_special_tokens_end_where_transformers_stops(dirs, 
         criteria = StopStringCriteria(reference, [stop])
         stops_at = next(k for k in range(1, len(ids) + 1) if criteria(torch.tensor([ids[:k]]), None)[0])
         assert (stream_.stopped, fed, "".join(pieces) + stream_.flush()) == (True, stops_at, text), stop
+
+
+def test_the_fingerprint_of_tokenized_data_follows_what_encode_depends_on(dirs, tmp_path, monkeypatch):
+    """Tokenized data caches (pretrain text, SFT samples) are keyed by ``Tokenizer.fingerprint``: it changes with the
+    files encode reads (config.json's model_type decides a Llama tokenizer.json's pipeline) and with
+    ENCODING_VERSION (a fix to encode would otherwise leave caches of the old ids in use); not otherwise."""
+    import litgpt_clone.tokenizer as tokenizer_module
+
+    folder = shutil.copytree(dirs["sp"], tmp_path / "sp")
+    first = Tokenizer(folder).fingerprint()
+    assert Tokenizer(folder).fingerprint() == first
+    _write_json(folder / "config.json", {"model_type": "mistral"})
+    assert Tokenizer(folder).fingerprint() != first
+    second = Tokenizer(folder).fingerprint()
+    monkeypatch.setattr(tokenizer_module, "ENCODING_VERSION", tokenizer_module.ENCODING_VERSION + 1)
+    assert Tokenizer(folder).fingerprint() not in (first, second)

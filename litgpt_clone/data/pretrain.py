@@ -197,7 +197,7 @@ class OpenWebText(DataModule):
             text = Text(self.path, self.val_fraction)
             text.skip = self.skip
             return text.streams(tokenizer)
-        out = cache_root() / "openwebtext" / tokenizer_fingerprint(tokenizer)[:16]
+        out = cache_root() / "openwebtext" / tokenizer.fingerprint()[:16]
         if not (out / "manifest.json").is_file():
             try:
                 import datasets
@@ -227,22 +227,13 @@ def hub_file(repo_id: str, filename: str, name: str) -> Path:
         ) from err
 
 
-def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
-    h = hashlib.sha256()
-    for name in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"):
-        f = tokenizer.checkpoint_dir / name
-        if f.is_file():
-            h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def files_key(files: list[Path], tokenizer: Tokenizer, options: str) -> str:
     """The cache entry of ``files`` (names, sizes, modification times) tokenized with ``tokenizer`` and ``options``."""
     key = hashlib.sha256()
     for f in files:
         st = f.stat()
         key.update(f"{f}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    key.update(tokenizer_fingerprint(tokenizer).encode() + f"|{options}".encode())
+    key.update(tokenizer.fingerprint().encode() + f"|{options}".encode())
     return key.hexdigest()[:16]
 
 

@@ -73,7 +73,7 @@ import torch
 
 from litgpt_clone.chat_template import ChatTemplateError, alpaca_prompt, available_styles, render_for_tokenizer
 from litgpt_clone.data.pretrain import DataError, cache_root, check_val_fraction, hub_file
-from litgpt_clone.tokenizer import TOKENIZER_FILES, Tokenizer
+from litgpt_clone.tokenizer import Tokenizer
 
 Sample = tuple[np.ndarray, np.ndarray]
 """``(tokens, labels)``: int64 arrays of one length; ``labels`` is ``tokens`` with unlearned positions set to
@@ -846,8 +846,8 @@ def cache_key(module: FileData, tokenizer: Tokenizer, max_seq_length: int, *file
     h = hashlib.sha256(f"{CACHE_FORMAT}|{type(module).__name__}|{max_seq_length}".encode())
     h.update(repr([module.mask_prompt, module.val_fraction, module.prompt_style, module.ignore_index]).encode())
     h.update(repr([f.name if f is not None else None for f in files]).encode())
-    names = [*TOKENIZER_FILES, "config.json"]
-    for path in [*files, *(tokenizer.checkpoint_dir / name for name in names)]:
+    h.update(tokenizer.fingerprint().encode())
+    for path in files:
         h.update(b"|")
         if path is not None and path.is_file():
             with open(path, "rb") as f:
