@@ -561,7 +561,7 @@ def test_out_dir_devices_val_fraction_and_resume_mistakes_are_one_line(setup, tm
     resumed = pretrain(setup, out, "--train.max_steps", "3", "--resume", "true").stdout
     assert "resumed from" in resumed  # the newest one
     # the summary counts this session's tokens (one step of 64 x 64) and time, then the run's (it mixed the two)
-    assert re.search(r"trained 4,096 tokens in [\d.]+s \([\d,]+ tok/s; 12,288 since step 0\)", resumed), resumed
+    assert re.search(r"trained 4,096 tokens in [\d.]+s \([\d,]+ tok/s over the run, validation and saves included; 12,288 since step 0\)", resumed), resumed
     done = pretrain(setup, out, "--train.max_steps", "3", "--resume", "auto").stdout
     assert "nothing to train: the run was complete at step 3 (12,288 tokens)" in done
     other = yaml.safe_load((setup / "model.yaml").read_text()) | {"n_layer": 1}
@@ -648,6 +648,11 @@ def test_hyperparameters_yaml_reruns_and_an_initial_checkpoint_brings_its_model(
     assert cli_error(capsys, "pretrain", "--model_config", setup / "model.yaml", "--data", "foo").startswith(
         "error: unknown --data foo: use one of text, shards, tinystories, openwebtext ("
     )
+    # a tokenizer larger than the checkpoint's model: the advice was --model_config, which the line above refuses
+    train_tokenizer(tmp_path / "big", [Path(sysconfig.get_paths()["stdlib"]) / "argparse.py"], vocab_size=1024)
+    said = cli_error(capsys, "pretrain", "--initial_checkpoint_dir", final, "--tokenizer_dir", tmp_path / "big", "--out_dir", tmp_path / "d")
+    assert said.startswith("error: the tokenizer has 1024 tokens but the model only ") and said.endswith(
+        f": leave --tokenizer_dir out to use {final}'s own tokenizer"), said
 
 
 def test_validation_covers_a_small_set_once():
@@ -767,7 +772,7 @@ def test_a_warmup_longer_than_the_run_is_said(capsys):
     model = GPT(Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, block_size=8, intermediate_size=32))
     fabric = L.Fabric(accelerator="cpu", devices=1)
     model, optimizer = fabric.setup(model, torch.optim.SGD(model.parameters(), lr=0.1))
-    for warmup, said in ((20, True), (5, False)):
+    for warmup, said in ((20, True), (4, False)):  # (4: the last step runs at --train.lr)
         args = TrainArgs(global_batch_size=2, micro_batch_size=2, max_steps=4, warmup_steps=warmup, lr=1e-3, log_interval=4)
         fit_module.fit(fabric, model, optimizer, Data(), None, args, EvalArgs(interval=100), fit_module.FitState(), 8, lambda s, f: None)
         note = ("note: --train.warmup_steps 20 covers the whole run of 4 steps: the learning rate ends at 2.00e-04, never"

@@ -190,3 +190,68 @@ def test_a_run_whose_out_dir_is_inside_the_data_resumes_on_the_same_stream(tmp_p
     tokens = [line for line in first.stdout.splitlines() + second.stdout.splitlines() if "training tokens" in line]
     assert len(tokens) == 2 and tokens[0] == tokens[1], tokens
     assert sorted(uninterrupted) == [1, 2, 3, 4, 5, 6] and losses(out) == uninterrupted
+
+
+def test_a_malformed_shard_folder_is_one_line(tmp_path):
+    """Hand-made or damaged folders ended in a KeyError, TypeError, ValueError, JSONDecodeError or, for ids past the
+    vocabulary, an IndexError mid-training (a device-side assert on a GPU): each is one ShardError naming the file."""
+    import hashlib
+
+    def broken(name, change):
+        folder = tmp_path / name
+        write(folder, [[1, 2, 3], [4, 5]], shard_tokens=100)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        if change(folder, manifest) is not False:  # (False: the change wrote manifest.json itself)
+            (folder / "manifest.json").write_text(json.dumps(manifest))
+        return folder
+
+    def rewrite(folder, manifest, data: bytes):  # a shard with other bytes, its SHA-256 updated to match
+        (folder / manifest["shards"][0]["file"]).write_bytes(data)
+        manifest["shards"][0]["sha256"] = hashlib.sha256(data).hexdigest()
+
+    cases = {
+        "truncated": (lambda f, m: (f / "manifest.json").write_text('{"format": ') and False, r"manifest.json cannot be read \(JSONDecodeError: "),
+        "no_eos": (lambda f, m: m.pop("eos_id"), r"manifest.json is malformed \(eos_id is None\): rebuild the dataset"),
+        "dtype": (lambda f, m: m.update(dtype="uint16x"), r"malformed \(dtype is 'uint16x' \(not uint16 or uint32\)\)"),
+        "odd": (lambda f, m: rewrite(f, m, b"\x01\x00\x02"), r"holds 3 bytes, not whole uint16 token ids: rebuild the dataset"),
+        "past_vocab": (lambda f, m: rewrite(f, m, np.array([1, 700, 0], dtype=np.uint16).tobytes()), r"holds token id 700, past the manifest's vocab_size 100"),
+    }
+    for name, (change, message) in cases.items():
+        folder = broken(name, change)
+        with pytest.raises(ShardError, match=message):
+            TokenShards(folder, "train")
+
+
+def test_two_processes_tokenizing_the_same_text_both_get_the_cache_entry(tmp_path, eos_tokenizer):
+    """Two runs (or the ranks of another node, with a cache of their own) tokenizing the same new data: the second's
+    rename onto the entry the first wrote failed with "Directory not empty", a traceback per rank."""
+    from litgpt_clone.data.pretrain import open_streams, tokenize_documents
+
+    out = tmp_path / "cache" / "text" / "entry"
+    out.parent.mkdir(parents=True)
+    for _ in range(2):
+        tokenize_documents(["one document", "and another"], eos_tokenizer, out, 0.0)
+    train, _ = open_streams(out, cached=True)
+    assert stream(train) == [*eos_tokenizer.encode("one document", bos=False).tolist(), eos_tokenizer.eos_id,
+                             *eos_tokenizer.encode("and another", bos=False).tolist(), eos_tokenizer.eos_id]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["entry"]  # no .partial left
+    (out / "manifest.json").write_text("{")  # a cache entry cut short (a full disk): the line says to delete it
+    from litgpt_clone.data.pretrain import DataError
+
+    with pytest.raises(DataError, match=rf"cannot be read .*: delete {out} \(a cache entry: the next run tokenizes the data again\)$"):
+        open_streams(out, cached=True)
+
+
+def test_text_folders_leave_hidden_folders_out_and_say_which_files_are_not_utf8(tmp_path, eos_tokenizer, capsys):
+    """A project folder's .venv and .git were training data, NOTES.TXT was skipped for its upper-case suffix, and a
+    Latin-1 file was trained as U+FFFD without a word."""
+    from litgpt_clone.data.pretrain import Text
+
+    for name, data in {".git/info.json": b"{}", ".venv/lib/site.py": b"x = 1", "NOTES.TXT": b"notes", "latin1.txt": "caf\u00e9".encode("latin-1"),
+                       "main.py": b"print(1)"}.items():
+        (tmp_path / "data" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / name).write_bytes(data)
+    text = Text(tmp_path / "data", val_fraction=0)
+    assert [p.name for p in text.files()] == ["NOTES.TXT", "latin1.txt", "main.py"]
+    text.streams(eos_tokenizer)
+    assert capsys.readouterr().out == "note: 1 of 3 text files are not UTF-8 (latin1.txt): their undecodable bytes are read as U+FFFD\n"

@@ -99,10 +99,9 @@ def pretrain(
     hparams["train"] = train  # hyperparameters.yaml records what the run uses (--optimizer.init_args.lr as train.lr)
     tokenizer = Tokenizer(tokenizer_dir or initial_checkpoint_dir)
     if tokenizer.vocab_size > config.vocab_size:
-        raise DataError(
-            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}: use a model "
-            "config with vocab_size >= the tokenizer's (e.g. --model_config with vocab_size set)"
-        )
+        fix = (f"leave --tokenizer_dir out to use {initial_checkpoint_dir}'s own tokenizer" if initial_checkpoint_dir is not None
+               else "use a model config with vocab_size >= the tokenizer's (e.g. --model_config with vocab_size set)")
+        raise DataError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size}: {fix}")
     fabric = build_fabric(devices, num_nodes, strategy, precision, out_dir, logger_name, resume)
     fabric.launch()
     if train.tie_embeddings is not None:

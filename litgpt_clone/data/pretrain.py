@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -60,8 +61,9 @@ class Text(DataModule):
     def __init__(self, path: Optional[Path] = None, val_fraction: float = 0.05) -> None:
         """
         Args:
-            path: A text file or a folder of text files (.txt, .md, .py, ... searched recursively; the run's
-                --out_dir and the tokenized cache are not read where they lie inside it).
+            path: A text file or a folder of text files (.txt, .md, .py, ... in any case, searched recursively;
+                hidden files and folders such as .git and .venv, the run's --out_dir and the tokenized cache are not
+                read where they lie inside it). Bytes that are not UTF-8 are read as U+FFFD (the files are counted).
             val_fraction: Share of the tokens (the last ones) held out for validation.
         """
         check_val_fraction(val_fraction)
@@ -83,10 +85,10 @@ class Text(DataModule):
         skip = [s for s in (Path(p).resolve() for p in (*self.skip, cache_root())) if s.is_relative_to(root)]
         if root in skip:
             raise DataError(f"--data.path {self.path} is where this run writes: give an --out_dir outside it (or in a subfolder of it)")
-        files = sorted(
+        files = sorted(  # (hidden files and folders, such as .git and .venv, are not data)
             p for p in root.rglob("*")
-            if p.suffix in TEXT_SUFFIXES and p.is_file() and (real := p.resolve()).is_relative_to(root)
-            and not any(real.is_relative_to(s) for s in skip)
+            if p.suffix.lower() in TEXT_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            and p.is_file() and (real := p.resolve()).is_relative_to(root) and not any(real.is_relative_to(s) for s in skip)
         )
         if not files:
             raise DataError(f"no text files ({', '.join(TEXT_SUFFIXES)}) under {self.path}")
@@ -96,8 +98,8 @@ class Text(DataModule):
         files = self.files()
         out = cache_root() / "text" / files_key(files, tokenizer, f"{self.val_fraction}")
         if not (out / "manifest.json").is_file():
-            tokenize_documents((f.read_text(encoding="utf-8", errors="replace") for f in files), tokenizer, out, self.val_fraction)
-        return open_streams(out)
+            tokenize_documents(read_texts(files), tokenizer, out, self.val_fraction)
+        return open_streams(out, cached=True)
 
 
 class Shards(DataModule):
@@ -160,7 +162,7 @@ class TinyStories(DataModule):
         out = cache_root() / "tinystories" / files_key(files, tokenizer, "stories")
         if not (out / "manifest.json").is_file():
             tokenize_documents(self.stories(train), tokenizer, out, 0.01, self.stories(valid) if valid else None)
-        return open_streams(out)
+        return open_streams(out, cached=True)
 
     @classmethod
     def stories(cls, path: Path):
@@ -208,7 +210,7 @@ class OpenWebText(DataModule):
                     f"could not download openwebtext ({type(err).__name__}): point --data.path at a local folder of its text files"
                 ) from err
             tokenize_documents((row["text"] for row in dataset), tokenizer, out, self.val_fraction)
-        return open_streams(out)
+        return open_streams(out, cached=True)
 
 
 DATA_MODULES = {cls.name: cls for cls in (Text, Shards, TinyStories, OpenWebText)}
@@ -256,18 +258,41 @@ def tokenize_documents(docs, tokenizer: Tokenizer, out: Path, val_fraction: floa
     else:
         n_val = int(round(train.size * val_fraction))
         train, val = train[: train.size - n_val], train[train.size - n_val :]
-    tmp = out.with_name(out.name + ".partial")
+    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")  # (a process of its own: others may tokenize the same data)
     with ShardWriter(tmp, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id, extra={"source": "text", "vocabulary_sha256": tokenizer.vocabulary_digest()}) as writer:
         writer.add(train, split="train", eos=False)  # the stream carries its own EOS ids
         if val.size:
             writer.add(val, split="val", eos=False)
-    os.replace(tmp, out)  # the cache entry appears complete or not at all
-
-
-def open_streams(path: Path) -> tuple[TokenShards, Optional[TokenShards]]:
     try:
-        train = TokenShards(path, "train")
-        val = TokenShards(path, "val")
+        os.replace(tmp, out)  # the cache entry appears complete or not at all
+    except OSError:  # another process (a second run, the ranks of another node) wrote the same entry first: use that
+        if not (out / "manifest.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_texts(files: list[Path]) -> Iterator[str]:
+    """Each file's text; bytes that are not UTF-8 become U+FFFD, and the files that had such bytes are said once."""
+    undecodable = []
+    for f in files:
+        data = f.read_bytes()
+        try:
+            yield data.decode("utf-8")
+        except UnicodeDecodeError:
+            undecodable.append(f.name)
+            yield data.decode("utf-8", errors="replace")
+    if undecodable:
+        shown = ", ".join(undecodable[:3]) + (", ..." if len(undecodable) > 3 else "")
+        print(f"note: {len(undecodable)} of {len(files)} text files are not UTF-8 ({shown}): their undecodable bytes are read as U+FFFD")
+
+
+def open_streams(path: Path, cached: bool = False) -> tuple[TokenShards, Optional[TokenShards]]:
+    """The train and validation streams of a shard folder; ``cached``: a cache entry of tokenized data, which the
+    error for a broken one says to delete (the next run tokenizes the data again)."""
+    fix = f"delete {path} (a cache entry: the next run tokenizes the data again)" if cached else "rebuild the dataset"
+    try:
+        train = TokenShards(path, "train", fix=fix)
+        val = TokenShards(path, "val", fix=fix)
     except ShardError as err:
         raise DataError(str(err)) from err
     if len(train) == 0:

@@ -105,28 +105,56 @@ def missing_shards(path: Path) -> str:
     return f"no token shards at {path}: expected {path / 'manifest.json'} (write them with `litgpt-clone prepare code`)"
 
 
-class TokenShards:
-    """Memory-mapped shards of one split, as one long token stream."""
+DTYPES = ("uint16", "uint32")
 
-    def __init__(self, path: Path, split: str = "train", verify: bool = True) -> None:
+
+def read_manifest(manifest_path: Path, fix: str) -> dict:
+    """``manifest.json`` checked for what a reader relies on; a ShardError naming the file, the fault and ``fix``."""
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as err:  # (truncated by a full disk, say)
+        raise ShardError(f"{manifest_path} cannot be read ({type(err).__name__}: {' '.join(str(err).split())[:120]}): {fix}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ShardError(f"{manifest_path} is not a {FORMAT} manifest")
+    shards = manifest.get("shards")
+    fields = {"file": str, "split": str, "sha256": str}
+    faults = [f"{key} is {manifest.get(key)!r:.40}" for key in ("eos_id", "vocab_size")
+              if not isinstance(manifest.get(key), int) or isinstance(manifest.get(key), bool) or manifest.get(key) < 0]
+    faults += [] if manifest.get("dtype") in DTYPES else [f"dtype is {manifest.get('dtype')!r:.40} (not {' or '.join(DTYPES)})"]
+    if not isinstance(shards, list) or not all(isinstance(s, dict) and all(isinstance(s.get(k), t) for k, t in fields.items()) for s in shards):
+        faults.append("shards is not a list of {file, split, sha256, ...} entries")
+    if faults:
+        raise ShardError(f"{manifest_path} is malformed ({'; '.join(faults)}): {fix}")
+    return manifest
+
+
+class TokenShards:
+    """Memory-mapped shards of one split, as one long token stream. ``fix``: what the errors tell the user to do
+    about a broken folder (a cache entry's reader says to delete it)."""
+
+    def __init__(self, path: Path, split: str = "train", verify: bool = True, fix: str = "rebuild the dataset") -> None:
         self.path, self.split = Path(path), split
         manifest_path = self.path / "manifest.json"
         if not manifest_path.is_file():
             raise ShardError(missing_shards(self.path))
-        self.manifest = json.loads(manifest_path.read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise ShardError(f"{manifest_path} is not a {FORMAT} manifest")
+        self.manifest = read_manifest(manifest_path, fix)
         self.eos_id, self.vocab_size = self.manifest["eos_id"], self.manifest["vocab_size"]
+        dtype = np.dtype(self.manifest["dtype"])
         self.arrays = []
         for shard in self.manifest["shards"]:
             if shard["split"] != split:
                 continue
             file = self.path / shard["file"]
             if not file.is_file():
-                raise ShardError(f"shard {file} listed in the manifest is missing: rebuild the dataset")
+                raise ShardError(f"shard {file} listed in the manifest is missing: {fix}")
             if verify and sha256_file(file) != shard["sha256"]:
-                raise ShardError(f"shard {file} does not match its SHA-256 in the manifest: it is corrupt, rebuild it")
-            self.arrays.append(np.memmap(file, dtype=self.manifest["dtype"], mode="r"))
+                raise ShardError(f"shard {file} does not match its SHA-256 in the manifest: it is corrupt; {fix}")
+            if file.stat().st_size % dtype.itemsize:
+                raise ShardError(f"shard {file} holds {file.stat().st_size} bytes, not whole {dtype.name} token ids: {fix}")
+            array = np.memmap(file, dtype=dtype, mode="r") if file.stat().st_size else np.zeros(0, dtype=dtype)
+            if verify and array.size and int(array.max()) >= self.vocab_size:  # (read once more, right after the SHA-256)
+                raise ShardError(f"shard {file} holds token id {int(array.max())}, past the manifest's vocab_size {self.vocab_size}: {fix}")
+            self.arrays.append(array)
         self.offsets = np.cumsum([0] + [a.size for a in self.arrays])
 
     def __len__(self) -> int:

@@ -188,7 +188,7 @@ def fit(
     max_steps = max_steps_for(args, seq_length, getattr(train, "count", None), train)
     mbs, world, rank = args.micro_batch_size, fabric.world_size, fabric.global_rank
     history: list[dict] = []
-    if state.step < max_steps <= args.warmup_steps:  # (the schedule is still right: a run this short is one or a test)
+    if state.step < max_steps < args.warmup_steps:  # (the schedule is still right: a run this short is one or a test)
         fabric.print(
             f"note: --train.warmup_steps {args.warmup_steps} covers the whole run of {max_steps} steps: the learning rate ends at"
             f" {lr_at(max_steps - 1, args, max_steps):.2e}, never reaching --train.lr {args.lr:.2e}; lower --train.warmup_steps to reach it"
@@ -273,7 +273,8 @@ def fit(
     }
     resumed = f"; {state.tokens:,} since step 0" if start_tokens else ""  # a resumed run: this session's numbers first
     fabric.print(
-        f"trained {state.tokens - start_tokens:,} tokens in {wall:.1f}s ({summary['tokens_per_sec']:,.0f} tok/s{resumed}), "
+        f"trained {state.tokens - start_tokens:,} tokens in {wall:.1f}s ({summary['tokens_per_sec']:,.0f} tok/s over the run,"
+        f" validation and saves included{resumed}), "
         f"peak memory {summary['peak_memory_gb']:.2f} GB"
         if state.tokens > start_tokens else f"nothing to train: the run was complete at step {state.step} ({state.tokens:,} tokens)"
     )
