@@ -252,7 +252,14 @@ def test_max_gen_toks_beyond_max_length_names_the_fix(models, tasks_dir, capsys)
         main(["evaluate", str(models[2]), "--tasks", "tiny_gen", "--max_length", "8", "--include_path", str(tasks_dir)])
     last = capsys.readouterr().err.strip().splitlines()[-1]  # (after lm-eval's progress bars)
     assert exit.value.code == 2 and last == ("error: a task asks for 8 new tokens (max_gen_toks) but max_length is 8: raise --max_length"
-                                             " above 8, or lower the task's generation_kwargs.max_gen_toks")
+                                             " above 8 (at most 2048), or ask for fewer with --gen_kwargs max_gen_toks=<n below 8>"
+                                             " (or the task's generation_kwargs)")
+    # beyond the model's context, --max_length cannot help (the line said to raise it past its limit)
+    with pytest.raises(SystemExit) as exit:
+        main(["evaluate", str(models[2]), "--tasks", "tiny_gen", "--include_path", str(tasks_dir), "--gen_kwargs", "max_gen_toks=4096"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit.value.code == 2 and last == ("error: a task asks for 4096 new tokens (max_gen_toks) but max_length is 2048: ask for fewer"
+                                             " with --gen_kwargs max_gen_toks=<n below 2048> (or the task's generation_kwargs)")
 
 
 def test_bad_folders_and_windows_are_one_line(models, tasks_dir, tmp_path, capsys):

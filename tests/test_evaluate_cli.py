@@ -64,6 +64,27 @@ def test_newest_checkpoint_under_out(models_root, tasks_dir, tmp_path):  # noqa:
     results = json.loads((out / "new" / "step-00000020" / "evaluate" / "results.json").read_text())
     assert results["results"]["tiny_mc"]["acc,none"] in (0, 0.5, 1)
 
+    # a second run into the same out_dir, on other tasks, named by the path of their YAML as lm-eval takes it (it was
+    # "unknown task"): the first run's results were deleted and its samples file left beside results not naming it
+    evaluated = out / "new" / "step-00000020" / "evaluate"
+    (evaluated / "samples_tiny_mc.jsonl").write_text("{}\n")  # (as --log_samples writes it)
+    earlier = time.strftime("%Y-%m-%dT%H-%M-%S", time.localtime((evaluated / "results.json").stat().st_mtime))
+    proc = run_cli(tmp_path, "evaluate", "out/new/step-00000020", "--tasks", str(tasks_dir / "tiny_gen.yaml"), "--limit", "2", "--device", "cpu",
+                   "--gen_kwargs", "max_gen_toks=1", "--log_samples", "true")  # (lm-eval's override of the task's settings)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "new" / "step-00000020" / "evaluate" / "samples_tiny_gen.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(row["arguments"][0][1]["max_gen_toks"] == 1 for row in rows), rows[0]["arguments"]
+    assert proc.stdout.splitlines()[-1] == (f"results: {Path('out/new/step-00000020/evaluate/results.json')}"
+                                            f" (the earlier run's kept as results_{earlier}.json)")
+    assert sorted(p.name for p in evaluated.iterdir()) == sorted(
+        ["results.json", "results.md", f"results_{earlier}.json", f"results_{earlier}.md", f"samples_tiny_mc_{earlier}.jsonl", "samples_tiny_gen.jsonl"])
+    assert list(json.loads((evaluated / "results.json").read_text())["results"]) == ["tiny_gen"]
+    assert list(json.loads((evaluated / f"results_{earlier}.json").read_text())["results"]) == ["tiny_mc"]
+    # an out_dir that cannot be written was a traceback after the whole evaluation: now one line before it
+    (tmp_path / "afile").write_text("mine")
+    proc = run_cli(tmp_path, "evaluate", "out/new/step-00000020", "--tasks", "tiny_mc", "--include_path", str(tasks_dir), "--out_dir", "afile/x")
+    assert_one_error_line(proc, "afile")
+
     for f in (out / "old" / "final").iterdir():  # writing to the old one makes it the newest
         os.utime(f, (now + 10, now + 10))
     assert newest_checkpoint(out) == out / "old" / "final"

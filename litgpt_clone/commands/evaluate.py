@@ -31,6 +31,9 @@ def evaluate_tasks(
     seed: int = 1234,
     bootstrap_iters: int = 0,
     log_samples: bool = False,
+    gen_kwargs: Optional[str] = None,
+    system_instruction: Optional[str] = None,
+    fewshot_as_multiturn: bool = True,
 ) -> dict:
     """Run lm-evaluation-harness tasks on a checkpoint; print a markdown table, write results.json and results.md.
 
@@ -59,6 +62,14 @@ def evaluate_tasks(
             takes minutes for the metrics that are resampled.
         log_samples: Also write each example's prompt, the model's responses and its scores, one JSON line per example,
             to samples_<task>.jsonl in out_dir (lm-eval's --log_samples).
+        gen_kwargs: Generation settings for every generate_until task, over the tasks' own, as lm-eval takes them
+            (``max_gen_toks=64,temperature=0``).
+        system_instruction: A system message in front of every prompt (lm-eval's --system_instruction).
+        fewshot_as_multiturn: With --apply_chat_template, give the few-shot examples as earlier turns of the chat
+            (lm-eval's default); false puts them all in the first user message.
+
+    A run whose out_dir already holds results keeps them: the earlier results.json, results.md and samples files
+    are renamed with the time they were written (``results_2026-11-28T10-15-00.json``) before the new ones are written.
     """
     from litgpt_clone.api import find_checkpoint
 
@@ -76,7 +87,11 @@ def evaluate_tasks(
         print(f"Evaluating {checkpoint} (the newest checkpoint under out/)", flush=True)
     else:
         checkpoint = find_checkpoint(checkpoint_dir)  # a CheckpointError line for a folder that is not a checkpoint
-    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    names, include_path = task_yaml_paths([t.strip() for t in tasks.split(",") if t.strip()], include_path)
+    out_dir = Path(out_dir) if out_dir is not None else checkpoint / "evaluate"
+    from litgpt_clone.config import check_out_dir
+
+    check_out_dir(out_dir)  # (a file, a folder it cannot write: said now, not after the whole evaluation)
     manager = task_manager(include_path, local_only=bool(include_path) and local_tasks(names, include_path))
     check_tasks(names, manager.all_tasks, include_path)
     import jinja2
@@ -94,13 +109,16 @@ def evaluate_tasks(
         results = simple_evaluate(
             model=lm, tasks=names, num_fewshot=num_fewshot, limit=limit, task_manager=manager, apply_chat_template=apply_chat_template,
             random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, log_samples=log_samples,
-            bootstrap_iters=bootstrap_iters,
+            bootstrap_iters=bootstrap_iters, gen_kwargs=gen_kwargs, system_instruction=system_instruction,
+            fewshot_as_multiturn=fewshot_as_multiturn,
         )
     except ConnectionError as err:  # what `datasets` raises offline (HF_DATASETS_OFFLINE) for data it has not cached
         raise EvaluationError(unreachable_data(err)) from err
     except EvaluationError:  # the model's own one line (a ValueError too): not about the task YAMLs
         raise
-    except (ValueError, KeyError, TypeError, jinja2.TemplateError) as err:
+    except (ValueError, KeyError, TypeError, IndexError, jinja2.TemplateError) as err:
+        if num_fewshot and "Sample larger than population" in str(err):  # (random.sample of the few-shot examples)
+            raise EvaluationError(f"--num_fewshot {num_fewshot} is more examples than a task has to draw them from: use fewer") from err
         if not (include_path and local_tasks(names, include_path)):
             raise
         reason = " ".join(str(err).split())[:300]  # lm-eval's verdict on a task YAML: a bad output_type, a template field
@@ -113,16 +131,64 @@ def evaluate_tasks(
     samples = results.pop("samples", {})
     table = make_table(results)
     print(table)
-    out_dir = Path(out_dir) if out_dir is not None else checkpoint / "evaluate"
     out_dir.mkdir(parents=True, exist_ok=True)
     from litgpt_clone.checkpoints.io import write_atomic_text
 
+    kept = keep_earlier_results(out_dir)
     for task, rows in samples.items():  # as lm-eval writes them: one JSON object per line
         lines = (json.dumps(row, default=handle_non_serializable, ensure_ascii=False) for row in rows)
         write_atomic_text(out_dir / f"samples_{task}.jsonl", "".join(line + "\n" for line in lines))
     write_atomic_text(out_dir / "results.json", json.dumps(results, indent=2, default=handle_non_serializable))
     write_atomic_text(out_dir / "results.md", table)
+    print(f"results: {out_dir / 'results.json'}" + (f" (the earlier run's kept as {kept})" if kept else ""))
     return results
+
+
+def keep_earlier_results(out_dir: Path) -> Optional[str]:
+    """Rename an earlier run's results.json, results.md and samples_*.jsonl in ``out_dir`` with the time its
+    results.json was written, so that a run on other tasks does not delete them (and its samples files are not left
+    beside results that no longer name them); the new name of the earlier results.json, or None."""
+    import time
+
+    earlier = out_dir / "results.json"
+    if not earlier.is_file():
+        return None
+    stamp = time.strftime("%Y-%m-%dT%H-%M-%S", time.localtime(earlier.stat().st_mtime))
+    for path in [earlier, out_dir / "results.md", *sorted(out_dir.glob("samples_*.jsonl"))]:
+        if path.is_file() and not re.search(r"_\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d$", path.stem):  # (not one kept already)
+            os.replace(path, path.with_name(f"{path.stem}_{stamp}{path.suffix}"))
+    return f"results_{stamp}.json"
+
+
+def task_yaml_paths(names: list[str], include_path: Optional[str]) -> tuple[list[str], Optional[str]]:
+    """``--tasks path/to/task.yaml`` (as lm-eval takes it): the task (or group) the file names, its folder as the
+    include_path (where its includes and data files are found)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_multi_constructor("", lambda loader, suffix, node: None)  # lm-eval's !function tags and the like
+    out = []
+    for name in names:
+        path = Path(name)
+        if path.suffix not in (".yaml", ".yml") or not path.is_file():
+            out.append(name)
+            continue
+        try:
+            config = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise EvaluationError(f"{path} is not valid YAML ({type(err).__name__}): fix it") from None
+        task = (config.get("task") or config.get("group")) if isinstance(config, dict) else None
+        if not isinstance(task, str):
+            raise EvaluationError(f"{path} names no task (a 'task:' or 'group:' key): give a task YAML")
+        folder = path.parent.resolve()
+        if include_path is None:
+            include_path = str(folder)
+        elif not folder.is_relative_to(Path(include_path).resolve()):
+            raise EvaluationError(f"--tasks {name} lies outside --include_path {include_path}: move it there, or leave --include_path out")
+        out.append(task)
+    return out, include_path
 
 
 def newest_checkpoint(root: Path, tasks: str = "...") -> Path:

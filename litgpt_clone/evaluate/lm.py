@@ -60,9 +60,11 @@ class LitGPTLM(TemplateLM):
     def __init__(
         self, checkpoint_dir: Union[str, Path, None] = None, batch_size: Union[int, str] = 8, max_batch_size: int = 64, device: str = "auto",
         precision: Optional[str] = None, max_length: Union[int, str, None] = None, rolling_context: Union[int, str, None] = None,
-        llm: Optional[LLM] = None, quantize: Optional[str] = None,
+        llm: Optional[LLM] = None, quantize: Optional[str] = None, pretrained: Union[str, Path, None] = None,
     ) -> None:
         super().__init__()
+        # (``pretrained=``: lm-eval's name for it, from which its EvaluationTracker also names the --output_path folder)
+        checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else pretrained
         self.auto_batch = str(batch_size).startswith("auto")  # lm-eval's "auto:N" too: ours is chosen on every call
         self.batch_size = 1 if self.auto_batch else int(batch_size)
         self.max_batch_size = int(max_batch_size)
@@ -404,9 +406,11 @@ class LitGPTLM(TemplateLM):
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
             max_new = int(kwargs.pop("max_gen_toks"))
             if max_new >= self.max_length:
+                context = self.model.max_seq_length
                 raise EvaluationError(
-                    f"a task asks for {max_new} new tokens (max_gen_toks) but max_length is {self.max_length}: raise --max_length"
-                    f" above {max_new}, or lower the task's generation_kwargs.max_gen_toks"
+                    f"a task asks for {max_new} new tokens (max_gen_toks) but max_length is {self.max_length}: "
+                    + (f"raise --max_length above {max_new} (at most {context}), or " if max_new < context else "")
+                    + f"ask for fewer with --gen_kwargs max_gen_toks=<n below {self.max_length}> (or the task's generation_kwargs)"
                 )
             keep = self.max_length - max_new  # the end of a long context
             prompts = [torch.tensor((self.tok_encode(c) or [self.prefix_token_id])[-keep:]) for c in contexts]
