@@ -172,6 +172,9 @@ def test_auto_batch_size(models):
         f"checkpoint_dir={native},device=cpu", {"batch_size": "auto", "max_batch_size": 8, "device": None}
     )
     assert isinstance(built, LitGPTLM) and built.batch_size_for(40) == 8
+    # lm-eval's own name for the model folder (its EvaluationTracker names the --output_path folder after it)
+    named = get_model("litgpt_clone").create_from_arg_string(f"pretrained={native},device=cpu", {"batch_size": 2, "device": None})
+    assert named.llm.checkpoint_dir == built.llm.checkpoint_dir
 
 
 def test_perplexity_matches_transformers(models, tmp_path, capsys):
