@@ -395,3 +395,14 @@ def test_gpu_batching_and_scoring_equal_the_cpu(models):
     for (got, greedy), (expected, expected_greedy) in zip(gpu.loglikelihood(requests, disable_tqdm=True),
                                                           ours.loglikelihood(requests, disable_tqdm=True)):
         assert abs(got - expected) < 1e-4 and greedy == expected_greedy
+
+
+def test_a_context_of_spaces_is_scored_as_an_empty_one(models):
+    """lm-eval moves a context's trailing spaces to the continuation, so a context of spaces alone encodes to nothing:
+    a one-token continuation then crashed (index_select), a longer one went without its first token. It is scored as
+    lm-eval scores an empty context: every continuation token, after the prefix token."""
+    ours, _, _ = models
+    pairs = [(" ", "x"), ("  ", " hello world"), ("\n", "abc")]
+    spaced = ours.loglikelihood([Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)], disable_tqdm=True)
+    empty = ours.loglikelihood([Instance("loglikelihood", {}, ("", ctx + cont), i) for i, (ctx, cont) in enumerate(pairs)], disable_tqdm=True)
+    assert spaced == empty and all(logprob < 0 for logprob, _ in spaced)

@@ -207,6 +207,9 @@ class LitGPTLM(TemplateLM):
         results: list = [None] * len(requests)
         by_context: dict[tuple, list[int]] = {}  # context ids -> the requests that continue it
         singles: list[int] = []  # requests scored as whole sequences
+        # a context of only spaces encodes to nothing once lm-eval moved them to the continuation: condition on the
+        # prefix token, as lm-eval does for an empty context (else the continuation's first token went unscored)
+        requests = [(pair, list(ctx) or [self.prefix_token_id], cont) for pair, ctx, cont in requests]
         for i, (_, ctx, cont) in enumerate(requests):
             if not cont:
                 results[i] = (0.0, True)
