@@ -31,6 +31,8 @@ from litgpt_clone.api import LLM
 from litgpt_clone.checkpoints.convert import convert_to_hf_checkpoint
 from litgpt_clone.commands.evaluate import evaluate_perplexity
 from litgpt_clone.evaluate.lm import LitGPTLM
+from litgpt_clone.model import GPT
+from litgpt_clone.tokenizer import Tokenizer
 from test_generate import CORPUS, checkpoint, models_root  # noqa: F401  (models_root is a fixture)
 
 TASKS = Path(__file__).parent / "eval_tasks"
@@ -211,6 +213,11 @@ def test_cli_writes_results(models, tasks_dir, tmp_path, capsys):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["config"]["model_args"] == f"checkpoint_dir={native}" and results["config"]["batch_size"] == 2  # which model
     assert (results["model_name"], results["config"]["dtype"], results["config"]["max_length"]) == (str(native), "float32", ours_max_length(native))
+    # the keys lm-eval's results.json has and a harness reads (they were missing)
+    tok = Tokenizer(native)
+    assert (results["config"]["model_dtype"], results["max_length"], results["eot_token_id"]) == ("torch.float32", ours_max_length(native), tok.eos_id)
+    assert results["tokenizer_eos_token"] == [tok.decode([tok.eos_id], skip_special_tokens=False), str(tok.eos_id)]
+    assert results["config"]["model_num_parameters"] == sum(p.numel() for p in GPT.from_checkpoint(native).parameters())
     assert not list(tmp_path.glob("samples_*"))
     # --log_samples: each example's prompt, responses and scores, one JSON line each, as lm-eval writes them
     main(["evaluate", str(native), "--tasks", "tiny_mc", "--include_path", str(tasks_dir), "--limit", "3", "--device", "cpu",

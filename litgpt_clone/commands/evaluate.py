@@ -123,11 +123,19 @@ def evaluate_tasks(
             raise
         reason = " ".join(str(err).split())[:300]  # lm-eval's verdict on a task YAML: a bad output_type, a template field
         raise EvaluationError(f"the task YAMLs of --include_path {include_path} do not run ({type(err).__name__}: {reason}): fix them") from err
+    dtype = lm.model.transformer.wte.weight.dtype
     results["config"].update(
         model="litgpt_clone", model_args=f"checkpoint_dir={checkpoint}", batch_size=batch_size, device=str(lm.device),
-        dtype=str(lm.model.transformer.wte.weight.dtype).removeprefix("torch."), max_length=lm.max_length, quantize=quantize,
+        dtype=str(dtype).removeprefix("torch."), max_length=lm.max_length, quantize=quantize,
+        model_dtype=str(dtype), model_num_parameters=sum(p.numel() for p in lm.model.parameters()),  # (lm-eval's keys too)
     )
     results.update(model_name=str(checkpoint), chat_template=lm.tok.chat_template if apply_chat_template else None)
+    named, tok = lm.tok.template_tokens, lm.tok  # the tokenizer facts lm-eval's results.json carries, in its form
+    pad = named.get("pad_token")
+    results.update(
+        tokenizer_pad_token=[pad, str(tok.token_to_id(pad) if pad else None)], tokenizer_eos_token=[named.get("eos_token"), str(tok.eos_id)],
+        tokenizer_bos_token=[named.get("bos_token"), str(tok.bos_id)], eot_token_id=lm.eot_token_id, max_length=lm.max_length,
+    )
     samples = results.pop("samples", {})
     table = make_table(results)
     print(table)
