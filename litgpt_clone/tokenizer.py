@@ -34,8 +34,8 @@ Where transformers 5 does something else, and we do not follow:
 - ``eos``: EOS is added only when asked (``eos=True``), even if the checkpoint says ``add_eos_token``.
 - tokenizer.json with a model-specific ``tokenizer_class``: transformers 5 rebuilds that class's hard-coded pipeline
   from the file's vocab and merges instead of running the file's. We do the same for ``LlamaTokenizer`` and
-  ``CodeLlamaTokenizer`` on a SentencePiece-style file of a Llama checkpoint (Llama 2, TinyLlama: see
-  ``_llama_pipeline``) and run any other file as it is (for the classes of real checkpoints, e.g.
+  ``CodeLlamaTokenizer`` on a SentencePiece-style file (Llama 2, TinyLlama; not for the model types transformers
+  runs such a file for as written, Mistral's and Phi-3's: see ``_llama_pipeline``) and run any other file as it is (for the classes of real checkpoints, e.g.
   ``Qwen2Tokenizer`` or ``GemmaTokenizer``, the file is that pipeline already).
 - tokenizer.model with ``LlamaTokenizer``: a model trained with a normalization rule (``nmt_nfkc``, whitespace
   collapsing) is normalized by sentencepiece, which transformers skips (collapsing strips the spaces at the ends of
@@ -78,10 +78,10 @@ TOKENIZER_FILES = (
 checkpoint (``config.json``, where ``Tokenizer`` also looks for ``bos_token_id``/``eos_token_id``, is the model's)."""
 
 
-ENCODING_VERSION = 2
+ENCODING_VERSION = 3
 """Part of every tokenized-data cache key (``Tokenizer.fingerprint``): raise it when ``encode`` gives other ids for
 some checkpoint (2: a Llama checkpoint's SentencePiece-style tokenizer.json runs the pipeline transformers rebuilds; a
-SentencePiece part that starts with "▁" gets no second one)."""
+SentencePiece part that starts with "▁" gets no second one; 3: that rebuild for every model type transformers does it for)."""
 
 
 def _byte_to_unicode() -> dict[int, str]:
@@ -127,6 +127,12 @@ def _token_content(token: Union[str, dict, None]) -> Optional[str]:
     return token.get("content") if isinstance(token, dict) else token
 
 
+FILE_AS_WRITTEN = ("mistral", "mixtral", "ministral", "phi3", "phimoe", "olmo2", "stablelm", "granite", "internlm2", "internlm3", "qwen2")
+"""config.json ``model_type``s whose tokenizer.json transformers 5 runs as written although it declares LlamaTokenizer
+(found by loading such a file under each model type with transformers 5.24; qwen2 gets Qwen2Tokenizer's own pipeline,
+which we do not rebuild). For every other model type, and a tokenizer alone, it rebuilds LlamaTokenizer's."""
+
+
 def _model_type(checkpoint_dir: Path) -> Optional[str]:
     """config.json's ``model_type`` (None for a folder without one, e.g. a tokenizer alone)."""
     return _read_json(checkpoint_dir / "config.json").get("model_type")
@@ -138,9 +144,9 @@ def _llama_pipeline(tokenizer, path: Path, code_llama: bool, config: dict) -> No
     pre-tokenizer that puts "▁" in front of the first part of a text only ("always" with ``"legacy": true``, never
     with ``"add_prefix_space": false``), and the matching decoder. Llama 2's and TinyLlama's files normalize instead
     (``Prepend("▁")``), which gave the text after every added token its own "▁": ``[INST] Hi`` came out as
-    ``[INST]``, ``▁``, ``▁Hi`` where transformers has ``[INST]``, ``▁Hi``. Transformers does this only for Llama
-    checkpoints (``model_type`` "llama") and tokenizer-only folders; it runs a byte-level file declaring the class,
-    and Mistral's and Phi-3's files (same class, other model types), as they are, and so do we."""
+    ``[INST]``, ``▁``, ``▁Hi`` where transformers has ``[INST]``, ``▁Hi``. Transformers runs a byte-level file
+    declaring the class, and the files of the model types in ``FILE_AS_WRITTEN`` (Mistral's, Phi-3's), as they are,
+    and so do we."""
     from tokenizers import decoders, pre_tokenizers
 
     if b'"ByteLevel"' in path.read_bytes():
@@ -196,7 +202,7 @@ class Tokenizer:
             self._hf.no_padding()  # a file may carry padding/truncation settings; transformers does not apply
             self._hf.no_truncation()  # them unless asked to, and neither do we
             tokenizer_class = str(config.get("tokenizer_class") or "").removesuffix("Fast")
-            if tokenizer_class in ("LlamaTokenizer", "CodeLlamaTokenizer") and _model_type(checkpoint_dir) in (None, "llama"):
+            if tokenizer_class in ("LlamaTokenizer", "CodeLlamaTokenizer") and _model_type(checkpoint_dir) not in FILE_AS_WRITTEN:
                 _llama_pipeline(self._hf, checkpoint_dir / "tokenizer.json", tokenizer_class == "CodeLlamaTokenizer", config)
             self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
         elif (checkpoint_dir / "tokenizer.model").is_file():

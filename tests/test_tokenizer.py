@@ -466,7 +466,8 @@ def test_a_llama_tokenizer_json_is_run_as_transformers_rebuilds_it(sp_json, tmp_
     lone = {}
     cases = [(None, "LlamaTokenizer", {}), ("llama", "LlamaTokenizerFast", {}), ("llama", "LlamaTokenizer", {"legacy": True}),
              ("llama", "LlamaTokenizer", {"add_prefix_space": False}), ("llama", "CodeLlamaTokenizer", {"add_prefix_space": False}),
-             ("mistral", "LlamaTokenizer", {}), ("phi3", "LlamaTokenizer", {}), ("llama", None, {})]
+             ("mistral", "LlamaTokenizer", {}), ("phi3", "LlamaTokenizer", {}), ("llama", None, {}),
+             ("gemma", "LlamaTokenizer", {}), ("olmo2", "LlamaTokenizer", {})]  # (rebuilt for gemma, as written for olmo2)
     for i, (model_type, tokenizer_class, extra) in enumerate(cases):
         folder = _variant(base, tmp_path / str(i), tokenizer_config__json={**config, "tokenizer_class": tokenizer_class, **extra})
         if model_type:
