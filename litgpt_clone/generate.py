@@ -600,23 +600,28 @@ class TextStream:
     def _mixed_prefix(self) -> int:
         """Length of the text of the latest tokens that, with their special tokens, could be the start of a stop
         string holding special-token text (``"<|im_start|>user"`` after ``<|im_start|>u``): held back, like
-        ``_stop_prefix``'s tails."""
+        ``_stop_prefix``'s tails. Decoded from a token before them, as ``_add`` does (a SentencePiece decoder drops the
+        space of the first token of a call)."""
         if not self.mixed:
             return 0
-        tail = self.ids[-self.tail :]
-        whole = self.tokenizer.decode(tail, skip_special_tokens=False)
+        decode = self.tokenizer.decode
+        ids = self.ids[-self.tail - 1 :]
+        whole = decode(ids, skip_special_tokens=False)
         k = next((k for k in range(min(len(whole), max(map(len, self.mixed))), 0, -1) if any(s.startswith(whole[-k:]) for s in self.mixed)), 0)
         if not k:
             return 0
-        j = next(j for j in range(len(tail) - 1, -1, -1) if len(self.tokenizer.decode(tail[j:], skip_special_tokens=False)) >= k)
-        return len(self.tokenizer.decode(tail[j:]))
+        first = next(p for p in range(len(ids)) if len(decode(ids[: p + 1], skip_special_tokens=False)) > len(whole) - k)
+        return len(decode(ids)) - len(decode(ids[:first]))
 
     def _end_at(self, ids: list[int], start: int) -> str:
-        """End the text where the stop string that starts in token ``start`` of ``ids`` begins."""
-        rest = self.tokenizer.decode(ids[start:], skip_special_tokens=False)
-        before = min(i for i in (rest.find(s) for s in self.mixed) if i >= 0)  # (the part of token `start` before it)
+        """End the text where the stop string that starts in token ``start`` of ``ids`` begins: the text of the tokens
+        before it, and the part of token ``start`` before it (read from whole decodes, once: a decode of a slice may
+        lose its first space)."""
+        decode = self.tokenizer.decode
+        before, whole = decode(ids[:start], skip_special_tokens=False), decode(ids, skip_special_tokens=False)
+        at = min(i for i in (whole.find(s, len(before)) for s in self.mixed) if i >= 0)
         self.ids, self.stopped = ids, True
-        self.text = self.tokenizer.decode(ids[:start]) + rest[:before]
+        self.text = decode(ids[:start]) + whole[len(before) : at]
         return self._emit(len(self.text))
 
     def flush(self) -> str:
