@@ -136,3 +136,17 @@ def test_task_index_follows_edited_yamls(tmp_path):
     assert first.all_tasks == ["task_one"] and task_manager(str(tmp_path), local_only=True) is first
     (tmp_path / "two.yaml").write_text(yaml.format(name="task_two"))
     assert task_manager(str(tmp_path), local_only=True).all_tasks == ["task_one", "task_two"]
+
+
+def test_task_yaml_paths_name_tasks_and_groups_in_any_folders(tmp_path):
+    """`--tasks a/grp.yaml` (a group: its task: is a list) was refused as naming no group; YAMLs in two folders were
+    refused with advice about an --include_path nobody gave. lm-eval takes both."""
+    from litgpt_clone.commands.evaluate import task_yaml_paths
+
+    for name, text in {"a/grp.yaml": "group: mygroup\ntask:\n  - t1\n", "a/t1.yaml": "task: t1\n", "b/t2.yaml": "task: t2\n"}.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert task_yaml_paths([str(tmp_path / "a" / "grp.yaml"), "hellaswag"], None) == (["mygroup", "hellaswag"], str(tmp_path / "a"))
+    assert task_yaml_paths([str(tmp_path / "a" / "t1.yaml"), str(tmp_path / "b" / "t2.yaml")], None) == (["t1", "t2"], str(tmp_path))
+    with pytest.raises(EvaluationError, match=r"lies outside --include_path .*: move it there, or pass a folder holding both$"):
+        task_yaml_paths([str(tmp_path / "b" / "t2.yaml")], str(tmp_path / "a"))

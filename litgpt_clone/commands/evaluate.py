@@ -177,7 +177,7 @@ def task_yaml_paths(names: list[str], include_path: Optional[str]) -> tuple[list
         pass
 
     Loader.add_multi_constructor("", lambda loader, suffix, node: None)  # lm-eval's !function tags and the like
-    out = []
+    out, folders = [], []
     for name in names:
         path = Path(name)
         if path.suffix not in (".yaml", ".yml") or not path.is_file():
@@ -187,15 +187,17 @@ def task_yaml_paths(names: list[str], include_path: Optional[str]) -> tuple[list
             config = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
         except (yaml.YAMLError, UnicodeDecodeError) as err:
             raise EvaluationError(f"{path} is not valid YAML ({type(err).__name__}): fix it") from None
-        task = (config.get("task") or config.get("group")) if isinstance(config, dict) else None
+        config = config if isinstance(config, dict) else {}
+        task = config["task"] if isinstance(config.get("task"), str) else config.get("group")  # (a group's task: is a list)
         if not isinstance(task, str):
             raise EvaluationError(f"{path} names no task (a 'task:' or 'group:' key): give a task YAML")
         folder = path.parent.resolve()
-        if include_path is None:
-            include_path = str(folder)
-        elif not folder.is_relative_to(Path(include_path).resolve()):
-            raise EvaluationError(f"--tasks {name} lies outside --include_path {include_path}: move it there, or leave --include_path out")
+        if include_path is not None and not folder.is_relative_to(Path(include_path).resolve()):
+            raise EvaluationError(f"--tasks {name} lies outside --include_path {include_path}: move it there, or pass a folder holding both")
+        folders.append(str(folder))
         out.append(task)
+    if include_path is None and folders:  # (lm-eval reads the folder's subfolders too: the one above them all)
+        include_path = os.path.commonpath(folders)
     return out, include_path
 
 
