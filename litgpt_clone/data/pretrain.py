@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
+import time
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -258,7 +260,11 @@ def tokenize_documents(docs, tokenizer: Tokenizer, out: Path, val_fraction: floa
     else:
         n_val = int(round(train.size * val_fraction))
         train, val = train[: train.size - n_val], train[train.size - n_val :]
-    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")  # (a process of its own: others may tokenize the same data)
+    for stale in out.parent.glob(f"{out.name}.partial-*"):  # left by runs killed while writing, a day or more ago
+        if time.time() - stale.stat().st_mtime > 86400:
+            shutil.rmtree(stale, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)  # a folder of this process's own: others may tokenize the same data
+    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.partial-", dir=out.parent))
     with ShardWriter(tmp, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id, extra={"source": "text", "vocabulary_sha256": tokenizer.vocabulary_digest()}) as writer:
         writer.add(train, split="train", eos=False)  # the stream carries its own EOS ids
         if val.size:

@@ -34,11 +34,18 @@ class ShardError(RuntimeError):
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+    return read_shard(path)[0]
+
+
+def read_shard(path: Path, dtype: Optional[np.dtype] = None) -> tuple[str, int]:
+    """The SHA-256 of a file and, with ``dtype``, the largest token id in it (-1 when empty), in one read."""
+    h, largest, step = hashlib.sha256(), -1, (1 << 20) - (1 << 20) % (dtype.itemsize if dtype is not None else 1)
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        for block in iter(lambda: f.read(step), b""):
             h.update(block)
-    return h.hexdigest()
+            if dtype is not None and len(block) >= dtype.itemsize:
+                largest = max(largest, int(np.frombuffer(block, dtype=dtype, count=len(block) // dtype.itemsize).max()))
+    return h.hexdigest(), largest
 
 
 class ShardWriter:
@@ -147,14 +154,15 @@ class TokenShards:
             file = self.path / shard["file"]
             if not file.is_file():
                 raise ShardError(f"shard {file} listed in the manifest is missing: {fix}")
-            if verify and sha256_file(file) != shard["sha256"]:
-                raise ShardError(f"shard {file} does not match its SHA-256 in the manifest: it is corrupt; {fix}")
             if file.stat().st_size % dtype.itemsize:
                 raise ShardError(f"shard {file} holds {file.stat().st_size} bytes, not whole {dtype.name} token ids: {fix}")
-            array = np.memmap(file, dtype=dtype, mode="r") if file.stat().st_size else np.zeros(0, dtype=dtype)
-            if verify and array.size and int(array.max()) >= self.vocab_size:  # (read once more, right after the SHA-256)
-                raise ShardError(f"shard {file} holds token id {int(array.max())}, past the manifest's vocab_size {self.vocab_size}: {fix}")
-            self.arrays.append(array)
+            if verify:  # (one read of the file for both)
+                digest, largest = read_shard(file, dtype)
+                if digest != shard["sha256"]:
+                    raise ShardError(f"shard {file} does not match its SHA-256 in the manifest: it is corrupt; {fix}")
+                if largest >= self.vocab_size:
+                    raise ShardError(f"shard {file} holds token id {largest}, past the manifest's vocab_size {self.vocab_size}: {fix}")
+            self.arrays.append(np.memmap(file, dtype=dtype, mode="r") if file.stat().st_size else np.zeros(0, dtype=dtype))
         self.offsets = np.cumsum([0] + [a.size for a in self.arrays])
 
     def __len__(self) -> int:
