@@ -462,6 +462,7 @@ class GPT(nn.Module):
             self.register_buffer("cos_local", cos, persistent=False)
             self.register_buffer("sin_local", sin, persistent=False)
             self.longrope_after: Optional[int] = None
+            self.longrope_rows = False  # per row (B, T positions: independent requests, as in serve), else for the batch
             if (c.rope_scaling or {}).get("rope_type") == "longrope":  # like transformers: long factors for the
                 self.longrope_after = c.rope_scaling.get("original_max_position_embeddings") or c.block_size
                 cos, sin = build_rope_cache(c, c.rope_base, c.rope_scaling, self._max_seq_length, long=True)
@@ -523,7 +524,8 @@ class GPT(nn.Module):
         rpos = pos if rope_pos is None else rope_pos  # (T,) or (B, T)
         cos, sin = self.cos[rpos], self.sin[rpos]  # (T, rope_n_elem) or (B, T, rope_n_elem)
         if self.longrope_after is not None:  # chosen on the device: no host sync, and a compiled step has no graph
-            long = rpos.max() + 1 > self.longrope_after  # break whose guards a step skipping them would miss
+            top = rpos.amax(-1, keepdim=True)[..., None] if self.longrope_rows and rpos.dim() == 2 else rpos.max()  # break whose
+            long = top + 1 > self.longrope_after  # guards a step skipping them would miss
             cos, sin = torch.where(long, self.cos_long[rpos], cos), torch.where(long, self.sin_long[rpos], sin)
         # in the dtype of q and k (autocast's, else the weights'): one cast here, none in the layers
         device = idx.device.type

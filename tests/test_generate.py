@@ -85,6 +85,17 @@ FAMILIES = {
     ),
     "qwen3": (Qwen3ForCausalLM, lambda v: Qwen3Config(**TINY, vocab_size=v, head_dim=32), "sdpa"),
 }
+MORE_FAMILIES = {  # checkpoint() builds these too; the family-wide parity tests leave them out
+    # longrope switching to its long factors past position 32; weights large enough that the factors decide tokens
+    # (batched generation takes one table for the batch, as transformers' does, so it is not one-at-a-time's here)
+    "llama-longrope": (
+        LlamaForCausalLM,
+        lambda v: LlamaConfig(**TINY, vocab_size=v, max_position_embeddings=128, initializer_range=0.1, rope_scaling=dict(
+            rope_type="longrope", original_max_position_embeddings=32, short_factor=[1.0 + 0.1 * i for i in range(8)],
+            long_factor=[1.5 + 0.7 * i for i in range(8)])),
+        "sdpa",
+    ),
+}
 
 
 @functools.lru_cache(maxsize=None)
@@ -94,7 +105,7 @@ def checkpoint(root: Path, family: str, chat_template: str | None = None, max_po
     name = f"{family}-{seed}" + (f"-chat{zlib.crc32(chat_template.encode()):08x}" if chat_template else "") + (f"-{max_positions}" if max_positions else "")
     hf_dir, native_dir = root / name / "hf", root / name / "native"
     vocab, stop_ids = write_tokenizer(hf_dir, chat_template)
-    model_cls, make_config, attn = FAMILIES[family]
+    model_cls, make_config, attn = {**FAMILIES, **MORE_FAMILIES}[family]
     config = make_config(vocab)
     config.bos_token_id, config.eos_token_id, config.pad_token_id = None, stop_ids[0], None
     if max_positions:

@@ -117,6 +117,23 @@ def test_decode_steps_give_the_tokens_of_generate_as_requests_come_and_go(models
         assert upfront.capture() == 0  # never while requests wait or run
 
 
+def test_longrope_rows_take_their_own_factors(models_root):  # noqa: F811
+    """A longrope model switches to its long factors past the original context (32 positions here). The engine chose
+    them for the whole batch, so a short request decoded beside one past the switch got the long factors and other
+    text than it gets alone; each row now takes its own."""
+    from litgpt_clone.serve.engine import Engine
+
+    _, native = checkpoint(models_root, "llama-longrope")
+    llm = LLM.load(native, device="cpu", precision="32-true")
+    gen = torch.Generator().manual_seed(0)
+    jobs = [torch.randint(1, llm.model.config.vocab_size, (n,), generator=gen).tolist() for n in (6, 40, 9)]  # 6 + 16 < 32 < 40
+    expected = {str(i): llm.tokenizer.decode(generate(llm.model, [torch.tensor(x)], 16)[0]) for i, x in enumerate(jobs)}
+    assert run_engine(Engine(llm.model, llm.tokenizer, max_rows=4), jobs, 16, late=0) == expected
+    llm.model.longrope_rows = False  # (the batch-wide choice: the short rows' text differs, so this test can fail)
+    together = generate(llm.model, [torch.tensor(x) for x in jobs], 16)
+    assert [llm.tokenizer.decode(t) for t in together] != list(expected.values())
+
+
 def upfront_slots(slots: int) -> list[int]:
     """The cache lengths ``Engine.capture`` covers: powers of two of 64-slot blocks up to the cache (and 4,096)."""
     return sorted({min(64 * 2 ** k, slots) for k in range(7) if 64 * 2 ** (k - 1) < min(slots, 4096)})

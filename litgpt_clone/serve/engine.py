@@ -189,6 +189,7 @@ class Engine:
         self.slots = model.max_seq_length
         self.device = model.transformer.wte.weight.device
         model.set_kv_cache(max_rows, self.slots)
+        model.longrope_rows = True  # each row an independent request: its own longrope table, by its own length
         self.caches = [block.attn.kv_cache for block in model.transformer.h]
         self.key_mask = torch.zeros(max_rows, self.slots, dtype=torch.bool, device=self.device)  # slots a row wrote
         self.t = 0  # the slot the next decode step writes
