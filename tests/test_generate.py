@@ -22,7 +22,7 @@ import pytest
 import torch
 from transformers import (
     Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, MixtralConfig,
-    MixtralForCausalLM, Qwen3Config, Qwen3ForCausalLM,
+    MixtralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen3Config, Qwen3ForCausalLM,
 )
 
 from litgpt_clone.__main__ import main
@@ -85,14 +85,21 @@ FAMILIES = {
     ),
     "qwen3": (Qwen3ForCausalLM, lambda v: Qwen3Config(**TINY, vocab_size=v, head_dim=32), "sdpa"),
 }
+LONGROPE = dict(rope_type="longrope", original_max_position_embeddings=32, short_factor=[1.0 + 0.1 * i for i in range(8)],
+                long_factor=[1.5 + 0.7 * i for i in range(8)])
 MORE_FAMILIES = {  # checkpoint() builds these too; the family-wide parity tests leave them out
     # longrope switching to its long factors past position 32; weights large enough that the factors decide tokens
     # (batched generation takes one table for the batch, as transformers' does, so it is not one-at-a-time's here)
     "llama-longrope": (
         LlamaForCausalLM,
-        lambda v: LlamaConfig(**TINY, vocab_size=v, max_position_embeddings=128, initializer_range=0.1, rope_scaling=dict(
-            rope_type="longrope", original_max_position_embeddings=32, short_factor=[1.0 + 0.1 * i for i in range(8)],
-            long_factor=[1.5 + 0.7 * i for i in range(8)])),
+        lambda v: LlamaConfig(**TINY, vocab_size=v, max_position_embeddings=128, initializer_range=0.1, rope_scaling=LONGROPE),
+        "sdpa",
+    ),
+    # the same with Phi-3, whose generation recomputes every key with the long factors at the switch
+    "phi3-longrope": (
+        Phi3ForCausalLM,
+        lambda v: Phi3Config(**TINY, vocab_size=v, max_position_embeddings=128, original_max_position_embeddings=32,
+                             initializer_range=0.1, rope_scaling=LONGROPE),
         "sdpa",
     ),
 }

@@ -117,18 +117,24 @@ def test_decode_steps_give_the_tokens_of_generate_as_requests_come_and_go(models
         assert upfront.capture() == 0  # never while requests wait or run
 
 
-def test_longrope_rows_take_their_own_factors(models_root):  # noqa: F811
+@pytest.mark.parametrize("family", ["llama-longrope", "phi3-longrope"])
+def test_longrope_rows_take_their_own_factors(models_root, family):  # noqa: F811
     """A longrope model switches to its long factors past the original context (32 positions here). The engine chose
     them for the whole batch, so a short request decoded beside one past the switch got the long factors and other
-    text than it gets alone; each row now takes its own."""
+    text than it gets alone; each row now takes its own. A Phi-3 row crossing the switch recomputes its keys with
+    the long factors there, as generate (and transformers) does: the request of 20 tokens crosses it mid-way."""
     from litgpt_clone.serve.engine import Engine
 
-    _, native = checkpoint(models_root, "llama-longrope")
+    _, native = checkpoint(models_root, family)
     llm = LLM.load(native, device="cpu", precision="32-true")
+    assert llm.model.config.rope_recompute_at_switch == (family == "phi3-longrope")
     gen = torch.Generator().manual_seed(0)
-    jobs = [torch.randint(1, llm.model.config.vocab_size, (n,), generator=gen).tolist() for n in (6, 40, 9)]  # 6 + 16 < 32 < 40
+    jobs = [torch.randint(1, llm.model.config.vocab_size, (n,), generator=gen).tolist() for n in (6, 40, 20, 9)]  # 6 + 16 < 32 < 40
     expected = {str(i): llm.tokenizer.decode(generate(llm.model, [torch.tensor(x)], 16)[0]) for i, x in enumerate(jobs)}
-    assert run_engine(Engine(llm.model, llm.tokenizer, max_rows=4), jobs, 16, late=0) == expected
+    assert run_engine(Engine(llm.model, llm.tokenizer, max_rows=4), jobs, 16, late=1) == expected
+    queued = Engine(llm.model, llm.tokenizer, max_rows=4)
+    queued.ahead = True  # a GPU's order (the step queued before the last tokens are read): the input is still in flight
+    assert run_engine(queued, jobs, 16, late=1) == expected
     llm.model.longrope_rows = False  # (the batch-wide choice: the short rows' text differs, so this test can fail)
     together = generate(llm.model, [torch.tensor(x) for x in jobs], 16)
     assert [llm.tokenizer.decode(t) for t in together] != list(expected.values())

@@ -389,18 +389,42 @@ class Engine:
         positions = [0] * B
         for row in rows:
             positions[row.index] = row.pos
+        # a Phi-3 longrope row at its first position past the original context: its whole sequence again, every key
+        # with the long factors (as generate.stream and transformers do); run first, the step below rewrites the same
+        # key at slot t, and the row's logits come from here
+        switch = self.model.longrope_after if self.model.config.rope_recompute_at_switch else None
+        again = {row.index: self.recompute(row) for row in rows if switch is not None and row.pos == switch and len(row.job["ids"]) <= switch}
         self.select_adapters([self.rows.get(i) for i in range(B)])
         inputs = (self.tokens[:B, None], self.on_device([self.t]), self.on_device(positions)[:, None], self.key_mask[:B, :S])
         key = (B, S, self.adapters_in_use)
         if key not in self.steps:
             self.steps[key] = self.decode_step(B, S, inputs)
         logits = self.steps[key](*inputs)  # (B, V)
+        if again:
+            logits = logits.clone()  # (a graph's output is overwritten by its next replay)
+            for i, row_logits in again.items():
+                logits[i] = row_logits
         index = self.on_device([row.index for row in rows])
         self.key_mask[index, self.t] = True
         self.t += 1
         for row in rows:
             row.pos += 1
         return self.launch(rows, logits[index])
+
+    def recompute(self, row: Row) -> torch.Tensor:
+        """Prefill ``row``'s whole sequence (prompt, the tokens generated so far, and this step's input) into its slots
+        ``row.start`` to ``t``; its next-token logits (V,). Reads the input token on the host (once per such row)."""
+        # its input, sampled last, is read on the host already (receive) or still in flight (a GPU queues ahead)
+        seq = [*row.job["ids"], *row.text.ids[: row.count], *([int(self.tokens[row.index])] if row.sampled else [])]
+        T = len(seq)
+        scratch = [KVCache(1, T, self.model.config, device=self.device, dtype=c.k.dtype) for c in self.caches]
+        self.select_adapters([row])
+        with kv_caches(self.model, scratch):
+            logits = self.model(torch.tensor([seq], device=self.device), torch.arange(T, device=self.device), last_only=True)
+        for cache, part in zip(self.caches, scratch):
+            cache.k[row.index, :, row.start : row.start + T] = part.k[0]
+            cache.v[row.index, :, row.start : row.start + T] = part.v[0]
+        return logits[0, -1]
 
     def on_device(self, values: list[int]) -> torch.Tensor:
         """Integers as a tensor on the device, without waiting for the work queued there (``generate.to_device``)."""
