@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from hub_standin import HubStandin
 
@@ -472,9 +474,21 @@ def test_download_and_convert(hf_env, tmp_path):
                            r" Hugging Face weights \(model.safetensors\)"):
             download("acme/tiny-llama", out_dir=held)
         assert len(hub.requests) == asked
+        # another revision goes into a folder of its own (it replaced the main branch's conversion, which the repo id
+        # then stood for), cast with --dtype as LitGPT's download does; the model is named after the repo
+        sha = hub.commit_sha("acme/tiny-llama")
+        (pinned, bad) = results(start_downloads(tmp_path, dict(repo_id="acme/tiny-llama", revision=sha, dtype="bfloat16"),
+                                                dict(repo_id="acme/tiny-llama", dtype="int8")))
+        assert bad == {"error": "--dtype int8: use one of float32, bfloat16, float16"}
     assert Path(result["path"]) == out_dir
     assert (out_dir / "lit_model.safetensors").is_file()
     assert (out_dir / "model_config.yaml").is_file()
+    from safetensors.torch import load_file
+
+    assert pinned["path"] == f"checkpoints/acme/tiny-llama@{sha}"
+    weights = load_file(tmp_path / pinned["path"] / "lit_model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16} and {t.dtype for t in load_file(out_dir / "lit_model.safetensors").values()} == {torch.float32}
+    assert yaml.safe_load((tmp_path / pinned["path"] / "model_config.yaml").read_text())["name"] == "tiny-llama"
     # the Hugging Face files stay in the cache
     snapshot = hf_home / "hub" / "models--acme--tiny-llama" / "snapshots" / hub.commit_sha("acme/tiny-llama")
     assert (snapshot / "model.safetensors").read_bytes() == files["model.safetensors"]

@@ -70,3 +70,35 @@ def test_a_sliding_window_export_stays_its_class(case, tmp_path):
     idx = torch.randint(0, config.vocab_size, (1, 20))
     with torch.no_grad():
         assert torch.allclose(exported(idx).logits, original(idx).logits, atol=1e-5)
+
+
+def test_weights_stored_in_two_dtypes_convert_to_one(tmp_path):
+    """Hub checkpoints with bf16 weights and fp32 norms: the conversion kept both, so GPT.from_checkpoint failed in its
+    forward ("expected m1 and m2 to have the same dtype"), and to_hf wrote the first tensor's dtype (float32) as the
+    model's. They take config.json's dtype, as transformers loads them; the export names the dtype most bytes have.
+    --max_shard_size also takes a number of bytes, as save_pretrained does."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from litgpt_clone.checkpoints.convert import convert_hf_checkpoint, convert_to_hf_checkpoint
+    from litgpt_clone.model import GPT
+    from parity import build_hf
+
+    model_cls, config = CASES["llama"]
+    build_hf(model_cls, config, tmp_path / "hf").to(torch.bfloat16).save_pretrained(tmp_path / "hf")
+    weights = load_file(tmp_path / "hf" / "model.safetensors")
+    save_file({k: t.float() if t.dim() == 1 else t for k, t in weights.items()}, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["dtype"] == "bfloat16"
+    convert_hf_checkpoint(tmp_path / "hf", tmp_path / "native")
+    assert {t.dtype for t in load_file(tmp_path / "native" / "lit_model.safetensors").values()} == {torch.bfloat16}
+    ours = GPT.from_checkpoint(tmp_path / "native").eval()
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    idx = torch.randint(0, config.vocab_size, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx).float(), reference(idx).logits.float(), atol=0.05, rtol=0)  # (bf16 rounding)
+    convert_to_hf_checkpoint(tmp_path / "native", tmp_path / "export", max_shard_size="20000")
+    written = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert written["torch_dtype"] == "bfloat16" and (tmp_path / "export" / "model.safetensors.index.json").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -189,14 +190,26 @@ def check_destination(source: Path, out_dir: Path, command: str) -> None:
         raise CheckpointError(f"{command} would write into {source}, the folder it reads: give --out_dir another folder")
 
 
-def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = None) -> Path:
+def main_dtype(state: dict) -> torch.dtype:
+    """The floating-point dtype that most of ``state``'s bytes are in."""
+    size: dict = {}
+    for t in state.values():
+        if t.is_floating_point():
+            size[t.dtype] = size.get(t.dtype, 0) + t.numel() * t.element_size()
+    return max(size, key=size.get) if size else torch.float32
+
+
+def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = None, name: Optional[str] = None) -> Path:
     """Convert a Hugging Face checkpoint folder into a native one.
 
     Args:
         hf_dir: Folder with ``config.json`` and ``*.safetensors`` (or ``*.bin``) weights, single or sharded.
         out_dir: Where the native checkpoint is written (``lit_model.safetensors``, ``model_config.yaml``, the
             tokenizer files, and config.json as it came).
-        dtype: Cast the weights to ``float32``, ``bfloat16`` or ``float16``; default keeps the stored dtype.
+        dtype: Cast the weights to ``float32``, ``bfloat16`` or ``float16``; default keeps the stored dtype (weights
+            stored in several, bf16 with fp32 norms say, take config.json's ``dtype``/``torch_dtype``, else the one
+            most bytes have, as transformers loads them in one).
+        name: The model's name in model_config.yaml (``download`` gives the repo's); default: config.json's.
     """
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     if hf_dir.exists() and not hf_dir.is_dir():  # (its config.json would be read from the file itself)
@@ -214,10 +227,16 @@ def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = No
         resolve_checkpoint(hf_dir)  # (under the old name: the line saying to rename it)
         raise CheckpointError(f"{hf_dir} is already a native checkpoint (model_config.yaml): use it as it is, or export it with `convert to_hf`")
     config = Config.from_hf_config(hf_dir)
+    if name:
+        config = dataclasses.replace(config, name=name)
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
-    arch = get_arch(json.loads((hf_dir / "config.json").read_text())["architectures"][0])
+    hf = json.loads((hf_dir / "config.json").read_text())
+    arch = get_arch(hf["architectures"][0])
     state = hf_to_native_weights(read_hf_weights(hf_dir), config, arch, DTYPES.get(dtype))
+    if dtype is None and len({t.dtype for t in state.values() if t.is_floating_point()}) > 1:  # (one dtype, as transformers)
+        stated = DTYPES.get(str(hf.get("dtype") or hf.get("torch_dtype") or (hf.get("text_config") or {}).get("dtype")))
+        state = {k: t.to(stated or main_dtype(state)) if t.is_floating_point() else t for k, t in state.items()}
     check_against_model(state, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     copy_aux_files(hf_dir, out_dir)
@@ -238,7 +257,7 @@ def convert_to_hf_checkpoint(checkpoint_dir: Path, out_dir: Path, max_shard_size
             (downloaded and converted on first use).
         out_dir: Where ``model.safetensors`` (sharded with an index above ``max_shard_size``), ``config.json``,
             the tokenizer files and ``generation_config.json`` are written.
-        max_shard_size: Largest safetensors shard, e.g. ``"5GB"`` or ``"500MB"``.
+        max_shard_size: Largest safetensors shard, e.g. ``"5GB"`` or ``"500MB"``, or a number of bytes.
     """
     checkpoint_dir, out_dir = resolve_checkpoint(checkpoint_dir), Path(out_dir)
     check_destination(checkpoint_dir, out_dir, "convert to_hf")
@@ -256,9 +275,10 @@ def convert_to_hf_checkpoint(checkpoint_dir: Path, out_dir: Path, max_shard_size
     except CheckpointError as err:
         raise CheckpointError(f"{checkpoint_dir / NATIVE_WEIGHTS} does not match model_config.yaml: {err}") from None
     hf_config = {**config_to_hf(config), **special_token_ids(checkpoint_dir)}
-    dtype = next(iter(state.values())).dtype
+    dtype = main_dtype(state)  # (the first tensor's was fp32 for bf16 weights with fp32 norms)
     hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
-    save_hf_weights(native_to_hf_weights(state, config), out_dir, max_shard_size)  # first: it checks max_shard_size
+    size = int(max_shard_size) if str(max_shard_size).strip().isdigit() else max_shard_size  # (bytes, as save_pretrained takes)
+    save_hf_weights(native_to_hf_weights(state, config), out_dir, size)  # first: it checks max_shard_size
     copy_aux_files(checkpoint_dir, out_dir)
     write_atomic_text(out_dir / "config.json", json.dumps(hf_config, indent=2) + "\n")
     return out_dir

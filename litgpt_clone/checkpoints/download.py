@@ -73,8 +73,8 @@ def _one_line(text: object) -> str:
 
 def _gated_message(repo_id: str) -> str:
     return (
-        f"{repo_id} is gated: accept its license on {HUB_URL}/{repo_id} and pass --access_token hf_... "
-        "(or set HF_TOKEN)"
+        f"{repo_id} is gated: accept its license on {HUB_URL}/{repo_id}, then set HF_TOKEN=hf_... (or run"
+        f" `litgpt-clone download {repo_id} --access_token hf_...` once)"
     )
 
 
@@ -342,6 +342,7 @@ def download(
     convert: bool = True,
     revision: Optional[str] = None,
     force_download: bool = False,
+    dtype: Optional[str] = None,
 ) -> Path:
     """Download a model from the Hugging Face Hub and convert it into a litgpt_clone checkpoint.
 
@@ -357,13 +358,16 @@ def download(
             name (`litgpt-clone models`), which stands for its repo.
         access_token: A Hugging Face token (hf_...) for gated or private repos. Defaults to HF_TOKEN or the token
             saved by `hf auth login`.
-        out_dir: Where the converted checkpoint goes. Defaults to checkpoints/<repo_id>. With --convert false, the
+        out_dir: Where the converted checkpoint goes. Defaults to checkpoints/<repo_id> (checkpoints/<repo_id>@<revision>
+            with --revision). With --convert false, the
             folder the repo's files are downloaded into instead of the cache (as `hf download --local-dir`).
         convert: Convert the download into a litgpt_clone checkpoint in out_dir (lit_model.safetensors and
             model_config.yaml). With false, only download and return the folder of the files.
         revision: A branch, tag or commit hash of the repo. Defaults to the repo's main branch.
         force_download: Fetch every file again even if it is cached (a cached file that is corrupt although its
             size is right).
+        dtype: Cast the converted weights to float32, bfloat16 or float16 (as ``convert from_hf --dtype``); default:
+            as stored (mixed stored dtypes take config.json's, as transformers loads them).
 
     Returns:
         The converted checkpoint folder (out_dir), or with convert=False the snapshot folder in the HF cache (out_dir
@@ -375,13 +379,19 @@ def download(
     from litgpt_clone.config import check_out_dir
 
     repo_id = _repo_id(repo_id)
+    from litgpt_clone.checkpoints.convert import DTYPES
+
+    if dtype is not None and (dtype not in DTYPES or not convert):  # (said before the download, not after it)
+        raise DownloadError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}" if convert else "--dtype casts the converted weights: leave it out with --convert false")
     if not convert:
         if out_dir is None:
             return _download_snapshot(repo_id, access_token, revision, force_download=force_download)
         check_out_dir(out_dir)  # said before the download, not after it
         _download_snapshot(repo_id, access_token, revision, local_dir=out_dir, force_download=force_download)
         return Path(out_dir)
-    out_dir = Path(out_dir) if out_dir is not None else Path("checkpoints") / repo_id
+    # (another revision gets a folder of its own: it replaced the main branch's conversion, which every later use of
+    # the repo id then read)
+    out_dir = Path(out_dir) if out_dir is not None else Path("checkpoints") / (repo_id + (f"@{revision}" if revision else ""))
     check_out_dir(out_dir)
     from litgpt_clone.checkpoints.convert import convert_hf_checkpoint, hf_weights_in
 
@@ -392,5 +402,5 @@ def download(
         )
     snapshot = _download_snapshot(repo_id, access_token, revision, force_download=force_download)
 
-    convert_hf_checkpoint(hf_dir=snapshot, out_dir=out_dir)
+    convert_hf_checkpoint(hf_dir=snapshot, out_dir=out_dir, dtype=dtype, name=repo_id.split("/")[-1])
     return out_dir
