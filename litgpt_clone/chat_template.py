@@ -251,6 +251,10 @@ def _plain_style(messages: list[dict], gen: bool, bos: str, eos: str, **_) -> st
     return _text(users[-1])
 
 
+STYLE_STOPS = {"chatml": ("<|im_end|>",), "llama3": ("<|eot_id|>",), "llama2": ("[INST]",), "alpaca": ("### Instruction:",)}
+"""Text that ends a reply in each fallback style: the end of its assistant turn (or the start of the next user turn),
+which a base model's tokenizer does not know as a token, so it comes as text (a reply ran on past it)."""
+
 STYLES: dict[str, Callable[..., str]] = {
     "alpaca": _alpaca, "chatml": _chatml, "llama2": _llama2, "llama3": _llama3, "plain": _plain_style
 }

@@ -120,3 +120,23 @@ def test_reset_with_a_seed_gives_the_same_conversation_again(chat_model):
     proc = cli("chat", native, "--temperature", 1.0, "--max_new_tokens", NEW, "--seed", 7, stdin="Hi\nMore\n/reset\nHi\nMore\n")
     got = replies(proc.stdout)
     assert len(got) == 4 and got[:2] == got[2:] and got[0] != got[1]
+
+
+def test_a_base_model_chat_says_what_goes_in_and_survives_bytes_that_are_not_utf8(models_root):
+    """Bytes that are not UTF-8 on stdin were a traceback that ended the chat (the tokenizer refuses lone surrogates);
+    a checkpoint without a chat template now says that only the latest message goes in; a fallback style's end of
+    turn ends a reply (a base model's tokenizer has "<|im_end|>" as text: the reply ran on into made-up turns)."""
+    import subprocess
+    import sys
+
+    from litgpt_clone.commands.chat import reply_stops
+
+    _, native = checkpoint(models_root, "llama")  # (no chat template)
+    proc = subprocess.run([sys.executable, "-m", "litgpt_clone", "chat", str(native), "--temperature", "0", "--max_new_tokens", "4",
+                           "--system", "Be brief."], input=b"caf\xe9 ok\n", capture_output=True, timeout=180)
+    assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert b"note: your message was not valid UTF-8: its undecodable bytes became U+FFFD" in proc.stderr
+    assert (b"note: this checkpoint has no chat template: only your latest message goes in, as plain text (--system is not"
+            b" used); pick a format with --style") in proc.stderr
+    assert reply_stops("zzz", "chatml") == ["zzz", "<|im_end|>"] and reply_stops(None, "llama3") == ["<|eot_id|>"]
+    assert reply_stops(None, None) is None and reply_stops(["a", "b"], "plain") == ["a", "b"]

@@ -42,7 +42,8 @@ def chat(
         stop: Extra text that ends a reply (EOS and generation_config.json's eos ids always do).
         seed: Seed for sampling (turn i uses seed + i): the same conversation gives the same replies.
         style: Fallback prompt format when the checkpoint has no chat template (or to override it): chatml,
-            llama2, llama3, alpaca or plain (auto, the default: the template, else plain).
+            llama2, llama3, alpaca or plain (auto, the default: the template, else plain). A style's end of turn
+            (``<|im_end|>``, ``<|eot_id|>``, ...) also ends a reply.
         precision: "32-true", "bf16-true" or "16-true"; default bf16 on a GPU that supports it, else fp32.
         quantize: Quantize the weights with bitsandbytes: bnb.nf4, bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or bnb.int8.
         compile: torch.compile the decode step (CUDA graphs on a GPU).
@@ -67,10 +68,16 @@ def chat(
             llm.encode_chat([{"role": "system", "content": system}, {"role": "user", "content": "Hi"}], style)
         except ChatTemplateError as err:
             raise ChatTemplateError(f"--system cannot be used with this checkpoint's chat template ({err}): leave it out") from None
-    if llm.tokenizer.chat_template is None and style is None:
-        print("note: this checkpoint has no chat template; messages go in as plain text (pick one with --style)", file=sys.stderr)
+    if llm.tokenizer.chat_template is None and style in (None, "auto"):
+        print("note: this checkpoint has no chat template: only your latest message goes in, as plain text"
+              f"{' (--system is not used)' if system else ''}; pick a format with --style", file=sys.stderr)
     print(f"Chatting with {llm.checkpoint_dir}. {HELP}", file=sys.stderr, flush=True)
-    sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, stop=stop)
+    sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, stop=reply_stops(stop, style))
+    if sys.stdin.isatty():
+        try:  # line editing and history; and a line longer than the terminal's 4,095-byte limit is read whole
+            import readline  # noqa: F401
+        except ImportError:  # (Windows)
+            pass
     history: list[dict] = []
     turn = 0
     while True:
@@ -79,9 +86,11 @@ def chat(
         except (EOFError, KeyboardInterrupt):
             print()
             return
-        text = line.strip()
+        text, replaced = utf8(line.strip())
         if not text:
             continue
+        if replaced:
+            print("note: your message was not valid UTF-8: its undecodable bytes became U+FFFD", file=sys.stderr, flush=True)
         if text == "/exit":
             return
         if text == "/reset":  # the same conversation again gives the same replies (turn i samples with seed + i)
@@ -100,7 +109,7 @@ def chat(
         if dropped:
             print(f"(dropped the oldest {dropped} message(s): the conversation outgrew the context of {llm.model.max_seq_length} tokens)", file=sys.stderr, flush=True)
         print(">> Assistant: ", end="", flush=True)
-        reply = ""
+        reply, llm.last_stats = "", None  # (a reply cut short by Ctrl-C has no stats: the previous reply's were printed)
         try:
             for pieces in llm.stream_ids([ids], seed=None if seed is None else seed + turn, **sampling):
                 reply += pieces[0]
@@ -112,6 +121,25 @@ def chat(
             print(format_stats(llm.last_stats, llm.device), file=sys.stderr, flush=True)
         history.append({"role": "assistant", "content": reply})
         turn += 1
+
+
+def reply_stops(stop: Union[str, list[str], None], style: Optional[str]) -> Optional[list[str]]:
+    """The stop strings of a reply: ``--stop``'s, and a fallback style's end of turn (``STYLE_STOPS``), which a base
+    model's tokenizer has as text only: a reply ran on past it into made-up turns, kept in the history."""
+    from litgpt_clone.chat_template import STYLE_STOPS
+
+    stops = [*([stop] if isinstance(stop, str) else stop or []), *STYLE_STOPS.get(style or "", ())]
+    return stops or None
+
+
+def utf8(text: str) -> tuple[str, bool]:
+    """``text`` with what was not UTF-8 on the way in (bytes Python keeps as lone surrogates) as U+FFFD, and whether
+    there was any: the tokenizer refuses such text (a traceback that ended the chat)."""
+    try:
+        text.encode("utf-8")
+        return text, False
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode("utf-8", "replace").decode("utf-8"), True
 
 
 def fit_history(llm, system: Optional[str], history: list[dict], max_new_tokens: int, style: Optional[str]):

@@ -56,6 +56,11 @@ def generate(
 
     if not prompt:
         raise GenerationError("the prompt is empty: pass --prompt with some text")
+    from litgpt_clone.commands.chat import utf8
+
+    prompt, replaced = utf8(prompt)  # (a traceback from the tokenizer, before)
+    if replaced:
+        print("note: --prompt was not valid UTF-8: its undecodable bytes became U+FFFD", file=sys.stderr)
     if num_samples < 1:
         raise GenerationError(f"--num_samples {num_samples}: ask for at least 1 sample")
     llm = LLM.load(checkpoint_dir, device=device, precision=precision, quantize=quantize, compile=compile, draft_model=draft_model)
