@@ -43,7 +43,7 @@ def test_spellings():
     assert rewrite(["evaluate", "--help"]) == ["evaluate", "--help"]
 
 
-def test_newest_checkpoint_under_out(models_root, tasks_dir, tmp_path):  # noqa: F811
+def test_newest_checkpoint_under_out(models_root, tasks_dir, tmp_path, capsys):  # noqa: F811
     _, native = checkpoint(models_root, "llama")
     out = tmp_path / "out"
     for name in ("old/final", "new/step-00000020", "new/.step-00000040.tmp", "export", "lora/final"):
@@ -80,10 +80,13 @@ def test_newest_checkpoint_under_out(models_root, tasks_dir, tmp_path):  # noqa:
         ["results.json", "results.md", f"results_{earlier}.json", f"results_{earlier}.md", f"samples_tiny_mc_{earlier}.jsonl", "samples_tiny_gen.jsonl"])
     assert list(json.loads((evaluated / "results.json").read_text())["results"]) == ["tiny_gen"]
     assert list(json.loads((evaluated / f"results_{earlier}.json").read_text())["results"]) == ["tiny_mc"]
-    # an out_dir that cannot be written was a traceback after the whole evaluation: now one line before it
+    # an out_dir that cannot be written was a traceback after the whole evaluation: now one line before the model loads
     (tmp_path / "afile").write_text("mine")
-    proc = run_cli(tmp_path, "evaluate", "out/new/step-00000020", "--tasks", "tiny_mc", "--include_path", str(tasks_dir), "--out_dir", "afile/x")
-    assert_one_error_line(proc, "afile")
+    with pytest.raises(SystemExit) as exit:
+        main(["evaluate", str(out / "new" / "step-00000020"), "--tasks", "tiny_mc", "--include_path", str(tasks_dir),
+              "--out_dir", str(tmp_path / "afile" / "x")])
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # (after what the fixtures printed)
+    assert exit.value.code == 2 and last.startswith("error: ") and "afile" in last, last
 
     for f in (out / "old" / "final").iterdir():  # writing to the old one makes it the newest
         os.utime(f, (now + 10, now + 10))
