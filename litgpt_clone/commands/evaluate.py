@@ -168,15 +168,23 @@ def keep_earlier_results(out_dir: Path) -> Optional[str]:
     return f"results_{stamp}.json"
 
 
-def task_yaml_paths(names: list[str], include_path: Optional[str]) -> tuple[list[str], Optional[str]]:
-    """``--tasks path/to/task.yaml`` (as lm-eval takes it): the task (or group) the file names, its folder as the
-    include_path (where its includes and data files are found)."""
+@functools.lru_cache(maxsize=1)
+def task_yaml_loader():
+    """A YAML loader for lm-eval task files: safe, with any tag (``!function`` and the like) read as None."""
     import yaml
 
     class Loader(yaml.SafeLoader):
         pass
 
-    Loader.add_multi_constructor("", lambda loader, suffix, node: None)  # lm-eval's !function tags and the like
+    Loader.add_multi_constructor("", lambda loader, suffix, node: None)
+    return Loader
+
+
+def task_yaml_paths(names: list[str], include_path: Optional[str]) -> tuple[list[str], Optional[str]]:
+    """``--tasks path/to/task.yaml`` (as lm-eval takes it): the task (or group) the file names, its folder as the
+    include_path (where its includes and data files are found)."""
+    import yaml
+
     out, folders = [], []
     for name in names:
         path = Path(name)
@@ -184,7 +192,7 @@ def task_yaml_paths(names: list[str], include_path: Optional[str]) -> tuple[list
             out.append(name)
             continue
         try:
-            config = yaml.load(path.read_text(encoding="utf-8"), Loader=Loader)
+            config = yaml.load(path.read_text(encoding="utf-8"), Loader=task_yaml_loader())
         except (yaml.YAMLError, UnicodeDecodeError) as err:
             raise EvaluationError(f"{path} is not valid YAML ({type(err).__name__}): fix it") from None
         config = config if isinstance(config, dict) else {}
@@ -308,15 +316,11 @@ def unparsable_yamls(folder: str) -> list[str]:
     """The YAML files under ``folder`` that do not parse (lm-eval's ``!function`` tags and the like are accepted)."""
     import yaml
 
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_multi_constructor("", lambda loader, suffix, node: None)  # any tag
     broken = []
     for root, _, files in os.walk(folder):  # never follows links to folders
         for name in sorted(f for f in files if f.endswith((".yaml", ".yml"))):
             try:
-                yaml.load(Path(root, name).read_text(encoding="utf-8"), Loader=Loader)
+                yaml.load(Path(root, name).read_text(encoding="utf-8"), Loader=task_yaml_loader())
             except (yaml.YAMLError, UnicodeDecodeError, OSError):
                 broken.append(os.path.join(root, name))
     return sorted(broken)
