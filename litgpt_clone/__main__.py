@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from litgpt_clone.commands.chat import chat
-from litgpt_clone.commands.convert import convert_from_hf, convert_to_hf
+from litgpt_clone.commands.convert import convert_from_hf, convert_to_hf, convert_to_peft
 from litgpt_clone.commands.download import download
 from litgpt_clone.commands.evaluate import evaluate_perplexity, evaluate_tasks
 from litgpt_clone.commands.finetune import finetune_adapter, finetune_full, finetune_lora, merge_lora
@@ -26,7 +26,10 @@ from litgpt_clone.commands.serve import serve
 
 COMMANDS = {
     "download": download,
-    "convert": {"_help": "Convert checkpoints between Hugging Face and native formats.", "from_hf": convert_from_hf, "to_hf": convert_to_hf},
+    "convert": {
+        "_help": "Convert checkpoints between Hugging Face and native formats.", "from_hf": convert_from_hf, "to_hf": convert_to_hf,
+        "to_peft": convert_to_peft,
+    },
     "models": models,
     "pretrain": pretrain,
     "finetune": {

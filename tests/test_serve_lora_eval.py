@@ -6,7 +6,8 @@ the server for:
   the same checkpoint within 1e-4, with the same greedy flags, generations and metrics;
 - ``logprobs``/``echo`` equal log_softmax of the model's logits;
 - two LoRA adapters in the real ``finetune lora`` checkpoint format, served over one base and chosen per request
-  (also mixed in one batch), give the greedy text of their ``merge_lora`` merged checkpoints.
+  (also mixed in one batch), give the greedy text of their ``merge_lora`` merged checkpoints; so does one of them
+  exported to PEFT's format (``convert to_peft``; tests/test_peft.py checks that format against peft itself).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pytest
 import torch
 
 from litgpt_clone import LLM
+from litgpt_clone.commands.convert import convert_to_peft
 from litgpt_clone.commands.finetune import merge_lora
 from litgpt_clone.config import Config
 from litgpt_clone.lora import LoRAArgs, inject_lora, lora_state
@@ -69,7 +71,9 @@ def setup(models_root, tmp_path_factory):
         folder = write_adapter(base, work / f"lora-{name}", args, seed)
         merge_lora(folder, out_dir=work / f"merged-{name}")
         merged[name] = work / f"merged-{name}"
-    adapters = ",".join(f"{name}={work / f'lora-{name}'}" for name in ADAPTERS)
+    # the chat adapter once more, exported as a PEFT folder (what vLLM's --lora-modules takes): served as chat-peft
+    convert_to_peft(work / "lora-chat", work / "chat-peft")
+    adapters = ",".join(f"{name}={work / f'lora-{name}'}" for name in ADAPTERS) + f",chat-peft={work / 'chat-peft'}"
     with running_server(base, work / "serve.log", "--model_name", NAME, "--adapters", adapters, "--max_new_tokens", "64") as (url, _):
         yield url, base, merged
 
@@ -80,11 +84,12 @@ def client(url: str) -> openai.OpenAI:
 
 def test_adapters_match_their_merged_checkpoints(setup):
     url, base, merged = setup
-    assert [m.id for m in client(url).models.list().data] == [NAME, *ADAPTERS]
+    assert [m.id for m in client(url).models.list().data] == [NAME, *ADAPTERS, "chat-peft"]
     references = {NAME: LLM.load(base, device="cpu"), **{name: LLM.load(folder, device="cpu") for name, folder in merged.items()}}
     expected = {(model, p): llm.generate(p, max_new_tokens=10) for model, llm in references.items() for p in PROMPTS}
     for p in PROMPTS:  # the adapters change the answers (else this test could not fail)
         assert len({expected[(model, p)] for model in references}) == 3
+    expected.update({("chat-peft", p): expected[("chat", p)] for p in PROMPTS})
     # every (model, prompt) pair at once: rows with different adapters share decode steps
     pairs = list(expected) * 2
 
@@ -216,7 +221,7 @@ def test_unusable_adapters_are_one_line_errors(setup, models_root, tmp_path, cap
     capsys.readouterr()
     cases = [
         ("oops", "is not name=folder"),
-        (f"a={tmp_path / 'empty'}", "is not a LoRA checkpoint"),
+        (f"a={tmp_path / 'empty'}", "is not a LoRA adapter"),
         (f"{NAME}={foreign}", f"the name '{NAME}' is used twice"),
         (f"q={foreign}", "does not fit this model"),
     ]

@@ -102,6 +102,20 @@ def qkv_to_grouped(t: torch.Tensor, config: Config) -> torch.Tensor:
     return groups.reshape(-1, *rest)
 
 
+def stacked_to_native(t: torch.Tensor, natives: tuple[str, ...], arch: Arch, config: Config) -> tuple[torch.Tensor, ...]:
+    """The HF modules' tensors of a ``weight_pairs`` pair, stacked along dim 0 -> the native modules' tensors."""
+    if arch.grouped_qkv and natives[0].endswith("attn.qkv"):
+        t = grouped_to_qkv(t, config)
+    return split_parts(t, len(natives), config)
+
+
+def stacked_to_hf(t: torch.Tensor, natives: tuple[str, ...], n_hf: int, arch: Arch, config: Config) -> tuple[torch.Tensor, ...]:
+    """The native modules' tensors of a pair, stacked along dim 0 -> the ``n_hf`` HF modules' tensors."""
+    if arch.grouped_qkv and natives[0].endswith("attn.qkv"):
+        t = qkv_to_grouped(t, config)
+    return split_parts(t, n_hf, config)
+
+
 def hf_to_native_weights(hf: dict[str, torch.Tensor], config: Config, arch: Arch, dtype: Optional[torch.dtype] = None) -> dict:
     """Native state dict from the tensors of an ``arch`` checkpoint (the architecture named in its config.json)."""
     out, used = {}, set()
@@ -114,9 +128,7 @@ def hf_to_native_weights(hf: dict[str, torch.Tensor], config: Config, arch: Arch
             if not all(present):
                 raise CheckpointError(f"checkpoint has {keys[present.index(True)]} but not {keys[present.index(False)]}")
             t = torch.cat([hf[k] for k in keys]) if len(keys) > 1 else hf[keys[0]]
-            if arch.grouped_qkv and natives[0].endswith("attn.qkv"):
-                t = grouped_to_qkv(t, config)
-            for name, part in zip(natives, split_parts(t, len(natives), config)):
+            for name, part in zip(natives, stacked_to_native(t, natives, arch, config)):
                 out[f"{name}.{suffix}"] = part.to(dtype) if dtype else part
             used.update(keys)
     ignore = [re.compile(p) for p in arch.ignore] + ([re.compile(r"^lm_head\.weight$")] if config.tie_embeddings else [])
@@ -135,9 +147,7 @@ def native_to_hf_weights(state: dict[str, torch.Tensor], config: Config) -> dict
             if keys[0] not in state:
                 continue
             t = torch.cat([state[k] for k in keys]) if len(keys) > 1 else state[keys[0]]
-            if arch.grouped_qkv and natives[0].endswith("attn.qkv"):
-                t = qkv_to_grouped(t, config)
-            for name, part in zip(hfs, split_parts(t, len(hfs), config)):
+            for name, part in zip(hfs, stacked_to_hf(t, natives, len(hfs), arch, config)):
                 out[f"{name}.{suffix}"] = part.contiguous()
     return out
 
@@ -199,7 +209,9 @@ def main_dtype(state: dict) -> torch.dtype:
     return max(size, key=size.get) if size else torch.float32
 
 
-def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = None, name: Optional[str] = None) -> Path:
+def convert_hf_checkpoint(
+    hf_dir: Path, out_dir: Path, dtype: Optional[str] = None, name: Optional[str] = None, repo_id: Optional[str] = None
+) -> Path:
     """Convert a Hugging Face checkpoint folder into a native one.
 
     Args:
@@ -210,6 +222,8 @@ def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = No
             stored in several, bf16 with fp32 norms say, take config.json's ``dtype``/``torch_dtype``, else the one
             most bytes have, as transformers loads them in one).
         name: The model's name in model_config.yaml (``download`` gives the repo's); default: config.json's.
+        repo_id: The hub repo the weights came from (``download`` gives it), recorded as the config's ``hf_config``
+            (``convert to_peft`` names it as the base model of an adapter).
     """
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     if hf_dir.exists() and not hf_dir.is_dir():  # (its config.json would be read from the file itself)
@@ -229,6 +243,8 @@ def convert_hf_checkpoint(hf_dir: Path, out_dir: Path, dtype: Optional[str] = No
     config = Config.from_hf_config(hf_dir)
     if name:
         config = dataclasses.replace(config, name=name)
+    if repo_id:
+        config = dataclasses.replace(config, hf_config=dict(zip(("org", "name"), repo_id.split("/", 1))))
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     hf = json.loads((hf_dir / "config.json").read_text())

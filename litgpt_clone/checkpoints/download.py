@@ -402,5 +402,5 @@ def download(
         )
     snapshot = _download_snapshot(repo_id, access_token, revision, force_download=force_download)
 
-    convert_hf_checkpoint(hf_dir=snapshot, out_dir=out_dir, dtype=dtype, name=repo_id.split("/")[-1])
+    convert_hf_checkpoint(hf_dir=snapshot, out_dir=out_dir, dtype=dtype, name=repo_id.split("/")[-1], repo_id=repo_id)
     return out_dir

@@ -50,3 +50,41 @@ def convert_to_hf(checkpoint_dir: str, out_dir: Optional[Path] = None, max_shard
         out_dir = folder.parent / f"{folder.name}_hf"
     convert_to_hf_checkpoint(checkpoint_dir, out_dir, max_shard_size=max_shard_size)
     print(f"Hugging Face checkpoint written to {out_dir}")
+
+
+def convert_to_peft(checkpoint_dir: Path, out_dir: Optional[Path] = None, base_model: Optional[str] = None) -> None:
+    """Export a LoRA checkpoint of ``finetune lora`` as a PEFT adapter folder (adapter_config.json +
+    adapter_model.safetensors) for the base model's Hugging Face export: ``peft.PeftModel.from_pretrained`` and vLLM's
+    ``--lora-modules`` load it, and ``serve --adapters`` takes it back.
+
+    Args:
+        checkpoint_dir: A folder written by ``finetune lora`` (lora.safetensors, lora_config.yaml, model_config.yaml):
+            a step checkpoint or final/.
+        out_dir: Where the adapter goes; default ``<checkpoint_dir>_peft`` beside the checkpoint.
+        base_model: The adapter config's ``base_model_name_or_path``: the hub repo id or the folder of the base's
+            Hugging Face export (``convert to_hf``); default: the hub repo the base was downloaded from.
+    """
+    from litgpt_clone.checkpoints.io import CheckpointError
+    from litgpt_clone.checkpoints.peft_format import lora_updates, write_peft
+    from litgpt_clone.config import Config, check_out_dir
+    from litgpt_clone.lora import load_lora_args
+
+    lora_dir = Path(checkpoint_dir)
+    missing = [n for n in ("lora.safetensors", "lora_config.yaml", "model_config.yaml") if not (lora_dir / n).is_file()]
+    if missing:
+        raise CheckpointError(f"{lora_dir} is not a LoRA checkpoint of `finetune lora`: it has no {', '.join(missing)}")
+    out_dir = Path(out_dir) if out_dir is not None else lora_dir.parent / f"{lora_dir.resolve().name}_peft"
+    check_out_dir(out_dir)
+    if any((out_dir / n).is_file() for n in ("model_config.yaml", "lora_config.yaml", "config.json")):
+        raise CheckpointError(f"{out_dir} holds a checkpoint: give an --out_dir of its own for the adapter")
+    config, args = Config.from_file(lora_dir / "model_config.yaml"), load_lora_args(lora_dir)
+    if base_model is None and config.hf_config.get("org") and config.hf_config.get("name"):
+        base_model = f"{config.hf_config['org']}/{config.hf_config['name']}"
+    write_peft(lora_updates(lora_dir, config), config, out_dir, args.alpha / args.r, base_model, args.dropout)
+    print(f"PEFT adapter written to {out_dir} (base model: {base_model or 'not set'})")
+    if base_model is None:
+        print(
+            f"note: the base model was not downloaded from the hub, so {out_dir / 'adapter_config.json'} names none: pass"
+            " --base_model <repo id or the folder of `convert to_hf <base>`> (peft's PeftModel.from_pretrained(model, folder)"
+            " needs none)", file=sys.stderr,
+        )

@@ -270,19 +270,25 @@ def merge_lora(checkpoint_dir: Path, base: Optional[str] = None, out_dir: Option
 
     Args:
         checkpoint_dir: The LoRA checkpoint: a folder written by ``finetune lora`` (lora.safetensors,
-            lora_config.yaml, hyperparameters.yaml), as LitGPT's merge_lora names it.
-        base: The base checkpoint; default: the ``checkpoint_dir`` recorded in hyperparameters.yaml.
+            lora_config.yaml, hyperparameters.yaml), as LitGPT's merge_lora names it, or a PEFT LoRA folder
+            (adapter_config.json + adapter_model.safetensors, a Hub adapter say).
+        base: The base checkpoint; default: the ``checkpoint_dir`` recorded in hyperparameters.yaml (a PEFT
+            adapter's base_model_name_or_path, a hub repo id).
         out_dir: Where the merged checkpoint goes: a new or empty folder (or an earlier merge output, which is
-            replaced); default: the LoRA checkpoint itself, which gets lit_model.safetensors beside what it holds.
+            replaced); default: the LoRA checkpoint itself, which gets lit_model.safetensors beside what it holds
+            (a PEFT folder is left as it is: give --out_dir).
     """
     import yaml
 
     from litgpt_clone.checkpoints.io import NATIVE_WEIGHTS, REPO_ID, load_state, resolve_checkpoint, save_weights, write_atomic_text
+    from litgpt_clone.checkpoints.peft_format import is_peft_adapter
     from litgpt_clone.lora import merge_into
     from litgpt_clone.tokenizer import TOKENIZER_FILES
     from litgpt_clone.training.checkpoint import write_checkpoint
 
     lora_dir = Path(checkpoint_dir)
+    if is_peft_adapter(lora_dir):
+        return merge_peft(lora_dir, base, out_dir)
     if not (lora_dir / "lora_config.yaml").is_file():
         raise ConfigError(f"{lora_dir} is not a LoRA checkpoint: expected {lora_dir / 'lora_config.yaml'} and lora.safetensors")
     in_place = out_dir is None or Path(out_dir).resolve() == lora_dir.resolve()
@@ -334,4 +340,34 @@ def merge_lora(checkpoint_dir: Path, base: Optional[str] = None, out_dir: Option
         print(f"merged checkpoint written to {lora_dir}")
         return
     write_checkpoint(Path(out_dir).resolve(), {NATIVE_WEIGHTS: merged}, config, base_dir, hparams, yamls=yamls)  # ("." has no name)
+    print(f"merged checkpoint written to {out_dir}")
+
+
+def merge_peft(peft_dir: Path, base: Optional[str], out_dir: Optional[Path]) -> None:
+    """``merge_lora`` of a PEFT LoRA folder: its updates folded into the native base, written to ``out_dir``."""
+    import json
+
+    from litgpt_clone.checkpoints.io import NATIVE_WEIGHTS, load_state, resolve_checkpoint
+    from litgpt_clone.checkpoints.peft_format import PEFT_CONFIG, peft_updates
+    from litgpt_clone.config import check_out_dir
+    from litgpt_clone.training.checkpoint import write_checkpoint
+
+    if out_dir is None:
+        raise ConfigError(f"{peft_dir} is a PEFT adapter, which merge_lora leaves as it is: give --out_dir for the merged checkpoint")
+    check_out_dir(out_dir)
+    if Path(out_dir).is_dir() and any(Path(out_dir).iterdir()):
+        raise ConfigError(f"--out_dir {out_dir} is not empty: give a new or empty folder for the merged checkpoint")
+    named = json.loads((peft_dir / PEFT_CONFIG).read_text()).get("base_model_name_or_path")
+    if base is None and not named:
+        raise ConfigError(f"{peft_dir / PEFT_CONFIG} names no base model: pass --base <the native checkpoint or hub repo id of the base>")
+    base_dir = resolve_checkpoint(base or named)
+    config = Config.from_checkpoint(base_dir)
+    merged = load_state(base_dir / NATIVE_WEIGHTS)
+    for layer, update in peft_updates(peft_dir, config).items():
+        if layer == "lm_head" and config.tie_embeddings:
+            raise ConfigError(f"{peft_dir} adapts lm_head, which this model shares with its embedding: merged, the embedding would change too; serve it unmerged (serve --adapters)")
+        weight = merged[f"{layer}.weight"]
+        merged[f"{layer}.weight"] = (weight.float() + update.B @ update.A).to(weight.dtype)
+    hparams = {"checkpoint_dir": str(base_dir.resolve()), "peft_adapter": str(peft_dir.resolve())}
+    write_checkpoint(Path(out_dir).resolve(), {NATIVE_WEIGHTS: merged}, config, base_dir, hparams)
     print(f"merged checkpoint written to {out_dir}")

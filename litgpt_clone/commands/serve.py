@@ -29,8 +29,11 @@ def parse_adapters(text: Optional[str], base_name: str) -> list[tuple[str, Path]
         if name == base_name or name in (n for n, _ in pairs):
             raise ServeError(f"--adapters: the name {name!r} is used twice (the base model is {base_name!r}): give each adapter its own name")
         path = Path(folder)
-        if not (path / "lora.safetensors").is_file() or not (path / "lora_config.yaml").is_file():
-            raise ServeError(f"--adapters: {path} is not a LoRA checkpoint (no lora.safetensors + lora_config.yaml): pass a folder written by `finetune lora`")
+        if not (path / "adapter_config.json").is_file() and not ((path / "lora.safetensors").is_file() and (path / "lora_config.yaml").is_file()):
+            raise ServeError(
+                f"--adapters: {path} is not a LoRA adapter (no lora.safetensors + lora_config.yaml, no adapter_config.json):"
+                " pass a folder written by `finetune lora` or a PEFT LoRA folder"
+            )
         pairs.append((name, path))
     return pairs
 
@@ -122,8 +125,9 @@ def serve(
         max_new_tokens: Most tokens of one reply (a request's max_tokens, or /predict's max_new_tokens, is capped to it).
         api_key: Require "Authorization: Bearer <api_key>" on every request but /health (default: env LITGPT_CLONE_API_KEY).
         model_name: The model id clients send and /v1/models lists (default: the checkpoint's last two folder names).
-        adapters: LoRA adapters over the same base, "name=folder,name2=folder2" (folders written by `finetune lora`):
-            a request whose model is "name" uses that adapter; requests for different adapters share a batch.
+        adapters: LoRA adapters over the same base, "name=folder,name2=folder2" (folders written by `finetune lora`,
+            or PEFT LoRA folders as vLLM's --lora-modules takes them): a request whose model is "name" uses that
+            adapter; requests for different adapters share a batch.
         max_seq_length: Longest prompt + reply accepted; default: the model's context, at most 4096 (every one of
             the max_batch_size rows holds a KV cache this long).
         cuda_graphs: On a GPU, replay each decode step as a CUDA graph (one per batch size and cache length, those of

@@ -18,9 +18,9 @@ from typing import Sequence, Union
 import torch
 import torch.nn as nn
 
-from litgpt_clone.checkpoints.io import CheckpointError, load_state
+from litgpt_clone.checkpoints.io import CheckpointError
+from litgpt_clone.checkpoints.peft_format import Update, read_updates
 from litgpt_clone.generate import to_device
-from litgpt_clone.lora import load_lora_args, targets
 from litgpt_clone.model import GPT
 
 
@@ -58,41 +58,29 @@ class MultiLoRALinear(nn.Module):
 
 def attach_adapters(model: GPT, adapters: Sequence[tuple[str, Union[str, Path]]], max_rows: int) -> AdapterRows:
     """Wrap ``model``'s adapted layers so that row i of a batch can use adapter ``rows.ids[i]`` (1 = the first of
-    ``adapters``, a list of (name, folder written by ``finetune lora``)). Returns the shared ``AdapterRows``."""
+    ``adapters``, a list of (name, folder written by ``finetune lora`` or a PEFT LoRA folder)). Returns the shared
+    ``AdapterRows``."""
     device = model.transformer.wte.weight.device
     dtype = model.transformer.wte.weight.dtype
     layers = dict(model.named_modules())
-    updates: dict[str, dict[int, list[tuple[tuple[int, int], torch.Tensor, torch.Tensor]]]] = {}  # layer -> adapter -> parts
+    updates: dict[str, dict[int, Update]] = {}  # layer -> adapter -> its update
     for number, (name, folder) in enumerate(adapters, start=1):
-        folder = Path(folder)
-        if not (folder / "lora.safetensors").is_file() or not (folder / "lora_config.yaml").is_file():
-            raise CheckpointError(f"adapter {name!r}: {folder} is not a LoRA checkpoint (expected lora.safetensors and lora_config.yaml from `finetune lora`)")
-        args = load_lora_args(folder)
-        state = load_state(folder / "lora.safetensors")
-        for layer, slices in targets(model, args).items():
+        try:
+            per_layer = read_updates(Path(folder), model.config)
+        except CheckpointError as err:
+            raise CheckpointError(f"adapter {name!r}: {err}") from None
+        for layer, update in per_layer.items():
             if ".mlp.experts." in layer:
                 raise CheckpointError(f"adapter {name!r} adapts MoE experts, which cannot be chosen per request: merge it (`merge_lora`) and serve the merged checkpoint")
-            module = layers[layer]
-            for part, (start, end) in slices.items():
-                a, b = state.get(f"{layer}.lora_A.{part}"), state.get(f"{layer}.lora_B.{part}")
-                if a is None or b is None or a.shape != (args.r, module.in_features) or b.shape != (end - start, args.r):
-                    raise CheckpointError(
-                        f"adapter {name!r} ({folder}) does not fit this model at {layer} ({part}): it was trained on another base"
-                        " model; serve it over the checkpoint it was trained from"
-                    )
-                updates.setdefault(layer, {}).setdefault(number, []).append(((start, end), a.float(), b.float() * (args.alpha / args.r)))
+            updates.setdefault(layer, {})[number] = update
     rows = AdapterRows(max_rows, device)
     for layer, per_adapter in updates.items():
         module = layers[layer]
-        rank = max(sum(a.size(0) for _, a, _ in parts) for parts in per_adapter.values())
+        rank = max(u.A.size(0) for u in per_adapter.values())
         A = torch.zeros(len(adapters) + 1, rank, module.in_features)
         B = torch.zeros(len(adapters) + 1, module.out_features, rank)
-        for number, parts in per_adapter.items():
-            col = 0
-            for (start, end), a, b in parts:
-                A[number, col : col + a.size(0)] = a
-                B[number, start:end, col : col + a.size(0)] = b
-                col += a.size(0)
+        for number, u in per_adapter.items():
+            A[number, : u.A.size(0)], B[number, :, : u.A.size(0)] = u.A, u.B
         parent, _, child = layer.rpartition(".")
         wrapped = MultiLoRALinear(module, A.to(device, dtype), B.to(device, dtype), rows)
         setattr(model.get_submodule(parent) if parent else model, child, wrapped)
