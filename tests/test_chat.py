@@ -36,10 +36,10 @@ def replies(stdout: str) -> list[str]:
     return [part.split("\n>> You: ")[0].rstrip("\n") for part in stdout.split(">> Assistant: ")[1:]]
 
 
-def test_two_turns_reset_and_exit(chat_model):
+def test_two_turns_one_of_several_lines_reset_and_exit(chat_model):
     _, native, _ = chat_model
-    u1, u2 = "Tell me a story about llamas", "And then?"
-    proc = run_chat(native, f"{u1}\n{u2}\n/reset\n{u1}\n/exit\n{u2}\n", "--system", "You are brief.")
+    u1, u2 = "Tell me a story about llamas", "And then?\nWhere did they go?"  # (u2 between \"\"\" lines: one message)
+    proc = run_chat(native, f'{u1}\n"""{u2}\n"""\n/reset\n{u1}\n/exit\n{u2}\n', "--system", "You are brief.")
     system = {"role": "system", "content": "You are brief."}
     r1 = reply(chat_model, [system, {"role": "user", "content": u1}])
     r2 = reply(chat_model, [system, {"role": "user", "content": u1}, {"role": "assistant", "content": r1}, {"role": "user", "content": u2}])

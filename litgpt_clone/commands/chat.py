@@ -7,7 +7,8 @@ from typing import Optional, Union
 
 from litgpt_clone.generate import GenerationError
 
-HELP = "/reset starts a new conversation, /exit or Ctrl-D quits."
+HELP = '/reset starts a new conversation, /exit or Ctrl-D quits, """ opens and closes a message of several lines.'
+BLOCK = '"""'
 
 
 def chat(
@@ -26,7 +27,8 @@ def chat(
     compile: bool = False,
     device: str = "auto",
 ) -> None:
-    """Chat with a model: type a message, the reply streams back. /reset starts over, /exit or Ctrl-D quits.
+    """Chat with a model: type a message, the reply streams back. /reset starts over, /exit or Ctrl-D quits; a
+    message of several lines goes between \"\"\" (on its first and last line, as in ollama).
 
     The whole conversation goes through the checkpoint's chat template every turn; when it no longer fits the
     model's context (with room for max_new_tokens), the oldest turns are dropped and a note says so.
@@ -83,6 +85,8 @@ def chat(
     while True:
         try:
             line = input(">> You: ")
+            if line.lstrip().startswith(BLOCK):
+                line = read_block(line.lstrip()[len(BLOCK):])
         except (EOFError, KeyboardInterrupt):
             print()
             return
@@ -121,6 +125,16 @@ def chat(
             print(format_stats(llm.last_stats, llm.device), file=sys.stderr, flush=True)
         history.append({"role": "assistant", "content": reply})
         turn += 1
+
+
+def read_block(first: str) -> str:
+    """A message of several lines, as ollama's REPL takes one: from the text after an opening \"\"\" to the line that
+    ends with \"\"\" (the same line for \"\"\"one line\"\"\"), newlines kept. Ctrl-D or Ctrl-C inside it ends the chat."""
+    lines = [first]
+    while not lines[-1].rstrip().endswith(BLOCK) or (len(lines) == 1 and not first.strip()):
+        lines.append(input("... "))
+    lines[-1] = lines[-1].rstrip()[: -len(BLOCK)]
+    return "\n".join(lines)
 
 
 def reply_stops(stop: Union[str, list[str], None], style: Optional[str]) -> Optional[list[str]]:
