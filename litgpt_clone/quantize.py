@@ -28,13 +28,14 @@ import torch.nn as nn
 
 QUANTIZE_MODES = ("bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8")
 
-_CPU_PACK_BLOCK = 32
+_CPU_PACK_BLOCK, _BLOCKSIZE = 32, 64
 """On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight at its first inference call, which needs
-out_features to be a multiple of 32; smaller layers (e.g. an MoE router over 8 experts) keep the plain layout."""
+out_features to be a multiple of 32 and in_features one of the quantization block (64); other layers (an expert of
+width 48, an MoE router over 8 experts) keep the plain layout (the repack failed on them: "shape '[64, 0]' is invalid")."""
 
 
 def quantize(
-    model: nn.Module, mode: str, skip: tuple[str, ...] = ("lm_head",), compute_dtype: Optional[torch.dtype] = None,
+    model: nn.Module, mode: str, skip: tuple[str, ...] = ("lm_head", "gate"), compute_dtype: Optional[torch.dtype] = None,
     training: bool = False, device: Union[torch.device, str, None] = None,
 ) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` (weights already loaded) by its bitsandbytes version; returns ``model``.
@@ -44,6 +45,8 @@ def quantize(
         mode: One of ``QUANTIZE_MODES``.
         skip: Layers to keep in full precision, by qualified name: an entry matches a Linear whose name equals it,
             ends with ``.<entry>`` (``"gate"`` keeps every MoE router) or lies under it (``"transformer.h.0"``).
+            The default keeps the head and the MoE routers, as vLLM and transformers do: a router is a few thousand
+            weights, and rounding them sends tokens to other experts.
             A weight shared with another module (a head tied to the embedding) is always kept, so tying holds.
         compute_dtype: 4-bit modes: the dtype the matmul runs in (default: the input's). int8 ignores it: its
             matmul takes float16 inputs (others are cast, and bitsandbytes says so once) and returns the input's
@@ -95,7 +98,7 @@ def _4bit_linear(linear: nn.Linear, mode: str, compute_dtype: Optional[torch.dty
         linear.weight.data, requires_grad=False, compress_statistics=double, quant_type=quant_type, module=q
     ).to(device)
     q.bias = linear.bias
-    if training or linear.out_features % _CPU_PACK_BLOCK:
+    if training or linear.out_features % _CPU_PACK_BLOCK or linear.in_features % _BLOCKSIZE:
         q.support_avx512bf16_for_cpu = False
     return q.train(linear.training)
 

@@ -202,12 +202,15 @@ def test_kv_cache_decode_matches_full_forward(mode, runs):
 
 
 @pytest.mark.parametrize("mode", ["bnb.nf4", "bnb.int8"])
-def test_moe_experts_and_router(mode):
-    """Every expert and the router (out_features 4, below bitsandbytes' CPU packing block) are quantized."""
-    reference = random_gpt(mlp_class_name="MoE", n_expert=4, n_expert_per_token=2, moe_intermediate_size=64)
+def test_moe_experts_quantized_router_kept(mode):
+    """Every expert is quantized, the router (n_expert x n_embd) kept, as vLLM and transformers keep it. The experts'
+    width 48 is no multiple of bitsandbytes' 4-bit block (64): on a CPU with AVX512-BF16 their first forward failed
+    (bitsandbytes' repack: "shape '[64, 0]' is invalid")."""
+    reference = random_gpt(mlp_class_name="MoE", n_expert=4, n_expert_per_token=2, moe_intermediate_size=48)
     model = quantize(copy.deepcopy(reference), mode)
     moe = model.transformer.h[1].mlp
-    assert all(type(m) is not nn.Linear for m in [moe.gate, *moe.experts.modules()])
+    assert type(moe.gate) is nn.Linear and all(type(m) is not nn.Linear for m in moe.experts.modules() if hasattr(m, "weight"))
+    assert type(quantize(copy.deepcopy(reference), mode, skip=()).transformer.h[1].mlp.gate) is not nn.Linear
     rel_rms, _, top1 = logit_error(model, reference, shape=(2, 16))
     # measured rel_rms / top1: nf4 0.105 / 0.84, int8 0.009 / 0.97
     assert rel_rms < BOUNDS[mode][0] and top1 >= BOUNDS[mode][2] - 0.05
