@@ -38,7 +38,8 @@ def replies(stdout: str) -> list[str]:
 
 def test_two_turns_one_of_several_lines_reset_and_exit(chat_model):
     _, native, _ = chat_model
-    u1, u2 = "Tell me a story about llamas", "And then?\nWhere did they go?"  # (u2 between \"\"\" lines: one message)
+    # u2 between \"\"\" lines: one message, whose text is never a command (a C comment starts with /)
+    u1, u2 = "Tell me a story about llamas", "// And then?\nWhere did they go?"
     proc = run_chat(native, f'{u1}\n"""{u2}\n"""\n/reset\n{u1}\n/exit\n{u2}\n', "--system", "You are brief.")
     system = {"role": "system", "content": "You are brief."}
     r1 = reply(chat_model, [system, {"role": "user", "content": u1}])

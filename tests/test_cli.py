@@ -1,6 +1,7 @@
 """The real `litgpt-clone` CLI in a subprocess: help, config files, conversion round trip, one-line errors."""
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -54,6 +55,17 @@ def test_models_filter():
     assert any("meta-llama/Llama-3.2-1B" in line for line in out)
 
 
+def test_models_architecture_ignores_case_and_names_the_known_ones(capsys):
+    from litgpt_clone.commands.models import models
+    from litgpt_clone.config import ConfigError
+
+    models(architecture="qwen3forcausallm")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and any(line.startswith("Qwen3-0.6B ") for line in lines) and not any("Llama" in line for line in lines)
+    with pytest.raises(ConfigError, match=r"^--architecture 'Foo' is none of the registry's: .*LlamaForCausalLM, .*Qwen3ForCausalLM"):
+        models(architecture="Foo")
+
+
 def test_convert_round_trip_through_cli(hf_llama, tmp_path):
     hf_dir, hf_model = hf_llama
     native, back = tmp_path / "native", tmp_path / "back"
@@ -74,6 +86,20 @@ def test_convert_round_trip_through_cli(hf_llama, tmp_path):
         torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(back)(idx).logits, expected)
         torch.testing.assert_close(GPT.from_checkpoint(native)(idx), expected)
     assert set(load_file(back / "model.safetensors")) == set(load_file(hf_dir / "model.safetensors"))
+
+
+def test_convert_of_a_hub_snapshot_records_its_repo(hf_llama, tmp_path, monkeypatch):
+    """A folder of the Hugging Face cache (models--org--name/snapshots/<commit>) converts into checkpoints/org/name
+    and records the repo, as `download` does (convert to_peft names it as the adapter's base)."""
+    from litgpt_clone.commands.convert import convert_from_hf
+    from litgpt_clone.config import Config
+
+    snapshot = tmp_path / "hub" / "models--acme--tiny-llama" / "snapshots" / "0123abcd"
+    shutil.copytree(hf_llama[0], snapshot)
+    monkeypatch.chdir(tmp_path)
+    convert_from_hf(snapshot)
+    config = Config.from_checkpoint(tmp_path / "checkpoints" / "acme" / "tiny-llama")
+    assert (config.name, config.hf_config) == ("tiny-llama", {"org": "acme", "name": "tiny-llama"})
 
 
 def test_transformers_refuses_a_native_folder_and_the_old_weights_name_says_rename(hf_llama, tmp_path, capsys):

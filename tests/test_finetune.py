@@ -146,6 +146,21 @@ def test_lora_trains_saves_adapters_and_merges(base, tmp_path):
     merge_command(out / "step-00000020", base=str(base / "base"), out_dir=tmp_path / "merged")
 
 
+def test_settings_given_as_dicts_from_python_keep_the_commands_other_defaults():
+    """``finetune_lora(train=dict(max_steps=2))`` is ``--train.max_steps 2``: finetune's warmup (10), min_lr and weight
+    decay stay (a TrainArgs(...) brought pretrain's warmup 100 and weight decay 0.1, as the tutorial's call did)."""
+    from litgpt_clone.commands.finetune import FINETUNE_TRAIN, finetune_full, finetune_lora
+    from litgpt_clone.commands.pretrain import pretrain
+    from litgpt_clone.training.args import with_defaults
+
+    h = with_defaults(finetune_lora, {"train": {"max_steps": 2, "lr": 1e-2}, "lora": {"r": 4}, "seed": 1, "optimizer": {"class_path": "SGD"}})
+    assert h["train"] == dataclasses.replace(FINETUNE_TRAIN, max_steps=2, lr=1e-2) and h["train"].warmup_steps == 10
+    assert (h["lora"].r, h["lora"].alpha, h["seed"], h["optimizer"]) == (4, 16, 1, {"class_path": "SGD"})
+    assert with_defaults(finetune_full, {"train": {"max_steps": 2}})["train"].lr == 2e-5  # full's own default lr
+    assert with_defaults(pretrain, {"train": {"max_steps": 2}})["train"] == TrainArgs(max_steps=2)
+    assert with_defaults(finetune_lora, {"train": TrainArgs(max_steps=2)})["train"] == TrainArgs(max_steps=2)  # replaced whole
+
+
 def test_only_adapters_change():
     """One optimizer step with weight decay changes the LoRA weights and nothing else."""
     from litgpt_clone import Config

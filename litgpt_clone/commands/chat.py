@@ -85,7 +85,8 @@ def chat(
     while True:
         try:
             line = input(">> You: ")
-            if line.lstrip().startswith(BLOCK):
+            block = line.lstrip().startswith(BLOCK)  # (its text is a message, never a command: `// a comment`)
+            if block:
                 line = read_block(line.lstrip()[len(BLOCK):])
         except (EOFError, KeyboardInterrupt):
             print()
@@ -95,13 +96,13 @@ def chat(
             continue
         if replaced:
             print("note: your message was not valid UTF-8: its undecodable bytes became U+FFFD", file=sys.stderr, flush=True)
-        if text == "/exit":
+        if text == "/exit" and not block:
             return
-        if text == "/reset":  # the same conversation again gives the same replies (turn i samples with seed + i)
+        if text == "/reset" and not block:  # the same conversation again gives the same replies (turn i samples with seed + i)
             history, turn = [], 0
             print("(new conversation)", file=sys.stderr, flush=True)
             continue
-        if text.startswith("/"):
+        if text.startswith("/") and not block:
             print(f"unknown command {text.split()[0]}: {HELP}", file=sys.stderr, flush=True)
             continue
         try:
@@ -129,7 +130,8 @@ def chat(
 
 def read_block(first: str) -> str:
     """A message of several lines, as ollama's REPL takes one: from the text after an opening \"\"\" to the line that
-    ends with \"\"\" (the same line for \"\"\"one line\"\"\"), newlines kept. Ctrl-D or Ctrl-C inside it ends the chat."""
+    ends with \"\"\" (the same line for \"\"\"one line\"\"\"), newlines kept. Ctrl-D or Ctrl-C inside it ends the chat, and
+    the unfinished message is not sent."""
     lines = [first]
     while not lines[-1].rstrip().endswith(BLOCK) or (len(lines) == 1 and not first.strip()):
         lines.append(input("... "))

@@ -27,8 +27,10 @@ def convert_from_hf(hf_dir: Path, out_dir: Optional[Path] = None, dtype: Optiona
             ``checkpoints/<org>/<name>`` for a snapshot in the Hugging Face cache (``models--org--name/snapshots/<sha>``).
         dtype: Cast the weights; default keeps the stored dtype.
     """
-    out_dir = out_dir or Path("checkpoints") / default_name(Path(hf_dir))
-    convert_hf_checkpoint(hf_dir, out_dir, dtype=dtype)
+    name = default_name(Path(hf_dir))
+    out_dir = out_dir or Path("checkpoints") / name
+    repo_id = name if "/" in name else None  # a hub snapshot: the repo is recorded, as `download` records it
+    convert_hf_checkpoint(hf_dir, out_dir, dtype=dtype, name=repo_id and repo_id.split("/")[1], repo_id=repo_id)
     print(f"native checkpoint written to {out_dir}")
     if not any((Path(out_dir) / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
         print(f"note: {hf_dir} has no tokenizer (tokenizer.json or tokenizer.model): copy the model's tokenizer files into"

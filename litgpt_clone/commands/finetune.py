@@ -16,7 +16,7 @@ from litgpt_clone.data.sft import SFTData
 from litgpt_clone.adapter import AdapterArgs
 from litgpt_clone.lora import LoRAArgs
 from litgpt_clone.parallel import Strategy
-from litgpt_clone.training.args import EvalArgs, TrainArgs
+from litgpt_clone.training.args import EvalArgs, TrainArgs, with_defaults
 
 QuantizeMode = Literal["bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8"]
 FINETUNE_TRAIN = TrainArgs(
@@ -73,8 +73,8 @@ def finetune_lora(
         merge: Write the merged model into ``final/``.
         compile: ``torch.compile`` each block.
     """
-    hparams = dict(locals())
-    return run_finetune("lora", hparams, lora=lora, quantize=quantize, merge=merge)
+    hparams = with_defaults(finetune_lora, dict(locals()))
+    return run_finetune("lora", hparams, lora=hparams["lora"], quantize=quantize, merge=merge)
 
 
 def finetune_full(
@@ -115,8 +115,7 @@ def finetune_full(
         seed: Data order.
         compile: ``torch.compile`` each block.
     """
-    hparams = dict(locals())
-    return run_finetune("full", hparams)
+    return run_finetune("full", with_defaults(finetune_full, dict(locals())))
 
 
 def finetune_adapter(
@@ -162,8 +161,8 @@ def finetune_adapter(
         seed: Data order and prefix initialization.
         compile: ``torch.compile`` each block.
     """
-    hparams = dict(locals())
-    return run_finetune("adapter", hparams, adapter=adapter)
+    hparams = with_defaults(finetune_adapter, dict(locals()))
+    return run_finetune("adapter", hparams, adapter=hparams["adapter"])
 
 
 def run_finetune(

@@ -63,7 +63,7 @@ def prepare_code(
         languages: Keep only these Linguist languages (e.g. ``'[Python, C]'``); default all.
         keep_vendor: Keep files Linguist calls vendored (``node_modules/``, ``third_party/``, ...).
         keep_generated: Keep files Linguist calls generated (minified, protobuf output, lock files, ...).
-        near_dedup_threshold: Jaccard similarity above which files are near duplicates, at most
+        near_dedup_threshold: Files whose Jaccard similarity is at least this are near duplicates; at most
             ``MAX_NEAR_DEDUP_THRESHOLD`` (0.997: MinHash-LSH over 256 permutations needs two bands or more).
         shard_tokens: Tokens per shard file.
         workers: Processes for license detection, the per-file stages, MinHash sketches and tokenization (the

@@ -10,7 +10,7 @@ from litgpt_clone.config import Config, ConfigError
 from litgpt_clone.data.pretrain import DataError, DataModule, Text
 from litgpt_clone.parallel import Compile, Strategy
 from litgpt_clone.tokenizer import Tokenizer
-from litgpt_clone.training.args import EvalArgs, TrainArgs
+from litgpt_clone.training.args import EvalArgs, TrainArgs, with_defaults
 
 Precision = Literal["bf16-mixed", "bf16-true", "16-mixed", "32-true"]
 
@@ -64,7 +64,8 @@ def pretrain(
             (fastest to compile, works with every strategy); ``model`` compiles the whole model in one graph (faster
             steps, slower to compile; not with --strategy fsdp).
     """
-    hparams = dict(locals())  # the arguments, before any other name is bound here
+    hparams = with_defaults(pretrain, dict(locals()))  # the arguments, before any other name is bound here
+    train, eval = hparams["train"], hparams["eval"]  # (dicts from Python laid over the defaults)
     from litgpt_clone.training.run import build_fabric, optimizer_spec, run_training, world_size
 
     if model_name is None and model_config is None and initial_checkpoint_dir is None:

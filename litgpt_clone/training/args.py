@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from litgpt_clone.config import ConfigError, at_least
 
@@ -80,3 +82,14 @@ class EvalArgs:
 
     def __post_init__(self) -> None:
         at_least(1, "eval", interval=self.interval, max_iters=self.max_iters)
+
+
+def with_defaults(command: Callable, hparams: dict) -> dict:
+    """A command's arguments with each settings group given as a dict from Python (``train=dict(max_steps=2)``) laid
+    over the command's own default for that group, as ``--train.max_steps 2`` is on the command line (finetune's
+    defaults are not TrainArgs' pretraining ones: warmup 10, not 100). A whole ``TrainArgs(...)`` replaces it."""
+    defaults = inspect.signature(command).parameters
+    return {
+        k: dataclasses.replace(defaults[k].default, **v) if isinstance(v, dict) and dataclasses.is_dataclass(defaults[k].default) else v
+        for k, v in hparams.items()
+    }
