@@ -63,6 +63,11 @@ ROPE_TYPES = ("default", "linear", "llama3", "yarn", "longrope")
 POSITIVE = ("block_size", "vocab_size", "n_layer", "n_embd", "n_head", "n_query_groups", "head_size", "intermediate_size",
             "sliding_window", "sliding_window_pattern", "moe_intermediate_size")
 """Fields that count something: 1 or more (or unset, where None is allowed)."""
+MAX_BLOCK_SIZE = 2**24
+"""The longest context a config may have, 16,777,216 tokens (the longest of any released model, Llama 4 Scout's, is
+10,485,760). The RoPE tables are built for ``block_size`` when a model loads, and no weight's shape depends on it:
+a crafted model_config.yaml's ``block_size: 1000000000000`` was an allocator traceback, and 2**28 asked for 128 GB
+(SmolLM2-135M's tables; at this bound they take 8 GB)."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,6 +96,8 @@ def check_values(config: "Config") -> None:
             raise ConfigError(f"{name} is {value!r}: expected {'an integer' if float not in kinds else 'a number'}")
         if name in POSITIVE and value < 1:
             raise ConfigError(f"{name} is {value}: it must be 1 or more")
+    if config.block_size > MAX_BLOCK_SIZE:
+        raise ConfigError(f"block_size is {config.block_size}: it must be at most {MAX_BLOCK_SIZE} (2**24 tokens, more than any model's context)")
     if not 0 <= config.rotary_percentage <= 1:
         raise ConfigError(f"rotary_percentage is {config.rotary_percentage}: use a fraction of each head in [0, 1]")
     scaling = config.rope_scaling or {}

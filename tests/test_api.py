@@ -148,9 +148,12 @@ def test_bad_input(models_root):
     with pytest.raises(GenerationError, match=r"stream takes one prompt \(a string\), not a list: generate\(\) takes a list"):
         next(llm.stream(["Hi", "Ho"]))
     from litgpt_clone.checkpoints.io import CheckpointError
+    from litgpt_clone.config import ConfigError
 
     with pytest.raises(CheckpointError, match="no checkpoint at ../no-such-model: pass a folder"):  # a path, not a repo id
         LLM.load("../no-such-model")
+    with pytest.raises(ConfigError, match=r"^unknown model 'acme/\.\.'\."):  # not a repo id: `download` failed to create
+        LLM.load("acme/..")  # checkpoints/acme/.. ("File exists")
     with pytest.raises(GenerationError, match=f"context of {llm.model.max_seq_length} tokens"):
         llm.generate(PROMPTS[0], max_new_tokens=llm.model.max_seq_length)
     # wrong types are one line naming the argument (they were torch or Python tracebacks)

@@ -168,20 +168,23 @@ def test_hf_config_round_trip(arch):
         (dict(n_layer="2"), "n_layer is '2': expected an integer"),
         (dict(norm_eps="abc"), "norm_eps is 'abc': expected a number"),
         (dict(rotary_percentage=1.5), "rotary_percentage is 1.5: use a fraction of each head in [0, 1]"),
+        (dict(block_size=10**12), "block_size is 1000000000000: it must be at most 16777216 (2**24 tokens"),  # RoPE tables
         (dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}), "rope_scaling type 'dynamic' is not supported"),
         (dict(n_layers=2), "unknown model config keys ['n_layers'] (did you mean n_layer?)"),
     ],
 )
 def test_values_no_model_can_have_are_named(override, message):
-    """A value outside a field's choices, a count below 1, text where a number belongs, an unknown RoPE type or an
-    unknown key: a ConfigError naming the field, from every way of making a config (they were a silent LayerNorm,
-    ZeroDivisionError, KeyError or TypeError tracebacks at build or forward time)."""
+    """A value outside a field's choices, a count below 1, a context longer than any model's, text where a number
+    belongs, an unknown RoPE type or an unknown key: a ConfigError naming the field, from every way of making a config
+    (they were a silent LayerNorm, ZeroDivisionError, KeyError or TypeError tracebacks at build or forward time, and
+    an allocator traceback for the RoPE tables of a crafted block_size)."""
     with pytest.raises(ConfigError) as err:
         Config.from_name("pythia-14m", **override)
     assert str(err.value).startswith(message)
     with pytest.raises(ConfigError):
         Config.from_dict({**Config.from_name("pythia-14m").to_dict(), **override})
     assert Config.from_name("pythia-14m", norm_eps="1e-5").norm_eps == 1e-5  # YAML reads 1e-5 as text: it is a number
+    assert Config.from_name("pythia-14m", block_size=10_485_760).block_size == 10_485_760  # Llama 4 Scout's context
 
 
 TINY_HF = dict(vocab_size=200, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, head_dim=16,

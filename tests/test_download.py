@@ -183,6 +183,9 @@ SHARDED_REPO = {
     "adapter_model.safetensors": _weights("adapter"),
 }
 
+ESCAPE_INDEX = {"metadata": {}, "weight_map": {"a.weight": "weights-a.safetensors", "b.weight": "/home/victim/private/model.safetensors"}}
+"""An index naming a file elsewhere on the user's disk: download fetched the rest, and convert read that file."""
+
 
 @pytest.fixture(scope="module")
 def online(tmp_path_factory):
@@ -198,6 +201,7 @@ def online(tmp_path_factory):
         hub.add_repo("acme/sharded", SHARDED_REPO)
         hub.add_repo("acme/gguf-only", {"config.json": b"{}", "model-q4.gguf": _weights("gguf")})
         hub.add_repo("EleutherAI/pythia-14m", ST_REPO)
+        hub.add_repo("acme/escape", {**SHARDED_REPO, "model.safetensors.index.json": json.dumps(ESCAPE_INDEX).encode()})
         hf_home = set_hf_env(mp, tmp / "hf_home", endpoint=hub.endpoint)
         calls = {
             "safetensors": dict(repo_id="acme/tiny-llama", convert=False),
@@ -207,6 +211,7 @@ def online(tmp_path_factory):
             "missing": dict(repo_id="acme/tiny-lama", convert=False),
             "local_dir": dict(repo_id="acme/old-gpt", convert=False, out_dir=str(tmp / "mycopy")),
             "registry_name": dict(repo_id="pythia-14m", convert=False),
+            "escape": dict(repo_id="acme/escape", convert=False),
         }
         out = dict(zip(calls, results(start_downloads(tmp, *calls.values()))))
     assert not (tmp / "checkpoints").exists()  # convert=False converts nothing
@@ -264,6 +269,48 @@ def test_repo_without_weights_is_one_clear_line(online):
     assert "no Hugging Face model weights" in message and "model-q4.gguf" in message and "\n" not in message
     assert hub.requested_files("acme/gguf-only") == set()
     assert not (hf_home / "hub" / "models--acme--gguf-only" / "snapshots").exists()
+
+
+def test_an_index_naming_a_path_outside_the_repo_is_refused(online, tmp_path):
+    """A hub repo's index is the repo author's: a shard named by an absolute or ../ path made download (then convert
+    from_hf on the folder) read that local file into the checkpoint. Shards are plain file names beside the index."""
+    hub, hf_home, out = online
+    assert out["escape"] == {"error": (
+        "acme/escape's model.safetensors.index.json names the shard '/home/victim/private/model.safetensors', which is not a "
+        "file name beside it (a path elsewhere on this disk would be read into the checkpoint): use a checkpoint whose index "
+        "names its own shard files")}
+    assert hub.requested_files("acme/escape") == {"model.safetensors.index.json"}  # nothing fetched after the index
+    from litgpt_clone.checkpoints.io import CheckpointError, hf_weight_files
+
+    victim = tmp_path / "victim.safetensors"  # a file beside the folder: `convert from_hf` of a folder read it
+    victim.write_bytes(_weights("victim"))
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "weights-a.safetensors").write_bytes(_weights("a"))
+    for shard in ("../victim.safetensors", str(victim), "..", "sub/../../victim.safetensors"):
+        index = {"weight_map": {"a.weight": "weights-a.safetensors", "b.weight": shard}}
+        (tmp_path / "hf" / "model.safetensors.index.json").write_text(json.dumps(index))
+        with pytest.raises(CheckpointError, match=rf"index.json names the shard {re.escape(repr(shard))}, which is not a file name beside it"):
+            hf_weight_files(tmp_path / "hf")
+    (tmp_path / "hf" / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a.weight": "weights-a.safetensors"}}))
+    assert hf_weight_files(tmp_path / "hf") == [tmp_path / "hf" / "weights-a.safetensors"]
+
+
+def test_a_pickle_torch_refuses_names_what_it_refused_not_how_to_switch_the_check_off(tmp_path):
+    """torch's message for a refused pickle opens with advice to retry with weights_only=False (which runs the file's
+    code); the line names the refusal itself (an unsupported opcode or global) and the fix, safetensors."""
+    import pickle
+
+    from litgpt_clone.checkpoints.io import CheckpointError, torch_load
+
+    with open(tmp_path / "legacy.bin", "wb") as f:  # a plain pickle (not torch's zip), protocol 4 as pickle.dump writes it
+        pickle.dump({"x": 1}, f, protocol=4)
+    torch.save({"payload": os.getcwd}, tmp_path / "zip.bin")
+    for name, refused in (("legacy.bin", "Unsupported operand 149"), ("zip.bin", "GLOBAL posix.getcwd")):
+        with pytest.raises(CheckpointError) as err:
+            torch_load(tmp_path / name, "use a safetensors checkpoint", mmap=name == "zip.bin")
+        line = str(err.value)
+        assert line.startswith(f"{tmp_path / name} cannot be read safely (UnpicklingError: ") and refused in line, line
+        assert line.endswith("): use a safetensors checkpoint") and "\n" not in line and "weights_only" not in line, line
 
 
 # (4)
@@ -527,7 +574,7 @@ def test_a_name_that_is_not_a_repo_id_is_one_line_before_any_request(tmp_path):
     """``download phi`` (a bare name, or a path) is not looked up on the hub at all: one line says what a repo id is."""
     from litgpt_clone.checkpoints.download import DownloadError, download
 
-    for wrong in ("checkpoints/acme/tiny", "acme/"):
+    for wrong in ("checkpoints/acme/tiny", "acme/", "acme/..", "EleutherAI/..", "../x", "acme/-x", "acme--x/y"):
         with pytest.raises(DownloadError) as err:
             download(wrong, out_dir=tmp_path / "out")
         assert str(err.value) == f"{wrong!r} is not a hub repo id: use <org>/<name>, e.g. meta-llama/Llama-3.2-1B"
@@ -537,3 +584,16 @@ def test_a_name_that_is_not_a_repo_id_is_one_line_before_any_request(tmp_path):
     assert str(err.value) == ("'pythia-14' is not a hub repo id: use <org>/<name>, e.g. meta-llama/Llama-3.2-1B. Closest: "
                               "EleutherAI/pythia-14m, EleutherAI/pythia-1.4b, EleutherAI/pythia-1b, EleutherAI/pythia-31m, EleutherAI/pythia-12b.")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_revision_that_is_a_path_is_one_line_before_any_request(tmp_path, monkeypatch):
+    """`--revision ../../x` made the default out_dir checkpoints/<repo>@../../x, a folder outside checkpoints/ (and
+    `org/..` the folder checkpoints/org/..: "File exists"); git names no branch or tag so."""
+    from litgpt_clone.checkpoints.download import DownloadError, download
+
+    monkeypatch.chdir(tmp_path)
+    for revision in ("../../x", "/etc", "v1/../../.."):
+        with pytest.raises(DownloadError) as err:
+            download("acme/tiny", revision=revision)
+        assert str(err.value) == f"--revision {revision!r} is not a valid revision: use a branch, tag or commit hash"
+    assert list(tmp_path.iterdir()) == []

@@ -135,21 +135,28 @@ def test_task_index_follows_edited_yamls(tmp_path):
     yaml = "task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: x.jsonl\ntest_split: test\n" \
            "output_type: multiple_choice\ndoc_to_text: q\ndoc_to_choice: ['a', 'b']\ndoc_to_target: 0\n"
     (tmp_path / "one.yaml").write_text(yaml.format(name="task_one"))
-    first = task_manager(str(tmp_path), local_only=True)
-    assert first.all_tasks == ["task_one"] and task_manager(str(tmp_path), local_only=True) is first
+    first = task_manager([str(tmp_path)], local_only=True)
+    assert first.all_tasks == ["task_one"] and task_manager([str(tmp_path)], local_only=True) is first
     (tmp_path / "two.yaml").write_text(yaml.format(name="task_two"))
-    assert task_manager(str(tmp_path), local_only=True).all_tasks == ["task_one", "task_two"]
+    assert task_manager([str(tmp_path)], local_only=True).all_tasks == ["task_one", "task_two"]
 
 
 def test_task_yaml_paths_name_tasks_and_groups_in_any_folders(tmp_path):
     """`--tasks a/grp.yaml` (a group: its task: is a list) was refused as naming no group; YAMLs in two folders were
-    refused with advice about an --include_path nobody gave. lm-eval takes both."""
-    from litgpt_clone.commands.evaluate import task_yaml_paths
+    refused with advice about an --include_path nobody gave. lm-eval takes both. YAMLs of two trees are indexed from
+    their own folders, not from the folder above both (for /tmp/x.yaml and lm-eval's arc_easy.yaml that was /, and
+    lm-eval walked the whole file system)."""
+    from litgpt_clone.commands.evaluate import task_manager, task_yaml_paths
 
-    for name, text in {"a/grp.yaml": "group: mygroup\ntask:\n  - t1\n", "a/t1.yaml": "task: t1\n", "b/t2.yaml": "task: t2\n"}.items():
-        (tmp_path / name).parent.mkdir(exist_ok=True)
+    files = {"a/grp.yaml": "group: mygroup\ntask:\n  - t1\n", "a/t1.yaml": "task: t1\n", "a/sub/t3.yaml": "task: t3\n",
+             "b/t2.yaml": "task: t2\n", "c/t4.yaml": "task: t4\n"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
-    assert task_yaml_paths([str(tmp_path / "a" / "grp.yaml"), "hellaswag"], None) == (["mygroup", "hellaswag"], str(tmp_path / "a"))
-    assert task_yaml_paths([str(tmp_path / "a" / "t1.yaml"), str(tmp_path / "b" / "t2.yaml")], None) == (["t1", "t2"], str(tmp_path))
+    assert task_yaml_paths([str(tmp_path / "a" / "grp.yaml"), "hellaswag"], None) == (["mygroup", "hellaswag"], [str(tmp_path / "a")])
+    names, folders = task_yaml_paths([str(tmp_path / p) for p in ("b/t2.yaml", "a/sub/t3.yaml", "a/t1.yaml")], None)
+    assert (names, folders) == (["t2", "t3", "t1"], [str(tmp_path / "a"), str(tmp_path / "b")])  # (a/sub is in a)
+    assert task_manager(folders, local_only=True).all_subtasks == ["t1", "t2", "t3"]  # not c/t4.yaml beside them
+    assert task_yaml_paths(["t1"], str(tmp_path / "a")) == (["t1"], [str(tmp_path / "a")])
     with pytest.raises(EvaluationError, match=r"lies outside --include_path .*: move it there, or pass a folder holding both$"):
         task_yaml_paths([str(tmp_path / "b" / "t2.yaml")], str(tmp_path / "a"))

@@ -8,7 +8,6 @@ variants (``model.fp16.safetensors``), adapters, ONNX, GGUF, ... The files land 
 """
 
 import glob
-import json
 import re
 import sys
 from pathlib import Path
@@ -227,10 +226,13 @@ def _cached_snapshot(
 
 
 def _index_shards(repo_id: str, index: Path) -> list[str]:
+    """The shards ``index`` names (``io.index_shards``: plain file names, never a path elsewhere on this disk)."""
+    from litgpt_clone.checkpoints.io import CheckpointError, index_shards
+
     try:
-        return sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
-    except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise DownloadError(f"{repo_id}'s {Path(index).name} is not a weight index ({type(err).__name__}: {err})") from None
+        return index_shards(index, f"{repo_id}'s {Path(index).name}", fix="the repo is broken: use another revision or repo")
+    except CheckpointError as err:
+        raise DownloadError(str(err)) from None
 
 
 def _refetch_wrong_sizes(path: Path, files: list[str], commit: Optional[str], fetch: dict) -> None:
@@ -379,6 +381,9 @@ def download(
     from litgpt_clone.config import check_out_dir
 
     repo_id = _repo_id(repo_id)
+    if revision is not None and (not revision.strip() or revision.startswith("/") or ".." in revision):
+        # (git names no branch or tag so; such a revision put checkpoints/<repo_id>@<revision> outside checkpoints/)
+        raise DownloadError(f"--revision {revision!r} is not a valid revision: use a branch, tag or commit hash")
     from litgpt_clone.checkpoints.convert import DTYPES
 
     if dtype is not None and (dtype not in DTYPES or not convert):  # (said before the download, not after it)

@@ -22,8 +22,10 @@ NATIVE_WEIGHTS = "lit_model.safetensors"
 name in a folder with a config.json (which a converted folder keeps) and made a randomly initialised model of these
 tensors, whose names it does not know, with only a warning; now it says the folder has no weights it can read."""
 
-REPO_ID = re.compile(r"^(?![.~])[\w.\-]+/[\w.\-]+$")
-"""``org/name``; ``./x`` and ``../x`` are paths."""
+REPO_ID = re.compile(r"^(?!.*(?:\.\.|--))\w(?:[\w.\-]*\w)?/\w(?:[\w.\-]*\w)?$")
+"""``org/name`` as the hub spells them: each part starts and ends with a letter, digit or ``_``, and ``..`` and ``--``
+appear nowhere (``huggingface_hub.utils.validate_repo_id``'s rules); so ``./x``, ``../x`` and ``org/..`` are paths, not
+repo ids (``org/..`` made ``download`` try to create ``checkpoints/org/..``)."""
 
 
 class CheckpointError(RuntimeError):
@@ -177,10 +179,7 @@ def hf_weight_files(hf_dir: Path) -> list[Path]:
         if (hf_dir / single).is_file():
             return [hf_dir / single]
         if (hf_dir / index).is_file():
-            try:
-                names = sorted(set(json.loads((hf_dir / index).read_text())["weight_map"].values()))
-            except (ValueError, KeyError, TypeError, AttributeError) as err:
-                raise CheckpointError(f"{hf_dir / index} is not a weight index ({type(err).__name__}: {err}): download the checkpoint again") from None
+            names = index_shards(hf_dir / index)
             missing = [n for n in names if not (hf_dir / n).is_file()]
             if missing:
                 raise CheckpointError(f"{hf_dir / missing[0]} is missing ({index} names it): download the checkpoint again")
@@ -191,6 +190,26 @@ def hf_weight_files(hf_dir: Path) -> list[Path]:
     if not names and (hf_dir / "model.pth").is_file():  # what `litgpt convert_from_litgpt` writes: Hugging Face names
         return [hf_dir / "model.pth"]
     return [hf_dir / n for n in names if not n.endswith(".json")]
+
+
+def index_shards(index: Path, label: Optional[str] = None, fix: str = "download the checkpoint again") -> list[str]:
+    """The shard files a weight index (``model.safetensors.index.json``) maps the tensors to, each a plain file name
+    beside the index: the index comes from whoever made the checkpoint, and an absolute or ``../`` name read a file
+    from elsewhere on the user's disk into the converted model (``hf_hub_download`` refuses such names too).
+    ``label`` names the index in the one-line ``CheckpointError`` (default: its path); ``fix`` ends the one for a file
+    that is not an index."""
+    label = label or str(index)
+    try:
+        names = sorted(set(json.loads(Path(index).read_text())["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{label} is not a weight index ({type(err).__name__}: {err}): {fix}") from None
+    for name in names:
+        if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+            raise CheckpointError(
+                f"{label} names the shard {name!r}, which is not a file name beside it (a path elsewhere on this disk "
+                "would be read into the checkpoint): use a checkpoint whose index names its own shard files"
+            )
+    return names
 
 
 def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
@@ -228,12 +247,24 @@ def torch_load(path: Path, fix: str, **kwargs):
     """``torch.load`` of a file that may come from anyone: tensors and plain containers only (``weights_only``). A
     file it refuses (a pickle that names other Python objects, as a planted payload does) or cannot read is one
     ``CheckpointError`` line ending with ``fix``, not torch's page of advice (which suggests ``weights_only=False``)."""
+    import warnings
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
+        with warnings.catch_warnings():  # (torch warns of a pickle protocol it may not read, then says what it refused)
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True, **kwargs)
     except Exception as err:  # torch raises many kinds for a bad pickle or zip
-        lines = str(err).splitlines()
-        why = next((line.strip() for line in lines if "global" in line.lower()), lines[0].strip() if lines else "")  # what it names
-        raise CheckpointError(f"{path} cannot be read safely ({type(err).__name__}: {why[:200]}): {fix}") from None
+        raise CheckpointError(f"{path} cannot be read safely ({type(err).__name__}: {refusal(err)[:200]}): {fix}") from None
+
+
+def refusal(err: Exception) -> str:
+    """What ``torch.load`` refused, in its first sentence (``Unsupported operand 149``, ``Trying to load unsupported
+    GLOBAL posix.system ...``): torch wraps that in a page whose advice is to set ``weights_only=False``, which runs
+    whatever code the file holds, and keeps the refusal itself as the wrapper's context."""
+    if str(err).startswith("Weights only load failed") and err.__context__ is not None:
+        err = err.__context__
+    first = (str(err).strip().splitlines() or [""])[0]
+    return re.split(r"(?<=\.)\s", first, maxsplit=1)[0]
 
 
 def check_keys(state: dict, model: torch.nn.Module, where: str) -> None:

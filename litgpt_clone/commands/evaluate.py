@@ -10,7 +10,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Literal, Optional, Sequence, Union
 
 from litgpt_clone.evaluate import EvaluationError
 
@@ -42,8 +42,8 @@ def evaluate_tasks(
     Args:
         checkpoint_dir: Native checkpoint folder or hub repo id (the first word after ``evaluate``). Default: the
             newest checkpoint this tool wrote under ./out (a folder with model_config.yaml and lit_model.safetensors).
-        tasks: Comma-separated lm-eval task or group names (``hellaswag,arc_easy``); ``list`` prints them all (the
-            checkpoint is then not read).
+        tasks: Comma-separated lm-eval task or group names (``hellaswag,arc_easy``) or task YAML paths (each YAML's folder
+            is then indexed as an include_path); ``list`` prints them all (the checkpoint is then not read).
         num_fewshot: Examples in each prompt (default: each task's own).
         batch_size: Sequences per forward pass, or "auto": on a GPU the largest of 64, 32, ... whose forward pass on
             the longest request fits in memory; on CPU at most 64, fewer where the logits of a batch would pass 1 GiB.
@@ -54,7 +54,8 @@ def evaluate_tasks(
             bnb.nf4-dq, bnb.fp4, bnb.fp4-dq or bnb.int8.
         max_length: Longest sequence fed to the model (default: its context).
         out_dir: Where results.json and results.md go (default: <checkpoint_dir>/evaluate).
-        include_path: A folder of extra task YAMLs (your own tasks, e.g. on local JSONL data).
+        include_path: A folder of extra task YAMLs (your own tasks, e.g. on local JSONL data). A YAML's ``!function`` runs
+            Python from its folder, as in lm-eval: pass only folders you trust.
         apply_chat_template: Wrap each prompt in the checkpoint's chat template.
         seed: Seed of Python, NumPy, torch and the few-shot sampling.
         bootstrap_iters: Bootstrap resamples for the standard errors. 0, the default, reports none at all, not even
@@ -76,7 +77,7 @@ def evaluate_tasks(
     if tasks is None:
         raise EvaluationError("no tasks given: pass --tasks with comma-separated task names (--tasks list shows them)")
     if tasks.strip() == "list":
-        print("\n".join(sorted(task_manager(include_path, local_only=False).all_tasks)))
+        print("\n".join(sorted(task_manager([include_path] if include_path else []).all_tasks)))
         return {}
     if limit is not None and (limit <= 0 or (limit > 1 and limit != int(limit))):
         raise EvaluationError(f"limit is {limit:g}: use a count of examples (>= 1), a fraction in (0, 1), or leave it unset for all")
@@ -87,13 +88,13 @@ def evaluate_tasks(
         print(f"Evaluating {checkpoint} (the newest checkpoint under out/)", flush=True)
     else:
         checkpoint = find_checkpoint(checkpoint_dir)  # a CheckpointError line for a folder that is not a checkpoint
-    names, include_path = task_yaml_paths([t.strip() for t in tasks.split(",") if t.strip()], include_path)
+    names, include_paths = task_yaml_paths([t.strip() for t in tasks.split(",") if t.strip()], include_path)
     out_dir = Path(out_dir) if out_dir is not None else checkpoint / "evaluate"
     from litgpt_clone.config import check_out_dir
 
     check_out_dir(out_dir)  # (a file, a folder it cannot write: said now, not after the whole evaluation)
-    manager = task_manager(include_path, local_only=bool(include_path) and local_tasks(names, include_path))
-    check_tasks(names, manager.all_tasks, include_path)
+    manager = task_manager(include_paths, local_only=bool(include_paths) and local_tasks(names, include_paths))
+    check_tasks(names, manager.all_tasks, include_paths)
     import jinja2
 
     offline_if_unreachable()
@@ -119,10 +120,10 @@ def evaluate_tasks(
     except (ValueError, KeyError, TypeError, IndexError, jinja2.TemplateError) as err:
         if num_fewshot and "Sample larger than population" in str(err):  # (random.sample of the few-shot examples)
             raise EvaluationError(f"--num_fewshot {num_fewshot} is more examples than a task has to draw them from: use fewer") from err
-        if not (include_path and local_tasks(names, include_path)):
+        if not (include_paths and local_tasks(names, include_paths)):
             raise
         reason = " ".join(str(err).split())[:300]  # lm-eval's verdict on a task YAML: a bad output_type, a template field
-        raise EvaluationError(f"the task YAMLs of --include_path {include_path} do not run ({type(err).__name__}: {reason}): fix them") from err
+        raise EvaluationError(f"the task YAMLs of {' and '.join(include_paths)} do not run ({type(err).__name__}: {reason}): fix them") from err
     dtype = lm.model.transformer.wte.weight.dtype
     results["config"].update(
         model="litgpt_clone", model_args=f"checkpoint_dir={checkpoint}", batch_size=batch_size, device=str(lm.device),
@@ -180,9 +181,11 @@ def task_yaml_loader():
     return Loader
 
 
-def task_yaml_paths(names: list[str], include_path: Optional[str]) -> tuple[list[str], Optional[str]]:
-    """``--tasks path/to/task.yaml`` (as lm-eval takes it): the task (or group) the file names, its folder as the
-    include_path (where its includes and data files are found)."""
+def task_yaml_paths(names: list[str], include_path: Optional[str]) -> tuple[list[str], list[str]]:
+    """``--tasks path/to/task.yaml`` (as lm-eval takes it): the task (or group) the file names; and the folders whose
+    task YAMLs lm-eval indexes (where the files' includes and data files are found): ``--include_path``, else the
+    folder of each YAML (one inside another counts once: lm-eval reads subfolders too). Not the one folder above them
+    all: for YAMLs of two trees that was ``/``, and lm-eval indexed every YAML file on the machine."""
     import yaml
 
     out, folders = [], []
@@ -204,9 +207,13 @@ def task_yaml_paths(names: list[str], include_path: Optional[str]) -> tuple[list
             raise EvaluationError(f"--tasks {name} lies outside --include_path {include_path}: move it there, or pass a folder holding both")
         folders.append(str(folder))
         out.append(task)
-    if include_path is None and folders:  # (lm-eval reads the folder's subfolders too: the one above them all)
-        include_path = os.path.commonpath(folders)
-    return out, include_path
+    if include_path is not None:
+        return out, [include_path]
+    outermost = []
+    for folder in sorted(set(folders)):  # (a folder sorts before the folders inside it)
+        if not any(Path(folder).is_relative_to(kept) for kept in outermost):
+            outermost.append(folder)
+    return out, outermost
 
 
 def newest_checkpoint(root: Path, tasks: str = "...") -> Path:
@@ -230,31 +237,31 @@ def newest_checkpoint(root: Path, tasks: str = "...") -> Path:
     return resolve_checkpoint(Path(max(found)[1]))  # (the newest under the old name: the line saying to rename it)
 
 
-def task_manager(include_path: Optional[str], local_only: bool = False):
-    """lm-eval's task index (with the tasks of ``include_path``); ``local_only``: of ``include_path`` alone, which
-    takes a second where indexing lm-eval's own ~14,000 tasks takes 5-10 s. Kept in this process until a YAML file
-    of ``include_path`` changes."""
-    stamp = ()
-    if include_path:
+def task_manager(include_paths: Sequence[str] = (), local_only: bool = False):
+    """lm-eval's task index (with the tasks of the folders ``include_paths``); ``local_only``: of those folders alone,
+    which takes a second where indexing lm-eval's own ~14,000 tasks takes 5-10 s. Kept in this process until a YAML
+    file of those folders changes."""
+    folders, stamp = [], ()
+    for include_path in include_paths:
         if not Path(include_path).is_dir():
             raise EvaluationError(f"--include_path {include_path}: no such folder: pass the folder that holds your task YAMLs")
-        include_path = str(Path(include_path).resolve())
-        for folder, _, files in os.walk(include_path):  # never follows links to folders
+        folders.append(str(Path(include_path).resolve()))
+        for folder, _, files in os.walk(folders[-1]):  # never follows links to folders
             yamls = sorted(os.path.join(folder, f) for f in files if f.endswith((".yaml", ".yml")))
             stamp += tuple((path, os.stat(path).st_mtime_ns) for path in yamls)
-    return cached_task_manager(include_path, local_only, stamp)
+    return cached_task_manager(tuple(folders), local_only, stamp)
 
 
 @functools.lru_cache(maxsize=4)
-def cached_task_manager(include_path: Optional[str], local_only: bool, stamp: tuple):
+def cached_task_manager(include_paths: tuple[str, ...], local_only: bool, stamp: tuple):
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=include_path, include_defaults=not local_only)
+    return TaskManager(include_path=list(include_paths) or None, include_defaults=not local_only)
 
 
-def local_tasks(names: list[str], include_path: str) -> bool:
-    """Whether every name is a task (not a group or tag, which may refer to lm-eval's own tasks) of include_path."""
-    local = set(task_manager(include_path, local_only=True).all_subtasks)
+def local_tasks(names: list[str], include_paths: Sequence[str]) -> bool:
+    """Whether every name is a task (not a group or tag, which may refer to lm-eval's own tasks) of ``include_paths``."""
+    local = set(task_manager(include_paths, local_only=True).all_subtasks)
     return all(name in local for name in names)
 
 
@@ -296,9 +303,9 @@ def unreachable_data(err: ConnectionError) -> str:
     )
 
 
-def check_tasks(names: list[str], known: list[str], include_path: Optional[str] = None) -> None:
+def check_tasks(names: list[str], known: list[str], include_paths: Sequence[str] = ()) -> None:
     """An unknown task name is an error that suggests the closest known names (and names the YAML files of
-    ``include_path`` that do not parse, which lm-eval skips with a log line)."""
+    ``include_paths`` that do not parse, which lm-eval skips with a log line)."""
     if not names:
         raise EvaluationError("no tasks given: pass --tasks with comma-separated task names (--tasks list shows them)")
     known_set = set(known)
@@ -306,7 +313,7 @@ def check_tasks(names: list[str], known: list[str], include_path: Optional[str] 
         if name not in known_set:
             close = difflib.get_close_matches(name, known, n=3)
             hint = f"did you mean {', '.join(close)}?" if close else "`--tasks list` shows them"
-            broken = unparsable_yamls(include_path) if include_path else []
+            broken = [path for folder in include_paths for path in unparsable_yamls(folder)]
             if broken:
                 raise EvaluationError(f"unknown task {name!r}, and {broken[0]} is not valid YAML: fix it ({hint})")
             raise EvaluationError(f"unknown task {name!r}: {hint} (your own task YAMLs: --include_path <folder>)")
