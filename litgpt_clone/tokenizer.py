@@ -76,6 +76,15 @@ TOKENIZER_FILES = (
 )
 """The files of a checkpoint folder that make up its tokenizer: copy every one that exists when converting a
 checkpoint (``config.json``, where ``Tokenizer`` also looks for ``bos_token_id``/``eos_token_id``, is the model's)."""
+CHAT_TEMPLATE_DIR = "additional_chat_templates"
+"""transformers' folder of named chat templates (``tool_use.jinja``, ...), beside the default ``chat_template.jinja``."""
+
+
+def tokenizer_files(folder: Path) -> list[str]:
+    """The tokenizer files ``folder`` holds, relative to it: those of ``TOKENIZER_FILES`` and the named chat templates."""
+    folder = Path(folder)
+    named = sorted(p for p in (folder / CHAT_TEMPLATE_DIR).glob("*.jinja") if p.is_file())
+    return [n for n in TOKENIZER_FILES if (folder / n).is_file()] + [f"{CHAT_TEMPLATE_DIR}/{p.name}" for p in named]
 
 
 ENCODING_VERSION = 3
@@ -182,8 +191,8 @@ class Tokenizer:
     ``template_tokens`` (the special-token strings a chat template sees: ``bos_token``, ``pad_token``, ...),
     ``stop_ids`` (ids that end generation: EOS and every ``eos_token_id`` of generation_config.json, else of
     config.json) and
-    ``chat_template`` (the Jinja source, or None; where tokenizer_config.json lists named templates, the one named
-    "default", and ``chat_templates`` all of them by name: ``render_for_tokenizer`` takes "tool_use" for a call with
+    ``chat_template`` (the Jinja source, or None; where there are named templates, a list in tokenizer_config.json or
+    ``additional_chat_templates/<name>.jinja`` files, the one named "default", and ``chat_templates`` all of them by name: ``render_for_tokenizer`` takes "tool_use" for a call with
     tools, as transformers does).
     """
 
@@ -257,13 +266,18 @@ class Tokenizer:
         generation_eos = _token_ids(_read_json(generation).get("eos_token_id"), generation)
         self.stop_ids: set[int] = {i for i in [self.eos_id, *generation_eos] if i is not None}
 
-        # transformers reads chat_template.jinja first, then tokenizer_config.json's "chat_template", which some
-        # repos write as a list of named templates
-        template_file = checkpoint_dir / "chat_template.jinja"
-        template = template_file.read_text(encoding="utf-8") if template_file.is_file() else config.get("chat_template")
-        self.chat_templates: dict[str, str] = {}  # the named ones of such a list ("default", "tool_use", "rag", ...)
+        # as transformers: template files (chat_template.jinja, the default, and additional_chat_templates/<name>.jinja)
+        # where there are any, else tokenizer_config.json's "chat_template", which some repos write as a list of named ones
+        files = {"default": checkpoint_dir / "chat_template.jinja"} if (checkpoint_dir / "chat_template.jinja").is_file() else {}
+        files.update({p.name.removesuffix(".jinja"): p for p in sorted((checkpoint_dir / CHAT_TEMPLATE_DIR).glob("*.jinja"))})
+        template = {name: path.read_text(encoding="utf-8") for name, path in files.items()} or config.get("chat_template")
         if isinstance(template, list):
-            self.chat_templates = {t["name"]: t["template"] for t in template if isinstance(t, dict) and "name" in t and "template" in t}
+            template = {t["name"]: t["template"] for t in template if isinstance(t, dict) and "name" in t and "template" in t}
+        self.chat_templates: dict[str, str] = {}  # the named ones ("default", "tool_use", "rag", ...), if more than one
+        if isinstance(template, dict) and set(template) == {"default"}:
+            template = template["default"]
+        if isinstance(template, dict):
+            self.chat_templates = template
             template = self.chat_templates.get("default")
             if template is None and self.chat_templates:  # as transformers, which raises on every use of such a tokenizer
                 message = f"this checkpoint has chat templates named {', '.join(self.chat_templates)} and none named default: add one to tokenizer_config.json"

@@ -726,3 +726,32 @@ def test_the_fingerprint_of_tokenized_data_follows_what_encode_depends_on(dirs, 
     second = Tokenizer(folder).fingerprint()
     monkeypatch.setattr(tokenizer_module, "ENCODING_VERSION", tokenizer_module.ENCODING_VERSION + 1)
     assert Tokenizer(folder).fingerprint() not in (first, second)
+
+
+def test_named_chat_template_files_are_read_and_copied_as_transformers_saves_them(tmp_path):
+    """transformers 5 saves several named templates as chat_template.jinja (the default) and
+    additional_chat_templates/<name>.jinja, not in tokenizer_config.json: they were not read (no template at all, so
+    the prompt went in alone), nor copied by convert or into checkpoints, nor downloaded."""
+    from transformers import AutoTokenizer
+
+    from litgpt_clone.chat_template import render_for_tokenizer
+    from litgpt_clone.checkpoints.convert import copy_aux_files
+    from litgpt_clone.checkpoints.download import select_files
+    from test_chat_template import _tokenizer_folder
+
+    reference = AutoTokenizer.from_pretrained(_tokenizer_folder(tmp_path / "src", "", "<s>", "</s>"))
+    reference.chat_template = {"default": "D:{{ messages[0].content }}", "tool_use": "T{{ tools | length }}:{{ messages[0].content }}"}
+    reference.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in (tmp_path / "saved" / "additional_chat_templates").iterdir()) == ["tool_use.jinja"]
+    reference = AutoTokenizer.from_pretrained(tmp_path / "saved")
+    tools = [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object", "properties": {}}}}]
+    messages = [{"role": "user", "content": "hello"}]
+    copy_aux_files(tmp_path / "saved", tmp_path / "copy")  # (what convert from_hf / to_hf do with them)
+    for folder in ("saved", "copy"):
+        ours = Tokenizer(tmp_path / folder)
+        for kwargs in ({}, {"tools": tools}):
+            expected = reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+            assert render_for_tokenizer(ours, messages, **kwargs) == expected
+    assert render_for_tokenizer(Tokenizer(tmp_path / "copy"), messages, tools=tools) == "T1:hello"
+    files = ["config.json", "model.safetensors", "chat_template.jinja", "additional_chat_templates/tool_use.jinja", "additional_chat_templates/x/y.jinja"]
+    assert select_files(files) == sorted(files[:4])

@@ -27,7 +27,7 @@ from litgpt_clone.checkpoints.io import (
     write_atomic_text,
 )
 from litgpt_clone.config import Config, ConfigError, check_out_dir
-from litgpt_clone.tokenizer import TOKENIZER_FILES
+from litgpt_clone.tokenizer import tokenizer_files
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -156,11 +156,12 @@ def native_to_hf_weights(state: dict[str, torch.Tensor], config: Config) -> dict
 def copy_aux_files(src: Path, dst: Path) -> None:
     """Tokenizer and generation files travel with the weights; those an earlier conversion left in ``dst`` that
     ``src`` does not have go (a stale chat_template.jinja or tokenizer.json would be read before the new files)."""
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            copy_atomic(src / name, dst / name)
-        elif (dst / name).is_file():
-            (dst / name).unlink()
+    wanted = tokenizer_files(src)
+    for name in set(tokenizer_files(dst)) - set(wanted):
+        (dst / name).unlink()
+    for name in wanted:
+        (dst / name).parent.mkdir(exist_ok=True)
+        copy_atomic(src / name, dst / name)
 
 
 def special_token_ids(checkpoint_dir: Path) -> dict:

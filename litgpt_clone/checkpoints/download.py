@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Optional
 
-from litgpt_clone.tokenizer import TOKENIZER_FILES
+from litgpt_clone.tokenizer import CHAT_TEMPLATE_DIR, TOKENIZER_FILES
 
 CONFIG_FILES = ("config.json", "generation_config.json")
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -57,12 +57,13 @@ def select_files(repo_files: Iterable[str], shards: Optional[Iterable[str]] = No
     """Everything :func:`download` fetches from a repo whose files are ``repo_files`` (empty weights: see caller)."""
     repo_files = list(repo_files)
     wanted = set(CONFIG_FILES) | set(TOKENIZER_FILES)
-    return sorted({f for f in repo_files if f in wanted} | set(weight_files(repo_files, shards)))
+    named_templates = {f for f in repo_files if f.startswith(CHAT_TEMPLATE_DIR + "/") and f.endswith(".jinja") and f.count("/") == 1}
+    return sorted({f for f in repo_files if f in wanted} | named_templates | set(weight_files(repo_files, shards)))
 
 
 def _generic_patterns() -> list[str]:
     """Patterns used when the repo listing is unknown (offline, nothing listed in the cache)."""
-    return [*CONFIG_FILES, *TOKENIZER_FILES, "*.safetensors", SAFETENSORS_INDEX, "*.bin", BIN_INDEX]
+    return [*CONFIG_FILES, *TOKENIZER_FILES, f"{CHAT_TEMPLATE_DIR}/*.jinja", "*.safetensors", SAFETENSORS_INDEX, "*.bin", BIN_INDEX]
 
 
 # ---------------------------------------------------------------------- errors

@@ -282,7 +282,7 @@ def merge_lora(checkpoint_dir: Path, base: Optional[str] = None, out_dir: Option
     from litgpt_clone.checkpoints.io import NATIVE_WEIGHTS, REPO_ID, load_state, resolve_checkpoint, save_weights, write_atomic_text
     from litgpt_clone.checkpoints.peft_format import is_peft_adapter
     from litgpt_clone.lora import merge_into
-    from litgpt_clone.tokenizer import TOKENIZER_FILES
+    from litgpt_clone.tokenizer import CHAT_TEMPLATE_DIR, TOKENIZER_FILES, tokenizer_files
     from litgpt_clone.training.checkpoint import write_checkpoint
 
     lora_dir = Path(checkpoint_dir)
@@ -294,7 +294,7 @@ def merge_lora(checkpoint_dir: Path, base: Optional[str] = None, out_dir: Option
     from litgpt_clone.config import check_out_dir
 
     check_out_dir(lora_dir if in_place else out_dir, "checkpoint_dir" if in_place else "--out_dir")  # (a file, read-only)
-    written = {NATIVE_WEIGHTS, "model_config.yaml", "hyperparameters.yaml", "lora_config.yaml", "adapter_config.yaml", *TOKENIZER_FILES}
+    written = {NATIVE_WEIGHTS, "model_config.yaml", "hyperparameters.yaml", "lora_config.yaml", "adapter_config.yaml", *TOKENIZER_FILES, CHAT_TEMPLATE_DIR + "/"}
     if not in_place and Path(out_dir).is_dir():  # write_checkpoint replaces the whole folder: only one of its own
         names = sorted(p.name + "/" * p.is_dir() for p in Path(out_dir).iterdir())
         if names and ("lora_config.yaml" not in names or not set(names) <= written):
@@ -333,8 +333,9 @@ def merge_lora(checkpoint_dir: Path, base: Optional[str] = None, out_dir: Option
         for name, text in files.items():
             if name != "lora_config.yaml" and not (lora_dir / name).is_file():
                 write_atomic_text(lora_dir / name, text)
-        for name in TOKENIZER_FILES:
-            if (base_dir / name).is_file() and not (lora_dir / name).is_file():
+        for name in tokenizer_files(base_dir):
+            if not (lora_dir / name).is_file():
+                (lora_dir / name).parent.mkdir(exist_ok=True)
                 shutil.copyfile(base_dir / name, lora_dir / name)
         print(f"merged checkpoint written to {lora_dir}")
         return

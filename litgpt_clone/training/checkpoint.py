@@ -19,7 +19,7 @@ import yaml
 
 from litgpt_clone.checkpoints.io import check_keys, fsync_folder, save_weights, torch_load, write_atomic, write_atomic_text
 from litgpt_clone.config import Config
-from litgpt_clone.tokenizer import TOKENIZER_FILES
+from litgpt_clone.tokenizer import tokenizer_files
 
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 
@@ -118,9 +118,9 @@ def write_files(
     for name, data in (yamls or {}).items():
         write_atomic_text(tmp / name, yaml.safe_dump(data, sort_keys=False))
     if tokenizer_dir is not None:
-        for name in TOKENIZER_FILES:
-            if (Path(tokenizer_dir) / name).is_file():
-                shutil.copyfile(Path(tokenizer_dir) / name, tmp / name)
+        for name in tokenizer_files(tokenizer_dir):
+            (tmp / name).parent.mkdir(exist_ok=True)
+            shutil.copyfile(Path(tokenizer_dir) / name, tmp / name)
     if training_state is not None:
         write_atomic(tmp / "training_state.pt", lambda path: save_torch(training_state, path))
 
