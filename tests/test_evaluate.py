@@ -224,7 +224,16 @@ def test_cli_writes_results(models, tasks_dir, tmp_path, capsys):
           "--out_dir", str(tmp_path / "logged"), "--log_samples", "true"])
     rows = [json.loads(line) for line in (tmp_path / "logged" / "samples_tiny_mc.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all({"doc", "arguments", "resps", "acc"} <= set(row) for row in rows)
-    assert "samples" not in json.loads((tmp_path / "logged" / "results.json").read_text())
+    logged = json.loads((tmp_path / "logged" / "results.json").read_text())
+    assert "samples" not in logged and results["task_hashes"] == {}  # (lm-eval hashes only logged samples)
+    # lm-eval's hash of the examples: the same with lm-eval's own tracker over these samples
+    from lm_eval.loggers import EvaluationTracker
+    from lm_eval.utils import hash_string
+
+    EvaluationTracker(output_path=str(tmp_path / "tracker.json")).save_results_aggregated({"results": {}}, {"tiny_mc": rows})
+    (tracked,) = tmp_path.glob("tracker_*.json")  # (its name carries the time)
+    assert logged["task_hashes"] == json.loads(tracked.read_text())["task_hashes"]
+    assert logged["task_hashes"]["tiny_mc"] == hash_string("".join(r["doc_hash"] + r["prompt_hash"] + r["target_hash"] for r in rows))
     acc = results["results"]["tiny_mc"]["acc,none"]
     assert acc in (0, 1 / 3, 2 / 3, 1)
     table = (tmp_path / "results.md").read_text()

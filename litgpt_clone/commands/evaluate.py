@@ -138,6 +138,12 @@ def evaluate_tasks(
         tokenizer_bos_token=[named.get("bos_token"), str(tok.bos_id)], eot_token_id=lm.eot_token_id, max_length=lm.max_length,
     )
     samples = results.pop("samples", {})
+    from lm_eval.utils import hash_string
+
+    # lm-eval's check that two runs scored the same examples the same way (with --log_samples, as lm-eval has it)
+    results["task_hashes"] = {
+        task: hash_string("".join(s["doc_hash"] + s["prompt_hash"] + s["target_hash"] for s in rows)) for task, rows in samples.items()
+    }
     table = make_table(results)
     print(table)
     out_dir.mkdir(parents=True, exist_ok=True)
