@@ -117,6 +117,13 @@ def test_propagation_readme_headers_and_cache(tmp_path):
     cache.save()
     again = licenses.DetectionCache(tmp_path / "cache.json")
     assert again.entries == cache.entries and again.categories["GPL-2.0-or-later"] == "Copyleft"
+    # a cache someone else wrote (a repository shipping one in the out_dir) or edited is not read: it made GPL "MIT"
+    saved = json.loads((tmp_path / "cache.json").read_text())
+    edited = {**saved, "detections": {key: ["MIT"] for key in saved["detections"]}}
+    unsealed = {key: value for key, value in edited.items() if key != "seal"}
+    for forged in (edited, unsealed):
+        (tmp_path / "cache.json").write_text(json.dumps(forged))
+        assert licenses.DetectionCache(tmp_path / "cache.json").entries == {}
     # detect_all: the same detections, computed up front in 2 forked processes (what prepare code --workers 2 does)
     parallel = licenses.DetectionCache(None)
     with multiprocessing.get_context("fork").Pool(2) as pool:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -279,19 +280,22 @@ def test_cli_help_and_one_line_errors(tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.py").write_text("print('hi')\n")
+    no_eos = cf.train_tokenizer(tmp_path / "no_eos", [cf.APP])  # failed after the whole build, with a traceback
+    (no_eos / "tokenizer_config.json").write_text("{}")
     cases = [
         (["--languages", "[Pyhton]"], "error: --languages: 'Pyhton' is not a language GitHub Linguist knows (every file would be dropped)"),
         (["--languages", "[python]"], "error: --languages: 'python' is not a language GitHub Linguist knows (every file would be dropped): did you mean Python?"),
         (["--near_dedup_threshold", "1.5"], "error: --near_dedup_threshold 1.5: use a Jaccard similarity in [0, 0.997]"),
         (["--decontaminate", "[nonexist.jsonl]"], "error: --decontaminate: no file at nonexist.jsonl"),
         (["--layout", "owner/repo"], f"error: source {src} has no <owner>/<repo>/ folders, which --layout owner/repo reads"),
+        (["--tokenizer_dir", str(no_eos)], f"error: the tokenizer in {no_eos} has no EOS token, which ends every document in the token shards"),
     ]
     for args, start in cases:
         with pytest.raises(SystemExit) as exit_bad:
             main(["prepare", "code", str(src), "--out_dir", str(tmp_path / "out"), *args])
         err = capsys.readouterr().err.strip()
         assert exit_bad.value.code == 2 and err.startswith(start) and len(err.splitlines()) == 1, err
-    assert not list((tmp_path / "out").glob("v*"))  # nothing started
+    assert not (tmp_path / "out").exists()  # nothing started
 
 
 def test_one_build_at_a_time(tmp_path):
@@ -414,6 +418,40 @@ def test_out_dir_inside_a_source_is_not_read(tmp_path):
         run(CorpusConfig(sources=[str(src)]), src, log=lambda _: None)
 
 
+def test_what_a_source_ships_in_the_out_dir_is_not_trusted(tmp_path):
+    """`prepare code . --out_dir corpus` on a repository that ships corpus/: a `.lock` link made the build truncate the
+    file it names, a `cache` link made it write where that points, and a license-detection cache there turned the
+    repository's GPL into MIT (its files kept under the permissive policy). The committed corpus/ files were read as
+    corpus files."""
+    from litgpt_clone.corpus.licenses import license_parts, scancode_version
+    from litgpt_clone.corpus.pipeline import CorpusError
+
+    gpl = Path("/usr/share/common-licenses/GPL-3").read_text()
+    forged = {hashlib.sha1(part.encode()).hexdigest(): ["MIT"] for part in license_parts({"COPYING": gpl}).values()}
+    cache = {"corpus/cache/license_detections.json": json.dumps({"scancode": scancode_version(), "detections": forged,
+                                                                 "categories": {"MIT": "Permissive"}})}
+    repo = cf.git_repo(tmp_path / "proj", {"COPYING": gpl, "hello.c": cf.C, **cache})
+    result = run(CorpusConfig(sources=[str(repo)]), repo / "corpus", log=lambda _: None)
+    records = [json.loads(line) for line in (result.version_dir / "files.jsonl").read_text().splitlines()]
+    assert [(r["path"], r["detected_licenses"], r["drop_reason"]) for r in records] == [
+        ("COPYING", ["GPL-3.0-only"], "non_permissive"), ("hello.c", ["GPL-3.0-only"], "non_permissive")]
+
+    victim, elsewhere, src = tmp_path / "victim.txt", tmp_path / "elsewhere", tmp_path / "src"
+    victim.write_text("precious\n")
+    elsewhere.mkdir()
+    (src / "corpus" / "v1.partial").mkdir(parents=True)
+    (src / "a.py").write_text("print('a')\n")
+    for link, target in [(".lock", victim), ("cache", elsewhere), ("v1.partial/stages", elsewhere)]:
+        (src / "corpus" / link).symlink_to(target)
+        with pytest.raises(CorpusError) as err:
+            run(CorpusConfig(sources=[str(src)]), src / "corpus", log=lambda _: None)
+        assert str(err.value) == (f"{src / 'corpus' / link} is not a plain file or folder (a link, FIFO, socket or device):"
+                                  " prepare code writes only into what it made in its --out_dir; delete it, or give another --out_dir")
+        (src / "corpus" / link).unlink()
+    assert victim.read_text() == "precious\n" and not list(elsewhere.iterdir())
+    assert run(CorpusConfig(sources=[str(src)]), src / "corpus", log=lambda _: None).manifest["totals"]["kept"] == 1
+
+
 def test_resume_starts_over_when_the_sources_changed(tmp_path, monkeypatch):
     """A build interrupted, then resumed after a new commit, mixed the old files' records with the new commit."""
     from litgpt_clone.corpus import pipeline
@@ -443,6 +481,13 @@ def test_resume_starts_over_when_the_sources_changed(tmp_path, monkeypatch):
     (folder / "a.py").write_text("name = 'two'\n")  # same size
     os.utime(folder / "a.py", ns=(1, 1))
     assert interrupted_run() == [changed]
+    # a partial build that came with a source (the out_dir inside it) has the right hashes, but not this user's seal
+    stamp = out / "v1.partial" / "stages" / "config.json"
+    stamp.write_text(json.dumps({k: v for k, v in json.loads(stamp.read_text()).items() if k != "seal"}))
+    for chunk in (out / "v1.partial" / "stages" / "read").glob("*.jsonl"):
+        chunk.write_text(chunk.read_text().replace("name = 'two'", "name = 'INJECTED'"))
+    assert interrupted_run() == [f"removing {out / 'v1.partial'}: no build of this user started it (it came with a source or"
+                                 " from elsewhere); starting over"]
     monkeypatch.undo()
     logged = []
     result = run(config, out, log=logged.append)

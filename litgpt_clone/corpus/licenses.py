@@ -40,6 +40,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Literal, Optional
 
 from litgpt_clone.checkpoints.io import write_atomic_text
+from litgpt_clone.corpus import seal
 
 LicenseType = Literal["permissive", "no_license", "non_permissive"]
 LicensePolicy = Literal["permissive", "strict", "all"]
@@ -241,12 +242,16 @@ def allowed(kind: LicenseType, policy: LicensePolicy) -> bool:
 
 class DetectionCache:
     """Detections by SHA-1 of the text and the categories of the ids found, in a JSON file (per ScanCode
-    version), so that rebuilds neither load ScanCode's index nor its license database."""
+    version), so that rebuilds neither load ScanCode's index nor its license database.
+
+    The file is read only when it carries this user's seal (``corpus.seal``): it may lie in a source (``prepare code
+    . --out_dir corpus``), and one a repository shipped there, calling its GPL license "MIT", let its files past the
+    license policy."""
 
     def __init__(self, path: Optional[Path]) -> None:
         self.path = Path(path) if path else None
         self.key = scancode_version()
-        data = json.loads(self.path.read_text()) if self.path and self.path.is_file() else {}
+        data = seal.read_sealed(self.path) if self.path else {}
         fresh = data.get("scancode") == self.key
         self.entries: dict[str, list[str]] = data.get("detections", {}) if fresh else {}
         self.categories: dict[str, Optional[str]] = data.get("categories", {}) if fresh else {}
@@ -282,7 +287,7 @@ class DetectionCache:
         if self.path and self.dirty:
             payload = {"scancode": self.key, "detections": dict(sorted(self.entries.items())),
                        "categories": dict(sorted(self.categories.items()))}
-            write_atomic_text(self.path, json.dumps(payload, indent=0, sort_keys=True) + "\n")
+            write_atomic_text(self.path, json.dumps(seal.sealed(payload), indent=0, sort_keys=True) + "\n")
             self.dirty = False
 
 

@@ -13,9 +13,14 @@ inputs (``inputs_digest``: git commits, archives' sizes and times, folders' file
 of another configuration, or of sources that changed since, is removed and started over:
 
 - ``stages/read/<repo>-<chunk>.jsonl``: the per-file stages (read … pii) for ``CHUNK_FILES`` files of a repository
-  (files in path order, so chunk ``i`` always holds the same files); one atomic file per chunk.
+  (files in the order they are read, ``read_chunks``, so chunk ``i`` always holds the same files); one atomic file
+  per chunk.
 - ``stages/dedup.json``: exact and near-duplicate decisions over the whole corpus.
 - ``stages/shards.json``: the token shards' own manifest and each file's split and token count.
+
+The ``out_dir`` may lie inside a source, whose files can then be in it: a build writes only into plain folders and
+files there (``check_own``: a link or a FIFO in their place stops it), and trusts a partial build, and the license
+detections of ``out_dir/cache/``, only when they carry this user's seal (``corpus.seal``).
 
 Every output is sorted and carries no timestamps: same inputs and configuration give byte-identical
 ``manifest.json``, shards, ``files.jsonl`` and ``text.jsonl``, with any number of workers: ``workers`` forked
@@ -24,12 +29,15 @@ processes run the license detections, the per-file stages, the MinHash sketches 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
 import json
 import multiprocessing
+import os
 import shutil
+import stat
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +46,7 @@ from typing import Callable, Iterable, Iterator, Optional
 import numpy as np
 
 from litgpt_clone.checkpoints.io import write_atomic_text
-from litgpt_clone.corpus import identity, language, licenses
+from litgpt_clone.corpus import identity, language, licenses, seal
 from litgpt_clone.corpus.optout import OptOut
 from litgpt_clone.corpus.sources import FileEntry, Layout, Repository, open_sources
 
@@ -263,6 +271,17 @@ def _repo_context(repo: Repository, optout: Optional[OptOut], cache: licenses.De
     return RepoContext(repo.name, repo.kind, repo.commit, repo.commit_time, found.by_folder, found.categories, reason)
 
 
+def read_chunks(repo: Repository) -> Iterator[tuple[int, list[FileEntry]]]:
+    """The repository's files in chunks of ``CHUNK_FILES``, in the order they are read (``Repository.read_order``:
+    an archive's in member order, so that a compressed archive is decompressed once, not once per chunk)."""
+    return _chunks([repo.entries[i] for i in repo.read_order()], CHUNK_FILES)
+
+
+def _archive_order(repos: list[Repository]) -> list[Repository]:
+    """The repositories of one archive in the order the archive holds them (the others as they are)."""
+    return sorted(repos, key=lambda r: (r.source, min((e.offset or 0 for e in r.entries), default=0)))
+
+
 def read_stage(repos: list[Repository], config: CorpusConfig, stage_dir: Path, cache: licenses.DetectionCache,
                workers: "Workers", progress=None) -> None:
     """Run the per-file stages over every repository, one checkpoint file per chunk of files.
@@ -272,8 +291,8 @@ def read_stage(repos: list[Repository], config: CorpusConfig, stage_dir: Path, c
     stage_dir.mkdir(parents=True, exist_ok=True)
     optout = OptOut.from_file(config.optout) if config.optout else None
     pending = []
-    for repo in repos:
-        chunks = [(i, c) for i, c in _chunks(repo.entries, CHUNK_FILES) if not (stage_dir / f"{repo_key(repo.name)}-{i:05d}.jsonl").exists()]
+    for repo in _archive_order(repos):
+        chunks = [(i, c) for i, c in read_chunks(repo) if not (stage_dir / f"{repo_key(repo.name)}-{i:05d}.jsonl").exists()]
         if chunks:
             pending.append((repo, chunks, _license_texts(repo)))
     cache.detect_all((part for *_, texts in pending for part in licenses.license_parts(texts).values()),
@@ -302,14 +321,18 @@ def read_stage(repos: list[Repository], config: CorpusConfig, stage_dir: Path, c
 
 
 def load_read_stage(repos: list[Repository], stage_dir: Path) -> tuple[list[dict], list[Optional[str]]]:
+    """The records and texts of the read stage, repository by repository, each repository's in path order."""
     records, texts = [], []
     for repo in repos:
-        for index, _ in _chunks(repo.entries, CHUNK_FILES):
+        items = []
+        for index, _ in read_chunks(repo):
             with open(stage_dir / f"{repo_key(repo.name)}-{index:05d}.jsonl", encoding="utf-8") as f:
-                for line in f:
-                    item = json.loads(line)
-                    records.append(item["record"])
-                    texts.append(item["text"])
+                items += [json.loads(line) for line in f]
+        in_path_order = [None] * len(items)
+        for position, item in zip(repo.read_order(), items):
+            in_path_order[position] = item
+        records += [item["record"] for item in in_path_order]
+        texts += [item["text"] for item in in_path_order]
     return records, texts
 
 
@@ -407,6 +430,18 @@ def encode(text: str) -> np.ndarray:
     return token_ids(_WORKER["tokenizer"], text)
 
 
+def shard_tokenizer(tokenizer_dir: str):
+    """The tokenizer in ``tokenizer_dir``, or ``CorpusError`` when it has no EOS token: the token shards end every
+    document with it. ``run`` checks this when the build starts."""
+    from litgpt_clone.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(tokenizer_dir)
+    if tokenizer.eos_id is None:
+        raise CorpusError(f"the tokenizer in {tokenizer_dir} has no EOS token, which ends every document in the token"
+                          " shards: give a --tokenizer_dir whose tokenizer has one (its eos_token)")
+    return tokenizer
+
+
 def shard_stage(kept: list[int], records: list[dict], texts: list[Optional[str]], config: CorpusConfig, out_dir: Path,
                 imap: Callable) -> dict:
     """Tokenize the kept files (``imap(fn, tasks)``: results in order, e.g. from worker processes) and write them as
@@ -414,11 +449,8 @@ def shard_stage(kept: list[int], records: list[dict], texts: list[Optional[str]]
     from tqdm import tqdm
 
     from litgpt_clone.data.shards import ShardWriter
-    from litgpt_clone.tokenizer import Tokenizer
 
-    tokenizer = Tokenizer(config.tokenizer_dir)
-    if tokenizer.eos_id is None:
-        raise ValueError(f"the tokenizer in {config.tokenizer_dir} has no EOS token to end documents: give one that has")
+    tokenizer = shard_tokenizer(config.tokenizer_dir)
     tokens = {}
     writer = ShardWriter(out_dir, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id, shard_tokens=config.shard_tokens,
                          extra={"vocabulary_sha256": tokenizer.vocabulary_digest()})
@@ -529,14 +561,52 @@ def run(config: CorpusConfig, out_dir: Path, workers: int = 1, log: Callable[[st
 
     One build at a time per ``out_dir``: a POSIX lock on ``out_dir/.lock``, released when the process ends however
     it ends (and not inherited by the worker processes)."""
+    if config.tokenizer_dir:
+        shard_tokenizer(config.tokenizer_dir)  # before anything is done, not after the whole build
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".lock", "w") as lock:
+    with _locked(out_dir):
+        return _run_locked(config, out_dir, workers, log)
+
+
+@contextlib.contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
+    """Hold the lock on ``out_dir/.lock``, a file opened without following a link, waiting on a FIFO or truncating
+    it: a source holding the out_dir can ship ``.lock`` as a link, and opening it for writing truncated the file it
+    names."""
+    path = out_dir / ".lock"
+    check_own(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    except OSError as err:  # a folder, or something put in its place since it was checked
+        raise CorpusError(f"cannot open {path} ({err.strerror}): delete it, or give another --out_dir") from None
+    try:
         try:
-            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise CorpusError(f"another prepare code is writing to {out_dir}: wait for it to finish, or give another --out_dir") from None
-        return _run_locked(config, out_dir, workers, log)
+        yield
+    finally:
+        os.close(fd)
+
+
+def check_own(path: Path) -> None:
+    """``CorpusError`` when ``path`` (and what is under it) is anything but plain folders and files. A build writes
+    only into folders it made; a link there (``corpus/cache`` naming a folder elsewhere, shipped by a source the
+    out_dir lies in) would have it write or delete outside the out_dir, a FIFO would hang it."""
+    todo = [str(path)]
+    while todo:  # (not recursive: a source can nest folders deeper than Python's stack)
+        current = todo.pop()
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(mode):
+            with os.scandir(current) as items:
+                todo += [item.path for item in items]
+        elif not stat.S_ISREG(mode):
+            raise CorpusError(f"{current} is not a plain file or folder (a link, FIFO, socket or device): prepare code"
+                              " writes only into what it made in its --out_dir; delete it, or give another --out_dir")
 
 
 def _run_locked(config: CorpusConfig, out_dir: Path, workers: int, log: Callable[[str], None]) -> Result:
@@ -547,12 +617,19 @@ def _run_locked(config: CorpusConfig, out_dir: Path, workers: int, log: Callable
     for scratch in out_dir.glob(".v*.stages"):  # what a build killed while deleting its stages left
         shutil.rmtree(scratch, ignore_errors=True)
     version, previous = manifest_lib.next_version(out_dir)
-    partial = out_dir / f"v{version}.partial"
+    partial, final = out_dir / f"v{version}.partial", out_dir / f"v{version}"
+    for own in (partial, out_dir / "cache"):
+        check_own(own)
+    if os.path.lexists(final):  # a file or a dangling link (``next_version`` counts folders): the rename at the end fails
+        raise CorpusError(f"{final} is not the folder of an earlier version: delete it, or give another --out_dir")
     digest, inputs = config.digest(), inputs_digest(repos)
     stamp = partial / "stages" / "config.json"
     if partial.exists():
-        started = json.loads(stamp.read_text()) if stamp.is_file() else {}
-        if started.get("config_hash") != digest:
+        started = seal.read_sealed(stamp)
+        if not started:  # (a partial build shipped in a source would give the records it likes)
+            log(f"removing {partial}: no build of this user started it (it came with a source or from elsewhere); starting over")
+            shutil.rmtree(partial)
+        elif started.get("config_hash") != digest:
             log(f"removing {partial}: it was started with another configuration")
             shutil.rmtree(partial)
         elif started.get("inputs_hash") != inputs:
@@ -561,7 +638,7 @@ def _run_locked(config: CorpusConfig, out_dir: Path, workers: int, log: Callable
         else:
             log(f"resuming {partial}")
     stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp_data = {"config": config.to_dict(), "config_hash": digest, "inputs_hash": inputs}
+    stamp_data = seal.sealed({"config": config.to_dict(), "config_hash": digest, "inputs_hash": inputs})
     write_atomic_text(stamp, json.dumps(stamp_data, indent=2, sort_keys=True) + "\n")
 
     cache = licenses.DetectionCache(out_dir / "cache" / "license_detections.json")
@@ -590,7 +667,6 @@ def _run_locked(config: CorpusConfig, out_dir: Path, workers: int, log: Callable
     manifest = manifest_lib.build(config, digest, version, previous, repos, records, dedup, shards, partial, opted_out)
     report = report_lib.write(partial, manifest, records, dedup)
     manifest_lib.write(partial, manifest)  # last: a folder with manifest.json is complete
-    final = out_dir / f"v{version}"
     scratch = out_dir / f".v{version}.stages"  # out of the folder first: a kill while deleting it (a large corpus's
     partial.joinpath("stages").rename(scratch)  # texts, a while) left it inside the published version for good
     partial.rename(final)

@@ -10,18 +10,23 @@ asked for. Nothing is ever extracted to disk, and nothing outside a source is re
   fetched) are listed as skipped. A repository without commits is empty. Git runs no program the repository's config
   names, and ignores the system's and the user's config. Everything git reads must be inside the folder: a ``.git``
   link or ``gitdir:`` file, or a ``commondir``, naming a folder outside it ("git_outside_root"), a link, FIFO or
-  device inside the git folder ("git_special_file": git would follow the link, wait on the FIFO), or objects borrowed
-  through ``objects/info/alternates`` ("git_alternates", even from inside the folder) make the folder read as a plain
-  folder, with ``.git`` listed as skipped for that reason.
+  device inside the git folder ("git_special_file": git would follow the link, wait on the FIFO), objects borrowed
+  through ``objects/info/alternates`` ("git_alternates", even from inside the folder), or a config that includes
+  another file ("git_config_include": git reads it wherever it is, a FIFO or ``/dev/tty`` included) or that git
+  cannot parse ("git_config_invalid") make the folder read as a plain folder, with ``.git`` listed as skipped for
+  that reason.
 - folder: walked without leaving its root. A symlink is followed only when its target, resolved, is inside the
   root; one that resolves outside is skipped ("symlink_outside_root"), as is one that loops ("symlink_loop": a
-  cycle of links, or a link to a folder that contains it). FIFOs, sockets and devices are never opened. Files are
-  read long after they are listed: one that is no longer the regular file listed (a link, a FIFO or another file
-  put in its place) is not read.
-- archive (``.tar``, ``.tar.gz``, ``.tgz``, ``.tar.bz2``, ``.tar.xz``, ``.zip``): members are read in memory;
-  links (symbolic: "symlink", hard: "hardlink") and absolute or ``..`` member names are skipped. A single
-  top-level folder (GitHub's ``repo-<sha>/``) is dropped from paths. Of several members with one path only the last
-  is read, as extracting would leave it; the others are skipped ("duplicate_path").
+  cycle of links, or a link to a folder that contains it). Each folder is walked once, under its own path: a link
+  to a folder walked already is skipped ("symlink_duplicate_folder"); a folder reached only through links is walked
+  under the first one's path.
+  FIFOs, sockets and devices are never opened. Files are read long after they are listed: one that is no longer the
+  regular file listed (a link, a FIFO or another file put in its place) is not read.
+- archive (``.tar``, ``.tar.gz``, ``.tgz``, ``.tar.bz2``, ``.tar.xz``, ``.zip``): members are read in memory, in
+  the order the archive holds them (``ArchiveReader``); links (symbolic: "symlink", hard: "hardlink") and absolute
+  or ``..`` member names are skipped. A single top-level folder (GitHub's ``repo-<sha>/``) is dropped from paths. Of
+  several members with one path only the last is read, as extracting would leave it; the others are skipped
+  ("duplicate_path"). An archive of more than ``MAX_ARCHIVE_MEMBERS`` members is refused (``SourceError``).
 
 ``exclude`` patterns (shell-style, ``*`` also crosses ``/``) leave out of the corpus every file whose path in its
 repository, or any folder above it, matches one: ``["site-packages", "*__pycache__"]``. Excluded files are not in
@@ -30,8 +35,8 @@ licenses (``--exclude '["*.txt"]'`` must not hide a ``LICENSE.txt``). A folder t
 license files apply only to the files under it, all excluded.
 
 ``skip`` names folders never read, wherever they are inside a source: the build's own ``out_dir`` (its versions,
-cache and lock would otherwise become corpus files, and change at every build). A source that *is* one of them is
-refused.
+cache and lock would otherwise become corpus files, and change at every build), also the files committed under it in
+a git source. A source that *is* one of them is refused.
 
 Paths are text: bytes of a file name that are not UTF-8 are written as ``\\xNN`` (``caf\\xe9.py``), Python's
 ``backslashreplace``. The file is kept, as The Stack v2 keeps every file of a repository snapshot whatever its name;
@@ -49,6 +54,7 @@ import re
 import stat
 import subprocess
 import tarfile
+import weakref
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -57,6 +63,7 @@ from typing import Callable, Iterator, Literal, Optional, Sequence, Union
 Layout = Literal["repo", "owner/repo"]
 SKIP_DIRS = {".git", ".hg", ".svn"}
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".zip")
+MAX_ARCHIVE_MEMBERS = 1_000_000  # ~0.7 KB of memory each while listed; a 1.3 MB tar.xz of empty files holds that many
 
 
 class SourceError(RuntimeError):
@@ -73,6 +80,7 @@ class FileEntry:
     ref: object = None  # what the reader needs: a git object id, an absolute path, an archive member
     mtime_ns: Optional[int] = None  # folders only: the file's modification time, part of ``Repository.fingerprint``
     file_id: Optional[tuple[int, int]] = None  # folders only: (st_dev, st_ino) when listed; what is read must be it
+    offset: Optional[int] = None  # archives only: where the member lies in the archive (the order members are read in)
 
 
 @dataclass
@@ -91,6 +99,11 @@ class Repository:
     def read(self, entries: list[FileEntry]) -> Iterator[Union[bytes, OSError]]:
         """The bytes of each entry in order, or the ``OSError`` that reading it raised."""
         return self.reader(entries)
+
+    def read_order(self) -> list[int]:
+        """Positions in ``entries`` in the order they are best read: an archive's in member order (its compressed
+        stream is then read forward once, see ``ArchiveReader``), the others' as listed."""
+        return sorted(range(len(self.entries)), key=lambda i: self.entries[i].offset or 0)
 
     def fingerprint(self) -> Union[str, list, None]:
         """What changes when the repository's files can have changed, cheap to get: a git repository's commit, an
@@ -117,7 +130,7 @@ GIT_OPTIONS = ("-c", "core.fsmonitor=false", "-c", "log.showSignature=false",
 
 def _git_command(git_dir: str, *args: str) -> tuple[list[str], dict]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | GIT_ENV
-    return ["git", "--git-dir", git_dir, *GIT_OPTIONS, *args], env
+    return ["git", "--no-pager", "--git-dir", git_dir, *GIT_OPTIONS, *args], env  # (a pager's config is read with includes)
 
 
 def _git(git_dir: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -174,7 +187,8 @@ def git_folder(path: Path) -> tuple[Optional[str], Optional[str]]:
     """``(git folder, None)`` for the work tree at ``path`` when everything git reads of it is inside ``path``, else
     ``(None, why)``: "git_outside_root" (``.git`` is a link or a ``gitdir:`` file, or the git folder has a
     ``commondir``, naming a folder outside), "git_special_file" (a link, FIFO, socket or device in the git folder),
-    "git_alternates" (objects borrowed from another repository through ``objects/info/alternates``)."""
+    "git_alternates" (objects borrowed from another repository through ``objects/info/alternates``),
+    "git_config_include" or "git_config_invalid" (``_config_include``)."""
     root = os.path.realpath(path)
     git_dir = os.path.realpath(os.path.join(root, ".git"))
     if _inside(git_dir, root) and os.path.isfile(git_dir):
@@ -187,7 +201,19 @@ def git_folder(path: Path) -> tuple[Optional[str], Optional[str]]:
         return None, reason
     if os.path.isfile(alternates := os.path.join(common, "objects", "info", "alternates")) and os.path.getsize(alternates):
         return None, "git_alternates"
-    return git_dir, None
+    return (None, reason) if (reason := _config_include(git_dir)) else (git_dir, None)
+
+
+def _config_include(git_dir: str) -> Optional[str]:
+    """"git_config_include" when the repository's config includes another file (``include.path``,
+    ``includeIf.<condition>.path``), which git reads wherever it is (a FIFO in the work tree, ``/dev/tty``: git waits
+    for ever) and which no option switches off for the commands that read a repository; "git_config_invalid" when
+    git cannot parse the config (an include before the bad line would still be read)."""
+    listing = _git(git_dir, "config", "--no-includes", "--name-only", "--list", "-z", check=False)
+    if listing.returncode != 0:
+        return "git_config_invalid"
+    keys = listing.stdout.decode("utf-8", errors="replace").split("\0")
+    return "git_config_include" if any(k.startswith(("include.", "includeif.")) for k in keys) else None
 
 
 def _commit_time(commit_object: bytes) -> Optional[int]:
@@ -200,9 +226,11 @@ def _commit_time(commit_object: bytes) -> Optional[int]:
     return None
 
 
-def git_repository(path: Path, git_dir: str, max_file_size: int, name: Optional[str] = None) -> Repository:
-    """The ``HEAD`` commit of the git repository at ``path``, whose git folder (checked by ``git_folder``) is ``git_dir``."""
+def git_repository(path: Path, git_dir: str, max_file_size: int, name: Optional[str] = None, skip: Sequence[Path] = ()) -> Repository:
+    """The ``HEAD`` commit of the git repository at ``path``, whose git folder (checked by ``git_folder``) is ``git_dir``,
+    without the files committed under a ``skip`` folder in it (an ``--out_dir`` inside the work tree)."""
     path = Path(path)
+    skipped = _folders_inside(path, skip)
     if name is None:
         origin = _git(git_dir, "config", "--no-includes", "--get", "remote.origin.url", check=False).stdout.decode().strip()
         name = (repo_name_from_url(origin) if origin else None) or path.resolve().name
@@ -219,6 +247,8 @@ def git_repository(path: Path, git_dir: str, max_file_size: int, name: Optional[
         meta, name_bytes = item.split(b"\t", 1)
         mode, kind, oid, size = meta.decode().split()
         file_path = name_bytes.decode("utf-8", errors="backslashreplace")
+        if any(file_path.startswith(folder) for folder in skipped):
+            continue
         if kind == "commit":
             entries.append(FileEntry(file_path, None, "submodule"))
         elif not size.isdigit():  # "BAD": not in the repository (a partial clone's blob, never fetched)
@@ -231,6 +261,13 @@ def git_repository(path: Path, git_dir: str, max_file_size: int, name: Optional[
             entries.append(FileEntry(file_path, int(size), None, oid))
     entries.sort(key=lambda e: e.path)
     return Repository(name, str(path), "git", entries, commit, commit_time, reader=lambda es: _cat_files(git_dir, es))
+
+
+def _folders_inside(path: Path, folders: Sequence[Path]) -> list[str]:
+    """The ``folders`` that are inside ``path``, as paths relative to it ending in ``/``."""
+    root = os.path.realpath(path)
+    inside = [os.path.realpath(f) for f in folders]
+    return [text_path(os.path.relpath(f, root)).replace(os.sep, "/") + "/" for f in inside if f != root and _inside(f, root)]
 
 
 def _cat_files(git_dir: str, entries: list[FileEntry]) -> Iterator[Union[bytes, OSError]]:
@@ -277,17 +314,34 @@ def excluded(path: str, patterns: Sequence[str]) -> bool:
 def walk_folder(root: Path, max_file_size: int, exclude: Sequence[str] = (), skip: Sequence[Path] = ()) -> list[FileEntry]:
     """Every file under ``root`` (sorted by path), following symlinks only while they stay inside ``root``; folders
     that match ``exclude``, and the ``skip`` folders, are not entered (excluded files are listed: ``open_sources``
-    sets them apart)."""
+    sets them apart).
+
+    Each folder is walked once (by ``(st_dev, st_ino)``), whatever links to it: first the folders themselves, then
+    the links to folders, so that a file is listed under its own path. A link to a folder walked already is listed
+    as skipped: "symlink_loop" when it is inside that folder, else "symlink_duplicate_folder" (following each link
+    again made N folders, each with two links to the next, list 2^N paths). Not recursive: a folder from someone
+    else can be nested deeper than Python's stack."""
     root_real = os.path.realpath(root)
     skip_real = {os.path.realpath(p) for p in skip}
+    skip_ids = {_file_id(p) for p in skip_real if os.path.isdir(p)}
     entries: list[FileEntry] = []
-
-    def visit(folder: str, rel: str, chain: tuple[str, ...]) -> None:
+    walked: set[tuple[int, int]] = set()
+    folders: list[tuple[str, str]] = [(root_real, "")]  # (real path, path in the repository) still to walk
+    links: list[tuple[str, str]] = []  # links to folders inside the root, as (target, path in the repository)
+    while folders or links:
+        from_link = not folders  # every folder itself first, then the links to folders
+        folder, rel = folders.pop() if folders else links.pop(0)
         try:
+            folder_id = _file_id(folder)
+            if folder_id in walked or folder_id in skip_ids:
+                if from_link and folder_id not in skip_ids:
+                    entries.append(FileEntry(rel, None, "symlink_duplicate_folder"))
+                continue
+            walked.add(folder_id)
             items = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as err:
             entries.append(FileEntry(rel or ".", None, f"unreadable_folder:{type(err).__name__}"))
-            return
+            continue
         for item in items:
             rel_path = f"{rel}/{text_path(item.name)}" if rel else text_path(item.name)
             if item.name in SKIP_DIRS:  # VCS internals, whether a folder, a link or a ``gitdir:`` file, are not content
@@ -303,39 +357,40 @@ def walk_folder(root: Path, max_file_size: int, exclude: Sequence[str] = (), ski
                     continue
                 if not _inside(target, root_real):
                     entries.append(FileEntry(rel_path, None, "symlink_outside_root"))
+                elif any(_inside(target, s) for s in skip_real):
                     continue
-                if any(_inside(target, s) for s in skip_real):
-                    continue
-                if os.path.isdir(target):
-                    if target in chain:  # a link to a folder it is inside of
-                        entries.append(FileEntry(rel_path, None, "symlink_loop"))
-                    else:
-                        visit(target, rel_path, chain + (target,))
-                    continue
-                add_file(target, rel_path)
+                elif not os.path.isdir(target):
+                    _list_file(entries, target, rel_path, max_file_size)
+                elif _inside(folder, target):  # a link to a folder it is inside of
+                    entries.append(FileEntry(rel_path, None, "symlink_loop"))
+                else:
+                    links.append((target, rel_path))
             elif item.is_dir(follow_symlinks=False):
-                real = os.path.realpath(item.path)
-                if real not in skip_real:
-                    visit(item.path, rel_path, chain + (real,))
+                folders.append((item.path, rel_path))
             else:
-                add_file(item.path, rel_path)
-
-    def add_file(path: str, rel_path: str) -> None:
-        try:
-            st = os.stat(path)
-        except OSError as err:
-            entries.append(FileEntry(rel_path, None, f"unreadable:{type(err).__name__}"))
-            return
-        if not stat.S_ISREG(st.st_mode):
-            entries.append(FileEntry(rel_path, None, "not_regular_file"))
-        elif st.st_size > max_file_size:
-            entries.append(FileEntry(rel_path, st.st_size, "too_large"))
-        else:
-            entries.append(FileEntry(rel_path, st.st_size, None, path, st.st_mtime_ns, (st.st_dev, st.st_ino)))
-
-    visit(root_real, "", (root_real,))
+                _list_file(entries, item.path, rel_path, max_file_size)
     entries.sort(key=lambda e: e.path)
     return entries
+
+
+def _file_id(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _list_file(entries: list[FileEntry], path: str, rel_path: str, max_file_size: int) -> None:
+    """The file at ``path`` as ``rel_path``: listed to be read, or skipped when it is no regular file or too large."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        entries.append(FileEntry(rel_path, None, f"unreadable:{type(err).__name__}"))
+        return
+    if not stat.S_ISREG(st.st_mode):
+        entries.append(FileEntry(rel_path, None, "not_regular_file"))
+    elif st.st_size > max_file_size:
+        entries.append(FileEntry(rel_path, st.st_size, "too_large"))
+    else:
+        entries.append(FileEntry(rel_path, st.st_size, None, path, st.st_mtime_ns, (st.st_dev, st.st_ino)))
 
 
 def _read_listed(entry: FileEntry, max_file_size: int) -> bytes:
@@ -393,67 +448,93 @@ def _safe_member_name(name: str) -> Optional[str]:
 
 def _archive_members(path: Path, max_file_size: int) -> list[FileEntry]:
     """Every member of the archive as an entry whose ``ref`` is the member (``TarInfo`` or ``ZipInfo``: a name can be
-    given to several members, and looking it up gives the last)."""
+    given to several members, and looking it up gives the last) and whose ``offset`` is where it lies in the archive.
+    At most ``MAX_ARCHIVE_MEMBERS``: each takes memory while listed, and a small compressed archive can hold millions."""
     entries = []
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                if info.is_dir():
-                    continue
-                name = _safe_member_name(info.filename)
-                mode = info.external_attr >> 16
-                if name is None:
-                    entries.append(FileEntry(info.filename, None, "unsafe_path"))
-                elif stat.S_ISLNK(mode):
-                    entries.append(FileEntry(name, None, "symlink"))
-                elif info.file_size > max_file_size:
-                    entries.append(FileEntry(name, info.file_size, "too_large"))
-                else:
-                    entries.append(FileEntry(name, info.file_size, None, info))
+            infos = zf.infolist()
+            _check_member_count(path, len(infos))
+            for info in infos:
+                if not info.is_dir():
+                    link = "symlink" if stat.S_ISLNK(info.external_attr >> 16) else None
+                    entries.append(_member_entry(info.filename, info.header_offset, info, info.file_size, link, max_file_size))
         return entries
     try:
         with tarfile.open(path, "r:*") as tf:
-            for member in tf.getmembers():
+            for count, member in enumerate(tf, 1):  # (not getmembers(): the count is checked while listing)
+                _check_member_count(path, count)
                 if member.isdir():
                     continue
-                name = _safe_member_name(member.name)
-                if name is None:
-                    entries.append(FileEntry(member.name, None, "unsafe_path"))
-                elif member.issym() or member.islnk():
-                    entries.append(FileEntry(name, None, "symlink" if member.issym() else "hardlink"))
-                elif not member.isreg():
-                    entries.append(FileEntry(name, None, "not_regular_file"))
-                elif member.size > max_file_size:
-                    entries.append(FileEntry(name, member.size, "too_large"))
-                else:
-                    entries.append(FileEntry(name, member.size, None, member))
+                entries.append(_member_entry(member.name, member.offset, member, member.size, _not_file(member), max_file_size))
     except (tarfile.TarError, OSError, EOFError) as err:
         reason = " ".join(str(err).split())  # (tarfile lists every compression it tried, one line each)
         raise SourceError(f"cannot read the archive {path} ({reason}): give a tar or zip archive") from err
     return entries
 
 
-def _read_members(path: Path, entries: list[FileEntry], max_file_size: int) -> Iterator[Union[bytes, OSError]]:
-    if not entries:
-        return
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            for entry in entries:
-                try:
-                    with zf.open(entry.ref) as f:
-                        data = f.read(max_file_size + 1)
-                    yield data if len(data) <= max_file_size else OSError("larger than its header says")
-                except (OSError, zipfile.BadZipFile, RuntimeError) as err:
-                    yield OSError(str(err))
-        return
-    with tarfile.open(path, "r:*") as tf:
-        for entry in entries:
-            try:
-                data = tf.extractfile(entry.ref).read(max_file_size + 1)
-                data = data if len(data) <= max_file_size else OSError("larger than its header says")
-            except (OSError, tarfile.TarError, EOFError) as err:
-                data = OSError(str(err))
-            yield data
+def _not_file(member: tarfile.TarInfo) -> Optional[str]:
+    if member.issym() or member.islnk():
+        return "symlink" if member.issym() else "hardlink"
+    return None if member.isreg() else "not_regular_file"
+
+
+def _check_member_count(path: Path, count: int) -> None:
+    if count > MAX_ARCHIVE_MEMBERS:
+        raise SourceError(f"the archive {path} has more than {MAX_ARCHIVE_MEMBERS:,} members, more than prepare code lists"
+                          " in memory: split it into smaller archives (one per repository)")
+
+
+def _member_entry(name: str, offset: int, member: object, size: int, not_file: Optional[str], max_file_size: int) -> FileEntry:
+    """The entry of one archive member; ``not_file``: why a member that is no regular file is skipped (or None)."""
+    safe = _safe_member_name(name)
+    if safe is None:
+        return FileEntry(name, None, "unsafe_path", offset=offset)
+    if not_file:
+        return FileEntry(safe, None, not_file, offset=offset)
+    if size > max_file_size:
+        return FileEntry(safe, size, "too_large", offset=offset)
+    return FileEntry(safe, size, None, member, offset=offset)
+
+
+class ArchiveReader:
+    """Reads the members of one archive through one open file, kept open between calls (the repositories of an
+    archive share it; it is closed when they are gone). A compressed tar stream reads only forward: a member before
+    the last one read means decompressing the archive again from its start, so the members asked for are read in
+    archive order, and given back in the order asked (reading a .tar.gz's 3,000 members in reverse order took 570 s
+    instead of 0.3 s); ``Repository.read_order`` asks for them in that order."""
+
+    def __init__(self, path: Path, max_file_size: int) -> None:
+        self.path, self.max_file_size = Path(path), max_file_size
+        self.archive: Union[tarfile.TarFile, zipfile.ZipFile, None] = None
+        self._close = None
+
+    def __call__(self, entries: list[FileEntry]) -> Iterator[Union[bytes, OSError]]:
+        ready: dict[int, Union[bytes, OSError]] = {}
+        given = 0
+        for i in sorted(range(len(entries)), key=lambda i: entries[i].offset or 0):
+            ready[i] = self._read(entries[i])
+            while given in ready:
+                yield ready.pop(given)
+                given += 1
+
+    def _read(self, entry: FileEntry) -> Union[bytes, OSError]:
+        try:
+            if self.archive is None:
+                zipped = zipfile.is_zipfile(self.path)
+                self.archive = zipfile.ZipFile(self.path) if zipped else tarfile.open(self.path, "r:*")
+                self._close = weakref.finalize(self, self.archive.close)
+            if isinstance(self.archive, zipfile.ZipFile):
+                with self.archive.open(entry.ref) as f:
+                    data = f.read(self.max_file_size + 1)
+            else:
+                data = self.archive.extractfile(entry.ref).read(self.max_file_size + 1)
+        except (OSError, tarfile.TarError, zipfile.BadZipFile, RuntimeError, EOFError) as err:
+            if self._close is not None:  # opened again for the next member: the stream may be anywhere now
+                self._close()
+                self.archive = self._close = None
+            return OSError(str(err))
+        return data if len(data) <= self.max_file_size else OSError("larger than its header says")
 
 
 def archive_repositories(path: Path, layout: Layout, max_file_size: int) -> list[Repository]:
@@ -473,14 +554,13 @@ def archive_repositories(path: Path, layout: Layout, max_file_size: int) -> list
                 continue  # files beside the owner folders belong to no repository
             e.path = parts[2]
             groups.setdefault(f"{parts[0]}/{parts[1]}", []).append(e)
-    repos = []
+    repos, reader = [], ArchiveReader(path, max_file_size)
     for name, entries in sorted(groups.items()):
         entries.sort(key=lambda e: e.path)
         last = {e.path: e for e in entries if not e.skip}
         for e in entries:  # one path, several members: extracting would leave the last, so only that one is read
             if not e.skip and last[e.path] is not e:
                 e.skip = "duplicate_path"
-        reader = lambda es, p=path: _read_members(p, es, max_file_size)  # noqa: E731
         repos.append(Repository(name, str(path), "archive", entries, reader=reader))
     return repos
 
@@ -513,7 +593,7 @@ def work_tree_repository(path: Path, name: str, max_file_size: int, exclude: Seq
     except OSError as err:
         raise SourceError(f"cannot read the git folder of {path} ({err}): check its permissions") from err
     if git_dir is not None:
-        return git_repository(path, git_dir, max_file_size, None if name_from_origin else name)
+        return git_repository(path, git_dir, max_file_size, None if name_from_origin else name, skip)
     repo = folder_repository(path, name, max_file_size, exclude, skip)
     repo.entries = sorted(repo.entries + [FileEntry(".git", None, reason)], key=lambda e: e.path)
     return repo
