@@ -42,7 +42,8 @@ def prepare_code(
         sources: A git repository (its HEAD commit), a folder or a tar/zip archive; several as a list:
             ``'[repo1, folder2, archive.tar.gz]'``.
         out_dir: Folder of the corpus versions; this run writes ``out_dir/vN`` (N = last version + 1). It may be
-            inside a source folder (``prepare code . --out_dir corpus``): it is then skipped when the source is read.
+            inside a source folder (``prepare code . --out_dir corpus``): it is then skipped when the source is read,
+            a cache or partial build there is used only if one of your own builds wrote it, and links there stop the build.
         tokenizer_dir: Checkpoint or tokenizer folder (tokenizer.json or tokenizer.model) to write token shards
             with; without it no shards are written.
         optout: JSONL opt-out registry (records with ``optout_owners`` and ``optout_repos`` lists of owner and
