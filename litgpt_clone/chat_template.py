@@ -116,26 +116,35 @@ def _compile(template: str) -> jinja2.Template:
     return env.from_string(template)
 
 
-def _plain(value: Any) -> Any:
+MAX_NESTING = 64
+"""Levels of lists and dicts that messages and template variables may nest (a tool's JSON schema nests a few):
+deeper data is refused with a one-line error, where walking it ran out of Python's recursion limit (a traceback)."""
+
+
+def plain_data(value: Any, depth: int = 0) -> Any:
     """``value`` rebuilt from JSON types only (subclasses such as enums stripped to their base type), anything else
-    as a ``"<TypeName>"`` string, so that a template never gets a method the sandbox does not know to be harmful."""
+    as a ``"<TypeName>"`` string, so that a template never gets a method the sandbox does not know to be harmful.
+    ``ChatTemplateError`` for lists and dicts nested more than ``MAX_NESTING`` deep."""
     if value is None or type(value) in (str, int, float, bool):
         return value
     for kind in (str, int, float):
         if isinstance(value, kind):
             return getattr(kind, f"__{kind.__name__}__")(value)  # e.g. str.__str__(an enum member)
+    if depth > MAX_NESTING:  # (the top level, a dict of variables or the list of messages, is level 0)
+        raise ChatTemplateError(f"the messages or template variables nest lists and dicts more than {MAX_NESTING} levels deep: flatten them")
+    depth += 1
     if isinstance(value, Mapping):
-        return {_plain(k): _plain(v) for k, v in value.items()}
+        return {plain_data(k, depth): plain_data(v, depth) for k, v in value.items()}
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [plain_data(v, depth) for v in value]
     if isinstance(value, tuple):
-        return tuple(_plain(v) for v in value)
+        return tuple(plain_data(v, depth) for v in value)
     if isinstance(value, np.generic):  # numpy scalars
-        return _plain(value.item())
+        return plain_data(value.item(), depth)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: plain_data(getattr(value, f.name), depth) for f in dataclasses.fields(value)}
     if callable(getattr(value, "model_dump", None)):  # pydantic models, e.g. the OpenAI SDK's messages
-        return _plain(value.model_dump())
+        return plain_data(value.model_dump(), depth)
     return f"<{type(value).__name__}>"
 
 
@@ -148,7 +157,7 @@ def _prepare(messages: list[dict]) -> list[dict]:
     if not messages:
         raise ChatTemplateError("no messages to render: pass at least one message")
     prepared = []
-    for message in _plain(list(messages)):
+    for message in plain_data(list(messages)):
         if not isinstance(message, dict):
             raise ChatTemplateError(f"a message must be a dict with 'role' and 'content', got {message!r}")
         message = {k: v for k, v in message.items() if v is not None}
@@ -294,7 +303,7 @@ def render_chat(
     style = check_style(style)
     messages = _prepare(messages)
     if style == "auto" and template:
-        variables = {"tools": None, "documents": None, **_plain(extra)}
+        variables = {"tools": None, "documents": None, **plain_data(extra)}
         variables.update({k: v for k, v in (("bos_token", bos_token), ("eos_token", eos_token)) if v is not None})
         return _render_template(template, messages, add_generation_prompt, variables)
     if any(not isinstance(m.get("role"), str) for m in messages):

@@ -10,7 +10,8 @@
   ``Config.rope_recompute_at_switch`` (Phi-3) prefills the whole sequence again at the step that first passes the
   original context, so that every key takes the long factors, as transformers' Phi-3 does.
 - ``generate`` collects ``stream``; ``TextStream`` turns one row's growing tokens into text pieces that never
-  split a multi-byte character and end at stop strings (``litgpt_clone.api.LLM`` streams text with it).
+  split a multi-byte character and end at stop strings, at a cost per token that grows with neither the text nor
+  the stop strings' length (``litgpt_clone.api.LLM`` and the server stream text with it).
 - ``compile=True`` runs the decode step through ``torch.compile`` (inductor with its C++ wrapper on CPU, CUDA
   graphs and coordinate-descent tuning on GPU); the prefill stays eager (SDPA). On a GPU the loop queues the
   next step before it reads this step's tokens on the host (``ToHost``).
@@ -18,6 +19,7 @@
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import numbers
@@ -509,20 +511,122 @@ def generate(
 
 
 # ----------------------------------------------------------------------------- text
+def complete_length(text: str) -> int:
+    """Characters of ``text`` before its trailing U+FFFD, the mark of a character whose later bytes are still to come."""
+    n = len(text)
+    while n and text[n - 1] == "\ufffd":
+        n -= 1
+    return n
+
+
+class Detokenizer:
+    """The text of a growing list of token ids, decoded over a short window of the latest ids (``special``: with special
+    tokens written out, as ``skip_special_tokens=False`` writes them).
+
+    Each call decodes only the ids since the last point where the text was complete, with a few ids before them for
+    context (a decoder may treat the first token of a call differently, e.g. SentencePiece drops its leading space),
+    and appends the window's new text. So a call costs the same at token 10 and at token 10,000 (decoding the whole
+    sequence every time made a long generation quadratic).
+    """
+
+    def __init__(self, tokenizer, special: bool = False) -> None:
+        self.tokenizer, self.special = tokenizer, special
+        self.done = ""  # the text of ids[:marks[-1]]: complete characters
+        self.marks = [0]  # the latest ends of complete text; the window decodes again from the one before the last
+        self.text = ""
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False) if self.special else self.tokenizer.decode(ids)
+
+    def update(self, ids: list[int]) -> str:
+        """The text of ``ids``, which extend the ids of the last call."""
+        read, k = self.marks[-1], max(0, len(self.marks) - 2)
+        before = self.decode(ids[self.marks[k] : read])
+        while not before and self.marks[k] > 0:  # a context without text (a lone space piece, skipped unknown or
+            # special tokens) cannot tell the decoder what precedes the new ids: widen it to an earlier end of complete
+            # text (never into a character: a byte-fallback decoder turns a whole run of bytes into U+FFFD when it
+            # starts inside one, and every later window would start there)
+            k -= 1
+            if k < 0:  # (past the ends kept: the whole sequence)
+                self.marks.insert(0, 0)
+                k = 0
+            before = self.decode(ids[self.marks[k] : read])
+        window = self.decode(ids[self.marks[k] :])
+        if window.startswith(before):  # the new ids' text is what the window adds
+            self.text = self.done + window[len(before) :]
+        else:  # a decoder whose earlier text changed with the new ids: the whole sequence decides (rare)
+            self.text = self.decode(ids)
+        if not self.text.endswith("\ufffd"):  # complete characters: later windows start here
+            self.done = self.text
+            self.marks = [*self.marks[-15:], len(ids)]
+        return self.text
+
+
+@functools.lru_cache(maxsize=512)
+def borders(stop: str) -> tuple[int, ...]:
+    """Knuth-Morris-Pratt's table for ``stop``: entry q - 1 is the length of the longest proper prefix of ``stop[:q]``
+    that is also a suffix of it (where a partial match falls back to when the next character does not continue it).
+    Cached: the n choices of a request share their stop strings."""
+    table, k = [0] * len(stop), 0
+    for q in range(1, len(stop)):
+        while k and stop[q] != stop[k]:
+            k = table[k - 1]
+        if stop[q] == stop[k]:
+            k += 1
+        table[q] = k
+    return tuple(table)
+
+
+class StopPrefixes:
+    """The longest tail of a growing text that one of ``stops`` starts with (text to hold back: it may become a stop
+    string), kept up to date from the characters added since the last call through Knuth-Morris-Pratt's automaton of
+    each stop string. A call costs O(new characters x stop strings), however long the stop strings are: testing every
+    tail against every stop string cost O(longest stop² x stop strings) per token, which 64 stop strings of 1,000
+    characters turned into tens of milliseconds per token."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops, self.tables = list(stops), [borders(s) for s in stops]
+        self.states = [0] * len(self.stops)  # per stop string: the length of its longest prefix that ends the text read
+        self.reach = max(map(len, self.stops), default=0)  # the states depend on this many last characters only
+        self.seen = ""  # the last `reach` characters read
+        self.read = 0  # characters read
+
+    def longest(self, text: str, end: int) -> int:
+        """Length of the longest tail of ``text[:end]`` that some stop string starts with (it is read on from where the
+        last call ended; where the text changed before that, its last ``reach`` characters are read again)."""
+        if not self.stops:
+            return 0
+        start = self.read
+        if start > end or not text.startswith(self.seen, start - len(self.seen)):  # (a decoder rewrote earlier text)
+            self.states, start = [0] * len(self.stops), max(0, end - self.reach)
+        new = text[start:end]
+        for n, (stop, table) in enumerate(zip(self.stops, self.tables)):
+            q = self.states[n]
+            for c in new:
+                while q and (q == len(stop) or stop[q] != c):
+                    q = table[q - 1]
+                if stop[q] == c:
+                    q += 1
+            self.states[n] = q
+        self.read, self.seen = end, text[max(0, end - self.reach) : end]
+        return max(self.states)
+
+
 class TextStream:
     """One row's growing tokens as text, handed out in pieces that are safe to print.
 
-    Each call decodes only a short window of the latest tokens: the ids since the last point where the text was
-    complete, with a few tokens before it for context (a decoder may treat the first token of a call differently,
-    e.g. SentencePiece drops its leading space), and appends the window's new text. So a call costs the same at
-    token 10 and at token 10,000 (decoding the whole sequence every time made a long generation quadratic). A
-    character made of several tokens (UTF-8 bytes of byte-level BPE) comes out whole: while the window's text ends
-    in U+FFFD, the mark of an unfinished character, it is held back. So is a tail that could be the start of a stop
-    string; once a stop string appears, the text ends just before it (``stopped`` turns True) and later tokens are
-    ignored. A stop string that is the whole text of a special token (``"<|im_start|>"``) never appears in the text,
-    which leaves special tokens out: it stops when that token's id arrives, as transformers' ``stop_strings`` does. One
-    that holds a special token's text and more (``"<|im_end|>\n"``) is looked for in the latest tokens decoded with
-    their special tokens; the text then ends where it starts.
+    The text grows through a ``Detokenizer`` (a short window of the latest tokens per call). A character made of
+    several tokens (UTF-8 bytes of byte-level BPE) comes out whole: while the text ends in U+FFFD, the mark of an
+    unfinished character, it is held back. So is a tail that could be the start of a stop string (``StopPrefixes``); once
+    a stop string appears, the text ends just before it (``stopped`` turns True) and later tokens are ignored. A stop
+    string that is the whole text of a special token (``"<|im_start|>"``) never appears in the text, which leaves
+    special tokens out: it stops when that token's id arrives, as transformers' ``stop_strings`` does. One that holds a
+    special token's text and more (``"<|im_end|>\\n"``) is looked for in the text written with special tokens (a second
+    ``Detokenizer``, fed one token at a time so that each token's end in both texts is known); the text then ends
+    where it starts.
+
+    A token costs a few decodes of a short window and O(its characters x stop strings) steps, whatever the stop
+    strings' length and the text's (the stop strings' search covers at most the held-back text and their length).
     """
 
     def __init__(self, tokenizer, stop_strings: Optional[Sequence[str]] = None) -> None:
@@ -532,24 +636,25 @@ class TextStream:
         self.stop_tokens = {i for i in special.values() if i is not None}  # ids of stop strings that are special tokens
         texts = [t for t in getattr(tokenizer, "special_texts", ()) if t]
         self.mixed = [s for s in self.stop_strings if special[s] is None and any(t in s for t in texts)]  # special + text
-        self.tail = 2 * max(map(len, self.mixed), default=0) + 4  # tokens enough to hold one (each has text, >= 1 char)
         self.ids: list[int] = []
-        self.done = ""  # the text of ids[:marks[-1]]: complete characters
-        self.marks = [0]  # the latest ends of complete text; the window decodes again from the one before the last
+        self.shown = Detokenizer(tokenizer)
+        self.prefixes = StopPrefixes(self.stop_strings)
+        if self.mixed:
+            self.written = Detokenizer(tokenizer, special=True)
+            self.mixed_prefixes = StopPrefixes(self.mixed)
+            self.ends: tuple[list[int], list[int]] = ([0], [0])  # complete text written / shown after each token
         self.text = ""
         self.sent = 0  # characters of `text` handed out
         self.stopped = False
 
     def add(self, ids: Iterable[int]) -> str:
         """Append token ids; the new text that is safe to show (possibly "")."""
-        if self.stopped:
-            return ""
         ids = list(ids)
+        if self.stopped or not ids:
+            return ""
         if self.mixed and len(ids) > 1:  # (one at a time: the stop string's first token decides where the text ends)
             return "".join(self.add([i]) for i in ids)
         cut = next((n for n, i in enumerate(ids) if i in self.stop_tokens), None)
-        if cut is None and self.mixed and (start := self._mixed_stop(self.ids + ids)) is not None:
-            return self._end_at(self.ids + ids, start)
         if cut is None:
             return self._add(ids)
         piece = self._add(ids[:cut]) if cut else ""
@@ -560,80 +665,62 @@ class TextStream:
 
     def _add(self, ids: list[int]) -> str:
         self.ids.extend(ids)
-        read, k = self.marks[-1], max(0, len(self.marks) - 2)
-        before = self.tokenizer.decode(self.ids[self.marks[k] : read])
-        while not before and self.marks[k] > 0:  # a context without text (a lone space piece, skipped unknown or
-            # special tokens) cannot tell the decoder what precedes the new ids: widen it to an earlier end of complete
-            # text (never into a character: a byte-fallback decoder turns a whole run of bytes into U+FFFD when it
-            # starts inside one, and every later window would start there)
-            k -= 1
-            if k < 0:  # (past the ends kept: the whole sequence)
-                self.marks.insert(0, 0)
-                k = 0
-            before = self.tokenizer.decode(self.ids[self.marks[k] : read])
-        start = self.marks[k]
-        window = self.tokenizer.decode(self.ids[start:])
-        if window.startswith(before):  # the new ids' text is what the window adds
-            self.text = self.done + window[len(before) :]
-        else:  # a decoder whose earlier text changed with the new ids: the whole sequence decides (rare)
-            self.text = self.tokenizer.decode(self.ids)
-        if not self.text.endswith("\ufffd"):  # complete characters: later windows start here
-            self.done = self.text
-            self.marks = [*self.marks[-15:], len(self.ids)]
+        if self.mixed and (at := self._mixed_stop()) is not None:
+            return self._end_at(at)
+        self.text = self.shown.update(self.ids)
         found = [i for i in (self.text.find(s, max(0, self.sent - len(s))) for s in self.stop_strings) if i >= 0]
         if found:
             self.stopped = True
             self.text = self.text[: min(found)]
             return self._emit(len(self.text))
-        safe = len(self.text.rstrip("\ufffd"))
-        return self._emit(safe - max(self._stop_prefix(self.text[:safe]), self._mixed_prefix()))
+        safe = complete_length(self.text)
+        end = safe - self.prefixes.longest(self.text, safe)
+        if self.mixed:
+            self.ends[1].append(safe)
+            end = min(end, self._mixed_hold())
+        return self._emit(end)
 
-    def _mixed_stop(self, ids: list[int]) -> Optional[int]:
-        """Where a stop string holding special-token text starts in ``ids`` (the index of its first token), when the
-        last token completed one; else None."""
-        tail = ids[-self.tail :]
-        if not any(s in self.tokenizer.decode(tail, skip_special_tokens=False) for s in self.mixed):
-            return None
-        j = next(j for j in range(len(tail) - 1, -1, -1) if any(s in self.tokenizer.decode(tail[j:], skip_special_tokens=False) for s in self.mixed))
-        return len(ids) - len(tail) + j
+    def _mixed_stop(self) -> Optional[int]:
+        """Where a stop string holding special-token text starts in the text written with special tokens, when the
+        latest token completed one (the earliest, if it completed several); else None."""
+        checked = self.ends[0][-1]  # (one that ends before this token's text was found before)
+        written = self.written.update(self.ids)
+        self.ends[0].append(complete_length(written))
+        return min((i for i in (written.find(s, max(0, checked - len(s))) for s in self.mixed) if i >= 0), default=None)
 
-    def _mixed_prefix(self) -> int:
-        """Length of the text of the latest tokens that, with their special tokens, could be the start of a stop
-        string holding special-token text (``"<|im_start|>user"`` after ``<|im_start|>u``): held back, like
-        ``_stop_prefix``'s tails. Decoded from a token before them, as ``_add`` does (a SentencePiece decoder drops the
-        space of the first token of a call)."""
-        if not self.mixed:
-            return 0
+    def _mixed_hold(self) -> int:
+        """Where the held-back text of the stop strings holding special-token text starts in the shown text: at the
+        first token whose written text (special tokens written out) reaches into a tail that could be the start of one
+        (``"<|im_start|>"`` before ``"<|im_start|>user"``), or at the end of the text when there is none."""
+        written, shown = self.ends
+        k = self.mixed_prefixes.longest(self.written.text, written[-1])
+        if not k or self.written.text.endswith("\ufffd"):  # (an unfinished character starts no stop string)
+            return shown[-1]
+        return shown[self._token_at(written[-1] - k)]
+
+    def _token_at(self, at: int) -> int:
+        """The index of the token whose text holds character ``at`` of the written text (of a character made of several
+        tokens, the first: it is where the character starts)."""
+        written = self.ends[0]  # (the complete text after each token: a character is counted at its last token)
+        token = bisect.bisect_right(written, at) - 1
+        return bisect.bisect_left(written, at) if written[token] == at else token
+
+    def _end_at(self, at: int) -> str:
+        """End the text where the stop string that starts at character ``at`` of the written text (special tokens
+        written out) begins: the text of the tokens before the one that holds that character, and the part of that token
+        before it (none of a special token's text: the text leaves them out). Those read from whole decodes, once: a
+        decode of a slice may lose its first space."""
+        start = self._token_at(at)
         decode = self.tokenizer.decode
-        ids = self.ids[-self.tail - 1 :]
-        whole = decode(ids, skip_special_tokens=False)
-        k = next((k for k in range(min(len(whole), max(map(len, self.mixed))), 0, -1) if any(s.startswith(whole[-k:]) for s in self.mixed)), 0)
-        if not k:
-            return 0
-        first = next(p for p in range(len(ids)) if len(decode(ids[: p + 1], skip_special_tokens=False)) > len(whole) - k)
-        return len(decode(ids)) - len(decode(ids[:first]))
-
-    def _end_at(self, ids: list[int], start: int) -> str:
-        """End the text where the stop string that starts in token ``start`` of ``ids`` begins: the text of the tokens
-        before it, and the part of token ``start`` before it (read from whole decodes, once: a decode of a slice may
-        lose its first space)."""
-        decode = self.tokenizer.decode
-        before, whole = decode(ids[:start], skip_special_tokens=False), decode(ids, skip_special_tokens=False)
-        at = min(i for i in (whole.find(s, len(before)) for s in self.mixed) if i >= 0)
-        self.ids, self.stopped = ids, True
-        self.text = decode(ids[:start]) + whole[len(before) : at]
+        before = decode(self.ids[:start], skip_special_tokens=False)
+        special = self.tokenizer.special_token_id(decode(self.ids[start : start + 1], skip_special_tokens=False)) is not None
+        self.stopped = True
+        self.text = decode(self.ids[:start]) + ("" if special else self.written.text[len(before) : at])
         return self._emit(len(self.text))
 
     def flush(self) -> str:
         """The rest of the text (held-back tails included), at the end of generation."""
         return self._emit(len(self.text))
-
-    def _stop_prefix(self, text: str) -> int:
-        """Length of the longest tail of ``text`` that some stop string starts with."""
-        for n in range(min(len(text), max((len(s) for s in self.stop_strings), default=0)), 0, -1):
-            if any(s.startswith(text[-n:]) for s in self.stop_strings):
-                return n
-        return 0
 
     def _emit(self, end: int) -> str:
         piece = self.text[self.sent : end] if end > self.sent else ""

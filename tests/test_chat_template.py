@@ -402,6 +402,27 @@ def test_messages_are_passed_as_plain_data(tmp_path):
     assert render_chat(template, messages) == expected == "user: hi\nassistant(bot): hello\n"
 
 
+def test_data_nested_past_the_limit_is_one_error():
+    """Template variables or messages nested hundreds deep (``{"x": [[[...]]]}`` from a server's client) ran out of
+    Python's recursion limit while they were copied as plain data: a RecursionError, outside the template's errors.
+    Now a one-line ChatTemplateError past MAX_NESTING levels; up to it they render."""
+    from litgpt_clone.chat_template import MAX_NESTING
+
+    def nested(depth: int) -> list:
+        value: list = []
+        for _ in range(depth - 1):
+            value = [value]
+        return value
+
+    template, messages = "{{ x | length }}{{ messages[0].content }}", [{"role": "user", "content": "hi"}]
+    assert render_chat(template, messages, x=nested(MAX_NESTING)) == "1hi"
+    for depth in (MAX_NESTING + 1, 600, 5000):
+        with pytest.raises(ChatTemplateError, match=f"nest lists and dicts more than {MAX_NESTING} levels deep: flatten them"):
+            render_chat(template, messages, x=nested(depth))
+    with pytest.raises(ChatTemplateError, match="more than 64 levels"):
+        render_chat(template, [{"role": "user", "content": "hi", "parts": nested(600)}])
+
+
 def test_strftime_now_is_today():
     today = datetime.now().strftime("%d %b %Y")  # (a run across midnight is the only way this can miss)
     assert render_chat("{{ strftime_now('%d %b %Y') }}", [{"role": "user", "content": "x"}]) == today

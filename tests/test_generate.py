@@ -341,6 +341,75 @@ def test_text_stream_keeps_characters_whole_and_holds_back_stop_prefixes(models_
     assert "".join(pieces) == "Café 日本語 " and stream_.stopped and stream_.flush() == ""
 
 
+def bytecodes_run(fn, limit: int) -> int:
+    """Python bytecodes ``fn()`` runs (an AssertionError once past ``limit``): work counted independently of the
+    machine's speed."""
+    count = 0
+
+    def tracer(frame, event, arg):
+        nonlocal count
+        frame.f_trace_opcodes = True
+        count += event == "opcode"
+        if count > limit:
+            raise AssertionError(f"more than {limit:,} bytecodes")
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+def test_text_stream_work_per_token_does_not_grow_with_the_stop_strings(models_root):
+    """64 stop strings of 1,000 characters (the server's limits) made a token cost O(length² x stop strings) Python
+    steps (every tail of the text tested against every stop string), and for stop strings that hold a special token
+    also decodes of ~2,000 ids: one such request slowed every other client of a server ~35x. A token now costs a few
+    decodes of a short window and a bounded number of steps per stop string and character, however long the stop
+    strings: counted here (bytecodes run, ids decoded) with stop strings that never match and with ones the text keeps
+    being the start of (all of it held back)."""
+
+    class Counting(Tokenizer):  # the checkpoint's tokenizer, counting the ids it decodes
+        decoded = 0
+
+        def decode(self, ids, skip_special_tokens=True):
+            Counting.decoded += len(ids)
+            return super().decode(ids, skip_special_tokens)
+
+    tokenizer = Counting(checkpoint(models_root, "llama")[1])
+    line = "the quick brown fox jumps over the lazy dog. "
+    ids = tokenizer.encode(line * 10).tolist()[:150]  # ~2 characters per token
+    n = 1000
+    stop_sets = {
+        "never": ["\x00" * (n - 2) + f"{i:02}" for i in range(64)],
+        "held back": [(line * 30)[: n - 2] + f"{i:02}" for i in range(64)],
+        "special": ["<|im_end|>" + "\x00" * (n - 12) + f"{i:02}" for i in range(64)],
+        "special, held back": [(line * 30)[: n - 14] + "<|im_start|>" + f"{i:02}" for i in range(64)],
+    }
+    for name, stops in stop_sets.items():
+        stream_ = TextStream(tokenizer, stops)
+        Counting.decoded, pieces = 0, []
+        bytecodes_run(lambda: pieces.extend(stream_.add([i]) for i in ids), limit=300 * len(stops) * len(ids))
+        assert Counting.decoded <= 8 * len(ids), (name, Counting.decoded)
+        assert "".join(pieces) + stream_.flush() == tokenizer.decode(ids) and not stream_.stopped, name
+    assert "".join(pieces) == ""  # (held back: the text is the start of every stop string)
+
+
+def test_stop_strings_holding_a_special_token_end_the_text_before_the_first_one(models_root):
+    """When the same token completes two stop strings, the text ends before the one that starts first, as it does for
+    plain stop strings; and it never ends in part of a special token's text (a stop string that starts inside one)."""
+    tokenizer = Tokenizer(checkpoint(models_root, "llama")[1])
+    ids = tokenizer.encode("Once upon<|im_end|>\n<|im_start|>user said", bos=False).tolist()
+    for stops, text in (
+        (["<|im_start|>user", "pon<|im_end|>\n<|im_start|>user"], "Once u"), (["|>\n<|im_start|>user"], "Once upon"),
+        (["d|>\n<|im_start|>", "<|im_end|>\n<|im_start|>us"], "Once upon"),
+    ):
+        stream_ = TextStream(tokenizer, stops)
+        streamed = "".join(stream_.add([i]) for i in ids) + stream_.flush()
+        assert (streamed, stream_.text, stream_.stopped) == (text, text, True), stops
+
+
 # ----------------------------------------------------------------------------- sampling
 def test_sampling_filters_match_transformers_warpers():
     from transformers.generation.logits_process import (

@@ -215,7 +215,8 @@ def post(url: str, path: str, body, key: str | None = KEY) -> requests.Response:
 
 
 def test_bad_and_hostile_requests_get_openai_errors_and_the_server_keeps_serving(server):
-    url, llm, _ = server
+    url, llm, log = server
+    start = len(read_log(log))
     context = CONTEXT
     chat = lambda **kw: {"model": NAME, "messages": [{"role": "user", "content": "Hi"}], **kw}  # noqa: E731
     text = lambda **kw: {"model": NAME, "prompt": "Hi", **kw}  # noqa: E731
@@ -263,6 +264,11 @@ def test_bad_and_hostile_requests_get_openai_errors_and_the_server_keeps_serving
         (T, text(return_tokens_as_token_ids=True), 400, "return_tokens_as_token_ids"), (C, chat(add_generation_prompt="no"), 400, "add_generation_prompt"),
         # 128 choices x 901 scored tokens x 21 entries: a reply of 2.4M log-probabilities (~70 MB of JSON) is refused
         (T, text(prompt=[[1] * 900] * 32, n=4, echo=True, logprobs=20, max_tokens=1), 400, "logprobs"),
+        # JSON's integers have no bound: one past float's range was an OverflowError (a plain-text 500); template
+        # variables nested 600 deep a RecursionError
+        *[(C, chat(**{name: 10**400}), 400, name) for name in ("max_tokens", "n", "temperature", "top_p", "top_k", "min_p", "top_logprobs")],
+        (T, text(logprobs=10**400), 400, "logprobs"), (T, text(max_tokens=-(10**400)), 400, "max_tokens"),
+        (C, chat(chat_template_kwargs={"x": json.loads("[" * 600 + "]" * 600)}), 400, "chat_template_kwargs"),
     ]
     for path, body, status, param in cases:
         r = post(url, path, body)
@@ -284,6 +290,9 @@ def test_bad_and_hostile_requests_get_openai_errors_and_the_server_keeps_serving
     assert over["param"] == "max_tokens" and over["message"] == f"the prompt has 60 tokens and max_tokens is {context}: together more than {LIMIT}; use max_tokens <= {context - 60}"
     seed = post(url, T, text(seed=2**70)).json()["error"]
     assert seed["param"] == "seed" and seed["message"] == f"seed is {2**70}: use an integer in [-2**63, 2**64 - 1]"
+    deep = post(url, C, chat(chat_template_kwargs={"x": json.loads("[" * 600 + "]" * 600)})).json()["error"]
+    assert deep["message"] == "chat_template_kwargs nest lists and objects more than 64 levels deep: flatten them"
+    assert "Traceback" not in read_log(log)[start:]  # (each 500 wrote one of ~3,000 lines)
     with pytest.raises(openai.BadRequestError):
         client(url).chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], temperature=-1)
     assert requests.get(url + "/health").status_code == 200
@@ -391,6 +400,8 @@ def test_predict_refuses_bad_input_and_requests_without_the_key(server):
         ({}, "prompt", "prompt is required: a string"), ({"prompt": 5}, "prompt", "prompt is 5: use a string"),
         ({"prompt": ["Hi"]}, "prompt", "prompt is ['Hi']: use a string"),
         ({"prompt": "Hi", "max_new_tokens": -1}, "max_new_tokens", "max_new_tokens is -1: use an integer in [1, 1000000000]"),
+        ({"prompt": "Hi", "max_new_tokens": 10**400}, "max_new_tokens", f"max_new_tokens is {str(10**400)[:40]}: use an integer in [1, 1000000000]"),
+        ({"prompt": "Hi", "temperature": 10**400}, "temperature", f"temperature is {str(10**400)[:40]}: use a number in [0, 2]"),
         ({"prompt": "Hi", "top_p": 2}, "top_p", "top_p is 2: use a number in (0, 1]"),
         ({"prompt": "Hi", "temperature": "hot"}, "temperature", "temperature is 'hot': use a number in [0, 2]"),
         ({"prompt": "Hi", "top_k": -2}, "top_k", "top_k is -2: use an integer in [-1, 2147483648]"),
@@ -545,6 +556,19 @@ def test_a_host_it_cannot_bind_or_a_taken_port_is_one_line_before_the_model_load
             started = time.monotonic()
             assert message in cli_error(capsys, "serve", native, *args)
             assert time.monotonic() - started < 10  # no model loaded, no server started
+
+
+def test_an_empty_api_key_is_one_line_before_the_model_loads(models_root, capsys, monkeypatch):  # noqa: F811
+    """``--api_key "$KEY"`` with KEY unset (or an empty LITGPT_CLONE_API_KEY) served every request without a key, with
+    no notice on 127.0.0.1: an empty key given on purpose is an error naming the two ways out."""
+    _, native = checkpoint(models_root, "llama")
+    capsys.readouterr()
+    for key in ("", "  "):
+        assert cli_error(capsys, "serve", native, "--port", free_port(), "--api_key", key) == (
+            "error: --api_key is empty: give a key, or leave --api_key out to serve without one")
+    monkeypatch.setenv("LITGPT_CLONE_API_KEY", "")
+    assert cli_error(capsys, "serve", native, "--port", free_port()) == (
+        "error: LITGPT_CLONE_API_KEY is empty: give a key, or unset LITGPT_CLONE_API_KEY to serve without one")
 
 
 def test_an_accelerator_the_machine_lacks_is_one_line_before_the_model_loads(models_root, capsys):  # noqa: F811

@@ -71,6 +71,19 @@ def check_accelerator(accelerator: str, devices: Union[int, str]) -> None:
             raise ServeError(f"--devices {devices}: this machine has {torch.cuda.device_count()} CUDA GPU(s): use at most that many")
 
 
+def check_api_key(api_key: Optional[str]) -> Optional[str]:
+    """The key requests must carry: --api_key, else the environment's LITGPT_CLONE_API_KEY, else None (no key). An empty
+    one is an error: given on purpose (``--api_key "$KEY"`` with KEY unset, an empty variable) it served every request
+    without one, and the only notice was a warning off 127.0.0.1."""
+    source = "--api_key"
+    if api_key is None:
+        api_key, source = os.environ.get("LITGPT_CLONE_API_KEY"), "LITGPT_CLONE_API_KEY"
+    if api_key is not None and not api_key.strip():
+        leave_out = "leave --api_key out" if source == "--api_key" else "unset LITGPT_CLONE_API_KEY"
+        raise ServeError(f"{source} is empty: give a key, or {leave_out} to serve without one")
+    return api_key
+
+
 def stop_on_sigterm() -> None:
     """Make SIGTERM (``kill <pid>``, a service manager stopping the server) shut the server down as Ctrl-C does.
     LitServe stops its HTTP, manager and model processes on KeyboardInterrupt only: after a SIGTERM to its main process
@@ -123,7 +136,8 @@ def serve(
         max_batch_size: Most requests one worker decodes together (continuous batching: a request joins or leaves
             the batch at any step); more wait in line. Each one holds a KV-cache row of --max_seq_length tokens.
         max_new_tokens: Most tokens of one reply (a request's max_tokens, or /predict's max_new_tokens, is capped to it).
-        api_key: Require "Authorization: Bearer <api_key>" on every request but /health (default: env LITGPT_CLONE_API_KEY).
+        api_key: Require "Authorization: Bearer <api_key>" on every request but /health (default: env LITGPT_CLONE_API_KEY;
+            an empty key is an error: leave both out to serve without one).
         model_name: The model id clients send and /v1/models lists (default: the checkpoint's last two folder names).
         adapters: LoRA adapters over the same base, "name=folder,name2=folder2" (folders written by `finetune lora`,
             or PEFT LoRA folders as vLLM's --lora-modules takes them): a request whose model is "name" uses that
@@ -150,7 +164,7 @@ def serve(
     if precision is not None and precision not in PRECISIONS:
         raise ServeError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     check_quantize(quantize)
-    api_key = api_key or os.environ.get("LITGPT_CLONE_API_KEY") or None
+    api_key = check_api_key(api_key)
     checkpoint = find_checkpoint(checkpoint_dir)
     name = model_name or default_model_name(checkpoint)
     from litgpt_clone.config import Config

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import hmac
 import json
-import math
 import time
 import uuid
 from collections import deque
@@ -72,12 +71,14 @@ def invalid(name: str, message: str) -> RequestError:
 
 
 def number(body: dict, name: str, default, low: float, high: float, integer: bool = False, low_open: bool = False):
-    """``body[name]`` checked to be a finite number in [low, high] ((low, high] with ``low_open``), else ``default``."""
+    """``body[name]`` checked to be a number in [low, high] ((low, high] with ``low_open``), else ``default``. The range
+    check alone keeps out infinities and NaN, and compares an integer as it is (JSON's integers have no bound: one past
+    float's range, such as 1e400 written out in digits, has no float, and ``math.isfinite`` raised on it)."""
     value = body.get(name)
     if value is None:
         return default
     kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) or not low <= value <= high or (low_open and value == low):
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high or (low_open and value == low):
         bounds = f"{'(' if low_open else '['}{low}, {high}]"
         raise invalid(name, f"is {value!r:.40}: use {'an integer' if integer else 'a number'} in {bounds}")
     return value
@@ -508,7 +509,7 @@ class OpenAIServeSpec(LitSpec):
                 raise RequestError(400, "messages is required: a non-empty list of {role, content}", param="messages", code="missing_required_parameter")
             if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in messages):
                 raise invalid("messages", "must be objects with a role and a content")
-            from litgpt_clone.chat_template import ChatTemplateError, chat_bos, render_for_tokenizer
+            from litgpt_clone.chat_template import MAX_NESTING, ChatTemplateError, chat_bos, plain_data, render_for_tokenizer
 
             # an assistant turn may have no content (OpenAI's schema: null when it made tool calls)
             plain = [{"role": m["role"], "content": "" if m["content"] is None and m["role"] == "assistant" else message_text(m["content"])} for m in messages]
@@ -519,6 +520,10 @@ class OpenAIServeSpec(LitSpec):
             if not isinstance(variables, dict) or not all(isinstance(k, str) and k not in RESERVED_VARIABLES for k in variables):
                 raise invalid("chat_template_kwargs", "must be an object of template variables, e.g. {\"enable_thinking\": false}"
                               f" (not {', '.join(RESERVED_VARIABLES)}; add_generation_prompt is a field of the request)")
+            try:
+                variables = plain_data(variables)
+            except ChatTemplateError:
+                raise invalid("chat_template_kwargs", f"nest lists and objects more than {MAX_NESTING} levels deep: flatten them") from None
             if body.get("echo") not in (None, False):
                 raise invalid("echo", "is not supported on /v1/chat/completions: leave it out (/v1/completions echoes a prompt)")
             # vLLM's extras: end with a new assistant turn (the default), or continue the last (assistant) message
