@@ -608,6 +608,32 @@ def test_plain_style_encodes_the_prompt_as_generate_does(sp_model, tmp_path):
     assert ids[0] == 1 and ids.count(1) == 1
 
 
+def test_add_special_tokens_of_a_request_encodes_as_vllm_encodes(sp_model, tmp_path):
+    """vLLM's ``add_special_tokens``: /v1/completions encodes the prompt with the tokenizer's special tokens (its BOS)
+    unless it is false; /v1/chat/completions encodes the rendered template without them unless it is true (then a
+    template that writes its own BOS gets a second one, as in vLLM). The field was ignored."""
+    import shutil
+
+    from litgpt_clone.serve.openai import request_bos
+
+    shutil.copy(sp_model, tmp_path / "tokenizer.model")
+    template = "{{ bos_token }}{% for m in messages %}[{{ m['content'] }}]{% endfor %}"
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+              "add_bos_token": True, "chat_template": template}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    ours, hf = Tokenizer(tmp_path), AutoTokenizer.from_pretrained(tmp_path)
+    messages = [{"role": "user", "content": "Hello world"}]
+    rendered = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert render_for_tokenizer(ours, messages) == rendered
+    for value in (None, True, False):  # None: left out
+        body = {} if value is None else {"add_special_tokens": value}
+        completion = ours.encode("Hello world", request_bos(ours, body, chat=False)).tolist()
+        assert completion == hf("Hello world", add_special_tokens=value is not False)["input_ids"]
+        chat = ours.encode(rendered, request_bos(ours, body, chat=True)).tolist()
+        assert chat == hf(rendered, add_special_tokens=value is True)["input_ids"]
+    assert ours.encode(rendered, request_bos(ours, {"add_special_tokens": True}, chat=True)).tolist()[:2] == [1, 1]
+
+
 def test_templates_see_the_special_tokens_transformers_passes(sp_model, tmp_path):
     """transformers renders a template with its ``special_tokens_map`` (bos, eos, unk, pad, sep, cls, mask as named by
     tokenizer_config.json, else special_tokens_map.json, else a SentencePiece model's own); we passed only bos/eos,

@@ -93,6 +93,17 @@ def flag(body: dict, name: str, default: bool = False) -> bool:
     return value
 
 
+def request_bos(tokenizer, body: dict, chat: bool) -> Optional[bool]:
+    """The ``bos`` to encode a request's prompt text with, by vLLM's ``add_special_tokens``: on /v1/completions (default
+    true) the tokenizer's own special tokens (its BOS, where it adds one), or none; on /v1/chat/completions (default
+    false) what the chat template writes, or the tokenizer's special tokens on top of it."""
+    from litgpt_clone.chat_template import chat_bos
+
+    if flag(body, "add_special_tokens", default=not chat):
+        return None
+    return chat_bos(tokenizer) if chat else False
+
+
 def stop_strings(body: dict) -> list[str]:
     stop = body.get("stop")
     if stop is None:
@@ -509,7 +520,7 @@ class OpenAIServeSpec(LitSpec):
                 raise RequestError(400, "messages is required: a non-empty list of {role, content}", param="messages", code="missing_required_parameter")
             if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in messages):
                 raise invalid("messages", "must be objects with a role and a content")
-            from litgpt_clone.chat_template import MAX_NESTING, ChatTemplateError, chat_bos, plain_data, render_for_tokenizer
+            from litgpt_clone.chat_template import MAX_NESTING, ChatTemplateError, plain_data, render_for_tokenizer
 
             # an assistant turn may have no content (OpenAI's schema: null when it made tool calls)
             plain = [{"role": m["role"], "content": "" if m["content"] is None and m["role"] == "assistant" else message_text(m["content"])} for m in messages]
@@ -547,7 +558,7 @@ class OpenAIServeSpec(LitSpec):
             top = number(body, "top_logprobs", 0, 0, MAX_LOGPROBS, integer=True)
             if body.get("top_logprobs") and not logprobs:  # (0 asks for nothing: some clients always send it)
                 raise invalid("top_logprobs", "needs \"logprobs\": true")
-            ids = await self.encode(prompt, bos=chat_bos(self.tokenizer))
+            ids = await self.encode(prompt, bos=request_bos(self.tokenizer, body, chat=True))
             jobs = self.jobs(body, [ids], logprobs=top if logprobs else None)
         except RequestError as err:
             return err.response()
@@ -623,10 +634,10 @@ class OpenAIServeSpec(LitSpec):
         if len(prompt) > MAX_CHOICES:
             raise invalid("prompt", f"has {len(prompt)} prompts: send at most {MAX_CHOICES} in one request")
         ids, texts = [], []
-        vocab = self.config.vocab_size
+        vocab, bos = self.config.vocab_size, request_bos(self.tokenizer, body, chat=False)
         for p in prompt:
             if isinstance(p, str):
-                ids.append(await self.encode(p) if p else [])
+                ids.append(await self.encode(p, bos) if p else [])
                 texts.append(p)
             elif isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab for t in p):
                 ids.append(list(p))
