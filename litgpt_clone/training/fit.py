@@ -190,7 +190,7 @@ def fit(
     history: list[dict] = []
     if state.step < max_steps < args.warmup_steps:  # (the schedule is still right: a run this short is one or a test)
         fabric.print(
-            f"note: --train.warmup_steps {args.warmup_steps} covers the whole run of {max_steps} steps: the learning rate ends at"
+            f"note: --train.warmup_steps {args.warmup_steps} covers the whole run of {max_steps} step{'s' * (max_steps != 1)}: the learning rate ends at"
             f" {lr_at(max_steps - 1, args, max_steps):.2e}, never reaching --train.lr {args.lr:.2e}; lower --train.warmup_steps to reach it"
         )
     if val is None:
