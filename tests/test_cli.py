@@ -584,6 +584,7 @@ def test_litgpt_names_point_to_ours(tmp_path, capsys):
     # LitGPT's merge_lora names the LoRA folder checkpoint_dir, a flag as generate's is
     assert cli_error(capsys, "merge_lora", "--checkpoint_dir", tmp_path / "nope") == (
         f"error: {tmp_path / 'nope'} is not a LoRA checkpoint: expected {tmp_path / 'nope' / 'lora_config.yaml'} and lora.safetensors"
+        " (`finetune lora`), or adapter_config.json and adapter_model.safetensors (PEFT)"
     )
 
 

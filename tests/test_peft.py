@@ -11,13 +11,17 @@ and whose folders vLLM's ``--lora-modules`` loads):
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
 import peft
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import (
-    FalconConfig, FalconForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM,
+    FalconConfig, FalconForCausalLM, Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, GPTNeoXConfig,
+    GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM, PhiConfig, PhiForCausalLM,
+    SiglipVisionConfig,
 )
 
 from litgpt_clone.checkpoints.convert import convert_hf_checkpoint
@@ -39,7 +43,8 @@ FAMILIES = {
         4, ["self_attn.q_proj", "self_attn.v_proj"],
     ),
     "gpt-neox": (  # query and value rows interleaved per head in query_key_value (rank 2r); the MLP too
-        GPTNeoXForCausalLM, GPTNeoXConfig(**TINY), LoRAArgs(r=4, alpha=16, dropout=0.0, mlp=True),
+        # and the head, embed_out in the checkpoint but the module lm_head in transformers 5 (which PEFT names)
+        GPTNeoXForCausalLM, GPTNeoXConfig(**TINY), LoRAArgs(r=4, alpha=16, dropout=0.0, mlp=True, head=True),
         8, ["attention.query_key_value", "mlp.dense_4h_to_h", "mlp.dense_h_to_4h"],
     ),
     "falcon": (  # grouped query_key_value (2 groups), keys only, the projection, upper block only
@@ -121,6 +126,48 @@ def test_a_peft_made_adapter_serves_with_peft_logits(tmp_path):
         merge_lora(tmp_path / "peft", base=str(base))
 
 
+def test_a_multimodal_gemma3_bases_adapters_name_its_text_modules(tmp_path):
+    """Gemma 3 4B/12B/27B are Gemma3ForConditionalGeneration: their text half converts to our Gemma3ForCausalLM, and
+    PEFT adapters of them name model.language_model.layers.* (transformers' modules in memory; the checkpoint says
+    language_model.model.*). Both ways: a peft-made adapter serves, ours exports under those names."""
+    text = Gemma3TextConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, head_dim=16, sliding_window=6)
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=95, boi_token_index=93, eoi_token_index=94)
+    hf_model = build_hf(Gemma3ForConditionalGeneration, config, tmp_path / "hf")
+    base = convert_hf_checkpoint(tmp_path / "hf", tmp_path / "native")
+    ours = inject_lora(GPT.from_checkpoint(base), args := LoRAArgs(r=4, alpha=8, dropout=0.0, mlp=True))
+    ours.load_state_dict(load_file(write_adapter(base, tmp_path / "lora", args, seed=1) / "lora.safetensors"), strict=False)
+    convert_to_peft(tmp_path / "lora", tmp_path / "peft", base_model=str(tmp_path / "hf"))
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["target_modules"][0] == "model.language_model.layers.0.mlp.down_proj"
+    with torch.no_grad():
+        expected = ours.eval()(ids())
+        got = peft.PeftModel.from_pretrained(hf_model, tmp_path / "peft").eval()(input_ids=ids()).logits
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
+    model = GPT.from_checkpoint(base).eval()  # and its own adapter (names of the model in memory) served back
+    attach_adapters(model, [("x", tmp_path / "peft")], max_rows=2).select([1, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids()), expected, atol=2e-5, rtol=0)
+
+
+def test_hub_style_adapters_pickled_weights_and_a_head_with_a_bias(tmp_path):
+    """Older Hub adapters are adapter_model.bin (read with weights_only, as vLLM reads them); peft saves a copy of
+    the head's weight and bias beside an adapter of a head (Phi-2's has a bias): skipped as copies of the base's."""
+    hf_model = build_hf(PhiForCausalLM, PhiConfig(**TINY, partial_rotary_factor=0.5), tmp_path / "hf")
+    base = convert_hf_checkpoint(tmp_path / "hf", tmp_path / "native")
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False)
+    torch.manual_seed(2)
+    peft_model = peft.get_peft_model(hf_model, lora).eval()
+    peft_model.save_pretrained(tmp_path / "peft", safe_serialization=False)
+    assert not (tmp_path / "peft" / "adapter_model.safetensors").exists()
+    with torch.no_grad():
+        expected = peft_model(ids()).logits
+    model = GPT.from_checkpoint(base).eval()
+    attach_adapters(model, [("x", tmp_path / "peft")], max_rows=2).select([1, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids()), expected, atol=2e-5, rtol=0)
+
+
 def test_unusable_peft_adapters_are_one_line_errors(tmp_path):
     model_cls, config, args, *_ = FAMILIES["llama"]
     hf_model = build_hf(model_cls, config, tmp_path / "hf")
@@ -130,6 +177,7 @@ def test_unusable_peft_adapters_are_one_line_errors(tmp_path):
         "embedding": (peft.LoraConfig(r=2, target_modules=["embed_tokens"]), "adapts the embedding model.embed_tokens, which litgpt-clone's LoRA does not"),
         "saved": (peft.LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["lm_head"]), "uses fully trained modules (modules_to_save)"),
     }
+    cases["alora"] = (peft.LoraConfig(r=2, target_modules=["q_proj"], alora_invocation_tokens=[7, 8]), "uses activated LoRA (aLoRA")
     for name, (lora, message) in cases.items():
         peft.get_peft_model(build_hf(model_cls, config, tmp_path / f"hf-{name}"), lora).save_pretrained(tmp_path / name)
         model = GPT.from_checkpoint(base)
@@ -141,6 +189,22 @@ def test_unusable_peft_adapters_are_one_line_errors(tmp_path):
     other.save_pretrained(tmp_path / "other")
     with pytest.raises(CheckpointError, match="adapts model.layers.2.self_attn.q_proj, which LlamaForCausalLM has no linear layer for"):
         attach_adapters(GPT.from_checkpoint(base), [("x", tmp_path / "other")], max_rows=1)
+    # an adapter of a wider model; one whose config's r is not its weights'; one without weights; a broken config
+    wide = peft.get_peft_model(build_hf(model_cls, LlamaConfig(**{**TINY, "hidden_size": 128}), tmp_path / "hf-wide"), peft.LoraConfig(r=2, target_modules=["q_proj"]))
+    wide.save_pretrained(tmp_path / "wide")
+    peft.get_peft_model(build_hf(model_cls, config, tmp_path / "hf-plain"), peft.LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path / "rank")
+    (tmp_path / "rank" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "target_modules": ["q_proj"]}))
+    shutil.copytree(tmp_path / "rank", tmp_path / "empty")
+    save_file({}, tmp_path / "empty" / "adapter_model.safetensors")
+    shutil.copytree(tmp_path / "rank", tmp_path / "broken")
+    (tmp_path / "broken" / "adapter_config.json").write_text('{"r": 8, ')
+    for name, message in (("wide", "maps 128 features to 128, this model's 64 to 64: it is an adapter of another model"),
+                          ("rank", "has rank 2, but its adapter_config.json says r 8"), ("empty", "holds no LoRA weights"),
+                          ("broken", "adapter_config.json is not readable JSON")):
+        with pytest.raises(CheckpointError, match=re.escape(message)):
+            attach_adapters(GPT.from_checkpoint(base), [("x", tmp_path / name)], max_rows=1)
+        with pytest.raises(CheckpointError, match=re.escape(message)):  # merge_lora says the same
+            merge_lora(tmp_path / name, base=str(base), out_dir=tmp_path / f"merged-{name}")
     # export: a folder that is not a LoRA checkpoint, an out_dir holding a checkpoint
     with pytest.raises(CheckpointError, match="is not a LoRA checkpoint of `finetune lora`: it has no lora.safetensors, lora_config.yaml"):
         convert_to_peft(base)

@@ -44,6 +44,10 @@ class Arch:
     """Raises ``ConfigError`` for config.json features we do not implement."""
     extra_hf: dict = field(default_factory=dict)
     """Constant config.json keys written on export."""
+    module_names: dict[str, str] = field(default_factory=dict)
+    """Where the transformers model in memory names a module otherwise than the checkpoint's tensors do (its
+    conversion mapping renames them at load), checkpoint name prefix -> module name prefix: GPT-NeoX's ``embed_out``
+    is the module ``lm_head``. PEFT adapters name modules (``peft_format``)."""
     native_architecture: Optional[str] = None
     """The architecture a converted checkpoint records, where it differs: the text half of a multimodal checkpoint
     (``Gemma3ForConditionalGeneration``) is a ``Gemma3ForCausalLM`` and exports as one."""

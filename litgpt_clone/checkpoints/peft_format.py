@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from litgpt_clone.checkpoints.arch import get_arch
+from litgpt_clone.checkpoints.arch import ARCHS, Arch, get_arch
 from litgpt_clone.checkpoints.convert import stacked_to_hf, stacked_to_native, weight_pairs
 from litgpt_clone.checkpoints.io import CheckpointError, load_state, save_weights, write_atomic_text
 from litgpt_clone.config import Config
@@ -51,13 +51,13 @@ def is_peft_adapter(folder: Path) -> bool:
     return (Path(folder) / PEFT_CONFIG).is_file()
 
 
-def out_features(config: Config) -> dict[str, int]:
-    """Rows of every linear layer of the native model (built on the meta device: nothing allocated)."""
+def linear_shapes(config: Config) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of every linear layer of the native model (built on the meta device)."""
     from litgpt_clone.model import GPT
 
     with torch.device("meta"):
         model = GPT(config)
-    return {name: m.out_features for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    return {name: (m.in_features, m.out_features) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
 
 
 def lora_updates(folder: Path, config: Config) -> Updates:
@@ -88,6 +88,15 @@ def lora_updates(folder: Path, config: Config) -> Updates:
     return out
 
 
+def module_name(arch: Arch, name: str) -> str:
+    """The name transformers' model in memory gives the module a checkpoint calls ``name`` (``Arch.module_names``):
+    the name a PEFT adapter uses."""
+    for prefix, renamed in arch.module_names.items():
+        if name == prefix or (prefix.endswith(".") and name.startswith(prefix)):
+            return renamed + name[len(prefix) :]
+    return name
+
+
 def _cross(updates: list[Optional[Update]], rows: list[int], convert) -> list[Optional[Update]]:
     """The updates of one side of a pair (None: a module without one; ``rows``: each module's out_features) -> the
     other side's, ``convert`` mapping the stacked rows across as the weight converter maps a weight."""
@@ -107,32 +116,50 @@ def _cross(updates: list[Optional[Update]], rows: list[int], convert) -> list[Op
     return out
 
 
-def to_hf_updates(updates: Updates, config: Config) -> Updates:
-    """Native layer updates -> updates of the modules of the model's Hugging Face export."""
-    return _carry(updates, config, to_hf=True)
+def to_hf_updates(updates: Updates, config: Config, arch: Optional[Arch] = None) -> Updates:
+    """Native layer updates -> updates of the modules of the model's transformers form (``arch``, default the
+    config's architecture; the multimodal Gemma 3 for a LoRA of its text half), by their names in memory."""
+    arch = arch or get_arch(config.architecture)
+    return {module_name(arch, name): u for name, u in _carry(updates, config, arch, to_hf=True).items()}
 
 
 def from_hf_updates(updates: Updates, config: Config) -> Updates:
-    """Updates of Hugging Face module names -> native layer updates (the inverse of ``to_hf_updates``)."""
-    return _carry(updates, config, to_hf=False)
+    """Updates of transformers module names -> native layer updates (the inverse of ``to_hf_updates``). The names may
+    be those of the model in memory or of its checkpoint (GPT-NeoX's ``lm_head`` or ``embed_out``), of the config's
+    architecture or of another that converts to it (``model.language_model.layers.*`` of a multimodal Gemma 3)."""
+    own = get_arch(config.architecture)  # (which registers every family)
+    archs = [own, *(a for a in ARCHS.values() if a is not own and a.native_architecture == config.architecture)]
+    for arch in archs:
+        names = {module_name(arch, h): h for _, hfs in weight_pairs(arch, config) for h in hfs}
+        names.update({h: h for h in names.values()})
+        if all(k in names for k in updates):
+            return _carry({names[k]: u for k, u in updates.items()}, config, arch, to_hf=False)
+    return _carry(updates, config, own, to_hf=False)  # (it names the first module of another model)
 
 
-def _carry(updates: Updates, config: Config, to_hf: bool) -> Updates:
-    arch, sizes, out, left = get_arch(config.architecture), out_features(config), {}, set(updates)
+def _carry(updates: Updates, config: Config, arch: Arch, to_hf: bool) -> Updates:
+    shapes, out, left = linear_shapes(config), {}, set(updates)
     for natives, hfs in weight_pairs(arch, config):
         src, dst = (natives, hfs) if to_hf else (hfs, natives)
         if not left.intersection(src):
             continue
         if to_hf and ".mlp.experts." in natives[0]:
             raise CheckpointError("the adapters adapt MoE experts, which transformers fuses into one tensor per layer (PEFT cannot target them): merge them with `merge_lora` and export the merged model with `convert to_hf`")
-        if natives[0] not in sizes or ".mlp.experts." in natives[0]:
+        if natives[0] not in shapes or ".mlp.experts." in natives[0]:
             raise CheckpointError(f"the adapter adapts {sorted(left.intersection(hfs))[0]}, which is not a linear layer litgpt-clone can adapt: merge it with peft (merge_and_unload) and convert the merged model")
-        rows = [sizes[n] for n in natives]
+        rows = [shapes[n][1] for n in natives]
         if to_hf:
             convert = lambda t: stacked_to_hf(t, natives, len(hfs), arch, config)  # noqa: E731
         else:  # the rows of each HF module: the native rows, stacked and mapped across as a weight would be
             rows = [t.size(0) for t in stacked_to_hf(torch.empty(sum(rows), 1, device="meta"), natives, len(hfs), arch, config)]
             convert = lambda t: stacked_to_native(t, natives, arch, config)  # noqa: E731
+            for name, n in zip(hfs, rows):
+                u, features = updates.get(name), shapes[natives[0]][0]
+                if u is not None and (u.A.size(1), u.B.size(0)) != (features, n):
+                    raise CheckpointError(
+                        f"the adapter's {name} maps {u.A.size(1)} features to {u.B.size(0)}, this model's {features} to {n}:"
+                        " it is an adapter of another model"
+                    )
         for name, update in zip(dst, _cross([updates.get(n) for n in src], rows, convert)):
             if update is not None:
                 out[name] = update
@@ -152,45 +179,78 @@ def _pattern(patterns: dict, module: str, default):
     return default
 
 
-def peft_updates(folder: Path, config: Config) -> Updates:
-    """Native layer updates of a PEFT LoRA folder (``adapter_config.json`` + ``adapter_model.safetensors``)."""
-    folder = Path(folder)
+UNSUPPORTED = {
+    "use_dora": "DoRA", "lora_bias": "a LoRA bias", "modules_to_save": "fully trained modules (modules_to_save)",
+    "fan_in_fan_out": "Conv1D layers (fan_in_fan_out)", "layer_replication": "layer_replication",
+    "trainable_token_indices": "trained token embeddings", "target_parameters": "parameters as targets (MoE experts)",
+    "alora_invocation_tokens": "activated LoRA (aLoRA: adapters from an invocation sequence on)",
+    "use_qalora": "QALoRA", "use_bdlora": "block-diagonal LoRA", "kasa_config": "KaSA", "arrow_config": "Arrow routing",
+    "monteclora_config": "MonteCLoRA",
+}
+"""adapter_config.json settings whose adapters compute something else than ``x @ A.T @ B.T * scale`` on every token."""
+
+
+def peft_settings(folder: Path) -> dict:
+    """The adapter_config.json of a PEFT folder, refused in one line where it is unreadable or not a plain LoRA."""
+    path = Path(folder) / PEFT_CONFIG
     try:
-        settings = json.loads((folder / PEFT_CONFIG).read_text())
+        settings = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"{folder / PEFT_CONFIG} is not readable JSON ({err})") from None
+        raise CheckpointError(f"{path} is not readable JSON ({err}): fetch the adapter again") from None
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{path} is not an adapter config (a JSON object): fetch the adapter again")
     if settings.get("peft_type", "LORA") != "LORA":
         raise CheckpointError(f"{folder} is a PEFT {settings.get('peft_type')} adapter: only LoRA adapters are supported")
-    unsupported = {
-        "use_dora": "DoRA", "lora_bias": "a LoRA bias", "modules_to_save": "fully trained modules (modules_to_save)",
-        "fan_in_fan_out": "Conv1D layers (fan_in_fan_out)", "layer_replication": "layer_replication",
-        "trainable_token_indices": "trained token embeddings", "target_parameters": "parameters as targets (MoE experts)",
-    }
-    for key, what in unsupported.items():
+    for key, what in UNSUPPORTED.items():
         if settings.get(key):
             raise CheckpointError(f"{folder} uses {what}, which litgpt-clone's LoRA layers do not have: merge it with peft (merge_and_unload) and convert the merged model")
     if settings.get("bias", "none") != "none":
         raise CheckpointError(f"{folder} trains biases (bias={settings['bias']!r}), which litgpt-clone's LoRA layers do not have: merge it with peft (merge_and_unload) and convert the merged model")
-    path = folder / PEFT_WEIGHTS
-    if not path.is_file():
-        bin_name = " (adapter_model.bin: save it again with safetensors, `save_pretrained(..., safe_serialization=True)`)" if (folder / "adapter_model.bin").is_file() else ""
-        raise CheckpointError(f"no {path}{bin_name}")
+    return settings
+
+
+def peft_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a PEFT folder: adapter_model.safetensors, else the pickled adapter_model.bin of older adapters
+    (read with ``weights_only``, as vLLM reads it)."""
+    from litgpt_clone.checkpoints.io import torch_load
+
+    path = Path(folder) / PEFT_WEIGHTS
+    if path.is_file():
+        return load_state(path)
+    if (Path(folder) / "adapter_model.bin").is_file():
+        return torch_load(Path(folder) / "adapter_model.bin", "save it again with safetensors (peft's save_pretrained)")
+    raise CheckpointError(f"no {path} (nor adapter_model.bin): fetch the adapter again")
+
+
+def peft_updates(folder: Path, config: Config) -> Updates:
+    """Native layer updates of a PEFT LoRA folder (``adapter_config.json`` + ``adapter_model.safetensors``)."""
+    folder = Path(folder)
+    settings = peft_settings(folder)
     pieces: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in load_state(path).items():
-        if key.endswith(".base_layer.weight") and tuple(tensor.shape) == (config.vocab_size, config.n_embd):
-            continue  # the head's or embedding's own weight, which peft saves beside adapters of them (for resized vocabularies)
+    for key, tensor in peft_weights(folder).items():
+        if re.search(r"\.base_layer\.(weight|bias)$", key):  # the head's or embedding's own, which peft saves beside adapters of them
+            if tensor.size(0) != config.vocab_size:
+                raise CheckpointError(
+                    f"{folder} holds {key} of {tensor.size(0)} rows, this model's vocabulary has {config.vocab_size}: the"
+                    " adapter was made for a resized vocabulary; merge it with peft (merge_and_unload) and convert the merged model"
+                )
+            continue  # (a copy of the base's: peft's save_embedding_layers)
         match = re.fullmatch(r"(?:base_model\.model\.)?(.+)\.(lora_[AB])(?:\.[^.]+)?\.weight", key)
         if embedding := re.fullmatch(r"(?:base_model\.model\.)?(.+)\.lora_embedding_[AB].*", key):
             raise CheckpointError(f"{folder} adapts the embedding {embedding[1]}, which litgpt-clone's LoRA does not: merge it with peft (merge_and_unload) and convert the merged model")
         if not match:
-            raise CheckpointError(f"{path} holds {key}, which is not a LoRA A or B weight: only LoRA on linear layers is supported")
+            raise CheckpointError(f"{folder} holds {key}, which is not a LoRA A or B weight: only plain LoRA is supported; merge it with peft (merge_and_unload) and convert the merged model")
         pieces.setdefault(match[1], {})[match[2]] = tensor.float()
+    if not pieces:
+        raise CheckpointError(f"{folder} holds no LoRA weights: it would leave the model as it is; fetch the adapter again")
     r, alpha = settings.get("r", 8), settings.get("lora_alpha", 8)
     updates = {}
     for module, ab in pieces.items():
         if set(ab) != {"lora_A", "lora_B"}:
-            raise CheckpointError(f"{path} has {module}.{next(iter(ab))} without its {({'lora_A', 'lora_B'} - set(ab)).pop()}")
+            raise CheckpointError(f"{folder} has {module}.{next(iter(ab))} without its {({'lora_A', 'lora_B'} - set(ab)).pop()}")
         rank = _pattern(settings.get("rank_pattern") or {}, module, r)
+        if (ab["lora_A"].size(0), ab["lora_B"].size(1)) != (rank, rank):
+            raise CheckpointError(f"{folder}'s {module} has rank {ab['lora_A'].size(0)}, but its adapter_config.json says r {rank}: the two do not belong together")
         scale = _pattern(settings.get("alpha_pattern") or {}, module, alpha) / (math.sqrt(rank) if settings.get("use_rslora") else rank)
         updates[module] = Update(ab["lora_A"], ab["lora_B"] * scale, torch.ones(ab["lora_B"].shape, dtype=torch.bool))
     return from_hf_updates(updates, config)
@@ -209,12 +269,32 @@ def read_updates(folder: Path, config: Config) -> Updates:
     return lora_updates(folder, config)
 
 
-def write_peft(updates: Updates, config: Config, out_dir: Path, scale: float, base_model: Optional[str], dropout: float = 0.0) -> None:
+def base_arch(lora_dir: Path, config: Config) -> Optional[Arch]:
+    """The transformers architecture of the base a ``finetune lora`` folder was trained from (its config.json, which a
+    conversion keeps), where it is another than the config's that converts to it: the multimodal Gemma 3 of a LoRA of
+    its text half, whose module names the adapter must use. None otherwise."""
+    import yaml
+
+    hparams = Path(lora_dir) / "hyperparameters.yaml"
+    base = (yaml.safe_load(hparams.read_text()) or {}).get("checkpoint_dir") if hparams.is_file() else None
+    original = Path(str(base)) / "config.json" if base else None
+    if original is None or not original.is_file():
+        return None
+    names = json.loads(original.read_text()).get("architectures") or [""]
+    get_arch(config.architecture)  # (registers every family)
+    arch = ARCHS.get(names[0])
+    return arch if arch is not None and arch.native_architecture == config.architecture else None
+
+
+def write_peft(
+    updates: Updates, config: Config, out_dir: Path, scale: float, base_model: Optional[str], dropout: float = 0.0,
+    arch: Optional[Arch] = None,
+) -> None:
     """Write native layer updates (all of one ``scale``, alpha / r) as a PEFT LoRA folder for the model's Hugging Face
     export. Every module gets the largest rank, smaller ones padded with zero rows and columns (which add nothing):
     a fused HF module takes the ranks of all its parts (GPT-NeoX's ``query_key_value`` adapted on query and value has
     rank 2r), so the folder needs no ``rank_pattern`` (which vLLM does not read); ``lora_alpha`` keeps the scale."""
-    hf = to_hf_updates(updates, config)
+    hf = to_hf_updates(updates, config, arch)
     rank = max(u.A.size(0) for u in hf.values())
     tensors = {}
     for module, update in sorted(hf.items()):

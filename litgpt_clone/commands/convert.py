@@ -67,7 +67,7 @@ def convert_to_peft(checkpoint_dir: Path, out_dir: Optional[Path] = None, base_m
             Hugging Face export (``convert to_hf``); default: the hub repo the base was downloaded from.
     """
     from litgpt_clone.checkpoints.io import CheckpointError
-    from litgpt_clone.checkpoints.peft_format import lora_updates, write_peft
+    from litgpt_clone.checkpoints.peft_format import base_arch, lora_updates, write_peft
     from litgpt_clone.config import Config, check_out_dir
     from litgpt_clone.lora import load_lora_args
 
@@ -82,7 +82,8 @@ def convert_to_peft(checkpoint_dir: Path, out_dir: Optional[Path] = None, base_m
     config, args = Config.from_file(lora_dir / "model_config.yaml"), load_lora_args(lora_dir)
     if base_model is None and config.hf_config.get("org") and config.hf_config.get("name"):
         base_model = f"{config.hf_config['org']}/{config.hf_config['name']}"
-    write_peft(lora_updates(lora_dir, config), config, out_dir, args.alpha / args.r, base_model, args.dropout)
+    arch = base_arch(lora_dir, config)  # (the multimodal Gemma 3 whose text half was finetuned names its modules otherwise)
+    write_peft(lora_updates(lora_dir, config), config, out_dir, args.alpha / args.r, base_model, args.dropout, arch)
     print(f"PEFT adapter written to {out_dir} (base model: {base_model or 'not set'})")
     if base_model is None:
         print(

@@ -289,7 +289,10 @@ def merge_lora(checkpoint_dir: Path, base: Optional[str] = None, out_dir: Option
     if is_peft_adapter(lora_dir):
         return merge_peft(lora_dir, base, out_dir)
     if not (lora_dir / "lora_config.yaml").is_file():
-        raise ConfigError(f"{lora_dir} is not a LoRA checkpoint: expected {lora_dir / 'lora_config.yaml'} and lora.safetensors")
+        raise ConfigError(
+            f"{lora_dir} is not a LoRA checkpoint: expected {lora_dir / 'lora_config.yaml'} and lora.safetensors (`finetune lora`),"
+            " or adapter_config.json and adapter_model.safetensors (PEFT)"
+        )
     in_place = out_dir is None or Path(out_dir).resolve() == lora_dir.resolve()
     from litgpt_clone.config import check_out_dir
 
@@ -345,10 +348,8 @@ def merge_lora(checkpoint_dir: Path, base: Optional[str] = None, out_dir: Option
 
 def merge_peft(peft_dir: Path, base: Optional[str], out_dir: Optional[Path]) -> None:
     """``merge_lora`` of a PEFT LoRA folder: its updates folded into the native base, written to ``out_dir``."""
-    import json
-
     from litgpt_clone.checkpoints.io import NATIVE_WEIGHTS, load_state, resolve_checkpoint
-    from litgpt_clone.checkpoints.peft_format import PEFT_CONFIG, peft_updates
+    from litgpt_clone.checkpoints.peft_format import peft_settings, peft_updates
     from litgpt_clone.config import check_out_dir
     from litgpt_clone.training.checkpoint import write_checkpoint
 
@@ -357,9 +358,9 @@ def merge_peft(peft_dir: Path, base: Optional[str], out_dir: Optional[Path]) -> 
     check_out_dir(out_dir)
     if Path(out_dir).is_dir() and any(Path(out_dir).iterdir()):
         raise ConfigError(f"--out_dir {out_dir} is not empty: give a new or empty folder for the merged checkpoint")
-    named = json.loads((peft_dir / PEFT_CONFIG).read_text()).get("base_model_name_or_path")
+    named = peft_settings(peft_dir).get("base_model_name_or_path")
     if base is None and not named:
-        raise ConfigError(f"{peft_dir / PEFT_CONFIG} names no base model: pass --base <the native checkpoint or hub repo id of the base>")
+        raise ConfigError(f"{peft_dir / 'adapter_config.json'} names no base model: pass --base <the native checkpoint or hub repo id of the base>")
     base_dir = resolve_checkpoint(base or named)
     config = Config.from_checkpoint(base_dir)
     merged = load_state(base_dir / NATIVE_WEIGHTS)

@@ -186,6 +186,7 @@ register(
     Arch(
         name="Gemma3ForConditionalGeneration", model_type="gemma3", config_from_hf=gemma3_multimodal_config_from_hf,
         config_to_hf=gemma3_config_to_hf, native_architecture="Gemma3ForCausalLM", top=MULTIMODAL_TOP, layer_prefix="language_model.model.layers.{l}.",
+        module_names={"language_model.model.": "model.language_model.", "language_model.lm_head": "lm_head"},
         layer=ATTN_PROJ + QK_NORM + GEMMA2_NORMS + MLP, check=check_gemma,
         ignore=IGNORE + (r"^vision_tower\.", r"^multi_modal_projector\."),
     ),

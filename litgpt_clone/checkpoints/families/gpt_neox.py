@@ -82,7 +82,7 @@ def neox_config_to_hf(c: Config) -> dict:
 register(
     Arch(
         name="GPTNeoXForCausalLM", model_type="gpt_neox", config_from_hf=neox_config_from_hf,
-        config_to_hf=neox_config_to_hf, check=check_neox, grouped_qkv=True,
+        config_to_hf=neox_config_to_hf, check=check_neox, grouped_qkv=True, module_names={"embed_out": "lm_head"},
         top={"transformer.wte": "gpt_neox.embed_in", "transformer.ln_f": "gpt_neox.final_layer_norm", "lm_head": "embed_out"},
         layer_prefix="gpt_neox.layers.{l}.",
         layer=[
