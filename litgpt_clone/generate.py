@@ -660,6 +660,10 @@ class TextStream:
         piece = self._add(ids[:cut]) if cut else ""
         if self.stopped:  # a stop string in the text before the special token
             return piece
+        if self.mixed:  # one holding this token's text may start before it ("n<|im_end|>"): the earliest stop wins
+            piece += self._add(ids[cut : cut + 1])
+            if self.stopped:
+                return piece
         self.stopped = True  # the text ends just before the special token: all of it goes out, held-back tails too
         return piece + self.flush()
 

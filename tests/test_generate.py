@@ -404,6 +404,8 @@ def test_stop_strings_holding_a_special_token_end_the_text_before_the_first_one(
     for stops, text in (
         (["<|im_start|>user", "pon<|im_end|>\n<|im_start|>user"], "Once u"), (["|>\n<|im_start|>user"], "Once upon"),
         (["d|>\n<|im_start|>", "<|im_end|>\n<|im_start|>us"], "Once upon"),
+        # the special token itself is a stop too: the one holding it and the text before it still starts first
+        (["<|im_end|>", "n<|im_end|>"], "Once upo"), (["n<|im_end|>", "<|im_end|>"], "Once upo"),
     ):
         stream_ = TextStream(tokenizer, stops)
         streamed = "".join(stream_.add([i]) for i in ids) + stream_.flush()

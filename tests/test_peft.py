@@ -116,9 +116,12 @@ def test_a_peft_made_adapter_serves_with_peft_logits(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model(ids()), expected, atol=2e-5, rtol=0)
     # merged into the native base: a checkpoint that generate, chat and serve take
-    merge_lora(tmp_path / "peft", base=str(base), out_dir=tmp_path / "merged")
+    for _ in range(2):  # (the second merge replaces the first, as merge_lora's --help says)
+        merge_lora(tmp_path / "peft", base=str(base), out_dir=tmp_path / "merged")
     with torch.no_grad():
         torch.testing.assert_close(GPT.from_checkpoint(tmp_path / "merged")(ids()), expected, atol=2e-5, rtol=0)
+    with pytest.raises(ConfigError, match="is not empty: give a new or empty folder"):
+        merge_lora(tmp_path / "peft", base=str(base), out_dir=tmp_path / "hf")
     # the base: --base, else the one adapter_config.json names (none here: the model was built, not loaded)
     with pytest.raises(ConfigError, match="adapter_config.json names no base model: pass --base <the native checkpoint"):
         merge_lora(tmp_path / "peft", out_dir=tmp_path / "merged2")

@@ -356,8 +356,12 @@ def merge_peft(peft_dir: Path, base: Optional[str], out_dir: Optional[Path]) -> 
     if out_dir is None:
         raise ConfigError(f"{peft_dir} is a PEFT adapter, which merge_lora leaves as it is: give --out_dir for the merged checkpoint")
     check_out_dir(out_dir)
-    if Path(out_dir).is_dir() and any(Path(out_dir).iterdir()):
-        raise ConfigError(f"--out_dir {out_dir} is not empty: give a new or empty folder for the merged checkpoint")
+    import yaml
+
+    earlier = Path(out_dir) / "hyperparameters.yaml"  # an earlier merge of a PEFT adapter is replaced, as merge_lora's are
+    merged_before = earlier.is_file() and "peft_adapter" in (yaml.safe_load(earlier.read_text()) or {})
+    if Path(out_dir).is_dir() and any(Path(out_dir).iterdir()) and not merged_before:
+        raise ConfigError(f"--out_dir {out_dir} is not empty: give a new or empty folder for the merged checkpoint (or an earlier merge's)")
     named = peft_settings(peft_dir).get("base_model_name_or_path")
     if base is None and not named:
         raise ConfigError(f"{peft_dir / 'adapter_config.json'} names no base model: pass --base <the native checkpoint or hub repo id of the base>")
