@@ -145,6 +145,7 @@ def targets(model: GPT, args: LoRAArgs) -> dict[str, dict[str, tuple[int, int]]]
 
 
 TIED_HEAD = "--lora.head on a model whose output head is its embedding (tie_embeddings): the adapters could not be merged without changing the embedding; drop --lora.head"
+TIED_MERGE = "the adapters adapt lm_head, which this model shares with its embedding: merged, the embedding would change too; serve them unmerged (serve --adapters)"
 
 
 def inject_lora(model: GPT, args: LoRAArgs) -> GPT:
@@ -200,17 +201,18 @@ def merge_into(base: dict[str, torch.Tensor], adapters: dict[str, torch.Tensor],
 
     Works from saved files alone, so the merged checkpoint of a QLoRA run (whose live base is 4-bit) is exact.
     """
-    with torch.device("meta"):
-        skeleton = GPT(config)
+    from litgpt_clone.checkpoints.peft_format import state_updates
+
+    return merge_updates(base, state_updates(adapters, args, config), config)
+
+
+@torch.no_grad()
+def merge_updates(base: dict[str, torch.Tensor], updates: dict, config) -> dict[str, torch.Tensor]:
+    """``base`` with each layer's update (``peft_format.Update``: ours or a PEFT adapter's) folded into its weight."""
     merged = dict(base)
-    for name, slices in targets(skeleton, args).items():
+    for name, update in updates.items():
         if name == "lm_head" and config.tie_embeddings:
-            raise ConfigError(TIED_HEAD)
-        weight = base[f"{name}.weight"].float().clone()
-        for part, (start, end) in slices.items():
-            a, b = adapters[f"{name}.lora_A.{part}"].float(), adapters[f"{name}.lora_B.{part}"].float()
-            if a.shape[1] != weight.shape[1] or b.shape[0] != end - start:
-                raise ConfigError(f"the LoRA weights of {name} ({part}) do not fit the base's layer: merge them into the model they were trained on")
-            weight[start:end] += b @ a * (args.alpha / args.r)
-        merged[f"{name}.weight"] = weight.to(base[f"{name}.weight"].dtype)
+            raise ConfigError(TIED_MERGE)
+        weight = base[f"{name}.weight"]
+        merged[f"{name}.weight"] = (weight.float() + update.B @ update.A).to(weight.dtype)
     return merged

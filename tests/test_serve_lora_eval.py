@@ -223,7 +223,7 @@ def test_unusable_adapters_are_one_line_errors(setup, models_root, tmp_path, cap
         ("oops", "is not name=folder"),
         (f"a={tmp_path / 'empty'}", "is not a LoRA adapter"),
         (f"{NAME}={foreign}", f"the name '{NAME}' is used twice"),
-        (f"q={foreign}", "does not fit this model"),
+        (f"q={foreign}", "do not fit this model at transformer.h.0.attn.qkv (query): trained on another base model"),
     ]
     for adapters, message in cases:
         with pytest.raises(SystemExit) as err:

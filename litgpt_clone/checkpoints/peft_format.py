@@ -62,10 +62,17 @@ def linear_shapes(config: Config) -> dict[str, tuple[int, int]]:
 
 def lora_updates(folder: Path, config: Config) -> Updates:
     """The updates of a ``finetune lora`` folder (lora.safetensors + lora_config.yaml) for a model of ``config``."""
-    from litgpt_clone.lora import load_lora_args, targets
+    from litgpt_clone.lora import load_lora_args
+
+    return state_updates(load_state(Path(folder) / "lora.safetensors"), load_lora_args(folder), config, f"the LoRA weights in {folder}")
+
+
+def state_updates(state: dict[str, torch.Tensor], args, config: Config, what: str = "the LoRA weights") -> Updates:
+    """The updates of LoRA weights as ``finetune lora`` saves them (``lora_state``), trained with ``args``
+    (``LoRAArgs``); ``what`` names them in the one-line error for weights of another model."""
+    from litgpt_clone.lora import targets
     from litgpt_clone.model import GPT
 
-    args, state = load_lora_args(folder), load_state(Path(folder) / "lora.safetensors")
     with torch.device("meta"):
         model = GPT(config)
     layers, out = dict(model.named_modules()), {}
@@ -78,8 +85,8 @@ def lora_updates(folder: Path, config: Config) -> Updates:
             (start, end), a, b = slices[part], state.get(f"{layer}.lora_A.{part}"), state.get(f"{layer}.lora_B.{part}")
             if a is None or b is None or a.shape != (args.r, module.in_features) or b.shape != (end - start, args.r):
                 raise CheckpointError(
-                    f"{folder} does not fit this model at {layer} ({part}): it was trained on another base model;"
-                    " use it with the checkpoint it was trained from"
+                    f"{what} do not fit this model at {layer} ({part}): trained on another base model, they go with"
+                    " the checkpoint they were trained from"
                 )
             A.append(a.float())
             B[start:end, i * args.r : (i + 1) * args.r] = b.float() * (args.alpha / args.r)

@@ -350,6 +350,7 @@ def merge_peft(peft_dir: Path, base: Optional[str], out_dir: Optional[Path]) -> 
     """``merge_lora`` of a PEFT LoRA folder: its updates folded into the native base, written to ``out_dir``."""
     from litgpt_clone.checkpoints.io import NATIVE_WEIGHTS, load_state, resolve_checkpoint
     from litgpt_clone.checkpoints.peft_format import peft_settings, peft_updates
+    from litgpt_clone.lora import merge_updates
     from litgpt_clone.config import check_out_dir
     from litgpt_clone.training.checkpoint import write_checkpoint
 
@@ -367,12 +368,7 @@ def merge_peft(peft_dir: Path, base: Optional[str], out_dir: Optional[Path]) -> 
         raise ConfigError(f"{peft_dir / 'adapter_config.json'} names no base model: pass --base <the native checkpoint or hub repo id of the base>")
     base_dir = resolve_checkpoint(base or named)
     config = Config.from_checkpoint(base_dir)
-    merged = load_state(base_dir / NATIVE_WEIGHTS)
-    for layer, update in peft_updates(peft_dir, config).items():
-        if layer == "lm_head" and config.tie_embeddings:
-            raise ConfigError(f"{peft_dir} adapts lm_head, which this model shares with its embedding: merged, the embedding would change too; serve it unmerged (serve --adapters)")
-        weight = merged[f"{layer}.weight"]
-        merged[f"{layer}.weight"] = (weight.float() + update.B @ update.A).to(weight.dtype)
+    merged = merge_updates(load_state(base_dir / NATIVE_WEIGHTS), peft_updates(peft_dir, config), config)
     hparams = {"checkpoint_dir": str(base_dir.resolve()), "peft_adapter": str(peft_dir.resolve())}
     write_checkpoint(Path(out_dir).resolve(), {NATIVE_WEIGHTS: merged}, config, base_dir, hparams)
     print(f"merged checkpoint written to {out_dir}")
