@@ -58,12 +58,16 @@ def find_checkpoint(model: Union[str, Path]) -> Path:
     from litgpt_clone.checkpoints.io import REPO_ID, resolve_checkpoint
 
     path = Path(model)
-    folder = path.is_absolute() or str(model).startswith((".", "~")) or str(model).count("/") > 1  # not a name
-    if path.exists() or REPO_ID.match(str(model)) or folder:
+    text = str(model)
+    folder = path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1 or text.endswith("/")  # not a name
+    if path.exists() or REPO_ID.match(text) or folder:
         return resolve_checkpoint(model)  # (a folder that is not there: an error naming what it should hold)
-    from litgpt_clone.config import find_config
+    from litgpt_clone.config import ConfigError, find_config
 
-    hf = find_config(str(model)).get("hf_config") or {}
+    try:
+        hf = find_config(text).get("hf_config") or {}
+    except ConfigError as err:  # (a mistyped folder name reads as a model name)
+        raise ConfigError(f"{err} (nor is there a folder {text!r} in {Path.cwd()})") from None
     if not hf:
         raise GenerationError(f"{model!r} is a registry name without hub weights: pass a checkpoint folder")
     return resolve_checkpoint(f"{hf['org']}/{hf['name']}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import inspect
 import math
 import numbers
 import operator
@@ -268,6 +269,22 @@ def pad_left(
 
 # ----------------------------------------------------------------------------- the token loop
 @torch.inference_mode()
+def as_prompts(prompts) -> list[torch.Tensor]:
+    """``prompts`` as a list of 1-D token tensors: also a (B, T) tensor (B prompts, as ``model(ids)`` takes them), one
+    1-D tensor, or lists or arrays of ids; anything else is one ``GenerationError`` line."""
+    if isinstance(prompts, torch.Tensor) and prompts.dim() in (1, 2):
+        prompts = list(prompts) if prompts.dim() == 2 else [prompts]
+    try:
+        out = [torch.as_tensor(p, dtype=torch.long) for p in prompts]
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise GenerationError(f"prompts must be token ids: a list of 1-D tensors or lists of ints, or a (B, T) tensor ({err})") from None
+    if not out:
+        raise GenerationError("no prompts given: pass at least one")
+    if any(p.dim() != 1 for p in out):
+        raise GenerationError(f"each prompt must be 1-D token ids; one has shape {tuple(next(p for p in out if p.dim() != 1).shape)}: pass a (B, T) tensor itself, or list(ids)")
+    return out
+
+
 def stream(
     model: GPT,
     prompts: Sequence[torch.Tensor],
@@ -289,8 +306,7 @@ def stream(
     loop ends when every row has ended (or when the caller stops iterating). ``seed`` (or a ``generator``) makes
     sampling reproducible. With ``draft_model`` (same tokenizer, a batch of one) a step may yield several tokens.
     """
-    if not prompts:
-        raise GenerationError("no prompts given: pass at least one")
+    prompts = as_prompts(prompts)
     check_request(model, [len(p) for p in prompts], max_new_tokens, temperature, top_k, top_p, min_p)
     max_new_tokens, seed = operator.index(max_new_tokens), check_seed(seed)  # (numpy integers as Python ints)
     device = model.transformer.wte.weight.device
@@ -493,6 +509,12 @@ def generate(
     """
     if stop_strings and tokenizer is None:
         raise GenerationError("stop_strings need a tokenizer to read the text: pass tokenizer=")
+    prompts = as_prompts(prompts)
+    unknown = sorted(set(kwargs) - set(inspect.signature(stream).parameters))
+    if unknown:  # (transformers' do_sample, num_beams, max_length: said by this function's name, not stream's)
+        known = dict.fromkeys([*inspect.signature(generate).parameters, *inspect.signature(stream).parameters])
+        settings = ", ".join(k for k in known if k not in ("model", "prompts", "kwargs"))
+        raise GenerationError(f"generate() has no argument {unknown[0]!r}: its settings are {settings}")
     texts = [TextStream(tokenizer, stop_strings) if stop_strings else None for _ in prompts]
     rows: list[list[int]] = [[] for _ in prompts]
     steps = stream(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_ids=stop_ids, seed=seed, **kwargs)

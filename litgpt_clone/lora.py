@@ -152,6 +152,8 @@ def inject_lora(model: GPT, args: LoRAArgs) -> GPT:
     """Wrap the targeted layers in place and freeze everything but the adapters."""
     if args.head and model.config.tie_embeddings:  # refused before training, not when final/ is merged
         raise ConfigError(TIED_HEAD)
+    if any(isinstance(m, LoRALinear) for m in model.modules()):  # (a notebook cell run twice froze the first adapters)
+        raise ConfigError("this model has LoRA adapters already: merge them first (merge_lora(model)), or inject into a freshly loaded model")
     for p in model.parameters():
         p.requires_grad = False
     for name, slices in targets(model, args).items():
@@ -188,7 +190,7 @@ def merge_lora(model: GPT) -> GPT:
     for name, module in list(model.named_modules()):
         if isinstance(module, LoRALinear):
             if not isinstance(module.base, nn.Linear):
-                raise TypeError(f"{name} is quantized: merge into a full-precision copy of the base (merge_lora --base)")
+                raise TypeError(f"{name} is {type(module.base).__name__}, not a full-precision Linear: merge into a full-precision copy of the base (merge_lora --base)")
             module.base.weight += module.delta_weight().to(module.base.weight.dtype)
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, module.base)

@@ -519,8 +519,10 @@ class GPT(nn.Module):
             pos = torch.arange(T, device=idx.device)
             k_len = T
         else:
-            pos = input_pos
-            k_len = self.transformer.h[0].attn.kv_cache.k.size(2)
+            pos, cache = input_pos, self.transformer.h[0].attn.kv_cache
+            if cache is None:
+                raise RuntimeError("input_pos given but no KV cache: call model.set_kv_cache(batch_size) first")
+            k_len = cache.k.size(2)
         rpos = pos if rope_pos is None else rope_pos  # (T,) or (B, T)
         cos, sin = self.cos[rpos], self.sin[rpos]  # (T, rope_n_elem) or (B, T, rope_n_elem)
         if self.longrope_after is not None:  # chosen on the device: no host sync, and a compiled step has no graph

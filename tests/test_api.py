@@ -154,6 +154,14 @@ def test_bad_input(models_root):
         LLM.load("../no-such-model")
     with pytest.raises(ConfigError, match=r"^unknown model 'acme/\.\.'\."):  # not a repo id: `download` failed to create
         LLM.load("acme/..")  # checkpoints/acme/.. ("File exists")
+    with pytest.raises(ConfigError, match=r"^unknown model 'out_fnal'\..* \(nor is there a folder 'out_fnal' in "):  # a typo
+        LLM.load("out_fnal")
+    with pytest.raises(CheckpointError, match="no checkpoint at no_such_folder"):  # (a trailing / is a folder)
+        LLM.load("no_such_folder/")
+    (native.parent / "peft").mkdir(exist_ok=True)
+    (native.parent / "peft" / "adapter_config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match=r"peft is a PEFT adapter, not a model: merge it into its base \(litgpt-clone merge_lora"):
+        LLM.load(native.parent / "peft")
     with pytest.raises(GenerationError, match=f"context of {llm.model.max_seq_length} tokens"):
         llm.generate(PROMPTS[0], max_new_tokens=llm.model.max_seq_length)
     # wrong types are one line naming the argument (they were torch or Python tracebacks)

@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import json
+import re
 import os
 import signal
 import subprocess
@@ -159,6 +160,19 @@ def test_settings_given_as_dicts_from_python_keep_the_commands_other_defaults():
     assert with_defaults(finetune_full, {"train": {"max_steps": 2}})["train"].lr == 2e-5  # full's own default lr
     assert with_defaults(pretrain, {"train": {"max_steps": 2}})["train"] == TrainArgs(max_steps=2)
     assert with_defaults(finetune_lora, {"train": TrainArgs(max_steps=2)})["train"] == TrainArgs(max_steps=2)  # replaced whole
+    # and checked as the command line checks them (an unknown strategy ran as "auto", data="json" failed deep inside)
+    from litgpt_clone.config import ConfigError
+
+    for settings, message in (
+        ({"strategy": "deepspeed"}, "finetune_lora(): strategy is 'deepspeed', not one of 'auto', 'ddp', 'fsdp'"),
+        ({"logger_name": "wandb"}, "logger_name is 'wandb', not one of 'csv', 'tensorboard'"),
+        ({"data": "json"}, "data is 'json', not a SFTData (e.g. Alpaca(...), Dolly(...), JSON(...), Chat(...)) or None"),
+        ({"seed": "1"}, "seed is '1', not an int"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            with_defaults(finetune_lora, {"checkpoint_dir": "base", **settings})
+    with pytest.raises(ConfigError, match=re.escape("compile is 'false', not a bool or one of 'blocks', 'model'")):
+        with_defaults(pretrain, {"compile": "false"})
 
 
 def test_only_adapters_change():
@@ -168,6 +182,11 @@ def test_only_adapters_change():
     torch.manual_seed(0)
     model = GPT(Config(n_layer=2, n_embd=32, n_head=4, n_query_groups=2, vocab_size=50, block_size=16, mlp_class_name="GatedMLP", intermediate_size=64))
     inject_lora(model, LoRAArgs(r=2, mlp=True, projection=True))
+    from litgpt_clone.config import ConfigError
+
+    with pytest.raises(ConfigError, match="^this model has LoRA adapters already: merge them first"):  # (a cell run twice)
+        inject_lora(model, LoRAArgs(r=2, mlp=True))  # (it nested adapters in the MLP and froze the first ones)
+    assert sum(p.requires_grad for p in model.parameters()) == 2 * 2 * 6  # A and B of qkv's 2 parts + proj + 3 MLP, per block
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = build_optimizer(model, "AdamW", TrainArgs(weight_decay=0.1), fused=False)
     for _ in range(2):  # B starts at zero, so A only moves from the second step

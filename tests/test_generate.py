@@ -606,6 +606,24 @@ def one_line_error(capsys, *args) -> str:
     return cli_error(capsys, "generate", *args)
 
 
+def test_prompts_in_the_shapes_a_python_user_has_them(llama):
+    """generate() takes a (B, T) tensor (as model(ids) does), one 1-D tensor, lists of ids and arrays, not only a
+    list of 1-D tensors (the others failed with "Boolean value of Tensor ... is ambiguous"); transformers' settings
+    are named as generate()'s, not stream()'s."""
+    _, _, tok, model = llama
+    ids = tok.encode(PROMPTS[0])
+    expected = [generate(model, [ids], 4)[0].tolist()]
+    for prompts in (ids, ids[None], [ids.tolist()], [ids.numpy()]):
+        assert [t.tolist() for t in generate(model, prompts, 4)] == expected
+    assert [t.tolist() for t in generate(model, torch.stack([ids, ids]), 4)] == expected * 2
+    with pytest.raises(GenerationError, match=rf"^each prompt must be 1-D token ids; one has shape \(1, {len(ids)}\)"):
+        generate(model, [ids[None]], 4)
+    with pytest.raises(GenerationError, match=r"^generate\(\) has no argument 'do_sample': its settings are max_new_tokens, temperature"):
+        generate(model, [ids], 4, do_sample=True)
+    with pytest.raises(RuntimeError, match=r"^input_pos given but no KV cache: call model.set_kv_cache\(batch_size\) first$"):
+        GPT.from_checkpoint(llama[1])(ids[None], input_pos=torch.arange(len(ids)))  # (was an AttributeError)
+
+
 def test_bad_input(models_root, capsys):
     _, native = checkpoint(models_root, "llama")
     capsys.readouterr()  # what writing the checkpoint printed, when this test is the first to need it

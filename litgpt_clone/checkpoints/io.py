@@ -341,6 +341,11 @@ def resolve_checkpoint(path_or_repo: str | Path, checkpoints_root: Path = Path("
         raise CheckpointError(
             f"{path} is a Hugging Face folder: convert it once with `litgpt-clone convert from_hf {path} --out_dir checkpoints/<name>`"
         )
+    if (path / "adapter_config.json").is_file():  # (what a vLLM user hands over with a LoRA request)
+        raise CheckpointError(
+            f"{path} is a PEFT adapter, not a model: merge it into its base (litgpt-clone merge_lora {path} --out_dir <folder>)"
+            f" or serve it over the base (serve <base> --adapters name={path})"
+        )
     if path.exists():
         raise CheckpointError(f"{path} is not a checkpoint: expected {path / 'model_config.yaml'} and {NATIVE_WEIGHTS}")
     repo = str(path_or_repo)

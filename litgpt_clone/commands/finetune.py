@@ -69,7 +69,7 @@ def finetune_lora(
             set ``--train.lr`` (the schedule's peak) and ``--train.weight_decay``, as LitGPT's recipes write them.
         resume: ``auto``, a step folder, or false.
         logger_name: csv or tensorboard, under out_dir/logs.
-        seed: Data order and adapter initialization.
+        seed: Data order and adapter initialization (seeds Python's, NumPy's and torch's global generators, as transformers' Trainer does).
         merge: Write the merged model into ``final/``.
         compile: ``torch.compile`` each block.
     """
@@ -112,7 +112,7 @@ def finetune_full(
             set ``--train.lr`` (the schedule's peak) and ``--train.weight_decay``, as LitGPT's recipes write them.
         resume: ``auto``, a step folder, or false.
         logger_name: csv or tensorboard, under out_dir/logs.
-        seed: Data order.
+        seed: Data order (seeds Python's, NumPy's and torch's global generators, as transformers' Trainer does).
         compile: ``torch.compile`` each block.
     """
     return run_finetune("full", with_defaults(finetune_full, dict(locals())))
@@ -158,7 +158,7 @@ def finetune_adapter(
             set ``--train.lr`` (the schedule's peak) and ``--train.weight_decay``, as LitGPT's recipes write them.
         resume: ``auto``, a step folder, or false.
         logger_name: csv or tensorboard, under out_dir/logs.
-        seed: Data order and prefix initialization.
+        seed: Data order and prefix initialization (seeds Python's, NumPy's and torch's global generators, as transformers' Trainer does).
         compile: ``torch.compile`` each block.
     """
     hparams = with_defaults(finetune_adapter, dict(locals()))

@@ -59,7 +59,7 @@ def pretrain(
         initial_checkpoint_dir: Start from these weights (continued pretraining of a converted checkpoint); the model
             is the checkpoint's, so give no model name or --model_config with it.
         logger_name: Where metrics go besides the console: csv or tensorboard, under out_dir/logs.
-        seed: Same on every rank: initialization and data order.
+        seed: Same on every rank: initialization and data order (seeds Python's, NumPy's and torch's global generators, as transformers' Trainer does).
         compile: ``torch.compile``: ``true`` (= ``blocks``) compiles each block, one graph shared by all layers
             (fastest to compile, works with every strategy); ``model`` compiles the whole model in one graph (faster
             steps, slower to compile; not with --strategy fsdp).

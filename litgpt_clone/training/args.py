@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import pathlib
+import types
+import typing
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -87,9 +90,55 @@ class EvalArgs:
 def with_defaults(command: Callable, hparams: dict) -> dict:
     """A command's arguments with each settings group given as a dict from Python (``train=dict(max_steps=2)``) laid
     over the command's own default for that group, as ``--train.max_steps 2`` is on the command line (finetune's
-    defaults are not TrainArgs' pretraining ones: warmup 10, not 100). A whole ``TrainArgs(...)`` replaces it."""
+    defaults are not TrainArgs' pretraining ones: warmup 10, not 100). A whole ``TrainArgs(...)`` replaces it. Each
+    argument is then checked against its annotation, as the command line checks it: from Python, an unknown
+    ``strategy`` ran as "auto" and ``data="json"`` failed deep inside the run."""
     defaults = inspect.signature(command).parameters
-    return {
+    hparams = {
         k: dataclasses.replace(defaults[k].default, **v) if isinstance(v, dict) and dataclasses.is_dataclass(defaults[k].default) else v
         for k, v in hparams.items()
     }
+    for name, hint in typing.get_type_hints(command).items():
+        if name in hparams and not fits(hparams[name], hint):
+            raise ConfigError(f"{command.__name__}(): {name} is {hparams[name]!r:.80}, not {described(hint)}")
+    return hparams
+
+
+def fits(value, hint) -> bool:
+    """Whether ``value`` is what the annotation ``hint`` allows (a path may be a string, a float an int)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any:
+        return True
+    if origin is typing.Literal:
+        return value in args and type(value) in {type(a) for a in args}
+    if origin is typing.Union or isinstance(hint, types.UnionType):
+        return any(fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is not None:  # dict[str, int], tuple[int, int], ...
+        return isinstance(value, origin)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is str or issubclass(hint, pathlib.PurePath):  # (a folder given as a Path or a string: both work)
+        return isinstance(value, (str, pathlib.PurePath))
+    return isinstance(value, hint)
+
+
+def described(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is typing.Union or isinstance(hint, types.UnionType):
+        return " or ".join(described(a) for a in args)
+    if hint is type(None):
+        return "None"
+    name = str(getattr(hint, "__name__", hint))
+    return f"{'an' if name[0].lower() in 'aeiou' else 'a'} {name}" + (f" (e.g. {', '.join(n + '(...)' for n in ours[:4])})" if (ours := kinds(hint)) else "")
+
+
+def kinds(cls) -> list[str]:
+    """The names of litgpt_clone's concrete subclasses of ``cls`` (those without subclasses of their own)."""
+    subclasses = getattr(cls, "__subclasses__", list)() if isinstance(cls, type) else []
+    return [n for c in subclasses for n in (kinds(c) or ([c.__name__] if c.__module__.startswith("litgpt_clone") else []))]
