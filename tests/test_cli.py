@@ -88,6 +88,23 @@ def test_convert_round_trip_through_cli(hf_llama, tmp_path):
     assert set(load_file(back / "model.safetensors")) == set(load_file(hf_dir / "model.safetensors"))
 
 
+def test_an_interrupted_conversion_leaves_no_half_folder(hf_llama, tmp_path, monkeypatch):
+    """Ctrl-C while the weights are written: the new folder is not there at all (it held the tokenizer files and
+    config.json without weights, which the next command called a Hugging Face folder), and converting again works."""
+    import litgpt_clone.checkpoints.convert as convert
+
+    def interrupted(state, path):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(convert, "save_weights", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            convert.convert_hf_checkpoint(hf_llama[0], tmp_path / "native")
+    assert not (tmp_path / "native").exists()
+    convert.convert_hf_checkpoint(hf_llama[0], tmp_path / "native")  # (over the partial folder the first one left)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["native"] and (tmp_path / "native" / "lit_model.safetensors").is_file()
+
+
 def test_convert_of_a_hub_snapshot_records_its_repo(hf_llama, tmp_path, monkeypatch):
     """A folder of the Hugging Face cache (models--org--name/snapshots/<commit>) converts into checkpoints/org/name
     and records the repo, as `download` does (convert to_peft names it as the adapter's base)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -15,6 +16,7 @@ from litgpt_clone.checkpoints.io import (
     NATIVE_WEIGHTS,
     CheckpointError,
     copy_atomic,
+    fsync_folder,
     hf_weight_files,
     holds_native_weights,
     litgpt_checkpoint,
@@ -255,6 +257,12 @@ def convert_hf_checkpoint(
         stated = DTYPES.get(str(hf.get("dtype") or hf.get("torch_dtype") or (hf.get("text_config") or {}).get("dtype")))
         state = {k: t.to(stated or main_dtype(state)) if t.is_floating_point() else t for k, t in state.items()}
     check_against_model(state, config)
+    # a new folder is written beside itself and renamed when complete: an interrupted conversion (Ctrl-C) left its
+    # tokenizer files and config.json without weights, which the next command took for a Hugging Face folder
+    final, fresh = out_dir, not out_dir.exists()
+    if fresh:
+        out_dir = out_dir.with_name(f".{out_dir.name}.partial")
+        shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     copy_aux_files(hf_dir, out_dir)
     if (hf_dir / "config.json").is_file():
@@ -263,7 +271,10 @@ def convert_hf_checkpoint(
     write_atomic_text(out_dir / "model_config.yaml", config.to_yaml())
     if native_keys(out_dir / "model.safetensors"):  # an earlier conversion's weights under their old name
         (out_dir / "model.safetensors").unlink()
-    return out_dir
+    if fresh:
+        out_dir.rename(final)
+        fsync_folder(final.parent)
+    return final
 
 
 def convert_to_hf_checkpoint(checkpoint_dir: Path, out_dir: Path, max_shard_size: str = "5GB") -> Path:
